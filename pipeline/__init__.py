@@ -1,0 +1,1 @@
+"""Ray Data labeling pipeline: vocabulary, image decoding, segments, COCO and Parquet output."""

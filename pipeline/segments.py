@@ -1,0 +1,183 @@
+"""Per-image label maps: PNG encoding and per-class COCO RLE segments.
+
+Label map PNG rule (what ``label_map_png`` in the predictions Parquet holds):
+
+- Pixel value = 0-based class index into the vocabulary (category id = index + 1).
+- 8-bit grayscale PNG when every labeled pixel's class index is <= 254; value 255 = unlabeled.
+- 16-bit grayscale PNG otherwise (class indices up to 65534); value 65535 = unlabeled.
+
+So a decoded map is self-describing: unlabeled is always ``np.iinfo(label_map.dtype).max``
+(see :func:`unlabeled_value`). A run with more than 255 classes can hold both kinds of PNG.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+__all__ = [
+    "UNLABELED_U8",
+    "UNLABELED_U16",
+    "decode_label_map_png",
+    "encode_label_map_png",
+    "label_map_segments",
+    "segment_mask",
+    "unlabeled_value",
+]
+
+UNLABELED_U8 = 255
+UNLABELED_U16 = 65535
+
+
+def unlabeled_value(label_map: np.ndarray) -> int:
+    """The "unlabeled" value of a decoded label map: 255 for uint8, 65535 for uint16."""
+    if label_map.dtype == np.uint8:
+        return UNLABELED_U8
+    if label_map.dtype == np.uint16:
+        return UNLABELED_U16
+    raise ValueError(f"label maps decode to uint8 or uint16, got {label_map.dtype}")
+
+
+def _check_label_map(label_map: np.ndarray) -> None:
+    if not isinstance(label_map, np.ndarray) or label_map.ndim != 2:
+        raise ValueError(f"label_map must be a 2-D numpy array [H, W], got {getattr(label_map, 'shape', None)}")
+    if not np.issubdtype(label_map.dtype, np.integer):
+        raise ValueError(f"label_map must have an integer dtype, got {label_map.dtype}")
+    if label_map.size == 0:
+        raise ValueError(f"label_map is empty: shape {label_map.shape}")
+
+
+def encode_label_map_png(label_map: np.ndarray, ignore_value: int | None = None) -> bytes:
+    """Encode a class-index map as an 8- or 16-bit grayscale PNG (rule in the module docstring).
+
+    Args:
+        label_map: ``[H, W]`` any integer dtype, 0-based class indices.
+        ignore_value: pixels equal to it are unlabeled and stored as 255 (8-bit PNG) or 65535 (16-bit).
+            ``None`` means every pixel is a class index. Pass 255 for a uint8 map that already uses
+            255 for unlabeled: it then round-trips unchanged.
+
+    Returns:
+        PNG bytes. :func:`decode_label_map_png` gives back a uint8 or uint16 ``[H, W]`` array equal to
+        ``label_map`` on labeled pixels and to the unlabeled value elsewhere.
+
+    Raises:
+        ValueError: not a 2-D integer array, a negative class index, or one above 65534.
+    """
+    _check_label_map(label_map)
+    labeled = label_map != ignore_value if ignore_value is not None else np.ones(label_map.shape, bool)
+    values = label_map[labeled]
+    if values.size and values.min() < 0:
+        raise ValueError(f"label_map has a negative class index {values.min()} (not ignore_value)")
+    max_index = int(values.max()) if values.size else 0
+    if max_index > UNLABELED_U16 - 1:
+        raise ValueError(f"class index {max_index} does not fit a 16-bit PNG (max {UNLABELED_U16 - 1})")
+    if max_index <= UNLABELED_U8 - 1:
+        dtype, unlabeled = np.uint8, UNLABELED_U8
+    else:
+        dtype, unlabeled = np.uint16, UNLABELED_U16
+    out = np.where(labeled, label_map, unlabeled).astype(dtype)
+    buffer = io.BytesIO()
+    # fromarray picks mode "L" for uint8 and "I;16" for uint16; PNG stores both losslessly.
+    Image.fromarray(np.ascontiguousarray(out)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def decode_label_map_png(data: bytes) -> np.ndarray:
+    """Decode a label-map PNG written by :func:`encode_label_map_png`.
+
+    Returns:
+        ``[H, W]`` uint8 (8-bit PNG) or uint16 (16-bit PNG) array; unlabeled = 255 / 65535.
+
+    Raises:
+        ValueError: the bytes are not a single-channel 8- or 16-bit PNG.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            mode = img.mode
+            array = np.asarray(img)
+    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ...) on bad input
+        raise ValueError(f"cannot decode label map PNG: {type(exc).__name__}: {exc}") from None
+    if mode == "L":
+        return np.array(array, dtype=np.uint8)
+    if mode.startswith("I;16") or mode == "I":  # older Pillow reads 16-bit PNGs as "I" (int32)
+        if array.size and (array.min() < 0 or array.max() > UNLABELED_U16):
+            raise ValueError(f"label map PNG of mode {mode} has values outside 0..65535")
+        return array.astype(np.uint16)
+    raise ValueError(f"label map PNG must be 8- or 16-bit grayscale, got PIL mode {mode!r}")
+
+
+def label_map_segments(
+    label_map: np.ndarray,
+    class_scores: np.ndarray | None,
+    names: Sequence[str],
+    category_ids: Sequence[int],
+    ignore_value: int | None = None,
+) -> list[dict[str, Any]]:
+    """One COCO-style segment per class present in a label map.
+
+    Args:
+        label_map: ``[H, W]`` integer, 0-based class indices in ``0..N-1``; pixels equal to
+            ``ignore_value`` (if not ``None``) are unlabeled and produce no segment.
+        class_scores: ``[N, H, W]`` float per-class probabilities, or ``None`` (then every score is 1.0).
+        names: ``N`` class names.
+        category_ids: ``N`` COCO category ids (``Vocabulary.category_ids``).
+        ignore_value: the unlabeled value of ``label_map``, or ``None``.
+
+    Returns:
+        Segments in increasing class index, each a dict with ``category_id`` (int), ``category_name``
+        (str), ``rle`` (str: COCO compressed RLE counts, size ``[H, W]``), ``area`` (int pixel count),
+        ``bbox`` (``[x, y, w, h]`` floats, from ``pycocotools.mask.toBbox``) and ``score`` (float: mean of
+        ``class_scores[c]`` over the class's pixels).
+
+    Raises:
+        ValueError: shapes or lengths disagree, or a labeled pixel's index is outside ``0..N-1``.
+    """
+    _check_label_map(label_map)
+    num_classes = len(names)
+    if len(category_ids) != num_classes:
+        raise ValueError(f"{num_classes} names but {len(category_ids)} category ids")
+    height, width = label_map.shape
+    if class_scores is not None and tuple(class_scores.shape) != (num_classes, height, width):
+        raise ValueError(
+            f"class_scores must have shape [N, H, W] = {[num_classes, height, width]}, "
+            f"got {list(class_scores.shape)}"
+        )
+    labeled = label_map != ignore_value if ignore_value is not None else None
+    values = label_map[labeled] if labeled is not None else label_map.ravel()
+    present = np.unique(values)
+    if present.size and (present[0] < 0 or present[-1] >= num_classes):
+        bad = present[0] if present[0] < 0 else present[-1]
+        raise ValueError(f"label_map holds class index {int(bad)}, outside 0..{num_classes - 1}")
+    segments: list[dict[str, Any]] = []
+    for index in present.tolist():
+        mask = label_map == index
+        rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+        if class_scores is None:
+            score = 1.0
+        else:
+            score = float(np.mean(class_scores[index][mask], dtype=np.float64))
+        segments.append(
+            {
+                "category_id": int(category_ids[index]),
+                "category_name": str(names[index]),
+                "rle": rle["counts"].decode("ascii"),
+                "area": int(mask_utils.area(rle)),
+                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                "score": score,
+            }
+        )
+    return segments
+
+
+def segment_mask(segment: dict[str, Any], height: int, width: int) -> np.ndarray:
+    """Decode a segment's ``rle`` counts (str or bytes) into a bool mask ``[height, width]``."""
+    counts = segment["rle"]
+    if isinstance(counts, str):
+        counts = counts.encode("ascii")
+    return mask_utils.decode({"size": [int(height), int(width)], "counts": counts}).astype(bool)

@@ -1,0 +1,241 @@
+"""Vocabulary files: the class names (and their synonyms) a labeling run predicts.
+
+File format (UTF-8, one class per line)::
+
+    # a whole-line comment
+    cat
+    person: human, people      # trailing comment; synonyms after ':' separated by ','
+    traffic   light            # inner whitespace collapses to one space -> "traffic light"
+
+Rules:
+
+- ``#`` starts a comment (whole line or trailing); blank lines are ignored; a leading UTF-8 BOM is ignored.
+- Leading/trailing whitespace is stripped and inner whitespace collapsed, for names and synonyms.
+- ``name:`` with nothing after the colon is a class without synonyms; an empty synonym
+  (``cat: , dog``, ``cat: dog,``) is an error, as is an empty name (``: foo``) or a second ``:``.
+- Names and synonyms must be unique case-insensitively across the whole file (``Cat`` and ``cat``
+  clash, and so does a synonym that repeats any name or other synonym).
+- Category ids are 1..N in file order, so the same file always gives the same ids.
+
+Every problem raises :class:`VocabularyError` naming the file, the 1-based line and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+__all__ = ["Vocabulary", "VocabularyError", "load_vocabulary", "parse_vocabulary"]
+
+ArrayT = TypeVar("ArrayT")
+
+
+class VocabularyError(ValueError):
+    """A vocabulary file or JSON object is malformed; the message says where and why."""
+
+
+def _normalise(text: str) -> str:
+    """Strip and collapse all runs of whitespace to one space."""
+    return " ".join(text.split())
+
+
+def _check_unique(entries: Sequence[tuple[str, int]], source: str, unit: str = "line") -> None:
+    """Raise on the first case-insensitive duplicate among ``(term, line)`` pairs."""
+    first_seen: dict[str, tuple[str, int]] = {}
+    for term, line in entries:
+        key = term.casefold()
+        if key in first_seen:
+            prev_term, prev_line = first_seen[key]
+            prefix = f"{source}:{line}" if unit == "line" else f"{source}: {unit} {line}"
+            raise VocabularyError(
+                f"{prefix}: duplicate class name or synonym {term!r} "
+                f"(already defined as {prev_term!r} on {unit} {prev_line})"
+            )
+        first_seen[key] = (term, line)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """An ordered set of classes, each with a name and optional synonyms.
+
+    Attributes:
+        names: class names in file order; class index ``i`` (0-based) has category id ``i + 1``.
+        synonyms: per class, its synonyms (the name itself excluded), in file order.
+    """
+
+    names: tuple[str, ...]
+    synonyms: tuple[tuple[str, ...], ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.names, tuple) or not isinstance(self.synonyms, tuple):
+            raise TypeError("Vocabulary.names and Vocabulary.synonyms must be tuples")
+        if len(self.names) != len(self.synonyms):
+            raise VocabularyError(
+                f"Vocabulary has {len(self.names)} names but {len(self.synonyms)} synonym lists"
+            )
+        if not self.names:
+            raise VocabularyError("Vocabulary has no classes")
+        entries: list[tuple[str, int]] = []
+        for index, (name, syns) in enumerate(zip(self.names, self.synonyms, strict=True)):
+            if not isinstance(syns, tuple):
+                raise TypeError(f"synonyms of class {index + 1} must be a tuple, got {type(syns).__name__}")
+            for term in (name, *syns):
+                if not isinstance(term, str) or not term or term != _normalise(term):
+                    raise VocabularyError(
+                        f"Vocabulary: class {index + 1}: {term!r} is not a non-empty, "
+                        "whitespace-normalised string"
+                    )
+                entries.append((term, index + 1))
+        _check_unique(entries, "Vocabulary", unit="class")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def category_ids(self) -> tuple[int, ...]:
+        """COCO category ids, ``1..N`` in file order (class index ``i`` -> id ``i + 1``)."""
+        return tuple(range(1, len(self.names) + 1))
+
+    @property
+    def prompts(self) -> tuple[str, ...]:
+        """All text prompts, flat: each class's name then its synonyms, class by class. Length P."""
+        pairs = zip(self.names, self.synonyms, strict=True)
+        return tuple(term for name, syns in pairs for term in (name, *syns))
+
+    @property
+    def prompt_to_class(self) -> tuple[int, ...]:
+        """For each prompt index (0..P-1), the 0-based index of the class it belongs to."""
+        return tuple(index for index, syns in enumerate(self.synonyms) for _ in range(1 + len(syns)))
+
+    def reduce_prompt_scores(self, scores: ArrayT) -> ArrayT:
+        """Combine per-prompt scores into per-class scores.
+
+        Synonyms combine by MAX: class ``c`` gets, at each pixel, the maximum of the scores of its
+        name and all its synonyms. A class without synonyms keeps its prompt's score unchanged.
+
+        Args:
+            scores: numpy array or torch tensor ``[P, H, W]`` (any trailing shape ``[P, ...]`` works),
+                any float dtype, with ``P == len(self.prompts)`` in :attr:`prompts` order.
+
+        Returns:
+            Same type, dtype and device as ``scores``, shape ``[N, H, W]`` with ``N == len(self.names)``.
+            When no class has synonyms the input is returned as is (not copied).
+        """
+        num_prompts = len(self.prompt_to_class)
+        shape = tuple(scores.shape)  # type: ignore[attr-defined]
+        if len(shape) < 1 or shape[0] != num_prompts:
+            raise ValueError(f"expected scores of shape [{num_prompts}, ...] got {shape}")
+        if num_prompts == len(self.names):
+            return scores
+        if isinstance(scores, np.ndarray):
+            starts = np.cumsum([0] + [1 + len(s) for s in self.synonyms[:-1]])
+            return np.maximum.reduceat(scores, starts, axis=0)
+        import torch  # local: keep numpy-only callers free of the torch import
+
+        if not isinstance(scores, torch.Tensor):
+            raise TypeError(f"scores must be a numpy array or torch tensor, got {type(scores).__name__}")
+        index = torch.tensor(self.prompt_to_class, device=scores.device)
+        index = index.view(-1, *([1] * (scores.dim() - 1))).expand_as(scores)
+        out = scores.new_empty((len(self.names), *shape[1:]))
+        return out.scatter_reduce(0, index, scores, reduce="amax", include_self=False)  # type: ignore[return-value]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable dict ``{"names": [...], "synonyms": [[...], ...]}``."""
+        return {"names": list(self.names), "synonyms": [list(s) for s in self.synonyms]}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Vocabulary:
+        """Inverse of :meth:`to_json`; validates like a file (normalised, unique, non-empty)."""
+        if not isinstance(obj, Mapping) or "names" not in obj:
+            raise VocabularyError("vocabulary JSON must be an object with a 'names' list")
+        names = obj["names"]
+        synonyms = obj.get("synonyms", [[] for _ in names])
+        if not isinstance(names, list) or not isinstance(synonyms, list):
+            raise VocabularyError("vocabulary JSON 'names' and 'synonyms' must be lists")
+        if not all(isinstance(s, list) for s in synonyms):
+            raise VocabularyError("vocabulary JSON 'synonyms' must be a list of lists")
+        return cls(names=tuple(names), synonyms=tuple(tuple(s) for s in synonyms))
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 hex digest of the normalised content (names and synonyms, in order).
+
+        Comments, blank lines and whitespace in the file do not change it; names, synonyms,
+        their case and their order do.
+        """
+        canonical = json.dumps(self.to_json(), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def parse_vocabulary(text: str, source: str = "<string>") -> Vocabulary:
+    """Parse vocabulary text (format in the module docstring).
+
+    Args:
+        text: the decoded file content.
+        source: name used in error messages (usually the file path).
+
+    Raises:
+        VocabularyError: ``"{source}:{line}: {problem}"`` for an empty name or synonym, a second ``:``,
+            a case-insensitive duplicate (both lines named), or ``"{source}: no classes ..."``.
+    """
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    names: list[str] = []
+    synonyms: list[tuple[str, ...]] = []
+    entries: list[tuple[str, int]] = []
+    # split on "\n" only (not str.splitlines) so line numbers match the byte-level count used for
+    # decode errors; a trailing "\r" is whitespace and gets stripped.
+    for line_no, raw in enumerate(text.split("\n"), start=1):
+        content = _normalise(raw.split("#", 1)[0])
+        if not content:
+            continue
+        if content.count(":") > 1:
+            raise VocabularyError(f"{source}:{line_no}: more than one ':' in {content!r}")
+        name, colon, rest = content.partition(":")
+        name = _normalise(name)
+        if not name:
+            raise VocabularyError(f"{source}:{line_no}: empty class name in {content!r}")
+        syns: tuple[str, ...] = ()
+        if colon and rest.strip():
+            syns = tuple(_normalise(s) for s in rest.split(","))
+            if not all(syns):
+                raise VocabularyError(f"{source}:{line_no}: empty synonym in {content!r}")
+        names.append(name)
+        synonyms.append(syns)
+        entries.extend((term, line_no) for term in (name, *syns))
+    if not names:
+        raise VocabularyError(f"{source}: no classes found (only blank lines and comments)")
+    _check_unique(entries, source)
+    return Vocabulary(names=tuple(names), synonyms=tuple(synonyms))
+
+
+def load_vocabulary(path: str | os.PathLike[str]) -> Vocabulary:
+    """Read and parse a UTF-8 vocabulary file.
+
+    Raises:
+        FileNotFoundError: the path does not exist (message names the path).
+        VocabularyError: the path cannot be read (directory, permissions), holds bytes that are not
+            UTF-8 (reports the line of the first bad byte), or fails :func:`parse_vocabulary`.
+    """
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"vocabulary file not found: {source}") from None
+    except OSError as exc:
+        raise VocabularyError(f"{source}: cannot read vocabulary file: {exc.strerror or exc}") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_no = data.count(b"\n", 0, exc.start) + 1
+        raise VocabularyError(
+            f"{source}:{line_no}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+        ) from None
+    return parse_vocabulary(text, source)

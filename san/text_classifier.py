@@ -1,0 +1,129 @@
+"""Open-vocabulary classifier: CLIP text embeddings of class names, plus a learnable background.
+
+Each class name is written into every prompt template of a set, encoded by CLIP's text tower,
+L2-normalised, averaged over templates and normalised again. Embeddings are cached per class name,
+so a vocabulary costs text-encoder time only once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIP
+from open_clip.tokenizer import SimpleTokenizer
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+from torch import nn
+
+# ViLD's prompt templates (Gu et al., 2022), SAN's default set.
+VILD_TEMPLATES = (
+    "a photo of a {}.",
+    "This is a photo of a {}",
+    "There is a {} in the scene",
+    "There is the {} in the scene",
+    "a photo of a {} in the scene",
+    "a photo of a small {}.",
+    "a photo of a medium {}.",
+    "a photo of a large {}.",
+    "This is a photo of a small {}.",
+    "This is a photo of a medium {}.",
+    "This is a photo of a large {}.",
+    "There is a small {} in the scene.",
+    "There is a medium {} in the scene.",
+    "There is a large {} in the scene.",
+)
+
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+    "vild": VILD_TEMPLATES,
+    # OpenAI's 80 ImageNet prompts, as open_clip ships them (callables -> format strings).
+    "imagenet": tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES),
+}
+
+
+def get_templates(name: str) -> tuple[str, ...]:
+    """The prompt templates registered as ``name`` (each has one ``{}`` for the class name)."""
+    if name not in TEMPLATE_SETS:
+        raise KeyError(f"unknown template set {name!r}; available: {sorted(TEMPLATE_SETS)}")
+    return TEMPLATE_SETS[name]
+
+
+def check_vocabulary(vocabulary: Sequence[str]) -> list[str]:
+    """Validate a list of class names: non-empty, no blank or duplicate names. Returns it as a list."""
+    if isinstance(vocabulary, str):
+        raise TypeError("vocabulary must be a list of class names, not a single string")
+    names = list(vocabulary)
+    if not names:
+        raise ValueError("vocabulary is empty: give at least one class name")
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"vocabulary entry {i} is blank or not a string: {name!r}")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise ValueError(f"vocabulary has a duplicate name {name!r} (entries {seen[name]} and {i})")
+        seen[name] = i
+    return names
+
+
+class TextClassifier(nn.Module):
+    """Class embeddings ``[C + 1, D]`` (background last) for a vocabulary.
+
+    ``text_encoder`` is an open_clip ``CLIP`` whose vision tower has been removed; its text
+    weights keep open_clip's names.
+    """
+
+    def __init__(self, clip_model: CLIP, template_set: str = "vild", batch_size: int = 1024):
+        super().__init__()
+        if hasattr(clip_model, "visual"):
+            del clip_model.visual
+        self.text_encoder = clip_model
+        self.templates = get_templates(template_set)
+        self.tokenizer = SimpleTokenizer(context_length=clip_model.context_length)
+        self.batch_size = batch_size
+        # Official SAN sizes this by the text width, which only works when it equals embed_dim.
+        dim = clip_model.text_projection.shape[1]
+        self.bg_embed = nn.Parameter(torch.randn(1, dim) * dim**-0.5)
+        self._cache: dict[str, torch.Tensor] = {}
+        self.register_load_state_dict_post_hook(lambda module, _keys: module.clear_cache())
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """Raw (log) logit scale; logits are multiplied by its ``exp()``."""
+        return self.text_encoder.logit_scale
+
+    def clear_cache(self) -> None:
+        """Forget cached class embeddings (done automatically when weights are loaded)."""
+        self._cache.clear()
+
+    def train(self, mode: bool = True) -> TextClassifier:
+        """The classifier is frozen: it always stays in eval mode, as in SAN."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Normalised text embeddings ``[len(prompts), D]`` of literal prompts."""
+        device = self.text_encoder.token_embedding.weight.device
+        outputs = []
+        for start in range(0, len(prompts), self.batch_size):
+            tokens = self.tokenizer(list(prompts[start : start + self.batch_size])).to(device)
+            outputs.append(self.text_encoder.encode_text(tokens, normalize=True))
+        return torch.cat(outputs)
+
+    @torch.no_grad()
+    def class_embeddings(self, names: Sequence[str]) -> torch.Tensor:
+        """Template-averaged, re-normalised embeddings ``[len(names), D]``; cached per name."""
+        missing = [n for n in dict.fromkeys(names) if n not in self._cache]
+        if missing:
+            prompts = [t.format(name) for t in self.templates for name in missing]
+            per_template = self.encode_prompts(prompts).reshape(len(self.templates), len(missing), -1)
+            mean = per_template.mean(dim=0)
+            mean = mean / mean.norm(dim=-1, keepdim=True)
+            self._cache.update(zip(missing, mean))
+        return torch.stack([self._cache[n] for n in names])
+
+    def forward(self, vocabulary: Sequence[str]) -> torch.Tensor:
+        """Classifier weights ``[C + 1, D]``: the vocabulary's rows then the background, all unit norm."""
+        names = check_vocabulary(vocabulary)
+        rows = self.class_embeddings(names).to(self.bg_embed)
+        return F.normalize(torch.cat([rows, self.bg_embed]), p=2, dim=-1)

@@ -1,0 +1,167 @@
+"""Tests for pipeline.vocabulary: parsing, errors with line numbers, prompts, score reduction, JSON."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.vocabulary import Vocabulary, VocabularyError, load_vocabulary, parse_vocabulary
+
+GOOD = """\
+# COCO-ish classes
+cat
+  person :  human,  people   # trailing comment
+traffic    light
+
+dog:
+"""
+
+
+def write(tmp_path: Path, content: str | bytes, name: str = "vocab.txt") -> Path:
+    path = tmp_path / name
+    if isinstance(content, str):
+        content = content.encode("utf-8")
+    path.write_bytes(content)
+    return path
+
+
+def test_parse_good_file(tmp_path: Path) -> None:
+    vocab = load_vocabulary(write(tmp_path, GOOD))
+    assert vocab.names == ("cat", "person", "traffic light", "dog")
+    assert vocab.synonyms == ((), ("human", "people"), (), ())
+    assert vocab.category_ids == (1, 2, 3, 4)
+    assert vocab.prompts == ("cat", "person", "human", "people", "traffic light", "dog")
+    assert vocab.prompt_to_class == (0, 1, 1, 1, 2, 3)
+    assert len(vocab) == 4
+
+
+def test_crlf_bom_and_unicode(tmp_path: Path) -> None:
+    vocab = load_vocabulary(write(tmp_path, "\ufeffcaf\u00e9\r\n\u72ac: chien\r\n"))
+    assert vocab.names == ("caf\u00e9", "\u72ac")
+    assert vocab.synonyms == ((), ("chien",))
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "problem"),
+    [
+        ("cat\n: foo\n", 2, "empty class name"),
+        ("cat\n\n  :\n", 3, "empty class name"),
+        ("cat\ndog: , wolf\n", 2, "empty synonym"),
+        ("cat\ndog: wolf,\n", 2, "empty synonym"),
+        ("cat\ndog: wolf,,hound\n", 2, "empty synonym"),
+        ("cat\ndog: a: b\n", 2, "more than one ':'"),
+    ],
+)
+def test_syntax_errors_name_file_and_line(tmp_path: Path, text: str, line: int, problem: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(VocabularyError) as info:
+        load_vocabulary(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:{line}: ")
+    assert problem in message
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "first_line"),
+    [
+        ("cat\ndog\nCat\n", 3, 1),  # duplicate name, case-insensitive
+        ("cat: kitty\n# c\ndog: KITTY\n", 3, 1),  # synonym repeated across classes
+        ("cat\n\ndog: hound, CAT\n", 3, 1),  # synonym equal to another class name
+        ("cat: kitty\nkitty\n", 2, 1),  # name equal to an earlier synonym
+        ("dog: hound, hound\n", 1, 1),  # repeated within one line
+        ("dog: Dog\n", 1, 1),  # synonym equal to its own name
+        ("traffic light\ntraffic   LIGHT\n", 2, 1),  # after whitespace collapsing
+    ],
+)
+def test_duplicates_give_both_lines(tmp_path: Path, text: str, line: int, first_line: int) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(VocabularyError, match="duplicate") as info:
+        load_vocabulary(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:{line}: ")
+    assert f"line {first_line}" in message
+
+
+@pytest.mark.parametrize("text", ["", "\n\n   \n", "# only\n  # comments\n"])
+def test_no_classes(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(VocabularyError, match="no classes") as info:
+        load_vocabulary(path)
+    assert str(path) in str(info.value)
+
+
+def test_undecodable_bytes_report_line(tmp_path: Path) -> None:
+    path = write(tmp_path, b"cat\ndog\n# comment\nbad \xff\xfe name\nbird\n")
+    with pytest.raises(VocabularyError, match="not valid UTF-8") as info:
+        load_vocabulary(path)
+    assert str(info.value).startswith(f"{path}:4: ")
+
+
+def test_undecodable_first_byte(tmp_path: Path) -> None:
+    path = write(tmp_path, b"\x80cat\n")
+    with pytest.raises(VocabularyError, match=re.escape(f"{path}:1: ")):
+        load_vocabulary(path)
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.txt"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+        load_vocabulary(missing)
+    with pytest.raises(VocabularyError, match=re.escape(str(tmp_path))):
+        load_vocabulary(tmp_path)
+
+
+def test_parse_vocabulary_source_in_errors() -> None:
+    with pytest.raises(VocabularyError, match=r"^my-vocab:2: empty class name"):
+        parse_vocabulary("a\n:b\n", "my-vocab")
+
+
+def test_reduce_prompt_scores_max_numpy_and_torch() -> None:
+    vocab = parse_vocabulary("a\nb: b1, b2\nc\nd: d1\n", "v")
+    rng = np.random.default_rng(0)
+    scores = rng.random((len(vocab.prompts), 3, 5)).astype(np.float32)
+    expected = np.stack(
+        [scores[0], scores[1:4].max(axis=0), scores[4], scores[5:7].max(axis=0)]
+    )
+    out = vocab.reduce_prompt_scores(scores)
+    assert out.shape == (4, 3, 5) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, expected)
+
+    out_t = vocab.reduce_prompt_scores(torch.from_numpy(scores))
+    assert isinstance(out_t, torch.Tensor) and out_t.dtype == torch.float32
+    np.testing.assert_array_equal(out_t.numpy(), expected)
+
+
+def test_reduce_prompt_scores_no_synonyms_is_identity_and_shape_checked() -> None:
+    vocab = parse_vocabulary("a\nb\n", "v")
+    scores = np.zeros((2, 4, 4))
+    assert vocab.reduce_prompt_scores(scores) is scores
+    with pytest.raises(ValueError, match=r"\[2, \.\.\.\]"):
+        vocab.reduce_prompt_scores(np.zeros((3, 4, 4)))
+
+
+def test_json_round_trip_and_fingerprint(tmp_path: Path) -> None:
+    vocab = load_vocabulary(write(tmp_path, GOOD))
+    again = Vocabulary.from_json(vocab.to_json())
+    assert again == vocab
+    assert again.fingerprint == vocab.fingerprint
+    assert re.fullmatch(r"[0-9a-f]{64}", vocab.fingerprint)
+    # Comments and whitespace do not change the fingerprint; content does.
+    reformatted = parse_vocabulary("cat\nperson: human,people\ntraffic light # x\ndog\n", "v2")
+    assert reformatted.fingerprint == vocab.fingerprint
+    assert parse_vocabulary("cat\n", "v").fingerprint != parse_vocabulary("Cat\n", "v").fingerprint
+
+
+def test_from_json_validates() -> None:
+    with pytest.raises(VocabularyError, match="duplicate"):
+        Vocabulary.from_json({"names": ["a", "A"], "synonyms": [[], []]})
+    with pytest.raises(VocabularyError, match="names"):
+        Vocabulary.from_json({"classes": ["a"]})
+    with pytest.raises(VocabularyError, match="no classes"):
+        Vocabulary.from_json({"names": [], "synonyms": []})
+    with pytest.raises(VocabularyError, match="normalised"):
+        Vocabulary.from_json({"names": [" a "], "synonyms": [[]]})
