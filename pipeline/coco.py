@@ -49,8 +49,7 @@ def build_coco(
     if len(names) != len(category_ids):
         raise ValueError(f"{len(names)} names but {len(category_ids)} category ids")
     categories = [
-        {"id": _int(cid, "category id"), "name": str(name)}
-        for cid, name in zip(category_ids, names, strict=True)
+        {"id": _int(cid, "category id"), "name": str(name)} for cid, name in zip(category_ids, names, strict=True)
     ]
     known_ids = {c["id"] for c in categories}
     if len(known_ids) != len(categories):
@@ -67,9 +66,7 @@ def build_coco(
         width, height = _int(record["width"], "width"), _int(record["height"], "height")
         if width <= 0 or height <= 0:
             raise ValueError(f"image {image_id}: width and height must be positive, got {width}x{height}")
-        coco_images.append(
-            {"id": image_id, "file_name": str(record["image_path"]), "width": width, "height": height}
-        )
+        coco_images.append({"id": image_id, "file_name": str(record["image_path"]), "width": width, "height": height})
         for segment in record["segments"]:
             category_id = _int(segment["category_id"], "category_id")
             if category_id not in known_ids:

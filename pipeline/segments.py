@@ -45,7 +45,8 @@ def unlabeled_value(label_map: np.ndarray) -> int:
 
 def _check_label_map(label_map: np.ndarray) -> None:
     if not isinstance(label_map, np.ndarray) or label_map.ndim != 2:
-        raise ValueError(f"label_map must be a 2-D numpy array [H, W], got {getattr(label_map, 'shape', None)}")
+        shape = getattr(label_map, "shape", None)
+        raise ValueError(f"label_map must be a 2-D numpy array [H, W], got shape {shape}")
     if not np.issubdtype(label_map.dtype, np.integer):
         raise ValueError(f"label_map must have an integer dtype, got {label_map.dtype}")
     if label_map.size == 0:
@@ -145,8 +146,7 @@ def label_map_segments(
     height, width = label_map.shape
     if class_scores is not None and tuple(class_scores.shape) != (num_classes, height, width):
         raise ValueError(
-            f"class_scores must have shape [N, H, W] = {[num_classes, height, width]}, "
-            f"got {list(class_scores.shape)}"
+            f"class_scores must have shape [N, H, W] = {[num_classes, height, width]}, got {list(class_scores.shape)}"
         )
     labeled = label_map != ignore_value if ignore_value is not None else None
     values = label_map[labeled] if labeled is not None else label_map.ravel()

@@ -76,9 +76,7 @@ class Vocabulary:
         if not isinstance(self.names, tuple) or not isinstance(self.synonyms, tuple):
             raise TypeError("Vocabulary.names and Vocabulary.synonyms must be tuples")
         if len(self.names) != len(self.synonyms):
-            raise VocabularyError(
-                f"Vocabulary has {len(self.names)} names but {len(self.synonyms)} synonym lists"
-            )
+            raise VocabularyError(f"Vocabulary has {len(self.names)} names but {len(self.synonyms)} synonym lists")
         if not self.names:
             raise VocabularyError("Vocabulary has no classes")
         entries: list[tuple[str, int]] = []
@@ -88,8 +86,7 @@ class Vocabulary:
             for term in (name, *syns):
                 if not isinstance(term, str) or not term or term != _normalise(term):
                     raise VocabularyError(
-                        f"Vocabulary: class {index + 1}: {term!r} is not a non-empty, "
-                        "whitespace-normalised string"
+                        f"Vocabulary: class {index + 1}: {term!r} is not a non-empty, whitespace-normalised string"
                     )
                 entries.append((term, index + 1))
         _check_unique(entries, "Vocabulary", unit="class")

@@ -8,8 +8,6 @@ Importable and usable without Ray or FiftyOne::
 """
 
 from .checkpoint import (
-    CheckpointError,
-    WeightsUnavailableError,
     convert_official_state_dict,
     load_checkpoint,
     load_model,
@@ -18,6 +16,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import PRESETS, SANConfig, get_preset
+from .errors import CheckpointError, WeightsUnavailableError
 from .model import SAN, build_san
 
 __all__ = [

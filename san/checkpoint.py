@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import SANConfig
+from .errors import CheckpointError, WeightsUnavailableError
 from .model import SAN
 from .official_config import read_official_config
 
@@ -38,14 +39,6 @@ _OFFICIAL_RENAMES = (
 # Buffers the official model saves but this one recomputes (the text causal mask) or keeps in the
 # training loss (the no-object class weight).
 _OFFICIAL_DROPPED = ("ov_classifier.attn_mask", "criterion.empty_weight")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is not of the expected layout or does not fit the model."""
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Released weights that cannot be found locally nor downloaded."""
 
 
 def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -107,8 +100,7 @@ def read_official_checkpoint(checkpoint: str | Path | dict) -> dict[str, torch.T
     prefixes = ("clip_visual_extractor.", "clip_rec_head.", "side_adapter_network.", "ov_classifier.")
     if not any(k.startswith(prefixes) for k in state_dict):
         raise CheckpointError(
-            f"{source}: no key starts with the official SAN prefixes {prefixes}; "
-            f"first keys: {sorted(state_dict)[:5]}"
+            f"{source}: no key starts with the official SAN prefixes {prefixes}; first keys: {sorted(state_dict)[:5]}"
         )
     return state_dict
 

@@ -12,6 +12,7 @@ SAN splits CLIP's visual tower at block ``K`` (``feature_last_layer``):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import open_clip
@@ -22,6 +23,7 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
 from .config import ClipConfig
+from .errors import WeightsUnavailableError
 
 
 def clip_model_config(cfg: ClipConfig) -> dict[str, Any]:
@@ -58,6 +60,29 @@ def build_clip(cfg: ClipConfig) -> CLIP:
             f"feature_last_layer={cfg.feature_last_layer} must split the "
             f"{len(visual.transformer.resblocks)} CLIP blocks (0 < K < depth)"
         )
+    return model
+
+
+def load_pretrained_clip(cfg: ClipConfig) -> CLIP:
+    """The CLIP of ``cfg`` with the weights ``cfg.pretrained`` names: a weights file (an open_clip or
+    OpenAI state dict) or an open_clip pretrained tag (e.g. ``"openai"``, from the hub cache)."""
+    if not cfg.pretrained:
+        raise ValueError(f"no CLIP weights configured for {cfg.model_name!r} (ClipConfig.pretrained is empty)")
+    if Path(cfg.pretrained).is_file():
+        model = build_clip(cfg)
+        open_clip.load_checkpoint(model, cfg.pretrained, strict=True)
+        return model
+    if cfg.model_cfg is not None:
+        raise ValueError(f"CLIP weights {cfg.pretrained!r}: not a file, and a pretrained tag needs a named model")
+    try:
+        model = open_clip.create_model(cfg.model_name, pretrained=cfg.pretrained)
+    except Exception as error:  # offline, unknown tag, corrupt download: all mean "not available"
+        raise WeightsUnavailableError(
+            f"cannot get the CLIP weights {cfg.pretrained!r} for {cfg.model_name!r} from open_clip "
+            f"({type(error).__name__}: {error}). Download them on a machine with internet access "
+            "(open_clip caches them in the Hugging Face hub cache) or give the path of a weights file."
+        ) from error
+    build_clip(cfg)  # the same architecture checks as for a random model
     return model
 
 

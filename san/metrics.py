@@ -134,9 +134,7 @@ class ConfusionMatrix:
         pred = np.asarray(prediction)
         gt = np.asarray(ground_truth)
         if pred.shape != gt.shape:
-            raise ValueError(
-                f"prediction shape {pred.shape} != ground_truth shape {gt.shape}; they must be equal"
-            )
+            raise ValueError(f"prediction shape {pred.shape} != ground_truth shape {gt.shape}; they must be equal")
         for name, arr in (("prediction", pred), ("ground_truth", gt)):
             if not np.issubdtype(arr.dtype, np.integer):
                 raise TypeError(f"{name} must have an integer dtype, got {arr.dtype}")
@@ -152,8 +150,7 @@ class ConfusionMatrix:
             values = np.unique(gt[bad])
             shown = ", ".join(str(v) for v in values[:10]) + (", ..." if values.size > 10 else "")
             raise ValueError(
-                f"ground_truth has values outside [0, {k}) that are not ignore_index="
-                f"{self.ignore_index}: {shown}"
+                f"ground_truth has values outside [0, {k}) that are not ignore_index={self.ignore_index}: {shown}"
             )
         pred = np.where((pred < 0) | (pred >= k), k, pred)
         counts = np.bincount(gt * (k + 1) + pred, minlength=k * (k + 1))
@@ -211,9 +208,7 @@ def compute_metrics(
     names = [str(n) for n in class_names]
     k = len(names)
     if m.ndim != 2 or m.shape[0] != k or m.shape[1] not in (k, k + 1):
-        raise ValueError(
-            f"matrix shape {m.shape} does not fit {k} class names; expected ({k}, {k + 1}) or ({k}, {k})"
-        )
+        raise ValueError(f"matrix shape {m.shape} does not fit {k} class names; expected ({k}, {k + 1}) or ({k}, {k})")
     if len(set(names)) != k:
         raise ValueError("class_names must be distinct (they become dictionary keys)")
     if (m < 0).any():

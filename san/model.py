@@ -10,13 +10,15 @@ import torch.nn.functional as F
 from open_clip.model import CLIP
 from torch import nn
 
-from .clip import ClipFeatureExtractor, RecognitionHead, build_clip
+from .clip import ClipFeatureExtractor, RecognitionHead, build_clip, load_pretrained_clip
 from .config import SANConfig, get_preset
 from .side_adapter import SideAdapter
 from .text_classifier import TextClassifier, check_vocabulary
 
 # Elements of one chunk of upsampled mask logits in post-processing (bounds peak memory).
 POSTPROCESS_CHUNK_ELEMENTS = 1 << 26
+# CLIP parameters SAN trains (CLIP_FROZEN_EXCLUDE) plus the classifier's background embedding.
+TRAINABLE_CLIP_PARAMETERS = ("clip_features.positional_embedding", "text_classifier.bg_embed")
 
 
 @dataclass
@@ -46,12 +48,20 @@ class SAN(nn.Module):
         std = torch.tensor([255.0 * s for s in config.pixel_std], dtype=torch.float32).view(3, 1, 1)
         self.register_buffer("pixel_mean", mean, persistent=False)
         self.register_buffer("pixel_std", std, persistent=False)
+        self.freeze_clip()
         num_bias_heads = config.side_adapter.attn_bias.num_heads
         if num_bias_heads not in (1, self.clip_recognition.num_heads):
             raise ValueError(
                 f"attention-bias heads ({num_bias_heads}) must be 1 or CLIP's head count "
                 f"({self.clip_recognition.num_heads})"
             )
+
+    def freeze_clip(self) -> None:
+        """Freeze CLIP as SAN trains it: everything but the visual positional embedding (and the
+        learnable background embedding) stays fixed; the side adapter is trainable."""
+        for name, param in self.named_parameters():
+            if name.startswith(("clip_features.", "clip_recognition.", "text_classifier.")):
+                param.requires_grad_(name in TRAINABLE_CLIP_PARAMETERS)
 
     @property
     def device(self) -> torch.device:
@@ -63,9 +73,9 @@ class SAN(nn.Module):
         div = self.config.size_divisibility
         hp = -(-max(im.shape[1] for im in images) // div) * div
         wp = -(-max(im.shape[2] for im in images) // div) * div
-        batch = torch.zeros(len(images), 3, hp, wp, device=self.device)
+        batch = torch.zeros(len(images), 3, hp, wp, device=self.device, dtype=self.pixel_mean.dtype)
         for i, image in enumerate(images):
-            x = (image.to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std
+            x = (image.to(self.device, self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
             batch[i, :, : x.shape[1], : x.shape[2]] = x
         return batch
 
@@ -97,12 +107,13 @@ class SAN(nn.Module):
         output_sizes: Sequence[tuple[int, int]] | None = None,
         batch_size: int = 8,
     ) -> list[torch.Tensor]:
-        """Semantic scores ``[len(vocabulary), H_i, W_i]`` (float32) for each uint8 RGB image ``[3, H_i, W_i]``.
+        """Semantic scores ``[len(vocabulary), H_i, W_i]`` for each uint8 RGB image ``[3, H_i, W_i]``.
 
         Equal to the official implementation's ``sem_seg`` for each image run alone: images are
         batched only with others that pad to the same size, so a result never depends on the rest
         of the batch. ``output_sizes`` (one ``(H, W)`` per image) resizes the scores the way SAN's
-        evaluation maps them back to an original image size.
+        evaluation maps them back to an original image size. Scores are float32 (float64 for a
+        float64 model), also under autocast.
         """
         vocabulary = check_vocabulary(vocabulary)
         _check_images(images)
@@ -140,11 +151,12 @@ def semantic_scores(
     (bilinear, align_corners=False) and combined as ``sum_q softmax(logits_q)[c] * sigmoid(mask_q)``
     (background column dropped after the softmax). Queries are processed in chunks to bound memory.
     """
-    probs = mask_logits.float().softmax(dim=-1)[:, :-1]
-    masks = mask_preds.float()
+    dtype = torch.promote_types(mask_preds.dtype, torch.float32)  # never post-process in half precision
+    probs = mask_logits.to(dtype).softmax(dim=-1)[:, :-1]
+    masks = mask_preds.to(dtype)
     (hp, wp), (h, w), (ho, wo) = padded_size, image_size, output_size
     chunk = max(1, POSTPROCESS_CHUNK_ELEMENTS // (hp * wp + ho * wo))
-    scores = torch.zeros(probs.shape[1], ho, wo, device=masks.device)
+    scores = torch.zeros(probs.shape[1], ho, wo, device=masks.device, dtype=dtype)
     for start in range(0, masks.shape[0], chunk):
         m = F.interpolate(masks[None, start : start + chunk], size=(hp, wp), mode="bilinear", align_corners=False)
         m = m[:, :, :h, :w]
@@ -176,8 +188,12 @@ def _padded_size_groups(sizes: list[tuple[int, int]], divisibility: int, batch_s
     return [g[s : s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)]
 
 
-def build_san(config: SANConfig | str, **preset_kwargs) -> SAN:
-    """A randomly initialised SAN from a config or a preset name (``san_vit_b_16``, ``san_tiny``, ...)."""
+def build_san(config: SANConfig | str, pretrained_clip: bool = False, **preset_kwargs) -> SAN:
+    """A SAN from a config or a preset name (``san_vit_b_16``, ``san_tiny``, ...).
+
+    The side adapter is randomly initialised; CLIP too, unless ``pretrained_clip`` loads the CLIP
+    weights that ``config.clip.pretrained`` names (the start of training from scratch).
+    """
     if isinstance(config, str):
         config = get_preset(config, **preset_kwargs)
-    return SAN(config)
+    return SAN(config, load_pretrained_clip(config.clip) if pretrained_clip else None)

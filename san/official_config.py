@@ -129,7 +129,9 @@ def _convert(data: dict[str, Any], where: str) -> SANConfig:
             raise ValueError(f"{where}: MODEL.{section}.{key}={value!r} is not supported (only {expected!r})")
     vit = _VIT_NAME.match(side["VIT_NAME"])
     if vit is None:
-        raise ValueError(f"{where}: cannot read VIT_NAME {side['VIT_NAME']!r} (expected vit_w<width>n<heads>d<depth>_patch<p>)")
+        raise ValueError(
+            f"{where}: cannot read VIT_NAME {side['VIT_NAME']!r} (expected vit_w<width>n<heads>d<depth>_patch<p>)"
+        )
     fusion = []
     for entry in side["FUSION_MAP"]:
         match = re.fullmatch(r"\s*(\d+)\s*->\s*(\d+)\s*", entry)

@@ -119,7 +119,7 @@ class TextClassifier(nn.Module):
             per_template = self.encode_prompts(prompts).reshape(len(self.templates), len(missing), -1)
             mean = per_template.mean(dim=0)
             mean = mean / mean.norm(dim=-1, keepdim=True)
-            self._cache.update(zip(missing, mean))
+            self._cache.update(zip(missing, mean, strict=True))
         return torch.stack([self._cache[n] for n in names])
 
     def forward(self, vocabulary: Sequence[str]) -> torch.Tensor:

@@ -124,9 +124,7 @@ def test_reduce_prompt_scores_max_numpy_and_torch() -> None:
     vocab = parse_vocabulary("a\nb: b1, b2\nc\nd: d1\n", "v")
     rng = np.random.default_rng(0)
     scores = rng.random((len(vocab.prompts), 3, 5)).astype(np.float32)
-    expected = np.stack(
-        [scores[0], scores[1:4].max(axis=0), scores[4], scores[5:7].max(axis=0)]
-    )
+    expected = np.stack([scores[0], scores[1:4].max(axis=0), scores[4], scores[5:7].max(axis=0)])
     out = vocab.reduce_prompt_scores(scores)
     assert out.shape == (4, 3, 5) and out.dtype == np.float32
     np.testing.assert_array_equal(out, expected)
