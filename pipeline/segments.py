@@ -115,7 +115,7 @@ def decode_label_map_png(data: bytes) -> np.ndarray:
 
 def label_map_segments(
     label_map: np.ndarray,
-    class_scores: np.ndarray | None,
+    pixel_scores: np.ndarray | None,
     names: Sequence[str],
     category_ids: Sequence[int],
     ignore_value: int | None = None,
@@ -125,7 +125,8 @@ def label_map_segments(
     Args:
         label_map: ``[H, W]`` integer, 0-based class indices in ``0..N-1``; pixels equal to
             ``ignore_value`` (if not ``None``) are unlabeled and produce no segment.
-        class_scores: ``[N, H, W]`` float per-class probabilities, or ``None`` (then every score is 1.0).
+        pixel_scores: ``[H, W]`` float, each pixel's score for its own class (the best class score at
+            that pixel), or ``None`` (then every score is 1.0).
         names: ``N`` class names.
         category_ids: ``N`` COCO category ids (``Vocabulary.category_ids``).
         ignore_value: the unlabeled value of ``label_map``, or ``None``.
@@ -134,7 +135,7 @@ def label_map_segments(
         Segments in increasing class index, each a dict with ``category_id`` (int), ``category_name``
         (str), ``rle`` (str: COCO compressed RLE counts, size ``[H, W]``), ``area`` (int pixel count),
         ``bbox`` (``[x, y, w, h]`` floats, from ``pycocotools.mask.toBbox``) and ``score`` (float: mean of
-        ``class_scores[c]`` over the class's pixels).
+        ``pixel_scores`` over the class's pixels).
 
     Raises:
         ValueError: shapes or lengths disagree, or a labeled pixel's index is outside ``0..N-1``.
@@ -144,10 +145,8 @@ def label_map_segments(
     if len(category_ids) != num_classes:
         raise ValueError(f"{num_classes} names but {len(category_ids)} category ids")
     height, width = label_map.shape
-    if class_scores is not None and tuple(class_scores.shape) != (num_classes, height, width):
-        raise ValueError(
-            f"class_scores must have shape [N, H, W] = {[num_classes, height, width]}, got {list(class_scores.shape)}"
-        )
+    if pixel_scores is not None and tuple(pixel_scores.shape) != (height, width):
+        raise ValueError(f"pixel_scores must have shape [H, W] = {[height, width]}, got {list(pixel_scores.shape)}")
     labeled = label_map != ignore_value if ignore_value is not None else None
     values = label_map[labeled] if labeled is not None else label_map.ravel()
     present = np.unique(values)
@@ -158,10 +157,10 @@ def label_map_segments(
     for index in present.tolist():
         mask = label_map == index
         rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
-        if class_scores is None:
+        if pixel_scores is None:
             score = 1.0
         else:
-            score = float(np.mean(class_scores[index][mask], dtype=np.float64))
+            score = float(np.mean(pixel_scores[mask], dtype=np.float64))
         segments.append(
             {
                 "category_id": int(category_ids[index]),

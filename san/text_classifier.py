@@ -92,6 +92,11 @@ class TextClassifier(nn.Module):
         """Raw (log) logit scale; logits are multiplied by its ``exp()``."""
         return self.text_encoder.logit_scale
 
+    def set_template_set(self, name: str) -> None:
+        """Use another prompt template set (and forget embeddings made with the old one)."""
+        self.templates = get_templates(name)
+        self.clear_cache()
+
     def clear_cache(self) -> None:
         """Forget cached class embeddings (done automatically when weights are loaded)."""
         self._cache.clear()

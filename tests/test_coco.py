@@ -35,7 +35,7 @@ def labeled_images() -> tuple[list[dict], dict[int, np.ndarray]]:
                 "image_path": f"/data/img_{image_id}.jpg",
                 "width": width,
                 "height": height,
-                "segments": label_map_segments(label_map, scores, NAMES, IDS, ignore_value=-1),
+                "segments": label_map_segments(label_map, own_scores(label_map, scores), NAMES, IDS, ignore_value=-1),
             }
         )
     return records, maps
@@ -131,3 +131,9 @@ def test_write_json_atomic_replaces_and_cleans_up(tmp_path: Path) -> None:
         write_json_atomic({"bad": object()}, path)
     assert json.loads(path.read_text(encoding="utf-8"))["a"] == 2  # old content intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+
+
+def own_scores(label_map: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Each pixel's score for its own class (0 where unlabeled): ``[H, W]`` from ``[N, H, W]``."""
+    index = np.clip(label_map, 0, scores.shape[0] - 1)[None]
+    return np.take_along_axis(scores, index, axis=0)[0]

@@ -89,7 +89,7 @@ def hand_made() -> tuple[np.ndarray, np.ndarray]:
 def test_segments_bbox_area_score() -> None:
     label_map, scores = hand_made()
     names = ["sky", "cat", "dog", "car"]
-    segments = label_map_segments(label_map, scores, names, [1, 2, 3, 4], ignore_value=-1)
+    segments = label_map_segments(label_map, own_scores(label_map, scores), names, [1, 2, 3, 4], ignore_value=-1)
     assert [s["category_id"] for s in segments] == [1, 2, 4]  # dog absent, unlabeled ignored
     assert [s["category_name"] for s in segments] == ["sky", "cat", "car"]
     by_name = {s["category_name"]: s for s in segments}
@@ -126,10 +126,18 @@ def test_rle_round_trip_equals_label_map_pixels() -> None:
 def test_segments_errors() -> None:
     label_map, scores = hand_made()
     with pytest.raises(ValueError, match="outside 0..3"):
-        label_map_segments(label_map, scores, ["a", "b", "c", "d"], [1, 2, 3, 4])  # -1 not ignored
-    with pytest.raises(ValueError, match="class_scores"):
-        label_map_segments(label_map, scores[:3], ["a", "b", "c", "d"], [1, 2, 3, 4], ignore_value=-1)
+        label_map_segments(label_map, None, ["a", "b", "c", "d"], [1, 2, 3, 4])  # -1 not ignored
+    with pytest.raises(ValueError, match="pixel_scores"):
+        label_map_segments(
+            label_map, own_scores(label_map, scores)[:3], ["a", "b", "c", "d"], [1, 2, 3, 4], ignore_value=-1
+        )
     with pytest.raises(ValueError, match="category ids"):
-        label_map_segments(label_map, scores, ["a", "b", "c", "d"], [1, 2, 3], ignore_value=-1)
+        label_map_segments(label_map, own_scores(label_map, scores), ["a", "b", "c", "d"], [1, 2, 3], ignore_value=-1)
     with pytest.raises(ValueError, match="outside 0..2"):
         label_map_segments(label_map, None, ["a", "b", "c"], [1, 2, 3], ignore_value=-1)
+
+
+def own_scores(label_map: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Each pixel's score for its own class (0 where unlabeled): ``[H, W]`` from ``[N, H, W]``."""
+    index = np.clip(label_map, 0, scores.shape[0] - 1)[None]
+    return np.take_along_axis(scores, index, axis=0)[0]

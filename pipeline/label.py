@@ -1,0 +1,213 @@
+"""The labeling job: vocabulary and images in, Parquet and COCO pseudo-labels out, on Ray Data.
+
+Stages: list inputs on the driver (paths only; Parquet/WebDataset containers are expanded lazily in
+Ray tasks) -> decode, validate and resize in CPU tasks -> predict and encode in an actor pool (one
+model and one set of text embeddings per actor) -> the driver writes Parquet shards atomically as
+batches arrive -> at the end, merge into ``coco.json``, ``errors.parquet`` and ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from tqdm import tqdm
+
+import san
+
+from .images import DEFAULT_MAX_PIXELS
+from .inputs import image_id, resolve_inputs
+from .outputs import OutputConflictError, RunOutput
+from .resources import ResourceError, ResourcePlan, init_ray, plan_resources
+from .smoke import write_smoke_images
+from .stages import DecodeStage, ModelSpec, PredictStage, expand_containers
+from .vocabulary import VocabularyError, load_vocabulary
+
+# Errors a user fixes by changing the command: reported in one line, without a traceback.
+USER_ERRORS = (
+    VocabularyError,
+    FileNotFoundError,
+    ValueError,
+    ResourceError,
+    OutputConflictError,
+    san.WeightsUnavailableError,
+)
+
+
+@dataclass
+class LabelOptions:
+    """Everything ``jobs/label.py`` accepts (see its ``--help``)."""
+
+    vocab: str
+    output: str
+    input: str | None = None
+    model: str = "san_vit_b_16"
+    config: str | None = None
+    batch_size: int = 4
+    workers: tuple[int, int] | None = None
+    gpus_per_worker: float | None = None
+    short_side: int = 640
+    max_size: int = 2560
+    templates: str | None = None
+    dtype: str = "fp32"
+    min_score: float = 0.0
+    limit: int | None = None
+    shard_size: int = 256
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    bytes_column: str | None = None
+    smoke_test: bool = False
+    progress: bool = True
+    command: list[str] = field(default_factory=lambda: list(sys.argv))
+
+
+def _versions() -> dict[str, str]:
+    names = ("san-labeler", "torch", "open_clip_torch", "timm", "ray", "pyarrow", "pycocotools")
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _identity(options: LabelOptions, fingerprint: str) -> dict[str, Any]:
+    model = "smoke-test (random san_tiny, seed 0)" if options.smoke_test else options.model
+    return {
+        "vocabulary": fingerprint,
+        "model": model,
+        "config": options.config,
+        "templates": options.templates,
+        "short_side": options.short_side,
+        "min_score": options.min_score,
+    }
+
+
+def run_label_job(options: LabelOptions) -> dict[str, Any]:
+    """Label every input (resuming a previous run in the same output directory); returns the manifest."""
+    started = time.time()
+    vocabulary = load_vocabulary(options.vocab)
+    output = RunOutput(options.output)
+    identity = _identity(options, vocabulary.fingerprint)
+    output.check_compatible(identity)
+    output.remove_partial_files()
+    if options.smoke_test and options.input is None:
+        options.input = str(write_smoke_images(Path(options.output) / "smoke-inputs"))
+    if options.input is None:
+        raise ValueError("--input is required (a folder, glob, list file, Parquet or WebDataset shards)")
+    done = output.finished_paths()
+    resolved = resolve_inputs(options.input)
+    todo = [item for item in resolved.items if item.image_path not in done]
+    skipped = len(resolved.items) - len(todo)
+    if options.limit is not None:
+        todo = todo[: options.limit]
+
+    init_ray()
+    plan = plan_resources(options.workers, options.gpus_per_worker, smoke_test=options.smoke_test)
+    manifest: dict[str, Any] = {
+        "status": "running",
+        "command": options.command,
+        "identity": identity,
+        "options": {k: v for k, v in asdict(options).items() if k != "command"},
+        "vocabulary": vocabulary.to_json(),
+        "resources": asdict(plan),
+        "versions": _versions(),
+    }
+    output.write_manifest(manifest)
+
+    if todo or resolved.containers:
+        dataset = _build_dataset(options, todo, resolved.containers, done, vocabulary.to_json(), plan)
+        new = _consume(dataset, output, options, total=len(todo) if not resolved.containers else None)
+    else:
+        new = {"labeled": 0, "failed": 0, "rate": 0.0}
+    counts = {"listed": len(resolved.items), "skipped": skipped}
+    manifest["status"] = "complete"
+    manifest["counts"] = {**counts, "new_labeled": new["labeled"], "new_failed": new["failed"]}
+    manifest["timings"] = {"seconds": round(time.time() - started, 3), "images_per_second": new["rate"]}
+    final = output.finalize(vocabulary, manifest)
+    manifest["counts"].update(final)
+    return manifest
+
+
+def _build_dataset(options, todo, containers, done, vocabulary_json, plan: ResourcePlan) -> ray.data.Dataset:
+    parts = []
+    if todo:
+        rows = [{"image_path": i.image_path, "data": b"", "error": i.error or ""} for i in todo]
+        parts.append(ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // 8, 200))))
+    if containers:
+        sources = ray.data.from_items([{"kind": c.kind, "uri": c.uri} for c in containers])
+        expanded = sources.flat_map(
+            expand_containers, fn_kwargs={"bytes_column": options.bytes_column, "done": frozenset(done)}
+        )
+        parts.append(expanded.limit(options.limit) if options.limit is not None else expanded)
+    dataset = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    dataset = dataset.map_batches(
+        DecodeStage(options.short_side, options.max_size, options.max_pixels),
+        batch_size=plan.decode_batch_size,
+        num_cpus=plan.decode_cpus,
+        max_retries=3,
+    )
+    return dataset.map_batches(
+        PredictStage,
+        fn_constructor_kwargs={
+            "model": ModelSpec("smoke" if options.smoke_test else options.model, options.config),
+            "vocabulary": vocabulary_json,
+            "device": plan.device,
+            "dtype": options.dtype,
+            "min_score": options.min_score,
+            "threads": plan.threads_per_worker,
+            "templates": options.templates,
+        },
+        batch_size=options.batch_size,
+        concurrency=plan.workers,
+        num_cpus=plan.cpus_per_worker,
+        num_gpus=plan.gpus_per_worker,
+        max_restarts=plan.max_restarts,
+        max_task_retries=plan.max_task_retries,
+    )
+
+
+def _consume(dataset: ray.data.Dataset, output: RunOutput, options: LabelOptions, total: int | None) -> dict[str, Any]:
+    """Pull finished rows to the driver and write them as shards; show progress with counts and ETA."""
+    predictions: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    labeled = failed = 0
+    started = time.time()
+    bar = tqdm(total=total, unit="img", desc="labeling", disable=not options.progress, dynamic_ncols=True)
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        for i, path in enumerate(batch["image_path"]):
+            if batch["error"][i]:
+                errors.append({"image_path": str(path), "error": str(batch["error"][i])})
+                failed += 1
+            else:
+                predictions.append(_prediction_row(batch, i))
+                labeled += 1
+        bar.update(len(batch["image_path"]))
+        bar.set_postfix(labeled=labeled, failed=failed)
+        if len(predictions) + len(errors) >= options.shard_size:
+            output.write_shard(predictions, errors)
+            predictions, errors = [], []
+    output.write_shard(predictions, errors)
+    bar.close()
+    elapsed = max(time.time() - started, 1e-9)
+    return {"labeled": labeled, "failed": failed, "rate": round((labeled + failed) / elapsed, 3)}
+
+
+def _prediction_row(batch: dict[str, np.ndarray], i: int) -> dict[str, Any]:
+    path = str(batch["image_path"][i])
+    return {
+        "image_path": path,
+        "image_id": image_id(path),
+        "width": int(batch["width"][i]),
+        "height": int(batch["height"][i]),
+        "label_map_png": bytes(batch["label_map_png"][i]),
+        "segments": json.loads(batch["segments_json"][i]),
+    }

@@ -1,0 +1,157 @@
+"""The output directory of a labeling run: Parquet shards written atomically, resume state, and the
+final merge into ``coco.json``, ``errors.parquet`` and ``manifest.json``.
+
+Layout::
+
+    OUT/predictions/part-*.parquet   one row per labeled image (contract in DESIGN.md)
+    OUT/errors/part-*.parquet        one row per input that could not be labeled (path, reason)
+    OUT/errors.parquet               all error rows, merged at the end
+    OUT/coco.json                    COCO annotations of every labeled image
+    OUT/manifest.json                command, model, vocabulary, versions, counts, timings
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .coco import build_coco, write_json_atomic
+from .vocabulary import Vocabulary
+
+SEGMENT_TYPE = pa.struct(
+    [
+        ("category_id", pa.int64()),
+        ("category_name", pa.string()),
+        ("rle", pa.string()),
+        ("area", pa.int64()),
+        ("bbox", pa.list_(pa.float64())),
+        ("score", pa.float64()),
+    ]
+)
+PREDICTION_SCHEMA = pa.schema(
+    [
+        ("image_path", pa.string()),
+        ("image_id", pa.int64()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("label_map_png", pa.binary()),
+        ("segments", pa.list_(SEGMENT_TYPE)),
+    ]
+)
+ERROR_SCHEMA = pa.schema([("image_path", pa.string()), ("error", pa.string())])
+
+
+class OutputConflictError(RuntimeError):
+    """The output directory holds a run made with another vocabulary or model."""
+
+
+def _write_parquet_atomic(table: pa.Table, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"part-{uuid.uuid4().hex}.parquet"
+    tmp = folder / f".{name}.tmp"
+    pq.write_table(table, tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, folder / name)
+    return folder / name
+
+
+class RunOutput:
+    """Reads and writes one run's output directory."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+        self.predictions_dir = self.root / "predictions"
+        self.errors_dir = self.root / "errors"
+
+    def check_compatible(self, identity: dict[str, Any]) -> None:
+        """Refuse to resume a run made with another vocabulary or model (its labels would mix)."""
+        manifest = self.root / "manifest.json"
+        if not manifest.exists():
+            return
+        previous = json.loads(manifest.read_text(encoding="utf-8")).get("identity", {})
+        changed = sorted(k for k in identity if k in previous and previous[k] != identity[k])
+        if changed:
+            raise OutputConflictError(
+                f"{self.root} holds a run with a different {', '.join(changed)}; rerun with the same "
+                "vocabulary and model to resume it, or choose a new --output"
+            )
+
+    def remove_partial_files(self) -> int:
+        """Delete temporary files a killed run left behind; returns how many."""
+        removed = 0
+        for folder in (self.predictions_dir, self.errors_dir):
+            for tmp in folder.glob(".*.tmp") if folder.exists() else []:
+                tmp.unlink()
+                removed += 1
+        return removed
+
+    def finished_paths(self) -> set[str]:
+        """Inputs already labeled or already recorded as errors."""
+        done: set[str] = set()
+        for folder in (self.predictions_dir, self.errors_dir):
+            for shard in sorted(folder.glob("part-*.parquet")) if folder.exists() else []:
+                done.update(pq.read_table(shard, columns=["image_path"]).column(0).to_pylist())
+        return done
+
+    def write_shard(self, predictions: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
+        """Write one shard of each kind (when non-empty), each file appearing whole or not at all."""
+        if predictions:
+            _write_parquet_atomic(pa.Table.from_pylist(predictions, schema=PREDICTION_SCHEMA), self.predictions_dir)
+        if errors:
+            _write_parquet_atomic(pa.Table.from_pylist(errors, schema=ERROR_SCHEMA), self.errors_dir)
+
+    def read_predictions(self, columns: list[str] | None = None) -> pa.Table:
+        """All prediction rows, one per image (a duplicate left by an interrupted write is dropped)."""
+        shards = sorted(self.predictions_dir.glob("part-*.parquet")) if self.predictions_dir.exists() else []
+        if not shards:
+            return PREDICTION_SCHEMA.empty_table().select(columns or PREDICTION_SCHEMA.names)
+        table = pa.concat_tables(pq.read_table(s, columns=columns, schema=PREDICTION_SCHEMA) for s in shards)
+        return _first_per_path(table)
+
+    def read_errors(self) -> pa.Table:
+        shards = sorted(self.errors_dir.glob("part-*.parquet")) if self.errors_dir.exists() else []
+        if not shards:
+            return ERROR_SCHEMA.empty_table()
+        return _first_per_path(pa.concat_tables(pq.read_table(s, schema=ERROR_SCHEMA) for s in shards))
+
+    def finalize(self, vocabulary: Vocabulary, manifest: dict[str, Any]) -> dict[str, int]:
+        """Merge the shards into ``coco.json`` and ``errors.parquet`` and write ``manifest.json``."""
+        predictions = self.read_predictions(["image_path", "image_id", "width", "height", "segments"])
+        ids = predictions.column("image_id").to_pylist()
+        if len(set(ids)) != len(ids):
+            raise RuntimeError("two different image paths hash to the same image_id; please report this")
+        coco = build_coco(predictions.to_pylist(), vocabulary.names, vocabulary.category_ids)
+        write_json_atomic(coco, self.root / "coco.json")
+        labeled = set(predictions.column("image_path").to_pylist())
+        errors = self.read_errors()
+        errors = errors.filter(
+            pa.array([p not in labeled for p in errors.column("image_path").to_pylist()], pa.bool_())
+        )
+        tmp = self.root / ".errors.parquet.tmp"
+        pq.write_table(errors, tmp)
+        os.replace(tmp, self.root / "errors.parquet")
+        counts = {"labeled": predictions.num_rows, "failed": errors.num_rows}
+        write_json_atomic(
+            {**manifest, "counts": {**manifest.get("counts", {}), **counts}}, self.root / "manifest.json", indent=2
+        )
+        return counts
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(manifest, self.root / "manifest.json", indent=2)
+
+
+def _first_per_path(table: pa.Table) -> pa.Table:
+    seen: set[str] = set()
+    keep = []
+    for path in table.column("image_path").to_pylist():
+        keep.append(path not in seen)
+        seen.add(path)
+    return table if all(keep) else table.filter(pa.array(keep, pa.bool_()))

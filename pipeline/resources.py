@@ -1,0 +1,98 @@
+"""Connect to Ray and size the labeling job's resources so that it can neither starve nor hang.
+
+Measured with Ray 2.60: an actor pool that takes every CPU starves the read/decode tasks and the job
+hangs with no error, and GPU actors on a cluster without GPUs wait forever. So the pool always
+leaves CPU for the decode tasks, and requests that the cluster can never meet fail at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import ray
+
+
+class ResourceError(RuntimeError):
+    """The cluster can never provide what the job asks for."""
+
+
+@dataclass(frozen=True)
+class ResourcePlan:
+    """Ray resources of each stage. ``workers`` is the actor pool size ``(min, max)``."""
+
+    device: str
+    workers: tuple[int, int]
+    cpus_per_worker: float
+    gpus_per_worker: float
+    threads_per_worker: int
+    decode_cpus: float
+    decode_batch_size: int
+    max_restarts: int = 3
+    max_task_retries: int = 3
+
+
+def init_ray() -> None:
+    """Join the cluster of a ``ray job submit`` (or ``RAY_ADDRESS``), else start a local Ray."""
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the job shows its own bar with counts and ETA
+    context.print_on_execution_start = False
+
+
+def plan_resources(
+    workers: tuple[int, int] | None, gpus_per_worker: float | None, smoke_test: bool = False
+) -> ResourcePlan:
+    """Choose actor-pool size and per-actor resources from what the cluster has.
+
+    GPU cluster: one actor per ``gpus_per_worker`` share of the GPUs (default 1 GPU each), 1 CPU
+    each. CPU cluster: actors of 1 CPU each, at most ``CPUs - 1`` of them so decode tasks always have
+    a CPU; each actor's torch uses the node's CPUs divided among its actors.
+    """
+    total = ray.cluster_resources()
+    cpus = float(total.get("CPU", 0))
+    gpus = float(total.get("GPU", 0))
+    if gpus_per_worker is None:
+        gpus_per_worker = 1.0 if gpus > 0 and not smoke_test else 0.0
+    if gpus_per_worker < 0:
+        raise ResourceError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+    if gpus_per_worker > 0 and gpus == 0:
+        raise ResourceError(
+            f"--gpus-per-worker {gpus_per_worker} asks for GPUs but the Ray cluster has none "
+            f"(resources: {dict(total)}); use --gpus-per-worker 0 to label on CPU"
+        )
+    if gpus_per_worker > max(gpus, 0):
+        raise ResourceError(f"--gpus-per-worker {gpus_per_worker} is more than the cluster's {gpus:g} GPUs")
+    if cpus < 1:
+        raise ResourceError(f"the Ray cluster has {cpus:g} CPUs; the job needs at least 1")
+    on_gpu = gpus_per_worker > 0
+    cpus_per_worker = 1.0 if cpus >= 2 else 0.5
+    if on_gpu:
+        capacity = int(gpus // gpus_per_worker)
+    else:
+        capacity = max(1, int((cpus - 1) // cpus_per_worker)) if cpus >= 2 else 1
+    if workers is None:
+        workers = (1, capacity)
+    low, high = workers
+    if not 1 <= low <= high:
+        raise ResourceError(f"--workers must be N or MIN-MAX with 1 <= MIN <= MAX, got {low}-{high}")
+    if low > capacity:
+        raise ResourceError(
+            f"--workers {low}-{high} needs {low} actors but the cluster fits {capacity} "
+            f"({cpus:g} CPUs, {gpus:g} GPUs; decode tasks keep at least one CPU)"
+        )
+    high = min(high, capacity)
+    threads = max(1, int(cpus // high)) if not on_gpu else 1
+    return ResourcePlan(
+        device="cuda" if on_gpu else "cpu",
+        workers=(low, high),
+        cpus_per_worker=cpus_per_worker,
+        gpus_per_worker=gpus_per_worker,
+        threads_per_worker=threads,
+        decode_cpus=0.5 if cpus < 4 else 1.0,
+        decode_batch_size=8,
+    )

@@ -1,0 +1,151 @@
+"""Ray Data stages of the labeling job: each a callable over a batch (a dict of numpy arrays).
+
+Rows flow as ``image_path``, ``error`` (empty string when fine) and the stage's payload; a row that
+failed in an earlier stage passes through untouched, so a bad input never stops the run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+import san
+from san.predictor import Predictor
+from san.transforms import resize_shortest_edge
+
+from .images import ImageDecodeError, decode_image
+from .inputs import Container, expand_container, read_bytes
+from .segments import encode_label_map_png, label_map_segments
+from .vocabulary import Vocabulary
+
+# Placeholder pixels for rows without an image (Ray needs an array in every row of the column).
+_NO_IMAGE = np.zeros((1, 1, 3), dtype=np.uint8)
+
+
+def expand_containers(row: dict[str, Any], bytes_column: str | None, done: frozenset[str]) -> list[dict[str, Any]]:
+    """``flat_map``: one Parquet file or WebDataset shard -> its image rows (finished ones skipped)."""
+    container = Container(row["kind"], row["uri"])
+    return [
+        {"image_path": item.image_path, "data": item.data or b"", "error": item.error or ""}
+        for item in expand_container(container, bytes_column)
+        if item.image_path not in done
+    ]
+
+
+@dataclass
+class DecodeStage:
+    """CPU stage: read (when only a path is given), decode, validate and resize for the model."""
+
+    short_side: int
+    max_size: int
+    max_pixels: int
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        images, heights, widths, errors = [], [], [], []
+        datas = batch.get("data", [b""] * len(batch["image_path"]))
+        for path, data, error in zip(batch["image_path"], datas, batch["error"], strict=True):
+            image = None
+            if not error:
+                try:
+                    raw = data if len(data) else read_bytes(path)
+                    image = decode_image(raw, max_pixels=self.max_pixels)
+                except ImageDecodeError as failure:
+                    error = failure.reason
+                except OSError as failure:
+                    error = f"cannot read file: {failure}"
+            if image is None:
+                images.append(_NO_IMAGE)
+                heights.append(0)
+                widths.append(0)
+            else:
+                heights.append(image.shape[0])
+                widths.append(image.shape[1])
+                images.append(resize_shortest_edge(image, self.short_side, self.max_size))
+            errors.append(error)
+        return {
+            "image_path": batch["image_path"],
+            "image": images,
+            "height": np.asarray(heights, dtype=np.int64),
+            "width": np.asarray(widths, dtype=np.int64),
+            "error": np.asarray(errors, dtype=object),
+        }
+
+
+@dataclass
+class ModelSpec:
+    """What each predictor actor loads: a released preset, a checkpoint file (with an optional
+    official config), or ``smoke`` for the tiny random model of ``--smoke-test``."""
+
+    model: str
+    config: str | None = None
+
+    def load(self) -> san.SAN:
+        if self.model == "smoke":
+            torch.manual_seed(0)
+            return san.build_san("san_tiny")
+        return san.load_model(self.model, self.config)
+
+
+class PredictStage:
+    """Actor stage: loads the model and the vocabulary's text embeddings once, then labels batches
+    and encodes each image's label map (PNG) and per-class segments (COCO RLE)."""
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        vocabulary: dict[str, Any],
+        device: str,
+        dtype: str,
+        min_score: float,
+        threads: int,
+        templates: str | None,
+    ):
+        if device == "cpu":
+            torch.set_num_threads(threads)
+        self.vocabulary = Vocabulary.from_json(vocabulary)
+        net = model.load()
+        if templates is not None:
+            net.text_classifier.set_template_set(templates)
+        self.predictor = Predictor(
+            net,
+            self.vocabulary.prompts,
+            self.vocabulary.prompt_to_class,
+            device=device,
+            dtype=dtype,
+            min_score=min_score,
+        )
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        good = [i for i, error in enumerate(batch["error"]) if not error]
+        predictions = (
+            self.predictor.predict(
+                [batch["image"][i] for i in good],
+                output_sizes=[(int(batch["height"][i]), int(batch["width"][i])) for i in good],
+            )
+            if good
+            else []
+        )
+        pngs = [b""] * len(batch["image_path"])
+        segments = ["[]"] * len(batch["image_path"])
+        for i, prediction in zip(good, predictions, strict=True):
+            pngs[i] = encode_label_map_png(prediction.label_map, ignore_value=prediction.unlabeled)
+            segs = label_map_segments(
+                prediction.label_map,
+                prediction.scores,
+                self.vocabulary.names,
+                self.vocabulary.category_ids,
+                ignore_value=prediction.unlabeled,
+            )
+            segments[i] = json.dumps(segs)
+        return {
+            "image_path": batch["image_path"],
+            "width": batch["width"],
+            "height": batch["height"],
+            "label_map_png": np.asarray(pngs, dtype=object),
+            "segments_json": np.asarray(segments, dtype=object),
+            "error": batch["error"],
+        }

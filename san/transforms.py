@@ -1,0 +1,29 @@
+"""Image resizing as SAN's evaluation does it (detectron2's ``ResizeShortestEdge``)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def shortest_edge_size(height: int, width: int, short_side: int, max_size: int) -> tuple[int, int]:
+    """Output ``(height, width)`` scaling the short side to ``short_side`` while the long side stays
+    within ``max_size`` (detectron2 ``ResizeShortestEdge.get_output_shape``, rounding half up)."""
+    scale = short_side / min(height, width)
+    new_h, new_w = height * scale, width * scale
+    if max(new_h, new_w) > max_size:
+        rescale = max_size / max(new_h, new_w)
+        new_h, new_w = new_h * rescale, new_w * rescale
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+def resize_shortest_edge(image: np.ndarray, short_side: int = 640, max_size: int = 2560) -> np.ndarray:
+    """Resize an RGB uint8 image ``[H, W, 3]`` with PIL bilinear, as SAN's test-time mapper does.
+
+    Returns the image unchanged (not copied) when it already has the target size.
+    """
+    height, width = image.shape[:2]
+    size = shortest_edge_size(height, width, short_side, max_size)
+    if size == (height, width):
+        return image
+    return np.array(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))

@@ -1,0 +1,354 @@
+"""Resolving ``--input``: folders, globs, list files, Parquet and WebDataset shards (no Ray)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.inputs import (
+    Container,
+    InputItem,
+    ResolvedInputs,
+    expand_container,
+    image_id,
+    read_bytes,
+    resolve_inputs,
+)
+
+
+def _encode(fmt: str = "PNG", seed: int = 0, size: tuple[int, int] = (6, 4)) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _image(path: Path, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_encode("JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG", seed))
+    return path
+
+
+def _paths(resolved: ResolvedInputs) -> list[str]:
+    return [item.image_path for item in resolved.items]
+
+
+def _errors(resolved: ResolvedInputs) -> dict[str, str | None]:
+    return {item.image_path: item.error for item in resolved.items}
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """root/{b.png, a.jpg, C.JPEG, sub/deep/d.png, sub/c.webp, .hidden.jpg, .cache/e.jpg, x.jpg/, notes.txt}"""
+    root = tmp_path / "images"
+    for i, rel in enumerate(["b.png", "a.jpg", "C.JPEG", "sub/deep/d.png", "sub/c.webp"]):
+        if rel.endswith(".webp"):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (3, 3)).save(root / rel, format="WEBP")
+        else:
+            _image(root / rel, seed=i)
+    _image(root / ".hidden.jpg")
+    _image(root / ".cache" / "e.jpg")
+    (root / "x.jpg").mkdir()
+    (root / "notes.txt").write_text("not an image\n")
+    return root
+
+
+# --- folders -------------------------------------------------------------------------------------------
+
+
+def test_directory_recursive_sorted_and_deterministic(tree: Path) -> None:
+    resolved = resolve_inputs(str(tree))
+    assert resolved.containers == []
+    expected = sorted(
+        str(tree / rel) for rel in ["a.jpg", "b.png", "C.JPEG", "sub/deep/d.png", "sub/c.webp", "x.jpg", "notes.txt"]
+    )
+    assert _paths(resolved) == expected
+    assert _paths(resolve_inputs(str(tree))) == expected  # same order every time
+    assert all(isinstance(item, InputItem) and item.data is None for item in resolved.items)
+    ok = [p for p, err in _errors(resolved).items() if err is None]
+    assert sorted(ok) == sorted(str(tree / rel) for rel in ["a.jpg", "b.png", "C.JPEG", "sub/deep/d.png", "sub/c.webp"])
+
+
+def test_directory_skips_hidden_files_and_folders(tree: Path) -> None:
+    paths = _paths(resolve_inputs(str(tree)))
+    assert not any("/." in p for p in paths)
+    assert str(tree / ".hidden.jpg") not in paths
+    assert str(tree / ".cache" / "e.jpg") not in paths
+
+
+def test_hidden_git_folder_does_not_break_parquet_folder(tmp_path: Path) -> None:
+    """A cloned dataset repo: only Parquet files apart from ``.git/`` -> still containers."""
+    pq.write_table(pa.table({"image_path": ["a.jpg"]}), tmp_path / "train.parquet")
+    (tmp_path / ".git" / "objects").mkdir(parents=True)
+    (tmp_path / ".git" / "objects" / "ab12").write_bytes(b"blob")
+    (tmp_path / ".gitattributes").write_text("*.parquet filter=lfs\n")
+    resolved = resolve_inputs(str(tmp_path))
+    assert resolved.items == []
+    assert resolved.containers == [Container("parquet", str(tmp_path / "train.parquet"))]
+
+
+def test_subfolder_named_like_an_image_is_an_error_item(tree: Path) -> None:
+    error = _errors(resolve_inputs(str(tree)))[str(tree / "x.jpg")]
+    assert error is not None and error.startswith("is a directory")
+
+
+def test_non_image_file_in_image_folder_is_an_error_item(tree: Path) -> None:
+    error = _errors(resolve_inputs(str(tree)))[str(tree / "notes.txt")]
+    assert error is not None and "not an image file" in error and ".txt" in error
+
+
+def test_relative_directory_spec(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tree.parent)
+    assert _paths(resolve_inputs("images")) == _paths(resolve_inputs(str(tree)))
+    assert _paths(resolve_inputs("images/a.jpg")) == [str(tree / "a.jpg")]
+
+
+def test_single_image_file(tree: Path) -> None:
+    resolved = resolve_inputs(str(tree / "b.png"))
+    assert resolved.items == [InputItem(str(tree / "b.png"))] and resolved.containers == []
+
+
+def test_folder_of_parquet_files_becomes_containers(tmp_path: Path) -> None:
+    for name in ["b.parquet", "a.parquet", "sub/c.parquet"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"image_path": ["x.jpg"]}), tmp_path / name)
+    resolved = resolve_inputs(str(tmp_path))
+    assert resolved.items == []
+    assert resolved.containers == [
+        Container("parquet", str(tmp_path / name)) for name in ["a.parquet", "b.parquet", "sub/c.parquet"]
+    ]
+
+
+def test_folder_of_tar_shards_becomes_containers(tmp_path: Path) -> None:
+    for name in ["shard-000001.tar", "shard-000000.tar"]:
+        _shard(tmp_path / name, {"000001.jpg": _encode("JPEG")})
+    resolved = resolve_inputs(str(tmp_path))
+    assert resolved.items == []
+    assert resolved.containers == [
+        Container("tar", str(tmp_path / name)) for name in ["shard-000000.tar", "shard-000001.tar"]
+    ]
+
+
+def test_mixed_folder_is_not_containers(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"image_path": ["x.jpg"]}), tmp_path / "a.parquet")
+    _image(tmp_path / "b.png")
+    resolved = resolve_inputs(str(tmp_path))
+    assert resolved.containers == []
+    assert _errors(resolved) == {
+        str(tmp_path / "a.parquet"): "not an image file (extension '.parquet')",
+        str(tmp_path / "b.png"): None,
+    }
+
+
+def test_missing_input_raises_naming_it(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="nope"):
+        resolve_inputs(missing)
+
+
+# --- globs ---------------------------------------------------------------------------------------------
+
+
+def test_recursive_glob(tree: Path) -> None:
+    resolved = resolve_inputs(f"{tree}/**/*.png")
+    assert _paths(resolved) == [str(tree / "b.png"), str(tree / "sub" / "deep" / "d.png")]
+    assert all(item.error is None for item in resolved.items)
+
+
+def test_flat_glob_stays_in_its_folder(tree: Path) -> None:
+    _image(tree / "sub" / "nested.jpg")
+    resolved = resolve_inputs(f"{tree}/*.jpg")
+    assert _errors(resolved) == {
+        str(tree / "a.jpg"): None,
+        str(tree / "x.jpg"): "is a directory, not an image file",
+    }
+
+
+def test_glob_wildcard_in_folder_and_relative(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tree.parent)
+    assert _paths(resolve_inputs("images/s*/*.webp")) == [str(tree / "sub" / "c.webp")]
+    assert _paths(resolve_inputs("images/?.png")) == [str(tree / "b.png")]
+
+
+def test_glob_of_containers(tmp_path: Path) -> None:
+    _shard(tmp_path / "s1.tar", {"k.jpg": _encode("JPEG")})
+    pq.write_table(pa.table({"image_path": ["x.jpg"]}), tmp_path / "t.parquet")
+    resolved = resolve_inputs(f"{tmp_path}/*")
+    assert resolved.items == []
+    assert resolved.containers == [
+        Container("tar", str(tmp_path / "s1.tar")),
+        Container("parquet", str(tmp_path / "t.parquet")),
+    ]
+
+
+def test_glob_matching_nothing_raises(tree: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"\*\.gif"):
+        resolve_inputs(f"{tree}/**/*.gif")
+    with pytest.raises(FileNotFoundError):
+        resolve_inputs(f"{tmp_path}/does-not-exist/*.jpg")
+
+
+# --- list files ----------------------------------------------------------------------------------------
+
+
+def test_list_file(tree: Path, tmp_path: Path) -> None:
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    absolute = str(tree / "sub" / "deep" / "d.png")
+    (lists / "inputs.txt").write_text(
+        f"# images to label\n\n../images/b.png\n  {absolute}  \n   \n../images/missing.jpg\n# ../images/a.jpg\n"
+        "../images/notes.txt\n"
+    )
+    resolved = resolve_inputs(str(lists / "inputs.txt"))
+    assert resolved.containers == []
+    assert [(i.image_path, i.data, i.error) for i in resolved.items] == [
+        (str(tree / "b.png"), None, None),
+        (absolute, None, None),
+        (str(tree / "missing.jpg"), None, "file not found"),
+        (str(tree / "notes.txt"), None, "not an image file (extension '.txt')"),
+    ]
+
+
+def test_list_file_keeps_its_order(tree: Path) -> None:
+    listing = tree.parent / "order.lst"
+    listing.write_text("images/b.png\nimages/a.jpg\n")
+    assert _paths(resolve_inputs(str(listing))) == [str(tree / "b.png"), str(tree / "a.jpg")]
+
+
+# --- Parquet -------------------------------------------------------------------------------------------
+
+
+def test_parquet_path_column_only(tree: Path, tmp_path: Path) -> None:
+    file = tmp_path / "paths.parquet"
+    pq.write_table(pa.table({"image_path": [str(tree / "a.jpg"), str(tree / "gone.png")], "w": [1, 2]}), file)
+    resolved = resolve_inputs(str(file))
+    assert resolved.items == [] and resolved.containers == [Container("parquet", str(file))]
+    assert list(expand_container(resolved.containers[0])) == [
+        InputItem(str(tree / "a.jpg")),
+        InputItem(str(tree / "gone.png"), error="file not found"),
+    ]
+
+
+def test_parquet_bytes_column_only(tmp_path: Path) -> None:
+    file = tmp_path / "bytes.parquet"
+    blobs = [_encode("PNG", seed=i) for i in range(3)]
+    pq.write_table(pa.table({"image_bytes": pa.array(blobs + [None], pa.binary())}), file, row_group_size=2)
+    items = list(expand_container(Container("parquet", str(file))))
+    assert [i.image_path for i in items] == [f"{file}#{row}" for row in range(4)]
+    assert [i.data for i in items[:3]] == blobs and all(i.error is None for i in items[:3])
+    assert items[3].data is None and items[3].error is not None and "image_bytes" in items[3].error
+
+
+def test_parquet_path_and_bytes_columns(tmp_path: Path) -> None:
+    file = tmp_path / "both.parquet"
+    blobs = [_encode("JPEG", seed=1), _encode("PNG", seed=2)]
+    pq.write_table(pa.table({"path": ["cats/1.jpg", None], "jpg": blobs}), file)
+    items = list(expand_container(Container("parquet", str(file))))
+    # the named path wins; the bytes come from the row, so the path need not exist
+    assert items == [InputItem("cats/1.jpg", data=blobs[0]), InputItem(f"{file}#1", data=blobs[1])]
+
+
+def test_parquet_hugging_face_image_struct(tmp_path: Path) -> None:
+    file = tmp_path / "hf.parquet"
+    blobs = [_encode("PNG", seed=3), _encode("JPEG", seed=4)]
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    column = pa.array([{"bytes": blobs[0], "path": "img_0.png"}, {"bytes": blobs[1], "path": None}], struct)
+    pq.write_table(pa.table({"image": column, "label": [0, 1]}), file)
+    items = list(expand_container(Container("parquet", str(file))))
+    assert items == [InputItem("img_0.png", data=blobs[0]), InputItem(f"{file}#1", data=blobs[1])]
+
+
+def test_parquet_explicit_bytes_column(tmp_path: Path) -> None:
+    file = tmp_path / "custom.parquet"
+    blob = _encode()
+    pq.write_table(pa.table({"pixels_png": [blob], "image_bytes": [b"decoy"]}), file)
+    assert list(expand_container(Container("parquet", str(file)), bytes_column="pixels_png")) == [
+        InputItem(f"{file}#0", data=blob)
+    ]
+
+
+def test_parquet_missing_bytes_column_raises(tmp_path: Path) -> None:
+    file = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"image_path": ["a.jpg"], "score": [0.5]}), file)
+    with pytest.raises(ValueError, match=r"no column 'pixels'.*image_path.*score"):
+        list(expand_container(Container("parquet", str(file)), bytes_column="pixels"))
+
+
+def test_parquet_without_usable_columns_raises(tmp_path: Path) -> None:
+    file = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"caption": ["a cat"], "score": [0.5]}), file)
+    with pytest.raises(ValueError, match=r"path column.*image-bytes column.*caption"):
+        list(expand_container(Container("parquet", str(file))))
+
+
+# --- WebDataset ----------------------------------------------------------------------------------------
+
+
+def _shard(path: Path, members: dict[str, bytes | None]) -> Path:
+    """A tar with ``members`` in order (``None`` -> a folder entry)."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_webdataset_shard(tmp_path: Path) -> None:
+    jpg, png = _encode("JPEG", seed=5), _encode("PNG", seed=6)
+    shard = _shard(
+        tmp_path / "shard-000000.tar",
+        {"000001.jpg": jpg, "000001.json": b'{"label": 1}', "000002.png": png, "000002.txt": b"a dog"},
+    )
+    resolved = resolve_inputs(str(shard))
+    assert resolved.items == [] and resolved.containers == [Container("tar", str(shard))]
+    assert list(expand_container(resolved.containers[0])) == [
+        InputItem(f"{shard}/000001.jpg", data=jpg),
+        InputItem(f"{shard}/000002.png", data=png),
+    ]
+
+
+def test_webdataset_one_item_per_sample_key(tmp_path: Path) -> None:
+    """The key is the basename up to its first dot: ``k.seg.png`` belongs to sample ``k``."""
+    jpg, seg, other = _encode("JPEG", seed=7), _encode("PNG", seed=8), _encode("PNG", seed=9)
+    shard = _shard(
+        tmp_path / "s.tar",
+        {"train": None, "train/k.jpg": jpg, "train/k.seg.png": seg, "train/k.v2.jpg": seg, "val/k.png": other},
+    )
+    assert list(expand_container(Container("tar", str(shard)))) == [
+        InputItem(f"{shard}/train/k.jpg", data=jpg),
+        InputItem(f"{shard}/val/k.png", data=other),
+    ]
+
+
+# --- ids and reading -----------------------------------------------------------------------------------
+
+
+def test_image_id_stable_positive_and_json_safe() -> None:
+    paths = [f"/data/{i}.jpg" for i in range(500)] + ["", "s3://bucket/é.png", "x.tar/000001.jpg"]
+    ids = [image_id(p) for p in paths]
+    assert ids == [image_id(p) for p in paths]
+    assert all(isinstance(i, int) and 0 < i < 2**53 for i in ids)
+    assert len(set(ids)) == len(ids)
+    assert image_id("/data/0.jpg") == 8648439394540017  # pinned: ids must not change between releases
+
+
+def test_read_bytes_local(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = (tree / "b.png").read_bytes()
+    assert read_bytes(str(tree / "b.png")) == expected
+    monkeypatch.chdir(tree)
+    assert read_bytes("b.png") == expected
+    with pytest.raises(OSError):
+        read_bytes(str(tree / "missing.png"))

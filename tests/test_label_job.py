@@ -1,0 +1,185 @@
+"""End to end: the labeling job through `ray job submit` on a local cluster, bad inputs, resume.
+
+Uses the smoke-test model (tiny SAN, random weights, seed 0): the labels are meaningless but
+deterministic, so the pipeline's output can be compared with a direct call to the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from label_inputs import VOCABULARY, write_bad_inputs, write_good_images
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+import san
+from pipeline.images import read_image_file
+from pipeline.inputs import image_id
+from pipeline.outputs import RunOutput
+from pipeline.segments import decode_label_map_png
+from pipeline.vocabulary import parse_vocabulary
+from san.predictor import Predictor
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def ray_cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    ray = str(Path(sys.executable).with_name("ray"))
+    return subprocess.run([ray, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A local cluster from `ray start --head`, as the README starts one."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    temp_dir = tmp_path_factory.mktemp("ray")
+    started = ray_cli(
+        "start",
+        "--head",
+        "--num-cpus=2",
+        "--dashboard-host=127.0.0.1",
+        "--dashboard-port=8265",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+        env=env,
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        yield env
+    finally:
+        ray_cli("stop", "--force", env=env)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    folder = tmp_path_factory.mktemp("inputs")
+    good = write_good_images(folder / "images")
+    bad = write_bad_inputs(folder / "images" / "bad")
+    vocab = folder / "vocab.txt"
+    vocab.write_text(VOCABULARY)
+    return {"folder": folder / "images", "good": good, "bad": bad, "vocab": vocab}
+
+
+def label_command(inputs: dict, output: Path, *extra: str) -> list[str]:
+    return [
+        "python",
+        "jobs/label.py",
+        "--smoke-test",
+        "--vocab",
+        str(inputs["vocab"]),
+        "--input",
+        str(inputs["folder"]),
+        "--output",
+        str(output),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def read_outputs(output: Path) -> tuple[list[dict], dict, list[dict]]:
+    predictions = pq.read_table(output / "predictions").to_pylist()
+    coco = json.loads((output / "coco.json").read_text())
+    errors = pq.read_table(output / "errors.parquet").to_pylist()
+    return predictions, coco, errors
+
+
+def test_ray_job_submit_end_to_end(ray_cluster: dict, inputs: dict, tmp_path: Path) -> None:
+    output = tmp_path / "labels"
+    submitted = ray_cli(
+        "job",
+        "submit",
+        "--address",
+        "http://127.0.0.1:8265",
+        "--working-dir",
+        ".",
+        "--",
+        *label_command(inputs, output),
+        env=ray_cluster,
+        timeout=600,
+    )
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+
+    predictions, coco, errors = read_outputs(output)
+    good = sorted(str(p) for p in inputs["good"])
+    assert sorted(row["image_path"] for row in predictions) == good, "every good image exactly once"
+    assert sorted(image["file_name"] for image in coco["images"]) == good
+    assert {e["image_path"].rsplit("/", 1)[1]: e["error"] for e in errors}.keys() == inputs["bad"].keys()
+    for error in errors:
+        assert inputs["bad"][error["image_path"].rsplit("/", 1)[1]] in error["error"]
+
+    api = COCO(str(output / "coco.json"))
+    vocabulary = parse_vocabulary(VOCABULARY)
+    assert [c["name"] for c in api.loadCats(api.getCatIds())] == list(vocabulary.names)
+    torch.manual_seed(0)
+    predictor = Predictor(san.build_san("san_tiny"), vocabulary.prompts, vocabulary.prompt_to_class, device="cpu")
+    for row in predictions:
+        label_map = decode_label_map_png(row["label_map_png"])
+        assert label_map.shape == (row["height"], row["width"])
+        assert row["image_id"] == image_id(row["image_path"])
+        direct = predictor.predict([read_image_file(row["image_path"])])[0]
+        np.testing.assert_array_equal(label_map, direct.label_map, err_msg=row["image_path"])
+        annotations = api.loadAnns(api.getAnnIds(imgIds=[row["image_id"]]))
+        assert len(annotations) == len(row["segments"]) == len(np.unique(label_map))
+        for annotation in annotations:
+            class_index = annotation["category_id"] - 1
+            np.testing.assert_array_equal(api.annToMask(annotation).astype(bool), label_map == class_index)
+            assert annotation["area"] == int((label_map == class_index).sum())
+            assert annotation["bbox"] == [float(v) for v in mask_utils.toBbox(annotation["segmentation"])]
+            assert annotation["score"] == pytest.approx(direct.scores[label_map == class_index].mean(), rel=1e-5)
+
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["counts"]["labeled"] == len(good) and manifest["counts"]["failed"] == len(inputs["bad"])
+
+
+def test_resume_after_kill(inputs: dict, tmp_path: Path) -> None:
+    output = tmp_path / "labels"
+    command = [sys.executable, *label_command(inputs, output, "--shard-size", "1", "--batch-size", "1")[1:]]
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((output / "predictions").glob("part-*.parquet")):
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    partial = pq.read_table(output / "predictions").num_rows
+    assert 0 < partial < len(inputs["good"]), "the kill landed part way"
+
+    rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    predictions, coco, errors = read_outputs(output)
+    good = sorted(str(p) for p in inputs["good"])
+    assert sorted(row["image_path"] for row in predictions) == good
+    assert sorted(image["file_name"] for image in coco["images"]) == good
+    assert len(errors) == len(inputs["bad"])
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["counts"]["skipped"] >= partial
+
+
+def test_rerun_of_a_finished_run_labels_nothing_new(inputs: dict, tmp_path: Path) -> None:
+    output = tmp_path / "labels"
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    command = [sys.executable, *label_command(inputs, output, "--limit", "5")[1:]]
+    first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = RunOutput(output)
+    assert run.read_predictions().num_rows + run.read_errors().num_rows == 5
+    other_vocab = tmp_path / "other.txt"
+    other_vocab.write_text("dog\n")
+    conflict = [*command, "--vocab", str(other_vocab)]
+    refused = subprocess.run(conflict, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "different vocabulary" in refused.stderr
