@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
 
 from pipeline.label import USER_ERRORS, LabelOptions, run_label_job  # noqa: E402
+from san.errors import WeightsUnavailableError  # noqa: E402
 from san.predictor import DTYPES  # noqa: E402
 from san.text_classifier import TEMPLATE_SETS  # noqa: E402
 
@@ -54,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model",
         default="san_vit_b_16",
         help="a released preset (san_vit_b_16, san_vit_l_14; cached download from Hugging Face, or $SAN_WEIGHTS), "
-        "this project's .safetensors checkpoint, or an official .pth checkpoint with --config (default: %(default)s)",
+        "this project's .safetensors checkpoint, an official .pth checkpoint with --config, or random:<preset> "
+        "(random weights, for benchmarks) (default: %(default)s)",
     )
     parser.add_argument(
         "--config", help="config of an official .pth checkpoint: a preset name or the official YAML/JSON"
@@ -127,4 +129,6 @@ if __name__ == "__main__":
     try:
         main(parse_args())
     except USER_ERRORS as error:
-        sys.exit(f"error: {error}")
+        hint = "\nTo see the whole flow without weights, add --smoke-test (a tiny random model)."
+        print(f"error: {error}{hint if isinstance(error, WeightsUnavailableError) else ''}", file=sys.stderr)
+        sys.exit(2)

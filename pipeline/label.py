@@ -28,7 +28,7 @@ from .inputs import image_id, resolve_inputs
 from .outputs import OutputConflictError, RunOutput
 from .resources import ResourceError, ResourcePlan, init_ray, plan_resources
 from .smoke import write_smoke_images
-from .stages import DecodeStage, ModelSpec, PredictStage, expand_containers
+from .stages import SMOKE_MODEL, DecodeStage, ModelSpec, PredictStage, expand_containers
 from .vocabulary import VocabularyError, load_vocabulary
 
 # Errors a user fixes by changing the command: reported in one line, without a traceback.
@@ -80,7 +80,7 @@ def _versions() -> dict[str, str]:
 
 
 def _identity(options: LabelOptions, fingerprint: str) -> dict[str, Any]:
-    model = "smoke-test (random san_tiny, seed 0)" if options.smoke_test else options.model
+    model = SMOKE_MODEL if options.smoke_test else options.model
     return {
         "vocabulary": fingerprint,
         "model": model,
@@ -110,6 +110,7 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
     if options.limit is not None:
         todo = todo[: options.limit]
 
+    model = ModelSpec(SMOKE_MODEL if options.smoke_test else options.model, options.config).resolved()
     init_ray()
     plan = plan_resources(options.workers, options.gpus_per_worker, smoke_test=options.smoke_test)
     manifest: dict[str, Any] = {
@@ -124,7 +125,7 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
     output.write_manifest(manifest)
 
     if todo or resolved.containers:
-        dataset = _build_dataset(options, todo, resolved.containers, done, vocabulary.to_json(), plan)
+        dataset = _build_dataset(options, model, todo, resolved.containers, done, vocabulary.to_json(), plan)
         new = _consume(dataset, output, options, total=len(todo) if not resolved.containers else None)
     else:
         new = {"labeled": 0, "failed": 0, "rate": 0.0}
@@ -137,7 +138,7 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
     return manifest
 
 
-def _build_dataset(options, todo, containers, done, vocabulary_json, plan: ResourcePlan) -> ray.data.Dataset:
+def _build_dataset(options, model, todo, containers, done, vocabulary_json, plan: ResourcePlan) -> ray.data.Dataset:
     parts = []
     if todo:
         rows = [{"image_path": i.image_path, "data": b"", "error": i.error or ""} for i in todo]
@@ -158,7 +159,7 @@ def _build_dataset(options, todo, containers, done, vocabulary_json, plan: Resou
     return dataset.map_batches(
         PredictStage,
         fn_constructor_kwargs={
-            "model": ModelSpec("smoke" if options.smoke_test else options.model, options.config),
+            "model": model,
             "vocabulary": vocabulary_json,
             "device": plan.device,
             "dtype": options.dtype,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -75,18 +76,38 @@ class DecodeStage:
         }
 
 
+RANDOM_PREFIX = "random:"
+SMOKE_MODEL = RANDOM_PREFIX + "san_tiny"
+
+
 @dataclass
 class ModelSpec:
     """What each predictor actor loads: a released preset, a checkpoint file (with an optional
-    official config), or ``smoke`` for the tiny random model of ``--smoke-test``."""
+    official config), or ``random:<preset>`` (random weights, seed 0: for smoke tests and benchmarks)."""
 
     model: str
     config: str | None = None
 
+    def resolved(self) -> ModelSpec:
+        """Check on the driver that the model can be had, before any worker starts: a released preset
+        becomes its local weights file (raising :class:`san.WeightsUnavailableError` with instructions
+        when it cannot be found or downloaded), a missing file raises ``FileNotFoundError``."""
+        if self.model.startswith(RANDOM_PREFIX):
+            san.get_preset(self.model[len(RANDOM_PREFIX) :])
+            return self
+        if self.model in san.checkpoint.OFFICIAL_RELEASES:
+            return ModelSpec(str(san.resolve_official_weights(self.model)), self.config or self.model)
+        if not Path(self.model).is_file():
+            raise FileNotFoundError(
+                f"--model {self.model!r} is neither a released preset {sorted(san.checkpoint.OFFICIAL_RELEASES)}, "
+                "random:<preset>, nor an existing checkpoint file"
+            )
+        return self
+
     def load(self) -> san.SAN:
-        if self.model == "smoke":
+        if self.model.startswith(RANDOM_PREFIX):
             torch.manual_seed(0)
-            return san.build_san("san_tiny")
+            return san.build_san(self.model[len(RANDOM_PREFIX) :])
         return san.load_model(self.model, self.config)
 
 

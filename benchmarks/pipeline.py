@@ -1,0 +1,130 @@
+"""Throughput of the Ray labeling pipeline against a plain loop over the same model and images.
+
+Both sides decode the same files, run the same randomly initialised model with the same torch
+threads, and encode the same outputs; the ratio shows what Ray Data costs (or saves) per image.
+
+    python benchmarks/pipeline.py --images 50 --model san_vit_b_16 --write BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import san  # noqa: E402
+from pipeline.images import read_image_file  # noqa: E402
+from pipeline.label import LabelOptions, run_label_job  # noqa: E402
+from pipeline.segments import encode_label_map_png, label_map_segments  # noqa: E402
+from pipeline.vocabulary import load_vocabulary  # noqa: E402
+from san.predictor import Predictor  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_images(folder: Path, count: int, short_side: int) -> list[Path]:
+    """4:3 images with the short side at ``short_side`` (crops of the sample photos, resized)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = sorted((ROOT / "samples" / "images").iterdir())
+    paths = []
+    for i in range(count):
+        photo = Image.open(photos[i % len(photos)]).convert("RGB")
+        image = photo.resize((short_side * 4 // 3, short_side), Image.BILINEAR)
+        pixels = np.asarray(image).copy()
+        pixels[i % short_side] = 255  # make every image distinct
+        path = folder / f"bench_{i:04d}.jpg"
+        Image.fromarray(pixels).save(path, quality=92)
+        paths.append(path)
+    return paths
+
+
+def plain_loop(paths: list[Path], preset: str, vocab_path: Path, threads: int, batch_size: int) -> float:
+    torch.set_num_threads(threads)
+    vocabulary = load_vocabulary(vocab_path)
+    torch.manual_seed(0)
+    predictor = Predictor(san.build_san(preset), vocabulary.prompts, vocabulary.prompt_to_class, device="cpu")
+    started = time.perf_counter()
+    for start in range(0, len(paths), batch_size):
+        images = [read_image_file(p) for p in paths[start : start + batch_size]]
+        for prediction in predictor.predict(images):
+            encode_label_map_png(prediction.label_map, ignore_value=prediction.unlabeled)
+            label_map_segments(
+                prediction.label_map, prediction.scores, vocabulary.names, vocabulary.category_ids, prediction.unlabeled
+            )
+    return len(paths) / (time.perf_counter() - started)
+
+
+def pipeline_run(folder: Path, preset: str, vocab_path: Path, output: Path, batch_size: int) -> tuple[float, float]:
+    """(images/s over the whole job including Ray start-up, images/s while images flow)."""
+    options = LabelOptions(
+        vocab=str(vocab_path),
+        input=str(folder),
+        output=str(output),
+        model=f"random:{preset}",
+        batch_size=batch_size,
+        progress=False,
+    )
+    started = time.perf_counter()
+    manifest = run_label_job(options)
+    elapsed = time.perf_counter() - started
+    return manifest["counts"]["labeled"] / elapsed, manifest["timings"]["images_per_second"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=50)
+    parser.add_argument("--model", nargs="+", default=["san_vit_b_16", "san_tiny"], help="presets (random weights)")
+    parser.add_argument("--short-side", type=int, default=640)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--write", type=Path, help="append the table to this Markdown file")
+    args = parser.parse_args()
+    threads = os.cpu_count() or 1
+    vocab = ROOT / "samples" / "vocab.txt"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_images(Path(tmp) / "images", args.images, args.short_side)
+        for preset in args.model:
+            loop = plain_loop(paths, preset, vocab, threads, args.batch_size)
+            whole, flowing = pipeline_run(
+                Path(tmp) / "images", preset, vocab, Path(tmp) / f"out-{preset}", args.batch_size
+            )
+            shutil.rmtree(Path(tmp) / f"out-{preset}")
+            rows.append((preset, loop, whole, flowing, flowing / loop))
+    import ray
+
+    ray.shutdown()
+    table = [
+        f"### Labeling pipeline vs plain loop ({time.strftime('%Y-%m-%d')})",
+        "",
+        f"{args.images} JPEG images {args.short_side * 4 // 3}x{args.short_side} (4:3, short side {args.short_side}), "
+        f"batch {args.batch_size}, random weights, CPU only ({platform.processor() or platform.machine()}, "
+        f"{threads} CPUs, torch {torch.__version__}, {threads} threads in the loop).",
+        "",
+        "| model | plain loop img/s | pipeline img/s, whole job | pipeline img/s, streaming | streaming / loop |",
+        "| --- | --- | --- | --- | --- |",
+        *[f"| {m} | {a:.3f} | {b:.3f} | {c:.3f} | {r:.2f} |" for m, a, b, c, r in rows],
+        "",
+        "'whole job' includes starting Ray, listing inputs and the final merge; 'streaming' counts from the "
+        "first request for results (actor start-up and model load included) to the last image.",
+        "",
+    ]
+    text = "\n".join(table)
+    print(text)
+    if args.write:
+        with open(args.write, "a", encoding="utf-8") as handle:
+            handle.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()

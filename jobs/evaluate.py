@@ -1,0 +1,86 @@
+"""Score a labeling run's label maps against ground truth (mIoU, fwIoU, mACC, pACC, per-class IoU and ACC).
+
+Examples:
+    python jobs/evaluate.py --predictions out/labels --gt /data/ade/annotations --gt-classes ade150.txt
+    python jobs/evaluate.py --predictions out/labels --gt /data/coco/stuff_val2017.json --protocol mmseg
+
+Images are matched by file name without extension; classes by name (case-insensitive). The metrics go
+to OUT/metrics.json (or --metrics) and a table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
+
+from pipeline.evaluate import EvaluationError, evaluate_run  # noqa: E402
+from pipeline.ground_truth import GroundTruthError  # noqa: E402
+from pipeline.vocabulary import VocabularyError  # noqa: E402
+from san.metrics import PROTOCOLS, format_table  # noqa: E402
+
+# Errors a user fixes by changing the command or the files: one line, exit status 2, no traceback.
+USER_ERRORS = (EvaluationError, GroundTruthError, VocabularyError, FileNotFoundError, ValueError, OSError)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="jobs/evaluate.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="\n".join(__doc__.split("\n")[2:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--predictions", required=True, help="the labeling run's --output directory")
+    parser.add_argument(
+        "--gt",
+        required=True,
+        help="ground truth: a folder of label images (.png/.tif, searched recursively; pixel value = class, "
+        "255 = ignore), a COCO .json of per-class semantic annotations (classes from its categories; pixels "
+        "without annotation are ignored), or SCHEME:LOCATION of another registered reader",
+    )
+    parser.add_argument(
+        "--gt-classes",
+        help="for a label-image folder: text file whose line v (0-based) names the class of pixel value v; "
+        "empty or '#' lines are values that are no class (ignored) (default: the run's vocabulary order)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="detectron2",
+        help="detectron2 (default, SAN's published numbers): mIoU averages only classes present in the ground "
+        "truth; mmseg: mIoU also counts classes that are predicted but absent from the ground truth, as 0",
+    )
+    parser.add_argument(
+        "--ignore-index",
+        type=int,
+        default=255,
+        help="ground-truth pixel value to ignore in label images (default: 255; 65535 when 255 is a class)",
+    )
+    parser.add_argument("--metrics", help="where to write the metrics JSON (default: PREDICTIONS/metrics.json)")
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> dict:
+    result = evaluate_run(
+        args.predictions,
+        args.gt,
+        gt_classes=args.gt_classes,
+        protocol=args.protocol,
+        ignore_index=args.ignore_index,
+        metrics_path=args.metrics,
+    )
+    print(f"{result['num_images']} images, protocol {result['protocol']}, ground truth: {result['ground_truth']}")
+    print(format_table(result))
+    print(f"metrics written to {result['metrics_path']}", file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    try:
+        main(arguments)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,323 @@
+"""Evaluation of a labeling run against ground truth (PNG folder and COCO JSON), checked against an
+independent per-class computation with boolean masks."""
+
+from __future__ import annotations
+
+import json
+import math
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from pipeline.evaluate import EvaluationError, evaluate_run
+from pipeline.ground_truth import IGNORE, GroundTruthError, PngFolderGroundTruth, read_class_names
+from pipeline.inputs import image_id
+from pipeline.outputs import RunOutput
+from pipeline.segments import encode_label_map_png, label_map_segments
+from pipeline.vocabulary import parse_vocabulary
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB = parse_vocabulary("cat\nsky: heaven\ngrass\ntraffic light\nboat\n")  # "boat" is in no ground truth
+# PNG ground truth: another order, other case/spacing, a gap value (1) and a class ("road") not in the vocabulary.
+GT_CLASSES_TEXT = "Grass\n# void\n  Traffic   Light \nsky\ncat\nroad\n"
+GT_VALUE_NAMES = {0: "grass", 2: "traffic light", 3: "sky", 4: "cat", 5: "road"}
+GT_VALUES_PRESENT = [0, 2, 3, 5]  # "cat" (4) never occurs in the PNG ground truth, but is predicted
+UNLABELED = 255
+N_IMAGES = 5
+
+
+def _key(name: str) -> str:
+    return " ".join(name.split()).lower()
+
+
+def _random_case(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """A predicted label map (vocabulary indices, 255 = unlabeled) and a raw PNG ground truth."""
+    gt = rng.choice(GT_VALUES_PRESENT, size=(h, w)).astype(np.uint8)
+    gt[rng.random((h, w)) < 0.08] = 1  # gap value: ignored
+    gt[rng.random((h, w)) < 0.08] = 255  # ignored
+    by_name = {_key(n): i for i, n in enumerate(VOCAB.names)}
+    pred = np.vectorize(lambda v: by_name.get(_key(GT_VALUE_NAMES.get(int(v), "")), 4))(gt).astype(np.uint8)
+    noise = rng.random((h, w)) < 0.35
+    pred[noise] = rng.integers(0, len(VOCAB), size=int(noise.sum()))
+    pred[rng.random((h, w)) < 0.05] = UNLABELED
+    return pred, gt
+
+
+def _prediction_row(path: str, pred: np.ndarray) -> dict:
+    return {
+        "image_path": path,
+        "image_id": image_id(path),
+        "width": pred.shape[1],
+        "height": pred.shape[0],
+        "label_map_png": encode_label_map_png(pred, ignore_value=UNLABELED),
+        "segments": label_map_segments(pred, None, VOCAB.names, VOCAB.category_ids, ignore_value=UNLABELED),
+    }
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A fake labeling run (two shards, one image without ground truth) and a PNG ground-truth folder."""
+    root = tmp_path_factory.mktemp("eval")
+    rng = np.random.default_rng(0)
+    out = RunOutput(root / "out")
+    cases = {}
+    rows = []
+    for i in range(N_IMAGES):
+        h, w = int(rng.integers(12, 40)), int(rng.integers(12, 40))
+        pred, gt = _random_case(rng, h, w)
+        path = f"/data/images/{'sub/' if i % 2 else ''}img_{i}.jpg"
+        cases[path] = (pred, gt)
+        rows.append(_prediction_row(path, pred))
+    extra_pred, _ = _random_case(rng, 10, 10)
+    rows.append(_prediction_row("/data/images/no_ground_truth.jpg", extra_pred))
+    out.write_shard(rows[:3], [])
+    out.write_shard(rows[3:], [{"image_path": "/data/images/broken.jpg", "error": "cannot decode"}])
+    out.finalize(VOCAB, {"vocabulary": VOCAB.to_json()})
+
+    gt_dir = root / "gt"
+    for path, (_, gt) in cases.items():
+        target = gt_dir / ("nested" if "sub/" in path else "") / (Path(path).stem + ".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(gt).save(target)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(gt_dir / "no_prediction.png")
+    classes = root / "gt_classes.txt"
+    classes.write_text(GT_CLASSES_TEXT)
+    return {"root": root, "out": root / "out", "cases": cases, "gt_dir": gt_dir, "classes": classes}
+
+
+def _reference(pairs: list[tuple[np.ndarray, np.ndarray]], gt_names: list[str], protocol: str) -> dict[str, float]:
+    """Per-class IoU/ACC with boolean masks. ``pairs``: (predicted GT index, -9 = wrong; GT index, -1 = ignore)."""
+    preds = np.concatenate([p.ravel() for p, _ in pairs])
+    gts = np.concatenate([g.ravel() for _, g in pairs])
+    valid = gts >= 0
+    res: dict[str, float] = {}
+    ious, accs, weights = {}, {}, {}
+    for c, name in enumerate(gt_names):
+        g = (gts == c) & valid
+        p = (preds == c) & valid
+        inter, union = int((g & p).sum()), int((g | p).sum())
+        if protocol == "detectron2":
+            ious[name] = inter / union if g.sum() else math.nan
+        else:
+            ious[name] = inter / union if union else math.nan
+        accs[name] = inter / g.sum() if g.sum() else math.nan
+        weights[name] = g.sum() / valid.sum()
+    res["mIoU"] = 100 * np.nanmean(list(ious.values()))
+    res["fwIoU"] = 100 * sum(weights[n] * ious[n] for n in gt_names if weights[n] > 0)
+    res["mACC"] = 100 * np.nanmean(list(accs.values()))
+    res["pACC"] = 100 * float(((preds == gts) & valid).sum() / valid.sum())
+    for name in gt_names:
+        res[f"IoU-{name}"] = 100 * ious[name]
+        res[f"ACC-{name}"] = 100 * accs[name]
+    return res
+
+
+def _to_gt_indices(pred: np.ndarray, gt_names: list[str]) -> np.ndarray:
+    """Vocabulary index -> GT class index by name; unlabeled or unmatched -> -9."""
+    gt_index = {_key(n): i for i, n in enumerate(gt_names)}
+    table = {v: gt_index.get(_key(n), -9) for v, n in enumerate(VOCAB.names)}
+    return np.vectorize(lambda v: table.get(int(v), -9))(pred)
+
+
+def _assert_close(result: dict, expected: dict) -> None:
+    for key, value in expected.items():
+        got = result[key]
+        if math.isnan(value):
+            assert math.isnan(got), key
+        else:
+            assert got == pytest.approx(value, abs=1e-9), key
+
+
+@pytest.mark.parametrize("protocol", ["detectron2", "mmseg"])
+def test_png_folder_matches_reference(run: dict, protocol: str, capsys: pytest.CaptureFixture) -> None:
+    metrics_path = run["root"] / f"metrics-{protocol}.json"
+    result = evaluate_run(run["out"], str(run["gt_dir"]), run["classes"], protocol, metrics_path=metrics_path)
+
+    gt_names = ["Grass", "Traffic Light", "sky", "cat", "road"]  # gap line 1 dropped, names normalised
+    compact = {0: 0, 2: 1, 3: 2, 4: 3, 5: 4}
+    pairs = []
+    for pred, raw in run["cases"].values():
+        gt = np.vectorize(lambda v: compact.get(int(v), -1))(raw)
+        pairs.append((_to_gt_indices(pred, gt_names), gt))
+    expected = _reference(pairs, gt_names, protocol)
+    _assert_close(result, expected)
+    assert math.isnan(result["IoU-cat"]) == (protocol == "detectron2")  # predicted, absent from the GT
+    assert result["IoU-road"] == 0.0  # in the GT, not in the vocabulary: never right
+    assert result["num_images"] == N_IMAGES
+    assert result["protocol"] == protocol
+
+    alignment = result["class_alignment"]
+    assert alignment["vocabulary_not_in_ground_truth"] == ["boat"]
+    assert alignment["ground_truth_not_in_vocabulary"] == ["road"]
+    assert alignment["matched"] == 4
+    matching = result["matching"]
+    assert matching["predictions_without_ground_truth"] == 1
+    assert matching["predictions_without_ground_truth_examples"] == ["/data/images/no_ground_truth.jpg"]
+    assert matching["ground_truth_without_prediction"] == 1
+    assert matching["ground_truth_without_prediction_examples"] == ["no_prediction.png"]
+    err = capsys.readouterr().err
+    assert "boat" in err and "road" in err and "no_ground_truth.jpg" in err
+
+    written = json.loads(metrics_path.read_text())
+    assert written["mIoU"] == pytest.approx(result["mIoU"])
+    assert written["num_images"] == N_IMAGES
+    if protocol == "detectron2":
+        assert written["IoU-cat"] is None  # NaN is written as null (strict JSON)
+
+
+def test_default_classes_are_vocabulary_order_and_default_metrics_path(run: dict, tmp_path: Path) -> None:
+    gt_dir = tmp_path / "gt"
+    gt_dir.mkdir()
+    pairs = []
+    for path, (pred, _) in run["cases"].items():
+        gt = pred.copy()  # vocabulary indices, 255 = ignore: a perfect prediction where labeled
+        Image.fromarray(gt).save(gt_dir / (Path(path).stem + ".png"))
+        pairs.append((pred, gt))
+    result = evaluate_run(run["out"], str(gt_dir))
+    assert result["class_alignment"]["vocabulary_not_in_ground_truth"] == []
+    assert result["pACC"] == 100.0 and result["mIoU"] == 100.0
+    assert json.loads((run["out"] / "metrics.json").read_text())["pACC"] == 100.0
+
+
+def test_size_mismatch_names_image_and_sizes(run: dict, tmp_path: Path) -> None:
+    path, (pred, _) = next(iter(run["cases"].items()))
+    gt = np.zeros((pred.shape[0] + 3, pred.shape[1]), np.uint8)
+    Image.fromarray(gt).save(tmp_path / (Path(path).stem + ".png"))
+    with pytest.raises(EvaluationError) as info:
+        evaluate_run(run["out"], str(tmp_path), run["classes"], metrics_path=tmp_path / "m.json")
+    message = str(info.value)
+    h, w = pred.shape
+    assert path in message and f"{w}x{h}" in message and f"{w}x{h + 3}" in message
+
+
+def test_gt_value_without_class_is_an_error(run: dict, tmp_path: Path) -> None:
+    path, (pred, _) = next(iter(run["cases"].items()))
+    Image.fromarray(np.full(pred.shape, 9, np.uint8)).save(tmp_path / (Path(path).stem + ".png"))
+    with pytest.raises(GroundTruthError, match="name no class: 9"):
+        evaluate_run(run["out"], str(tmp_path), run["classes"], metrics_path=tmp_path / "m.json")
+
+
+def test_nothing_matches_and_no_common_class(run: dict, tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "unrelated.png")
+    with pytest.raises(GroundTruthError, match="no predicted image matches"):
+        evaluate_run(run["out"], str(tmp_path), metrics_path=tmp_path / "m.json")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("zebra\ngiraffe\n")
+    with pytest.raises(EvaluationError, match="no vocabulary class matches"):
+        evaluate_run(run["out"], str(tmp_path), classes, metrics_path=tmp_path / "m.json")
+
+
+def test_ambiguous_stem_is_an_error(run: dict, tmp_path: Path) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / folder / "img_0.png")
+    with pytest.raises(GroundTruthError, match="ambiguous"):
+        evaluate_run(run["out"], str(tmp_path), metrics_path=tmp_path / "m.json")
+
+
+def test_class_names_file_rules(tmp_path: Path) -> None:
+    path = tmp_path / "c.txt"
+    path.write_text("\ufeffa\n\n#x\n  b   c \n\n")
+    assert read_class_names(path) == (["a", None, None, "b c"], [1, 2])
+    path.write_text("a\nA\n")
+    with pytest.raises(GroundTruthError, match="twice"):
+        read_class_names(path)
+
+
+def _uncompressed_rle(mask: np.ndarray) -> dict:
+    flat = mask.flatten(order="F").astype(np.uint8)
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], changes, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat[0]:
+        counts = [0, *counts]
+    return {"size": list(mask.shape), "counts": counts}
+
+
+def test_coco_json_matches_reference(run: dict, tmp_path: Path) -> None:
+    """RLE (compressed and uncompressed) and a polygon; unannotated pixels ignored; an overlap of two
+    categories ignored; file names relative, matched by stem."""
+    categories = [{"id": 10, "name": "grass"}, {"id": 3, "name": "cat"}, {"id": 7, "name": "Sky"}]
+    categories.append({"id": 12, "name": "water"})  # not in the vocabulary
+    gt_names = ["cat", "Sky", "grass", "water"]  # sorted by category id
+    cat_ids = [3, 7, 10, 12]
+    rng = np.random.default_rng(1)
+    images, annotations, pairs = [], [], []
+    for n, (path, (pred, _)) in enumerate(run["cases"].items()):
+        h, w = pred.shape
+        gt = rng.integers(-1, 4, size=(h, w))  # -1 = no annotation
+        images.append({"id": 100 + n, "file_name": f"val/{Path(path).name}", "height": h, "width": w})
+        for c in range(4):
+            mask = gt == c
+            if not mask.any():
+                continue
+            if n == 0 and c == 1:
+                segmentation = _uncompressed_rle(mask)
+            else:
+                rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+                segmentation = {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+            annotations.append({"image_id": 100 + n, "category_id": cat_ids[c], "segmentation": segmentation})
+        if n == 1:  # a polygon of "grass" covering a rectangle; where another category is, it is ignored
+            polygon = [2.0, 2.0, 9.0, 2.0, 9.0, 8.0, 2.0, 8.0]
+            annotations.append({"image_id": 100 + n, "category_id": 10, "segmentation": [polygon]})
+            rle = mask_utils.merge(mask_utils.frPyObjects([polygon], h, w))
+            poly_mask = mask_utils.decode(rle).astype(bool)
+            assert poly_mask.any()
+            conflict = poly_mask & (gt >= 0) & (gt != 2)
+            gt = np.where(poly_mask & (gt == -1), 2, gt)
+            gt[conflict] = -1
+        pairs.append((_to_gt_indices(pred, gt_names), gt))
+    for i, ann in enumerate(annotations):
+        ann.update({"id": i + 1, "iscrowd": 0, "area": 0, "bbox": [0, 0, 0, 0]})
+    coco_path = tmp_path / "gt.json"
+    coco_path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+
+    result = evaluate_run(run["out"], str(coco_path), metrics_path=tmp_path / "m.json")
+    _assert_close(result, _reference(pairs, gt_names, "detectron2"))
+    assert result["num_images"] == N_IMAGES
+    assert result["class_alignment"]["vocabulary_not_in_ground_truth"] == ["traffic light", "boat"]
+    assert result["class_alignment"]["ground_truth_not_in_vocabulary"] == ["water"]
+    assert result["matching"]["predictions_without_ground_truth"] == 1
+
+    with pytest.raises(GroundTruthError, match="does not apply"):
+        evaluate_run(run["out"], str(coco_path), gt_classes=run["classes"])
+
+
+@pytest.mark.slow
+def test_cli_writes_metrics_and_prints_table(run: dict, tmp_path: Path) -> None:
+    metrics = tmp_path / "cli" / "metrics.json"
+    command = [sys.executable, "jobs/evaluate.py", "--predictions", str(run["out"]), "--gt", str(run["gt_dir"])]
+    command += ["--gt-classes", str(run["classes"]), "--metrics", str(metrics)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "mIoU" in done.stdout and "Traffic Light" in done.stdout
+    assert "warning:" in done.stderr and "boat" in done.stderr
+    assert json.loads(metrics.read_text())["num_images"] == N_IMAGES
+
+
+def test_cli_user_error_exits_2(run: dict, tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture) -> None:
+    """The script's __main__ block, run in-process (a subprocess would re-import torch for nothing)."""
+    missing = str(tmp_path / "missing")
+    monkeypatch.setattr(sys, "argv", ["jobs/evaluate.py", "--predictions", str(run["out"]), "--gt", missing])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(ROOT / "jobs" / "evaluate.py"), run_name="__main__")
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and missing in err and "Traceback" not in err
+
+
+def test_large_class_list_uses_65535_as_ignore(tmp_path: Path) -> None:
+    """With more than 255 classes 255 is a class, so ignore becomes 65535 (16-bit label images)."""
+    names = [f"class {i}" for i in range(300)]
+    raw = np.array([[0, 255, 299, 65535]], dtype=np.uint16)
+    Image.fromarray(raw).save(tmp_path / "x.png")
+    gt = PngFolderGroundTruth(tmp_path, names)
+    assert gt.raw_ignore == [65535]
+    assert gt.read("x.png").tolist() == [[0, 255, 299, IGNORE]]
+    assert gt.match("/somewhere/x.jpg") == "x.png" and gt.match("/somewhere/y.jpg") is None
