@@ -25,6 +25,10 @@ Built-in readers
     itself there, and "later wins" would score an arbitrary one of them). ``iscrowd`` regions count like
     any other annotation.
 
+``fiftyone:DATASET[:FIELD]`` -- :class:`pipeline.review.FiftyOneGroundTruth`
+    A ``Segmentation`` field (default ``ground_truth``) of a FiftyOne dataset; classes from its mask
+    targets (or ``--gt-classes``), value 0 ignored. FiftyOne is imported only when this scheme is used.
+
 Matching prediction images to ground-truth images
 -------------------------------------------------
 Candidates are the ground-truth images with the same file stem (name without extension) as the
@@ -450,8 +454,15 @@ def _open_coco(location: str, gt_classes: str | None, vocabulary_names: Sequence
     return CocoGroundTruth(location)
 
 
+def _open_fiftyone(location: str, gt_classes: str | None, vocabulary_names: Sequence[str], ignore_index: int):
+    from .review import open_fiftyone_ground_truth  # imports FiftyOne only when this scheme is used
+
+    return open_fiftyone_ground_truth(location, gt_classes, vocabulary_names, ignore_index)
+
+
 register_ground_truth("png", _open_png)
 register_ground_truth("coco", _open_coco)
+register_ground_truth("fiftyone", _open_fiftyone)  # --gt fiftyone:DATASET[:FIELD], see pipeline.review
 
 
 def open_ground_truth(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -39,25 +40,46 @@ def ray_cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess
     return subprocess.run([ray, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
-    """A local cluster from `ray start --head`, as the README starts one."""
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+def ray_cluster():
+    """A local cluster from `ray start --head`, as the README starts one (on free ports)."""
+    # As after `source .venv/bin/activate`: the job's `python` is the project's interpreter.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": path}
     env.pop("RAY_ADDRESS", None)
-    temp_dir = tmp_path_factory.mktemp("ray")
+    dashboard = free_port()
     started = ray_cli(
         "start",
         "--head",
         "--num-cpus=2",
         "--dashboard-host=127.0.0.1",
-        "--dashboard-port=8265",
-        f"--temp-dir={temp_dir}",
+        f"--dashboard-port={dashboard}",
+        # Free ports everywhere, so that another Ray on this machine cannot block the job agent.
+        *(
+            f"--{flag}={free_port()}"
+            for flag in (
+                "port",
+                "dashboard-agent-listen-port",
+                "dashboard-agent-grpc-port",
+                "metrics-export-port",
+                "runtime-env-agent-port",
+                "node-manager-port",
+                "object-manager-port",
+                "ray-client-server-port",
+            )
+        ),
         "--disable-usage-stats",
         env=env,
     )
     assert started.returncode == 0, started.stdout + started.stderr
     try:
-        yield env
+        yield {**env, "DASHBOARD": f"http://127.0.0.1:{dashboard}"}
     finally:
         ray_cli("stop", "--force", env=env)
 
@@ -97,11 +119,11 @@ def read_outputs(output: Path) -> tuple[list[dict], dict, list[dict]]:
 
 def test_ray_job_submit_end_to_end(ray_cluster: dict, inputs: dict, tmp_path: Path) -> None:
     output = tmp_path / "labels"
-    submitted = ray_cli(
+    submit = lambda: ray_cli(  # noqa: E731
         "job",
         "submit",
         "--address",
-        "http://127.0.0.1:8265",
+        ray_cluster["DASHBOARD"],
         "--working-dir",
         ".",
         "--",
@@ -109,6 +131,12 @@ def test_ray_job_submit_end_to_end(ray_cluster: dict, inputs: dict, tmp_path: Pa
         env=ray_cluster,
         timeout=600,
     )
+    submitted = submit()
+    for _ in range(15):  # right after `ray start` the job agent may not be registered yet
+        if "No available agent" not in submitted.stderr:
+            break
+        time.sleep(2)
+        submitted = submit()
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
 
     predictions, coco, errors = read_outputs(output)

@@ -1,0 +1,57 @@
+"""Export reviewed labels from FiftyOne to COCO JSON (the labeling job's form) and/or label-map PNGs.
+
+Examples:
+    python jobs/export.py out/labels --coco out/reviewed.json
+    python jobs/export.py san-labels-1a2b3c4d --coco reviewed.json --masks reviewed_masks/
+
+DATASET_OR_OUT is a FiftyOne dataset name or a labeling run's output folder that jobs/review.py loaded.
+The current `predictions` masks are exported (edits included); a segment left as the run made it keeps
+its score, an edited or added one gets 1.0. Masks: 0-based class index, 255/65535 = unlabeled, plus
+classes.txt, so `jobs/evaluate.py --gt DIR --gt-classes DIR/classes.txt` reads the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
+
+from pipeline.export import export_dataset  # noqa: E402
+from pipeline.review import ReviewError  # noqa: E402
+from pipeline.vocabulary import VocabularyError  # noqa: E402
+
+USER_ERRORS = (ReviewError, VocabularyError, FileNotFoundError, ValueError, OSError)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="jobs/export.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="\n".join(__doc__.split("\n")[2:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("dataset", metavar="DATASET_OR_OUT", help="FiftyOne dataset name or labeling output folder")
+    parser.add_argument("--coco", required=True, help="where to write the COCO JSON")
+    parser.add_argument("--masks", help="also write one label-map PNG per image into this folder")
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> dict:
+    summary = export_dataset(args.dataset, args.coco, args.masks)
+    print(
+        f"exported {summary['images']} images, {summary['annotations']} annotations from dataset "
+        f"{summary['dataset']} ({summary['edited_segments']} edited segments in {summary['edited_images']} images) "
+        f"to {summary['coco']}" + (f" and {summary['masks']}" if summary["masks"] else "")
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    try:
+        main(arguments)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

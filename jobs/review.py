@@ -1,0 +1,80 @@
+"""Load a labeling run (and its ground truth) into a FiftyOne dataset for review, optionally opening the App.
+
+Examples:
+    python jobs/review.py out/labels
+    python jobs/review.py out/labels --gt /data/ade/annotations --gt-classes ade150.txt --launch --port 5151
+
+The dataset is persistent and named after the output folder (or --dataset); re-running replaces it.
+Mask values are category ids (vocabulary index + 1), 0 = unlabeled / ignored. With --gt, per-image
+IoU/mIoU are stored and the mIoU is computed twice: by us and from FiftyOne's evaluate_segmentations.
+Saved views: worst_miou, least_confident, class_<name>. Export edits with jobs/export.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
+
+from pipeline.evaluate import EvaluationError  # noqa: E402
+from pipeline.ground_truth import GroundTruthError  # noqa: E402
+from pipeline.review import (  # noqa: E402
+    ReviewError,
+    compare_with_fiftyone,
+    load_run,
+    serve_until_interrupted,
+)
+from pipeline.vocabulary import VocabularyError  # noqa: E402
+
+USER_ERRORS = (ReviewError, EvaluationError, GroundTruthError, VocabularyError, FileNotFoundError, ValueError, OSError)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="jobs/review.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="\n".join(__doc__.split("\n")[2:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("output", metavar="OUT", help="the labeling run's --output directory")
+    parser.add_argument(
+        "--gt",
+        help="ground truth: a folder of label images, a COCO .json, or SCHEME:LOCATION (as jobs/evaluate.py)",
+    )
+    parser.add_argument(
+        "--gt-classes", help="for a label-image folder: line v names pixel value v (as jobs/evaluate.py)"
+    )
+    parser.add_argument("--ignore-index", type=int, default=255, help="ground-truth value to ignore (default 255)")
+    parser.add_argument("--dataset", help="FiftyOne dataset name (default: derived from OUT)")
+    parser.add_argument("--launch", action="store_true", help="open the App and serve it until Ctrl-C")
+    parser.add_argument("--port", type=int, default=5151, help="App port (default 5151)")
+    parser.add_argument("--address", default="127.0.0.1", help="App address (default 127.0.0.1)")
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> dict:
+    dataset = load_run(args.output, args.gt, args.gt_classes, name=args.dataset, ignore_index=args.ignore_index)
+    print(f"dataset: {dataset.name} ({len(dataset)} samples)")
+    result: dict = {"dataset": dataset.name, "samples": len(dataset)}
+    if args.gt is not None:
+        comparison = compare_with_fiftyone(dataset)
+        result.update(comparison)
+        print(
+            f"mIoU: {comparison['ours']:.4f} (FiftyOne evaluate_segmentations: {comparison['fiftyone']:.4f}) "
+            f"over {comparison['num_images']} images with ground truth"
+        )
+    print(f"saved views: {', '.join(dataset.list_saved_views())}")
+    if args.launch:
+        serve_until_interrupted(dataset, port=args.port, address=args.address)
+    return result
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    try:
+        main(arguments)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,265 @@
+"""Review in FiftyOne: a generated labeling run with PNG ground truth loaded into a dataset; per-image mIoU
+checked against an independent boolean-mask computation, saved views, FiftyOne's evaluate_segmentations
+against ours, the ``fiftyone:`` ground-truth reader, the App, and ``jobs/review.py``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from run_builder import build_run, isolate_fiftyone, name_key
+
+isolate_fiftyone()  # before anything imports fiftyone
+
+import fiftyone as fo  # noqa: E402
+import fiftyone.core.session.session as fo_session  # noqa: E402
+import psutil  # noqa: E402
+
+from pipeline.evaluate import evaluate_run  # noqa: E402
+from pipeline.review import (  # noqa: E402
+    compare_with_fiftyone,
+    default_dataset_name,
+    label_map_to_mask,
+    load_run,
+    serve_until_interrupted,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB_TEXT = "cat\nsky: heaven\ngrass\ntraffic light\nboat\n"  # "boat" is in no ground truth
+# Ground-truth values: another order and case, a gap (1), and "road", which is not in the vocabulary.
+GT_CLASSES_TEXT = "Grass\n# void\n  Traffic   Light \nsky\ncat\nroad\n"
+N_IMAGES = 7  # the last has no ground truth
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory):
+    from pipeline.vocabulary import parse_vocabulary
+
+    return build_run(tmp_path_factory.mktemp("review"), parse_vocabulary(VOCAB_TEXT), N_IMAGES, 1, GT_CLASSES_TEXT)
+
+
+@pytest.fixture(scope="module")
+def dataset(run):
+    ds = load_run(run.out, str(run.gt_dir), run.gt_classes, name=f"review-{os.getpid()}")
+    yield ds
+    fo.delete_dataset(ds.name)
+
+
+def _independent_miou(pred: np.ndarray, raw_gt: np.ndarray, run) -> float:
+    """detectron2 per-image mIoU (percent) with boolean masks, by class name."""
+    pred_names = np.array([name_key(n) for n in run.vocabulary.names] + [""], dtype=object)
+    pred_idx = np.where(pred.astype(np.int64) >= len(run.vocabulary), len(run.vocabulary), pred)
+    pred_key = pred_names[pred_idx]
+    valid = np.isin(raw_gt, list(run.gt_value_names))
+    ious = []
+    for value, name in run.gt_value_names.items():
+        g = (raw_gt == value) & valid
+        if not g.any():
+            continue
+        p = (pred_key == name_key(name)) & valid
+        ious.append((g & p).sum() / (g | p).sum())
+    return 100 * float(np.mean(ious))
+
+
+def test_samples_masks_and_targets(dataset, run) -> None:
+    n = len(run.vocabulary)
+    assert len(dataset) == N_IMAGES
+    assert dataset.mask_targets["predictions"] == {i + 1: name for i, name in enumerate(run.vocabulary.names)}
+    # GT classes in the vocabulary take its value and name; "road" gets the first value after it.
+    assert dataset.mask_targets["ground_truth"] == {1: "cat", 2: "sky", 3: "grass", 4: "traffic light", n + 1: "road"}
+    coco = json.loads((run.out / "coco.json").read_text())
+    scores: dict[str, list[float]] = {}
+    by_id = {img["id"]: img["file_name"] for img in coco["images"]}
+    for ann in coco["annotations"]:
+        scores.setdefault(by_id[ann["image_id"]], []).append(ann["score"])
+    gt_value_of = {0: 3, 2: 4, 3: 2, 4: 1, 5: n + 1}  # raw PNG value -> mask value
+    for sample in dataset:
+        pred = run.predictions[sample.image_path]
+        assert sample.filepath == sample.image_path
+        mask = sample.predictions.mask
+        assert mask.dtype == np.uint8 and np.array_equal(mask, label_map_to_mask(pred))
+        assert np.array_equal(mask == 0, pred == 255)  # unlabeled -> 0
+        assert np.array_equal(mask[pred != 255], pred[pred != 255] + 1)
+        assert sample.mean_score == pytest.approx(np.mean(scores[sample.image_path]), abs=1e-12)
+        expected_present = [run.vocabulary.names[i] for i in np.unique(pred) if i != 255]
+        assert sample.classes_present == expected_present
+        raw = run.ground_truth.get(sample.image_path)
+        if raw is None:
+            assert sample.ground_truth is None and sample.miou is None
+            continue
+        expected = np.vectorize(lambda v: gt_value_of.get(int(v), 0))(raw)
+        assert np.array_equal(sample.ground_truth.mask, expected)
+
+
+def test_sample_miou_matches_independent_computation(dataset, run) -> None:
+    checked = 0
+    for sample in dataset.exists("miou"):
+        raw = run.ground_truth[sample.image_path]
+        expected = _independent_miou(run.predictions[sample.image_path], raw, run)
+        assert sample.miou == pytest.approx(expected, abs=1e-9)
+        assert sample.miou == pytest.approx(np.mean(list(sample.iou.values())), abs=1e-9)
+        assert "boat" not in sample.iou  # predicted but absent from every ground truth: no IoU (detectron2)
+        checked += 1
+    assert checked == N_IMAGES - 1
+
+
+def test_saved_views(dataset) -> None:
+    views = dataset.list_saved_views()
+    worst = dataset.load_saved_view("worst_miou")
+    values = worst.values("miou")
+    assert len(values) == N_IMAGES - 1 and values == sorted(values)
+    least = dataset.load_saved_view("least_confident")
+    scores = least.values("mean_score")
+    assert len(scores) == N_IMAGES and scores == sorted(scores)
+    predicted = set(dataset.distinct("classes_present"))
+    assert {v for v in views if v.startswith("class_")} == {f"class_{c}" for c in predicted}
+    for name in predicted:
+        view = dataset.load_saved_view(f"class_{name}")
+        assert len(view) > 0
+        assert all(name in present for present in view.values("classes_present"))
+        assert len(view) == sum(name in present for present in dataset.values("classes_present"))
+
+
+def test_fiftyone_evaluation_equals_ours(dataset, run, tmp_path: Path) -> None:
+    result = compare_with_fiftyone(dataset)
+    reference = evaluate_run(run.out, str(run.gt_dir), run.gt_classes, metrics_path=tmp_path / "m.json")
+    print(f"mIoU ours {result['ours']!r} FiftyOne {result['fiftyone']!r} evaluate_run {reference['mIoU']!r}")
+    assert result["num_images"] == N_IMAGES - 1 == reference["num_images"]
+    assert result["pixels"] == result["fiftyone_pixels"] == reference["pixels"]
+    assert result["fiftyone"] == pytest.approx(result["ours"], abs=1e-9)
+    assert result["ours"] == pytest.approx(reference["mIoU"], abs=1e-9)
+    assert 0 < result["ours"] < 100
+    assert "eval" in dataset.list_evaluations()
+    compare_with_fiftyone(dataset)  # a second run replaces the evaluation instead of failing
+
+
+def test_fiftyone_ground_truth_reader(dataset, run, tmp_path: Path) -> None:
+    png = evaluate_run(run.out, str(run.gt_dir), run.gt_classes, metrics_path=tmp_path / "png.json")
+    fo_gt = evaluate_run(run.out, f"fiftyone:{dataset.name}:ground_truth", metrics_path=tmp_path / "fo.json")
+    assert fo_gt["ground_truth"].startswith("FiftyOne dataset")
+    for key, value in png.items():
+        if key.startswith(("IoU-", "ACC-")) or key in ("mIoU", "fwIoU", "mACC", "pACC"):
+            other = fo_gt[key.replace("Grass", "grass").replace("Traffic Light", "traffic light")]
+            assert (math.isnan(value) and math.isnan(other)) or other == pytest.approx(value, abs=1e-9), key
+
+
+def test_reload_replaces_dataset(run) -> None:
+    name = f"reload-{os.getpid()}"
+    first = load_run(run.out, name=name)
+    first_id = first._doc.id
+    second = load_run(run.out, name=name)
+    try:
+        assert second._doc.id != first_id and len(second) == N_IMAGES
+        assert fo.list_datasets().count(name) == 1
+        assert "worst_miou" not in second.list_saved_views()  # no ground truth this time
+        assert not second.has_sample_field("miou")
+    finally:
+        fo.delete_dataset(name)
+    assert default_dataset_name(run.out) == default_dataset_name(str(run.out) + "/")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_free(port: int) -> bool:
+    """Nothing listens on the port and a server could bind it (SO_REUSEADDR, as servers do: the closed HTTP
+    connection leaves a TIME_WAIT socket on the port for a minute, which blocks a plain bind)."""
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            return False
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _app_processes(port: int) -> list[psutil.Process]:
+    """This process's App server processes: the service wrapper and the server itself."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmdline = child.cmdline()
+        except psutil.Error:
+            continue
+        if ("--51-service" in cmdline and "server" in cmdline) or ("--port" in cmdline and str(port) in cmdline):
+            found.append(child)
+    return found
+
+
+@pytest.mark.slow
+def test_app_serves_page_and_stops_on_ctrl_c(dataset, capsys: pytest.CaptureFixture) -> None:
+    """``serve_until_interrupted`` (what ``jobs/review.py --launch`` runs) calls ``fo.launch_app(dataset,
+    port=..., address="127.0.0.1", remote=True)``; a helper thread GETs the page, notes the App processes and
+    sends this process SIGINT (Ctrl-C); the session must close, the port be free and the processes gone."""
+    port = _free_port()
+    seen: dict = {}
+
+    def visit() -> None:
+        deadline = time.time() + 90
+        while time.time() < deadline and "status" not in seen:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+                    seen["status"], seen["body"] = response.status, response.read()
+            except OSError:
+                time.sleep(0.2)
+        seen["processes"] = _app_processes(port)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    helper = threading.Thread(target=visit, daemon=True)
+    helper.start()
+    serve_until_interrupted(dataset, port=port, address="127.0.0.1")
+    helper.join(timeout=5)
+    assert seen.get("status") == 200 and b"<html" in seen["body"].lower()
+    assert f"App: http://127.0.0.1:{port}/" in capsys.readouterr().out
+    assert seen["processes"]  # the App server ran as a child process ...
+    _, alive = psutil.wait_procs(seen["processes"], timeout=10)
+    assert alive == []  # ... and is gone
+    assert _port_free(port)
+    assert fo_session._session is None  # fo.close_app() ran
+
+
+def _job(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "jobs" / "review.py"), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+@pytest.mark.slow
+def test_review_job_prints_dataset_and_miou(dataset, run) -> None:
+    name = default_dataset_name(run.out)
+    proc = _job(str(run.out), "--gt", str(run.gt_dir), "--gt-classes", str(run.gt_classes))
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        assert f"dataset: {name} ({N_IMAGES} samples)" in stdout
+        match = re.search(r"mIoU: ([\d.]+) \(FiftyOne evaluate_segmentations: ([\d.]+)\)", stdout)
+        assert match, stdout
+        assert float(match.group(1)) == pytest.approx(compare_with_fiftyone(dataset)["ours"], abs=1e-4)
+        assert match.group(1) == match.group(2)
+        assert fo.load_dataset(name).persistent
+    finally:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
