@@ -48,6 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--ignore-index", type=int, default=255, help="ground-truth value to ignore (default 255)")
     parser.add_argument("--dataset", help="FiftyOne dataset name (default: derived from OUT)")
+    parser.add_argument(
+        "--class-views",
+        type=int,
+        default=100,
+        help="saved class_<name> views for at most this many classes, the most often predicted (default 100; "
+        "-1 = all; FiftyOne slows down quadratically with the number of saved views)",
+    )
     parser.add_argument("--launch", action="store_true", help="open the App and serve it until Ctrl-C")
     parser.add_argument("--port", type=int, default=5151, help="App port (default 5151)")
     parser.add_argument("--address", default="127.0.0.1", help="App address (default 127.0.0.1)")
@@ -55,7 +62,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    dataset = load_run(args.output, args.gt, args.gt_classes, name=args.dataset, ignore_index=args.ignore_index)
+    dataset = load_run(
+        args.output,
+        args.gt,
+        args.gt_classes,
+        name=args.dataset,
+        ignore_index=args.ignore_index,
+        max_class_views=None if args.class_views < 0 else args.class_views,
+    )
     print(f"dataset: {dataset.name} ({len(dataset)} samples)")
     result: dict = {"dataset": dataset.name, "samples": len(dataset)}
     if args.gt is not None:

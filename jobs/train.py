@@ -31,7 +31,7 @@ USER_ERRORS = (FileNotFoundError, ValueError, KeyError, WeightsUnavailableError,
 SMOKE = {"steps": 4, "batch_size": 2, "crop_size": 96, "images": 8, "val_images": 4, "size": 96}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jobs/train.py",
         description=__doc__.split("\n\n")[0],
@@ -127,6 +127,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "whole flow and writes a checkpoint jobs/label.py can load (its labels are meaningless)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.smoke_test and not args.data:
         parser.error("--data is required (or --smoke-test)")

@@ -14,6 +14,7 @@ import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +155,6 @@ def _build_dataset(options, model, todo, containers, done, vocabulary_json, plan
         DecodeStage(options.short_side, options.max_size, options.max_pixels),
         batch_size=plan.decode_batch_size,
         num_cpus=plan.decode_cpus,
-        max_retries=3,
     )
     return dataset.map_batches(
         PredictStage,
@@ -168,11 +168,11 @@ def _build_dataset(options, model, todo, containers, done, vocabulary_json, plan
             "templates": options.templates,
         },
         batch_size=options.batch_size,
-        concurrency=plan.workers,
+        compute=ray.data.ActorPoolStrategy(min_size=plan.workers[0], max_size=plan.workers[1]),
         num_cpus=plan.cpus_per_worker,
         num_gpus=plan.gpus_per_worker,
-        max_restarts=plan.max_restarts,
-        max_task_retries=plan.max_task_retries,
+        # A dead actor is replaced and its batch retried, a bounded number of times.
+        ray_remote_args_fn=partial(dict, max_restarts=plan.max_restarts, max_task_retries=plan.max_task_retries),
     )
 
 

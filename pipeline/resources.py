@@ -33,15 +33,21 @@ class ResourcePlan:
     max_task_retries: int = 3
 
 
+# Seconds to wait for the first predictor actors (model load, weights download) before failing.
+ACTOR_START_TIMEOUT_S = 900
+
+
 def init_ray() -> None:
-    """Join the cluster of a ``ray job submit`` (or ``RAY_ADDRESS``), else start a local Ray."""
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+    """Join the cluster of a ``ray job submit`` (or ``RAY_ADDRESS``, or one ``ray start`` left running on
+    this machine), else start a local Ray."""
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level=logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the job shows its own bar with counts and ETA
     context.print_on_execution_start = False
+    # Actors that can never start (e.g. resources no node has) fail the job instead of hanging it.
+    context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
 
 
 def plan_resources(

@@ -48,40 +48,57 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A local cluster from `ray start --head`, as the README starts one (on free ports)."""
+    """A local cluster from `ray start --head` (as the README starts one), on free ports.
+
+    `--block` keeps the cluster tied to one process group, so the test stops only its own cluster
+    (`ray stop` would stop every Ray on the machine).
+    """
     # As after `source .venv/bin/activate`: the job's `python` is the project's interpreter.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": path}
     env.pop("RAY_ADDRESS", None)
-    dashboard = free_port()
-    started = ray_cli(
-        "start",
-        "--head",
-        "--num-cpus=2",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dashboard}",
-        # Free ports everywhere, so that another Ray on this machine cannot block the job agent.
-        *(
-            f"--{flag}={free_port()}"
-            for flag in (
-                "port",
-                "dashboard-agent-listen-port",
-                "dashboard-agent-grpc-port",
-                "metrics-export-port",
-                "runtime-env-agent-port",
-                "node-manager-port",
-                "object-manager-port",
-                "ray-client-server-port",
-            )
-        ),
-        "--disable-usage-stats",
+    dashboard = f"http://127.0.0.1:{free_port()}"
+    ports = [
+        "port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "metrics-export-port",
+        "runtime-env-agent-port",
+        "node-manager-port",
+        "object-manager-port",
+        "ray-client-server-port",
+    ]
+    head = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("ray")),
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus=2",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard.rsplit(':', 1)[1]}",
+            "--disable-usage-stats",
+            *(f"--{flag}={free_port()}" for flag in ports),
+        ],
         env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
-    assert started.returncode == 0, started.stdout + started.stderr
     try:
-        yield {**env, "DASHBOARD": f"http://127.0.0.1:{dashboard}"}
+        deadline = time.time() + 120
+        while ray_cli("job", "list", "--address", dashboard, env=env, timeout=60).returncode != 0:
+            assert head.poll() is None and time.time() < deadline, "ray start --head did not come up"
+            time.sleep(1)
+        yield {**env, "DASHBOARD": dashboard}
     finally:
-        ray_cli("stop", "--force", env=env)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from pipeline.review import (  # noqa: E402
     default_dataset_name,
     label_map_to_mask,
     load_run,
+    save_review_views,
     serve_until_interrupted,
 )
 
@@ -130,6 +130,13 @@ def test_saved_views(dataset) -> None:
         assert len(view) > 0
         assert all(name in present for present in view.values("classes_present"))
         assert len(view) == sum(name in present for present in dataset.values("classes_present"))
+    # A cap keeps the classes predicted in the most samples.
+    counts = {c: sum(c in p for p in dataset.values("classes_present")) for c in predicted}
+    try:
+        capped = [v for v in save_review_views(dataset, max_class_views=2) if v.startswith("class_")]
+        assert len(capped) == 2 and min(counts[v[6:]] for v in capped) == sorted(counts.values())[-2]
+    finally:
+        save_review_views(dataset)
 
 
 def test_fiftyone_evaluation_equals_ours(dataset, run, tmp_path: Path) -> None:
@@ -211,21 +218,21 @@ def test_app_serves_page_and_stops_on_ctrl_c(dataset, capsys: pytest.CaptureFixt
     sends this process SIGINT (Ctrl-C); the session must close, the port be free and the processes gone."""
     port = _free_port()
     seen: dict = {}
+    ready = threading.Event()
 
     def visit() -> None:
-        deadline = time.time() + 90
-        while time.time() < deadline and "status" not in seen:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
-                    seen["status"], seen["body"] = response.status, response.read()
-            except OSError:
-                time.sleep(0.2)
-        seen["processes"] = _app_processes(port)
-        os.kill(os.getpid(), signal.SIGINT)
+        if not ready.wait(timeout=120):
+            return  # never interrupt the test run unless the App is up and waiting for Ctrl-C
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
+                seen["status"], seen["body"] = response.status, response.read()
+        finally:
+            seen["processes"] = _app_processes(port)
+            os.kill(os.getpid(), signal.SIGINT)
 
     helper = threading.Thread(target=visit, daemon=True)
     helper.start()
-    serve_until_interrupted(dataset, port=port, address="127.0.0.1")
+    serve_until_interrupted(dataset, port=port, address="127.0.0.1", on_ready=lambda url: ready.set())
     helper.join(timeout=5)
     assert seen.get("status") == 200 and b"<html" in seen["body"].lower()
     assert f"App: http://127.0.0.1:{port}/" in capsys.readouterr().out
