@@ -464,6 +464,10 @@ register_ground_truth("png", _open_png)
 register_ground_truth("coco", _open_coco)
 register_ground_truth("fiftyone", _open_fiftyone)  # --gt fiftyone:DATASET[:FIELD], see pipeline.review
 
+from .benchmarks import register_benchmark_schemes  # noqa: E402  (imports nothing back from this module)
+
+register_benchmark_schemes(register_ground_truth)  # --gt ade150:ROOT, pc59:ROOT, ... (SAN's benchmarks)
+
 
 def open_ground_truth(
     spec: str, gt_classes: str | None = None, vocabulary_names: Sequence[str] = (), ignore_index: int = 255

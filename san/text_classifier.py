@@ -107,13 +107,37 @@ class TextClassifier(nn.Module):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Normalised text embeddings ``[len(prompts), D]`` of literal prompts."""
+        """Normalised text embeddings ``[len(prompts), D]`` of literal prompts.
+
+        Prompts are encoded in batches of similar token length, each cut after its longest prompt's
+        end token (see :meth:`encode_tokens`).
+        """
         device = self.text_encoder.token_embedding.weight.device
-        outputs = []
+        tokens = self.tokenizer(list(prompts)).to(device)
+        order = tokens.argmax(dim=-1).argsort()
+        out = torch.empty(len(prompts), self.text_encoder.text_projection.shape[1], device=device)
         for start in range(0, len(prompts), self.batch_size):
-            tokens = self.tokenizer(list(prompts[start : start + self.batch_size])).to(device)
-            outputs.append(self.text_encoder.encode_text(tokens, normalize=True))
-        return torch.cat(outputs)
+            index = order[start : start + self.batch_size]
+            out[index] = self.encode_tokens(tokens[index]).to(out.dtype)
+        return out
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """CLIP's ``encode_text(tokens, normalize=True)`` for token ids ``[N, context]`` -> ``[N, D]``.
+
+        Written out instead of calling open_clip's ``encode_text`` so that the sequence can be cut
+        after the last end token: under the causal mask no position attends to later ones, so the
+        end-token features are unchanged, and the usual 77-token context shrinks to ~15 (5x faster).
+        """
+        clip = self.text_encoder
+        if clip.text_pool_type != "argmax":
+            raise ValueError(f"text pooling {clip.text_pool_type!r} is not supported (CLIP uses 'argmax')")
+        eot = tokens.argmax(dim=-1)  # the end token has the largest id
+        length = int(eot.max()) + 1
+        dtype = clip.transformer.get_cast_dtype()
+        x = clip.token_embedding(tokens[:, :length]).to(dtype) + clip.positional_embedding[:length].to(dtype)
+        x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
+        x = clip.ln_final(x)[torch.arange(len(tokens), device=tokens.device), eot] @ clip.text_projection
+        return F.normalize(x, dim=-1)
 
     @torch.no_grad()
     def class_embeddings(self, names: Sequence[str]) -> torch.Tensor:

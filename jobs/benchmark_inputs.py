@@ -1,0 +1,74 @@
+"""Write the vocabulary and image list of one of SAN's evaluation sets, for jobs/label.py and jobs/evaluate.py.
+
+Examples:
+    python jobs/benchmark_inputs.py --list
+    python jobs/benchmark_inputs.py ade150 --root /data/datasets --out work/ade150
+    python jobs/label.py --vocab work/ade150/vocab.txt --input work/ade150/images.txt --output work/ade150/labels
+    python jobs/evaluate.py --predictions work/ade150/labels --gt ade150:/data/datasets
+
+ROOT is the datasets root holding the prepared dataset folders (ADEChallengeData2016/, ADE20K_2021_17_01/,
+pcontext/, pcontext_full/, VOC2012/, coco/), as for SAN's DETECTRON2_DATASETS; the dataset's own folder
+works too. OUT/vocab.txt lists the classes in label order, named exactly as SAN names them; OUT/images.txt
+the validation images (absolute paths). A split whose size is not the official one gives a warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
+
+from pipeline.benchmarks import BENCHMARKS, BenchmarkError, default_root, write_benchmark_inputs  # noqa: E402
+from pipeline.vocabulary import VocabularyError  # noqa: E402
+
+USER_ERRORS = (BenchmarkError, VocabularyError, FileNotFoundError, OSError)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="jobs/benchmark_inputs.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="\n".join(__doc__.split("\n")[2:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("benchmark", nargs="?", choices=list(BENCHMARKS), help="which evaluation set")
+    parser.add_argument("--root", help="datasets root (default: $DETECTRON2_DATASETS, else ./datasets)")
+    parser.add_argument("--out", help="folder for vocab.txt and images.txt (default: work/BENCHMARK)")
+    parser.add_argument("--list", action="store_true", help="print the known evaluation sets and exit")
+    args = parser.parse_args(argv)
+    if not args.list and not args.benchmark:
+        parser.error("a benchmark name is required (or --list)")
+    return args
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.list:
+        for spec in BENCHMARKS.values():
+            print(
+                f"{spec.name:13} {spec.title:19} {spec.num_classes:4} classes {spec.expected_count:5} images  "
+                f"{spec.folder}/{spec.image_dir}  {spec.folder}/{spec.label_dir}/*{spec.label_ext}  "
+                f"ignore {spec.ignore_value}"
+            )
+        return 0
+    root = args.root or default_root()
+    out = Path(args.out or Path("work") / args.benchmark)
+    written = write_benchmark_inputs(args.benchmark, root, out)
+    for message in written.warnings:
+        print(f"warning: {message}", file=sys.stderr)
+    print(f"{written.num_images} images -> {written.images_path}")
+    print(f"{len(BENCHMARKS[args.benchmark].class_names)} classes -> {written.vocab_path}")
+    print("next:")
+    print(f"  python jobs/label.py --vocab {written.vocab_path} --input {written.images_path} --output {out}/labels")
+    print(f"  python jobs/evaluate.py --predictions {out}/labels --gt {args.benchmark}:{root}")
+    return 0
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    try:
+        sys.exit(main(arguments))
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

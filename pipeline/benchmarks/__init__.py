@@ -1,0 +1,344 @@
+"""SAN's evaluation sets (CVPR 2023, Table 2) in their standard *prepared* (detectron2) layouts.
+
+Each :class:`BenchmarkSpec` in :data:`BENCHMARKS` says where a validation split's images and label maps lie
+under a datasets root (``$DETECTRON2_DATASETS``, the folder holding ``ADEChallengeData2016/``, ``coco/``,
+...), how labels are stored, which value is ignored, how many images the split has, and its class names:
+``pipeline/benchmarks/<name>.txt``, line ``v`` = label value ``v``, each name exactly as SAN passes it to
+CLIP (``c.strip()`` of the registered ``stuff_classes``; sources below). A name such as ``"building,
+edifice"`` is *one* class name -- SAN encodes the whole string; it is not split into synonyms.
+
+Prepared validation splits, relative to the datasets root (images ``.jpg``; labels: extension, dtype, classes)::
+
+    ade150        images  ADEChallengeData2016/images/validation                    2000 images
+                  labels  ADEChallengeData2016/annotations_detectron2/validation    .png uint8   0..149, 255 ignored
+    ade847        images  ADE20K_2021_17_01/images_detectron2/validation            2000 images
+                  labels  ADE20K_2021_17_01/annotations_detectron2/validation       .tif uint16  0..846, 65535 ignored
+    pc59          images  pcontext/val/image                                        5105 images
+                  labels  pcontext/val/label                                        .png uint8   0..58, 255 ignored
+    pc459         images  pcontext_full/val/image                                   5105 images
+                  labels  pcontext_full/val/label                                   .tif uint16  0..458, 65535 ignored
+    voc20         images  VOC2012/JPEGImages (only those with a label)              1449 images
+                  labels  VOC2012/annotations_detectron2/val                        .png uint8   0..19, 255 ignored
+    cocostuff171  images  coco/val2017                                              5000 images
+                  labels  coco/stuffthingmaps_detectron2/val2017                    .png uint8   0..170, 255 ignored
+
+Sources (MendelXu/SAN ``san/data/datasets/register_*.py`` and ``datasets/prepare_*.py``; detectron2
+``builtin.py`` / ``builtin_meta.py`` for ADE-150; MaskFormer ``prepare_ade20k_full_sem_seg.py``):
+
+- ``ade150`` = detectron2 ``ade20k_sem_seg_val``: ``annotations/`` minus 1 (raw 0 "other" -> 255). Names:
+  detectron2's ``ADE20K_SEM_SEG_CATEGORIES``; ``"window "`` has a trailing space there, stripped by SAN.
+- ``ade847`` = ``ade20k_full_sem_seg_val``: images *resized* (short side 512 when larger) into
+  ``images_detectron2`` -- use those, not ``images/``, or the sizes differ from the labels; 16-bit TIFF
+  labels hold the ``trainId``, 65535 = unlabeled. Names: ``ADE20K_SEM_SEG_FULL_CATEGORIES`` in trainId order.
+- ``pc59`` = ``pcontext_sem_seg_val``: background (0) -> 255, the 59 classes -> 0..58.
+- ``pc459`` = ``pcontext_full_sem_seg_val``: the ``.mat`` ``LabelMap`` minus 1 as 16-bit TIFF, unlabeled
+  (0) -> 65535.
+- ``voc20`` = ``voc_sem_seg_val``: ``SegmentationClassAug`` for ``val.txt``; background (0) and the
+  boundary (255) -> 255 (no background class: 20 classes 0..19); a mask with no object is not written, so
+  the label folder decides the split; ``JPEGImages`` holds every VOC image and only those with a label
+  are used (detectron2's ``load_sem_seg`` takes the intersection of file stems).
+- ``cocostuff171`` = ``coco_2017_test_stuff_sem_seg``: ``stuffthingmaps`` (value = COCO id - 1) mapped to
+  0..170 in id order, 255 unlabeled. Names unedited: ``"building-other"``, ``"desk-stuff"``, ... keep
+  their COCO suffixes (SAN passes them as they are; there are no ``-merged`` names in the 171 classes).
+
+No official name contains ``:`` or ``#`` and none repeats (case-insensitively), so every class-name file
+is also a valid vocabulary file (``pipeline.vocabulary``) with one class per line and no synonyms;
+:func:`write_benchmark_inputs` checks this when it writes ``vocab.txt``.
+
+Pairing follows detectron2's ``load_sem_seg``: the files directly in the label folder with the label
+extension, paired by file stem with the ``.jpg`` files directly in the image folder; a pair needs both.
+When the count differs from the official split size a warning is printed (stderr), never an error.
+
+Evaluation: ``--gt NAME:ROOT`` (e.g. ``--gt ade150:/data/datasets``) opens
+:class:`pipeline.benchmarks.reader.BenchmarkGroundTruth` through :func:`pipeline.ground_truth.register_ground_truth`;
+``ROOT`` may also be the dataset's own folder (``/data/datasets/ADEChallengeData2016``) and defaults to
+``$DETECTRON2_DATASETS`` (else ``datasets``) when empty.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BENCHMARKS",
+    "BenchmarkError",
+    "BenchmarkInputs",
+    "BenchmarkSpec",
+    "get_benchmark",
+    "register_benchmark_schemes",
+    "write_benchmark_inputs",
+]
+
+
+class BenchmarkError(ValueError):
+    """A benchmark name, root or layout is wrong; the message says why."""
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _listing(folder: Path, suffix: str) -> dict[str, Path]:
+    """``stem -> path`` of the files directly in ``folder`` whose name ends with ``suffix`` (case-sensitive,
+    as detectron2's ``load_sem_seg``); hidden files skipped."""
+    found: dict[str, Path] = {}
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.endswith(suffix) and not entry.name.startswith(".") and entry.is_file():
+                found[entry.name[: -len(suffix)]] = Path(folder, entry.name)
+    return found
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """One evaluation set's prepared validation split (facts in the module docstring)."""
+
+    name: str
+    title: str
+    #: the detectron2 dataset name SAN registers for this split.
+    detectron2_name: str
+    #: the dataset's folder directly under the datasets root.
+    folder: str
+    #: image and label folders, relative to :attr:`folder`.
+    image_dir: str
+    label_dir: str
+    image_ext: str
+    label_ext: str
+    #: raw label value that is ignored (255 for 8-bit labels, 65535 for 16-bit ones).
+    ignore_value: int
+    #: number of images (= label files) in the official validation split.
+    expected_count: int
+    num_classes: int
+    #: how the official code prepares the split (for messages).
+    notes: str = ""
+
+    @cached_property
+    def class_names(self) -> tuple[str, ...]:
+        """Class names, index ``v`` = label value ``v``, exactly as SAN passes them to CLIP."""
+        text = resources.files(__name__).joinpath(f"{self.name}.txt").read_text(encoding="utf-8")
+        names = tuple(line.strip() for line in text.split("\n") if line.strip())
+        if len(names) != self.num_classes:
+            raise BenchmarkError(f"{self.name}.txt has {len(names)} class names, expected {self.num_classes}")
+        return names
+
+    def resolve_root(self, root: str | os.PathLike[str]) -> Path:
+        """The datasets root: ``root`` itself, or its parent when ``root`` is the dataset's own folder.
+
+        Raises:
+            BenchmarkError: neither holds this benchmark's label folder.
+        """
+        base = Path(root)
+        for candidate in (base, base.parent) if base.name == self.folder else (base,):
+            if (candidate / self.folder / self.label_dir).is_dir():
+                return candidate
+        raise BenchmarkError(
+            f"{self.name}: no label folder {self.folder}/{self.label_dir} under {str(base)!r} (give the datasets "
+            f"root that holds {self.folder}/, prepared as in SAN's README: {self.notes})"
+        )
+
+    def image_folder(self, root: str | os.PathLike[str]) -> Path:
+        return self.resolve_root(root) / self.folder / self.image_dir
+
+    def label_folder(self, root: str | os.PathLike[str]) -> Path:
+        return self.resolve_root(root) / self.folder / self.label_dir
+
+    def label_path(self, image_path: str | os.PathLike[str], root: str | os.PathLike[str]) -> Path:
+        """The label file of an image (same stem, in the label folder); it may not exist."""
+        name = Path(image_path).name
+        stem = name[: -len(self.image_ext)] if name.endswith(self.image_ext) else Path(name).stem
+        return self.label_folder(root) / (stem + self.label_ext)
+
+    def label_files(self, root: str | os.PathLike[str]) -> list[Path]:
+        """Every label file of the split, sorted by name (warns when the count is not the official one).
+
+        Raises:
+            BenchmarkError: the label folder is missing or empty.
+        """
+        folder = self.label_folder(root)
+        files = [path for _, path in sorted(_listing(folder, self.label_ext).items())]
+        if not files:
+            raise BenchmarkError(f"{self.name}: no *{self.label_ext} files in {folder}")
+        for message in self._count_messages(len(files), f"label files in {folder}"):
+            _warn(message)
+        return files
+
+    def scan(self, root: str | os.PathLike[str]) -> tuple[list[tuple[Path, Path]], list[str]]:
+        """``(pairs, warnings)``: the ``(image, label)`` pairs sorted by stem -- the stems present in both
+        folders (detectron2's rule) -- and what looks wrong (unpaired labels, a count that is not the
+        official one). Prints nothing.
+
+        Raises:
+            BenchmarkError: a folder is missing or no image has a label.
+        """
+        label_folder, image_folder = self.label_folder(root), self.image_folder(root)
+        labels = _listing(label_folder, self.label_ext)
+        if not image_folder.is_dir():
+            raise BenchmarkError(f"{self.name}: image folder {image_folder} does not exist")
+        images = _listing(image_folder, self.image_ext)
+        stems = sorted(labels.keys() & images.keys())
+        if not stems:
+            raise BenchmarkError(
+                f"{self.name}: no *{self.image_ext} image in {image_folder} has a *{self.label_ext} label in "
+                f"{label_folder} ({len(images)} images, {len(labels)} labels)"
+            )
+        messages = []
+        if len(labels) > len(stems):
+            messages.append(
+                f"{self.name}: {len(labels) - len(stems)} label file(s) have no image in {image_folder}; "
+                "they are left out"
+            )
+        messages += self._count_messages(len(stems), "image/label pairs")
+        return [(images[s], labels[s]) for s in stems], messages
+
+    def pairs(self, root: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
+        """:meth:`scan`'s pairs; its warnings go to stderr."""
+        pairs, messages = self.scan(root)
+        for message in messages:
+            _warn(message)
+        return pairs
+
+    def image_paths(self, root: str | os.PathLike[str]) -> list[Path]:
+        """The split's images (those with a label), sorted by stem; warnings go to stderr."""
+        return [image for image, _ in self.pairs(root)]
+
+    def _count_messages(self, count: int, what: str) -> list[str]:
+        if count == self.expected_count:
+            return []
+        return [
+            f"{self.name}: {count} {what}, but the official {self.title} validation split has "
+            f"{self.expected_count}; numbers will not be comparable with the paper's"
+        ]
+
+
+BENCHMARKS: dict[str, BenchmarkSpec] = {
+    spec.name: spec
+    for spec in (
+        BenchmarkSpec(
+            "ade150", "ADE20K-150", "ade20k_sem_seg_val", "ADEChallengeData2016",
+            "images/validation", "annotations_detectron2/validation", ".jpg", ".png", 255, 2000, 150,
+            "annotations_detectron2 from prepare_ade20k_sem_seg.py",
+        ),
+        BenchmarkSpec(
+            "ade847", "ADE20K-847", "ade20k_full_sem_seg_val", "ADE20K_2021_17_01",
+            "images_detectron2/validation", "annotations_detectron2/validation", ".jpg", ".tif", 65535, 2000, 847,
+            "images_detectron2 and annotations_detectron2 from prepare_ade20k_full_sem_seg.py",
+        ),
+        BenchmarkSpec(
+            "pc59", "Pascal Context-59", "pcontext_sem_seg_val", "pcontext",
+            "val/image", "val/label", ".jpg", ".png", 255, 5105, 59,
+            "val/image and val/label from prepare_pcontext_sem_seg_59cls.py",
+        ),
+        BenchmarkSpec(
+            "pc459", "Pascal Context-459", "pcontext_full_sem_seg_val", "pcontext_full",
+            "val/image", "val/label", ".jpg", ".tif", 65535, 5105, 459,
+            "val/image and val/label from prepare_pcontext_sem_seg_459cls.py",
+        ),
+        BenchmarkSpec(
+            "voc20", "Pascal VOC-20", "voc_sem_seg_val", "VOC2012",
+            "JPEGImages", "annotations_detectron2/val", ".jpg", ".png", 255, 1449, 20,
+            "annotations_detectron2 from prepare_voc_sem_seg.py",
+        ),
+        BenchmarkSpec(
+            "cocostuff171", "COCO-Stuff-171", "coco_2017_test_stuff_sem_seg", "coco",
+            "val2017", "stuffthingmaps_detectron2/val2017", ".jpg", ".png", 255, 5000, 171,
+            "stuffthingmaps_detectron2 from prepare_coco_stuff_164k_sem_seg.py",
+        ),
+    )
+}  # fmt: skip
+
+
+def get_benchmark(name: str) -> BenchmarkSpec:
+    """The spec registered as ``name`` (case-insensitive).
+
+    Raises:
+        BenchmarkError: unknown name (the message lists the known ones).
+    """
+    spec = BENCHMARKS.get(str(name).strip().lower())
+    if spec is None:
+        raise BenchmarkError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    return spec
+
+
+def default_root() -> str:
+    """detectron2's datasets root: ``$DETECTRON2_DATASETS``, else ``datasets``."""
+    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+
+
+@dataclass(frozen=True)
+class BenchmarkInputs:
+    """What :func:`write_benchmark_inputs` wrote."""
+
+    vocab_path: Path
+    images_path: Path
+    num_images: int
+    warnings: tuple[str, ...]
+
+
+def _vocabulary_text(spec: BenchmarkSpec) -> str:
+    from ..vocabulary import parse_vocabulary
+
+    for name in spec.class_names:
+        if ":" in name or "#" in name or name != " ".join(name.split()):
+            raise BenchmarkError(f"{spec.name}: class {name!r} cannot be written to a vocabulary file as one name")
+    header = (
+        f"# {spec.title} ({spec.name}; detectron2 dataset {spec.detectron2_name}): {len(spec.class_names)} classes.\n"
+        "# Line order = ground-truth label value. Names exactly as SAN passes them to CLIP: a comma is part of\n"
+        "# the name (one prompt), not a synonym separator.\n"
+    )
+    text = header + "\n".join(spec.class_names) + "\n"
+    vocabulary = parse_vocabulary(text, f"{spec.name} vocabulary")
+    if vocabulary.names != spec.class_names or any(vocabulary.synonyms):
+        raise BenchmarkError(f"{spec.name}: the vocabulary file would not reproduce the class names")
+    return text
+
+
+def write_benchmark_inputs(name: str, root: str | os.PathLike[str], out: str | os.PathLike[str]) -> BenchmarkInputs:
+    """Write ``OUT/vocab.txt`` (the benchmark's classes, in label order) and ``OUT/images.txt`` (absolute
+    paths of its validation images, one per line) for ``jobs/label.py --vocab ... --input ...``. Count
+    warnings are returned (:attr:`BenchmarkInputs.warnings`), not printed.
+
+    Raises:
+        BenchmarkError: unknown benchmark, missing folders, no pairs.
+    """
+    spec = get_benchmark(name)
+    target = Path(out)
+    pairs, messages = spec.scan(root)
+    images = [image for image, _ in pairs]
+    vocab_text = _vocabulary_text(spec)
+    target.mkdir(parents=True, exist_ok=True)
+    vocab_path, images_path = target / "vocab.txt", target / "images.txt"
+    vocab_path.write_text(vocab_text, encoding="utf-8")
+    images_path.write_text("".join(f"{p.absolute()}\n" for p in images), encoding="utf-8")
+    return BenchmarkInputs(vocab_path, images_path, len(images), tuple(messages))
+
+
+def register_benchmark_schemes(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register ``--gt NAME:ROOT`` for every benchmark with ``register`` (``pipeline.ground_truth``'s
+    ``register_ground_truth``); the reader module is imported only when such a spec is opened."""
+
+    def factory_for(name: str) -> Callable[..., Any]:
+        def factory(location: str, gt_classes: str | None, vocabulary_names: Sequence[str], ignore_index: int):
+            from .reader import open_benchmark_ground_truth
+
+            return open_benchmark_ground_truth(name, location, gt_classes, vocabulary_names, ignore_index)
+
+        return factory
+
+    for name in BENCHMARKS:
+        register(name, factory_for(name))
+
+
+def __getattr__(attribute: str) -> Any:
+    # The reader imports pipeline.ground_truth, which registers these schemes when imported: load it lazily.
+    if attribute in ("BenchmarkGroundTruth", "open_benchmark_ground_truth"):
+        from . import reader
+
+        return getattr(reader, attribute)
+    raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")

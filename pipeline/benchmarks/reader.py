@@ -1,0 +1,116 @@
+"""Ground-truth reader for SAN's benchmarks: ``--gt NAME:ROOT`` (see :mod:`pipeline.benchmarks`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..ground_truth import IGNORE, GroundTruth, GroundTruthError
+from . import BenchmarkError, BenchmarkSpec, default_root, get_benchmark
+
+__all__ = ["BenchmarkGroundTruth", "open_benchmark_ground_truth"]
+
+_MAX_U16 = 65535
+_INVALID = -2
+
+
+class BenchmarkGroundTruth(GroundTruth):
+    """The label files of one benchmark's validation split; class ``v`` = label value ``v``.
+
+    Keys are the label files' names in the label folder (file stems are unique there, so the stem
+    matching of :meth:`GroundTruth.match` is exact). The benchmark's own ignore value (255 or 65535) is
+    ignored; any other value outside ``0..K-1`` is an error naming the file. All label files count as
+    ground truth, also those whose image is missing (they are reported as "without prediction").
+    """
+
+    def __init__(self, spec: BenchmarkSpec, root: str | os.PathLike[str]):
+        self.spec = spec
+        try:
+            self.folder = spec.label_folder(root)
+            files = spec.label_files(root)  # warns when the count is not the official one
+        except BenchmarkError as exc:
+            raise GroundTruthError(str(exc)) from None
+        self._files = [f.name for f in files]
+        self.class_names = spec.class_names
+        self.raw_ignore = [spec.ignore_value]
+        self.description = (
+            f"{spec.title} ({spec.name}) labels {self.folder} ({len(self._files)} files, "
+            f"{len(self.class_names)} classes)"
+        )
+        self._lut = np.full(_MAX_U16 + 1, _INVALID, dtype=np.int32)
+        self._lut[: len(self.class_names)] = np.arange(len(self.class_names), dtype=np.int32)
+        self._lut[spec.ignore_value] = IGNORE
+
+    def keys(self) -> list[Hashable]:
+        return list(self._files)
+
+    def path_of(self, key: Hashable) -> str:
+        return str(self.folder / str(key))
+
+    def read(self, key: Hashable) -> np.ndarray:
+        path = self.folder / str(key)
+        try:
+            with Image.open(path) as img:
+                img.load()
+                mode = img.mode
+                raw = np.asarray(img)
+        except Exception as exc:  # PIL raises many types on bad files
+            raise GroundTruthError(f"cannot read ground truth {path}: {type(exc).__name__}: {exc}") from None
+        if mode not in ("L", "P", "I") and not mode.startswith("I;16"):
+            raise GroundTruthError(
+                f"ground truth {path} is a {mode!r} image; {self.spec.name} labels are single-channel "
+                f"{'16' if self.spec.ignore_value == _MAX_U16 else '8'}-bit label maps"
+            )
+        raw = raw.astype(np.int64, copy=False)
+        if self.spec.ignore_value == _MAX_U16:
+            raw = np.where(raw == -1, _MAX_U16, raw)  # a signed 32-bit TIFF of "value - 1": -1 is unlabeled
+        if raw.size and (raw.min() < 0 or raw.max() > _MAX_U16):
+            raise GroundTruthError(f"ground truth {path} has values outside 0..65535")
+        labels = self._lut[raw]
+        bad = labels == _INVALID
+        if bad.any():
+            shown = ", ".join(str(v) for v in np.unique(raw[bad])[:10])
+            raise GroundTruthError(
+                f"ground truth {path} has values that are no {self.spec.name} class: {shown} (classes are "
+                f"0..{len(self.class_names) - 1}, {self.spec.ignore_value} is ignored)"
+            )
+        return labels
+
+
+def open_benchmark_ground_truth(
+    name: str,
+    location: str,
+    gt_classes: str | None = None,
+    vocabulary_names: Sequence[str] = (),
+    ignore_index: int = 255,
+) -> BenchmarkGroundTruth:
+    """The ``register_ground_truth`` factory behind ``--gt NAME:ROOT``.
+
+    ``ROOT`` is the datasets root (or the dataset's own folder); empty means ``$DETECTRON2_DATASETS``
+    (else ``datasets``). The class list and ignore value are the benchmark's own: ``--gt-classes`` is an
+    error, and ``--ignore-index`` may only be 255 (the default) or the benchmark's ignore value.
+
+    Raises:
+        FileNotFoundError: ``ROOT`` does not exist.
+        GroundTruthError: unknown benchmark, wrong options, or a layout problem.
+    """
+    try:
+        spec = get_benchmark(name)
+    except BenchmarkError as exc:
+        raise GroundTruthError(str(exc)) from None
+    if gt_classes:
+        raise GroundTruthError(
+            f"--gt-classes does not apply to --gt {spec.name}:ROOT (its {spec.num_classes} classes are built in)"
+        )
+    if ignore_index not in (255, spec.ignore_value):
+        raise GroundTruthError(
+            f"--ignore-index {ignore_index} does not apply to --gt {spec.name}:ROOT (it ignores {spec.ignore_value})"
+        )
+    root = location or default_root()
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"--gt {spec.name}:{location}: datasets root {str(root)!r} does not exist")
+    return BenchmarkGroundTruth(spec, root)
