@@ -115,7 +115,8 @@ class TextClassifier(nn.Module):
         device = self.text_encoder.token_embedding.weight.device
         tokens = self.tokenizer(list(prompts)).to(device)
         order = tokens.argmax(dim=-1).argsort()
-        out = torch.empty(len(prompts), self.text_encoder.text_projection.shape[1], device=device)
+        projection = self.text_encoder.text_projection
+        out = torch.empty(len(prompts), projection.shape[1], device=device, dtype=projection.dtype)
         for start in range(0, len(prompts), self.batch_size):
             index = order[start : start + self.batch_size]
             out[index] = self.encode_tokens(tokens[index]).to(out.dtype)
