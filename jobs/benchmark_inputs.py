@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
 
 from pipeline.benchmarks import BENCHMARKS, BenchmarkError, default_root, write_benchmark_inputs  # noqa: E402
+from pipeline.cli import run_job  # noqa: E402
 from pipeline.vocabulary import VocabularyError  # noqa: E402
 
 USER_ERRORS = (BenchmarkError, VocabularyError, FileNotFoundError, OSError)
@@ -66,9 +67,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    arguments = parse_args()
-    try:
-        sys.exit(main(arguments))
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_job(main, parse_args, USER_ERRORS)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
 
+from pipeline.cli import run_job  # noqa: E402
 from pipeline.export import export_dataset  # noqa: E402
 from pipeline.review import ReviewError  # noqa: E402
 from pipeline.vocabulary import VocabularyError  # noqa: E402
@@ -49,9 +50,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    arguments = parse_args()
-    try:
-        main(arguments)
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_job(main, parse_args, USER_ERRORS)

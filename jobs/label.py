@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
 
+from pipeline.cli import run_job  # noqa: E402
 from pipeline.label import USER_ERRORS, LabelOptions, run_label_job  # noqa: E402
 from san.errors import WeightsUnavailableError  # noqa: E402
 from san.predictor import DTYPES  # noqa: E402
@@ -125,10 +126,11 @@ def main(args: argparse.Namespace) -> dict:
     return manifest
 
 
+def _hint(error: BaseException) -> str:
+    if isinstance(error, WeightsUnavailableError):
+        return "\nTo see the whole flow without weights, add --smoke-test (a tiny random model)."
+    return ""
+
+
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except USER_ERRORS as error:
-        hint = "\nTo see the whole flow without weights, add --smoke-test (a tiny random model)."
-        print(f"error: {error}{hint if isinstance(error, WeightsUnavailableError) else ''}", file=sys.stderr)
-        sys.exit(2)
+    run_job(main, parse_args, USER_ERRORS, _hint)

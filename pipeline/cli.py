@@ -1,0 +1,24 @@
+"""The shared ending of every job script: run ``main``, and turn the errors a user fixes by changing
+the command into one line on stderr with exit status 2 instead of a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def run_job(
+    main: Callable[[argparse.Namespace], Any],
+    parse_args: Callable[[], argparse.Namespace],
+    user_errors: tuple[type[BaseException], ...],
+    hint: Callable[[BaseException], str] | None = None,
+) -> None:
+    """Parse the arguments and run ``main``; a ``user_errors`` exception exits with status 2."""
+    arguments = parse_args()
+    try:
+        main(arguments)
+    except user_errors as error:
+        print(f"error: {error}{hint(error) if hint else ''}", file=sys.stderr)
+        sys.exit(2)
