@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--clip-weights", help="CLIP weights file (open_clip or OpenAI state dict) for --init clip")
     parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="san_vit_b_16", help="model architecture (default: %(default)s)"
+        "--preset",
+        choices=sorted(PRESETS),
+        default="san_vit_b_16",
+        help="model architecture; a .safetensors --init carries its own (default: %(default)s)",
     )
     parser.add_argument("--steps", type=int, help="optimisation steps in the whole run (default: 60000)")
     parser.add_argument(

@@ -36,6 +36,7 @@ import random
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,6 +323,15 @@ class MetricsLog:
             with path.open("w", newline="") as f:
                 csv.writer(f).writerow(self.columns)
 
+    def truncate_after(self, step: int) -> None:
+        """Drop the rows of steps after ``step``."""
+        with self.path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        keep = [rows[0]] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+        if len(keep) != len(rows):
+            with self.path.open("w", newline="") as f:
+                csv.writer(f).writerows(keep)
+
     def write(self, row: dict[str, Any]) -> None:
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, self.columns, restval="", extrasaction="ignore").writerow(row)
@@ -347,6 +357,8 @@ def train(cfg: TrainConfig, ray_worker: bool = False) -> dict[str, Any]:
         rank, world_size, device = 0, 1, resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if cfg.batch_size % world_size:
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {world_size} workers")
     batch_size = cfg.batch_size // world_size
@@ -401,6 +413,9 @@ def train(cfg: TrainConfig, ray_worker: bool = False) -> dict[str, Any]:
         elif main:
             print(f"checkpoint has RNG states of {len(state['rng'])} workers, this run has {world_size}: reseeded")
     if ray_worker:
+        # DDP's note that the query embeddings' gradients (slices of a concatenation) are copied into its
+        # buckets rather than aliased: harmless, and the model's layout is not this loop's to change.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         model = ray.train.torch.prepare_model(model, move_to_device=False)
     net = _unwrap(model)
 
@@ -422,6 +437,7 @@ def train(cfg: TrainConfig, ray_worker: bool = False) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         log = MetricsLog(out / METRICS_CSV, terms)
+        log.truncate_after(start_step)  # rows logged after the checkpoint we resume from are redone
     end_step = min(cfg.steps, cfg.stop_at) if cfg.stop_at is not None else cfg.steps
     bar = tqdm(total=cfg.steps, initial=start_step, disable=not (cfg.progress and main), dynamic_ncols=True)
     sums: dict[str, float] = {}
@@ -440,9 +456,6 @@ def train(cfg: TrainConfig, ray_worker: bool = False) -> dict[str, Any]:
             output = model(batch, classes)
         losses = criterion.weighted(criterion(output.mask_preds, output.mask_logits, targets))
         loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            terms_now = {k: round(v.item(), 4) for k, v in losses.items()}
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}: {terms_now}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -454,9 +467,12 @@ def train(cfg: TrainConfig, ray_worker: bool = False) -> dict[str, Any]:
         done = step + 1
         bar.update(1)
 
-        # -- bookkeeping
-        for name, value in [("loss", loss), *losses.items(), ("grad_norm", grad_norm)]:
-            sums[name] = sums.get(name, 0.0) + float(value.detach())
+        # -- bookkeeping (one device sync for all the numbers of the step)
+        values = dict(zip(["loss", *losses, "grad_norm"], torch.stack([loss, *losses.values(), grad_norm]).tolist()))
+        if not math.isfinite(values["loss"]):
+            raise FloatingPointError(f"loss is {values['loss']} at step {done}: {values}")
+        for name, value in values.items():
+            sums[name] = sums.get(name, 0.0) + value
         seen += 1
         last = done == end_step
         row: dict[str, Any] = {}
@@ -482,7 +498,7 @@ def train(cfg: TrainConfig, ray_worker: bool = False) -> dict[str, Any]:
                     + "  ".join(f"{k[5:]} {means[k]:.4f}" for k in terms[-3:])
                     + f"  grad {means['grad_norm']:.3g}  lr {lr:.3e}  {row['images_per_s']:.1f} img/s"
                 )
-            sums, seen, t0 = {}, 0, time.time()
+            sums, seen = {}, 0
         if val_set is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
             metrics = evaluate(
                 net, val_set, cfg.eval_short_side, cfg.max_size, cfg.eval_limit, amp_dtype, rank, world_size
@@ -512,6 +528,8 @@ def train(cfg: TrainConfig, ray_worker: bool = False) -> dict[str, Any]:
         if ray_worker and (row or done % cfg.checkpoint_every == 0 or last):
             _ray_report(row, done, checkpoint)
         result["step"] = done
+        if row:
+            t0 = time.time()  # throughput excludes evaluation and checkpointing
     bar.close()
     return result
 
