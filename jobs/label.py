@@ -18,9 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
 
-from pipeline.cli import run_job  # noqa: E402
+from pipeline.cli import run_job, weights_hint  # noqa: E402
 from pipeline.label import USER_ERRORS, LabelOptions, run_label_job  # noqa: E402
-from san.errors import WeightsUnavailableError  # noqa: E402
 from san.predictor import DTYPES  # noqa: E402
 from san.text_classifier import TEMPLATE_SETS  # noqa: E402
 
@@ -126,11 +125,5 @@ def main(args: argparse.Namespace) -> dict:
     return manifest
 
 
-def _hint(error: BaseException) -> str:
-    if isinstance(error, WeightsUnavailableError):
-        return "\nTo see the whole flow without weights, add --smoke-test (a tiny random model)."
-    return ""
-
-
 if __name__ == "__main__":
-    run_job(main, parse_args, USER_ERRORS, _hint)
+    run_job(main, parse_args, USER_ERRORS, weights_hint)

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
 
+from pipeline.cli import run_job, weights_hint  # noqa: E402
 from san.config import PRESETS  # noqa: E402
 from san.errors import CheckpointError, WeightsUnavailableError  # noqa: E402
 
@@ -231,13 +231,7 @@ def main(args: argparse.Namespace) -> dict:
 
 if __name__ == "__main__":
     try:
-        main(parse_args())
-    except USER_ERRORS as error:
-        hint = ""
-        if isinstance(error, WeightsUnavailableError):
-            hint = "\nTo see the whole flow without weights, add --smoke-test (a tiny random model)."
-        print(f"error: {error}{hint}", file=sys.stderr)
-        sys.exit(2)
+        run_job(main, parse_args, USER_ERRORS, weights_hint)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command with --resume to continue from the last checkpoint", file=sys.stderr)
-        sys.exit(os.EX_TEMPFAIL if hasattr(os, "EX_TEMPFAIL") else 75)
+        sys.exit(130)

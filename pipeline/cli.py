@@ -9,6 +9,15 @@ from collections.abc import Callable
 from typing import Any
 
 
+def weights_hint(error: BaseException) -> str:
+    """What to try when the released weights cannot be had (offline, no cache)."""
+    from san.errors import WeightsUnavailableError
+
+    if isinstance(error, WeightsUnavailableError):
+        return "\nTo see the whole flow without weights, add --smoke-test (a tiny random model)."
+    return ""
+
+
 def run_job(
     main: Callable[[argparse.Namespace], Any],
     parse_args: Callable[[], argparse.Namespace],

@@ -468,7 +468,8 @@ def train(cfg: TrainConfig, ray_worker: bool = False) -> dict[str, Any]:
         bar.update(1)
 
         # -- bookkeeping (one device sync for all the numbers of the step)
-        values = dict(zip(["loss", *losses, "grad_norm"], torch.stack([loss, *losses.values(), grad_norm]).tolist()))
+        numbers = torch.stack([loss, *losses.values(), grad_norm]).tolist()
+        values = dict(zip(["loss", *losses, "grad_norm"], numbers, strict=True))
         if not math.isfinite(values["loss"]):
             raise FloatingPointError(f"loss is {values['loss']} at step {done}: {values}")
         for name, value in values.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -22,9 +23,9 @@ from san.optim import PolySchedule, build_optimizer
 from san.train import TrainConfig, build_model, evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "jobs"))
-
-import train as train_job  # noqa: E402  (jobs/train.py)
+_spec = importlib.util.spec_from_file_location("jobs_train", ROOT / "jobs" / "train.py")
+train_job = importlib.util.module_from_spec(_spec)  # jobs/train.py, imported under a name of its own
+_spec.loader.exec_module(train_job)
 
 
 def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
