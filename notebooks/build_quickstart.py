@@ -1,0 +1,380 @@
+"""Write ``notebooks/quickstart.ipynb`` from the cells below, without outputs (the form kept in git).
+
+    .venv/bin/python notebooks/build_quickstart.py
+
+Edit the cells here rather than in Jupyter, then rerun this script; ``tests/test_notebook.py`` checks that
+the committed notebook has no outputs and runs it top to bottom.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+NOTEBOOK = Path(__file__).with_name("quickstart.ipynb")
+
+CELLS: list[tuple[str, str, str]] = [
+    (
+        "intro",
+        "md",
+        """\
+# Quickstart: open-vocabulary pseudo-labels with SAN
+
+This notebook runs the whole flow on the four sample photos in `samples/images`, on CPU, in a few minutes:
+
+1. **label** them with the classes of `samples/vocab.txt` (a Ray job),
+2. **look** at the label maps,
+3. **measure** how much of each image each class covers,
+4. **evaluate** against a (toy) ground truth,
+5. **review** the run in FiftyOne,
+6. **export** COCO annotations.
+
+Each step says which command-line job does the same. Run it with the project's environment as the kernel
+(`make install` creates `.venv`; e.g. `.venv/bin/pip install jupyterlab && .venv/bin/jupyter lab`).""",
+    ),
+    (
+        "setup-md",
+        "md",
+        """\
+## Setup
+
+**Which model?** The notebook never downloads weights unless you ask: it uses the released `san_vit_b_16`
+weights when they are already on this machine (`$SAN_WEIGHTS`, or the Hugging Face cache after one online
+run of `jobs/label.py`), and otherwise the **smoke-test model**, a tiny SAN with random weights: every step
+runs for real, but its labels are meaningless. `HF_HUB_OFFLINE=1` makes that check a cache lookup (offline,
+huggingface_hub would otherwise spend ~30 s retrying). Set `DOWNLOAD_WEIGHTS = True` to fetch the weights
+(several hundred MB) when online.
+
+Outputs go to a new temporary folder (or `$SAN_QUICKSTART_OUT`). `RAY_ADDRESS=local` starts a private Ray
+inside this kernel; set `RAY_ADDRESS` beforehand to use a running cluster instead.""",
+    ),
+    (
+        "setup",
+        "code",
+        """\
+import os
+import tempfile
+from pathlib import Path
+
+DOWNLOAD_WEIGHTS = False  # True: download the released weights when they are not cached yet
+LAUNCH_APP = False  # True: open the FiftyOne App in step 5
+
+if not DOWNLOAD_WEIGHTS:
+    os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
+os.environ.setdefault("RAY_ADDRESS", "local")
+
+# The repository root: this notebook's folder's parent, wherever Jupyter was started.
+ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "samples" / "vocab.txt").is_file())
+IMAGES = ROOT / "samples" / "images"
+VOCAB = ROOT / "samples" / "vocab.txt"
+OUT = Path(os.environ.get("SAN_QUICKSTART_OUT") or tempfile.mkdtemp(prefix="san-quickstart-"))
+RUN = OUT / "labels"
+print(f"images: {IMAGES}\\noutputs: {OUT}")
+print(VOCAB.read_text())""",
+    ),
+    (
+        "label-md",
+        "md",
+        """\
+## 1. Label the images
+
+`run_label_job` is what `jobs/label.py` runs: it decodes the images in Ray tasks, labels them in a pool of
+model actors (one here) and writes Parquet shards, `coco.json` and `manifest.json` into `RUN`. The same from
+a shell:
+
+```bash
+.venv/bin/python jobs/label.py --vocab samples/vocab.txt --input samples/images --output out/labels
+# add --smoke-test to use the tiny random model
+```""",
+    ),
+    (
+        "label",
+        "code",
+        """\
+import ray
+
+import san
+from pipeline.label import LabelOptions, run_label_job
+
+try:
+    weights = san.resolve_official_weights("san_vit_b_16")
+    smoke_test = False
+    MODEL_USED = f"released san_vit_b_16 weights ({weights})"
+except san.WeightsUnavailableError as error:
+    smoke_test = True
+    MODEL_USED = "smoke-test model (tiny SAN with random weights: the labels are meaningless)"
+    print(f"No released weights on this machine ({type(error.__cause__ or error).__name__}).")
+    print("To use them: set SAN_WEIGHTS=/path/to/san_vit_b_16.pth, or DOWNLOAD_WEIGHTS = True when online.\\n")
+
+manifest = run_label_job(
+    LabelOptions(
+        vocab=str(VOCAB),
+        input=str(IMAGES),
+        output=str(RUN),
+        model="san_vit_b_16",
+        smoke_test=smoke_test,
+        workers=(1, 1),  # one model copy is plenty for four images
+        progress=False,
+        command=["notebooks/quickstart.ipynb"],
+    )
+)
+ray.shutdown()  # frees the model actor's memory
+print(f"model used: {MODEL_USED}")
+print(f"counts: {manifest['counts']}, took {manifest['timings']['seconds']:.1f} s")""",
+    ),
+    (
+        "show-md",
+        "md",
+        """\
+## 2. Look at the label maps
+
+Each Parquet row holds the image's label map as a PNG (pixel = class index in the vocabulary, 255 =
+unlabeled); `decode_label_map_png` turns it back into an array. Colours are per class, the legend lists the
+classes present with their share of the image.""",
+    ),
+    (
+        "show",
+        "code",
+        """\
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Patch
+
+from pipeline.images import read_image_file
+from pipeline.outputs import RunOutput
+from pipeline.segments import decode_label_map_png, unlabeled_value
+
+CLASSES = manifest["vocabulary"]["names"]
+COLOURS = plt.get_cmap("tab10")(np.arange(len(CLASSES)) % 10)[:, :3]
+predictions = RunOutput(RUN).read_predictions().to_pandas().sort_values("image_path", ignore_index=True)
+
+fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+for ax, row in zip(axes.flat, predictions.itertuples(), strict=False):
+    image = read_image_file(row.image_path) / 255.0
+    label_map = decode_label_map_png(row.label_map_png)
+    labeled = label_map != unlabeled_value(label_map)
+    overlay = image.copy()
+    overlay[labeled] = 0.45 * image[labeled] + 0.55 * COLOURS[label_map[labeled]]
+    ax.imshow(overlay)
+    present, counts = np.unique(label_map[labeled], return_counts=True)
+    handles = [
+        Patch(color=COLOURS[c], label=f"{CLASSES[c]} {100 * n / label_map.size:.0f}%")
+        for c, n in sorted(zip(present, counts, strict=True), key=lambda item: -item[1])
+    ]
+    ax.legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.8)
+    ax.set_title(Path(row.image_path).name)
+    ax.axis("off")
+fig.suptitle(MODEL_USED)
+plt.tight_layout()
+plt.show()""",
+    ),
+    (
+        "areas-md",
+        "md",
+        """\
+## 3. Per-class areas
+
+The `segments` column holds one entry per class present in an image: its COCO RLE mask, `area` (pixels),
+`bbox` and `score` (mean class score over its pixels). As a table, in percent of each image:""",
+    ),
+    (
+        "areas",
+        "code",
+        """\
+import pandas as pd
+
+segments = pd.DataFrame(
+    [
+        {
+            "image": Path(row.image_path).name,
+            "class": segment["category_name"],
+            "area": segment["area"],
+            "percent": 100 * segment["area"] / (row.width * row.height),
+            "score": segment["score"],
+        }
+        for row in predictions.itertuples()
+        for segment in row.segments
+    ]
+)
+areas = segments.pivot_table(index="image", columns="class", values="percent", fill_value=0.0)
+areas.reindex(columns=[c for c in CLASSES if c in areas.columns]).round(1)""",
+    ),
+    (
+        "evaluate-md",
+        "md",
+        """\
+## 4. Evaluate against ground truth
+
+**This is a toy ground truth**, made here by hand for two images: a few boxes of `sky` and the `rocket` in
+`rocket.jpg`, one box on the `cat` in `chelsea.png`; every other pixel is 255 = ignored. It shows the
+format and the call, not the model's quality (and with the smoke-test model the numbers are those of random
+labels). Real ground truth is a folder of label PNGs matched by file name (or a COCO JSON). The same from a
+shell:
+
+```bash
+.venv/bin/python jobs/evaluate.py --predictions out/labels --gt GT_DIR --gt-classes GT_CLASSES.txt
+```""",
+    ),
+    (
+        "evaluate",
+        "code",
+        """\
+from PIL import Image
+
+from pipeline.evaluate import evaluate_run
+
+GT = OUT / "toy_gt"
+GT_CLASSES = OUT / "toy_gt_classes.txt"
+gt_names = ["sky", "rocket", "cat"]  # line v of the classes file names pixel value v
+GT_CLASSES.write_text("\\n".join(gt_names) + "\\n")
+boxes = {  # image stem -> (class, x0, y0, x1, y1), drawn by eye on the sample photos
+    "rocket": [
+        ("sky", 100, 0, 550, 110),
+        ("sky", 100, 110, 175, 320),
+        ("sky", 215, 110, 295, 320),
+        ("sky", 345, 110, 430, 320),
+        ("sky", 470, 110, 550, 320),
+        ("rocket", 312, 160, 328, 380),
+    ],
+    "chelsea": [("cat", 60, 20, 340, 290)],
+}
+GT.mkdir(exist_ok=True)
+sizes = {Path(row.image_path).stem: (row.height, row.width) for row in predictions.itertuples()}
+for stem, items in boxes.items():
+    truth = np.full(sizes[stem], 255, dtype=np.uint8)  # 255 = ignored
+    for name, x0, y0, x1, y1 in items:
+        truth[y0:y1, x0:x1] = gt_names.index(name)
+    Image.fromarray(truth).save(GT / f"{stem}.png")
+
+metrics = evaluate_run(RUN, str(GT), gt_classes=GT_CLASSES)
+print(f"TOY ground truth, {metrics['num_images']} images, {metrics['pixels']} labeled pixels, model: {MODEL_USED}")
+display(pd.DataFrame([{k: metrics[k] for k in ("mIoU", "fwIoU", "mACC", "pACC")}]).round(1))
+pd.DataFrame(
+    {"IoU": [metrics[f"IoU-{c}"] for c in gt_names], "ACC": [metrics[f"ACC-{c}"] for c in gt_names]}, index=gt_names
+).round(1)""",
+    ),
+    (
+        "review-md",
+        "md",
+        """\
+## 5. Review in FiftyOne
+
+`load_run` makes a persistent FiftyOne dataset of the run (masks, the toy ground truth, per-image mIoU and
+mean score, saved views such as `worst_miou`). FiftyOne keeps it in its database, `~/.fiftyone` unless
+`FIFTYONE_DATABASE_DIR` says otherwise (the tests point it at a temporary folder). The same from a shell,
+`--launch` opening the App:
+
+```bash
+.venv/bin/python jobs/review.py out/labels --gt GT_DIR --gt-classes GT_CLASSES.txt --launch
+```""",
+    ),
+    (
+        "review",
+        "code",
+        """\
+import fiftyone as fo
+
+from pipeline.review import launch, load_run
+
+dataset = load_run(RUN, str(GT), GT_CLASSES, name="san-quickstart")  # replaces an earlier one of that name
+print(f"dataset {dataset.name!r}: {len(dataset)} samples, database {fo.config.database_dir}")
+print(f"saved views: {dataset.list_saved_views()}")
+pd.DataFrame(
+    {
+        "image": [Path(p).name for p in dataset.values("image_path")],
+        "classes present": dataset.values("classes_present"),
+        "mean score": dataset.values("mean_score"),
+        "mIoU (toy GT)": dataset.values("miou"),
+    }
+).round(3)""",
+    ),
+    (
+        "launch-md",
+        "md",
+        """\
+To browse the masks, set `LAUNCH_APP = True` in the setup cell (or here) and run the next cell; it serves the
+App at <http://127.0.0.1:5151/> until `session.close()` or the kernel stops.""",
+    ),
+    (
+        "launch",
+        "code",
+        """\
+if LAUNCH_APP:
+    session = launch(dataset)  # remote mode: open the address in a browser
+    print(f"App: {session.url}")
+else:
+    print("LAUNCH_APP is False: the App was not started")""",
+    ),
+    (
+        "export-md",
+        "md",
+        """\
+## 6. Export COCO
+
+`export_dataset` writes the dataset's current masks (with any edits made in the App) as COCO JSON, in the form
+of the job's own `coco.json`: one RLE annotation per image and class, with area, bbox and score. Below,
+pycocotools reads it back and decodes every mask. The same from a shell:
+
+```bash
+.venv/bin/python jobs/export.py out/labels --coco out/reviewed.json
+```""",
+    ),
+    (
+        "export",
+        "code",
+        """\
+from pycocotools.coco import COCO
+
+from pipeline.export import export_dataset
+
+summary = export_dataset(dataset, OUT / "reviewed_coco.json")
+coco = COCO(str(OUT / "reviewed_coco.json"))
+annotations = coco.loadAnns(coco.getAnnIds())
+assert all(coco.annToMask(a).sum() == a["area"] for a in annotations)  # the RLEs decode to their areas
+print(f"{summary['images']} images, {summary['annotations']} annotations, {len(coco.cats)} categories")
+pd.DataFrame(
+    [
+        {
+            "image": Path(coco.imgs[a["image_id"]]["file_name"]).name,
+            "class": coco.cats[a["category_id"]]["name"],
+            "area": a["area"],
+            "bbox": a["bbox"],
+            "score": round(a["score"], 3),
+        }
+        for a in annotations
+    ]
+).head(10)""",
+    ),
+    (
+        "next-md",
+        "md",
+        """\
+## Next
+
+Point `jobs/label.py` at your own folder, bucket, Parquet or WebDataset shards with your own vocabulary; run
+it on a Ray cluster with `ray job submit` (README: *On a Ray cluster*). The outputs of this notebook stay in
+`OUT` (a temporary folder) until you delete it.""",
+    ),
+]
+
+
+def build() -> nbformat.NotebookNode:
+    notebook = new_notebook(
+        metadata={
+            "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+        }
+    )
+    for cell_id, kind, source in CELLS:
+        cell = new_markdown_cell(source) if kind == "md" else new_code_cell(source)
+        cell.id = cell_id  # stable ids: rebuilding gives the same file
+        notebook.cells.append(cell)
+    nbformat.validate(notebook)
+    return notebook
+
+
+if __name__ == "__main__":
+    nbformat.write(build(), NOTEBOOK)
+    print(f"wrote {NOTEBOOK}")
