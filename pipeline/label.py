@@ -25,7 +25,7 @@ from tqdm import tqdm
 import san
 
 from .images import DEFAULT_MAX_PIXELS
-from .inputs import image_id, resolve_inputs
+from .inputs import Container, InputItem, image_id, resolve_inputs
 from .outputs import OutputConflictError, RunOutput
 from .resources import ResourceError, ResourcePlan, init_ray, plan_resources
 from .smoke import write_smoke_images
@@ -129,17 +129,31 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
         dataset = _build_dataset(options, model, todo, resolved.containers, done, vocabulary.to_json(), plan)
         new = _consume(dataset, output, options, total=len(todo) if not resolved.containers else None)
     else:
-        new = {"labeled": 0, "failed": 0, "rate": 0.0}
+        new = {"labeled": 0, "failed": 0, "rate": 0.0, "steady_rate": 0.0, "first_result_seconds": None}
     counts = {"listed": len(resolved.items), "skipped": skipped}
     manifest["status"] = "complete"
     manifest["counts"] = {**counts, "new_labeled": new["labeled"], "new_failed": new["failed"]}
-    manifest["timings"] = {"seconds": round(time.time() - started, 3), "images_per_second": new["rate"]}
+    manifest["timings"] = {
+        "seconds": round(time.time() - started, 3),
+        "images_per_second": new["rate"],
+        "images_per_second_after_first_result": new["steady_rate"],
+        "first_result_seconds": new["first_result_seconds"],
+    }
     final = output.finalize(vocabulary, manifest)
     manifest["counts"].update(final)
     return manifest
 
 
-def _build_dataset(options, model, todo, containers, done, vocabulary_json, plan: ResourcePlan) -> ray.data.Dataset:
+def _build_dataset(
+    options: LabelOptions,
+    model: ModelSpec,
+    todo: list[InputItem],
+    containers: list[Container],
+    done: set[str],
+    vocabulary_json: dict[str, Any],
+    plan: ResourcePlan,
+) -> ray.data.Dataset:
+    """Listed paths and lazily expanded containers -> decode (CPU tasks) -> predict (actor pool)."""
     parts = []
     if todo:
         rows = [{"image_path": i.image_path, "data": b"", "error": i.error or ""} for i in todo]
@@ -182,6 +196,7 @@ def _consume(dataset: ray.data.Dataset, output: RunOutput, options: LabelOptions
     errors: list[dict[str, Any]] = []
     labeled = failed = 0
     started = time.time()
+    first: tuple[float, int] | None = None  # (time, rows) of the first batch: the pool is up from then on
     bar = tqdm(total=total, unit="img", desc="labeling", disable=not options.progress, dynamic_ncols=True)
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         for i, path in enumerate(batch["image_path"]):
@@ -193,13 +208,21 @@ def _consume(dataset: ray.data.Dataset, output: RunOutput, options: LabelOptions
                 labeled += 1
         bar.update(len(batch["image_path"]))
         bar.set_postfix(labeled=labeled, failed=failed)
+        first = first or (time.time(), labeled + failed)
         if len(predictions) + len(errors) >= options.shard_size:
             output.write_shard(predictions, errors)
             predictions, errors = [], []
     output.write_shard(predictions, errors)
     bar.close()
-    elapsed = max(time.time() - started, 1e-9)
-    return {"labeled": labeled, "failed": failed, "rate": round((labeled + failed) / elapsed, 3)}
+    finished = time.time()
+    steady = (labeled + failed - first[1]) / max(finished - first[0], 1e-9) if first else 0.0
+    return {
+        "labeled": labeled,
+        "failed": failed,
+        "rate": round((labeled + failed) / max(finished - started, 1e-9), 3),
+        "steady_rate": round(steady, 3),
+        "first_result_seconds": round(first[0] - started, 3) if first else None,
+    }
 
 
 def _prediction_row(batch: dict[str, np.ndarray], i: int) -> dict[str, Any]:
