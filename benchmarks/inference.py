@@ -24,6 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _report import emit  # noqa: E402
+
 import san  # noqa: E402
 
 VOCABULARY = ["person", "cat", "coffee cup", "rocket", "sky", "flag", "wood", "smoke", "grass", "road"]
@@ -114,11 +116,7 @@ def main() -> None:
             f"| {device} | {dtype} | {name} | {batch} | {r['images_per_second']:.3f} | {r['seconds_per_batch']:.3f} "
             f"| {r['peak_memory_mib']:.0f} | {r['text_embedding_seconds']:.3f} |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        with open(args.write, "a", encoding="utf-8") as handle:
-            handle.write("\n" + text)
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _report import emit  # noqa: E402
+
 import san  # noqa: E402
 from pipeline.images import read_image_file  # noqa: E402
 from pipeline.label import LabelOptions, run_label_job  # noqa: E402
@@ -126,11 +128,7 @@ def main() -> None:
         "build and text embeddings included) to the last image; 'steady' from the first result to the last.",
         "",
     ]
-    text = "\n".join(table)
-    print(text)
-    if args.write:
-        with open(args.write, "a", encoding="utf-8") as handle:
-            handle.write("\n" + text)
+    emit(table, args.write)
 
 
 if __name__ == "__main__":

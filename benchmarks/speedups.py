@@ -24,6 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _report import emit  # noqa: E402
+
 import san  # noqa: E402
 from san.clip import downsample_attn_bias  # noqa: E402
 
@@ -97,11 +99,7 @@ def main() -> None:
         *[f"| {name} | {b:.3f} | {a:.3f} | {b / a:.2f}x | {d:.1e} |" for name, b, a, d in rows],
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        with open(args.write, "a", encoding="utf-8") as handle:
-            handle.write("\n" + text)
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

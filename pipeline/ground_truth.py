@@ -271,6 +271,24 @@ def read_class_names(path: str | os.PathLike[str]) -> tuple[list[str | None], li
     return names, [v for v, n in enumerate(names) if n is None]
 
 
+def read_label_image(path: Path, expected: str) -> np.ndarray:
+    """The pixels of a single-channel label image as int64 ``[H, W]``.
+
+    Raises :class:`GroundTruthError` naming the file when it cannot be read, or when it has colour
+    channels (``expected`` says what the reader wants instead).
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            raw = np.asarray(img)
+    except Exception as exc:  # PIL raises many types on bad files
+        raise GroundTruthError(f"cannot read ground truth {path}: {type(exc).__name__}: {exc}") from None
+    if mode not in ("L", "P", "I") and not mode.startswith("I;16"):
+        raise GroundTruthError(f"ground truth {path} is a {mode!r} image; {expected}")
+    return raw.astype(np.int64, copy=False)
+
+
 class PngFolderGroundTruth(GroundTruth):
     """Label images in a folder (recursive), one per image, matched by file stem (module docstring).
 
@@ -325,21 +343,13 @@ class PngFolderGroundTruth(GroundTruth):
 
     def read(self, key: Hashable) -> np.ndarray:
         path = self.folder / str(key)
-        try:
-            with Image.open(path) as img:
-                img.load()
-                mode = img.mode
-                raw = np.asarray(img)
-        except Exception as exc:  # PIL raises many types on bad files
-            raise GroundTruthError(f"cannot read ground truth {path}: {type(exc).__name__}: {exc}") from None
-        if mode not in ("L", "P", "I") and not mode.startswith("I;16"):
-            raise GroundTruthError(
-                f"ground truth {path} is a {mode!r} image; label images must be 8-bit grayscale or palette, "
-                "or 16-bit grayscale, holding one class value per pixel"
-            )
+        raw = read_label_image(
+            path,
+            "label images must be 8-bit grayscale or palette, or 16-bit grayscale, holding one class value per pixel",
+        )
         if raw.size and (raw.min() < 0 or raw.max() > _UNLABELED_U16):
             raise GroundTruthError(f"ground truth {path} has values outside 0..65535")
-        labels = self._lut[raw.astype(np.int64, copy=False)]
+        labels = self._lut[raw]
         bad = labels == _INVALID
         if bad.any():
             values = np.unique(raw[bad])

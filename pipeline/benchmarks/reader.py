@@ -7,9 +7,8 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from ..ground_truth import IGNORE, GroundTruth, GroundTruthError
+from ..ground_truth import IGNORE, GroundTruth, GroundTruthError, read_label_image
 from . import BenchmarkError, BenchmarkSpec, default_root, get_benchmark
 
 __all__ = ["BenchmarkGroundTruth", "open_benchmark_ground_truth"]
@@ -53,19 +52,8 @@ class BenchmarkGroundTruth(GroundTruth):
 
     def read(self, key: Hashable) -> np.ndarray:
         path = self.folder / str(key)
-        try:
-            with Image.open(path) as img:
-                img.load()
-                mode = img.mode
-                raw = np.asarray(img)
-        except Exception as exc:  # PIL raises many types on bad files
-            raise GroundTruthError(f"cannot read ground truth {path}: {type(exc).__name__}: {exc}") from None
-        if mode not in ("L", "P", "I") and not mode.startswith("I;16"):
-            raise GroundTruthError(
-                f"ground truth {path} is a {mode!r} image; {self.spec.name} labels are single-channel "
-                f"{'16' if self.spec.ignore_value == _MAX_U16 else '8'}-bit label maps"
-            )
-        raw = raw.astype(np.int64, copy=False)
+        bits = "16" if self.spec.ignore_value == _MAX_U16 else "8"
+        raw = read_label_image(path, f"{self.spec.name} labels are single-channel {bits}-bit label maps")
         if self.spec.ignore_value == _MAX_U16:
             raw = np.where(raw == -1, _MAX_U16, raw)  # a signed 32-bit TIFF of "value - 1": -1 is unlabeled
         if raw.size and (raw.min() < 0 or raw.max() > _MAX_U16):
