@@ -28,7 +28,6 @@ class ResourcePlan:
     gpus_per_worker: float
     threads_per_worker: int
     decode_cpus: float
-    decode_batch_size: int
     max_restarts: int = 3
     max_task_retries: int = 3
 
@@ -100,5 +99,4 @@ def plan_resources(
         gpus_per_worker=gpus_per_worker,
         threads_per_worker=threads,
         decode_cpus=0.5 if cpus < 4 else 1.0,
-        decode_batch_size=8,
     )

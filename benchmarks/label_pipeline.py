@@ -3,7 +3,7 @@
 Both sides decode the same files, run the same randomly initialised model with the same torch
 threads, and encode the same outputs; the ratio shows what Ray Data costs (or saves) per image.
 
-    python benchmarks/pipeline.py --images 50 --model san_vit_b_16 --write BENCHMARKS.md
+    python benchmarks/label_pipeline.py --images 50 --model san_vit_b_16 --write BENCHMARKS.md
 """
 
 from __future__ import annotations
