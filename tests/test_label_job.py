@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,8 +59,8 @@ def ray_cluster():
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": path}
     env.pop("RAY_ADDRESS", None)
     dashboard = f"http://127.0.0.1:{free_port()}"
+    gcs_port = free_port()
     ports = [
-        "port",
         "dashboard-agent-listen-port",
         "dashboard-agent-grpc-port",
         "metrics-export-port",
@@ -78,6 +79,7 @@ def ray_cluster():
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard.rsplit(':', 1)[1]}",
             "--disable-usage-stats",
+            f"--port={gcs_port}",
             *(f"--{flag}={free_port()}" for flag in ports),
         ],
         env=env,
@@ -99,6 +101,10 @@ def ray_cluster():
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+        # `ray start` records its cluster for later `ray.init()` calls; a stale record makes them hang.
+        record = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if record.exists() and record.read_text().strip().endswith(f":{gcs_port}"):
+            record.unlink()
 
 
 @pytest.fixture(scope="module")
