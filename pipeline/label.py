@@ -14,7 +14,6 @@ import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -193,8 +192,8 @@ def _build_dataset(
         compute=ray.data.ActorPoolStrategy(min_size=plan.workers[0], max_size=plan.workers[1]),
         num_cpus=plan.cpus_per_worker,
         num_gpus=plan.gpus_per_worker,
-        # A dead actor is replaced and its batch retried, a bounded number of times.
-        ray_remote_args_fn=partial(dict, max_restarts=plan.max_restarts, max_task_retries=plan.max_task_retries),
+        # Dead actors are replaced and their batches retried by Ray Data's defaults (max_restarts=-1,
+        # max_task_retries=-1); the keywords to bound them are deprecated in Ray 2.60.
     )
 
 

@@ -28,8 +28,6 @@ class ResourcePlan:
     gpus_per_worker: float
     threads_per_worker: int
     decode_cpus: float
-    max_restarts: int = 3
-    max_task_retries: int = 3
 
 
 # Seconds to wait for the first predictor actors (model load, weights download) before failing.

@@ -27,8 +27,10 @@ from pycocotools.coco import COCO
 import san
 from pipeline.images import read_image_file
 from pipeline.inputs import image_id
+from pipeline.label import LabelOptions, run_label_job
 from pipeline.outputs import RunOutput
 from pipeline.segments import decode_label_map_png
+from pipeline.stages import PredictStage
 from pipeline.vocabulary import parse_vocabulary
 from san.predictor import Predictor
 
@@ -234,3 +236,48 @@ def test_rerun_of_a_finished_run_labels_nothing_new(inputs: dict, tmp_path: Path
     conflict = [*command, "--vocab", str(other_vocab)]
     refused = subprocess.run(conflict, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0 and "different vocabulary" in refused.stderr
+
+
+class CrashOnce(PredictStage):
+    """A predictor whose worker process dies on its second batch, once per run (a marker file)."""
+
+    marker = ""  # set by the test before the run; the class travels to the workers by value
+
+    def __call__(self, batch):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == 2 and not Path(self.marker).exists():
+            Path(self.marker).write_text(str(os.getpid()))
+            os._exit(1)  # as on an OOM kill or a lost node
+        return super().__call__(batch)
+
+
+def test_dead_worker_is_replaced_and_its_batch_retried(inputs: dict, tmp_path: Path, monkeypatch) -> None:
+    import ray
+    from ray import cloudpickle  # Ray serialises with its own copy of cloudpickle
+
+    import pipeline.label
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
+    monkeypatch.setattr(CrashOnce, "marker", str(tmp_path / "crashed"))
+    monkeypatch.setattr(pipeline.label, "PredictStage", CrashOnce)
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    output = tmp_path / "labels"
+    options = LabelOptions(
+        vocab=str(inputs["vocab"]),
+        input=str(inputs["folder"]),
+        output=str(output),
+        smoke_test=True,
+        batch_size=2,
+        progress=False,
+    )
+    try:
+        manifest = run_label_job(options)
+    finally:
+        ray.shutdown()
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert (tmp_path / "crashed").exists(), "a worker died during the run"
+    predictions, coco, errors = read_outputs(output)
+    good = sorted(str(p) for p in inputs["good"])
+    assert sorted(row["image_path"] for row in predictions) == good, "every image exactly once after the restart"
+    assert sorted(image["file_name"] for image in coco["images"]) == good
+    assert len(errors) == len(inputs["bad"]) and manifest["counts"]["labeled"] == len(good)
