@@ -91,10 +91,16 @@ def ray_cluster():
         start_new_session=True,
     )
     try:
-        deadline = time.time() + 120
-        while ray_cli("job", "list", "--address", dashboard, env=env, timeout=60).returncode != 0:
-            assert head.poll() is None and time.time() < deadline, "ray start --head did not come up"
-            time.sleep(1)
+        # Ready means a job can be submitted: the dashboard answers *and* its job agent has registered,
+        # which can take a minute or more after `ray start` on a loaded 2-CPU machine.
+        deadline = time.time() + 300
+        while True:
+            probe = ray_cli("job", "submit", "--address", dashboard, "--no-wait", "--", "true", env=env, timeout=120)
+            if probe.returncode == 0:
+                break
+            assert head.poll() is None, "ray start --head exited"
+            assert time.time() < deadline, f"the cluster accepted no job within 300 s: {probe.stderr[-2000:]}"
+            time.sleep(2)
         yield {**env, "DASHBOARD": dashboard}
     finally:
         os.killpg(head.pid, signal.SIGTERM)
@@ -144,7 +150,7 @@ def read_outputs(output: Path) -> tuple[list[dict], dict, list[dict]]:
 
 def test_ray_job_submit_end_to_end(ray_cluster: dict, inputs: dict, tmp_path: Path) -> None:
     output = tmp_path / "labels"
-    submit = lambda: ray_cli(  # noqa: E731
+    submitted = ray_cli(
         "job",
         "submit",
         "--address",
@@ -156,12 +162,6 @@ def test_ray_job_submit_end_to_end(ray_cluster: dict, inputs: dict, tmp_path: Pa
         env=ray_cluster,
         timeout=600,
     )
-    submitted = submit()
-    for _ in range(15):  # right after `ray start` the job agent may not be registered yet
-        if "No available agent" not in submitted.stderr:
-            break
-        time.sleep(2)
-        submitted = submit()
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
 
     predictions, coco, errors = read_outputs(output)
