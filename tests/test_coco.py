@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
+from segment_scores import own_scores
 
 from pipeline.coco import build_coco, write_json_atomic
 from pipeline.segments import label_map_segments
@@ -131,9 +132,3 @@ def test_write_json_atomic_replaces_and_cleans_up(tmp_path: Path) -> None:
         write_json_atomic({"bad": object()}, path)
     assert json.loads(path.read_text(encoding="utf-8"))["a"] == 2  # old content intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
-
-
-def own_scores(label_map: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Each pixel's score for its own class (0 where unlabeled): ``[H, W]`` from ``[N, H, W]``."""
-    index = np.clip(label_map, 0, scores.shape[0] - 1)[None]
-    return np.take_along_axis(scores, index, axis=0)[0]

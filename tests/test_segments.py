@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from segment_scores import own_scores
 
 from pipeline.segments import (
     UNLABELED_U8,
@@ -135,9 +136,3 @@ def test_segments_errors() -> None:
         label_map_segments(label_map, own_scores(label_map, scores), ["a", "b", "c", "d"], [1, 2, 3], ignore_value=-1)
     with pytest.raises(ValueError, match="outside 0..2"):
         label_map_segments(label_map, None, ["a", "b", "c"], [1, 2, 3], ignore_value=-1)
-
-
-def own_scores(label_map: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Each pixel's score for its own class (0 where unlabeled): ``[H, W]`` from ``[N, H, W]``."""
-    index = np.clip(label_map, 0, scores.shape[0] - 1)[None]
-    return np.take_along_axis(scores, index, axis=0)[0]
