@@ -9,11 +9,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -26,6 +28,7 @@ HF_REPO = "Mendel192/san"
 OFFICIAL_RELEASES = {"san_vit_b_16": "san_vit_b_16.pth", "san_vit_l_14": "san_vit_large_14.pth"}
 WEIGHTS_ENV = "SAN_WEIGHTS"
 FORMAT_TAG = "san-labeler/1"
+logger = logging.getLogger(__name__)
 
 # (official prefix, our prefix), first match wins.
 _OFFICIAL_RENAMES = (
@@ -45,7 +48,7 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
     """Rename an official SAN state dict's keys to this project's module names (pure function).
 
     Keys the official model saves but this one does not hold are dropped; unknown keys are kept
-    unchanged so that :func:`load_state_dict_strict` reports them.
+    unchanged so that :func:`check_state_dict` reports them.
     """
     converted = {}
     for key, value in state_dict.items():
@@ -59,9 +62,9 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
     return converted
 
 
-def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load weights, raising :class:`CheckpointError` that lists every missing, unexpected and
-    wrong-shape key instead of loading part of them."""
+def check_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` listing every missing, unexpected and wrong-shape key, so that
+    a checkpoint never loads in part."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -76,7 +79,22 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.T
             if keys:
                 parts.append(f"  {title} ({len(keys)}): " + ", ".join(keys))
         raise CheckpointError("\n".join(parts))
-    model.load_state_dict(state_dict, strict=True)
+
+
+def build_loaded(config: SANConfig, state_dict: dict[str, torch.Tensor], source: str) -> SAN:
+    """A SAN of ``config`` holding ``state_dict``'s weights, in eval mode.
+
+    The model is built with its parameters on the meta device and then takes the checkpoint's
+    tensors (cast to the parameter dtypes; same-dtype tensors are used, not copied), which skips the
+    random initialisation: building ViT-B/16 drops from about 7 s to 1 s on a CPU.
+    """
+    with init_empty_weights(include_buffers=False):  # buffers (pixel mean, causal mask) are real
+        model = SAN(config)
+    check_state_dict(model, state_dict, source)
+    expected = model.state_dict()
+    state_dict = {k: v.to(expected[k].dtype) for k, v in state_dict.items()}
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model.eval()
 
 
 def read_official_checkpoint(checkpoint: str | Path | dict) -> dict[str, torch.Tensor]:
@@ -109,13 +127,11 @@ def load_official(checkpoint: str | Path | dict, config: str | Path | dict | SAN
     """A SAN built from an official release checkpoint and its config, in eval mode.
 
     ``config`` is a preset name (``"san_vit_b_16"``), a JSON/YAML file or dict with the official
-    field names, or a :class:`SANConfig`.
+    field names, or a :class:`SANConfig`. A checkpoint given as a dict lends the model its tensors.
     """
     san_config = config if isinstance(config, SANConfig) else read_official_config(config)
-    model = SAN(san_config)
     state_dict = convert_official_state_dict(read_official_checkpoint(checkpoint))
-    load_state_dict_strict(model, state_dict, str(checkpoint) if not isinstance(checkpoint, dict) else "checkpoint")
-    return model.eval()
+    return build_loaded(san_config, state_dict, str(checkpoint) if not isinstance(checkpoint, dict) else "checkpoint")
 
 
 def resolve_official_weights(name: str) -> Path:
@@ -139,10 +155,21 @@ def resolve_official_weights(name: str) -> Path:
             raise WeightsUnavailableError(f"{WEIGHTS_ENV}={env!r} does not point to {filename}. {how}")
         return path
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
+    try:  # the cache first: a job start then makes no network call (offline, hub retries take 30 s)
+        return Path(hf_hub_download(HF_REPO, filename, local_files_only=True))
+    except LocalEntryNotFoundError:
+        pass
+    logger.warning(
+        "%s is not in the Hugging Face cache; downloading it from %s (without internet access, set %s instead)",
+        filename,
+        HF_REPO,
+        WEIGHTS_ENV,
+    )
     try:
         return Path(hf_hub_download(HF_REPO, filename))
-    except Exception as error:  # offline, no cache, auth or HTTP errors: all mean "not available"
+    except Exception as error:  # offline, auth or HTTP errors: all mean "not available"
         raise WeightsUnavailableError(
             f"cannot get the released weights {filename} from the Hugging Face repository {HF_REPO} "
             f"({type(error).__name__}). {how}"
@@ -185,9 +212,7 @@ def load_checkpoint(path: str | Path) -> SAN:
         ) from error
     if metadata.get("format") != FORMAT_TAG or "config" not in metadata:
         raise CheckpointError(f"{path} has no SAN config in its metadata (format {metadata.get('format')!r})")
-    model = SAN(SANConfig.from_dict(json.loads(metadata["config"])))
-    load_state_dict_strict(model, tensors, str(path))
-    return model.eval()
+    return build_loaded(SANConfig.from_dict(json.loads(metadata["config"])), tensors, str(path))
 
 
 def load_model(model: str | Path, config: str | Path | None = None) -> SAN:

@@ -119,6 +119,12 @@ def test_own_checkpoint_round_trips_exactly(tmp_path: Path) -> None:
     assert original.keys() == restored.keys()
     for key in original:
         assert torch.equal(original[key], restored[key]), key
+    for (name, a), (_, b) in zip(model.named_buffers(), loaded.named_buffers(), strict=True):
+        assert torch.equal(a, b), f"buffer {name} (non-persistent ones are rebuilt, not loaded)"
+    tensors = [*loaded.parameters(), *loaded.buffers()]
+    assert not any(t.is_meta for t in tensors), "every tensor is materialised"
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, p in loaded.named_parameters() if p.requires_grad}
     image = torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8)
     a = model.eval().predict_scores([image], ["cat", "sky"])[0]
     b = loaded.predict_scores([image], ["cat", "sky"])[0]
@@ -154,6 +160,32 @@ def test_released_weights_offline_error_says_how_to_provide_them() -> None:
         san.load_model("san_vit_l_14")
     with pytest.raises(KeyError, match="released"):
         san.resolve_official_weights("san_tiny")
+
+
+def test_released_weights_come_from_the_cache_without_a_network_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(san.checkpoint.WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    # huggingface_hub's cache layout: refs/main names the snapshot that holds the file.
+    repo = tmp_path / "hub" / "models--Mendel192--san"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    cached = repo / "snapshots" / commit / "san_vit_b_16.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"x")
+    calls = []
+    download = huggingface_hub.hf_hub_download
+
+    def recording_download(*args, **kwargs):
+        calls.append(kwargs)
+        return download(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", recording_download)
+    assert san.resolve_official_weights("san_vit_b_16") == cached
+    assert calls == [{"local_files_only": True}]
 
 
 def test_released_weights_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
