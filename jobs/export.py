@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from pipeline.cli import run_job  # noqa: E402
 from pipeline.export import export_dataset  # noqa: E402
-from pipeline.review import ReviewError  # noqa: E402
+from pipeline.review_masks import ReviewError  # noqa: E402
 from pipeline.vocabulary import VocabularyError  # noqa: E402
 
 USER_ERRORS = (ReviewError, VocabularyError, FileNotFoundError, ValueError, OSError)

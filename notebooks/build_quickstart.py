@@ -276,7 +276,8 @@ mean score, saved views such as `worst_miou`). FiftyOne keeps it in its database
         """\
 import fiftyone as fo
 
-from pipeline.review import launch, load_run
+from pipeline.review import load_run
+from pipeline.review_app import launch
 
 dataset = load_run(RUN, str(GT), GT_CLASSES, name="san-quickstart")  # replaces an earlier one of that name
 print(f"dataset {dataset.name!r}: {len(dataset)} samples, database {fo.config.database_dir}")

@@ -27,7 +27,9 @@ import pyarrow.parquet as pq
 from san.metrics import PROTOCOLS, ConfusionMatrix, compute_metrics
 
 from .coco import write_json_atomic
-from .ground_truth import GroundTruth, GroundTruthError, match_predictions, normalise_class_name, open_ground_truth
+from .ground_truth import open_ground_truth
+from .ground_truth_base import GroundTruth, GroundTruthError, match_predictions
+from .ground_truth_classes import normalise_class_name
 from .outputs import RunOutput
 from .segments import decode_label_map_png, unlabeled_value
 from .vocabulary import Vocabulary, VocabularyError

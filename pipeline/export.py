@@ -29,7 +29,8 @@ import numpy as np
 
 from .coco import build_coco, write_json_atomic
 from .inputs import image_id as path_image_id
-from .review import PREDICTIONS, ReviewError, default_dataset_name, mask_to_label_map
+from .review import default_dataset_name
+from .review_masks import PREDICTIONS, ReviewError, mask_to_label_map
 from .segments import encode_label_map_png, label_map_segments
 from .vocabulary import Vocabulary
 

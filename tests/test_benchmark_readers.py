@@ -14,7 +14,9 @@ from PIL import Image
 from pipeline.benchmarks import BENCHMARKS, BenchmarkError, BenchmarkSpec, get_benchmark, write_benchmark_inputs
 from pipeline.benchmarks.reader import BenchmarkGroundTruth
 from pipeline.evaluate import evaluate_run
-from pipeline.ground_truth import IGNORE, GroundTruthError, normalise_class_name, open_ground_truth
+from pipeline.ground_truth import open_ground_truth
+from pipeline.ground_truth_base import IGNORE, GroundTruthError
+from pipeline.ground_truth_classes import normalise_class_name
 from pipeline.inputs import image_id, resolve_inputs
 from pipeline.outputs import RunOutput
 from pipeline.segments import encode_label_map_png, label_map_segments

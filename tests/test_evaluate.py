@@ -16,7 +16,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from pipeline.evaluate import EvaluationError, evaluate_run
-from pipeline.ground_truth import IGNORE, GroundTruthError, PngFolderGroundTruth, read_class_names
+from pipeline.ground_truth_base import IGNORE, GroundTruthError
+from pipeline.ground_truth_classes import read_class_names
+from pipeline.ground_truth_png import PngFolderGroundTruth
 from pipeline.inputs import image_id
 from pipeline.outputs import RunOutput
 from pipeline.segments import encode_label_map_png, label_map_segments

@@ -21,7 +21,8 @@ from pycocotools.coco import COCO  # noqa: E402
 
 from pipeline.evaluate import evaluate_run  # noqa: E402
 from pipeline.export import export_dataset, mask_file_names, resolve_dataset  # noqa: E402
-from pipeline.review import ReviewError, default_dataset_name, load_run  # noqa: E402
+from pipeline.review import default_dataset_name, load_run  # noqa: E402
+from pipeline.review_masks import ReviewError  # noqa: E402
 from pipeline.segments import decode_label_map_png  # noqa: E402
 from pipeline.vocabulary import parse_vocabulary  # noqa: E402
 

@@ -27,14 +27,11 @@ import fiftyone.core.session.session as fo_session  # noqa: E402
 import psutil  # noqa: E402
 
 from pipeline.evaluate import evaluate_run  # noqa: E402
-from pipeline.review import (  # noqa: E402
-    compare_with_fiftyone,
-    default_dataset_name,
-    label_map_to_mask,
-    load_run,
-    save_review_views,
-    serve_until_interrupted,
-)
+from pipeline.review import default_dataset_name, load_run  # noqa: E402
+from pipeline.review_app import serve_until_interrupted  # noqa: E402
+from pipeline.review_masks import label_map_to_mask  # noqa: E402
+from pipeline.review_metrics import compare_with_fiftyone  # noqa: E402
+from pipeline.review_views import save_review_views  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB_TEXT = "cat\nsky: heaven\ngrass\ntraffic light\nboat\n"  # "boat" is in no ground truth

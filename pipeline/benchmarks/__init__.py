@@ -336,7 +336,7 @@ def register_benchmark_schemes(register: Callable[[str, Callable[..., Any]], Non
 
 
 def __getattr__(attribute: str) -> Any:
-    # The reader imports pipeline.ground_truth, which registers these schemes when imported: load it lazily.
+    # The reader imports the ground-truth reader modules (numpy, PIL): load it only when one of its names is asked for.
     if attribute in ("BenchmarkGroundTruth", "open_benchmark_ground_truth"):
         from . import reader
 

@@ -1,0 +1,177 @@
+"""The ground-truth reader interface: :class:`GroundTruth`, its errors, and matching predicted images to it.
+
+Every reader is a :class:`GroundTruth`: it knows its class names (``class_names``, index ``i`` = class
+``i``), the keys of its images (:meth:`GroundTruth.keys`), which of its images belongs to a predicted
+``image_path`` (:meth:`GroundTruth.match`) and reads one image's label map (:meth:`GroundTruth.read`):
+an ``int32 [H, W]`` array holding ``0..K-1`` or :data:`IGNORE` (-1, pixels left out of every metric).
+The built-in readers, and how a ``--gt`` spec chooses one, are described in :mod:`pipeline.ground_truth`.
+
+Matching prediction images to ground-truth images
+-------------------------------------------------
+Candidates are the ground-truth images with the same file stem (name without extension) as the
+predicted image. Among them the best is chosen by, in order: identical path (COCO ``file_name`` equal
+to ``image_path``); the number of trailing folder names the two paths share (so ``a/x.png`` and
+``b/x.png`` are told apart by ``.../a/x.jpg``); identical file name with extension. A tie for the best
+is an error (ambiguous ground truth), never a silent pick. Several predictions may match the same
+ground-truth image; :func:`match_predictions` reports how often that happens.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+import numpy as np
+
+__all__ = ["IGNORE", "GroundTruth", "GroundTruthError", "Matching", "match_predictions"]
+
+IGNORE = -1
+"""Value of ignored pixels in the label maps every reader returns."""
+
+_EXAMPLES = 5
+
+
+class GroundTruthError(ValueError):
+    """The ground truth cannot be read or does not fit the predictions; the message says why."""
+
+
+def _parts(path: str) -> tuple[str, ...]:
+    """Path components, '/' or '\\' separated, without a URI scheme and without '.' or empty parts."""
+    text = str(path).replace("\\", "/")
+    if "://" in text:
+        text = text.split("://", 1)[1]
+    return tuple(p for p in text.split("/") if p not in ("", "."))
+
+
+def _stem(path: str) -> str:
+    parts = _parts(path)
+    return PurePosixPath(parts[-1]).stem if parts else ""
+
+
+class GroundTruth(ABC):
+    """One source of ground-truth label maps (see the module docstring).
+
+    Subclasses set :attr:`class_names` and :attr:`description` and implement :meth:`keys`,
+    :meth:`path_of` and :meth:`read`; :meth:`match` works from :meth:`path_of` and need only be
+    overridden by readers that match images another way.
+    """
+
+    #: ground-truth class names; label-map value ``i`` is ``class_names[i]``.
+    class_names: tuple[str, ...]
+    #: what was read, for messages and metrics.json (e.g. "PNG folder /data/gt (150 classes)").
+    description: str
+    #: value of ignored pixels in :meth:`read`'s arrays.
+    ignore_value: int = IGNORE
+    #: raw ground-truth value(s) this reader ignored, for metrics.json; None where not value-based.
+    raw_ignore: list[int] | None = None
+
+    @abstractmethod
+    def keys(self) -> list[Hashable]:
+        """Every ground-truth image's key."""
+
+    @abstractmethod
+    def path_of(self, key: Hashable) -> str:
+        """The path (or file name) a key stands for; used for matching and in messages."""
+
+    @abstractmethod
+    def read(self, key: Hashable) -> np.ndarray:
+        """The label map of one image: ``int32 [H, W]``, values ``0..K-1`` or :attr:`ignore_value`.
+
+        Raises:
+            GroundTruthError: the file is unreadable or holds a value that names no class.
+        """
+
+    def match(self, image_path: str) -> Hashable | None:
+        """The key of the ground truth for a predicted ``image_path``, or None (rule in the module docstring).
+
+        Raises:
+            GroundTruthError: two or more ground-truth images fit equally well.
+        """
+        index = self._stem_index()
+        candidates = index.get(_stem(image_path), [])
+        if not candidates:
+            return None
+        pred = _parts(image_path)
+        pred_text = str(image_path).replace("\\", "/")
+
+        def score(key: Hashable) -> tuple[int, int, int]:
+            gt_path = self.path_of(key)
+            gt = _parts(gt_path)
+            shared = 0
+            while shared + 1 < min(len(pred), len(gt)) and pred[-2 - shared] == gt[-2 - shared]:
+                shared += 1
+            return (int(gt_path.replace("\\", "/") == pred_text), shared, int(gt[-1] == pred[-1]))
+
+        scored = sorted(((score(k), k) for k in candidates), key=lambda item: item[0], reverse=True)
+        best = [k for s, k in scored if s == scored[0][0]]
+        if len(best) > 1:
+            shown = ", ".join(repr(self.path_of(k)) for k in best[:_EXAMPLES])
+            raise GroundTruthError(f"ambiguous ground truth for {image_path!r}: it fits {shown} equally well")
+        return best[0]
+
+    def _stem_index(self) -> dict[str, list[Hashable]]:
+        index = getattr(self, "_index_cache", None)
+        if index is None:
+            index = {}
+            for key in self.keys():
+                index.setdefault(_stem(self.path_of(key)), []).append(key)
+            self._index_cache = index
+        return index
+
+
+@dataclass
+class Matching:
+    """Which predicted images have ground truth (from :func:`match_predictions`)."""
+
+    matched: dict[str, Hashable]
+    predictions_without_ground_truth: list[str]
+    ground_truth_without_prediction: list[str]
+    shared_ground_truth: dict[str, list[str]] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and a few examples, JSON-serialisable."""
+        return {
+            "matched": len(self.matched),
+            "predictions_without_ground_truth": len(self.predictions_without_ground_truth),
+            "predictions_without_ground_truth_examples": self.predictions_without_ground_truth[:_EXAMPLES],
+            "ground_truth_without_prediction": len(self.ground_truth_without_prediction),
+            "ground_truth_without_prediction_examples": self.ground_truth_without_prediction[:_EXAMPLES],
+            "ground_truth_matched_by_several_predictions": len(self.shared_ground_truth),
+            "ground_truth_matched_by_several_predictions_examples": {
+                k: v for k, v in list(self.shared_ground_truth.items())[:_EXAMPLES]
+            },
+        }
+
+
+def match_predictions(gt: GroundTruth, image_paths: Iterable[str]) -> Matching:
+    """Match every predicted image to its ground truth.
+
+    Raises:
+        GroundTruthError: nothing matches at all (the message shows examples of both sides), or a
+            match is ambiguous.
+    """
+    matched: dict[str, Hashable] = {}
+    missing: list[str] = []
+    users: dict[Hashable, list[str]] = {}
+    paths = list(image_paths)
+    for path in paths:
+        key = gt.match(path)
+        if key is None:
+            missing.append(path)
+        else:
+            matched[path] = key
+            users.setdefault(key, []).append(path)
+    unused = [gt.path_of(k) for k in gt.keys() if k not in users]
+    shared = {gt.path_of(k): v for k, v in users.items() if len(v) > 1}
+    if not matched:
+        pred_examples = ", ".join(repr(p) for p in paths[:3]) or "none"
+        gt_examples = ", ".join(repr(p) for p in unused[:3]) or "none"
+        raise GroundTruthError(
+            f"no predicted image matches any ground-truth image of {gt.description} (images are matched by "
+            f"file name without extension); predicted images, e.g.: {pred_examples}; ground truth, e.g.: "
+            f"{gt_examples}"
+        )
+    return Matching(matched, missing, unused, shared)
