@@ -7,6 +7,7 @@ Text embeddings are timed apart (they are computed once per vocabulary and cache
 configuration runs in a fresh subprocess so that peak memory is its own.
 
     python benchmarks/inference.py --write BENCHMARKS.md
+    python benchmarks/inference.py --devices cuda --write BENCHMARKS.md   # GPU only
 """
 
 from __future__ import annotations
@@ -77,6 +78,13 @@ def main() -> None:
     parser.add_argument("--preset", default="san_vit_b_16")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        choices=["cpu", "cuda"],
+        default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"],
+        help="where to measure (default: the CPU, and the GPU when there is one)",
+    )
     parser.add_argument("--write", type=Path, help="append the table to this Markdown file")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration (JSON) and print JSON
     args = parser.parse_args()
@@ -84,8 +92,10 @@ def main() -> None:
         spec = json.loads(args.one)
         print(json.dumps(measure(**spec)))
         return
-    configs = [("cpu", "float32")]
-    if torch.cuda.is_available():
+    if "cuda" in args.devices and not torch.cuda.is_available():
+        parser.error("--devices cuda: torch sees no CUDA GPU")
+    configs = [("cpu", "float32")] if "cpu" in args.devices else []
+    if "cuda" in args.devices:
         configs += [("cuda", "float32"), ("cuda", "bfloat16"), ("cuda", "float16")]
     rows = []
     for device, dtype in configs:

@@ -1,0 +1,44 @@
+"""The benchmark scripts run end to end (tiny model, one repeat) and write their tables; the numbers
+themselves are measured by hand and recorded in BENCHMARKS.md, never asserted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True, timeout=600, check=True
+    )
+
+
+def table_rows(path: Path) -> list[list[str]]:
+    lines = [line for line in path.read_text().splitlines() if line.startswith("| ") and "---" not in line]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+
+
+def test_inference_benchmark_appends_a_row_per_configuration(tmp_path: Path) -> None:
+    report = tmp_path / "BENCHMARKS.md"
+    report.write_text("# Benchmarks\n")
+    run_script("inference.py", "--preset", "san_tiny", "--batches", "2", "--repeats", "1", "--write", str(report))
+    assert report.read_text().startswith("# Benchmarks\n"), "the table is appended, not written over"
+    rows = table_rows(report)
+    assert [row[:4] for row in rows] == [
+        ["cpu", "float32", "640x640", "2"],
+        ["cpu", "float32", "640x853 (4:3)", "2"],
+    ]
+    for row in rows:
+        assert all(float(value) > 0 for value in row[4:]), row
+
+
+def test_speedups_benchmark_reports_equal_results(tmp_path: Path) -> None:
+    report = tmp_path / "speedups.md"
+    run_script("speedups.py", "--preset", "san_tiny", "--size", "128", "--repeats", "1", "--write", str(report))
+    rows = table_rows(report)
+    assert [row[0] for row in rows] == ["recognition head, 1 image", "text embeddings, 140 prompts"]
+    for row in rows:
+        assert float(row[-1]) < 1e-4, f"before and after differ: {row}"
