@@ -144,9 +144,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace):
-    """The :class:`san.train.TrainConfig` of the command line (generating the smoke-test data if asked)."""
+    """The :class:`san.train_config.TrainConfig` of the command line (generating the smoke-test data if asked)."""
     from san.data import write_synthetic_dataset
-    from san.train import TrainConfig
+    from san.train_config import TrainConfig
 
     options = dict(
         data=args.data,
@@ -203,7 +203,8 @@ def build_config(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> dict:
-    from san.train import train, train_with_ray
+    from san.train import train
+    from san.train_ray import train_with_ray
 
     cfg = build_config(args)
     if args.workers > 1 or args.ray:

@@ -20,7 +20,10 @@ from san.augment import OFFICIAL_SHORT_EDGES, TrainAugmentation, random_crop
 from san.data import SegmentationFolder, StepSampler, TrainSamples, collate, read_classes, write_synthetic_dataset
 from san.losses import build_criterion, targets_from_labels
 from san.optim import PolySchedule, build_optimizer
-from san.train import TrainConfig, build_model, evaluate, train
+from san.train import train
+from san.train_config import TrainConfig
+from san.train_eval import evaluate
+from san.train_model import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("jobs_train", ROOT / "jobs" / "train.py")

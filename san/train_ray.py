@@ -1,0 +1,51 @@
+"""Training on Ray Train: :func:`train_with_ray` runs :func:`san.train.train` on ``num_workers`` workers
+(DDP through ``ray.train.torch.prepare_model``; the global batch is split between them), which report
+metrics and checkpoints through ``ray.train.report`` (see ``san.train_ray_worker``). Ray is imported inside
+the functions only, so that ``san`` stays importable without it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from .train import train
+from .train_config import TrainConfig
+
+__all__ = ["train_with_ray"]
+
+
+def _ray_loop(config: dict[str, Any]) -> None:
+    train(TrainConfig.from_dict(config["train"]), ray_worker=True)
+
+
+def train_with_ray(cfg: TrainConfig, num_workers: int, use_gpu: bool | None = None, cpus_per_worker: float = 1.0):
+    """Run :func:`san.train.train` on ``num_workers`` Ray Train workers (joins the running Ray, or starts a
+    local one).
+
+    ``use_gpu`` None: GPUs when the cluster has any (one per worker). Returns Ray's ``Result``; the run's
+    own files go to ``cfg.output`` as in a single-process run, Ray's copies of the checkpoints to
+    ``cfg.output/ray``.
+    """
+    import ray
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"))
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0 and cfg.device != "cpu"
+    output = Path(cfg.output).resolve()
+    train_cfg = dataclasses.replace(cfg, output=str(output), progress=cfg.progress)
+    trainer = TorchTrainer(
+        _ray_loop,
+        train_loop_config={"train": train_cfg.to_dict()},
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name="train", storage_path=str(output / "ray"), checkpoint_config=CheckpointConfig(num_to_keep=2)
+        ),
+    )
+    return trainer.fit()
