@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -219,6 +220,19 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     )
     rows = (tmp_path / "b/metrics.csv").read_text().splitlines()
     assert rows[0].startswith("step,lr,loss,loss_ce_0,") and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_gpu_mixed_precision_steps_train_the_model(tmp_path: Path, dtype: str) -> None:
+    cfg = tiny_config(tmp_path, device="cuda", dtype=dtype, steps=3)
+    result = train(cfg)
+    assert result["step"] == 3 and math.isfinite(result["loss"])
+    trained = load_file(tmp_path / "out/checkpoints/last.safetensors")
+    assert all(value.dtype == torch.float32 for value in trained.values()), "autocast keeps float32 weights"
+    torch.manual_seed(cfg.seed)
+    start = build_model(cfg).state_dict()
+    assert not torch.equal(trained["side_adapter.query_embed"], start["side_adapter.query_embed"])
 
 
 def test_smoke_job_writes_a_checkpoint_the_label_job_loads(tmp_path: Path) -> None:
