@@ -5,6 +5,9 @@
    attention and only the Q [SLS] rows attend, with the bias, to [self, patches].
 2. Text encoder: the official code runs the full 77-token context; here each batch is cut after its
    longest prompt's end token (exact under the causal mask).
+3. Loading a checkpoint (a labeling worker's start): building the model with random weights and then
+   copying the checkpoint in, against building it on the meta device and assigning the checkpoint's
+   tensors (``san.load_checkpoint``).
 
 Both "before" variants are written out below from the official formulation and run on the same
 weights; the script also reports the largest difference between before and after.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _report import emit  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 import san  # noqa: E402
 from san.clip import downsample_attn_bias  # noqa: E402
@@ -51,6 +56,18 @@ def official_recognition_head(head: san.clip.RecognitionHead, features, attn_bia
         x = x + block.ls_2(block.mlp(block.ln_2(x)))
     x = head.ln_post(x[:, :q]) @ head.proj
     return torch.nn.functional.normalize(x, dim=-1)
+
+
+def load_with_random_init(path: Path, config: san.SANConfig) -> san.SAN:
+    """The usual way: build (random initialisation), then copy the checkpoint's weights in."""
+    model = san.SAN(config)
+    model.load_state_dict(load_file(path))
+    return model.eval()
+
+
+def largest_weight_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    b_state = b.state_dict()
+    return max((value - b_state[key]).abs().max().item() for key, value in a.state_dict().items())
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -88,6 +105,11 @@ def main() -> None:
         before, reference = timed(lambda: classifier.text_encoder.encode_text(tokens, normalize=True), args.repeats)
         after, ours = timed(lambda: classifier.encode_prompts(prompts), args.repeats)
         rows.append((f"text embeddings, {len(prompts)} prompts", before, after, (reference - ours).abs().max().item()))
+    with tempfile.TemporaryDirectory() as folder:
+        path = san.save_checkpoint(model, Path(folder) / "model.safetensors")
+        before, reference = timed(lambda: load_with_random_init(path, model.config), args.repeats)
+        after, ours = timed(lambda: san.load_checkpoint(path), args.repeats)
+        rows.append(("model from a checkpoint file", before, after, largest_weight_difference(reference, ours)))
     lines = [
         f"### Speed-ups, before and after ({time.strftime('%Y-%m-%d')})",
         "",

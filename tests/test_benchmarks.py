@@ -39,6 +39,10 @@ def test_speedups_benchmark_reports_equal_results(tmp_path: Path) -> None:
     report = tmp_path / "speedups.md"
     run_script("speedups.py", "--preset", "san_tiny", "--size", "128", "--repeats", "1", "--write", str(report))
     rows = table_rows(report)
-    assert [row[0] for row in rows] == ["recognition head, 1 image", "text embeddings, 140 prompts"]
+    assert [row[0] for row in rows] == [
+        "recognition head, 1 image",
+        "text embeddings, 140 prompts",
+        "model from a checkpoint file",
+    ]
     for row in rows:
         assert float(row[-1]) < 1e-4, f"before and after differ: {row}"
