@@ -281,3 +281,21 @@ def test_dead_worker_is_replaced_and_its_batch_retried(inputs: dict, tmp_path: P
     assert sorted(row["image_path"] for row in predictions) == good, "every image exactly once after the restart"
     assert sorted(image["file_name"] for image in coco["images"]) == good
     assert len(errors) == len(inputs["bad"]) and manifest["counts"]["labeled"] == len(good)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_job_in_bf16_labels_like_the_cpu_job(inputs: dict, tmp_path: Path) -> None:
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    label_maps = {}
+    runs = {"cpu": ("--gpus-per-worker", "0"), "gpu": ("--gpus-per-worker", "1", "--dtype", "bf16")}
+    for name, extra in runs.items():
+        command = [sys.executable, *label_command(inputs, tmp_path / name, *extra)[1:]]
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+        assert manifest["resources"]["device"] == ("cuda" if name == "gpu" else "cpu")
+        predictions, _, _ = read_outputs(tmp_path / name)
+        label_maps[name] = {row["image_path"]: decode_label_map_png(row["label_map_png"]) for row in predictions}
+    assert label_maps["gpu"].keys() == label_maps["cpu"].keys() == {str(p) for p in inputs["good"]}
+    agreement = np.mean([np.mean(label_maps["gpu"][k] == label_maps["cpu"][k]) for k in label_maps["cpu"]])
+    assert agreement >= 0.99, f"bf16 on the GPU agrees with fp32 on the CPU on {agreement:.2%} of the pixels"
