@@ -21,19 +21,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
 
 from pipeline.benchmarks import BENCHMARKS, BenchmarkError, default_root, write_benchmark_inputs  # noqa: E402
-from pipeline.cli import run_job  # noqa: E402
+from pipeline.cli import job_parser, run_job  # noqa: E402
 from pipeline.vocabulary import VocabularyError  # noqa: E402
 
 USER_ERRORS = (BenchmarkError, VocabularyError, FileNotFoundError, OSError)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="jobs/benchmark_inputs.py",
-        description=__doc__.split("\n\n")[0],
-        epilog="\n".join(__doc__.split("\n")[2:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = job_parser("benchmark_inputs.py", __doc__)
     parser.add_argument("benchmark", nargs="?", choices=list(BENCHMARKS), help="which evaluation set")
     parser.add_argument("--root", help="datasets root (default: $DETECTRON2_DATASETS, else ./datasets)")
     parser.add_argument("--out", help="folder for vocab.txt and images.txt (default: work/BENCHMARK)")

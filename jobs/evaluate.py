@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
 
-from pipeline.cli import run_job  # noqa: E402
+from pipeline.cli import job_parser, run_job  # noqa: E402
 from pipeline.evaluate import EvaluationError, evaluate_run  # noqa: E402
 from pipeline.ground_truth_base import GroundTruthError  # noqa: E402
 from pipeline.vocabulary import VocabularyError  # noqa: E402
@@ -27,12 +27,7 @@ USER_ERRORS = (EvaluationError, GroundTruthError, VocabularyError, FileNotFoundE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="jobs/evaluate.py",
-        description=__doc__.split("\n\n")[0],
-        epilog="\n".join(__doc__.split("\n")[2:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = job_parser("evaluate.py", __doc__)
     parser.add_argument("--predictions", required=True, help="the labeling run's --output directory")
     parser.add_argument(
         "--gt",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
 
-from pipeline.cli import run_job  # noqa: E402
+from pipeline.cli import job_parser, run_job  # noqa: E402
 from pipeline.export import export_dataset  # noqa: E402
 from pipeline.review_masks import ReviewError  # noqa: E402
 from pipeline.vocabulary import VocabularyError  # noqa: E402
@@ -27,12 +27,7 @@ USER_ERRORS = (ReviewError, VocabularyError, FileNotFoundError, ValueError, OSEr
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="jobs/export.py",
-        description=__doc__.split("\n\n")[0],
-        epilog="\n".join(__doc__.split("\n")[2:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = job_parser("export.py", __doc__)
     parser.add_argument("dataset", metavar="DATASET_OR_OUT", help="FiftyOne dataset name or labeling output folder")
     parser.add_argument("--coco", required=True, help="where to write the COCO JSON")
     parser.add_argument("--masks", help="also write one label-map PNG per image into this folder")

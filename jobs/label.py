@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
 
-from pipeline.cli import run_job, weights_hint  # noqa: E402
+from pipeline.cli import job_parser, run_job, weights_hint  # noqa: E402
 from pipeline.label import USER_ERRORS, LabelOptions, run_label_job  # noqa: E402
 from san.predictor import DTYPES  # noqa: E402
 from san.text_classifier import TEMPLATE_SETS  # noqa: E402
@@ -33,12 +33,7 @@ def _workers(text: str) -> tuple[int, int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="jobs/label.py",
-        description=__doc__.split("\n\n")[0],
-        epilog="\n".join(__doc__.split("\n")[2:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = job_parser("label.py", __doc__)
     parser.add_argument(
         "--vocab", required=True, help="UTF-8 file, one class per line; '#' comments; synonyms as 'name: syn, syn'"
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
 
-from pipeline.cli import run_job  # noqa: E402
+from pipeline.cli import job_parser, run_job  # noqa: E402
 from pipeline.evaluate import EvaluationError  # noqa: E402
 from pipeline.ground_truth_base import GroundTruthError  # noqa: E402
 from pipeline.review import load_run  # noqa: E402
@@ -31,12 +31,7 @@ USER_ERRORS = (ReviewError, EvaluationError, GroundTruthError, VocabularyError, 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="jobs/review.py",
-        description=__doc__.split("\n\n")[0],
-        epilog="\n".join(__doc__.split("\n")[2:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = job_parser("review.py", __doc__)
     parser.add_argument("output", metavar="OUT", help="the labeling run's --output directory")
     parser.add_argument(
         "--gt",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
 
-from pipeline.cli import run_job, weights_hint  # noqa: E402
+from pipeline.cli import job_parser, run_job, weights_hint  # noqa: E402
 from san.config import PRESETS  # noqa: E402
 from san.errors import CheckpointError, WeightsUnavailableError  # noqa: E402
 
@@ -32,12 +32,7 @@ SMOKE = {"steps": 4, "batch_size": 2, "crop_size": 96, "images": 8, "val_images"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="jobs/train.py",
-        description=__doc__.split("\n\n")[0],
-        epilog="\n".join(__doc__.split("\n")[2:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = job_parser("train.py", __doc__)
     parser.add_argument(
         "--data",
         help="training folder: images/, labels/ (PNG, pixel = class index, 255 = ignore) and classes.txt "

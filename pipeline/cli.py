@@ -1,5 +1,6 @@
-"""The shared ending of every job script: run ``main``, and turn the errors a user fixes by changing
-the command into one line on stderr with exit status 2 instead of a traceback."""
+"""What every job script shares: its parser's layout (``--help`` shows the script's docstring), and
+its ending: run ``main``, and turn the errors a user fixes by changing the command into one line on
+stderr with exit status 2 instead of a traceback."""
 
 from __future__ import annotations
 
@@ -7,6 +8,17 @@ import argparse
 import sys
 from collections.abc import Callable
 from typing import Any
+
+
+def job_parser(script: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of ``jobs/<script>``: the docstring's first paragraph as the description, the rest
+    (usage examples) as the epilog, line breaks kept."""
+    return argparse.ArgumentParser(
+        prog=f"jobs/{script}",
+        description=doc.split("\n\n")[0],
+        epilog="\n".join(doc.split("\n")[2:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def weights_hint(error: BaseException) -> str:
