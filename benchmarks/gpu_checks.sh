@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The GPU checks in one run, for a CUDA machine that already has torch, timm, accelerate, safetensors,
+# scikit-image and pytest but no internet (the packages it lacks come as wheels in .whl/):
+#
+#   python3 -m pip download --no-deps --only-binary=:all: -d .whl \
+#       open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4      # on a machine with internet, once
+#   bash benchmarks/gpu_checks.sh OUT_DIR
+#
+# 1. the CUDA cases of the tests: bf16/fp16 scores against fp32 (model and Predictor), bf16/fp16
+#    training steps;
+# 2. benchmarks/inference.py on the GPU only: fp32/bf16/fp16, batch 1 and 8, images/s and GPU memory.
+# Results land in OUT_DIR (pytest log, the Markdown table to paste into BENCHMARKS.md).
+set -euo pipefail
+out=${1:?usage: bash benchmarks/gpu_checks.sh OUT_DIR}
+mkdir -p "$out"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+tests=0
+python3 -m pytest -q -rs tests/test_mixed_precision.py tests/test_train.py -k "cuda or gpu" -p no:cacheprovider \
+    2>&1 | tee "$out/pytest.log" || tests=$?  # measure even when a check fails; report its status at the end
+python3 benchmarks/inference.py --devices cuda --write "$out/BENCHMARKS.gpu.md" 2>&1 | tee "$out/inference.log"
+exit "$tests"
