@@ -6,7 +6,8 @@ Examples:
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
         python jobs/label.py --vocab samples/vocab.txt --input /data/images --output /data/labels
 
-Rerunning the same command on the same --output resumes: finished images are skipped.
+Rerunning the same command on the same --output resumes: labeled images are skipped, inputs that
+failed are tried again. Ctrl-C keeps what is finished.
 """
 
 from __future__ import annotations
@@ -121,4 +122,10 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    run_job(main, parse_args, USER_ERRORS, weights_hint)
+    run_job(
+        main,
+        parse_args,
+        USER_ERRORS,
+        weights_hint,
+        resume_hint="the images labeled so far are saved: rerun the same command to label the rest",
+    )

@@ -226,8 +226,10 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        run_job(main, parse_args, USER_ERRORS, weights_hint)
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command with --resume to continue from the last checkpoint", file=sys.stderr)
-        sys.exit(130)
+    run_job(
+        main,
+        parse_args,
+        USER_ERRORS,
+        weights_hint,
+        resume_hint="rerun the same command with --resume to continue from the last checkpoint",
+    )

@@ -1,6 +1,6 @@
 """What every job script shares: its parser's layout (``--help`` shows the script's docstring), and
 its ending: run ``main``, and turn the errors a user fixes by changing the command into one line on
-stderr with exit status 2 instead of a traceback."""
+stderr with exit status 2 instead of a traceback, and Ctrl-C into one line with exit status 130."""
 
 from __future__ import annotations
 
@@ -35,11 +35,16 @@ def run_job(
     parse_args: Callable[[], argparse.Namespace],
     user_errors: tuple[type[BaseException], ...],
     hint: Callable[[BaseException], str] | None = None,
+    resume_hint: str = "",
 ) -> None:
-    """Parse the arguments and run ``main``; a ``user_errors`` exception exits with status 2."""
+    """Parse the arguments and run ``main``; a ``user_errors`` exception exits with status 2, Ctrl-C
+    with 130 after printing ``resume_hint`` (how to continue)."""
     arguments = parse_args()
     try:
         main(arguments)
     except user_errors as error:
         print(f"error: {error}{hint(error) if hint else ''}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted{'; ' + resume_hint if resume_hint else ''}", file=sys.stderr)
+        sys.exit(130)

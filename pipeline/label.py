@@ -22,6 +22,7 @@ import ray
 from tqdm import tqdm
 
 import san
+from san.predictor import DTYPES
 
 from .decode import DecodeStage, expand_containers
 from .images import DEFAULT_MAX_PIXELS
@@ -34,6 +35,8 @@ from .vocabulary import VocabularyError, load_vocabulary
 
 # Upper bound on the listed inputs' blocks (each costs some scheduling overhead).
 MAX_INPUT_BLOCKS = 10_000
+# Duplicate image paths listed in manifest.json (all are counted).
+MAX_REPORTED_DUPLICATES = 100
 
 # Errors a user fixes by changing the command: reported in one line, without a traceback.
 USER_ERRORS = (
@@ -71,6 +74,24 @@ class LabelOptions:
     progress: bool = True
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the flag when a value cannot work (before anything starts)."""
+        at_least_one = {
+            "--batch-size": self.batch_size,
+            "--shard-size": self.shard_size,
+            "--short-side": self.short_side,
+            "--max-size": self.max_size,
+        }
+        for flag, value in at_least_one.items():
+            if value < 1:
+                raise ValueError(f"{flag} must be at least 1, got {value}")
+        if self.max_size < self.short_side:
+            raise ValueError(f"--max-size ({self.max_size}) must not be smaller than --short-side ({self.short_side})")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"--limit must be 0 or more, got {self.limit}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+
 
 def _versions() -> dict[str, str]:
     names = ("san-labeler", "torch", "open_clip_torch", "timm", "ray", "pyarrow", "pycocotools")
@@ -96,10 +117,17 @@ def _identity(options: LabelOptions, fingerprint: str) -> dict[str, Any]:
 
 
 def run_label_job(options: LabelOptions) -> dict[str, Any]:
-    """Label every input (resuming a previous run in the same output directory); returns the manifest."""
+    """Label every input (resuming a previous run in the same output directory); returns the manifest.
+
+    Images labeled by an earlier run with the same output are skipped; inputs that failed are tried
+    again. Finished rows are saved also when the run stops early (Ctrl-C, a crash); the manifest then
+    says ``"status": "interrupted"`` or ``"failed"``.
+    """
     started = time.time()
+    options.check()
     vocabulary = load_vocabulary(options.vocab)
     output = RunOutput(options.output)
+    output.create()
     identity = _identity(options, vocabulary.fingerprint)
     output.check_compatible(identity)
     output.remove_partial_files()
@@ -107,7 +135,7 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
         options.input = str(write_smoke_images(Path(options.output) / "smoke-inputs"))
     if options.input is None:
         raise ValueError("--input is required (a folder, glob, list file, Parquet or WebDataset shards)")
-    done = output.finished_paths()
+    done = output.labeled_paths()
     resolved = resolve_inputs(options.input)
     todo = [item for item in resolved.items if item.image_path not in done]
     skipped = len(resolved.items) - len(todo)
@@ -117,6 +145,11 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
     model = ModelSpec(SMOKE_MODEL if options.smoke_test else options.model, options.config).resolved()
     init_ray()
     plan = plan_resources(options.workers, options.gpus_per_worker, smoke_test=options.smoke_test)
+    if options.dtype != "fp32" and plan.device != "cuda":
+        raise ValueError(
+            f"--dtype {options.dtype} needs GPU workers, and this run's workers use the CPU "
+            "(give --gpus-per-worker on a cluster with GPUs, or use fp32)"
+        )
     manifest: dict[str, Any] = {
         "status": "running",
         "command": options.command,
@@ -127,21 +160,40 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
         "versions": _versions(),
     }
     output.write_manifest(manifest)
-
-    if todo or resolved.containers:
-        dataset = _build_dataset(options, model, todo, resolved.containers, done, vocabulary.to_json(), plan)
-        new = _consume(dataset, output, options, total=len(todo) if not resolved.containers else None)
-    else:
-        new = {"labeled": 0, "failed": 0, "rate": 0.0, "steady_rate": 0.0, "first_result_seconds": None}
-    counts = {"listed": len(resolved.items), "skipped": skipped}
+    try:
+        if todo or resolved.containers:
+            dataset = _build_dataset(options, model, todo, resolved.containers, done, vocabulary.to_json(), plan)
+            new = _consume(dataset, output, options, total=len(todo) if not resolved.containers else None)
+        else:
+            new = {"labeled": 0, "failed": 0, "duplicates": [], "rate": 0.0, "steady_rate": 0.0}
+            new["first_result_seconds"] = None
+    except BaseException as error:  # Ctrl-C included: the manifest says the run stopped, and why
+        manifest["status"] = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        manifest["error"] = f"{type(error).__name__}: {error}"
+        output.write_manifest(manifest)
+        raise
     manifest["status"] = "complete"
-    manifest["counts"] = {**counts, "new_labeled": new["labeled"], "new_failed": new["failed"]}
+    manifest["counts"] = {
+        "listed": len(resolved.items),
+        "skipped": skipped,
+        "new_labeled": new["labeled"],
+        "new_failed": new["failed"],
+        "duplicates": len(new["duplicates"]),
+    }
     manifest["timings"] = {
         "seconds": round(time.time() - started, 3),
         "images_per_second": new["rate"],
         "images_per_second_after_first_result": new["steady_rate"],
         "first_result_seconds": new["first_result_seconds"],
     }
+    if new["duplicates"]:
+        manifest["duplicate_paths"] = new["duplicates"][:MAX_REPORTED_DUPLICATES]
+        print(
+            f"warning: {len(new['duplicates'])} input rows repeat the image_path of an image already labeled in "
+            f"this run and were not labeled again (e.g. {new['duplicates'][0]!r}; up to "
+            f"{MAX_REPORTED_DUPLICATES} are listed in manifest.json); give every image a unique path",
+            file=sys.stderr,
+        )
     final = output.finalize(vocabulary, manifest)
     manifest["counts"].update(final)
     return manifest
@@ -198,35 +250,49 @@ def _build_dataset(
 
 
 def _consume(dataset: ray.data.Dataset, output: RunOutput, options: LabelOptions, total: int | None) -> dict[str, Any]:
-    """Pull finished rows to the driver and write them as shards; show progress with counts and ETA."""
+    """Pull finished rows to the driver and write them as shards; show progress with counts and ETA.
+
+    The rows held back for the next shard are written also when the loop stops early (Ctrl-C, a
+    crash). A second prediction for an ``image_path`` labeled earlier in the run is not kept (two input
+    rows that share a path, e.g. in two Parquet files); those paths are returned as ``duplicates``.
+    """
     predictions: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
-    labeled = failed = 0
+    labeled_now: set[str] = set()
+    duplicates: list[str] = []
+    failed = 0
     started = time.time()
     first: tuple[float, int] | None = None  # (time, rows) of the first batch: the pool is up from then on
     bar = tqdm(total=total, unit="img", desc="labeling", disable=not options.progress, dynamic_ncols=True)
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        for i, path in enumerate(batch["image_path"]):
-            if batch["error"][i]:
-                errors.append({"image_path": str(path), "error": str(batch["error"][i])})
-                failed += 1
-            else:
-                predictions.append(_prediction_row(batch, i))
-                labeled += 1
-        bar.update(len(batch["image_path"]))
-        bar.set_postfix(labeled=labeled, failed=failed)
-        first = first or (time.time(), labeled + failed)
-        if len(predictions) + len(errors) >= options.shard_size:
-            output.write_shard(predictions, errors)
-            predictions, errors = [], []
-    output.write_shard(predictions, errors)
-    bar.close()
+    try:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            for i, path in enumerate(batch["image_path"]):
+                path = str(path)
+                if batch["error"][i]:
+                    errors.append({"image_path": path, "error": str(batch["error"][i])})
+                    failed += 1
+                elif path in labeled_now:
+                    duplicates.append(path)
+                else:
+                    predictions.append(_prediction_row(batch, i))
+                    labeled_now.add(path)
+            bar.update(len(batch["image_path"]))
+            bar.set_postfix(labeled=len(labeled_now), failed=failed)
+            first = first or (time.time(), len(labeled_now) + failed)
+            if len(predictions) + len(errors) >= options.shard_size:
+                output.write_shard(predictions, errors)
+                predictions, errors = [], []
+    finally:
+        output.write_shard(predictions, errors)
+        bar.close()
     finished = time.time()
-    steady = (labeled + failed - first[1]) / max(finished - first[0], 1e-9) if first else 0.0
+    rows = len(labeled_now) + failed
+    steady = (rows - first[1]) / max(finished - first[0], 1e-9) if first else 0.0
     return {
-        "labeled": labeled,
+        "labeled": len(labeled_now),
         "failed": failed,
-        "rate": round((labeled + failed) / max(finished - started, 1e-9), 3),
+        "duplicates": duplicates,
+        "rate": round(rows / max(finished - started, 1e-9), 3),
         "steady_rate": round(steady, 3),
         "first_result_seconds": round(first[0] - started, 3) if first else None,
     }

@@ -70,6 +70,17 @@ class RunOutput:
         self.predictions_dir = self.root / "predictions"
         self.errors_dir = self.root / "errors"
 
+    def create(self) -> None:
+        """Create the output folder, or raise ``ValueError`` saying why it cannot be one."""
+        if self.root.exists() and not self.root.is_dir():
+            raise ValueError(f"--output {str(self.root)!r} is a file, not a folder")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"cannot create the --output folder {str(self.root)!r}: {error.strerror}") from error
+        if not os.access(self.root, os.W_OK):
+            raise ValueError(f"the --output folder {str(self.root)!r} is not writable")
+
     def check_compatible(self, identity: dict[str, Any]) -> None:
         """Refuse to resume a run made with another vocabulary or model (its labels would mix)."""
         manifest = self.root / "manifest.json"
@@ -92,12 +103,11 @@ class RunOutput:
                 removed += 1
         return removed
 
-    def finished_paths(self) -> set[str]:
-        """Inputs already labeled or already recorded as errors."""
+    def labeled_paths(self) -> set[str]:
+        """Inputs already labeled (a rerun skips them; inputs that failed are tried again)."""
         done: set[str] = set()
-        for folder in (self.predictions_dir, self.errors_dir):
-            for shard in sorted(folder.glob("part-*.parquet")) if folder.exists() else []:
-                done.update(pq.read_table(shard, columns=["image_path"]).column(0).to_pylist())
+        for shard in _shards(self.predictions_dir):
+            done.update(pq.read_table(shard, columns=["image_path"]).column(0).to_pylist())
         return done
 
     def write_shard(self, predictions: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
@@ -109,14 +119,15 @@ class RunOutput:
 
     def read_predictions(self, columns: list[str] | None = None) -> pa.Table:
         """All prediction rows, one per image (a duplicate left by an interrupted write is dropped)."""
-        shards = sorted(self.predictions_dir.glob("part-*.parquet")) if self.predictions_dir.exists() else []
+        shards = _shards(self.predictions_dir)
         if not shards:
             return PREDICTION_SCHEMA.empty_table().select(columns or PREDICTION_SCHEMA.names)
         table = pa.concat_tables(pq.read_table(s, columns=columns, schema=PREDICTION_SCHEMA) for s in shards)
         return _first_per_path(table)
 
     def read_errors(self) -> pa.Table:
-        shards = sorted(self.errors_dir.glob("part-*.parquet")) if self.errors_dir.exists() else []
+        """All error rows, one per input: the newest reason when a rerun failed on it again."""
+        shards = sorted(_shards(self.errors_dir), key=lambda shard: shard.stat().st_mtime_ns, reverse=True)
         if not shards:
             return ERROR_SCHEMA.empty_table()
         return _first_per_path(pa.concat_tables(pq.read_table(s, schema=ERROR_SCHEMA) for s in shards))
@@ -146,6 +157,10 @@ class RunOutput:
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(manifest, self.root / "manifest.json", indent=2)
+
+
+def _shards(folder: Path) -> list[Path]:
+    return sorted(folder.glob("part-*.parquet")) if folder.exists() else []
 
 
 def _first_per_path(table: pa.Table) -> pa.Table:

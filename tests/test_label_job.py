@@ -6,8 +6,10 @@ deterministic, so the pipeline's output can be compared with a direct call to th
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,10 +19,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 from label_inputs import VOCABULARY, write_bad_inputs, write_good_images
+from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
@@ -221,6 +225,89 @@ def test_resume_after_kill(inputs: dict, tmp_path: Path) -> None:
     assert len(errors) == len(inputs["bad"])
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["counts"]["skipped"] >= partial
+
+
+def test_ctrl_c_keeps_finished_images_and_says_how_to_resume(inputs: dict, tmp_path: Path) -> None:
+    output = tmp_path / "labels"
+    command = [sys.executable, *label_command(inputs, output, "--batch-size", "2")[1:]]
+    command.remove("--no-progress")  # the progress bar tells the test when images are done
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    seen = b""
+    while not re.search(rb"labeled=([4-9]|\d\d)", seen):  # a few images done, none written yet (shard size 256)
+        chunk = process.stderr.read1(4096)
+        assert chunk, f"the job ended before labeling 4 images: {seen[-2000:]!r}"
+        seen += chunk
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
+    stderr = (seen + process.stderr.read()).decode(errors="replace")
+    assert process.wait(timeout=120) == 130, stderr[-3000:]
+    assert "interrupted; the images labeled so far are saved: rerun the same command" in stderr
+    assert "Traceback" not in stderr
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["error"].startswith("KeyboardInterrupt")
+    saved = pq.read_table(output / "predictions").num_rows
+    assert saved >= 4, "every image counted before Ctrl-C was written"
+
+    rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    predictions, _, _ = read_outputs(output)
+    assert sorted(row["image_path"] for row in predictions) == sorted(str(p) for p in inputs["good"])
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["counts"]["skipped"] == saved
+
+
+def test_failed_inputs_are_retried_and_repeated_paths_reported(inputs: dict, tmp_path: Path) -> None:
+    images = [read_image_file(p) for p in inputs["good"][:2]]
+    encoded = []
+    for pixels in images:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for name, data in zip(("train-0.parquet", "val-0.parquet"), encoded, strict=True):  # two images, one path
+        pq.write_table(pa.table({"image": [{"bytes": data, "path": "0001.png"}]}), shards / name)
+    late = tmp_path / "late.png"
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{late}\n")
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+
+    def run(source: Path, output: Path) -> tuple[subprocess.CompletedProcess, dict]:
+        command = [sys.executable, "jobs/label.py", "--smoke-test", "--no-progress"]
+        command += ["--vocab", str(inputs["vocab"]), "--input", str(source), "--output", str(output)]
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result, json.loads((output / "manifest.json").read_text())
+
+    result, manifest = run(shards, tmp_path / "from-parquet")
+    assert manifest["counts"]["labeled"] == 1 and manifest["counts"]["duplicates"] == 1
+    assert manifest["duplicate_paths"] == ["0001.png"]
+    assert "1 input rows repeat the image_path" in result.stderr
+
+    _, manifest = run(listing, tmp_path / "from-list")
+    assert manifest["counts"]["failed"] == 1
+    Image.fromarray(images[0]).save(late)  # the missing file appears: a rerun labels it
+    _, manifest = run(listing, tmp_path / "from-list")
+    assert manifest["counts"]["labeled"] == 1 and manifest["counts"]["failed"] == 0
+    assert pq.read_table(tmp_path / "from-list" / "errors.parquet").num_rows == 0
+
+
+def test_reduced_precision_on_cpu_workers_is_refused_before_labeling(inputs: dict, tmp_path: Path, monkeypatch) -> None:
+    import ray
+
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    options = LabelOptions(
+        vocab=str(inputs["vocab"]), input=str(inputs["folder"]), output=str(tmp_path / "labels"), smoke_test=True
+    )
+    options.dtype = "bf16"
+    try:
+        with pytest.raises(ValueError, match="--dtype bf16 needs GPU workers"):
+            run_label_job(options)
+    finally:
+        ray.shutdown()
+    assert not (tmp_path / "labels" / "predictions").exists()
 
 
 def test_rerun_of_a_finished_run_labels_nothing_new(inputs: dict, tmp_path: Path) -> None:

@@ -1,0 +1,77 @@
+"""The labeling run's output folder and options, without Ray: bad values are refused before anything
+starts, a rerun retries failed inputs, and the newest reason of a repeated failure is kept."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.label import LabelOptions
+from pipeline.outputs import RunOutput
+
+
+def options(tmp_path: Path, **overrides) -> LabelOptions:
+    return LabelOptions(vocab=str(tmp_path / "vocab.txt"), output=str(tmp_path / "out"), **overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"batch_size": 0}, "--batch-size must be at least 1, got 0"),
+        ({"shard_size": -2}, "--shard-size must be at least 1, got -2"),
+        ({"short_side": 0}, "--short-side must be at least 1, got 0"),
+        ({"max_size": 500}, r"--max-size \(500\) must not be smaller than --short-side \(640\)"),
+        ({"limit": -1}, "--limit must be 0 or more, got -1"),
+        ({"dtype": "int8"}, "--dtype must be one of"),
+    ],
+)
+def test_impossible_options_are_refused_naming_the_flag(tmp_path: Path, overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        options(tmp_path, **overrides).check()
+
+
+def test_default_options_pass(tmp_path: Path) -> None:
+    options(tmp_path).check()
+    options(tmp_path, limit=0).check()
+
+
+def test_output_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        RunOutput(tmp_path / "taken").create()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_output_that_cannot_be_created_is_refused(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(ValueError, match="cannot create the --output folder"):
+        RunOutput(locked / "out").create()
+
+
+def test_output_folder_is_created(tmp_path: Path) -> None:
+    RunOutput(tmp_path / "a" / "b").create()
+    assert (tmp_path / "a" / "b").is_dir()
+
+
+def prediction(path: str) -> dict:
+    return {"image_path": path, "image_id": 1, "width": 2, "height": 2, "label_map_png": b"", "segments": []}
+
+
+def test_a_rerun_skips_labeled_inputs_and_retries_failed_ones(tmp_path: Path) -> None:
+    output = RunOutput(tmp_path)
+    output.write_shard([prediction("a.jpg")], [{"image_path": "b.jpg", "error": "file not found"}])
+    assert output.labeled_paths() == {"a.jpg"}
+
+
+def test_the_newest_reason_of_a_repeated_failure_is_kept(tmp_path: Path) -> None:
+    output = RunOutput(tmp_path)
+    output.write_shard([], [{"image_path": "b.jpg", "error": "file not found"}])
+    first = next(output.errors_dir.glob("part-*.parquet"))
+    past = time.time() - 60
+    os.utime(first, (past, past))
+    output.write_shard([], [{"image_path": "b.jpg", "error": "truncated image"}])
+    assert output.read_errors().to_pylist() == [{"image_path": "b.jpg", "error": "truncated image"}]
