@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,10 @@ from .text_classifier import TextClassifier, check_vocabulary
 
 # Elements of one chunk of upsampled mask logits in post-processing (bounds peak memory).
 POSTPROCESS_CHUNK_ELEMENTS = 1 << 26
+# Class scores at the output size held at once when only the best class is needed (1 GiB in float32).
+SCORES_CHUNK_ELEMENTS = 1 << 28
 # CLIP parameters SAN trains (CLIP_FROZEN_EXCLUDE) plus the classifier's background embedding.
+Result = TypeVar("Result")
 TRAINABLE_CLIP_PARAMETERS = ("clip_features.positional_embedding", "text_classifier.bg_embed")
 
 
@@ -115,6 +119,30 @@ class SAN(nn.Module):
         evaluation maps them back to an original image size. Scores are float32 (float64 for a
         float64 model), also under autocast.
         """
+        return self._predict(images, vocabulary, output_sizes, batch_size, semantic_scores)
+
+    @torch.inference_mode()
+    def predict_best(
+        self,
+        images: Sequence[torch.Tensor],
+        vocabulary: Sequence[str],
+        output_sizes: Sequence[tuple[int, int]] | None = None,
+        batch_size: int = 8,
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per image, the best score ``[H_i, W_i]`` and its class index ``[H_i, W_i]`` (int64): the max
+        and argmax over classes of :meth:`predict_scores`, with memory bounded for any number of
+        classes and output size (see :func:`best_class`)."""
+        return self._predict(images, vocabulary, output_sizes, batch_size, best_class)
+
+    def _predict(
+        self,
+        images: Sequence[torch.Tensor],
+        vocabulary: Sequence[str],
+        output_sizes: Sequence[tuple[int, int]] | None,
+        batch_size: int,
+        postprocess: Callable[..., Result],
+    ) -> list[Result]:
+        """Run the model on same-padded-size groups and ``postprocess`` each image's outputs."""
         vocabulary = check_vocabulary(vocabulary)
         _check_images(images)
         sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
@@ -124,12 +152,12 @@ class SAN(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            results: list[torch.Tensor | None] = [None] * len(images)
+            results: list[Result | None] = [None] * len(images)
             for group in _padded_size_groups(sizes, self.config.size_divisibility, batch_size):
                 batch = self.normalize_and_pad([images[i] for i in group])
                 out = self(batch, vocabulary)
                 for j, i in enumerate(group):
-                    results[i] = semantic_scores(
+                    results[i] = postprocess(
                         out.mask_preds[-1][j], out.mask_logits[-1][j], batch.shape[-2:], sizes[i], output_sizes[i]
                     )
             return results  # type: ignore[return-value]
@@ -143,16 +171,17 @@ def semantic_scores(
     padded_size: tuple[int, int],
     image_size: tuple[int, int],
     output_size: tuple[int, int],
+    classes: slice = slice(None),
 ) -> torch.Tensor:
     """One image's class scores ``[C, H_out, W_out]`` from mask logits ``[Q, h, w]`` and class
-    logits ``[Q, C + 1]``, as SAN's post-processing computes them.
+    logits ``[Q, C + 1]``, as SAN's post-processing computes them (only the ``classes`` rows).
 
     Masks are upsampled to the padded size, cropped to the image, resized to the output size
     (bilinear, align_corners=False) and combined as ``sum_q softmax(logits_q)[c] * sigmoid(mask_q)``
     (background column dropped after the softmax). Queries are processed in chunks to bound memory.
     """
     dtype = torch.promote_types(mask_preds.dtype, torch.float32)  # never post-process in half precision
-    probs = mask_logits.to(dtype).softmax(dim=-1)[:, :-1]
+    probs = mask_logits.to(dtype).softmax(dim=-1)[:, :-1][:, classes]
     masks = mask_preds.to(dtype)
     (hp, wp), (h, w), (ho, wo) = padded_size, image_size, output_size
     chunk = max(1, POSTPROCESS_CHUNK_ELEMENTS // (hp * wp + ho * wo))
@@ -164,6 +193,38 @@ def semantic_scores(
             m = F.interpolate(m, size=(ho, wo), mode="bilinear", align_corners=False)
         scores += torch.einsum("qc,qhw->chw", probs[start : start + chunk], m[0].sigmoid())
     return scores
+
+
+def best_class(
+    mask_preds: torch.Tensor,
+    mask_logits: torch.Tensor,
+    padded_size: tuple[int, int],
+    image_size: tuple[int, int],
+    output_size: tuple[int, int],
+    max_elements: int = SCORES_CHUNK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best score ``[H_out, W_out]`` and its class index (int64) of :func:`semantic_scores`.
+
+    The scores of all ``C`` classes at the output size take ``C * H_out * W_out`` floats (7 GB for
+    150 classes on a 12-megapixel photo), so classes go in chunks of at most ``max_elements`` scores,
+    keeping a running maximum; ties keep the lowest class index, as ``max`` does. One chunk (most
+    images) computes exactly what ``semantic_scores(...).max(dim=0)`` does; each further chunk
+    repeats the mask upsampling.
+    """
+    num_classes = mask_logits.shape[-1] - 1
+    per_chunk = max(1, max_elements // (output_size[0] * output_size[1]))
+    best, index = semantic_scores(
+        mask_preds, mask_logits, padded_size, image_size, output_size, slice(0, per_chunk)
+    ).max(dim=0)
+    for start in range(per_chunk, num_classes, per_chunk):
+        scores = semantic_scores(
+            mask_preds, mask_logits, padded_size, image_size, output_size, slice(start, start + per_chunk)
+        )
+        value, arg = scores.max(dim=0)
+        better = value > best
+        best = torch.where(better, value, best)
+        index = torch.where(better, arg + start, index)
+    return best, index
 
 
 def _check_images(images: Sequence[torch.Tensor]) -> None:

@@ -85,11 +85,10 @@ class Predictor:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def class_scores(
-        self, images: Sequence[np.ndarray], output_sizes: Sequence[tuple[int, int]] | None = None
-    ) -> list[torch.Tensor]:
-        """Per image ``[num_classes, H, W]`` scores (on the model's device) at the image's size, or at
-        ``output_sizes`` when the images were already resized for the model (their original sizes)."""
+    def _model_inputs(
+        self, images: Sequence[np.ndarray], output_sizes: Sequence[tuple[int, int]] | None
+    ) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+        """Resized ``[3, h, w]`` uint8 tensors, and the size each image's result is wanted at."""
         tensors, sizes = [], []
         for image in images:
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -101,6 +100,14 @@ class Predictor:
             sizes.append(image.shape[:2])
         if output_sizes is not None:
             sizes = [tuple(size) for size in output_sizes]
+        return tensors, sizes
+
+    def class_scores(
+        self, images: Sequence[np.ndarray], output_sizes: Sequence[tuple[int, int]] | None = None
+    ) -> list[torch.Tensor]:
+        """Per image ``[num_classes, H, W]`` scores (on the model's device) at the image's size, or at
+        ``output_sizes`` when the images were already resized for the model (their original sizes)."""
+        tensors, sizes = self._model_inputs(images, output_sizes)
         with self._autocast():
             scores = self.model.predict_scores(tensors, self.prompts, sizes, batch_size=self.batch_size)
         return [self._reduce_synonyms(s) for s in scores]
@@ -114,12 +121,20 @@ class Predictor:
     def predict(
         self, images: Sequence[np.ndarray], output_sizes: Sequence[tuple[int, int]] | None = None
     ) -> list[Prediction]:
-        """Label RGB uint8 images ``[H, W, 3]`` of any sizes (see :meth:`class_scores` for ``output_sizes``)."""
-        results = []
+        """Label RGB uint8 images ``[H, W, 3]`` of any sizes (see :meth:`class_scores` for ``output_sizes``).
+
+        The best class of a pixel is the class of its best prompt (a class scores the maximum of its
+        prompts), taken without holding every class's scores at the output size at once.
+        """
+        tensors, sizes = self._model_inputs(images, output_sizes)
+        with self._autocast():
+            best = self.model.predict_best(tensors, self.prompts, sizes, batch_size=self.batch_size)
         unlabeled = 255 if self.num_classes <= 255 else 65535
         dtype = np.uint8 if unlabeled == 255 else np.uint16
-        for scores in self.class_scores(images, output_sizes):
-            best, label = scores.max(dim=0)
-            label[best < self.min_score] = unlabeled
-            results.append(Prediction(label.cpu().numpy().astype(dtype), best.float().cpu().numpy(), unlabeled))
+        prompt_class = torch.tensor(self.prompt_to_class, device=self.device)
+        results = []
+        for score, prompt in best:
+            label = prompt_class[prompt]
+            label[score < self.min_score] = unlabeled
+            results.append(Prediction(label.cpu().numpy().astype(dtype), score.float().cpu().numpy(), unlabeled))
         return results

@@ -1,0 +1,45 @@
+"""The labeling worker's view of the model: numpy images in, label maps out, and the bounded-memory
+best-class reduction behind it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+import san
+from san.model import best_class, semantic_scores
+from san.predictor import Predictor
+
+
+@pytest.mark.parametrize("max_elements", [1 << 40, 45 * 61 * 5, 1], ids=["one chunk", "chunks of 5", "one class"])
+def test_best_class_in_chunks_equals_the_max_over_all_scores(max_elements: int) -> None:
+    generator = torch.Generator().manual_seed(0)
+    mask_preds = torch.randn(7, 6, 8, generator=generator) * 3
+    mask_logits = torch.randn(7, 12, generator=generator) * 3
+    sizes = ((24, 32), (20, 30), (45, 61))  # padded, image, output
+    reference, reference_index = semantic_scores(mask_preds, mask_logits, *sizes).max(dim=0)
+    assert reference_index.unique().numel() > 3, "the test needs several winning classes"
+    best, index = best_class(mask_preds, mask_logits, *sizes, max_elements=max_elements)
+    torch.testing.assert_close(best, reference, rtol=1e-6, atol=1e-7)
+    assert torch.equal(index, reference_index)
+
+
+def test_predict_labels_each_pixel_with_its_best_class_over_synonyms() -> None:
+    torch.manual_seed(0)
+    model = san.build_san("san_tiny")
+    photos = [data.astronaut(), data.coffee()[:300, :451]]
+    prompts, prompt_to_class = ["person", "man", "cup", "sky"], [0, 0, 1, 2]
+    predictor = Predictor(model, prompts, prompt_to_class, device="cpu", min_score=0.0)
+    predictions = predictor.predict(photos)
+    for photo, scores, prediction in zip(photos, predictor.class_scores(photos), predictions, strict=True):
+        best, label = scores.max(dim=0)
+        assert prediction.label_map.shape == photo.shape[:2] and prediction.label_map.dtype == np.uint8
+        np.testing.assert_array_equal(prediction.label_map, label.numpy())
+        np.testing.assert_allclose(prediction.scores, best.numpy(), rtol=1e-6)
+    threshold = float(np.median(predictions[0].scores))
+    strict = Predictor(model, prompts, prompt_to_class, device="cpu", min_score=threshold).predict(photos[:1])[0]
+    below = predictions[0].scores < threshold
+    assert below.any() and (strict.label_map[below] == strict.unlabeled).all()
+    np.testing.assert_array_equal(strict.label_map[~below], predictions[0].label_map[~below])
