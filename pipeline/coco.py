@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import uuid
@@ -103,6 +104,8 @@ def write_json_atomic(obj: Any, path: str | os.PathLike[str], indent: int | None
     they are not valid JSON. The temporary file is removed on any failure.
     """
     target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder; give the path of a .json file", str(target))
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     # os.open with 0o666 (not tempfile, which creates 0o600) so the result gets the usual umask permissions.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

@@ -144,6 +144,17 @@ def mask_file_names(items: list[tuple[str, int]]) -> dict[str, str]:
     return names
 
 
+def _check_coco_target(ds: fo.Dataset, coco_path: Path) -> None:
+    """Refuse a folder, and the labeling run's own ``coco.json`` (the unreviewed labels stay as they were)."""
+    if coco_path.is_dir():
+        raise ValueError(f"--coco {str(coco_path)!r} is a folder; give the path of a .json file")
+    run = ds.info.get("labeling_run")
+    if run and coco_path.resolve() == (Path(run) / "coco.json").resolve():
+        raise ValueError(
+            f"--coco {str(coco_path)!r} is the labeling run's own coco.json; write the reviewed labels to another file"
+        )
+
+
 def export_dataset(
     dataset: str | os.PathLike[str] | fo.Dataset,
     coco_path: str | os.PathLike[str] | None,
@@ -155,6 +166,8 @@ def export_dataset(
         ``{"dataset", "images", "annotations", "edited_images", "edited_segments", "coco", "masks"}``.
     """
     ds = resolve_dataset(dataset)
+    if coco_path is not None:
+        _check_coco_target(ds, Path(coco_path))
     vocabulary = _vocabulary(ds)
     masks = Path(masks_dir) if masks_dir is not None else None
     names: dict[str, str] = {}

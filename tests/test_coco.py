@@ -132,3 +132,6 @@ def test_write_json_atomic_replaces_and_cleans_up(tmp_path: Path) -> None:
         write_json_atomic({"bad": object()}, path)
     assert json.loads(path.read_text(encoding="utf-8"))["a"] == 2  # old content intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+    with pytest.raises(IsADirectoryError, match=r"is a folder; give the path of a \.json file: '.*tmp"):
+        write_json_atomic({"a": 3}, tmp_path)  # names the folder, not a temporary file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]

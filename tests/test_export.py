@@ -154,6 +154,16 @@ def test_invalid_mask_value_is_reported(loaded, tmp_path: Path) -> None:
         sample.save()
 
 
+def test_export_refuses_a_folder_and_the_runs_own_coco(loaded, tmp_path: Path) -> None:
+    run, dataset = loaded
+    original = (run.out / "coco.json").read_bytes()
+    with pytest.raises(ValueError, match="is a folder; give the path of a .json file"):
+        export_dataset(dataset, tmp_path)
+    with pytest.raises(ValueError, match="the labeling run's own coco.json"):
+        export_dataset(dataset, run.out / "coco.json")
+    assert (run.out / "coco.json").read_bytes() == original
+
+
 def test_export_job_resolves_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import runpy
 
