@@ -136,7 +136,7 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
     if options.input is None:
         raise ValueError("--input is required (a folder, glob, list file, Parquet or WebDataset shards)")
     done = output.labeled_paths()
-    resolved = resolve_inputs(options.input)
+    resolved = resolve_inputs(options.input, exclude=options.output, bytes_column=options.bytes_column)
     todo = [item for item in resolved.items if item.image_path not in done]
     skipped = len(resolved.items) - len(todo)
     if options.limit is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from pipeline.inputs import (
+    BROKEN_LINK,
     Container,
     InputItem,
     ResolvedInputs,
@@ -154,6 +156,88 @@ def test_missing_input_raises_naming_it(tmp_path: Path) -> None:
         resolve_inputs(missing)
 
 
+def test_output_folder_inside_input_folder_is_excluded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun with ``--output dsin/labels``: the run's own files are not inputs (walks and globs)."""
+    dsin = tmp_path / "dsin"
+    _image(dsin / "a.jpg")
+    _image(dsin / "labels2" / "b.jpg")  # shares a prefix with the output folder, not excluded
+    for rel in ["labels/coco.json", "labels/manifest.json", "labels/predictions/part-0.parquet"]:
+        (dsin / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dsin / rel).write_bytes(b"{}")
+    _image(dsin / "labels" / "smoke-inputs" / "s.png")
+    expected = [str(dsin / "a.jpg"), str(dsin / "labels2" / "b.jpg")]
+    assert len(resolve_inputs(str(dsin)).items) == 6  # without exclude, all listed
+    resolved = resolve_inputs(str(dsin), exclude=str(dsin / "labels"))
+    assert _errors(resolved) == dict.fromkeys(expected)
+    assert _paths(resolve_inputs(f"{dsin}/**/*", exclude=str(dsin / "labels"))) == expected
+    monkeypatch.chdir(tmp_path)
+    assert _paths(resolve_inputs("dsin", exclude="dsin/./labels/")) == expected
+    # an input inside the excluded folder is still listed (the smoke test's generated images)
+    smoke = str(dsin / "labels" / "smoke-inputs")
+    assert _paths(resolve_inputs(smoke, exclude=str(dsin / "labels"))) == [f"{smoke}/s.png"]
+
+
+def test_output_folder_inside_parquet_folder_is_excluded(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"image_path": ["x.jpg"]}), tmp_path / "train.parquet")
+    (tmp_path / "labels" / "predictions").mkdir(parents=True)
+    pq.write_table(pa.table({"image_path": ["x.jpg"]}), tmp_path / "labels" / "predictions" / "part-0.parquet")
+    (tmp_path / "labels" / "coco.json").write_text("{}")
+    resolved = resolve_inputs(str(tmp_path), exclude=str(tmp_path / "labels"))
+    assert resolved.items == [] and resolved.containers == [Container("parquet", str(tmp_path / "train.parquet"))]
+
+
+def test_broken_symbolic_link_is_an_error_item(tree: Path, tmp_path: Path) -> None:
+    (tree / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tree / "sub" / "gone.txt").symlink_to(tmp_path / "nowhere.txt")
+    (tree / ".hidden-gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    errors = _errors(resolve_inputs(str(tree)))
+    assert errors[str(tree / "gone.jpg")] == BROKEN_LINK == "broken symbolic link (target missing)"
+    assert errors[str(tree / "sub" / "gone.txt")] == BROKEN_LINK
+    assert str(tree / ".hidden-gone.jpg") not in errors
+    assert _errors(resolve_inputs(f"{tree}/*.jpg"))[str(tree / "gone.jpg")] == BROKEN_LINK
+    listing = tmp_path / "list.txt"
+    listing.write_text("images/gone.jpg\n")
+    assert _errors(resolve_inputs(str(listing))) == {str(tree / "gone.jpg"): BROKEN_LINK}
+
+
+def test_broken_symbolic_link_in_a_parquet_folder(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"image_path": ["x.jpg"]}), tmp_path / "a.parquet")
+    (tmp_path / "b.parquet").symlink_to(tmp_path / "missing.parquet")
+    resolved = resolve_inputs(str(tmp_path))
+    assert resolved.containers == [Container("parquet", str(tmp_path / "a.parquet"))]
+    assert _errors(resolved) == {str(tmp_path / "b.parquet"): BROKEN_LINK}
+
+
+def test_existing_spec_with_glob_characters_is_taken_literally(tmp_path: Path) -> None:
+    _image(tmp_path / "set [1]" / "a.jpg")
+    _image(tmp_path / "set 1" / "decoy.jpg")  # what ``set [1]`` matches as a glob
+    _image(tmp_path / "photo[2]?.jpg")
+    assert _paths(resolve_inputs(str(tmp_path / "set [1]"))) == [str(tmp_path / "set [1]" / "a.jpg")]
+    assert _paths(resolve_inputs(str(tmp_path / "photo[2]?.jpg"))) == [str(tmp_path / "photo[2]?.jpg")]
+    # a pattern that does not exist as written is still a glob; ``[[]`` escapes a bracket
+    assert _paths(resolve_inputs(f"{tmp_path}/set [[]1]/*.jpg")) == [str(tmp_path / "set [1]" / "a.jpg")]
+    assert _paths(resolve_inputs(f"{tmp_path}/set ?/*.jpg")) == [str(tmp_path / "set 1" / "decoy.jpg")]
+
+
+def test_folder_without_images_raises(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"no images found in .*empty.*\.jpg.*\.png"):
+        resolve_inputs(str(tmp_path / "empty"))
+    _image(tmp_path / "hidden" / ".a.jpg")
+    (tmp_path / "hidden" / "sub").mkdir()
+    with pytest.raises(ValueError, match="no images found"):
+        resolve_inputs(str(tmp_path / "hidden"))
+    with pytest.raises(ValueError, match="no images found"):
+        resolve_inputs(f"{tmp_path}/h*")  # matches only a folder
+
+
+def test_folder_of_non_images_is_listed_as_errors(tmp_path: Path) -> None:
+    """Not "no images": each file lands in the errors table with its reason."""
+    (tmp_path / "notes.txt").write_text("x")
+    expected = {str(tmp_path / "notes.txt"): "not an image file (extension '.txt')"}
+    assert _errors(resolve_inputs(str(tmp_path))) == expected
+
+
 # --- globs ---------------------------------------------------------------------------------------------
 
 
@@ -223,6 +307,37 @@ def test_list_file_keeps_its_order(tree: Path) -> None:
     assert _paths(resolve_inputs(str(listing))) == [str(tree / "b.png"), str(tree / "a.jpg")]
 
 
+def test_list_file_names_each_path_once(tree: Path, tmp_path: Path) -> None:
+    """Duplicates after normalising the path are dropped (first spelling kept); URIs only when identical."""
+    listing = tree.parent / "dups.txt"
+    listing.write_text(
+        f"images/a.jpg\nimages/b.png\nimages/a.jpg\n./images/a.jpg\n{tree}/sub/../a.jpg\nimages/gone.jpg\n"
+        f"{tree}//b.png\nimages/gone.jpg\nmock:///bucket/x.jpg\nmock:///bucket/x.jpg\nmock:///bucket/./x.jpg\n"
+    )
+    assert [(i.image_path, i.error) for i in resolve_inputs(str(listing)).items] == [
+        (str(tree / "a.jpg"), None),
+        (str(tree / "b.png"), None),
+        (str(tree / "gone.jpg"), "file not found"),
+        ("mock:///bucket/x.jpg", "file not found"),
+        ("mock:///bucket/./x.jpg", "file not found"),
+    ]
+
+
+def test_list_file_not_utf8_names_file_and_line(tmp_path: Path) -> None:
+    listing = tmp_path / "inputs.txt"
+    listing.write_bytes(b"# paths\na.jpg\nb\xffc.jpg\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(listing))}:3: not valid UTF-8 \(byte 0xff"):
+        resolve_inputs(str(listing))
+
+
+def test_empty_list_file_raises(tmp_path: Path) -> None:
+    listing = tmp_path / "inputs.txt"
+    for text in ["", "# only a comment\n\n   \n"]:
+        listing.write_text(text)
+        with pytest.raises(ValueError, match=rf"no images found in .*{re.escape(listing.name)}.*names no path"):
+            resolve_inputs(str(listing))
+
+
 # --- Parquet -------------------------------------------------------------------------------------------
 
 
@@ -287,6 +402,43 @@ def test_parquet_without_usable_columns_raises(tmp_path: Path) -> None:
     pq.write_table(pa.table({"caption": ["a cat"], "score": [0.5]}), file)
     with pytest.raises(ValueError, match=r"path column.*image-bytes column.*caption"):
         list(expand_container(Container("parquet", str(file))))
+
+
+def test_parquet_relative_paths_from_its_folder(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like list files: relative paths are taken from the Parquet file's folder, not the current one."""
+    file = tree / "meta" / "paths.parquet"
+    file.parent.mkdir()
+    pq.write_table(pa.table({"image_path": ["../a.jpg", "../gone.png", str(tree / "b.png")]}), file)
+    monkeypatch.chdir(tmp_path)
+    items = list(expand_container(Container("parquet", str(file))))
+    assert items[0] == InputItem(str(tree / "a.jpg")) and items[2] == InputItem(str(tree / "b.png"))
+    assert items[1].image_path == str(tree / "gone.png")
+    assert items[1].error is not None and items[1].error.startswith(f"file not found: {tree / 'gone.png'}")
+
+
+def test_parquet_without_usable_columns_fails_when_listing(tmp_path: Path) -> None:
+    """Up front, before Ray starts, with the message expanding it gives (first Parquet file only)."""
+    pq.write_table(pa.table({"caption": ["a cat"], "score": [0.5]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"image_path": ["x.jpg"]}), tmp_path / "b.parquet")
+    with pytest.raises(ValueError, match=r"a\.parquet: needs a path column.*image-bytes column.*caption"):
+        resolve_inputs(str(tmp_path))
+    with pytest.raises(ValueError, match=r"a\.parquet: needs a path column"):
+        resolve_inputs(str(tmp_path / "a.parquet"))
+
+
+def test_parquet_schema_check_honours_bytes_column(tmp_path: Path) -> None:
+    file = tmp_path / "custom.parquet"
+    pq.write_table(pa.table({"pixels_png": [_encode()], "score": [0.5]}), file)
+    assert resolve_inputs(str(file)).containers == [Container("parquet", str(file))]  # --bytes-column unknown
+    assert resolve_inputs(str(file), bytes_column="pixels_png").containers == [Container("parquet", str(file))]
+    with pytest.raises(ValueError, match=r"no column 'pixels'.*pixels_png.*score"):
+        resolve_inputs(str(file), bytes_column="pixels")
+
+
+def test_unreadable_parquet_fails_when_listing(tmp_path: Path) -> None:
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match=r"broken\.parquet: not a readable Parquet file"):
+        resolve_inputs(str(tmp_path / "broken.parquet"))
 
 
 # --- WebDataset ----------------------------------------------------------------------------------------
