@@ -65,6 +65,11 @@ class PngFolderGroundTruth(GroundTruth):
             raise GroundTruthError(f"{len(names_by_value)} class values do not fit 16-bit label images")
         ignore = int(ignore_index)
         if 0 <= ignore < len(names_by_value) and names_by_value[ignore] is not None:
+            if ignore != 255:
+                raise GroundTruthError(
+                    f"--ignore-index {ignore} is the value of class {names_by_value[ignore]!r}; give a value that "
+                    "names no class (a blank or '#' line in --gt-classes leaves a value free)"
+                )
             ignore = _UNLABELED_U16  # 255 is a class (large vocabularies): detectron2 uses 65535 then
         self.raw_ignore = sorted({ignore, _UNLABELED_U16})
         self._files: list[str] = []
