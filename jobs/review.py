@@ -3,8 +3,13 @@
 Examples:
     python jobs/review.py out/labels
     python jobs/review.py out/labels --gt /data/ade/annotations --gt-classes ade150.txt --launch --port 5151
+    python jobs/review.py out/labels --overwrite  # load it again, discarding the review edits of its dataset
 
-The dataset is persistent and named after the output folder (or --dataset); re-running replaces it.
+The dataset is persistent and named after the output folder (or --dataset). A dataset of that name is
+replaced only with --overwrite (it may hold mask edits made in the App; without the flag review.py refuses)
+and only when review.py made it: any other dataset is never touched (pick another name with --dataset).
+The new dataset is built completely, ground truth included, before the old one is deleted.
+Class-name and image-matching problems are warned about on stderr, as by jobs/evaluate.py.
 Mask values are category ids (vocabulary index + 1), 0 = unlabeled / ignored. With --gt, per-image
 IoU/mIoU are stored and the mIoU is computed twice: by us and from FiftyOne's evaluate_segmentations.
 Saved views: worst_miou, least_confident, class_<name>. Export edits with jobs/export.py.
@@ -43,6 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ignore-index", type=int, default=255, help="ground-truth value to ignore (default 255)")
     parser.add_argument("--dataset", help="FiftyOne dataset name (default: derived from OUT)")
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing dataset of that name made by review.py, with any review edits it holds "
+        "(never a dataset review.py did not make)",
+    )
+    parser.add_argument(
         "--class-views",
         type=int,
         default=100,
@@ -63,6 +74,7 @@ def main(args: argparse.Namespace) -> dict:
         name=args.dataset,
         ignore_index=args.ignore_index,
         max_class_views=None if args.class_views < 0 else args.class_views,
+        overwrite=args.overwrite,
     )
     print(f"dataset: {dataset.name} ({len(dataset)} samples)")
     result: dict = {"dataset": dataset.name, "samples": len(dataset)}

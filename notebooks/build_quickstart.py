@@ -263,8 +263,9 @@ pd.DataFrame(
 
 `load_run` makes a persistent FiftyOne dataset of the run (masks, the toy ground truth, per-image mIoU and
 mean score, saved views such as `worst_miou`). FiftyOne keeps it in its database, `~/.fiftyone` unless
-`FIFTYONE_DATABASE_DIR` says otherwise (the tests point it at a temporary folder). The same from a shell,
-`--launch` opening the App:
+`FIFTYONE_DATABASE_DIR` says otherwise (the tests point it at a temporary folder). An existing dataset of the
+name is replaced only with `overwrite=True`, and only if `load_run` made it. The same from a shell,
+`--launch` opening the App (add `--overwrite` to load the run again):
 
 ```bash
 .venv/bin/python jobs/review.py out/labels --gt GT_DIR --gt-classes GT_CLASSES.txt --launch
@@ -279,7 +280,8 @@ import fiftyone as fo
 from pipeline.review import load_run
 from pipeline.review_app import launch
 
-dataset = load_run(RUN, str(GT), GT_CLASSES, name="san-quickstart")  # replaces an earlier one of that name
+# overwrite=True: rerunning the notebook replaces its earlier dataset, and any edits made to it in the App
+dataset = load_run(RUN, str(GT), GT_CLASSES, name="san-quickstart", overwrite=True)
 print(f"dataset {dataset.name!r}: {len(dataset)} samples, database {fo.config.database_dir}")
 print(f"saved views: {dataset.list_saved_views()}")
 pd.DataFrame(

@@ -28,13 +28,13 @@ from san.metrics import PROTOCOLS, ConfusionMatrix, compute_metrics
 
 from .coco import write_json_atomic
 from .ground_truth import open_ground_truth
-from .ground_truth_base import GroundTruth, GroundTruthError, match_predictions
+from .ground_truth_base import GroundTruth, GroundTruthError, Matching, match_predictions
 from .ground_truth_classes import normalise_class_name
 from .outputs import RunOutput
 from .segments import decode_label_map_png, unlabeled_value
 from .vocabulary import Vocabulary, VocabularyError
 
-__all__ = ["EvaluationError", "align_classes", "evaluate_run"]
+__all__ = ["EvaluationError", "align_classes", "evaluate_run", "warn_class_alignment", "warn_matching"]
 
 _BATCH_ROWS = 16
 
@@ -90,6 +90,29 @@ def align_classes(vocabulary_names: list[str] | tuple[str, ...], gt_names: tuple
         "ground_truth_not_in_vocabulary": gt_only,
     }
     return {"lookup": lookup, "info": info}
+
+
+def warn_class_alignment(info: dict[str, Any]) -> None:
+    """Warn on stderr about the classes that :func:`align_classes` could not pair (its ``info``)."""
+    if info["vocabulary_not_in_ground_truth"]:
+        names = info["vocabulary_not_in_ground_truth"]
+        _warn(f"{len(names)} vocabulary class(es) not in the ground truth, counted as wrong: {_shown(names)}")
+    if info["ground_truth_not_in_vocabulary"]:
+        names = info["ground_truth_not_in_vocabulary"]
+        _warn(f"{len(names)} ground-truth class(es) not in the vocabulary, never predicted: {_shown(names)}")
+
+
+def warn_matching(matching: Matching, unmatched: str = "are skipped") -> None:
+    """Warn on stderr about the images :func:`pipeline.ground_truth_base.match_predictions` could not pair
+    one to one; ``unmatched`` says what becomes of a predicted image without ground truth."""
+    if matching.predictions_without_ground_truth:
+        missing = matching.predictions_without_ground_truth
+        _warn(f"{len(missing)} predicted image(s) have no ground truth and {unmatched}, e.g. {_shown(missing, 3)}")
+    if matching.ground_truth_without_prediction:
+        unused = matching.ground_truth_without_prediction
+        _warn(f"{len(unused)} ground-truth image(s) have no prediction, e.g. {_shown(unused, 3)}")
+    if matching.shared_ground_truth:
+        _warn(f"{len(matching.shared_ground_truth)} ground-truth image(s) match several predicted images")
 
 
 def _load_vocabulary(output: RunOutput) -> Vocabulary:
@@ -177,22 +200,9 @@ def evaluate_run(
 
     alignment = align_classes(vocabulary.names, gt.class_names)
     info = alignment["info"]
-    if info["vocabulary_not_in_ground_truth"]:
-        names = info["vocabulary_not_in_ground_truth"]
-        _warn(f"{len(names)} vocabulary class(es) not in the ground truth, counted as wrong: {_shown(names)}")
-    if info["ground_truth_not_in_vocabulary"]:
-        names = info["ground_truth_not_in_vocabulary"]
-        _warn(f"{len(names)} ground-truth class(es) not in the vocabulary, never predicted: {_shown(names)}")
-
+    warn_class_alignment(info)
     matching = match_predictions(gt, paths)
-    if matching.predictions_without_ground_truth:
-        missing = matching.predictions_without_ground_truth
-        _warn(f"{len(missing)} predicted image(s) have no ground truth and are skipped, e.g. {_shown(missing, 3)}")
-    if matching.ground_truth_without_prediction:
-        unused = matching.ground_truth_without_prediction
-        _warn(f"{len(unused)} ground-truth image(s) have no prediction, e.g. {_shown(unused, 3)}")
-    if matching.shared_ground_truth:
-        _warn(f"{len(matching.shared_ground_truth)} ground-truth image(s) match several predicted images")
+    warn_matching(matching)
 
     k = len(gt.class_names)
     lookup = alignment["lookup"]

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from run_builder import build_run, isolate_fiftyone, name_key
 
 isolate_fiftyone()  # before anything imports fiftyone
@@ -26,10 +28,11 @@ import fiftyone as fo  # noqa: E402
 import fiftyone.core.session.session as fo_session  # noqa: E402
 import psutil  # noqa: E402
 
-from pipeline.evaluate import evaluate_run  # noqa: E402
-from pipeline.review import default_dataset_name, load_run  # noqa: E402
+from pipeline.evaluate import EvaluationError, evaluate_run  # noqa: E402
+from pipeline.export import export_dataset  # noqa: E402
+from pipeline.review import default_dataset_name, is_review_dataset, load_run  # noqa: E402
 from pipeline.review_app import serve_until_interrupted  # noqa: E402
-from pipeline.review_masks import label_map_to_mask  # noqa: E402
+from pipeline.review_masks import ReviewError, label_map_to_mask  # noqa: E402
 from pipeline.review_metrics import compare_with_fiftyone  # noqa: E402
 from pipeline.review_views import save_review_views  # noqa: E402
 
@@ -159,19 +162,110 @@ def test_fiftyone_ground_truth_reader(dataset, run, tmp_path: Path) -> None:
             assert (math.isnan(value) and math.isnan(other)) or other == pytest.approx(value, abs=1e-9), key
 
 
-def test_reload_replaces_dataset(run) -> None:
+def _datasets() -> set[str]:
+    return set(fo.list_datasets())
+
+
+def test_reload_refuses_without_overwrite_and_keeps_edits(run, tmp_path: Path) -> None:
+    """A second load into a review dataset refuses without ``overwrite`` and leaves a mask edit in place;
+    with ``overwrite`` it replaces the dataset."""
     name = f"reload-{os.getpid()}"
-    first = load_run(run.out, name=name)
-    first_id = first._doc.id
-    second = load_run(run.out, name=name)
+    first = load_run(run.out, name=name, max_class_views=0)
     try:
-        assert second._doc.id != first_id and len(second) == N_IMAGES
-        assert fo.list_datasets().count(name) == 1
-        assert "worst_miou" not in second.list_saved_views()  # no ground truth this time
-        assert not second.has_sample_field("miou")
+        assert is_review_dataset(first) and first.persistent
+        sample = first.first()
+        edited = sample.predictions.get_mask().copy()
+        edited[:4, :4] = len(run.vocabulary)
+        sample.predictions.mask = edited
+        sample.save()
+        before = _datasets()
+        with pytest.raises(ReviewError, match=rf"{name!r} already exists.*review edits.*--overwrite.*--dataset NEW"):
+            load_run(run.out, str(run.gt_dir), run.gt_classes, name=name)
+        assert _datasets() == before  # no temporary dataset left behind
+        kept = fo.load_dataset(name)
+        assert kept._doc.id == first._doc.id
+        assert np.array_equal(kept[sample.id].predictions.get_mask(), edited)
+        assert export_dataset(name, tmp_path / "edited.json")["edited_images"] == 1
+
+        second = load_run(run.out, str(run.gt_dir), run.gt_classes, name=name, overwrite=True)
+        assert second._doc.id != first._doc.id and len(second) == N_IMAGES
+        assert _datasets() == before and second.persistent and is_review_dataset(second)
+        assert "worst_miou" in second.list_saved_views() and second.has_sample_field("miou")
+        assert len(second.load_saved_view("worst_miou")) == N_IMAGES - 1  # saved views survive the rename
+        assert export_dataset(name, tmp_path / "fresh.json")["edited_images"] == 0
     finally:
         fo.delete_dataset(name)
     assert default_dataset_name(run.out) == default_dataset_name(str(run.out) + "/")
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_foreign_dataset_is_never_replaced(run, overwrite: bool) -> None:
+    """A dataset that load_run did not make is left alone, even with ``overwrite``; so is one whose name
+    differs but whose URL slug is the same."""
+    name = f"mine-{os.getpid()}-{overwrite}"
+    mine = fo.Dataset(name, persistent=True)
+    try:
+        mine.add_sample(fo.Sample(filepath="/data/mine.jpg", note="precious"))
+        mine.info = {"owner": "me"}
+        mine.save()
+        before = _datasets()
+        with pytest.raises(ReviewError, match=rf"{name!r} already exists and was not made by.*--dataset OTHER"):
+            load_run(run.out, name=name, overwrite=overwrite)
+        with pytest.raises(ReviewError, match=rf"slug .* {name!r}; choose another name with --dataset OTHER"):
+            load_run(run.out, name=name.upper(), overwrite=overwrite)
+        assert _datasets() == before
+        kept = fo.load_dataset(name)
+        assert kept._doc.id == mine._doc.id and kept.values("note") == ["precious"]
+    finally:
+        fo.delete_dataset(name)
+
+
+def test_failed_reload_keeps_old_dataset(run, tmp_path: Path) -> None:
+    """Ground truth of the wrong size fails the re-run only after the old dataset was left untouched, and
+    the half-built new one is deleted."""
+    name = f"failed-{os.getpid()}"
+    old = load_run(run.out, str(run.gt_dir), run.gt_classes, name=name, max_class_views=0)
+    try:
+        bad_gt = tmp_path / "gt"
+        shutil.copytree(run.gt_dir, bad_gt)
+        victim = sorted(bad_gt.rglob("*.png"))[-1]
+        Image.fromarray(np.zeros((3, 5), dtype=np.uint8)).save(victim)
+        before = _datasets()
+        with pytest.raises(EvaluationError, match="size mismatch"):
+            load_run(run.out, str(bad_gt), run.gt_classes, name=name, max_class_views=0, overwrite=True)
+        assert _datasets() == before
+        kept = fo.load_dataset(name)
+        assert kept._doc.id == old._doc.id and len(kept) == N_IMAGES and len(kept.exists("miou")) == N_IMAGES - 1
+    finally:
+        fo.delete_dataset(name)
+
+
+def _warnings(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("warning:")]
+
+
+def test_load_warns_like_evaluate(run, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Unmatched classes and images get evaluate_run's warnings: a ground-truth class spelt ``traffic_light``
+    matches no vocabulary class, an extra ground-truth image has no prediction, one image has no ground truth."""
+    gt = tmp_path / "gt"
+    shutil.copytree(run.gt_dir, gt)
+    Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(gt / "extra.png")
+    classes = tmp_path / "classes.txt"
+    classes.write_text(GT_CLASSES_TEXT.replace("  Traffic   Light ", "traffic_light"), encoding="utf-8")
+    evaluate_run(run.out, str(gt), classes, metrics_path=tmp_path / "m.json")
+    expected = _warnings(capsys.readouterr().err)
+    name = f"warn-{os.getpid()}"
+    load_run(run.out, str(gt), classes, name=name, max_class_views=0)
+    try:
+        got = _warnings(capsys.readouterr().err)
+    finally:
+        fo.delete_dataset(name)
+    classes_warned = [w for w in got if "class(es)" in w]
+    assert classes_warned == [w for w in expected if "class(es)" in w] and len(classes_warned) == 2
+    assert "traffic light, boat" in classes_warned[0] and "traffic_light, road" in classes_warned[1]
+    assert [w for w in got if "no prediction" in w] == [w for w in expected if "no prediction" in w]
+    assert "extra.png" in got[-1]
+    assert any("1 predicted image(s) have no ground truth" in w and "img_6" in w for w in got)
 
 
 def _free_port() -> int:
@@ -253,8 +347,11 @@ def _job(*args: str, **kwargs) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_review_job_prints_dataset_and_miou(dataset, run) -> None:
+    """The job prints the dataset, both mIoUs and evaluate.py's warnings; run again, it refuses (exit 2)
+    without --overwrite and replaces the dataset with it."""
     name = default_dataset_name(run.out)
-    proc = _job(str(run.out), "--gt", str(run.gt_dir), "--gt-classes", str(run.gt_classes))
+    args = (str(run.out), "--gt", str(run.gt_dir), "--gt-classes", str(run.gt_classes))
+    proc = _job(*args)
     try:
         stdout, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 0, stderr
@@ -263,7 +360,23 @@ def test_review_job_prints_dataset_and_miou(dataset, run) -> None:
         assert match, stdout
         assert float(match.group(1)) == pytest.approx(compare_with_fiftyone(dataset)["ours"], abs=1e-4)
         assert match.group(1) == match.group(2)
+        assert "warning: 1 vocabulary class(es) not in the ground truth, counted as wrong: boat" in stderr
+        assert "warning: 1 ground-truth class(es) not in the vocabulary, never predicted: road" in stderr
+        first_id = fo.load_dataset(name)._doc.id
         assert fo.load_dataset(name).persistent
+
+        again = _job(*args)
+        stdout, stderr = again.communicate(timeout=120)
+        assert again.returncode == 2, stderr
+        assert f"error: FiftyOne dataset {name!r} already exists" in stderr
+        assert "--overwrite" in stderr and "--dataset NEW" in stderr
+        assert fo.load_dataset(name)._doc.id == first_id
+
+        replace = _job(*args, "--overwrite")
+        stdout, stderr = replace.communicate(timeout=120)
+        assert replace.returncode == 0, stderr
+        assert f"dataset: {name} ({N_IMAGES} samples)" in stdout
+        assert fo.load_dataset(name)._doc.id != first_id
     finally:
         if fo.dataset_exists(name):
             fo.delete_dataset(name)
