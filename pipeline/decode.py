@@ -15,7 +15,8 @@ import numpy as np
 from san.transforms import resize_shortest_edge
 
 from .images import ImageDecodeError, decode_image
-from .inputs import Container, expand_container, read_bytes
+from .input_containers import expand_container
+from .inputs import Container, read_bytes
 
 # Placeholder pixels for rows without an image (Ray needs an array in every row of the column).
 _NO_IMAGE = np.zeros((1, 1, 3), dtype=np.uint8)

@@ -5,6 +5,10 @@ relative paths taken from the list's folder), a Parquet file or folder of Parque
 column and/or an image-bytes column, or WebDataset ``.tar`` shards (a file, a folder of them, or a
 glob). Local paths and any URI pyarrow's filesystems understand (``s3://``, ``gs://``, ...) work.
 A spec that exists is taken literally, even when its name holds glob characters (``set [1]``).
+
+Parquet files and shards are listed here as containers (``Container``; the first Parquet file's
+columns are checked up front, on the driver); ``pipeline.input_containers`` reads the images inside
+them, in Ray tasks.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import fnmatch
 import hashlib
 import os
 import posixpath
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -65,14 +68,15 @@ def image_id(image_path: str) -> int:
     return int.from_bytes(hashlib.sha256(image_path.encode("utf-8")).digest()[:8], "big") >> 11
 
 
-def _filesystem(spec: str) -> tuple[pafs.FileSystem, str]:
+def filesystem_of(spec: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and path a local path or URI names."""
     try:
         return pafs.FileSystem.from_uri(spec)
     except (pa.ArrowInvalid, ValueError, TypeError):
         return pafs.LocalFileSystem(), posixpath.abspath(spec) if "://" not in spec else spec
 
 
-def _display(spec: str, fs: pafs.FileSystem, path: str) -> str:
+def display_name(spec: str, fs: pafs.FileSystem, path: str) -> str:
     """The path as the user would write it: local paths as given, URIs with their scheme."""
     if isinstance(fs, pafs.LocalFileSystem):
         return path
@@ -115,20 +119,11 @@ def resolve_inputs(spec: str, *, exclude: str | None = None, bytes_column: str |
     return resolved
 
 
-def expand_container(container: Container, bytes_column: str | None = None) -> Iterator[InputItem]:
-    """The images inside a Parquet file (with their bytes, or their paths) or a WebDataset shard."""
-    fs, path = _filesystem(container.uri)
-    if container.kind == "parquet":
-        yield from _iter_parquet(container.uri, fs, path, bytes_column)
-    else:
-        yield from _iter_tar(container.uri, fs, path)
-
-
 def _exclusion(exclude: str | None) -> _Exclusion:
     """``exclude`` as (filesystem type, normalised path without a trailing slash), or ``None``."""
     if exclude is None:
         return None
-    fs, path = _filesystem(exclude)
+    fs, path = filesystem_of(exclude)
     return fs.type_name, posixpath.normpath(path) if isinstance(fs, pafs.LocalFileSystem) else path.rstrip("/")
 
 
@@ -185,9 +180,9 @@ def _iter_entries(spec: str, exclusion: _Exclusion) -> Iterator[InputItem | Cont
         return
     lower = path.lower()
     if lower.endswith(".parquet"):
-        yield Container("parquet", _display(spec, fs, path))
+        yield Container("parquet", display_name(spec, fs, path))
     elif lower.endswith(".tar"):
-        yield Container("tar", _display(spec, fs, path))
+        yield Container("tar", display_name(spec, fs, path))
     elif lower.endswith(LIST_SUFFIXES):
         yield from _iter_list(spec, fs, path)
     else:
@@ -198,9 +193,9 @@ def _locate(spec: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem and path ``spec`` names literally; with wildcards, the URI is parsed up to the
     first wildcard only (so a ``?`` is never read as a URI query)."""
     if not _has_wildcard(spec):
-        return _filesystem(spec)
+        return filesystem_of(spec)
     base, pattern = _split_glob(spec)
-    fs, base_path = _filesystem(base)
+    fs, base_path = filesystem_of(base)
     return fs, posixpath.join(base_path, *pattern)
 
 
@@ -215,13 +210,13 @@ def _iter_directory(
     if kind is None:
         yield from _classify(spec, fs, entries)
         return
-    yield from (Container(kind, _display(spec, fs, f)) for f in files)
+    yield from (Container(kind, display_name(spec, fs, f)) for f in files)
     yield from _classify(spec, fs, [e for e in entries if e.type == pafs.FileType.NotFound])
 
 
 def _classify(spec: str, fs: pafs.FileSystem, entries: list[pafs.FileInfo]) -> Iterator[InputItem]:
     for entry in sorted(entries, key=lambda e: e.path):
-        name = _display(spec, fs, entry.path)
+        name = display_name(spec, fs, entry.path)
         if entry.base_name.startswith("."):
             continue
         suffix = posixpath.splitext(entry.base_name)[1].lower()
@@ -245,7 +240,7 @@ def _split_glob(spec: str) -> tuple[str, list[str]]:
 
 def _iter_glob(spec: str, exclusion: _Exclusion) -> Iterator[InputItem | Container]:
     base, pattern = _split_glob(spec)
-    fs, base_path = _filesystem(base)
+    fs, base_path = filesystem_of(base)
     entries = _walk(fs, base_path, exclusion, allow_not_found=True)
     matches = sorted(
         (e for e in entries if _glob_match(_relative_parts(e.path, base_path), pattern)), key=lambda e: e.path
@@ -254,7 +249,7 @@ def _iter_glob(spec: str, exclusion: _Exclusion) -> Iterator[InputItem | Contain
         raise FileNotFoundError(f"--input pattern {spec!r} matches no file")
     for entry in matches:
         if entry.type == pafs.FileType.File and entry.path.endswith((".tar", ".parquet")):
-            yield Container(entry.path.rsplit(".", 1)[1], _display(spec, fs, entry.path))
+            yield Container(entry.path.rsplit(".", 1)[1], display_name(spec, fs, entry.path))
         else:
             yield from _classify(base, fs, [entry])
 
@@ -280,18 +275,18 @@ def _glob_match(parts: list[str], pattern: list[str]) -> bool:
 
 def _iter_list(spec: str, fs: pafs.FileSystem, path: str) -> Iterator[InputItem]:
     """A list file's entries in order, each named once (the first spelling of a path is kept)."""
-    shown = _display(spec, fs, path)
+    shown = display_name(spec, fs, path)
     entries = _read_list(shown, fs, path)
     if not entries:
         raise ValueError(f"no images found in {shown!r}: the list names no path (only blank lines and comments)")
     folder = posixpath.dirname(path)
     seen: set[str] = set()
     for entry in entries:
-        target_fs, target, name = _resolve_entry(entry, spec, fs, folder)
+        target_fs, target, name = resolve_entry(entry, spec, fs, folder)
         key = posixpath.normpath(target) if isinstance(target_fs, pafs.LocalFileSystem) else name
         if key not in seen:
             seen.add(key)
-            yield from _lookup(name, target_fs, target)
+            yield from lookup_entry(name, target_fs, target)
 
 
 def _read_list(shown: str, fs: pafs.FileSystem, path: str) -> list[str]:
@@ -309,19 +304,19 @@ def _read_list(shown: str, fs: pafs.FileSystem, path: str) -> list[str]:
     return [entry for entry in stripped if entry and not entry.startswith("#")]
 
 
-def _resolve_entry(entry: str, spec: str, fs: pafs.FileSystem, folder: str) -> tuple[pafs.FileSystem, str, str]:
+def resolve_entry(entry: str, spec: str, fs: pafs.FileSystem, folder: str) -> tuple[pafs.FileSystem, str, str]:
     """A path named inside a list or Parquet file -> (filesystem, path on it, name shown in outputs).
 
     URIs and absolute paths stand as written; relative paths are taken from ``folder`` on ``fs``, the
     folder of the file that names them (``spec`` gives the scheme to show them with)."""
     if "://" in entry or posixpath.isabs(entry):
-        target_fs, target = _filesystem(entry)
+        target_fs, target = filesystem_of(entry)
         return target_fs, target, entry
     target = posixpath.normpath(posixpath.join(folder, entry))
-    return fs, target, _display(spec, fs, target)
+    return fs, target, display_name(spec, fs, target)
 
 
-def _lookup(name: str, fs: pafs.FileSystem, target: str, not_found: str = "file not found") -> Iterator[InputItem]:
+def lookup_entry(name: str, fs: pafs.FileSystem, target: str, not_found: str = "file not found") -> Iterator[InputItem]:
     """The item for a named path: an error when it is missing, else as a folder listing classifies it."""
     info = fs.get_file_info(target)
     if info.type == pafs.FileType.NotFound:
@@ -330,7 +325,7 @@ def _lookup(name: str, fs: pafs.FileSystem, target: str, not_found: str = "file 
         yield from (InputItem(name, item.data, item.error) for item in _classify(name, fs, [info]))
 
 
-def _parquet_columns(shown: str, names: list[str], bytes_column: str | None) -> tuple[str | None, str | None]:
+def parquet_columns(shown: str, names: list[str], bytes_column: str | None) -> tuple[str | None, str | None]:
     """The (path column, image-bytes column) of a Parquet schema's ``names``; at least one is set.
 
     Raises:
@@ -354,14 +349,14 @@ def _check_parquet_schema(container: Container, bytes_column: str | None = None)
 
     With ``bytes_column`` unknown (``None``), a schema without the usual columns passes as long as it has
     a binary column that ``--bytes-column`` may name: callers that do not pass it keep working."""
-    fs, path = _filesystem(container.uri)
+    fs, path = filesystem_of(container.uri)
     try:
         schema = pq.read_schema(path, filesystem=fs)
     except (pa.ArrowInvalid, OSError) as exc:
         raise ValueError(f"{container.uri}: not a readable Parquet file ({exc})") from None
     if bytes_column is None and any(_may_hold_bytes(field.type) for field in schema):
         return
-    _parquet_columns(container.uri, schema.names, bytes_column)
+    parquet_columns(container.uri, schema.names, bytes_column)
 
 
 def _may_hold_bytes(dtype: pa.DataType) -> bool:
@@ -369,56 +364,8 @@ def _may_hold_bytes(dtype: pa.DataType) -> bool:
     return pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype) or pa.types.is_struct(dtype)
 
 
-def _iter_parquet(spec: str, fs: pafs.FileSystem, path: str, bytes_column: str | None) -> Iterator[InputItem]:
-    shown = _display(spec, fs, path)
-    path_col, data_col = _parquet_columns(shown, pq.read_schema(path, filesystem=fs).names, bytes_column)
-    folder = posixpath.dirname(path)
-    parquet = pq.ParquetFile(path, filesystem=fs)
-    row = 0
-    for batch in parquet.iter_batches(columns=[c for c in (path_col, data_col) if c], batch_size=256):
-        paths = batch.column(path_col).to_pylist() if path_col else [None] * batch.num_rows
-        datas = batch.column(data_col).to_pylist() if data_col else [None] * batch.num_rows
-        for image_path, data in zip(paths, datas, strict=True):
-            if isinstance(data, dict):  # Hugging Face datasets' Image feature: {"bytes", "path"}
-                image_path, data = image_path or data.get("path"), data.get("bytes")
-            name = image_path if image_path else f"{shown}#{row}"
-            row += 1
-            if data_col is None:
-                yield from _iter_parquet_path(name, spec, fs, folder)
-            elif data is None:
-                yield InputItem(name, error=f"empty {data_col!r} value")
-            else:
-                yield InputItem(name, data=data)
-
-
-def _iter_parquet_path(entry: str, spec: str, fs: pafs.FileSystem, folder: str) -> Iterator[InputItem]:
-    """A path-only Parquet row: relative paths are taken from the Parquet file's folder, as in list files."""
-    target_fs, target, name = _resolve_entry(entry, spec, fs, folder)
-    not_found = "file not found"
-    if name != entry:  # relative: say where it was looked for
-        not_found = f"file not found: {name} ({entry!r} taken from the Parquet file's folder)"
-    yield from _lookup(name, target_fs, target, not_found)
-
-
-def _iter_tar(spec: str, fs: pafs.FileSystem, path: str) -> Iterator[InputItem]:
-    """WebDataset shards: each sample's first image member (``key.jpg``, ``key.png``, ...)."""
-    shown = _display(spec, fs, path)
-    seen: set[str] = set()
-    with fs.open_input_stream(path) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            folder, base = posixpath.split(member.name)
-            key, suffix = posixpath.join(folder, base.split(".", 1)[0]), posixpath.splitext(base)[1]
-            if suffix.lower() not in IMAGE_EXTENSIONS or key in seen:
-                continue
-            seen.add(key)
-            handle = tar.extractfile(member)
-            yield InputItem(f"{shown}/{member.name}", data=handle.read() if handle else b"")
-
-
 def read_bytes(image_path: str) -> bytes:
     """The bytes of a local path or URI (raises ``OSError`` subclasses when unreadable)."""
-    fs, path = _filesystem(image_path)
+    fs, path = filesystem_of(image_path)
     with fs.open_input_file(path) as handle:
         return handle.read()

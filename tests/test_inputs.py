@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline.input_containers import expand_container
 from pipeline.inputs import (
     BROKEN_LINK,
     Container,
     InputItem,
     ResolvedInputs,
-    expand_container,
     image_id,
     read_bytes,
     resolve_inputs,
