@@ -39,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(one class name per line); required unless --smoke-test",
     )
     parser.add_argument("--val-data", help="validation folder of the same layout, evaluated every --eval-every steps")
-    parser.add_argument("--output", required=True, help="run folder: checkpoints/, metrics.csv, config.json")
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="run folder: checkpoints/, metrics.csv, config.json; one that holds a run needs --resume",
+    )
     parser.add_argument(
         "--init",
         default="clip",
@@ -76,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue from OUTPUT/checkpoints/last.pt (weights, optimizer, schedule, step, RNG states); "
-        "starts a new run when there is none",
+        "starts a new run when there is none. The options that define the run (data, model, --init, recipe, "
+        "--seed) must be the checkpoint's; --stop-at, the intervals, --device, --dtype, --val-data and the "
+        "evaluation and loader options may change",
     )
     parser.add_argument(
         "--stop-at", type=int, help="stop with a checkpoint after this step (the schedule still spans --steps)"
@@ -175,7 +181,7 @@ def build_config(args: argparse.Namespace):
         if not (root / "train" / "classes.txt").is_file():
             write_synthetic_dataset(root / "train", SMOKE["images"], SMOKE["size"], seed=0)
             write_synthetic_dataset(root / "val", SMOKE["val_images"], SMOKE["size"], seed=1)
-        steps = args.steps or SMOKE["steps"]
+        steps = _given(args.steps, SMOKE["steps"])
         options.update(
             data=str(root / "train"),
             val_data=str(root / "val"),
@@ -188,13 +194,18 @@ def build_config(args: argparse.Namespace):
             eval_every=min(args.eval_every, steps),
             log_every=min(args.log_every, steps),
         )
-        batch = args.batch_size or SMOKE["batch_size"] * args.workers
-        crop = args.crop_size or SMOKE["crop_size"]
+        batch = _given(args.batch_size, SMOKE["batch_size"] * args.workers)
+        crop = _given(args.crop_size, SMOKE["crop_size"])
     else:
-        steps = args.steps or 60_000
-        batch = args.batch_size or 32
-        crop = args.crop_size or 640
+        steps = _given(args.steps, 60_000)
+        batch = _given(args.batch_size, 32)
+        crop = _given(args.crop_size, 640)
     return TrainConfig(steps=steps, batch_size=batch, crop_size=crop, **options)
+
+
+def _given(value: int | None, default: int) -> int:
+    """An option's value, or ``default`` when it was not given (0 is a value: TrainConfig refuses it)."""
+    return default if value is None else value
 
 
 def main(args: argparse.Namespace) -> dict:

@@ -17,6 +17,8 @@ encoder reads ("traffic light", not "cls_7"). Blank lines in ``classes.txt`` are
 numbers are class indices). The prepared COCO-Stuff-164K of detectron2/SAN (``datasets/coco/
 train2017`` + ``stuffthingmaps_detectron2/train2017``, values 0..170, 255 ignored) is the same thing
 with the two folders elsewhere: :func:`coco_stuff` reads it with its 171 class names.
+:meth:`SegmentationFolder.check` reads every label once (training does, before its first step), so that
+a bad label is reported at start-up rather than when a step draws it.
 
 Training stream
 ---------------
@@ -29,6 +31,7 @@ the data a step sees depends only on the seed and the step: resuming at step ``s
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 from collections.abc import Iterator, Sequence
@@ -57,17 +60,20 @@ LABEL_SUFFIXES = (".png", ".tif", ".tiff")
 
 
 def read_classes(path: str | os.PathLike[str]) -> list[str]:
-    """Class names from a text file, one per line (line i = class i); a trailing newline is allowed."""
+    """Class names from a text file, one per line (0-based line i = class i); a trailing newline is allowed."""
     text = Path(path).read_text(encoding="utf-8").removeprefix("\ufeff")
     lines = text.split("\n")
     while lines and not lines[-1].strip():
         lines.pop()
     names = [" ".join(line.split()) for line in lines]
-    blank = [i for i, n in enumerate(names) if not n]
-    if not names or blank:
-        raise ValueError(f"{path}: {'no class names' if not names else f'blank class name on line(s) {blank}'}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"{path}: duplicate class names")
+    if not names:
+        raise ValueError(f"{path}: no class names")
+    blank = [str(i + 1) for i, n in enumerate(names) if not n]  # editor line numbers, 1-based
+    if blank:
+        raise ValueError(f"{path}: blank line(s) {', '.join(blank)}; line i names class i - 1, so none may be blank")
+    duplicates = sorted(name for name, count in collections.Counter(names).items() if count > 1)
+    if duplicates:
+        raise ValueError(f"{path}: duplicate class names {duplicates}")
     return names
 
 
@@ -134,6 +140,8 @@ class SegmentationFolder:
     def from_folder(cls, root: str | os.PathLike[str], **kwargs) -> SegmentationFolder:
         """The ``images/`` + ``labels/`` + ``classes.txt`` layout under ``root``."""
         root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"dataset folder {str(root)!r} does not exist")
         if not (root / "classes.txt").is_file():
             raise FileNotFoundError(f"{root}/classes.txt not found (the dataset layout: see san.data)")
         return cls(root / "images", root / "labels", read_classes(root / "classes.txt"), **kwargs)
@@ -147,7 +155,8 @@ class SegmentationFolder:
             return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
 
     def read_label(self, index: int) -> np.ndarray:
-        """Label map ``index`` as int32 ``[H, W]``; raises ``ValueError`` on values that are no class."""
+        """Label map ``index`` as int32 ``[H, W]``; raises ``ValueError`` on a multi-channel image or values
+        that are no class."""
         path = self.pairs[index][1]
         with Image.open(path) as img:
             if img.mode not in ("L", "P", "I") and not img.mode.startswith("I;16"):
@@ -163,11 +172,47 @@ class SegmentationFolder:
             )
         return label
 
+    def _check_size(self, index: int, image_size: tuple[int, ...], label_size: tuple[int, ...]) -> None:
+        """Raise ``ValueError`` unless image ``index`` and its label have the same ``(H, W)``."""
+        if tuple(image_size) != tuple(label_size):
+            raise ValueError(f"{self.pairs[index][0]} is {tuple(image_size)} but its label is {tuple(label_size)}")
+
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image, label = self.read_image(index), self.read_label(index)
-        if image.shape[:2] != label.shape:
-            raise ValueError(f"{self.pairs[index][0]} is {image.shape[:2]} but its label is {label.shape}")
+        self._check_size(index, image.shape[:2], label.shape)
         return image, label
+
+    def check(self, rank: int = 0, world_size: int = 1, shown: int = 5) -> None:
+        """Check every sample once, before training: each label is read (:meth:`read_label`'s rules: one
+        channel, values that are classes or ``ignore_index``) and compared with its image's size, read from
+        the image's header. Raises ``ValueError`` naming the first ``shown`` problems (with file names) and
+        their count. Worker ``rank`` of ``world_size`` checks samples ``rank::world_size``."""
+        indices = range(rank, len(self), world_size)
+        problems = [problem for problem in map(self._sample_problem, indices) if problem]
+        if problems:
+            raise ValueError(
+                f"{len(problems)} of {len(indices)} samples of {self.labels_dir} are unusable"
+                f"{f' (the first {shown})' if len(problems) > shown else ''}:\n  " + "\n  ".join(problems[:shown])
+            )
+
+    def _sample_problem(self, index: int) -> str | None:
+        """Why sample ``index`` cannot be trained on (the message of :meth:`__getitem__`'s error), or None."""
+        try:
+            label = self.read_label(index)
+            self._check_size(index, _image_size(self.pairs[index][0]), label.shape)
+        except (ValueError, OSError) as error:  # OSError: unreadable or truncated files
+            return str(error)
+        return None
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """``(H, W)`` of the image :meth:`SegmentationFolder.read_image` reads, from the file's header (EXIF
+    orientation applied) without decoding its pixels. A PNG's EXIF after its pixel data is not seen."""
+    with Image.open(path) as img:
+        width, height = img.size
+        cheap = img.format != "PNG" or "exif" in img.info  # a PNG's getexif() decodes the image
+        orientation = img.getexif().get(0x0112) if cheap else None
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
 def coco_stuff(root: str | os.PathLike[str], split: str = "train2017") -> SegmentationFolder:

@@ -20,6 +20,10 @@
 5. console lines, a tqdm bar and ``OUTPUT/metrics.csv`` (weighted loss terms, lr, gradient norm, images/s;
    ``san.train_log``).
 
+Before its first step a run refuses what would go wrong later: a new run into an output folder that holds
+one, a resumed run whose settings differ from its checkpoint's (``san.train_state.resume_state``), and
+unusable samples (``SegmentationFolder.check`` reads every label once).
+
 Resuming continues exactly: data order and augmentation depend only on ``(seed, step)`` (see
 ``san.data``) and the RNG states are restored, so on CPU N steps in one go equal N/2 + resume + N/2.
 :func:`san.train_ray.train_with_ray` runs the same loop on ``num_workers`` Ray Train workers (DDP through
@@ -52,9 +56,9 @@ from .train_model import autocast_context, autocast_dtype, build_model, resolve_
 from .train_ray_worker import ray_placement, ray_prepare_model, ray_report, ray_restored_state
 from .train_state import (
     CHECKPOINT_DIR,
-    LAST_STATE,
     all_rng_states,
     load_resume_state,
+    resume_state,
     save_training_checkpoint,
     set_rng_state,
 )
@@ -160,13 +164,16 @@ def _setup(cfg: TrainConfig, ray_worker: bool) -> _Run:
     if cfg.batch_size % world_size:
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {world_size} workers")
     amp_dtype = autocast_dtype(cfg.dtype, device)
-    train_set = SegmentationFolder.from_folder(cfg.data, ignore_index=cfg.ignore_index)
-    val_set = SegmentationFolder.from_folder(cfg.val_data, ignore_index=cfg.ignore_index) if cfg.val_data else None
+    train_set = _dataset(cfg.data, "--data", cfg.ignore_index)
+    val_set = _dataset(cfg.val_data, "--val-data", cfg.ignore_index) if cfg.val_data else None
+    restored = ray_restored_state() if ray_worker else None  # Ray restarted the workers after a failure
+    state = restored[1] if restored is not None else resume_state(cfg, train_set.classes)
+    _check_samples([train_set, val_set], rank, world_size)
 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model, state = _initial_model(cfg, ray_worker, main=rank == 0)
+    model = restored[0] if restored is not None else _initial_model(cfg, state, main=rank == 0)
     model.to(device)
     with torch.no_grad():  # cache the text embeddings once, in float32, outside autocast and inference mode
         model.text_classifier.class_embeddings(train_set.classes)
@@ -219,19 +226,32 @@ def _placement(cfg: TrainConfig, ray_worker: bool) -> tuple[int, int, torch.devi
     return rank, world_size, device
 
 
-def _initial_model(cfg: TrainConfig, ray_worker: bool, main: bool) -> tuple[SAN, dict[str, Any] | None]:
-    """The model to train and the training state to continue from (None: a new run): Ray's checkpoint when
-    Ray restarted the workers after a failure, else ``OUTPUT/checkpoints/`` with ``cfg.resume``, else a new
-    model (:func:`san.train_model.build_model`)."""
-    restored = ray_restored_state() if ray_worker else None
-    if restored is not None:
-        return restored
+def _dataset(root: str, flag: str, ignore_index: int) -> SegmentationFolder:
+    """The dataset folder given as ``flag`` (``--data``, ``--val-data``), which must exist."""
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"{flag} folder {root!r} does not exist")
+    return SegmentationFolder.from_folder(root, ignore_index=ignore_index)
+
+
+def _check_samples(datasets: list[SegmentationFolder | None], rank: int, world_size: int) -> None:
+    """Check every sample of the datasets once (``SegmentationFolder.check``; each worker its share), so
+    that a bad label stops the run now rather than when a step draws it."""
+    for dataset in datasets:
+        if dataset is not None:
+            if rank == 0:
+                print(f"checking the {len(dataset)} labels of {dataset.labels_dir}")
+            dataset.check(rank, world_size)
+
+
+def _initial_model(cfg: TrainConfig, state: dict[str, Any] | None, main: bool) -> SAN:
+    """The model to train: the checkpoint of ``state`` (``OUTPUT/checkpoints/``, see
+    :func:`san.train_state.resume_state`), else a new one (:func:`san.train_model.build_model`)."""
     folder = Path(cfg.output) / CHECKPOINT_DIR
-    if cfg.resume and (folder / LAST_STATE).is_file():
-        return load_resume_state(folder)
+    if state is not None:
+        return load_resume_state(folder, state)[0]
     if cfg.resume and main:
         print(f"no checkpoint in {folder}: starting a new run")
-    return build_model(cfg), None
+    return build_model(cfg)
 
 
 def _restore(
@@ -243,10 +263,12 @@ def _restore(
     world_size: int,
 ) -> int:
     """Load the optimizer, scheduler, scaler and this worker's RNG states of a training checkpoint (RNG
-    states only when it has one per worker); returns its step."""
+    states only when it has one per worker; the scaler's only when it was enabled, i.e. fp16); returns its
+    step."""
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
+    if state["scaler"]:  # empty when saved without fp16 (CPU, bf16): a new scaler then
+        scaler.load_state_dict(state["scaler"])
     if len(state["rng"]) == world_size:
         set_rng_state(state["rng"][rank])
     elif rank == 0:

@@ -2,18 +2,39 @@
 
 Its defaults are SAN's recipe (COCO-Stuff, 60k steps, global batch 32, 640 crops); it round-trips through
 ``to_dict``/``from_dict`` (saved as ``OUTPUT/config.json``, in ``last.pt`` and sent to Ray Train workers)
-and builds the training augmentation.
+and builds the training augmentation. :data:`RUN_FIELDS` are the fields a resumed run must share with its
+checkpoint (:func:`resume_differences`); :data:`FREE_FIELDS` the ones it may change.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from .augment import TrainAugmentation
 
-__all__ = ["TrainConfig"]
+__all__ = ["FREE_FIELDS", "RUN_FIELDS", "TrainConfig", "resume_differences", "with_absolute_paths"]
+
+# The fields that define what a run computes. A resumed run continues the checkpoint's weights, optimizer
+# moments, learning-rate schedule (its length included) and data order, so it must keep these values:
+# with others it would silently train another recipe than its config.json says.
+RUN_FIELDS = (
+    "data", "preset", "init", "clip_weights", "seed",  # the data, the model and its start, the data order
+    "steps", "batch_size", "lr", "weight_decay", "poly_power", "clip_grad_norm",  # optimisation and schedule
+    "crop_size", "short_edge_lengths", "max_size", "single_category_max_area", "color_aug",  # augmentation
+    "ignore_index", "class_weight", "mask_weight", "dice_weight", "no_object_weight", "num_points",  # losses
+)  # fmt: skip
+# The fields a resumed run may change: where the run folder is, how and where it runs (device, precision,
+# which follows the device anyway, loader processes, threads), when it logs, evaluates, checkpoints and
+# stops, and the validation data and options. None of them changes the trained weights of a step.
+FREE_FIELDS = (
+    "output", "resume", "stop_at", "progress", "device", "dtype", "data_workers", "threads", "log_every",
+    "checkpoint_every", "keep_checkpoints", "eval_every", "val_data", "eval_short_side", "eval_limit",
+)  # fmt: skip
+_PATH_FIELDS = ("output", "data", "val_data", "init", "clip_weights")  # files and folders
+_INIT_NAMES = ("clip", "official", "random")  # the values of ``init`` that are no path
 
 
 @dataclass
@@ -64,6 +85,9 @@ class TrainConfig:
         for name in ("steps", "batch_size", "crop_size", "checkpoint_every", "eval_every", "log_every", "num_points"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("stop_at", "eval_limit"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1 (or unset), got {getattr(self, name)}")
         if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"dtype must be auto, fp32, bf16 or fp16, got {self.dtype!r}")
 
@@ -84,3 +108,33 @@ class TrainConfig:
             color_aug=self.color_aug,
             ignore=self.ignore_index,
         )
+
+
+def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its files and folders as absolute paths (for workers whose working folder differs)."""
+    return dataclasses.replace(cfg, **{name: _absolute(name, getattr(cfg, name)) for name in _PATH_FIELDS})
+
+
+def _absolute(name: str, value: Any) -> Any:
+    """``value`` of field ``name`` as an absolute path when it is one (relative to the working folder)."""
+    if name in _PATH_FIELDS and isinstance(value, str) and not (name == "init" and value in _INIT_NAMES):
+        return os.path.abspath(value)
+    return value
+
+
+def resume_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """``"name: checkpoint X, command Y"`` for each of :data:`RUN_FIELDS` where ``cfg`` differs from the
+    config ``saved`` with a checkpoint (a field the saved config lacks counts as its default). Paths are
+    compared as absolute paths (a relative one is taken from the working folder: "data/" is "./data")."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    lines = []
+    for name in RUN_FIELDS:
+        old, new = _comparable(name, saved.get(name, defaults[name])), _comparable(name, getattr(cfg, name))
+        if old != new:
+            lines.append(f"{name}: checkpoint {old!r}, command {new!r}")
+    return lines
+
+
+def _comparable(name: str, value: Any) -> Any:
+    """``value`` of field ``name`` in a form to compare: paths absolute, sequences as tuples."""
+    return tuple(value) if isinstance(value, list) else _absolute(name, value)

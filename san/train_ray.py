@@ -5,13 +5,13 @@ the functions only, so that ``san`` stays importable without it."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
 from .train import train
-from .train_config import TrainConfig
+from .train_config import TrainConfig, with_absolute_paths
+from .train_state import resume_state
 
 __all__ = ["train_with_ray"]
 
@@ -26,8 +26,10 @@ def train_with_ray(cfg: TrainConfig, num_workers: int, use_gpu: bool | None = No
 
     ``use_gpu`` None: GPUs when the cluster has any (one per worker). Returns Ray's ``Result``; the run's
     own files go to ``cfg.output`` as in a single-process run, Ray's copies of the checkpoints to
-    ``cfg.output/ray``.
+    ``cfg.output/ray``. The run folder is checked here first (:func:`san.train_state.resume_state`), so that
+    a new run into a used folder or a resume with other settings fails before Ray starts, with its own error.
     """
+    resume_state(cfg)  # the workers check again, with the class names; the driver may not see the data
     import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -36,8 +38,8 @@ def train_with_ray(cfg: TrainConfig, num_workers: int, use_gpu: bool | None = No
         ray.init(address=os.environ.get("RAY_ADDRESS"))
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0 and cfg.device != "cpu"
-    output = Path(cfg.output).resolve()
-    train_cfg = dataclasses.replace(cfg, output=str(output), progress=cfg.progress)
+    train_cfg = with_absolute_paths(cfg)  # the workers' working folder is not the driver's
+    output = Path(train_cfg.output)
     trainer = TorchTrainer(
         _ray_loop,
         train_loop_config={"train": train_cfg.to_dict()},

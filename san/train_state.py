@@ -3,6 +3,8 @@
 ``OUTPUT/checkpoints/`` holds ``last.safetensors`` (``san.save_checkpoint``: config + weights, what
 ``jobs/label.py --model`` loads) and ``last.pt`` (optimizer, scheduler, scaler, step, python/numpy/torch RNG
 states of every worker, the training config, the class names, and the name of its weights file).
+:func:`resume_state` decides what a run starts from: it refuses a new run into a folder that holds one, and a
+resumed run whose settings (:data:`san.train_config.RUN_FIELDS`, the class names) differ from its checkpoint's.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +24,17 @@ import torch.distributed as dist
 from .checkpoint import load_checkpoint
 from .checkpoint import save_checkpoint as save_model
 from .model import SAN
+from .train_config import TrainConfig, resume_differences
 
 __all__ = [
     "CHECKPOINT_DIR",
     "LAST_STATE",
     "LAST_WEIGHTS",
     "all_rng_states",
+    "holds_checkpoints",
     "load_resume_state",
     "replace_file",
+    "resume_state",
     "rng_state",
     "save_training_checkpoint",
     "set_rng_state",
@@ -118,11 +124,63 @@ def save_training_checkpoint(folder: Path, model: SAN, state: dict[str, Any], ke
     return folder / LAST_WEIGHTS
 
 
-def load_resume_state(folder: str | os.PathLike[str]) -> tuple[SAN, dict[str, Any]]:
-    """The model (train mode) and the training state saved in ``folder`` by :func:`save_training_checkpoint`."""
+def load_resume_state(
+    folder: str | os.PathLike[str], state: dict[str, Any] | None = None
+) -> tuple[SAN, dict[str, Any]]:
+    """The model (train mode) and the training state saved in ``folder`` by :func:`save_training_checkpoint`
+    (``state``: its ``last.pt``, when already read)."""
     folder = Path(folder)
-    state = torch.load(folder / LAST_STATE, map_location="cpu", weights_only=True)
+    if state is None:
+        state = _read_state(folder)
     weights = folder / state["weights"]
     if not weights.is_file():
         weights = folder / LAST_WEIGHTS
     return load_checkpoint(weights).train(), state
+
+
+def _read_state(folder: Path) -> dict[str, Any]:
+    """The ``last.pt`` in ``folder``."""
+    return torch.load(folder / LAST_STATE, map_location="cpu", weights_only=True)
+
+
+def holds_checkpoints(folder: str | os.PathLike[str]) -> bool:
+    """Whether a checkpoints folder holds a run's checkpoint (``last.pt``, ``last.safetensors`` or a step file)."""
+    folder = Path(folder)
+    names = (LAST_STATE, LAST_WEIGHTS)
+    return any((folder / name).is_file() for name in names) or any(folder.glob("step_*.safetensors"))
+
+
+def resume_state(cfg: TrainConfig, classes: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """The training state (``last.pt``) that ``cfg`` continues from; None for a new run (also with
+    ``cfg.resume`` when there is no checkpoint yet).
+
+    Raises ``ValueError`` for a new run into an output folder that holds checkpoints (they and metrics.csv
+    would be overwritten), and for a resumed run whose :data:`san.train_config.RUN_FIELDS` or class names
+    (``classes``, when given) differ from the checkpoint's, listing each difference."""
+    folder = Path(cfg.output) / CHECKPOINT_DIR
+    if not cfg.resume:
+        if holds_checkpoints(folder):
+            raise ValueError(
+                f"{cfg.output} already holds a training run; use --resume to continue it, or choose a new --output"
+            )
+        return None
+    if not (folder / LAST_STATE).is_file():
+        return None
+    state = _read_state(folder)
+    saved = state.get("config")  # always saved by san.train; a state without one has nothing to compare
+    differences = resume_differences(saved, cfg) if saved else []
+    if classes is not None and state.get("classes") is not None and list(state["classes"]) != list(classes):
+        differences.append(f"classes: checkpoint {_names(state['classes'])}, command {_names(classes)}")
+    if differences:
+        raise ValueError(
+            f"--resume: {folder / LAST_STATE} was saved by a run with other settings than this command's:\n  "
+            + "\n  ".join(differences)
+            + "\nrerun with the original values to continue it, or start a new run with a new --output"
+        )
+    return state
+
+
+def _names(classes: Sequence[str], shown: int = 6) -> str:
+    """A short description of a class list: its first names and count."""
+    head = ", ".join(repr(c) for c in list(classes)[:shown])
+    return f"[{head}{', ...' if len(classes) > shown else ''}] ({len(classes)} classes)"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +24,11 @@ from san.augment import OFFICIAL_SHORT_EDGES, TrainAugmentation, random_crop
 from san.data import SegmentationFolder, StepSampler, TrainSamples, collate, read_classes, write_synthetic_dataset
 from san.losses import build_criterion, targets_from_labels
 from san.optim import PolySchedule, build_optimizer
-from san.train import train
-from san.train_config import TrainConfig
+from san.train import _restore, train
+from san.train_config import FREE_FIELDS, RUN_FIELDS, TrainConfig
 from san.train_eval import evaluate
 from san.train_model import build_model
+from san.train_state import rng_state
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("jobs_train", ROOT / "jobs" / "train.py")
@@ -77,6 +81,54 @@ def test_folder_dataset_reads_pairs_and_rejects_bad_labels(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="1 images without a label"):
         SegmentationFolder.from_folder(root)
     assert len(SegmentationFolder.from_folder(root, strict=False)) == 2
+
+
+def test_missing_folders_and_blank_class_lines_are_named_clearly(tmp_path: Path) -> None:
+    (tmp_path / "classes.txt").write_text("cat\ndog\n\nsky\n \nsea\n")
+    with pytest.raises(ValueError, match=r"blank line\(s\) 3, 5;"):  # the lines an editor shows
+        read_classes(tmp_path / "classes.txt")
+    with pytest.raises(FileNotFoundError, match="dataset folder '.*nope' does not exist"):
+        SegmentationFolder.from_folder(tmp_path / "nope")
+    for flag in ("--data", "--val-data"):
+        paths = {"--data": str(write_synthetic_dataset(tmp_path / "d", count=2, size=32)), flag: "nope"}
+        args = train_job.parse_args([*(w for item in paths.items() for w in item), "--output", str(tmp_path / "o")])
+        with pytest.raises(FileNotFoundError, match=f"^{flag} folder 'nope' does not exist$"):
+            train_job.main(args)
+
+
+def test_every_label_is_checked_before_training(tmp_path: Path) -> None:
+    root = write_synthetic_dataset(tmp_path / "data", count=6, size=64, seed=0)  # tiny_config's data folder
+    Image.fromarray(np.full((64, 64), 9, np.uint8)).save(root / "labels/img_0001.png")  # 5 classes
+    Image.fromarray(np.zeros((60, 64), np.uint8)).save(root / "labels/img_0003.png")
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(root / "labels/img_0004.png")
+    with pytest.raises(ValueError) as error:
+        SegmentationFolder.from_folder(root).check()
+    lines = str(error.value).splitlines()
+    assert lines[0] == f"3 of 6 samples of {root / 'labels'} are unusable:" and len(lines) == 4
+    assert "img_0001.png has values [9]" in lines[1] and "(64, 64) but its label is (60, 64)" in lines[2]
+    assert "img_0004.png is a 'RGB' image" in lines[3]
+    with pytest.raises(ValueError, match=r"3 of 6 samples .* \(the first 2\):\n.*\n[^\n]*$"):
+        SegmentationFolder.from_folder(root).check(shown=2)
+    # training refuses before its first step, and workers share the check
+    with pytest.raises(ValueError, match="3 of 6 samples"):
+        train(tiny_config(tmp_path))
+    assert not (tmp_path / "out/checkpoints").exists()
+    with pytest.raises(ValueError, match=r"1 of 3 samples .*\n.*img_0004.png"):
+        SegmentationFolder.from_folder(root).check(rank=0, world_size=2)  # samples 0, 2, 4
+
+
+def test_label_check_reads_image_sizes_with_their_exif_orientation(tmp_path: Path) -> None:
+    root = write_synthetic_dataset(tmp_path / "d", count=2, size=32)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: the 48 x 32 pixels are an image 48 high, 32 wide
+    Image.new("RGB", (48, 32)).save(root / "images/img_0000.jpg", exif=exif)
+    Image.fromarray(np.zeros((48, 32), np.uint8)).save(root / "labels/img_0000.png")
+    data = SegmentationFolder.from_folder(root)
+    data.check()
+    assert data[0][0].shape == (48, 32, 3)
+    Image.fromarray(np.zeros((32, 48), np.uint8)).save(root / "labels/img_0000.png")
+    with pytest.raises(ValueError, match=r"is \(48, 32\) but its label is \(32, 48\)"):
+        data.check()
 
 
 def test_train_samples_are_a_function_of_seed_and_sample_number(tmp_path: Path) -> None:
@@ -222,6 +274,88 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     assert rows[0].startswith("step,lr,loss,loss_ce_0,") and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
 
 
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny_config run of 4 steps stopped after step 2 (folder of tiny_config: data/ and out/); read only."""
+    root = tmp_path_factory.mktemp("stopped")
+    assert train(tiny_config(root, stop_at=2))["step"] == 2
+    return root
+
+
+def resume_error(root: Path, **overrides) -> str:
+    """The message of the error that refuses resuming ``stopped_run`` with ``overrides``."""
+    with pytest.raises(ValueError) as error:
+        train(tiny_config(root, resume=True, **overrides))
+    return str(error.value)
+
+
+def test_run_and_free_fields_cover_the_config() -> None:
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    assert sorted(RUN_FIELDS + FREE_FIELDS) == sorted(names) and not set(RUN_FIELDS) & set(FREE_FIELDS)
+
+
+def test_resume_refuses_another_schedule_or_recipe(stopped_run: Path) -> None:
+    before = (stopped_run / "out/metrics.csv").read_text()
+    message = resume_error(stopped_run, steps=8)  # would run steps 3-8 at lr 0 on the 4-step schedule
+    assert message.splitlines() == [
+        f"--resume: {stopped_run / 'out/checkpoints/last.pt'} was saved by a run with other settings than this "
+        "command's:",
+        "  steps: checkpoint 4, command 8",
+        "rerun with the original values to continue it, or start a new run with a new --output",
+    ]
+    assert "  lr: checkpoint 0.0001, command 0.0005" in resume_error(stopped_run, lr=5e-4).splitlines()
+    lines = resume_error(stopped_run, preset="san_vit_b_16", batch_size=4).splitlines()
+    assert lines[1:3] == [
+        "  preset: checkpoint 'san_tiny', command 'san_vit_b_16'",
+        "  batch_size: checkpoint 2, command 4",
+    ]
+    other = write_synthetic_dataset(stopped_run / "other", count=2, size=32, num_classes=3)
+    lines = resume_error(stopped_run, data=str(other)).splitlines()
+    assert lines[1].startswith("  data: checkpoint ") and lines[2].startswith(
+        "  classes: checkpoint ['red disc', 'green square', 'blue stripes', 'yellow triangle', 'gray background'] "
+        "(5 classes), command ['red disc', 'green square', 'gray background'] (3 classes)"
+    )
+    assert (stopped_run / "out/metrics.csv").read_text() == before
+    assert torch.load(stopped_run / "out/checkpoints/last.pt", weights_only=True)["step"] == 2
+
+
+def test_resume_may_change_how_and_when_a_run_logs_evaluates_and_stops(stopped_run: Path, tmp_path: Path) -> None:
+    shutil.copytree(stopped_run / "out", tmp_path / "out")
+    data = str(stopped_run / "data")
+    free = dict(stop_at=3, log_every=2, eval_every=3, checkpoint_every=3, keep_checkpoints=True, dtype="fp32")
+    cfg = tiny_config(tmp_path, data=data, resume=True, val_data=data, eval_limit=2, eval_short_side=0, **free)
+    result = train(cfg)
+    assert result["step"] == 3 and set(result["eval"]) == {"mIoU", "fwIoU", "mACC", "pACC"}
+    assert json.loads((tmp_path / "out/config.json").read_text())["stop_at"] == 3
+    assert train(tiny_config(tmp_path, data=data + "/", resume=True))["step"] == 4  # the same folder as "data"
+
+
+def test_new_run_into_a_run_folder_is_refused(stopped_run: Path, tmp_path: Path) -> None:
+    before = {p.name: p.read_bytes() for p in (stopped_run / "out").rglob("*") if p.is_file()}
+    with pytest.raises(
+        ValueError, match=re.escape(f"{stopped_run / 'out'} already holds a training run; use --resume")
+    ):
+        train(tiny_config(stopped_run))
+    assert {p.name: p.read_bytes() for p in (stopped_run / "out").rglob("*") if p.is_file()} == before
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/notes.txt").write_text("a folder without a run is fine")
+    assert train(tiny_config(tmp_path, steps=1))["step"] == 1
+
+
+def test_resume_restores_a_scaler_only_when_one_was_saved() -> None:
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, PolySchedule(4))
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": [rng_state()]}
+    fp16 = torch.amp.GradScaler("cpu", init_scale=8.0)
+    saved_fp32 = {**state, "scaler": torch.amp.GradScaler("cpu", enabled=False).state_dict(), "step": 2}
+    assert _restore(saved_fp32, optimizer, scheduler, fp16, rank=0, world_size=1) == 2  # e.g. CPU, then fp16
+    assert fp16.get_scale() == 8.0
+    saved_fp16 = {**state, "scaler": torch.amp.GradScaler("cpu", init_scale=64.0).state_dict(), "step": 3}
+    assert _restore(saved_fp16, optimizer, scheduler, fp16, rank=0, world_size=1) == 3
+    assert fp16.get_scale() == 64.0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_gpu_mixed_precision_steps_train_the_model(tmp_path: Path, dtype: str) -> None:
@@ -248,6 +382,16 @@ def test_smoke_job_writes_a_checkpoint_the_label_job_loads(tmp_path: Path) -> No
     scores = model.predict_scores([torch.zeros(3, 40, 50, dtype=torch.uint8)], ["a", "b"])
     assert scores[0].shape == (2, 40, 50)
     assert json.loads((tmp_path / "run/config.json").read_text())["steps"] == 2
+
+
+@pytest.mark.parametrize("flag", ["--steps", "--batch-size", "--crop-size", "--stop-at"])
+@pytest.mark.parametrize("smoke", [False, True])
+def test_zero_is_refused_not_a_default(tmp_path: Path, flag: str, smoke: bool) -> None:
+    data = ["--smoke-test"] if smoke else ["--data", str(tmp_path / "data")]
+    args = train_job.parse_args([*data, "--output", str(tmp_path / "out"), flag, "0"])
+    name = flag.removeprefix("--").replace("-", "_")
+    with pytest.raises(ValueError, match=f"^{name} must be >= 1"):
+        train_job.build_config(args)
 
 
 def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
@@ -303,12 +447,13 @@ def test_tiny_san_overfits_a_small_dataset(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_ray_train_two_cpu_workers(tmp_path: Path) -> None:
     env = {**os.environ, "RAY_ADDRESS": "local", "RAY_DEDUP_LOGS": "0"}
-    out = tmp_path / "run"
-    command = [sys.executable, str(ROOT / "jobs/train.py"), "--output", str(out), "--smoke-test", "--workers", "2"]
-    proc = subprocess.run(
-        [*command, "--steps", "3", "--no-progress"], env=env, capture_output=True, text=True, timeout=600
-    )
+    out = tmp_path / "run"  # given as a relative path: the workers' working folder is not this one
+    command = [sys.executable, str(ROOT / "jobs/train.py"), "--output", "run", "--smoke-test", "--workers", "2"]
+    command += ["--steps", "3", "--no-progress"]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert again.returncode == 2 and "error: run already holds a training run; use --resume" in again.stderr
     summary = json.loads(proc.stdout[proc.stdout.rindex("{\n") :])
     assert summary["step"] == 3
     from pipeline.stages import ModelSpec
