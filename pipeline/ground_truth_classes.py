@@ -12,8 +12,9 @@ __all__ = ["check_distinct_names", "normalise_class_name", "read_class_names"]
 
 
 def normalise_class_name(name: str) -> str:
-    """The key classes are aligned by: case-folded, whitespace stripped and collapsed to one space."""
-    return " ".join(str(name).split()).casefold()
+    """The key classes are aligned by: case-folded, underscores read as spaces, whitespace stripped and
+    collapsed to one space (``Traffic_Light`` and ``traffic light`` are one class)."""
+    return " ".join(str(name).replace("_", " ").split()).casefold()
 
 
 def check_distinct_names(names: Sequence[str], source: str) -> None:

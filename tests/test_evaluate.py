@@ -330,3 +330,10 @@ def test_an_ignore_index_that_names_a_class_is_refused(tmp_path: Path) -> None:
     with pytest.raises(GroundTruthError, match="--ignore-index 0 is the value of class 'sky'"):
         PngFolderGroundTruth(tmp_path, ["sky", "grass"], ignore_index=0)
     assert PngFolderGroundTruth(tmp_path, [None, "sky", "grass"], ignore_index=0).raw_ignore == [0, 65535]
+
+
+def test_class_names_align_across_case_spaces_and_underscores() -> None:
+    from pipeline.ground_truth_classes import normalise_class_name
+
+    assert normalise_class_name(" Traffic_Light ") == normalise_class_name("traffic  light") == "traffic light"
+    assert normalise_class_name("coffee cup") != normalise_class_name("coffeecup")

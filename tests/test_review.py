@@ -245,13 +245,13 @@ def _warnings(text: str) -> list[str]:
 
 
 def test_load_warns_like_evaluate(run, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """Unmatched classes and images get evaluate_run's warnings: a ground-truth class spelt ``traffic_light``
+    """Unmatched classes and images get evaluate_run's warnings: a ground-truth class named ``stoplight``
     matches no vocabulary class, an extra ground-truth image has no prediction, one image has no ground truth."""
     gt = tmp_path / "gt"
     shutil.copytree(run.gt_dir, gt)
     Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(gt / "extra.png")
     classes = tmp_path / "classes.txt"
-    classes.write_text(GT_CLASSES_TEXT.replace("  Traffic   Light ", "traffic_light"), encoding="utf-8")
+    classes.write_text(GT_CLASSES_TEXT.replace("  Traffic   Light ", "stoplight"), encoding="utf-8")
     evaluate_run(run.out, str(gt), classes, metrics_path=tmp_path / "m.json")
     expected = _warnings(capsys.readouterr().err)
     name = f"warn-{os.getpid()}"
@@ -262,7 +262,7 @@ def test_load_warns_like_evaluate(run, tmp_path: Path, capsys: pytest.CaptureFix
         fo.delete_dataset(name)
     classes_warned = [w for w in got if "class(es)" in w]
     assert classes_warned == [w for w in expected if "class(es)" in w] and len(classes_warned) == 2
-    assert "traffic light, boat" in classes_warned[0] and "traffic_light, road" in classes_warned[1]
+    assert "traffic light, boat" in classes_warned[0] and "stoplight, road" in classes_warned[1]
     assert [w for w in got if "no prediction" in w] == [w for w in expected if "no prediction" in w]
     assert "extra.png" in got[-1]
     assert any("1 predicted image(s) have no ground truth" in w and "img_6" in w for w in got)
