@@ -18,6 +18,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,14 @@ def _shown(names: list[str], limit: int = 10) -> str:
     return ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def align_classes(vocabulary_names: list[str] | tuple[str, ...], gt_names: tuple[str, ...]) -> dict[str, Any]:
-    """Align vocabulary classes to ground-truth classes by normalised name.
+def align_classes(
+    vocabulary_names: list[str] | tuple[str, ...],
+    gt_names: tuple[str, ...],
+    synonyms: Sequence[Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """Align vocabulary classes to ground-truth classes by normalised name
+    (:func:`pipeline.ground_truth_classes.normalise_class_name`): a class's name, else the first of its
+    ``synonyms`` (one list per class, as ``Vocabulary.synonyms``) that names a ground-truth class.
 
     Returns:
         ``{"lookup": int64 [65536] array mapping a predicted class index to its ground-truth index (K =
@@ -67,7 +74,8 @@ def align_classes(vocabulary_names: list[str] | tuple[str, ...], gt_names: tuple
     pairs: list[list[str]] = []
     vocabulary_only: list[str] = []
     for v, name in enumerate(vocabulary_names):
-        g = gt_index.get(normalise_class_name(name))
+        candidates = [name, *(synonyms[v] if synonyms else ())]
+        g = next((gt_index[key] for key in map(normalise_class_name, candidates) if key in gt_index), None)
         if g is None:
             vocabulary_only.append(name)
         else:
@@ -81,7 +89,7 @@ def align_classes(vocabulary_names: list[str] | tuple[str, ...], gt_names: tuple
             f"ground truth: {_shown(list(gt_names))}"
         )
     info = {
-        "rule": "names equal case-insensitively after collapsing whitespace",
+        "rule": "a class's name or synonym equals a ground-truth name, ignoring case, underscores and extra spaces",
         "vocabulary_classes": len(vocabulary_names),
         "ground_truth_classes": k,
         "matched": len(pairs),
@@ -198,7 +206,7 @@ def evaluate_run(
         gt_spec, None if gt_classes is None else os.fspath(gt_classes), vocabulary.names, ignore_index
     )
 
-    alignment = align_classes(vocabulary.names, gt.class_names)
+    alignment = align_classes(vocabulary.names, gt.class_names, vocabulary.synonyms)
     info = alignment["info"]
     warn_class_alignment(info)
     matching = match_predictions(gt, paths)

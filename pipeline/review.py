@@ -107,7 +107,7 @@ def _iter_run_rows(output: RunOutput) -> Iterator[dict[str, Any]]:
 
 def _gt_values(vocabulary: Vocabulary, gt: GroundTruth) -> tuple[np.ndarray, dict[int, str], dict[str, Any]]:
     """Ground-truth class index -> mask value, the ground-truth mask targets, and the alignment summary."""
-    alignment = align_classes(vocabulary.names, gt.class_names)
+    alignment = align_classes(vocabulary.names, gt.class_names, vocabulary.synonyms)
     k, n = len(gt.class_names), len(vocabulary)
     values = np.zeros(k, dtype=np.int64)
     for v in range(n):

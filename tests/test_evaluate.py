@@ -337,3 +337,13 @@ def test_class_names_align_across_case_spaces_and_underscores() -> None:
 
     assert normalise_class_name(" Traffic_Light ") == normalise_class_name("traffic  light") == "traffic light"
     assert normalise_class_name("coffee cup") != normalise_class_name("coffeecup")
+
+
+def test_a_class_matches_ground_truth_by_a_synonym_when_its_name_does_not() -> None:
+    from pipeline.evaluate import align_classes
+
+    vocabulary = parse_vocabulary("coffee cup: mug\nsky: heaven\ncat\n")
+    alignment = align_classes(vocabulary.names, ("Mug", "sky", "heaven", "dog"), vocabulary.synonyms)
+    assert alignment["info"]["pairs"] == [["coffee cup", "Mug"], ["sky", "sky"]]  # the name wins over a synonym
+    assert alignment["lookup"][:3].tolist() == [0, 1, 4]  # cat matches nothing: K = 4 means "wrong"
+    assert alignment["info"]["ground_truth_not_in_vocabulary"] == ["heaven", "dog"]
