@@ -25,6 +25,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from .utf8 import decode_utf8
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
 )
@@ -293,14 +295,7 @@ def _read_list(shown: str, fs: pafs.FileSystem, path: str) -> list[str]:
     """The entries of a UTF-8 list file: stripped lines, without blank lines and ``#`` comments."""
     with fs.open_input_stream(path) as stream:
         data = stream.read()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line_no = data.count(b"\n", 0, exc.start) + 1
-        raise ValueError(
-            f"{shown}:{line_no}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})"
-        ) from None
-    stripped = (line.strip() for line in text.splitlines())
+    stripped = (line.strip() for line in decode_utf8(data, shown).splitlines())
     return [entry for entry in stripped if entry and not entry.startswith("#")]
 
 

@@ -31,6 +31,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .utf8 import decode_utf8
+
 __all__ = ["Vocabulary", "VocabularyError", "load_vocabulary", "parse_vocabulary"]
 
 ArrayT = TypeVar("ArrayT")
@@ -228,11 +230,4 @@ def load_vocabulary(path: str | os.PathLike[str]) -> Vocabulary:
         raise FileNotFoundError(f"vocabulary file not found: {source}") from None
     except OSError as exc:
         raise VocabularyError(f"{source}: cannot read vocabulary file: {exc.strerror or exc}") from exc
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line_no = data.count(b"\n", 0, exc.start) + 1
-        raise VocabularyError(
-            f"{source}:{line_no}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})"
-        ) from None
-    return parse_vocabulary(text, source)
+    return parse_vocabulary(decode_utf8(data, str(source), VocabularyError), source)
