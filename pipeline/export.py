@@ -19,7 +19,10 @@ suffix ``.png`` (a name that would clash gets ``.<image_id>`` before it), plus `
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -155,49 +158,72 @@ def _check_coco_target(ds: fo.Dataset, coco_path: Path) -> None:
         )
 
 
+def _mask_names(ds: fo.Dataset) -> dict[str, str]:
+    """Each sample's image path -> the relative file name of its mask PNG (see :func:`mask_file_names`)."""
+    paths = ds.values("image_path") if ds.has_sample_field("image_path") else ds.values("filepath")
+    filepaths = ds.values("filepath")
+    paths = [p or f for p, f in zip(paths, filepaths, strict=True)]
+    ids = ds.values("image_id") if ds.has_sample_field("image_id") else [None] * len(paths)
+    return mask_file_names([(p, i if i is not None else path_image_id(p)) for p, i in zip(paths, ids, strict=True)])
+
+
+@contextlib.contextmanager
+def _new_folder(target: Path) -> Iterator[Path]:
+    """A temporary folder beside ``target`` that becomes ``target`` when the block succeeds and is deleted
+    when it fails, so ``target`` holds one whole export or nothing. ``target`` must be new or empty (masks of
+    an earlier export would otherwise mix in)."""
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        what = "is not empty" if target.is_dir() else "is a file"
+        raise ValueError(f"--masks {str(target)!r} {what}; choose a new or empty folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    tmp.mkdir()
+    try:
+        yield tmp
+        os.replace(tmp, target)  # also over an empty folder
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def export_dataset(
     dataset: str | os.PathLike[str] | fo.Dataset,
     coco_path: str | os.PathLike[str] | None,
     masks_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Write the dataset's current ``predictions`` as COCO JSON (atomically) and/or a folder of PNG masks.
+    """Write the dataset's current ``predictions`` as COCO JSON (atomically) and/or a new folder of PNG masks
+    (written whole or not at all).
 
     Returns:
         ``{"dataset", "images", "annotations", "edited_images", "edited_segments", "coco", "masks"}``.
     """
     ds = resolve_dataset(dataset)
+    if coco_path is None and masks_dir is None:
+        raise ValueError("nothing to export: give --coco, --masks or both")
     if coco_path is not None:
         _check_coco_target(ds, Path(coco_path))
     vocabulary = _vocabulary(ds)
     masks = Path(masks_dir) if masks_dir is not None else None
-    names: dict[str, str] = {}
-    if masks is not None:
-        paths = ds.values("image_path") if ds.has_sample_field("image_path") else ds.values("filepath")
-        filepaths = ds.values("filepath")
-        paths = [p or f for p, f in zip(paths, filepaths, strict=True)]
-        ids = ds.values("image_id") if ds.has_sample_field("image_id") else [None] * len(paths)
-        names = mask_file_names(
-            [(p, i if i is not None else path_image_id(p)) for p, i in zip(paths, ids, strict=True)]
-        )
-        masks.mkdir(parents=True, exist_ok=True)
-        (masks / "classes.txt").write_text("".join(f"{n}\n" for n in vocabulary.names), encoding="utf-8")
-    rows = []
-    edited_images = edited_segments = 0
-    for item in iter_reviewed_images(ds):
-        if masks is not None:
-            target = masks / names[item["image_path"]]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(encode_label_map_png(item["label_map"], ignore_value=-1))
-        edited_images += bool(item["edited"])
-        edited_segments += len(item["edited"])
-        del item["label_map"], item["edited"]
-        rows.append(item)
-    coco = build_coco(
-        rows, vocabulary.names, vocabulary.category_ids, info={"description": f"reviewed in FiftyOne dataset {ds.name}"}
-    )
-    if coco_path is not None:
-        Path(coco_path).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(coco, coco_path)
+    names = _mask_names(ds) if masks is not None else {}
+    with _new_folder(masks) if masks is not None else contextlib.nullcontext() as folder:
+        if folder is not None:
+            (folder / "classes.txt").write_text("".join(f"{n}\n" for n in vocabulary.names), encoding="utf-8")
+        rows = []
+        edited_images = edited_segments = 0
+        for item in iter_reviewed_images(ds):
+            if folder is not None:
+                target = folder / names[item["image_path"]]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(encode_label_map_png(item["label_map"], ignore_value=-1))
+            edited_images += bool(item["edited"])
+            edited_segments += len(item["edited"])
+            del item["label_map"], item["edited"]
+            rows.append(item)
+        info = {"description": f"reviewed in FiftyOne dataset {ds.name}"}
+        coco = build_coco(rows, vocabulary.names, vocabulary.category_ids, info=info)
+        if coco_path is not None:
+            Path(coco_path).parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(coco, coco_path)
     return {
         "dataset": ds.name,
         "images": len(rows),

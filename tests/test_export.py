@@ -164,6 +164,41 @@ def test_export_refuses_a_folder_and_the_runs_own_coco(loaded, tmp_path: Path) -
     assert (run.out / "coco.json").read_bytes() == original
 
 
+def test_masks_go_to_a_new_folder_whole_or_not_at_all(loaded, tmp_path: Path, monkeypatch) -> None:
+    run, dataset = loaded
+    with pytest.raises(ValueError, match="nothing to export"):
+        export_dataset(dataset, None, None)
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "old.png").write_bytes(b"x")
+    with pytest.raises(ValueError, match="is not empty; choose a new or empty folder"):
+        export_dataset(dataset, None, used)
+    assert sorted(p.name for p in used.iterdir()) == ["old.png"]
+
+    import pipeline.export
+
+    calls = []
+
+    def fail_on_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return encode(*args, **kwargs)
+
+    encode = pipeline.export.encode_label_map_png
+    monkeypatch.setattr(pipeline.export, "encode_label_map_png", fail_on_the_third)
+    with pytest.raises(OSError, match="disk full"):
+        export_dataset(dataset, None, tmp_path / "masks")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["used"], "no folder, no temporary folder left"
+    monkeypatch.undo()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    summary = export_dataset(dataset, None, empty)
+    assert summary["coco"] is None and summary["masks"] == str(empty)
+    assert len(list(empty.rglob("*.png"))) == summary["images"] and (empty / "classes.txt").is_file()
+
+
 def test_export_job_resolves_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import runpy
 
