@@ -165,8 +165,14 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
             dataset = _build_dataset(options, model, todo, resolved.containers, done, vocabulary.to_json(), plan)
             new = _consume(dataset, output, options, total=len(todo) if not resolved.containers else None)
         else:
-            new = {"labeled": 0, "failed": 0, "duplicates": [], "rate": 0.0, "steady_rate": 0.0}
-            new["first_result_seconds"] = None
+            new = {
+                "labeled": 0,
+                "failed": 0,
+                "duplicates": [],
+                "rate": 0.0,
+                "steady_rate": 0.0,
+                "first_result_seconds": None,
+            }
     except BaseException as error:  # Ctrl-C included: the manifest says the run stopped, and why
         manifest["status"] = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         manifest["error"] = f"{type(error).__name__}: {error}"
