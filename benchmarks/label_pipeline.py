@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _report import emit  # noqa: E402
 
 import san  # noqa: E402
-from pipeline.images import read_image_file  # noqa: E402
-from pipeline.label import LabelOptions, run_label_job  # noqa: E402
+from pipeline.label.images import read_image_file  # noqa: E402
+from pipeline.label.job import LabelOptions, run_label_job  # noqa: E402
 from pipeline.segments import encode_label_map_png, label_map_segments  # noqa: E402
 from pipeline.vocabulary import load_vocabulary  # noqa: E402
 from san.predictor import Predictor  # noqa: E402

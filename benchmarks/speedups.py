@@ -32,12 +32,14 @@ from _report import emit  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 import san  # noqa: E402
-from san.clip import downsample_attn_bias  # noqa: E402
+from san.modeling.clip import downsample_attn_bias  # noqa: E402
 
 VOCABULARY = ["person", "cat", "coffee cup", "rocket", "sky", "flag", "wood", "smoke", "grass", "road"]
 
 
-def official_recognition_head(head: san.clip.RecognitionHead, features, attn_bias: torch.Tensor) -> torch.Tensor:
+def official_recognition_head(
+    head: san.modeling.clip.RecognitionHead, features, attn_bias: torch.Tensor
+) -> torch.Tensor:
     """The official formulation: one (Q+1+L)^2 mask with -100 entries, every block on all tokens."""
     bias = downsample_attn_bias(attn_bias, features.grid, head.downsample)  # [B, H, Q, L]
     batch, heads, q, length = bias.shape

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from pipeline.cli import job_parser, run_job  # noqa: E402
 from pipeline.evaluate import EvaluationError, evaluate_run  # noqa: E402
-from pipeline.ground_truth_base import GroundTruthError  # noqa: E402
+from pipeline.ground_truth.base import GroundTruthError  # noqa: E402
 from pipeline.vocabulary import VocabularyError  # noqa: E402
 from san.metrics import PROTOCOLS, format_table  # noqa: E402
 

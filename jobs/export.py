@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
 
 from pipeline.cli import job_parser, run_job  # noqa: E402
-from pipeline.export import export_dataset  # noqa: E402
-from pipeline.review_masks import ReviewError  # noqa: E402
+from pipeline.review.export import export_dataset  # noqa: E402
+from pipeline.review.masks import ReviewError  # noqa: E402
 from pipeline.vocabulary import VocabularyError  # noqa: E402
 
 USER_ERRORS = (ReviewError, VocabularyError, FileNotFoundError, ValueError, OSError)

@@ -20,9 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
 
 from pipeline.cli import job_parser, run_job, weights_hint  # noqa: E402
-from pipeline.label import USER_ERRORS, LabelOptions, run_label_job  # noqa: E402
+from pipeline.label.job import USER_ERRORS, LabelOptions, run_label_job  # noqa: E402
+from san.modeling.text_classifier import TEMPLATE_SETS  # noqa: E402
 from san.predictor import DTYPES  # noqa: E402
-from san.text_classifier import TEMPLATE_SETS  # noqa: E402
 
 
 def _workers(text: str) -> tuple[int, int]:

@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from pipeline.cli import job_parser, run_job  # noqa: E402
 from pipeline.evaluate import EvaluationError  # noqa: E402
-from pipeline.ground_truth_base import GroundTruthError  # noqa: E402
-from pipeline.review import load_run  # noqa: E402
-from pipeline.review_app import serve_until_interrupted  # noqa: E402
-from pipeline.review_masks import ReviewError  # noqa: E402
-from pipeline.review_metrics import compare_with_fiftyone  # noqa: E402
+from pipeline.ground_truth.base import GroundTruthError  # noqa: E402
+from pipeline.review.app import serve_until_interrupted  # noqa: E402
+from pipeline.review.dataset import load_run  # noqa: E402
+from pipeline.review.masks import ReviewError  # noqa: E402
+from pipeline.review.metrics import compare_with_fiftyone  # noqa: E402
 from pipeline.vocabulary import VocabularyError  # noqa: E402
 
 USER_ERRORS = (ReviewError, EvaluationError, GroundTruthError, VocabularyError, FileNotFoundError, ValueError, OSError)

@@ -1,4 +1,4 @@
-"""Train SAN on a folder of images and label maps (images/ + labels/ + classes.txt; see san/data.py).
+"""Train SAN on a folder of images and label maps (images/ + labels/ + classes.txt; see san/training/data.py).
 
 Examples:
     python jobs/train.py --data /data/mine --val-data /data/mine_val --output out/run1
@@ -145,9 +145,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace):
-    """The :class:`san.train_config.TrainConfig` of the command line (generating the smoke-test data if asked)."""
-    from san.data import write_synthetic_dataset
-    from san.train_config import TrainConfig
+    """The :class:`san.training.config.TrainConfig` of the command line (generating the smoke-test data if asked)."""
+    from san.training.config import TrainConfig
+    from san.training.data import write_synthetic_dataset
 
     options = dict(
         data=args.data,
@@ -209,8 +209,8 @@ def _given(value: int | None, default: int) -> int:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from san.train import train
-    from san.train_ray import train_with_ray
+    from san.training.distributed import train_with_ray
+    from san.training.loop import train
 
     cfg = build_config(args)
     if args.workers > 1 or args.ray:

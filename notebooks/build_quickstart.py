@@ -96,7 +96,7 @@ a shell:
 import ray
 
 import san
-from pipeline.label import LabelOptions, run_label_job
+from pipeline.label.job import LabelOptions, run_label_job
 
 try:
     weights = san.resolve_official_weights("san_vit_b_16")
@@ -142,7 +142,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch
 
-from pipeline.images import read_image_file
+from pipeline.label.images import read_image_file
 from pipeline.outputs import RunOutput
 from pipeline.segments import decode_label_map_png, unlabeled_value
 
@@ -277,8 +277,8 @@ name is replaced only with `overwrite=True`, and only if `load_run` made it. The
         """\
 import fiftyone as fo
 
-from pipeline.review import load_run
-from pipeline.review_app import launch
+from pipeline.review.dataset import load_run
+from pipeline.review.app import launch
 
 # overwrite=True: rerunning the notebook replaces its earlier dataset, and any edits made to it in the App
 dataset = load_run(RUN, str(GT), GT_CLASSES, name="san-quickstart", overwrite=True)
@@ -330,7 +330,7 @@ pycocotools reads it back and decodes every mask. The same from a shell:
         """\
 from pycocotools.coco import COCO
 
-from pipeline.export import export_dataset
+from pipeline.review.export import export_dataset
 
 summary = export_dataset(dataset, OUT / "reviewed_coco.json")
 coco = COCO(str(OUT / "reviewed_coco.json"))

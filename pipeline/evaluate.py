@@ -29,8 +29,8 @@ from san.metrics import PROTOCOLS, ConfusionMatrix, compute_metrics
 
 from .coco import write_json_atomic
 from .ground_truth import open_ground_truth
-from .ground_truth_base import GroundTruth, GroundTruthError, Matching, match_predictions
-from .ground_truth_classes import normalise_class_name
+from .ground_truth.base import GroundTruth, GroundTruthError, Matching, match_predictions
+from .ground_truth.classes import normalise_class_name
 from .outputs import RunOutput
 from .segments import decode_label_map_png, unlabeled_value
 from .vocabulary import Vocabulary, VocabularyError
@@ -58,7 +58,7 @@ def align_classes(
     synonyms: Sequence[Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Align vocabulary classes to ground-truth classes by normalised name
-    (:func:`pipeline.ground_truth_classes.normalise_class_name`): a class's name, else the first of its
+    (:func:`pipeline.ground_truth.classes.normalise_class_name`): a class's name, else the first of its
     ``synonyms`` (one list per class, as ``Vocabulary.synonyms``) that names a ground-truth class.
 
     Returns:
@@ -111,7 +111,7 @@ def warn_class_alignment(info: dict[str, Any]) -> None:
 
 
 def warn_matching(matching: Matching, unmatched: str = "are skipped") -> None:
-    """Warn on stderr about the images :func:`pipeline.ground_truth_base.match_predictions` could not pair
+    """Warn on stderr about the images :func:`pipeline.ground_truth.base.match_predictions` could not pair
     one to one; ``unmatched`` says what becomes of a predicted image without ground truth."""
     if matching.predictions_without_ground_truth:
         missing = matching.predictions_without_ground_truth

@@ -27,8 +27,8 @@ _EXPORTS = {
     "get_preset": "config",
     "CheckpointError": "errors",
     "WeightsUnavailableError": "errors",
-    "SAN": "model",
-    "build_san": "model",
+    "SAN": "modeling.model",
+    "build_san": "modeling.model",
 }
 
 __all__ = [
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     )
     from .config import PRESETS, SANConfig, get_preset
     from .errors import CheckpointError, WeightsUnavailableError
-    from .model import SAN, build_san
+    from .modeling.model import SAN, build_san
 
 
 def __getattr__(name: str) -> Any:
@@ -67,7 +67,7 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     try:
-        return importlib.import_module(f".{name}", __name__)  # san.checkpoint, san.clip, ...
+        return importlib.import_module(f".{name}", __name__)  # san.checkpoint, san.modeling, san.training, ...
     except ModuleNotFoundError as error:
         if error.name != f"{__name__}.{name}":
             raise  # a missing dependency inside an existing submodule

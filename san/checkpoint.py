@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 from .config import SANConfig
 from .errors import CheckpointError, WeightsUnavailableError
-from .model import SAN
+from .modeling.model import SAN
 from .official_config import read_official_config
 
 HF_REPO = "Mendel192/san"

@@ -1,4 +1,4 @@
-"""numpy in, numpy out: what a labeling worker wraps around a :class:`~san.model.SAN`.
+"""numpy in, numpy out: what a labeling worker wraps around a :class:`~san.modeling.model.SAN`.
 
 Images are resized as SAN's evaluation does (short side 640, long side at most 2560, PIL bilinear),
 predicted on the model's device (optionally under bf16/fp16 autocast on GPU), and the class scores
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .model import SAN
-from .text_classifier import check_vocabulary
+from .modeling.model import SAN
+from .modeling.text_classifier import check_vocabulary
 from .transforms import resize_shortest_edge
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.inputs import image_id
+from pipeline.label.inputs import image_id
 from pipeline.outputs import RunOutput
 from pipeline.segments import encode_label_map_png, label_map_segments, unlabeled_value
 from pipeline.vocabulary import Vocabulary

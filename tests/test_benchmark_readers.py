@@ -15,9 +15,9 @@ from pipeline.benchmarks import BENCHMARKS, BenchmarkError, BenchmarkSpec, get_b
 from pipeline.benchmarks.reader import BenchmarkGroundTruth
 from pipeline.evaluate import evaluate_run
 from pipeline.ground_truth import open_ground_truth
-from pipeline.ground_truth_base import IGNORE, GroundTruthError
-from pipeline.ground_truth_classes import normalise_class_name
-from pipeline.inputs import image_id, resolve_inputs
+from pipeline.ground_truth.base import IGNORE, GroundTruthError
+from pipeline.ground_truth.classes import normalise_class_name
+from pipeline.label.inputs import image_id, resolve_inputs
 from pipeline.outputs import RunOutput
 from pipeline.segments import encode_label_map_png, label_map_segments
 from pipeline.vocabulary import Vocabulary, load_vocabulary

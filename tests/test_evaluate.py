@@ -16,10 +16,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from pipeline.evaluate import EvaluationError, evaluate_run
-from pipeline.ground_truth_base import IGNORE, GroundTruthError
-from pipeline.ground_truth_classes import read_class_names
-from pipeline.ground_truth_png import PngFolderGroundTruth
-from pipeline.inputs import image_id
+from pipeline.ground_truth.base import IGNORE, GroundTruthError
+from pipeline.ground_truth.classes import read_class_names
+from pipeline.ground_truth.png import PngFolderGroundTruth
+from pipeline.label.inputs import image_id
 from pipeline.outputs import RunOutput
 from pipeline.segments import encode_label_map_png, label_map_segments
 from pipeline.vocabulary import parse_vocabulary
@@ -333,7 +333,7 @@ def test_an_ignore_index_that_names_a_class_is_refused(tmp_path: Path) -> None:
 
 
 def test_class_names_align_across_case_spaces_and_underscores() -> None:
-    from pipeline.ground_truth_classes import normalise_class_name
+    from pipeline.ground_truth.classes import normalise_class_name
 
     assert normalise_class_name(" Traffic_Light ") == normalise_class_name("traffic  light") == "traffic light"
     assert normalise_class_name("coffee cup") != normalise_class_name("coffeecup")

@@ -1,4 +1,4 @@
-"""Tests for pipeline.images: mode conversions, EXIF orientation and every failure reason."""
+"""Tests for pipeline.label.images: mode conversions, EXIF orientation and every failure reason."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from pipeline.images import MIN_SIDE, ImageDecodeError, decode_image, read_image_file
+from pipeline.label.images import MIN_SIDE, ImageDecodeError, decode_image, read_image_file
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.input_containers import expand_container
-from pipeline.inputs import (
+from pipeline.label.containers import expand_container
+from pipeline.label.inputs import (
     BROKEN_LINK,
     Container,
     InputItem,

@@ -29,12 +29,12 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 import san
-from pipeline.images import read_image_file
-from pipeline.inputs import image_id
-from pipeline.label import LabelOptions, run_label_job
+from pipeline.label.images import read_image_file
+from pipeline.label.inputs import image_id
+from pipeline.label.job import LabelOptions, run_label_job
+from pipeline.label.predict import PredictStage
 from pipeline.outputs import RunOutput
 from pipeline.segments import decode_label_map_png
-from pipeline.stages import PredictStage
 from pipeline.vocabulary import parse_vocabulary
 from san.predictor import Predictor
 
@@ -342,11 +342,11 @@ def test_dead_worker_is_replaced_and_its_batch_retried(inputs: dict, tmp_path: P
     import ray
     from ray import cloudpickle  # Ray serialises with its own copy of cloudpickle
 
-    import pipeline.label
+    import pipeline.label.job
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
     monkeypatch.setattr(CrashOnce, "marker", str(tmp_path / "crashed"))
-    monkeypatch.setattr(pipeline.label, "PredictStage", CrashOnce)
+    monkeypatch.setattr(pipeline.label.job, "PredictStage", CrashOnce)
     monkeypatch.setenv("RAY_ADDRESS", "local")
     output = tmp_path / "labels"
     options = LabelOptions(

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from san.losses import (
+from san.training.losses import (
     SetCriterion,
     build_criterion,
     dice_loss,
@@ -15,7 +15,7 @@ from san.losses import (
     targets_from_labels,
     uncertain_point_coords,
 )
-from san.matcher import HungarianMatcher, batch_dice_cost, batch_sigmoid_ce_cost, point_sample
+from san.training.matcher import HungarianMatcher, batch_dice_cost, batch_sigmoid_ce_cost, point_sample
 
 
 def _square(size: int, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:

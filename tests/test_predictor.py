@@ -9,7 +9,7 @@ import torch
 from skimage import data
 
 import san
-from san.model import best_class, semantic_scores
+from san.modeling.model import best_class, semantic_scores
 from san.predictor import Predictor
 
 

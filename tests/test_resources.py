@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import ray
 
-from pipeline.resources import ResourceError, plan_resources
+from pipeline.label.resources import ResourceError, plan_resources
 
 
 @pytest.fixture

@@ -29,12 +29,12 @@ import fiftyone.core.session.session as fo_session  # noqa: E402
 import psutil  # noqa: E402
 
 from pipeline.evaluate import EvaluationError, evaluate_run  # noqa: E402
-from pipeline.export import export_dataset  # noqa: E402
-from pipeline.review import default_dataset_name, is_review_dataset, load_run  # noqa: E402
-from pipeline.review_app import serve_until_interrupted  # noqa: E402
-from pipeline.review_masks import ReviewError, label_map_to_mask  # noqa: E402
-from pipeline.review_metrics import compare_with_fiftyone  # noqa: E402
-from pipeline.review_views import save_review_views  # noqa: E402
+from pipeline.review.app import serve_until_interrupted  # noqa: E402
+from pipeline.review.dataset import default_dataset_name, is_review_dataset, load_run  # noqa: E402
+from pipeline.review.export import export_dataset  # noqa: E402
+from pipeline.review.masks import ReviewError, label_map_to_mask  # noqa: E402
+from pipeline.review.metrics import compare_with_fiftyone  # noqa: E402
+from pipeline.review.views import save_review_views  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB_TEXT = "cat\nsky: heaven\ngrass\ntraffic light\nboat\n"  # "boat" is in no ground truth

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.label import LabelOptions
+from pipeline.label.job import LabelOptions
 from pipeline.outputs import RunOutput
 
 

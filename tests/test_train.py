@@ -20,15 +20,22 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import san
-from san.augment import OFFICIAL_SHORT_EDGES, TrainAugmentation, random_crop
-from san.data import SegmentationFolder, StepSampler, TrainSamples, collate, read_classes, write_synthetic_dataset
-from san.losses import build_criterion, targets_from_labels
-from san.optim import PolySchedule, build_optimizer
-from san.train import _restore, train
-from san.train_config import FREE_FIELDS, RUN_FIELDS, TrainConfig
-from san.train_eval import evaluate
-from san.train_model import build_model
-from san.train_state import rng_state
+from san.training.augment import OFFICIAL_SHORT_EDGES, TrainAugmentation, random_crop
+from san.training.config import FREE_FIELDS, RUN_FIELDS, TrainConfig
+from san.training.data import (
+    SegmentationFolder,
+    StepSampler,
+    TrainSamples,
+    collate,
+    read_classes,
+    write_synthetic_dataset,
+)
+from san.training.evaluate import evaluate
+from san.training.init import build_model
+from san.training.loop import _restore, train
+from san.training.losses import build_criterion, targets_from_labels
+from san.training.optim import PolySchedule, build_optimizer
+from san.training.state import rng_state
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("jobs_train", ROOT / "jobs" / "train.py")
@@ -370,7 +377,7 @@ def test_gpu_mixed_precision_steps_train_the_model(tmp_path: Path, dtype: str) -
 
 
 def test_smoke_job_writes_a_checkpoint_the_label_job_loads(tmp_path: Path) -> None:
-    from pipeline.stages import ModelSpec
+    from pipeline.label.predict import ModelSpec
 
     args = train_job.parse_args(["--output", str(tmp_path / "run"), "--smoke-test", "--no-progress", "--steps", "2"])
     summary = train_job.main(args)
@@ -456,7 +463,7 @@ def test_ray_train_two_cpu_workers(tmp_path: Path) -> None:
     assert again.returncode == 2 and "error: run already holds a training run; use --resume" in again.stderr
     summary = json.loads(proc.stdout[proc.stdout.rindex("{\n") :])
     assert summary["step"] == 3
-    from pipeline.stages import ModelSpec
+    from pipeline.label.predict import ModelSpec
 
     path = out / "checkpoints/last.safetensors"
     assert san.load_checkpoint(path).config == san.get_preset("san_tiny")

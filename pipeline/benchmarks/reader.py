@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ground_truth_base import IGNORE, GroundTruth, GroundTruthError
-from ..ground_truth_png import read_label_image
+from ..ground_truth.base import IGNORE, GroundTruth, GroundTruthError
+from ..ground_truth.png import read_label_image
 from . import BenchmarkError, BenchmarkSpec, default_root, get_benchmark
 
 __all__ = ["BenchmarkGroundTruth", "open_benchmark_ground_truth"]

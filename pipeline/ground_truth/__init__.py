@@ -1,0 +1,104 @@
+"""Ground truth for evaluating a labeling run: choosing a reader from a ``--gt`` spec.
+
+:func:`open_ground_truth` turns a ``--gt`` spec into a :class:`pipeline.ground_truth.base.GroundTruth`
+(the reader interface: per image, a label map of ground-truth class indices, and the rule that matches
+predicted images to ground-truth images). New kinds plug in with :func:`register_ground_truth` under a
+``scheme:`` prefix.
+
+Built-in readers
+----------------
+``png:`` / a directory -- :class:`pipeline.ground_truth.png.PngFolderGroundTruth`
+    A folder of label images; pixel value ``v`` is the class on line ``v`` of ``--gt-classes``
+    (:func:`pipeline.ground_truth.classes.read_class_names`), else the vocabulary's order.
+
+``coco:`` / a ``.json`` file -- :class:`pipeline.ground_truth.coco.CocoGroundTruth`
+    A COCO dataset whose annotations are per-class semantic regions; classes are its ``categories``.
+
+``fiftyone:DATASET[:FIELD]`` -- :class:`pipeline.ground_truth.fiftyone.FiftyOneGroundTruth`
+    A ``Segmentation`` field (default ``ground_truth``) of a FiftyOne dataset; classes from its mask
+    targets (or ``--gt-classes``), value 0 ignored. FiftyOne is imported only when this scheme is used.
+
+``NAME:ROOT`` for SAN's benchmarks (``ade150``, ``pc59``, ...) -- :mod:`pipeline.benchmarks`
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .base import GroundTruth, GroundTruthError
+from .classes import read_class_names
+from .coco import CocoGroundTruth
+from .png import PngFolderGroundTruth
+
+__all__ = ["open_ground_truth", "register_ground_truth"]
+
+#: ``factory(location, gt_classes, vocabulary_names, ignore_index) -> GroundTruth`` per ``--gt`` scheme.
+GroundTruthFactory = Callable[[str, "str | None", Sequence[str], int], GroundTruth]
+_READERS: dict[str, GroundTruthFactory] = {}
+
+
+def register_ground_truth(scheme: str, factory: GroundTruthFactory) -> None:
+    """Make ``--gt SCHEME:LOCATION`` open ``factory(LOCATION, gt_classes, vocabulary_names, ignore_index)``.
+
+    E.g. a FiftyOne reader registers ``"fiftyone"`` for ``--gt fiftyone:DATASET:FIELD``.
+    """
+    if not scheme.isidentifier():
+        raise ValueError(f"scheme must be an identifier, got {scheme!r}")
+    _READERS[scheme] = factory
+
+
+def _open_png(location: str, gt_classes: str | None, vocabulary_names: Sequence[str], ignore_index: int):
+    names: Sequence[str | None] = read_class_names(gt_classes)[0] if gt_classes else list(vocabulary_names)
+    return PngFolderGroundTruth(location, names, ignore_index)
+
+
+def _open_coco(location: str, gt_classes: str | None, vocabulary_names: Sequence[str], ignore_index: int):
+    if gt_classes:
+        raise GroundTruthError("--gt-classes does not apply to a COCO JSON (its 'categories' name the classes)")
+    return CocoGroundTruth(location)
+
+
+def _open_fiftyone(location: str, gt_classes: str | None, vocabulary_names: Sequence[str], ignore_index: int):
+    from .fiftyone import open_fiftyone_ground_truth  # imports FiftyOne only when this scheme is used
+
+    return open_fiftyone_ground_truth(location, gt_classes, vocabulary_names, ignore_index)
+
+
+register_ground_truth("png", _open_png)
+register_ground_truth("coco", _open_coco)
+register_ground_truth("fiftyone", _open_fiftyone)  # --gt fiftyone:DATASET[:FIELD], see pipeline.ground_truth.fiftyone
+
+from ..benchmarks import register_benchmark_schemes  # noqa: E402  (imports nothing back from this module)
+
+register_benchmark_schemes(register_ground_truth)  # --gt ade150:ROOT, pc59:ROOT, ... (SAN's benchmarks)
+
+
+def open_ground_truth(
+    spec: str, gt_classes: str | None = None, vocabulary_names: Sequence[str] = (), ignore_index: int = 255
+) -> GroundTruth:
+    """Open the ground truth a ``--gt`` spec names.
+
+    ``SCHEME:LOCATION`` with a registered scheme (``png``, ``coco``, and whatever
+    :func:`register_ground_truth` added) uses that reader; otherwise a directory is a PNG folder and a
+    ``.json`` file a COCO JSON.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        GroundTruthError: an unknown kind, or a reader's complaint.
+    """
+    scheme, sep, location = str(spec).partition(":")
+    if sep and scheme in _READERS and not os.path.exists(spec):
+        return _READERS[scheme](location, gt_classes, vocabulary_names, ignore_index)
+    path = Path(spec)
+    if path.is_dir():
+        return _open_png(spec, gt_classes, vocabulary_names, ignore_index)
+    if path.is_file() and path.suffix.lower() == ".json":
+        return _open_coco(spec, gt_classes, vocabulary_names, ignore_index)
+    if not path.exists():
+        raise FileNotFoundError(f"--gt {spec!r} does not exist")
+    raise GroundTruthError(
+        f"--gt {spec!r} is neither a folder of label images nor a COCO .json file "
+        f"(or prefix one of the schemes: {', '.join(sorted(_READERS))})"
+    )

@@ -1,0 +1,85 @@
+"""Expand the job's containers, inside Ray tasks: the images of a Parquet file or WebDataset shard.
+
+A Parquet file gives each row's image bytes (from its image-bytes column, or a Hugging Face
+``{"bytes", "path"}`` struct) or, with only a path column, the file each row names (relative paths are
+taken from the Parquet file's folder, as in list files). A WebDataset ``.tar`` shard gives each
+sample's first image member. ``pipeline.label.inputs`` lists the containers and checks the first Parquet
+schema up front, on the driver.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import tarfile
+from collections.abc import Iterator
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .inputs import (
+    IMAGE_EXTENSIONS,
+    Container,
+    InputItem,
+    display_name,
+    filesystem_of,
+    lookup_entry,
+    parquet_columns,
+    resolve_entry,
+)
+
+
+def expand_container(container: Container, bytes_column: str | None = None) -> Iterator[InputItem]:
+    """The images inside a Parquet file (with their bytes, or their paths) or a WebDataset shard."""
+    fs, path = filesystem_of(container.uri)
+    if container.kind == "parquet":
+        yield from _iter_parquet(container.uri, fs, path, bytes_column)
+    else:
+        yield from _iter_tar(container.uri, fs, path)
+
+
+def _iter_parquet(spec: str, fs: pafs.FileSystem, path: str, bytes_column: str | None) -> Iterator[InputItem]:
+    shown = display_name(spec, fs, path)
+    path_col, data_col = parquet_columns(shown, pq.read_schema(path, filesystem=fs).names, bytes_column)
+    folder = posixpath.dirname(path)
+    parquet = pq.ParquetFile(path, filesystem=fs)
+    row = 0
+    for batch in parquet.iter_batches(columns=[c for c in (path_col, data_col) if c], batch_size=256):
+        paths = batch.column(path_col).to_pylist() if path_col else [None] * batch.num_rows
+        datas = batch.column(data_col).to_pylist() if data_col else [None] * batch.num_rows
+        for image_path, data in zip(paths, datas, strict=True):
+            if isinstance(data, dict):  # Hugging Face datasets' Image feature: {"bytes", "path"}
+                image_path, data = image_path or data.get("path"), data.get("bytes")
+            name = image_path if image_path else f"{shown}#{row}"
+            row += 1
+            if data_col is None:
+                yield from _iter_parquet_path(name, spec, fs, folder)
+            elif data is None:
+                yield InputItem(name, error=f"empty {data_col!r} value")
+            else:
+                yield InputItem(name, data=data)
+
+
+def _iter_parquet_path(entry: str, spec: str, fs: pafs.FileSystem, folder: str) -> Iterator[InputItem]:
+    """A path-only Parquet row: relative paths are taken from the Parquet file's folder, as in list files."""
+    target_fs, target, name = resolve_entry(entry, spec, fs, folder)
+    not_found = "file not found"
+    if name != entry:  # relative: say where it was looked for
+        not_found = f"file not found: {name} ({entry!r} taken from the Parquet file's folder)"
+    yield from lookup_entry(name, target_fs, target, not_found)
+
+
+def _iter_tar(spec: str, fs: pafs.FileSystem, path: str) -> Iterator[InputItem]:
+    """WebDataset shards: each sample's first image member (``key.jpg``, ``key.png``, ...)."""
+    shown = display_name(spec, fs, path)
+    seen: set[str] = set()
+    with fs.open_input_stream(path) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            folder, base = posixpath.split(member.name)
+            key, suffix = posixpath.join(folder, base.split(".", 1)[0]), posixpath.splitext(base)[1]
+            if suffix.lower() not in IMAGE_EXTENSIONS or key in seen:
+                continue
+            seen.add(key)
+            handle = tar.extractfile(member)
+            yield InputItem(f"{shown}/{member.name}", data=handle.read() if handle else b"")

@@ -1,0 +1,71 @@
+"""The labeling job's CPU stages: expand containers, read, decode, validate and resize images.
+
+Kept free of torch (``san.transforms`` and ``pipeline.label.images`` need only numpy and PIL), so that the
+Ray workers running these tasks start in about a second instead of importing the model stack.
+Rows flow as ``image_path``, ``error`` (empty string when fine) and the stage's payload.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from san.transforms import resize_shortest_edge
+
+from .containers import expand_container
+from .images import ImageDecodeError, decode_image
+from .inputs import Container, read_bytes
+
+# Placeholder pixels for rows without an image (Ray needs an array in every row of the column).
+_NO_IMAGE = np.zeros((1, 1, 3), dtype=np.uint8)
+
+
+def expand_containers(row: dict[str, Any], bytes_column: str | None, done: frozenset[str]) -> list[dict[str, Any]]:
+    """``flat_map``: one Parquet file or WebDataset shard -> its image rows (finished ones skipped)."""
+    container = Container(row["kind"], row["uri"])
+    return [
+        {"image_path": item.image_path, "data": item.data or b"", "error": item.error or ""}
+        for item in expand_container(container, bytes_column)
+        if item.image_path not in done
+    ]
+
+
+@dataclass
+class DecodeStage:
+    """CPU stage: read (when only a path is given), decode, validate and resize for the model."""
+
+    short_side: int
+    max_size: int
+    max_pixels: int
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        images, heights, widths, errors = [], [], [], []
+        datas = batch.get("data", [b""] * len(batch["image_path"]))
+        for path, data, error in zip(batch["image_path"], datas, batch["error"], strict=True):
+            image = None
+            if not error:
+                try:
+                    raw = data if len(data) else read_bytes(path)
+                    image = decode_image(raw, max_pixels=self.max_pixels)
+                except ImageDecodeError as failure:
+                    error = failure.reason
+                except OSError as failure:
+                    error = f"cannot read file: {failure}"
+            if image is None:
+                images.append(_NO_IMAGE)
+                heights.append(0)
+                widths.append(0)
+            else:
+                heights.append(image.shape[0])
+                widths.append(image.shape[1])
+                images.append(resize_shortest_edge(image, self.short_side, self.max_size))
+            errors.append(error)
+        return {
+            "image_path": batch["image_path"],
+            "image": images,
+            "height": np.asarray(heights, dtype=np.int64),
+            "width": np.asarray(widths, dtype=np.int64),
+            "error": np.asarray(errors, dtype=object),
+        }

@@ -1,0 +1,366 @@
+"""Resolve ``--input`` into the list of images to label.
+
+Accepted: a directory (searched recursively), a glob pattern, a text file of paths (one per line,
+relative paths taken from the list's folder), a Parquet file or folder of Parquet files with a path
+column and/or an image-bytes column, or WebDataset ``.tar`` shards (a file, a folder of them, or a
+glob). Local paths and any URI pyarrow's filesystems understand (``s3://``, ``gs://``, ...) work.
+A spec that exists is taken literally, even when its name holds glob characters (``set [1]``).
+
+Parquet files and shards are listed here as containers (``Container``; the first Parquet file's
+columns are checked up front, on the driver); ``pipeline.label.containers`` reads the images inside
+them, in Ray tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import os
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from ..utf8 import decode_utf8
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
+)
+PATH_COLUMNS = ("image_path", "path", "file_name", "filepath", "filename")
+BYTES_COLUMNS = ("image_bytes", "image", "bytes", "content", "jpg", "png")
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+BROKEN_LINK = "broken symbolic link (target missing)"
+
+# A folder to leave out of listings: (filesystem type name, normalised path).
+_Exclusion = tuple[str, str] | None
+
+
+@dataclass(frozen=True)
+class Container:
+    """A Parquet file or WebDataset shard whose images are read lazily, inside Ray tasks."""
+
+    kind: str  # "parquet" or "tar"
+    uri: str  # as the user would write it (local path or URI)
+
+
+@dataclass
+class ResolvedInputs:
+    """Listed image paths (``items``, read later by path) and containers expanded lazily."""
+
+    items: list[InputItem]
+    containers: list[Container]
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input: ``image_path`` identifies it in every output. ``data`` holds the encoded bytes when
+    the source carries them (Parquet, WebDataset); ``error`` is set when it can never be labeled."""
+
+    image_path: str
+    data: bytes | None = None
+    error: str | None = None
+
+
+def image_id(image_path: str) -> int:
+    """A stable positive id (< 2**53, exact in JSON and JavaScript) derived from the path."""
+    return int.from_bytes(hashlib.sha256(image_path.encode("utf-8")).digest()[:8], "big") >> 11
+
+
+def filesystem_of(spec: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and path a local path or URI names."""
+    try:
+        return pafs.FileSystem.from_uri(spec)
+    except (pa.ArrowInvalid, ValueError, TypeError):
+        return pafs.LocalFileSystem(), posixpath.abspath(spec) if "://" not in spec else spec
+
+
+def display_name(spec: str, fs: pafs.FileSystem, path: str) -> str:
+    """The path as the user would write it: local paths as given, URIs with their scheme."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        return path
+    scheme = spec.split("://", 1)[0]
+    return f"{scheme}://{path}"
+
+
+def _has_wildcard(spec: str) -> bool:
+    return any(ch in spec for ch in "*?[")
+
+
+def resolve_inputs(spec: str, *, exclude: str | None = None, bytes_column: str | None = None) -> ResolvedInputs:
+    """Every input ``spec`` names, in a deterministic order (sorted within each listing).
+
+    Args:
+        spec: a folder, glob, list file, Parquet file/folder or WebDataset shard(s) (see the module).
+        exclude: a folder (local path or URI) whose contents folder walks and globs leave out, such as
+            the job's output folder when it lies inside the input folder.
+        bytes_column: the ``--bytes-column`` the containers will be expanded with (``None``: detect).
+
+    Raises:
+        FileNotFoundError: ``spec`` does not exist (or, as a glob, matches no file).
+        ValueError: nothing to label in ``spec``; an unreadable list file; the first Parquet file has
+            neither a path nor an image-bytes column.
+    """
+    resolved = ResolvedInputs([], [])
+    for entry in _iter_entries(spec, _exclusion(exclude)):
+        if isinstance(entry, Container):
+            resolved.containers.append(entry)
+        else:
+            resolved.items.append(entry)
+    if not resolved.items and not resolved.containers:
+        accepted = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise ValueError(
+            f"no images found in {spec!r}: accepted are image files ({accepted}), Parquet files and .tar shards"
+        )
+    parquets = [c for c in resolved.containers if c.kind == "parquet"]
+    if parquets:
+        _check_parquet_schema(parquets[0], bytes_column)
+    return resolved
+
+
+def _exclusion(exclude: str | None) -> _Exclusion:
+    """``exclude`` as (filesystem type, normalised path without a trailing slash), or ``None``."""
+    if exclude is None:
+        return None
+    fs, path = filesystem_of(exclude)
+    return fs.type_name, posixpath.normpath(path) if isinstance(fs, pafs.LocalFileSystem) else path.rstrip("/")
+
+
+def _excluded(fs: pafs.FileSystem, path: str, exclusion: _Exclusion) -> bool:
+    """Whether ``path`` (on ``fs``) is the excluded folder or lies under it."""
+    if exclusion is None or fs.type_name != exclusion[0]:
+        return False
+    path = posixpath.normpath(path) if isinstance(fs, pafs.LocalFileSystem) else path
+    return path == exclusion[1] or path.startswith(exclusion[1].rstrip("/") + "/")
+
+
+def _walk(fs: pafs.FileSystem, root: str, exclusion: _Exclusion, allow_not_found: bool = False) -> list[pafs.FileInfo]:
+    """Everything under ``root`` (recursive), broken local links as ``NotFound`` entries, less the excluded
+    folder (unless ``root`` itself lies in it: then the user asked for it, as ``--smoke-test`` does)."""
+    if _excluded(fs, root, exclusion):
+        exclusion = None
+    entries = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=allow_not_found))
+    entries += _broken_links(fs, root, entries)
+    return [e for e in entries if not _excluded(fs, e.path, exclusion)]
+
+
+def _broken_links(fs: pafs.FileSystem, root: str, entries: list[pafs.FileInfo]) -> list[pafs.FileInfo]:
+    """Local symbolic links whose target is missing, in ``root`` and its listed folders (pyarrow skips them)."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return []
+    broken = []
+    for folder in [root, *(e.path for e in entries if e.type == pafs.FileType.Directory)]:
+        with contextlib.suppress(OSError), os.scandir(folder) as scan:
+            broken += [
+                pafs.FileInfo(posixpath.join(folder, d.name), type=pafs.FileType.NotFound)
+                for d in scan
+                if d.is_symlink() and not os.path.exists(d.path)
+            ]
+    return broken
+
+
+def _missing_reason(fs: pafs.FileSystem, path: str, not_found: str = "file not found") -> str:
+    """Why a path that was named cannot be found: a broken local link, or ``not_found``."""
+    if isinstance(fs, pafs.LocalFileSystem) and os.path.islink(path):
+        return BROKEN_LINK
+    return not_found
+
+
+def _iter_entries(spec: str, exclusion: _Exclusion) -> Iterator[InputItem | Container]:
+    fs, path = _locate(spec)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        if _has_wildcard(spec):
+            yield from _iter_glob(spec, exclusion)
+            return
+        raise FileNotFoundError(f"--input {spec!r} does not exist")
+    if info.type == pafs.FileType.Directory:
+        yield from _iter_directory(spec, fs, path, exclusion)
+        return
+    lower = path.lower()
+    if lower.endswith(".parquet"):
+        yield Container("parquet", display_name(spec, fs, path))
+    elif lower.endswith(".tar"):
+        yield Container("tar", display_name(spec, fs, path))
+    elif lower.endswith(LIST_SUFFIXES):
+        yield from _iter_list(spec, fs, path)
+    else:
+        yield from _classify(spec, fs, [info])
+
+
+def _locate(spec: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and path ``spec`` names literally; with wildcards, the URI is parsed up to the
+    first wildcard only (so a ``?`` is never read as a URI query)."""
+    if not _has_wildcard(spec):
+        return filesystem_of(spec)
+    base, pattern = _split_glob(spec)
+    fs, base_path = filesystem_of(base)
+    return fs, posixpath.join(base_path, *pattern)
+
+
+def _iter_directory(
+    spec: str, fs: pafs.FileSystem, path: str, exclusion: _Exclusion
+) -> Iterator[InputItem | Container]:
+    """A folder's images (or its Parquet files / ``.tar`` shards when it holds nothing else), no hidden names."""
+    entries = _walk(fs, path, exclusion)
+    entries = [e for e in entries if not any(p.startswith(".") for p in _relative_parts(e.path, path))]
+    files = sorted(e.path for e in entries if e.type == pafs.FileType.File and not e.base_name.startswith("."))
+    kind = next((k for k in ("parquet", "tar") if files and all(f.endswith(f".{k}") for f in files)), None)
+    if kind is None:
+        yield from _classify(spec, fs, entries)
+        return
+    yield from (Container(kind, display_name(spec, fs, f)) for f in files)
+    yield from _classify(spec, fs, [e for e in entries if e.type == pafs.FileType.NotFound])
+
+
+def _classify(spec: str, fs: pafs.FileSystem, entries: list[pafs.FileInfo]) -> Iterator[InputItem]:
+    for entry in sorted(entries, key=lambda e: e.path):
+        name = display_name(spec, fs, entry.path)
+        if entry.base_name.startswith("."):
+            continue
+        suffix = posixpath.splitext(entry.base_name)[1].lower()
+        if entry.type == pafs.FileType.NotFound:  # only broken links are listed without a target
+            yield InputItem(name, error=BROKEN_LINK)
+        elif entry.type == pafs.FileType.Directory:
+            if suffix in IMAGE_EXTENSIONS:
+                yield InputItem(name, error="is a directory, not an image file")
+        elif suffix in IMAGE_EXTENSIONS:
+            yield InputItem(name)
+        else:
+            yield InputItem(name, error=f"not an image file (extension {suffix or 'none'!r})")
+
+
+def _split_glob(spec: str) -> tuple[str, list[str]]:
+    """A glob -> (the folder before its first wildcard component, the pattern's components)."""
+    parts = spec.split("/")
+    first_wild = next(i for i, p in enumerate(parts) if _has_wildcard(p))
+    return "/".join(parts[:first_wild]) or ".", [p for p in parts[first_wild:] if p]
+
+
+def _iter_glob(spec: str, exclusion: _Exclusion) -> Iterator[InputItem | Container]:
+    base, pattern = _split_glob(spec)
+    fs, base_path = filesystem_of(base)
+    entries = _walk(fs, base_path, exclusion, allow_not_found=True)
+    matches = sorted(
+        (e for e in entries if _glob_match(_relative_parts(e.path, base_path), pattern)), key=lambda e: e.path
+    )
+    if not matches:
+        raise FileNotFoundError(f"--input pattern {spec!r} matches no file")
+    for entry in matches:
+        if entry.type == pafs.FileType.File and entry.path.endswith((".tar", ".parquet")):
+            yield Container(entry.path.rsplit(".", 1)[1], display_name(spec, fs, entry.path))
+        else:
+            yield from _classify(base, fs, [entry])
+
+
+def _relative_parts(path: str, root: str) -> list[str]:
+    rel = path[len(root) :] if path.startswith(root) else path
+    return [p for p in rel.split("/") if p]
+
+
+def _glob_match(parts: list[str], pattern: list[str]) -> bool:
+    """Shell-glob semantics per path component: ``*`` stays within one folder, ``**`` spans zero or more
+    folders, and wildcards do not match hidden (dot) names unless the pattern component starts with a dot."""
+    if not pattern:
+        return not parts
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        descend = bool(parts) and not parts[0].startswith(".") and _glob_match(parts[1:], pattern)
+        return descend or _glob_match(parts, rest)
+    if not parts or (parts[0].startswith(".") and not head.startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(parts[0], head) and _glob_match(parts[1:], rest)
+
+
+def _iter_list(spec: str, fs: pafs.FileSystem, path: str) -> Iterator[InputItem]:
+    """A list file's entries in order, each named once (the first spelling of a path is kept)."""
+    shown = display_name(spec, fs, path)
+    entries = _read_list(shown, fs, path)
+    if not entries:
+        raise ValueError(f"no images found in {shown!r}: the list names no path (only blank lines and comments)")
+    folder = posixpath.dirname(path)
+    seen: set[str] = set()
+    for entry in entries:
+        target_fs, target, name = resolve_entry(entry, spec, fs, folder)
+        key = posixpath.normpath(target) if isinstance(target_fs, pafs.LocalFileSystem) else name
+        if key not in seen:
+            seen.add(key)
+            yield from lookup_entry(name, target_fs, target)
+
+
+def _read_list(shown: str, fs: pafs.FileSystem, path: str) -> list[str]:
+    """The entries of a UTF-8 list file: stripped lines, without blank lines and ``#`` comments."""
+    with fs.open_input_stream(path) as stream:
+        data = stream.read()
+    stripped = (line.strip() for line in decode_utf8(data, shown).splitlines())
+    return [entry for entry in stripped if entry and not entry.startswith("#")]
+
+
+def resolve_entry(entry: str, spec: str, fs: pafs.FileSystem, folder: str) -> tuple[pafs.FileSystem, str, str]:
+    """A path named inside a list or Parquet file -> (filesystem, path on it, name shown in outputs).
+
+    URIs and absolute paths stand as written; relative paths are taken from ``folder`` on ``fs``, the
+    folder of the file that names them (``spec`` gives the scheme to show them with)."""
+    if "://" in entry or posixpath.isabs(entry):
+        target_fs, target = filesystem_of(entry)
+        return target_fs, target, entry
+    target = posixpath.normpath(posixpath.join(folder, entry))
+    return fs, target, display_name(spec, fs, target)
+
+
+def lookup_entry(name: str, fs: pafs.FileSystem, target: str, not_found: str = "file not found") -> Iterator[InputItem]:
+    """The item for a named path: an error when it is missing, else as a folder listing classifies it."""
+    info = fs.get_file_info(target)
+    if info.type == pafs.FileType.NotFound:
+        yield InputItem(name, error=_missing_reason(fs, target, not_found))
+    else:
+        yield from (InputItem(name, item.data, item.error) for item in _classify(name, fs, [info]))
+
+
+def parquet_columns(shown: str, names: list[str], bytes_column: str | None) -> tuple[str | None, str | None]:
+    """The (path column, image-bytes column) of a Parquet schema's ``names``; at least one is set.
+
+    Raises:
+        ValueError: ``bytes_column`` is not among ``names``, or neither kind of column is found.
+    """
+    present = set(names)
+    path_col = next((c for c in PATH_COLUMNS if c in present), None)
+    data_col = bytes_column if bytes_column else next((c for c in BYTES_COLUMNS if c in present), None)
+    if data_col is not None and data_col not in present:
+        raise ValueError(f"{shown}: no column {data_col!r} (columns: {sorted(present)})")
+    if path_col is None and data_col is None:
+        raise ValueError(
+            f"{shown}: needs a path column {PATH_COLUMNS} or an image-bytes column {BYTES_COLUMNS}; "
+            f"found {sorted(present)}"
+        )
+    return path_col, data_col
+
+
+def _check_parquet_schema(container: Container, bytes_column: str | None = None) -> None:
+    """Fail early, on the driver, when a Parquet container has no usable path or image-bytes column.
+
+    With ``bytes_column`` unknown (``None``), a schema without the usual columns passes as long as it has
+    a binary column that ``--bytes-column`` may name: callers that do not pass it keep working."""
+    fs, path = filesystem_of(container.uri)
+    try:
+        schema = pq.read_schema(path, filesystem=fs)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValueError(f"{container.uri}: not a readable Parquet file ({exc})") from None
+    if bytes_column is None and any(_may_hold_bytes(field.type) for field in schema):
+        return
+    parquet_columns(container.uri, schema.names, bytes_column)
+
+
+def _may_hold_bytes(dtype: pa.DataType) -> bool:
+    """Whether a column of this type can hold encoded images (binary, or a ``{"bytes", "path"}`` struct)."""
+    return pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype) or pa.types.is_struct(dtype)
+
+
+def read_bytes(image_path: str) -> bytes:
+    """The bytes of a local path or URI (raises ``OSError`` subclasses when unreadable)."""
+    fs, path = filesystem_of(image_path)
+    with fs.open_input_file(path) as handle:
+        return handle.read()

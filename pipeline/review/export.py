@@ -1,0 +1,235 @@
+"""Export reviewed labels from a FiftyOne dataset (made by :func:`pipeline.review.dataset.load_run`, possibly
+edited since) to COCO JSON in the labeling job's form, and to a folder of label-map PNGs.
+
+What is exported: each sample's ``predictions`` ``Segmentation`` mask as it is now (``get_mask()``:
+an in-database ``mask`` or a ``mask_path`` file), mask value = category id, 0 = unlabeled (see
+:mod:`pipeline.review.dataset`). Segments come from :func:`pipeline.segments.label_map_segments` and the COCO
+from :func:`pipeline.coco.build_coco`, so the file has exactly the shape ``coco.json`` of a labeling run
+has, with the same category ids and image ids.
+
+Scores: a segment whose pixels are exactly the run's segment of that class (same compressed RLE, which
+is canonical for a mask) keeps the run's score; a segment that was edited or added in review gets 1.0
+(a reviewer's label is taken as certain).
+
+Mask folder: one PNG per image (:func:`pipeline.segments.encode_label_map_png`: 0-based class index,
+255 / 65535 = unlabeled), at the image's path relative to the folder all images share, with the
+suffix ``.png`` (a name that would clash gets ``.<image_id>`` before it), plus ``classes.txt`` (line
+``v`` names class index ``v``). So ``jobs/evaluate.py --gt DIR --gt-classes DIR/classes.txt`` reads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import fiftyone as fo
+import numpy as np
+
+from ..coco import build_coco, write_json_atomic
+from ..label.inputs import image_id as path_image_id
+from ..segments import encode_label_map_png, label_map_segments
+from ..vocabulary import Vocabulary
+from .dataset import default_dataset_name
+from .masks import PREDICTIONS, ReviewError, mask_to_label_map
+
+__all__ = ["export_dataset", "iter_reviewed_images", "mask_file_names", "resolve_dataset"]
+
+REVIEWED_SCORE = 1.0
+
+
+def resolve_dataset(spec: str | os.PathLike[str] | fo.Dataset) -> fo.Dataset:
+    """A dataset, a dataset name, or a labeling run's output folder (its dataset from ``jobs/review.py``).
+
+    Raises:
+        ReviewError: no such dataset (for a folder: it has not been loaded with ``jobs/review.py`` yet).
+    """
+    if isinstance(spec, fo.Dataset):
+        return spec
+    text = os.fspath(spec)
+    if fo.dataset_exists(text):
+        return fo.load_dataset(text)
+    if (Path(text) / "manifest.json").is_file():
+        name = default_dataset_name(text)
+        if fo.dataset_exists(name):
+            return fo.load_dataset(name)
+        raise ReviewError(
+            f"{text} is a labeling run, but its dataset {name!r} does not exist; run jobs/review.py first"
+        )
+    raise ReviewError(f"{text!r} is neither a FiftyOne dataset nor a labeling run's output folder")
+
+
+def _vocabulary(dataset: fo.Dataset) -> Vocabulary:
+    obj = (dataset.info or {}).get("vocabulary")
+    if obj is None:
+        raise ReviewError(f"dataset {dataset.name!r} has no info['vocabulary'] (it was not made by jobs/review.py)")
+    return Vocabulary.from_json(obj)
+
+
+def iter_reviewed_images(dataset: fo.Dataset) -> Iterator[dict[str, Any]]:
+    """Per sample: ``image_path``, ``image_id``, ``width``, ``height``, ``label_map`` (int64, -1 = unlabeled),
+    ``segments`` (as the run writes them; scores per the module docstring) and ``edited`` (class names
+    whose pixels differ from the run's).
+
+    Raises:
+        ReviewError: a mask with a value that is no vocabulary class, or whose size differs from the image's.
+    """
+    vocabulary = _vocabulary(dataset)
+    n = len(vocabulary)
+    fields = [f for f in ("image_path", "image_id", "width", "height", "run_segments") if dataset.has_sample_field(f)]
+    for sample in dataset.select_fields([PREDICTIONS, *fields]).iter_samples(progress=False):
+        path = sample["image_path"] if "image_path" in fields and sample["image_path"] else sample.filepath
+        what = f"sample {sample.id} ({path})"
+        label = sample[PREDICTIONS]
+        mask = label.get_mask() if label is not None and label.has_mask else None
+        width = sample["width"] if "width" in fields else None
+        height = sample["height"] if "height" in fields else None
+        if mask is None:
+            if not width or not height:
+                raise ReviewError(f"{what}: no predictions mask and no width/height")
+            label_map = np.full((int(height), int(width)), -1, dtype=np.int64)
+        else:
+            label_map = mask_to_label_map(mask, n, what)
+            if (width and int(width) != label_map.shape[1]) or (height and int(height) != label_map.shape[0]):
+                raise ReviewError(f"{what}: mask is {label_map.shape[1]}x{label_map.shape[0]}, image {width}x{height}")
+        run = {int(s["category_id"]): s for s in (sample["run_segments"] if "run_segments" in fields else None) or []}
+        segments = label_map_segments(label_map, None, vocabulary.names, vocabulary.category_ids, ignore_value=-1)
+        edited = []
+        for segment in segments:
+            before = run.get(segment["category_id"])
+            if before is not None and before["rle"] == segment["rle"]:
+                segment["score"] = float(before["score"])
+            else:
+                segment["score"] = REVIEWED_SCORE
+                edited.append(segment["category_name"])
+        present = {s["category_id"] for s in segments}
+        edited += [s["category_name"] for cid, s in run.items() if cid not in present]  # removed classes
+        image_id = sample["image_id"] if "image_id" in fields and sample["image_id"] is not None else None
+        yield {
+            "image_path": path,
+            "image_id": int(image_id) if image_id is not None else path_image_id(path),
+            "width": int(label_map.shape[1]),
+            "height": int(label_map.shape[0]),
+            "label_map": label_map,
+            "segments": segments,
+            "edited": edited,
+        }
+
+
+def _parts(path: str) -> tuple[str, ...]:
+    text = str(path).replace("\\", "/")
+    if "://" in text:
+        text = text.split("://", 1)[1]
+    return tuple(p for p in text.split("/") if p not in ("", ".", ".."))
+
+
+def mask_file_names(items: list[tuple[str, int]]) -> dict[str, str]:
+    """``(image_path, image_id)`` -> relative PNG path (rule in the module docstring)."""
+    parents = [_parts(p)[:-1] for p, _ in items]
+    common = 0
+    if parents:
+        shortest = min(len(p) for p in parents)
+        while common < shortest and len({p[common] for p in parents}) == 1:
+            common += 1
+    names: dict[str, str] = {}
+    used: set[str] = set()
+    for (path, image_id), parent in zip(items, parents, strict=True):
+        stem = PurePosixPath(_parts(path)[-1] if _parts(path) else str(image_id)).stem or str(image_id)
+        rel = "/".join([*parent[common:], f"{stem}.png"])
+        if rel.casefold() in used:
+            rel = "/".join([*parent[common:], f"{stem}.{image_id}.png"])
+        used.add(rel.casefold())
+        names[path] = rel
+    return names
+
+
+def _check_coco_target(ds: fo.Dataset, coco_path: Path) -> None:
+    """Refuse a folder, and the labeling run's own ``coco.json`` (the unreviewed labels stay as they were)."""
+    if coco_path.is_dir():
+        raise ValueError(f"--coco {str(coco_path)!r} is a folder; give the path of a .json file")
+    run = ds.info.get("labeling_run")
+    if run and coco_path.resolve() == (Path(run) / "coco.json").resolve():
+        raise ValueError(
+            f"--coco {str(coco_path)!r} is the labeling run's own coco.json; write the reviewed labels to another file"
+        )
+
+
+def _mask_names(ds: fo.Dataset) -> dict[str, str]:
+    """Each sample's image path -> the relative file name of its mask PNG (see :func:`mask_file_names`)."""
+    paths = ds.values("image_path") if ds.has_sample_field("image_path") else ds.values("filepath")
+    filepaths = ds.values("filepath")
+    paths = [p or f for p, f in zip(paths, filepaths, strict=True)]
+    ids = ds.values("image_id") if ds.has_sample_field("image_id") else [None] * len(paths)
+    return mask_file_names([(p, i if i is not None else path_image_id(p)) for p, i in zip(paths, ids, strict=True)])
+
+
+@contextlib.contextmanager
+def _new_folder(target: Path) -> Iterator[Path]:
+    """A temporary folder beside ``target`` that becomes ``target`` when the block succeeds and is deleted
+    when it fails, so ``target`` holds one whole export or nothing. ``target`` must be new or empty (masks of
+    an earlier export would otherwise mix in)."""
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        what = "is not empty" if target.is_dir() else "is a file"
+        raise ValueError(f"--masks {str(target)!r} {what}; choose a new or empty folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    tmp.mkdir()
+    try:
+        yield tmp
+        os.replace(tmp, target)  # also over an empty folder
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def export_dataset(
+    dataset: str | os.PathLike[str] | fo.Dataset,
+    coco_path: str | os.PathLike[str] | None,
+    masks_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Write the dataset's current ``predictions`` as COCO JSON (atomically) and/or a new folder of PNG masks
+    (written whole or not at all).
+
+    Returns:
+        ``{"dataset", "images", "annotations", "edited_images", "edited_segments", "coco", "masks"}``.
+    """
+    ds = resolve_dataset(dataset)
+    if coco_path is None and masks_dir is None:
+        raise ValueError("nothing to export: give --coco, --masks or both")
+    if coco_path is not None:
+        _check_coco_target(ds, Path(coco_path))
+    vocabulary = _vocabulary(ds)
+    masks = Path(masks_dir) if masks_dir is not None else None
+    names = _mask_names(ds) if masks is not None else {}
+    with _new_folder(masks) if masks is not None else contextlib.nullcontext() as folder:
+        if folder is not None:
+            (folder / "classes.txt").write_text("".join(f"{n}\n" for n in vocabulary.names), encoding="utf-8")
+        rows = []
+        edited_images = edited_segments = 0
+        for item in iter_reviewed_images(ds):
+            if folder is not None:
+                target = folder / names[item["image_path"]]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(encode_label_map_png(item["label_map"], ignore_value=-1))
+            edited_images += bool(item["edited"])
+            edited_segments += len(item["edited"])
+            del item["label_map"], item["edited"]
+            rows.append(item)
+        info = {"description": f"reviewed in FiftyOne dataset {ds.name}"}
+        coco = build_coco(rows, vocabulary.names, vocabulary.category_ids, info=info)
+        if coco_path is not None:
+            Path(coco_path).parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(coco, coco_path)
+    return {
+        "dataset": ds.name,
+        "images": len(rows),
+        "annotations": len(coco["annotations"]),
+        "edited_images": edited_images,
+        "edited_segments": edited_segments,
+        "coco": None if coco_path is None else str(coco_path),
+        "masks": None if masks is None else str(masks),
+    }

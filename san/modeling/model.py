@@ -1,0 +1,260 @@
+"""The SAN model: CLIP feature extractor, side adapter, recognition head and text classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIP
+from torch import nn
+
+from ..config import SANConfig, get_preset
+from .clip import ClipFeatureExtractor, RecognitionHead, build_clip, load_pretrained_clip
+from .side_adapter import SideAdapter
+from .text_classifier import TextClassifier, check_vocabulary
+
+# Elements of one chunk of upsampled mask logits in post-processing (bounds peak memory).
+POSTPROCESS_CHUNK_ELEMENTS = 1 << 26
+# Class scores at the output size held at once when only the best class is needed (1 GiB in float32).
+SCORES_CHUNK_ELEMENTS = 1 << 28
+# CLIP parameters SAN trains (CLIP_FROZEN_EXCLUDE) plus the classifier's background embedding.
+Result = TypeVar("Result")
+TRAINABLE_CLIP_PARAMETERS = ("clip_features.positional_embedding", "text_classifier.bg_embed")
+
+
+@dataclass
+class SANOutput:
+    """Per decoded level (eval: only the last): mask logits ``[B, Q, h, w]`` at the side grid,
+    mask embeddings ``[B, Q, D]`` and class logits ``[B, Q, C + 1]`` (background last)."""
+
+    mask_preds: list[torch.Tensor]
+    mask_embs: list[torch.Tensor]
+    mask_logits: list[torch.Tensor]
+
+
+class SAN(nn.Module):
+    """Side Adapter Network (Xu et al., CVPR 2023) for open-vocabulary semantic segmentation."""
+
+    def __init__(self, config: SANConfig, clip_model: CLIP | None = None):
+        super().__init__()
+        self.config = config
+        clip_model = clip_model if clip_model is not None else build_clip(config.clip)
+        visual = clip_model.visual
+        k = config.clip.feature_last_layer
+        self.clip_features = ClipFeatureExtractor(visual, k)
+        self.clip_recognition = RecognitionHead(visual, k, config.rec_downsample)
+        self.side_adapter = SideAdapter(config.side_adapter, self.clip_features.width)
+        self.text_classifier = TextClassifier(clip_model, config.clip.template_set)
+        mean = torch.tensor([255.0 * m for m in config.pixel_mean], dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor([255.0 * s for s in config.pixel_std], dtype=torch.float32).view(3, 1, 1)
+        self.register_buffer("pixel_mean", mean, persistent=False)
+        self.register_buffer("pixel_std", std, persistent=False)
+        self.freeze_clip()
+        num_bias_heads = config.side_adapter.attn_bias.num_heads
+        if num_bias_heads not in (1, self.clip_recognition.num_heads):
+            raise ValueError(
+                f"attention-bias heads ({num_bias_heads}) must be 1 or CLIP's head count "
+                f"({self.clip_recognition.num_heads})"
+            )
+
+    def freeze_clip(self) -> None:
+        """Freeze CLIP as SAN trains it: everything but the visual positional embedding (and the
+        learnable background embedding) stays fixed; the side adapter is trainable."""
+        for name, param in self.named_parameters():
+            if name.startswith(("clip_features.", "clip_recognition.", "text_classifier.")):
+                param.requires_grad_(name in TRAINABLE_CLIP_PARAMETERS)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def normalize_and_pad(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """uint8 images ``[3, H_i, W_i]`` -> normalised batch ``[B, 3, Hp, Wp]``, zero-padded at the
+        bottom/right to the largest size rounded up to ``size_divisibility``."""
+        div = self.config.size_divisibility
+        hp = -(-max(im.shape[1] for im in images) // div) * div
+        wp = -(-max(im.shape[2] for im in images) // div) * div
+        batch = torch.zeros(len(images), 3, hp, wp, device=self.device, dtype=self.pixel_mean.dtype)
+        for i, image in enumerate(images):
+            x = (image.to(self.device, self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
+            batch[i, :, : x.shape[1], : x.shape[2]] = x
+        return batch
+
+    def clip_input(self, images: torch.Tensor) -> torch.Tensor:
+        """The CLIP input: the padded batch scaled by ``clip_resolution`` (bilinear; the scale factor,
+        not the output size, sets the sampling grid, as in SAN)."""
+        if self.config.clip_resolution == 1.0:
+            return images
+        return F.interpolate(images, scale_factor=self.config.clip_resolution, mode="bilinear", align_corners=False)
+
+    def classifier(self, vocabulary: Sequence[str]) -> torch.Tensor:
+        """Scaled classifier weights ``[C + 1, D]`` (``logit_scale.exp()`` times the unit rows)."""
+        return self.text_classifier.logit_scale.exp() * self.text_classifier(vocabulary)
+
+    def forward(self, images: torch.Tensor, vocabulary: Sequence[str]) -> SANOutput:
+        """Run SAN on a normalised, padded batch ``[B, 3, Hp, Wp]`` (see :meth:`normalize_and_pad`)."""
+        classifier = self.classifier(vocabulary)
+        clip = self.clip_features(self.clip_input(images))
+        side = self.side_adapter(images, clip)
+        mask_embs = [self.clip_recognition(clip, biases) for biases in side.attn_biases]
+        mask_logits = [torch.einsum("bqd,nd->bqn", e, classifier.to(e.dtype)) for e in mask_embs]
+        return SANOutput(side.mask_preds, mask_embs, mask_logits)
+
+    @torch.inference_mode()
+    def predict_scores(
+        self,
+        images: Sequence[torch.Tensor],
+        vocabulary: Sequence[str],
+        output_sizes: Sequence[tuple[int, int]] | None = None,
+        batch_size: int = 8,
+    ) -> list[torch.Tensor]:
+        """Semantic scores ``[len(vocabulary), H_i, W_i]`` for each uint8 RGB image ``[3, H_i, W_i]``.
+
+        Equal to the official implementation's ``sem_seg`` for each image run alone: images are
+        batched only with others that pad to the same size, so a result never depends on the rest
+        of the batch. ``output_sizes`` (one ``(H, W)`` per image) resizes the scores the way SAN's
+        evaluation maps them back to an original image size. Scores are float32 (float64 for a
+        float64 model), also under autocast.
+        """
+        return self._predict(images, vocabulary, output_sizes, batch_size, semantic_scores)
+
+    @torch.inference_mode()
+    def predict_best(
+        self,
+        images: Sequence[torch.Tensor],
+        vocabulary: Sequence[str],
+        output_sizes: Sequence[tuple[int, int]] | None = None,
+        batch_size: int = 8,
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per image, the best score ``[H_i, W_i]`` and its class index ``[H_i, W_i]`` (int64): the max
+        and argmax over classes of :meth:`predict_scores`, with memory bounded for any number of
+        classes and output size (see :func:`best_class`)."""
+        return self._predict(images, vocabulary, output_sizes, batch_size, best_class)
+
+    def _predict(
+        self,
+        images: Sequence[torch.Tensor],
+        vocabulary: Sequence[str],
+        output_sizes: Sequence[tuple[int, int]] | None,
+        batch_size: int,
+        postprocess: Callable[..., Result],
+    ) -> list[Result]:
+        """Run the model on same-padded-size groups and ``postprocess`` each image's outputs."""
+        vocabulary = check_vocabulary(vocabulary)
+        _check_images(images)
+        sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
+        output_sizes = list(output_sizes) if output_sizes is not None else sizes
+        if len(output_sizes) != len(images):
+            raise ValueError(f"{len(output_sizes)} output sizes for {len(images)} images")
+        was_training = self.training
+        self.eval()
+        try:
+            results: list[Result | None] = [None] * len(images)
+            for group in _padded_size_groups(sizes, self.config.size_divisibility, batch_size):
+                batch = self.normalize_and_pad([images[i] for i in group])
+                out = self(batch, vocabulary)
+                for j, i in enumerate(group):
+                    results[i] = postprocess(
+                        out.mask_preds[-1][j], out.mask_logits[-1][j], batch.shape[-2:], sizes[i], output_sizes[i]
+                    )
+            return results  # type: ignore[return-value]
+        finally:
+            self.train(was_training)
+
+
+def semantic_scores(
+    mask_preds: torch.Tensor,
+    mask_logits: torch.Tensor,
+    padded_size: tuple[int, int],
+    image_size: tuple[int, int],
+    output_size: tuple[int, int],
+    classes: slice = slice(None),
+) -> torch.Tensor:
+    """One image's class scores ``[C, H_out, W_out]`` from mask logits ``[Q, h, w]`` and class
+    logits ``[Q, C + 1]``, as SAN's post-processing computes them (only the ``classes`` rows).
+
+    Masks are upsampled to the padded size, cropped to the image, resized to the output size
+    (bilinear, align_corners=False) and combined as ``sum_q softmax(logits_q)[c] * sigmoid(mask_q)``
+    (background column dropped after the softmax). Queries are processed in chunks to bound memory.
+    """
+    dtype = torch.promote_types(mask_preds.dtype, torch.float32)  # never post-process in half precision
+    probs = mask_logits.to(dtype).softmax(dim=-1)[:, :-1][:, classes]
+    masks = mask_preds.to(dtype)
+    (hp, wp), (h, w), (ho, wo) = padded_size, image_size, output_size
+    chunk = max(1, POSTPROCESS_CHUNK_ELEMENTS // (hp * wp + ho * wo))
+    scores = torch.zeros(probs.shape[1], ho, wo, device=masks.device, dtype=dtype)
+    for start in range(0, masks.shape[0], chunk):
+        m = F.interpolate(masks[None, start : start + chunk], size=(hp, wp), mode="bilinear", align_corners=False)
+        m = m[:, :, :h, :w]
+        if (ho, wo) != (h, w):
+            m = F.interpolate(m, size=(ho, wo), mode="bilinear", align_corners=False)
+        scores += torch.einsum("qc,qhw->chw", probs[start : start + chunk], m[0].sigmoid())
+    return scores
+
+
+def best_class(
+    mask_preds: torch.Tensor,
+    mask_logits: torch.Tensor,
+    padded_size: tuple[int, int],
+    image_size: tuple[int, int],
+    output_size: tuple[int, int],
+    max_elements: int = SCORES_CHUNK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best score ``[H_out, W_out]`` and its class index (int64) of :func:`semantic_scores`.
+
+    The scores of all ``C`` classes at the output size take ``C * H_out * W_out`` floats (7 GB for
+    150 classes on a 12-megapixel photo), so classes go in chunks of at most ``max_elements`` scores,
+    keeping a running maximum; ties keep the lowest class index, as ``max`` does. One chunk (most
+    images) computes exactly what ``semantic_scores(...).max(dim=0)`` does; each further chunk
+    repeats the mask upsampling.
+    """
+    num_classes = mask_logits.shape[-1] - 1
+    per_chunk = max(1, max_elements // (output_size[0] * output_size[1]))
+    best, index = semantic_scores(
+        mask_preds, mask_logits, padded_size, image_size, output_size, slice(0, per_chunk)
+    ).max(dim=0)
+    for start in range(per_chunk, num_classes, per_chunk):
+        scores = semantic_scores(
+            mask_preds, mask_logits, padded_size, image_size, output_size, slice(start, start + per_chunk)
+        )
+        value, arg = scores.max(dim=0)
+        better = value > best
+        best = torch.where(better, value, best)
+        index = torch.where(better, arg + start, index)
+    return best, index
+
+
+def _check_images(images: Sequence[torch.Tensor]) -> None:
+    if isinstance(images, torch.Tensor):
+        raise TypeError("images must be a list of [3, H, W] uint8 tensors, not one tensor")
+    if len(images) == 0:
+        raise ValueError("no images given")
+    for i, image in enumerate(images):
+        if not isinstance(image, torch.Tensor):
+            raise TypeError(f"image {i} is a {type(image).__name__}, expected a torch.Tensor [3, H, W] uint8")
+        if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3 or min(image.shape[1:]) < 1:
+            raise ValueError(
+                f"image {i} must be a 3 x H x W uint8 RGB tensor, got {image.dtype} of shape {tuple(image.shape)}"
+            )
+
+
+def _padded_size_groups(sizes: list[tuple[int, int]], divisibility: int, batch_size: int) -> list[list[int]]:
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (h, w) in enumerate(sizes):
+        key = (-(-h // divisibility), -(-w // divisibility))
+        groups.setdefault(key, []).append(i)
+    return [g[s : s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)]
+
+
+def build_san(config: SANConfig | str, pretrained_clip: bool = False, **preset_kwargs) -> SAN:
+    """A SAN from a config or a preset name (``san_vit_b_16``, ``san_tiny``, ...).
+
+    The side adapter is randomly initialised; CLIP too, unless ``pretrained_clip`` loads the CLIP
+    weights that ``config.clip.pretrained`` names (the start of training from scratch).
+    """
+    if isinstance(config, str):
+        config = get_preset(config, **preset_kwargs)
+    return SAN(config, load_pretrained_clip(config.clip) if pretrained_clip else None)

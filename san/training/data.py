@@ -1,0 +1,342 @@
+"""Semantic-segmentation training data: (image, label map) pairs and the training sample stream.
+
+Folder layout (:class:`SegmentationFolder`)
+-------------------------------------------
+::
+
+    DATASET/
+      classes.txt          one class name per line; line i (0-based) is class index i
+      images/<name>.jpg    RGB images (.jpg .jpeg .png .bmp .tif .tiff .webp), subfolders allowed
+      labels/<name>.png    label maps, same relative path and stem as the image: 8-bit grayscale or
+                           palette PNG (16-bit for more than 255 classes), pixel = class index,
+                           255 (or ``ignore_index``) = ignored / unlabeled
+
+Produce it from your own masks by writing each image's class indices into a PNG, e.g.
+``PIL.Image.fromarray(label.astype(np.uint8)).save("labels/x.png")``. Class names are what the text
+encoder reads ("traffic light", not "cls_7"). Blank lines in ``classes.txt`` are not allowed (line
+numbers are class indices). The prepared COCO-Stuff-164K of detectron2/SAN (``datasets/coco/
+train2017`` + ``stuffthingmaps_detectron2/train2017``, values 0..170, 255 ignored) is the same thing
+with the two folders elsewhere: :func:`coco_stuff` reads it with its 171 class names.
+:meth:`SegmentationFolder.check` reads every label once (training does, before its first step), so that
+a bad label is reported at start-up rather than when a step draws it.
+
+Training stream
+---------------
+:class:`TrainSamples` turns a dataset into an endless, deterministic stream: global sample ``k`` is
+dataset item ``perm_e[k mod N]`` with ``e = k // N`` (a fresh permutation per epoch, seeded by
+``(seed, e)``), augmented with a generator seeded by ``(seed, k)``. Step ``s`` of a run with global
+batch ``G`` uses samples ``s*G .. s*G + G - 1`` (worker ``r`` of ``W`` takes its contiguous share), so
+the data a step sees depends only on the seed and the step: resuming at step ``s`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .augment import TrainAugmentation
+
+__all__ = [
+    "COCO_STUFF_CLASSES",
+    "IMAGE_SUFFIXES",
+    "SegmentationFolder",
+    "StepSampler",
+    "TrainSamples",
+    "coco_stuff",
+    "collate",
+    "read_classes",
+    "write_synthetic_dataset",
+]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+LABEL_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+def read_classes(path: str | os.PathLike[str]) -> list[str]:
+    """Class names from a text file, one per line (0-based line i = class i); a trailing newline is allowed."""
+    text = Path(path).read_text(encoding="utf-8").removeprefix("\ufeff")
+    lines = text.split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    names = [" ".join(line.split()) for line in lines]
+    if not names:
+        raise ValueError(f"{path}: no class names")
+    blank = [str(i + 1) for i, n in enumerate(names) if not n]  # editor line numbers, 1-based
+    if blank:
+        raise ValueError(f"{path}: blank line(s) {', '.join(blank)}; line i names class i - 1, so none may be blank")
+    duplicates = sorted(name for name, count in collections.Counter(names).items() if count > 1)
+    if duplicates:
+        raise ValueError(f"{path}: duplicate class names {duplicates}")
+    return names
+
+
+def _files(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
+    """Relative path without suffix -> file, for the non-hidden files under ``folder`` with a suffix."""
+    found: dict[str, Path] = {}
+    for file in sorted(folder.rglob("*")):
+        rel = file.relative_to(folder)
+        if file.suffix.lower() in suffixes and not any(p.startswith(".") for p in rel.parts) and file.is_file():
+            key = rel.with_suffix("").as_posix()
+            if key in found:
+                raise ValueError(f"{folder}: two files for {key!r}: {found[key].name} and {file.name}")
+            found[key] = file
+    return found
+
+
+class SegmentationFolder:
+    """(image, label) pairs from an images folder and a labels folder, paired by relative path and stem.
+
+    Args:
+        images: the images folder (searched recursively).
+        labels: the label maps folder.
+        classes: the class names (label value i = ``classes[i]``).
+        ignore_index: label value of ignored pixels (default 255).
+        strict: if True (default) every image needs a label and vice versa; if False, unpaired files are
+            skipped.
+
+    ``dataset[i]`` is ``(image [H, W, 3] uint8 RGB, label [H, W] int32)``; :meth:`from_folder` reads the
+    layout of the module docstring.
+    """
+
+    def __init__(
+        self,
+        images: str | os.PathLike[str],
+        labels: str | os.PathLike[str],
+        classes: Sequence[str],
+        ignore_index: int = 255,
+        strict: bool = True,
+    ):
+        self.images_dir, self.labels_dir = Path(images), Path(labels)
+        for folder in (self.images_dir, self.labels_dir):
+            if not folder.is_dir():
+                raise FileNotFoundError(f"dataset folder {str(folder)!r} does not exist")
+        self.classes = list(classes)
+        self.ignore_index = int(ignore_index)
+        if 0 <= self.ignore_index < len(self.classes):
+            raise ValueError(f"ignore_index {ignore_index} is a class index ({len(self.classes)} classes)")
+        images_by_key = _files(self.images_dir, IMAGE_SUFFIXES)
+        labels_by_key = _files(self.labels_dir, LABEL_SUFFIXES)
+        keys = sorted(images_by_key.keys() & labels_by_key.keys())
+        if strict:
+            missing = sorted(images_by_key.keys() - labels_by_key.keys())
+            orphans = sorted(labels_by_key.keys() - images_by_key.keys())
+            if missing or orphans:
+                raise ValueError(
+                    f"{self.images_dir} / {self.labels_dir}: {len(missing)} images without a label "
+                    f"(e.g. {missing[:3]}), {len(orphans)} labels without an image (e.g. {orphans[:3]})"
+                )
+        if not keys:
+            raise ValueError(f"no (image, label) pairs in {self.images_dir} and {self.labels_dir}")
+        self.pairs = [(images_by_key[k], labels_by_key[k]) for k in keys]
+
+    @classmethod
+    def from_folder(cls, root: str | os.PathLike[str], **kwargs) -> SegmentationFolder:
+        """The ``images/`` + ``labels/`` + ``classes.txt`` layout under ``root``."""
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"dataset folder {str(root)!r} does not exist")
+        if not (root / "classes.txt").is_file():
+            raise FileNotFoundError(f"{root}/classes.txt not found (the dataset layout: see san.training.data)")
+        return cls(root / "images", root / "labels", read_classes(root / "classes.txt"), **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def read_image(self, index: int) -> np.ndarray:
+        """Image ``index`` as RGB uint8 ``[H, W, 3]`` (EXIF orientation applied, as detectron2 reads it)."""
+        with Image.open(self.pairs[index][0]) as img:
+            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+
+    def read_label(self, index: int) -> np.ndarray:
+        """Label map ``index`` as int32 ``[H, W]``; raises ``ValueError`` on a multi-channel image or values
+        that are no class."""
+        path = self.pairs[index][1]
+        with Image.open(path) as img:
+            if img.mode not in ("L", "P", "I") and not img.mode.startswith("I;16"):
+                raise ValueError(
+                    f"label {path} is a {img.mode!r} image; expected 8/16-bit single-channel class indices"
+                )
+            label = np.asarray(img).astype(np.int32)
+        bad = (label >= len(self.classes)) & (label != self.ignore_index) | (label < 0)
+        if bad.any():
+            raise ValueError(
+                f"label {path} has values {np.unique(label[bad])[:10].tolist()} that are neither a class "
+                f"(0..{len(self.classes) - 1}) nor ignore_index {self.ignore_index}"
+            )
+        return label
+
+    def _check_size(self, index: int, image_size: tuple[int, ...], label_size: tuple[int, ...]) -> None:
+        """Raise ``ValueError`` unless image ``index`` and its label have the same ``(H, W)``."""
+        if tuple(image_size) != tuple(label_size):
+            raise ValueError(f"{self.pairs[index][0]} is {tuple(image_size)} but its label is {tuple(label_size)}")
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image, label = self.read_image(index), self.read_label(index)
+        self._check_size(index, image.shape[:2], label.shape)
+        return image, label
+
+    def check(self, rank: int = 0, world_size: int = 1, shown: int = 5) -> None:
+        """Check every sample once, before training: each label is read (:meth:`read_label`'s rules: one
+        channel, values that are classes or ``ignore_index``) and compared with its image's size, read from
+        the image's header. Raises ``ValueError`` naming the first ``shown`` problems (with file names) and
+        their count. Worker ``rank`` of ``world_size`` checks samples ``rank::world_size``."""
+        indices = range(rank, len(self), world_size)
+        problems = [problem for problem in map(self._sample_problem, indices) if problem]
+        if problems:
+            raise ValueError(
+                f"{len(problems)} of {len(indices)} samples of {self.labels_dir} are unusable"
+                f"{f' (the first {shown})' if len(problems) > shown else ''}:\n  " + "\n  ".join(problems[:shown])
+            )
+
+    def _sample_problem(self, index: int) -> str | None:
+        """Why sample ``index`` cannot be trained on (the message of :meth:`__getitem__`'s error), or None."""
+        try:
+            label = self.read_label(index)
+            self._check_size(index, _image_size(self.pairs[index][0]), label.shape)
+        except (ValueError, OSError) as error:  # OSError: unreadable or truncated files
+            return str(error)
+        return None
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """``(H, W)`` of the image :meth:`SegmentationFolder.read_image` reads, from the file's header (EXIF
+    orientation applied) without decoding its pixels. A PNG's EXIF after its pixel data is not seen."""
+    with Image.open(path) as img:
+        width, height = img.size
+        cheap = img.format != "PNG" or "exif" in img.info  # a PNG's getexif() decodes the image
+        orientation = img.getexif().get(0x0112) if cheap else None
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+def coco_stuff(root: str | os.PathLike[str], split: str = "train2017") -> SegmentationFolder:
+    """COCO-Stuff-164K as SAN trains on it: ``root/<split>/*.jpg`` and
+    ``root/stuffthingmaps_detectron2/<split>/*.png`` (171 classes, 255 ignored; detectron2's
+    ``prepare_coco_stuff_164k_sem_seg.py`` layout). ``root`` is the ``datasets/coco`` folder."""
+    root = Path(root)
+    return SegmentationFolder(
+        root / split, root / "stuffthingmaps_detectron2" / split, COCO_STUFF_CLASSES, strict=False
+    )
+
+
+class TrainSamples(torch.utils.data.Dataset):
+    """Endless augmented stream over a dataset, indexed by global sample number (module docstring).
+
+    ``samples[k]`` is ``(image [3, h, w] uint8 tensor, label [h, w] int64 tensor)``.
+    """
+
+    def __init__(self, dataset: SegmentationFolder, augmentation: TrainAugmentation | None, seed: int = 0):
+        self.dataset = dataset
+        self.augmentation = augmentation
+        self.seed = int(seed)
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019 - a few permutations per dataset object
+    def permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+
+    def __len__(self) -> int:
+        return 2**62  # endless; the sampler decides which samples are read
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.dataset)
+        image, label = self.dataset[int(self.permutation(k // n)[k % n])]
+        if self.augmentation is not None:
+            image, label = self.augmentation(image, label, np.random.default_rng([self.seed, 1, k]))
+        image_t = torch.from_numpy(np.array(image.transpose(2, 0, 1)))  # a writable, contiguous copy
+        return image_t, torch.from_numpy(np.asarray(label, dtype=np.int64).copy())
+
+
+class StepSampler(torch.utils.data.Sampler[int]):
+    """Global sample numbers of worker ``rank``: per step ``s >= start_step``, the ``batch_size``
+    samples ``s*G + rank*batch_size + j`` with ``G = batch_size * world_size``."""
+
+    def __init__(self, batch_size: int, start_step: int = 0, rank: int = 0, world_size: int = 1):
+        self.batch_size, self.start_step, self.rank, self.world_size = batch_size, start_step, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        step = self.start_step
+        while True:
+            base = step * self.batch_size * self.world_size + self.rank * self.batch_size
+            yield from range(base, base + self.batch_size)
+            step += 1
+
+
+def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``(images: list of [3, h_i, w_i] uint8, labels [B, H, W] int64)``; labels padded bottom/right with
+    255 to the largest size (the model pads images the same way)."""
+    images = [image for image, _ in batch]
+    h = max(label.shape[0] for _, label in batch)
+    w = max(label.shape[1] for _, label in batch)
+    labels = torch.full((len(batch), h, w), 255, dtype=torch.int64)
+    for i, (_, label) in enumerate(batch):
+        labels[i, : label.shape[0], : label.shape[1]] = label
+    return images, labels
+
+
+SYNTHETIC_CLASSES = ("red disc", "green square", "blue stripes", "yellow triangle", "gray background")
+
+
+def write_synthetic_dataset(
+    root: str | os.PathLike[str], count: int = 8, size: int = 96, seed: int = 0, num_classes: int = 5
+) -> Path:
+    """Write a small dataset in the folder layout: each image a noisy background (the last class) with a
+    few coloured shapes of the other classes, for smoke tests and overfitting checks."""
+    if not 2 <= num_classes <= len(SYNTHETIC_CLASSES):
+        raise ValueError(f"num_classes must be 2..{len(SYNTHETIC_CLASSES)}")
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "labels").mkdir(parents=True, exist_ok=True)
+    classes = list(SYNTHETIC_CLASSES[: num_classes - 1]) + [SYNTHETIC_CLASSES[-1]]
+    (root / "classes.txt").write_text("\n".join(classes) + "\n", encoding="utf-8")
+    colours = np.array([(220, 30, 30), (30, 200, 30), (40, 40, 230), (230, 220, 30)], dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    background = num_classes - 1
+    for i in range(count):
+        image = np.full((size, size, 3), 128.0, dtype=np.float32) + rng.normal(0, 12, (size, size, 3))
+        label = np.full((size, size), background, dtype=np.uint8)
+        for c in rng.permutation(num_classes - 1)[: int(rng.integers(1, num_classes))]:
+            r = rng.uniform(0.15, 0.3) * size
+            cy, cx = rng.uniform(r, size - r, 2)
+            if c == 0:
+                region = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+            elif c == 1:
+                region = (abs(yy - cy) < r) & (abs(xx - cx) < r)
+            elif c == 2:
+                region = (abs(yy - cy) < r) & (abs(xx - cx) < r) & ((xx // 4) % 2 == 0)
+            else:
+                region = (yy > cy - r) & (yy - (cy - r) > 2 * abs(xx - cx)) & (yy < cy + r)
+            image[region] = colours[c] + rng.normal(0, 12, (int(region.sum()), 3))
+            label[region] = c
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / "images" / f"img_{i:04d}.jpg", quality=95)
+        Image.fromarray(label).save(root / "labels" / f"img_{i:04d}.png")
+    return root
+
+
+# COCO-Stuff-164K's 171 classes in label order (as SAN's register_coco_stuff_164k.py names them).
+COCO_STUFF_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis",
+    "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich",
+    "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed",
+    "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven",
+    "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier",
+    "toothbrush", "banner", "blanket", "branch", "bridge", "building-other", "bush", "cabinet", "cage", "cardboard",
+    "carpet", "ceiling-other", "ceiling-tile", "cloth", "clothes", "clouds", "counter", "cupboard", "curtain",
+    "desk-stuff", "dirt", "door-stuff", "fence", "floor-marble", "floor-other", "floor-stone", "floor-tile",
+    "floor-wood", "flower", "fog", "food-other", "fruit", "furniture-other", "grass", "gravel", "ground-other",
+    "hill", "house", "leaves", "light", "mat", "metal", "mirror-stuff", "moss", "mountain", "mud", "napkin", "net",
+    "paper", "pavement", "pillow", "plant-other", "plastic", "platform", "playingfield", "railing", "railroad",
+    "river", "road", "rock", "roof", "rug", "salad", "sand", "sea", "shelf", "sky-other", "skyscraper", "snow",
+    "solid-other", "stairs", "stone", "straw", "structural-other", "table", "tent", "textile-other", "towel",
+    "tree", "vegetable", "wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile",
+    "wall-wood", "water-other", "waterdrops", "window-blind", "window-other", "wood",
+)  # fmt: skip
