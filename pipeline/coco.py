@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from san.atomic import write_atomic
 
 __all__ = ["build_coco", "write_json_atomic"]
 
@@ -97,35 +97,13 @@ def build_coco(
 
 
 def write_json_atomic(obj: Any, path: str | os.PathLike[str], indent: int | None = None) -> None:
-    """Write ``obj`` as UTF-8 JSON so that ``path`` is either the old file or the complete new one.
-
-    Writes a temporary file in the same directory, fsyncs it, ``os.replace``s it onto ``path`` and
-    fsyncs the directory (where the OS allows). NaN/Infinity are rejected (``ValueError``) because
-    they are not valid JSON. The temporary file is removed on any failure.
+    """Write ``obj`` as UTF-8 JSON so that ``path`` is either the old file or the complete new one
+    (:func:`san.atomic.write_atomic`). NaN/Infinity are rejected (``ValueError``) because they are not valid JSON.
     """
-    target = Path(path)
-    if target.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "is a folder; give the path of a .json file", str(target))
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    # os.open with 0o666 (not tempfile, which creates 0o600) so the result gets the usual umask permissions.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+
+    def dump(tmp: Path) -> None:
+        with open(tmp, "x", encoding="utf-8") as f:
             separators = (",", ":") if indent is None else None
             json.dump(obj, f, ensure_ascii=False, allow_nan=False, indent=indent, separators=separators)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories; the replace itself is still atomic
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+
+    write_atomic(path, dump, kind=".json file")

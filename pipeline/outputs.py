@@ -21,6 +21,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from san.atomic import write_atomic
+
 from .coco import build_coco, write_json_atomic
 from .vocabulary import Vocabulary
 
@@ -53,13 +55,7 @@ class OutputConflictError(RuntimeError):
 
 def _write_parquet_atomic(table: pa.Table, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"part-{uuid.uuid4().hex}.parquet"
-    tmp = folder / f".{name}.tmp"
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, folder / name)
-    return folder / name
+    return write_atomic(folder / f"part-{uuid.uuid4().hex}.parquet", lambda tmp: pq.write_table(table, tmp))
 
 
 class RunOutput:
@@ -145,9 +141,7 @@ class RunOutput:
         errors = errors.filter(
             pa.array([p not in labeled for p in errors.column("image_path").to_pylist()], pa.bool_())
         )
-        tmp = self.root / ".errors.parquet.tmp"
-        pq.write_table(errors, tmp)
-        os.replace(tmp, self.root / "errors.parquet")
+        write_atomic(self.root / "errors.parquet", lambda tmp: pq.write_table(errors, tmp))
         counts = {"labeled": predictions.num_rows, "failed": errors.num_rows}
         write_json_atomic(
             {**manifest, "counts": {**manifest.get("counts", {}), **counts}}, self.root / "manifest.json", indent=2

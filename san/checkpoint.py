@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from accelerate import init_empty_weights
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .atomic import write_atomic
 from .config import SANConfig
 from .errors import CheckpointError, WeightsUnavailableError
 from .modeling.model import SAN
@@ -182,17 +182,7 @@ def save_checkpoint(model: SAN, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT_TAG, "config": json.dumps(model.config.to_dict())}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..atomic import write_atomic
 from ..checkpoint import load_checkpoint
 from ..checkpoint import save_checkpoint as save_model
 from ..modeling.model import SAN
@@ -92,13 +92,14 @@ def all_rng_states(world_size: int) -> list[dict[str, Any]]:
 
 def replace_file(src: Path, dst: Path) -> None:
     """Atomically make ``dst`` a copy of ``src`` (a hard link when the filesystem allows)."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.unlink(missing_ok=True)
+    write_atomic(dst, lambda tmp: _link_or_copy(src, tmp))
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
     try:
-        os.link(src, tmp)
+        os.link(src, dst)
     except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        shutil.copyfile(src, dst)
 
 
 def save_training_checkpoint(folder: Path, model: SAN, state: dict[str, Any], keep: bool = False) -> Path:
@@ -108,14 +109,7 @@ def save_training_checkpoint(folder: Path, model: SAN, state: dict[str, Any], ke
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"step_{state['step']:07d}.safetensors"
     save_model(model, weights)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{LAST_STATE}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({**state, "weights": weights.name}, tmp)
-        os.replace(tmp, folder / LAST_STATE)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(folder / LAST_STATE, lambda tmp: torch.save({**state, "weights": weights.name}, tmp))
     replace_file(weights, folder / LAST_WEIGHTS)
     if not keep:
         for old in folder.glob("step_*.safetensors"):

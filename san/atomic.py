@@ -1,0 +1,55 @@
+"""Atomic file writes: a file appears whole (new content) or not at all (old content), never half-written."""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["write_atomic"]
+
+
+def write_atomic(target: str | os.PathLike[str], write: Callable[[Path], object], kind: str = "file") -> Path:
+    """Make ``target`` the file that ``write(path)`` writes, atomically.
+
+    ``write`` creates and fills a temporary file in ``target``'s folder (``.NAME.<random>.tmp``; any
+    writer that takes a path: ``json.dump`` into ``open(path, "x")``, ``safetensors.torch.save_file``,
+    ``torch.save``, ``pyarrow.parquet.write_table``, ``os.link``). The temporary file is then fsynced and
+    ``os.replace``d onto ``target``, and the folder is fsynced where the OS allows. On any failure the
+    temporary file is removed and ``target`` is left as it was. The file gets the usual permissions
+    (``0o666`` less the umask), as the writer creates it.
+
+    Raises:
+        IsADirectoryError: ``target`` is a folder (naming ``target``; ``kind`` says what it should be,
+            e.g. ``".json file"``).
+    """
+    target = Path(target)
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"is a folder; give the path of a {kind}", str(target))
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(target.parent)
+    return target
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable; a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
