@@ -7,7 +7,6 @@ are mapped back to each image's original size before the argmax.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,9 +15,8 @@ import torch
 
 from .modeling.model import SAN
 from .modeling.text_classifier import check_vocabulary
+from .precision import DTYPES, autocast_context, resolve_device
 from .transforms import resize_shortest_edge
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -33,13 +31,6 @@ class Prediction:
     label_map: np.ndarray
     scores: np.ndarray
     unlabeled: int
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto" -> CUDA when available, else CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class Predictor:
@@ -80,11 +71,6 @@ class Predictor:
         with torch.inference_mode():
             self.model.text_classifier(self.prompts)  # fill the text-embedding cache once
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
     def _model_inputs(
         self, images: Sequence[np.ndarray], output_sizes: Sequence[tuple[int, int]] | None
     ) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
@@ -108,7 +94,7 @@ class Predictor:
         """Per image ``[num_classes, H, W]`` scores (on the model's device) at the image's size, or at
         ``output_sizes`` when the images were already resized for the model (their original sizes)."""
         tensors, sizes = self._model_inputs(images, output_sizes)
-        with self._autocast():
+        with autocast_context(self.device, self.dtype):
             scores = self.model.predict_scores(tensors, self.prompts, sizes, batch_size=self.batch_size)
         return [self._reduce_synonyms(s) for s in scores]
 
@@ -127,7 +113,7 @@ class Predictor:
         prompts), taken without holding every class's scores at the output size at once.
         """
         tensors, sizes = self._model_inputs(images, output_sizes)
-        with self._autocast():
+        with autocast_context(self.device, self.dtype):
             best = self.model.predict_best(tensors, self.prompts, sizes, batch_size=self.batch_size)
         unlabeled = 255 if self.num_classes <= 255 else 65535
         dtype = np.uint8 if unlabeled == 255 else np.uint16

@@ -22,7 +22,7 @@ import ray
 from tqdm import tqdm
 
 import san
-from san.predictor import DTYPES
+from san.precision import DTYPES
 
 from ..outputs import OutputConflictError, RunOutput
 from ..vocabulary import VocabularyError, load_vocabulary

@@ -13,9 +13,9 @@ import torch.distributed as dist
 
 from ..metrics import ConfusionMatrix, compute_metrics
 from ..modeling.model import SAN
+from ..precision import autocast_context
 from ..transforms import resize_shortest_edge
 from .data import SegmentationFolder
-from .init import autocast_context
 
 __all__ = ["EVAL_KEYS", "evaluate"]
 

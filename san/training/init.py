@@ -1,9 +1,8 @@
-"""The model a training run starts from and where it runs: :func:`build_model` (``TrainConfig.init``),
-the device, the autocast precision (mixed precision on GPU only) and the model inside a DDP wrapper."""
+"""The model a training run starts from (:func:`build_model`, ``TrainConfig.init``) and the model inside a
+DDP wrapper (:func:`unwrap`); the device and the autocast precision are :mod:`san.precision`'s."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from ..config import get_preset
 from ..modeling.model import SAN, build_san
 from .config import TrainConfig
 
-__all__ = ["autocast_context", "autocast_dtype", "build_model", "resolve_device", "unwrap"]
+__all__ = ["build_model", "unwrap"]
 
 
 def build_model(cfg: TrainConfig) -> SAN:
@@ -39,29 +38,6 @@ def build_model(cfg: TrainConfig) -> SAN:
     else:
         raise ValueError(f"--init must be clip, official, random or a checkpoint file, got {init!r}")
     return model.train()
-
-
-def resolve_device(name: str) -> torch.device:
-    """``TrainConfig.device`` as a device: ``auto`` is the GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for float32 (always on CPU: the recipe's mixed precision is GPU-only)."""
-    if device.type != "cuda" or name == "fp32":
-        return None
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype | None):
-    """``torch.autocast`` to ``dtype`` on ``device``; a no-op context for None (float32)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def unwrap(model: torch.nn.Module) -> SAN:

@@ -47,10 +47,11 @@ import torch
 from tqdm import tqdm
 
 from ..modeling.model import SAN
+from ..precision import autocast_context, resolve_device, training_autocast_dtype
 from .config import TrainConfig
 from .data import SegmentationFolder, StepSampler, TrainSamples, collate
 from .evaluate import EVAL_KEYS, evaluate
-from .init import autocast_context, autocast_dtype, build_model, resolve_device, unwrap
+from .init import build_model, unwrap
 from .log import METRICS_CSV, LossMeter, MetricsLog, loss_names, print_eval, print_losses
 from .losses import SetCriterion, build_criterion, targets_from_labels
 from .optim import PolySchedule, build_optimizer
@@ -164,7 +165,7 @@ def _setup(cfg: TrainConfig, ray_worker: bool) -> _Run:
     rank, world_size, device = _placement(cfg, ray_worker)
     if cfg.batch_size % world_size:
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {world_size} workers")
-    amp_dtype = autocast_dtype(cfg.dtype, device)
+    amp_dtype = training_autocast_dtype(cfg.dtype, device)
     train_set = _dataset(cfg.data, "--data", cfg.ignore_index)
     val_set = _dataset(cfg.val_data, "--val-data", cfg.ignore_index) if cfg.val_data else None
     restored = ray_restored_state() if ray_worker else None  # Ray restarted the workers after a failure
