@@ -17,13 +17,20 @@ def shortest_edge_size(height: int, width: int, short_side: int, max_size: int) 
     return int(new_h + 0.5), int(new_w + 0.5)
 
 
-def resize_shortest_edge(image: np.ndarray, short_side: int = 640, max_size: int = 2560) -> np.ndarray:
-    """Resize an RGB uint8 image ``[H, W, 3]`` with PIL bilinear, as SAN's test-time mapper does.
+def resize_shortest_edge(
+    image: np.ndarray,
+    short_side: int = 640,
+    max_size: int = 2560,
+    resample: Image.Resampling = Image.Resampling.BILINEAR,
+) -> np.ndarray:
+    """Resize an RGB uint8 image ``[H, W, 3]`` (or a label map ``[H, W]``, with ``Image.Resampling.NEAREST``)
+    with PIL so that its short side is ``short_side`` and its long side at most ``max_size``, as SAN's
+    test-time mapper and training augmentation do (detectron2 ``ResizeTransform``).
 
-    Returns the image unchanged (not copied) when it already has the target size.
+    Returns the array unchanged (not copied) when it already has the target size.
     """
     height, width = image.shape[:2]
     size = shortest_edge_size(height, width, short_side, max_size)
     if size == (height, width):
         return image
-    return np.array(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+    return np.array(Image.fromarray(image).resize((size[1], size[0]), resample))

@@ -20,7 +20,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import san
-from san.training.augment import OFFICIAL_SHORT_EDGES, TrainAugmentation, random_crop
+from san.training.augment import OFFICIAL_SHORT_EDGES, TrainAugmentation, official_short_edges, random_crop
 from san.training.config import FREE_FIELDS, RUN_FIELDS, TrainConfig
 from san.training.data import (
     SegmentationFolder,
@@ -140,7 +140,7 @@ def test_label_check_reads_image_sizes_with_their_exif_orientation(tmp_path: Pat
 
 def test_train_samples_are_a_function_of_seed_and_sample_number(tmp_path: Path) -> None:
     data = SegmentationFolder.from_folder(write_synthetic_dataset(tmp_path / "d", count=5, size=48))
-    aug = TrainAugmentation.scaled(64)
+    aug = TrainAugmentation(short_edge_lengths=official_short_edges(64), crop_size=(64, 64))
     a, b = TrainSamples(data, aug, seed=3), TrainSamples(data, aug, seed=3)
     for k in (0, 4, 7):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
@@ -161,9 +161,10 @@ def test_augmentation_is_the_official_recipe() -> None:
     image = rng.integers(0, 255, (300, 500, 3), dtype=np.uint8)
     label = np.zeros((300, 500), dtype=np.uint8)
     label[:, 250:] = 1
-    out_image, out_label = TrainAugmentation.scaled(128)(image, label, np.random.default_rng(1))
+    scaled = TrainAugmentation(short_edge_lengths=official_short_edges(128), crop_size=(128, 128))
+    out_image, out_label = scaled(image, label, np.random.default_rng(1))
     assert out_image.shape == (128, 128, 3) and out_label.shape == (128, 128)
-    again = TrainAugmentation.scaled(128)(image, label, np.random.default_rng(1))
+    again = scaled(image, label, np.random.default_rng(1))
     assert np.array_equal(out_image, again[0]) and np.array_equal(out_label, again[1])
     # smaller than the crop: padded with 128 / ignore
     small_image, small_label = TrainAugmentation(short_edge_lengths=(32,), crop_size=(64, 64), color_aug=False)(

@@ -2,7 +2,7 @@
 
 In order, on an RGB uint8 image ``[H, W, 3]`` and its label map ``[H, W]`` (class indices, ``ignore``):
 
-1. :func:`resize_shortest_edge` -- short side chosen uniformly from ``short_edge_lengths`` (official:
+1. :func:`san.transforms.resize_shortest_edge` -- short side chosen uniformly from ``short_edge_lengths`` (official:
    ``[int(x * 0.1 * 640) for x in range(5, 16)]`` = 320, 384, ..., 960), long side capped at 2560;
    image bilinear (PIL), labels nearest.
 2. :func:`random_crop` -- an "absolute" ``crop_size`` crop (clipped to the image), retried up to 10
@@ -27,33 +27,25 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..transforms import shortest_edge_size
+from ..transforms import resize_shortest_edge
 
 __all__ = [
     "OFFICIAL_SHORT_EDGES",
     "TrainAugmentation",
     "color_aug_ssd",
+    "official_short_edges",
     "pad_to",
     "random_crop",
     "random_flip",
-    "resize_shortest_edge",
 ]
 
-OFFICIAL_SHORT_EDGES = tuple(int(x * 0.1 * 640) for x in range(5, 16))
+
+def official_short_edges(crop: int) -> tuple[int, ...]:
+    """The official recipe's short sides for a ``crop x crop`` crop: ``0.5..1.5 x crop`` in steps of ``0.1 x crop``."""
+    return tuple(int(x * 0.1 * crop) for x in range(5, 16))
 
 
-def resize_shortest_edge(
-    image: np.ndarray, label: np.ndarray, short_side: int, max_size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Resize so the short side is ``short_side`` (long side at most ``max_size``): image bilinear,
-    labels nearest (detectron2 ``ResizeTransform``)."""
-    h, w = label.shape
-    nh, nw = shortest_edge_size(h, w, short_side, max_size)
-    if (nh, nw) == (h, w):
-        return image, label
-    image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
-    label = np.asarray(Image.fromarray(label).resize((nw, nh), Image.NEAREST))
-    return image, label
+OFFICIAL_SHORT_EDGES = official_short_edges(640)
 
 
 def random_crop(
@@ -206,17 +198,11 @@ class TrainAugmentation:
         if image.shape[:2] != label.shape:
             raise ValueError(f"image {image.shape[:2]} and label {label.shape} sizes differ")
         short_side = int(self.short_edge_lengths[int(rng.integers(len(self.short_edge_lengths)))])
-        image, label = resize_shortest_edge(image, label, short_side, self.max_size)
+        image = resize_shortest_edge(image, short_side, self.max_size)
+        label = resize_shortest_edge(label, short_side, self.max_size, Image.Resampling.NEAREST)
         image, label = random_crop(image, label, self.crop_size, rng, self.single_category_max_area, self.ignore)
         if self.color_aug:
             image = color_aug_ssd(image, rng)
         image, label = random_flip(image, label, rng, self.flip_prob)
         image, label = pad_to(image, label, self.crop_size, self.pad_value, self.ignore)
         return np.ascontiguousarray(image), np.ascontiguousarray(label)
-
-    @classmethod
-    def scaled(cls, crop: int, **kwargs) -> TrainAugmentation:
-        """The official recipe for another crop size: short sides ``0.5..1.5 x crop`` in steps of ``0.1 x crop``
-        and a ``crop x crop`` crop (``crop = 640`` gives the official values)."""
-        edges = tuple(int(x * 0.1 * crop) for x in range(5, 16))
-        return cls(short_edge_lengths=edges, crop_size=(crop, crop), **kwargs)

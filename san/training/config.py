@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .augment import TrainAugmentation
+from .augment import TrainAugmentation, official_short_edges
 
 __all__ = ["FREE_FIELDS", "RUN_FIELDS", "TrainConfig", "resume_differences", "with_absolute_paths"]
 
@@ -99,7 +99,7 @@ class TrainConfig:
         return cls(**data)
 
     def augmentation(self) -> TrainAugmentation:
-        edges = self.short_edge_lengths or tuple(int(x * 0.1 * self.crop_size) for x in range(5, 16))
+        edges = self.short_edge_lengths or official_short_edges(self.crop_size)
         return TrainAugmentation(
             short_edge_lengths=edges,
             max_size=self.max_size,
