@@ -26,7 +26,6 @@ __all__ = [
     "decode_label_map_png",
     "encode_label_map_png",
     "label_map_segments",
-    "segment_mask",
     "unlabeled_value",
 ]
 
@@ -172,11 +171,3 @@ def label_map_segments(
             }
         )
     return segments
-
-
-def segment_mask(segment: dict[str, Any], height: int, width: int) -> np.ndarray:
-    """Decode a segment's ``rle`` counts (str or bytes) into a bool mask ``[height, width]``."""
-    counts = segment["rle"]
-    if isinstance(counts, str):
-        counts = counts.encode("ascii")
-    return mask_utils.decode({"size": [int(height), int(width)], "counts": counts}).astype(bool)

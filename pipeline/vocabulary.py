@@ -27,15 +27,11 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-import numpy as np
+from typing import Any
 
 from .utf8 import decode_utf8
 
 __all__ = ["Vocabulary", "VocabularyError", "load_vocabulary", "parse_vocabulary"]
-
-ArrayT = TypeVar("ArrayT")
 
 
 class VocabularyError(ValueError):
@@ -111,38 +107,6 @@ class Vocabulary:
     def prompt_to_class(self) -> tuple[int, ...]:
         """For each prompt index (0..P-1), the 0-based index of the class it belongs to."""
         return tuple(index for index, syns in enumerate(self.synonyms) for _ in range(1 + len(syns)))
-
-    def reduce_prompt_scores(self, scores: ArrayT) -> ArrayT:
-        """Combine per-prompt scores into per-class scores.
-
-        Synonyms combine by MAX: class ``c`` gets, at each pixel, the maximum of the scores of its
-        name and all its synonyms. A class without synonyms keeps its prompt's score unchanged.
-
-        Args:
-            scores: numpy array or torch tensor ``[P, H, W]`` (any trailing shape ``[P, ...]`` works),
-                any float dtype, with ``P == len(self.prompts)`` in :attr:`prompts` order.
-
-        Returns:
-            Same type, dtype and device as ``scores``, shape ``[N, H, W]`` with ``N == len(self.names)``.
-            When no class has synonyms the input is returned as is (not copied).
-        """
-        num_prompts = len(self.prompt_to_class)
-        shape = tuple(scores.shape)  # type: ignore[attr-defined]
-        if len(shape) < 1 or shape[0] != num_prompts:
-            raise ValueError(f"expected scores of shape [{num_prompts}, ...] got {shape}")
-        if num_prompts == len(self.names):
-            return scores
-        if isinstance(scores, np.ndarray):
-            starts = np.cumsum([0] + [1 + len(s) for s in self.synonyms[:-1]])
-            return np.maximum.reduceat(scores, starts, axis=0)
-        import torch  # local: keep numpy-only callers free of the torch import
-
-        if not isinstance(scores, torch.Tensor):
-            raise TypeError(f"scores must be a numpy array or torch tensor, got {type(scores).__name__}")
-        index = torch.tensor(self.prompt_to_class, device=scores.device)
-        index = index.view(-1, *([1] * (scores.dim() - 1))).expand_as(scores)
-        out = scores.new_empty((len(self.names), *shape[1:]))
-        return out.scatter_reduce(0, index, scores, reduce="amax", include_self=False)  # type: ignore[return-value]
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict ``{"names": [...], "synonyms": [[...], ...]}``."""

@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from pycocotools import mask as mask_utils
 from segment_scores import own_scores
 
 from pipeline.segments import (
@@ -15,7 +16,6 @@ from pipeline.segments import (
     decode_label_map_png,
     encode_label_map_png,
     label_map_segments,
-    segment_mask,
     unlabeled_value,
 )
 
@@ -115,7 +115,7 @@ def test_rle_round_trip_equals_label_map_pixels() -> None:
     covered = np.zeros(label_map.shape, dtype=int)
     for segment in segments:
         index = [10, 20, 30, 40, 50].index(segment["category_id"])
-        mask = segment_mask(segment, 37, 29)
+        mask = mask_utils.decode({"size": [37, 29], "counts": segment["rle"].encode("ascii")}).astype(bool)
         assert mask.dtype == bool and mask.shape == (37, 29)
         np.testing.assert_array_equal(mask, label_map == index)
         assert segment["area"] == int(mask.sum())

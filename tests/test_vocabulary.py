@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 from pipeline.vocabulary import Vocabulary, VocabularyError, load_vocabulary, parse_vocabulary
 
@@ -118,28 +116,6 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
 def test_parse_vocabulary_source_in_errors() -> None:
     with pytest.raises(VocabularyError, match=r"^my-vocab:2: empty class name"):
         parse_vocabulary("a\n:b\n", "my-vocab")
-
-
-def test_reduce_prompt_scores_max_numpy_and_torch() -> None:
-    vocab = parse_vocabulary("a\nb: b1, b2\nc\nd: d1\n", "v")
-    rng = np.random.default_rng(0)
-    scores = rng.random((len(vocab.prompts), 3, 5)).astype(np.float32)
-    expected = np.stack([scores[0], scores[1:4].max(axis=0), scores[4], scores[5:7].max(axis=0)])
-    out = vocab.reduce_prompt_scores(scores)
-    assert out.shape == (4, 3, 5) and out.dtype == np.float32
-    np.testing.assert_array_equal(out, expected)
-
-    out_t = vocab.reduce_prompt_scores(torch.from_numpy(scores))
-    assert isinstance(out_t, torch.Tensor) and out_t.dtype == torch.float32
-    np.testing.assert_array_equal(out_t.numpy(), expected)
-
-
-def test_reduce_prompt_scores_no_synonyms_is_identity_and_shape_checked() -> None:
-    vocab = parse_vocabulary("a\nb\n", "v")
-    scores = np.zeros((2, 4, 4))
-    assert vocab.reduce_prompt_scores(scores) is scores
-    with pytest.raises(ValueError, match=r"\[2, \.\.\.\]"):
-        vocab.reduce_prompt_scores(np.zeros((3, 4, 4)))
 
 
 def test_json_round_trip_and_fingerprint(tmp_path: Path) -> None:

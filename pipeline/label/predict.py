@@ -21,10 +21,6 @@ from san.predictor import Predictor
 from ..segments import encode_label_map_png, label_map_segments
 from ..vocabulary import Vocabulary
 
-# Placeholder pixels for rows without an image (Ray needs an array in every row of the column).
-_NO_IMAGE = np.zeros((1, 1, 3), dtype=np.uint8)
-
-
 RANDOM_PREFIX = "random:"
 SMOKE_MODEL = RANDOM_PREFIX + "san_tiny"
 

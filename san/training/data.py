@@ -16,7 +16,8 @@ Produce it from your own masks by writing each image's class indices into a PNG,
 encoder reads ("traffic light", not "cls_7"). Blank lines in ``classes.txt`` are not allowed (line
 numbers are class indices). The prepared COCO-Stuff-164K of detectron2/SAN (``datasets/coco/
 train2017`` + ``stuffthingmaps_detectron2/train2017``, values 0..170, 255 ignored) is the same thing
-with the two folders elsewhere: :func:`coco_stuff` reads it with its 171 class names.
+with the two folders elsewhere: link them as ``images/`` and ``labels/`` and copy its 171 class names from
+``pipeline/benchmarks/cocostuff171.txt`` to ``classes.txt``.
 :meth:`SegmentationFolder.check` reads every label once (training does, before its first step), so that
 a bad label is reported at start-up rather than when a step draws it.
 
@@ -44,12 +45,10 @@ from PIL import Image, ImageOps
 from .augment import TrainAugmentation
 
 __all__ = [
-    "COCO_STUFF_CLASSES",
     "IMAGE_SUFFIXES",
     "SegmentationFolder",
     "StepSampler",
     "TrainSamples",
-    "coco_stuff",
     "collate",
     "read_classes",
     "write_synthetic_dataset",
@@ -215,16 +214,6 @@ def _image_size(path: Path) -> tuple[int, int]:
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
-def coco_stuff(root: str | os.PathLike[str], split: str = "train2017") -> SegmentationFolder:
-    """COCO-Stuff-164K as SAN trains on it: ``root/<split>/*.jpg`` and
-    ``root/stuffthingmaps_detectron2/<split>/*.png`` (171 classes, 255 ignored; detectron2's
-    ``prepare_coco_stuff_164k_sem_seg.py`` layout). ``root`` is the ``datasets/coco`` folder."""
-    root = Path(root)
-    return SegmentationFolder(
-        root / split, root / "stuffthingmaps_detectron2" / split, COCO_STUFF_CLASSES, strict=False
-    )
-
-
 class TrainSamples(torch.utils.data.Dataset):
     """Endless augmented stream over a dataset, indexed by global sample number (module docstring).
 
@@ -317,26 +306,3 @@ def write_synthetic_dataset(
         Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / "images" / f"img_{i:04d}.jpg", quality=95)
         Image.fromarray(label).save(root / "labels" / f"img_{i:04d}.png")
     return root
-
-
-# COCO-Stuff-164K's 171 classes in label order (as SAN's register_coco_stuff_164k.py names them).
-COCO_STUFF_CLASSES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis",
-    "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich",
-    "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed",
-    "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven",
-    "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier",
-    "toothbrush", "banner", "blanket", "branch", "bridge", "building-other", "bush", "cabinet", "cage", "cardboard",
-    "carpet", "ceiling-other", "ceiling-tile", "cloth", "clothes", "clouds", "counter", "cupboard", "curtain",
-    "desk-stuff", "dirt", "door-stuff", "fence", "floor-marble", "floor-other", "floor-stone", "floor-tile",
-    "floor-wood", "flower", "fog", "food-other", "fruit", "furniture-other", "grass", "gravel", "ground-other",
-    "hill", "house", "leaves", "light", "mat", "metal", "mirror-stuff", "moss", "mountain", "mud", "napkin", "net",
-    "paper", "pavement", "pillow", "plant-other", "plastic", "platform", "playingfield", "railing", "railroad",
-    "river", "road", "rock", "roof", "rug", "salad", "sand", "sea", "shelf", "sky-other", "skyscraper", "snow",
-    "solid-other", "stairs", "stone", "straw", "structural-other", "table", "tent", "textile-other", "towel",
-    "tree", "vegetable", "wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile",
-    "wall-wood", "water-other", "waterdrops", "window-blind", "window-other", "wood",
-)  # fmt: skip
