@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .utf8 import decode_utf8
+from san.text_files import decode_utf8
 
 __all__ = ["Vocabulary", "VocabularyError", "load_vocabulary", "parse_vocabulary"]
 

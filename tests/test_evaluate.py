@@ -226,7 +226,7 @@ def test_ambiguous_stem_is_an_error(run: dict, tmp_path: Path) -> None:
 def test_class_names_file_rules(tmp_path: Path) -> None:
     path = tmp_path / "c.txt"
     path.write_text("\ufeffa\n\n#x\n  b   c \n\n")
-    assert read_class_names(path) == (["a", None, None, "b c"], [1, 2])
+    assert read_class_names(path) == ["a", None, None, "b c"]
     path.write_text("a\nA\n")
     with pytest.raises(GroundTruthError, match="twice"):
         read_class_names(path)

@@ -66,6 +66,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from san.text_files import parse_class_names
+
 __all__ = [
     "BENCHMARKS",
     "BenchmarkError",
@@ -123,10 +125,10 @@ class BenchmarkSpec:
     def class_names(self) -> tuple[str, ...]:
         """Class names, index ``v`` = label value ``v``, exactly as SAN passes them to CLIP."""
         text = resources.files(__name__).joinpath(f"{self.name}.txt").read_text(encoding="utf-8")
-        names = tuple(line.strip() for line in text.split("\n") if line.strip())
-        if len(names) != self.num_classes:
-            raise BenchmarkError(f"{self.name}.txt has {len(names)} class names, expected {self.num_classes}")
-        return names
+        names = parse_class_names(text, f"{self.name}.txt", BenchmarkError)
+        if len(names) != self.num_classes or None in names:
+            raise BenchmarkError(f"{self.name}.txt has {len(names)} lines, expected {self.num_classes} class names")
+        return tuple(names)  # type: ignore[arg-type]  # no None left
 
     def resolve_root(self, root: str | os.PathLike[str]) -> Path:
         """The datasets root: ``root`` itself, or its parent when ``root`` is the dataset's own folder.

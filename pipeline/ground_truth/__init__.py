@@ -50,7 +50,7 @@ def register_ground_truth(scheme: str, factory: GroundTruthFactory) -> None:
 
 
 def _open_png(location: str, gt_classes: str | None, vocabulary_names: Sequence[str], ignore_index: int):
-    names: Sequence[str | None] = read_class_names(gt_classes)[0] if gt_classes else list(vocabulary_names)
+    names: Sequence[str | None] = read_class_names(gt_classes) if gt_classes else list(vocabulary_names)
     return PngFolderGroundTruth(location, names, ignore_index)
 
 

@@ -105,6 +105,6 @@ def open_fiftyone_ground_truth(
         name, field = location, GROUND_TRUTH
     names_by_value = None
     if gt_classes:
-        names, _ = read_class_names(gt_classes)
+        names = read_class_names(gt_classes)
         names_by_value = {v: n for v, n in enumerate(names) if n is not None}
     return FiftyOneGroundTruth(name, field or GROUND_TRUTH, names_by_value, ignore_index)

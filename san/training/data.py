@@ -32,7 +32,6 @@ the data a step sees depends only on the seed and the step: resuming at step ``s
 
 from __future__ import annotations
 
-import collections
 import functools
 import os
 from collections.abc import Iterator, Sequence
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ..text_files import read_class_names
 from .augment import TrainAugmentation
 
 __all__ = [
@@ -59,21 +59,15 @@ LABEL_SUFFIXES = (".png", ".tif", ".tiff")
 
 
 def read_classes(path: str | os.PathLike[str]) -> list[str]:
-    """Class names from a text file, one per line (0-based line i = class i); a trailing newline is allowed."""
-    text = Path(path).read_text(encoding="utf-8").removeprefix("\ufeff")
-    lines = text.split("\n")
-    while lines and not lines[-1].strip():
-        lines.pop()
-    names = [" ".join(line.split()) for line in lines]
-    if not names:
-        raise ValueError(f"{path}: no class names")
-    blank = [str(i + 1) for i, n in enumerate(names) if not n]  # editor line numbers, 1-based
+    """Class names from a class-name file (:mod:`san.text_files`): line i (1-based) names class i - 1, so
+    that no line may be blank or a ``#`` line (trailing ones excepted)."""
+    names = read_class_names(path)
+    blank = [str(value + 1) for value, name in enumerate(names) if name is None]  # editor line numbers, 1-based
     if blank:
-        raise ValueError(f"{path}: blank line(s) {', '.join(blank)}; line i names class i - 1, so none may be blank")
-    duplicates = sorted(name for name, count in collections.Counter(names).items() if count > 1)
-    if duplicates:
-        raise ValueError(f"{path}: duplicate class names {duplicates}")
-    return names
+        raise ValueError(
+            f"{path}: blank line(s) {', '.join(blank)}; line i names class i - 1, so none may be blank or a '#' line"
+        )
+    return names  # type: ignore[return-value]  # no None left
 
 
 def _files(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
