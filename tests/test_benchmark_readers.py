@@ -130,7 +130,7 @@ def test_reader_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     Image.fromarray(bad).save(label_folder / "bad.tif")
     Image.fromarray(np.array([[3, -1]], dtype=np.int32)).save(label_folder / "signed.tif")  # -1 = 0 - 1
     Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(label_folder / "rgb.tif")
-    with pytest.raises(GroundTruthError, match="no pc459 class: 459"):
+    with pytest.raises(GroundTruthError, match=r"name no class: 459 \(pc459 classes are 0..458"):
         gt.read("bad.tif")
     assert gt.read("signed.tif").tolist() == [[3, IGNORE]]
     with pytest.raises(GroundTruthError, match="'RGB' image"):

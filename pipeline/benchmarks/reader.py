@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ground_truth.base import IGNORE, GroundTruth, GroundTruthError
+from ..ground_truth.base import GroundTruth, GroundTruthError, LabelValues
 from ..ground_truth.png import read_label_image
 from . import BenchmarkError, BenchmarkSpec, default_root, get_benchmark
 
 __all__ = ["BenchmarkGroundTruth", "open_benchmark_ground_truth"]
 
 _MAX_U16 = 65535
-_INVALID = -2
 
 
 class BenchmarkGroundTruth(GroundTruth):
@@ -41,9 +40,7 @@ class BenchmarkGroundTruth(GroundTruth):
             f"{spec.title} ({spec.name}) labels {self.folder} ({len(self._files)} files, "
             f"{len(self.class_names)} classes)"
         )
-        self._lut = np.full(_MAX_U16 + 1, _INVALID, dtype=np.int32)
-        self._lut[: len(self.class_names)] = np.arange(len(self.class_names), dtype=np.int32)
-        self._lut[spec.ignore_value] = IGNORE
+        self._values = LabelValues(range(len(self.class_names)), [spec.ignore_value])
 
     def keys(self) -> list[Hashable]:
         return list(self._files)
@@ -57,17 +54,8 @@ class BenchmarkGroundTruth(GroundTruth):
         raw = read_label_image(path, f"{self.spec.name} labels are single-channel {bits}-bit label maps")
         if self.spec.ignore_value == _MAX_U16:
             raw = np.where(raw == -1, _MAX_U16, raw)  # a signed 32-bit TIFF of "value - 1": -1 is unlabeled
-        if raw.size and (raw.min() < 0 or raw.max() > _MAX_U16):
-            raise GroundTruthError(f"ground truth {path} has values outside 0..65535")
-        labels = self._lut[raw]
-        bad = labels == _INVALID
-        if bad.any():
-            shown = ", ".join(str(v) for v in np.unique(raw[bad])[:10])
-            raise GroundTruthError(
-                f"ground truth {path} has values that are no {self.spec.name} class: {shown} (classes are "
-                f"0..{len(self.class_names) - 1}, {self.spec.ignore_value} is ignored)"
-            )
-        return labels
+        hint = f"{self.spec.name} classes are 0..{len(self.class_names) - 1}, {self.spec.ignore_value} is ignored"
+        return self._values.classes(raw, f"ground truth {path}", hint)
 
 
 def open_benchmark_ground_truth(

@@ -19,23 +19,55 @@ ground-truth image; :func:`match_predictions` reports how often that happens.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
 
-__all__ = ["IGNORE", "GroundTruth", "GroundTruthError", "Matching", "match_predictions"]
+__all__ = ["IGNORE", "GroundTruth", "GroundTruthError", "LabelValues", "Matching", "match_predictions"]
 
 IGNORE = -1
 """Value of ignored pixels in the label maps every reader returns."""
 
 _EXAMPLES = 5
+_MAX_VALUE = 65535  # label files and masks are at most 16-bit
+_NO_CLASS = -2
 
 
 class GroundTruthError(ValueError):
     """The ground truth cannot be read or does not fit the predictions; the message says why."""
+
+
+class LabelValues:
+    """Raw label values (``0..65535``, as stored in label files and masks) -> class indices.
+
+    Args:
+        class_values: the raw value of each class, in class order (value ``class_values[i]`` is class ``i``).
+        ignored_values: raw values whose pixels are ignored (:data:`IGNORE`); a class value wins over them.
+    """
+
+    def __init__(self, class_values: Sequence[int], ignored_values: Iterable[int] = ()):
+        self._table = np.full(_MAX_VALUE + 1, _NO_CLASS, dtype=np.int32)
+        self._table[[int(v) for v in ignored_values]] = IGNORE
+        self._table[[int(v) for v in class_values]] = np.arange(len(class_values), dtype=np.int32)
+
+    def classes(self, raw: np.ndarray, what: str, hint: str) -> np.ndarray:
+        """The class indices of ``raw`` (integer ``[H, W]``) as int32 ``[H, W]``, :data:`IGNORE` where ignored.
+
+        Raises:
+            GroundTruthError: a value outside ``0..65535`` or that names no class (``what`` names the
+                file or sample, ``hint`` says which values are classes).
+        """
+        if raw.size and (raw.min() < 0 or raw.max() > _MAX_VALUE):
+            raise GroundTruthError(f"{what} has values outside 0..{_MAX_VALUE}")
+        labels = self._table[raw.astype(np.int64, copy=False)]
+        unknown = labels == _NO_CLASS
+        if unknown.any():
+            shown = ", ".join(str(v) for v in np.unique(raw[unknown])[:10])
+            raise GroundTruthError(f"{what} has values that name no class: {shown} ({hint})")
+        return labels
 
 
 def _parts(path: str) -> tuple[str, ...]:

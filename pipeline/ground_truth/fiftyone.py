@@ -12,7 +12,7 @@ import fiftyone as fo
 import numpy as np
 
 from ..review.masks import GROUND_TRUTH
-from .base import IGNORE, GroundTruth, GroundTruthError
+from .base import GroundTruth, GroundTruthError, LabelValues
 from .classes import read_class_names
 
 __all__ = ["FiftyOneGroundTruth", "open_fiftyone_ground_truth"]
@@ -57,10 +57,8 @@ class FiftyOneGroundTruth(GroundTruth):
         self.class_names = tuple(names_by_value[v] for v in values)
         if len({n.casefold() for n in self.class_names}) != len(self.class_names):
             raise GroundTruthError(f"{dataset_name!r}.{field}: two mask values have the same class name")
-        self._lut = np.full(65536, -2, dtype=np.int32)
         ignored = [v for v in (0, int(ignore_index), 65535) if 0 <= v <= 65535 and v not in names_by_value]
-        self._lut[ignored] = IGNORE
-        self._lut[values] = np.arange(len(values), dtype=np.int32)
+        self._values = LabelValues(values, ignored)
         self.raw_ignore = sorted(set(ignored))
         view = self.dataset.exists(field)
         path_field = "image_path" if self.dataset.has_sample_field("image_path") else "filepath"
@@ -83,16 +81,8 @@ class FiftyOneGroundTruth(GroundTruth):
         if mask is None or mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer):
             shown = None if mask is None else f"{mask.dtype} {list(mask.shape)}"
             raise GroundTruthError(f"{self.description}: sample {key} has no 2-D integer mask ({shown})")
-        if mask.size and (mask.min() < 0 or mask.max() > 65535):
-            raise GroundTruthError(f"{self.description}: sample {key} has mask values outside 0..65535")
-        labels = self._lut[mask.astype(np.int64)]
-        bad = labels == -2
-        if bad.any():
-            shown = ", ".join(str(v) for v in np.unique(mask[bad])[:10])
-            raise GroundTruthError(
-                f"{self.description}: sample {key} ({self.path_of(key)}) has values that name no class: {shown}"
-            )
-        return labels
+        what = f"{self.description}: sample {key} ({self.path_of(key)})"
+        return self._values.classes(mask, what, "the classes are the field's mask targets, or the --gt-classes lines")
 
 
 def open_fiftyone_ground_truth(

@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .base import IGNORE, GroundTruth, GroundTruthError
+from .base import GroundTruth, GroundTruthError, LabelValues
 
 __all__ = ["LABEL_SUFFIXES", "PngFolderGroundTruth", "read_label_image"]
 
 LABEL_SUFFIXES = (".png", ".tif", ".tiff")
 _UNLABELED_U16 = 65535
-_INVALID = -2  # lookup-table marker: a raw value that names no class
 
 
 def read_label_image(path: Path, expected: str) -> np.ndarray:
@@ -84,19 +83,10 @@ class PngFolderGroundTruth(GroundTruth):
         classes = [n for n in names_by_value if n is not None]
         self.class_names = tuple(classes)
         self.description = f"PNG folder {self.folder} ({len(self._files)} files, {len(classes)} classes)"
-        # Raw value -> class index, IGNORE, or _INVALID (a value that names nothing: an error).
         self._num_values = len(names_by_value)
-        self._lut = np.full(_UNLABELED_U16 + 1, _INVALID, dtype=np.int32)
-        index = 0
-        for value, name in enumerate(names_by_value):
-            if name is None:
-                self._lut[value] = IGNORE
-            else:
-                self._lut[value] = index
-                index += 1
-        for value in self.raw_ignore:
-            if 0 <= value <= _UNLABELED_U16:
-                self._lut[value] = IGNORE
+        class_values = [value for value, name in enumerate(names_by_value) if name is not None]
+        gap_values = [value for value, name in enumerate(names_by_value) if name is None]
+        self._values = LabelValues(class_values, [*gap_values, *self.raw_ignore])
 
     def keys(self) -> list[Hashable]:
         return list(self._files)
@@ -110,15 +100,5 @@ class PngFolderGroundTruth(GroundTruth):
             path,
             "label images must be 8-bit grayscale or palette, or 16-bit grayscale, holding one class value per pixel",
         )
-        if raw.size and (raw.min() < 0 or raw.max() > _UNLABELED_U16):
-            raise GroundTruthError(f"ground truth {path} has values outside 0..65535")
-        labels = self._lut[raw]
-        bad = labels == _INVALID
-        if bad.any():
-            values = np.unique(raw[bad])
-            shown = ", ".join(str(v) for v in values[:10])
-            raise GroundTruthError(
-                f"ground truth {path} has pixel values that name no class: {shown} (the class list covers "
-                f"values 0..{self._num_values - 1}; check --gt-classes)"
-            )
-        return labels
+        hint = f"the class list covers values 0..{self._num_values - 1}; check --gt-classes"
+        return self._values.classes(raw, f"ground truth {path}", hint)
