@@ -14,16 +14,14 @@ reported in ``class_alignment`` and on stderr.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from san.metrics import PROTOCOLS, ConfusionMatrix, compute_metrics
 
@@ -33,7 +31,6 @@ from .ground_truth.base import GroundTruth, GroundTruthError, Matching, match_pr
 from .ground_truth.classes import normalise_class_name
 from .outputs import RunOutput
 from .segments import decode_label_map_png, unlabeled_value
-from .vocabulary import Vocabulary, VocabularyError
 
 __all__ = ["EvaluationError", "align_classes", "evaluate_run", "warn_class_alignment", "warn_matching"]
 
@@ -123,34 +120,14 @@ def warn_matching(matching: Matching, unmatched: str = "are skipped") -> None:
         _warn(f"{len(matching.shared_ground_truth)} ground-truth image(s) match several predicted images")
 
 
-def _load_vocabulary(output: RunOutput) -> Vocabulary:
-    manifest_path = output.root / "manifest.json"
-    if not output.root.is_dir():
-        raise FileNotFoundError(f"--predictions {str(output.root)!r} does not exist or is not a directory")
-    if not manifest_path.is_file():
-        raise EvaluationError(f"{output.root} is not a labeling run's output: it has no manifest.json")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        return Vocabulary.from_json(manifest["vocabulary"])
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, VocabularyError) as exc:
-        raise EvaluationError(f"{manifest_path}: cannot read the run's vocabulary: {exc!r}") from None
-
-
-def _iter_predictions(output: RunOutput, wanted: set[str]):
-    """``(image_path, label_map)`` of the wanted images, one at a time, first row per path (like
-    :meth:`RunOutput.read_predictions`) -- at most one small batch of PNGs in memory."""
-    seen: set[str] = set()
-    for shard in sorted(output.predictions_dir.glob("part-*.parquet")):
-        for batch in pq.ParquetFile(shard).iter_batches(_BATCH_ROWS, columns=["image_path", "label_map_png"]):
-            for path, png in zip(*(batch.column(i).to_pylist() for i in range(2)), strict=True):
-                if path in seen:
-                    continue
-                seen.add(path)
-                if path in wanted:
-                    try:
-                        yield path, decode_label_map_png(png)
-                    except ValueError as exc:
-                        raise EvaluationError(f"prediction of {path!r}: {exc}") from None
+def _iter_predictions(output: RunOutput, wanted: set[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """``(image_path, label_map)`` of the wanted images, one at a time (:meth:`RunOutput.iter_predictions`)."""
+    for row in output.iter_predictions(["image_path", "label_map_png"], _BATCH_ROWS):
+        if row["image_path"] in wanted:
+            try:
+                yield row["image_path"], decode_label_map_png(row["label_map_png"])
+            except ValueError as exc:
+                raise EvaluationError(f"prediction of {row['image_path']!r}: {exc}") from None
 
 
 def _json_safe(value: Any) -> Any:
@@ -198,7 +175,9 @@ def evaluate_run(
     if protocol not in PROTOCOLS:
         raise EvaluationError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     output = RunOutput(output_dir)
-    vocabulary = _load_vocabulary(output)
+    if not output.root.is_dir():
+        raise FileNotFoundError(f"--predictions {str(output.root)!r} does not exist or is not a directory")
+    vocabulary = output.read_vocabulary(EvaluationError)
     paths = output.read_predictions(["image_path"]).column("image_path").to_pylist()
     if not paths:
         raise EvaluationError(f"{output.root} has no predictions (no rows in predictions/part-*.parquet)")

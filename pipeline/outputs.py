@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,29 @@ class RunOutput:
         table = pa.concat_tables(pq.read_table(s, columns=columns, schema=PREDICTION_SCHEMA) for s in shards)
         return _first_per_path(table)
 
+    def iter_predictions(self, columns: list[str] | None = None, batch_rows: int = 64) -> Iterator[dict[str, Any]]:
+        """The prediction rows of :meth:`read_predictions` (``columns``, which must hold ``image_path``; None for
+        all) as dicts, one at a time: at most ``batch_rows`` rows are read into memory at once."""
+        seen: set[str] = set()
+        for shard in _shards(self.predictions_dir):
+            for batch in pq.ParquetFile(shard).iter_batches(batch_rows, columns=columns):
+                yield from _first_per_path(pa.Table.from_batches([batch]), seen).to_pylist()
+
+    def read_vocabulary(self, error: type[ValueError] = ValueError) -> Vocabulary:
+        """The run's vocabulary, from its ``manifest.json``.
+
+        Raises:
+            error: the folder has no ``manifest.json`` (it is no labeling run's output), or its vocabulary
+                cannot be read (naming the manifest).
+        """
+        manifest = self.root / "manifest.json"
+        if not manifest.is_file():
+            raise error(f"{self.root} is not a labeling run's output: it has no manifest.json")
+        try:
+            return Vocabulary.from_json(json.loads(manifest.read_text(encoding="utf-8"))["vocabulary"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # ValueError: bad JSON, UTF-8 or vocabulary
+            raise error(f"{manifest}: cannot read the run's vocabulary: {exc!r}") from None
+
     def read_errors(self) -> pa.Table:
         """All error rows, one per input: the newest reason when a rerun failed on it again."""
         shards = sorted(_shards(self.errors_dir), key=lambda shard: shard.stat().st_mtime_ns, reverse=True)
@@ -157,8 +181,10 @@ def _shards(folder: Path) -> list[Path]:
     return sorted(folder.glob("part-*.parquet")) if folder.exists() else []
 
 
-def _first_per_path(table: pa.Table) -> pa.Table:
-    seen: set[str] = set()
+def _first_per_path(table: pa.Table, seen: set[str] | None = None) -> pa.Table:
+    """The rows of ``table`` whose ``image_path`` is not in ``seen`` and not on an earlier row (a duplicate
+    is left by a write interrupted after its shard appeared); ``seen`` gets the table's paths."""
+    seen = set() if seen is None else seen
     keep = []
     for path in table.column("image_path").to_pylist():
         keep.append(path not in seen)

@@ -7,10 +7,12 @@ import os
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.label.job import LabelOptions
 from pipeline.outputs import RunOutput
+from pipeline.vocabulary import parse_vocabulary
 
 
 def options(tmp_path: Path, **overrides) -> LabelOptions:
@@ -75,3 +77,32 @@ def test_the_newest_reason_of_a_repeated_failure_is_kept(tmp_path: Path) -> None
     os.utime(first, (past, past))
     output.write_shard([], [{"image_path": "b.jpg", "error": "truncated image"}])
     assert output.read_errors().to_pylist() == [{"image_path": "b.jpg", "error": "truncated image"}]
+
+
+def test_predictions_read_whole_or_streamed_keep_the_first_row_per_image(tmp_path: Path) -> None:
+    output = RunOutput(tmp_path)
+    output.write_shard([prediction("a.jpg"), {**prediction("b.jpg"), "image_id": 2}], [])
+    output.write_shard([{**prediction("a.jpg"), "image_id": 3}, {**prediction("c.jpg"), "image_id": 4}], [])
+    columns = ["image_path", "image_id"]
+    shards = sorted(output.predictions_dir.glob("part-*.parquet"))
+    rows = [row for shard in shards for row in pq.read_table(shard, columns=columns).to_pylist()]
+    first = [row for i, row in enumerate(rows) if row["image_path"] not in {r["image_path"] for r in rows[:i]}]
+    assert len(rows) == 4 and len(first) == 3
+    assert output.read_predictions(columns).to_pylist() == first
+    assert list(output.iter_predictions(columns, batch_rows=1)) == first
+
+
+class Refused(ValueError):
+    pass
+
+
+def test_the_run_vocabulary_is_read_from_the_manifest(tmp_path: Path) -> None:
+    output = RunOutput(tmp_path)
+    with pytest.raises(Refused, match="is not a labeling run's output: it has no manifest.json"):
+        output.read_vocabulary(Refused)
+    vocabulary = parse_vocabulary("cat: kitten\nsky\n", "v")
+    output.write_manifest({"vocabulary": vocabulary.to_json()})
+    assert output.read_vocabulary() == vocabulary
+    output.write_manifest({"vocabulary": {"names": "cat"}})
+    with pytest.raises(Refused, match=r"manifest.json: cannot read the run's vocabulary"):
+        output.read_vocabulary(Refused)

@@ -50,10 +50,9 @@ dataset is built completely under a temporary name before the old one is deleted
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import uuid
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,14 +60,13 @@ from typing import Any
 import fiftyone as fo
 import fiftyone.core.utils as fou
 import numpy as np
-import pyarrow.parquet as pq
 
 from ..evaluate import EvaluationError, align_classes, warn_class_alignment, warn_matching
 from ..ground_truth import open_ground_truth
 from ..ground_truth.base import GroundTruth, match_predictions
 from ..outputs import RunOutput
 from ..segments import decode_label_map_png
-from ..vocabulary import Vocabulary, VocabularyError
+from ..vocabulary import Vocabulary
 from .masks import GROUND_TRUTH, PREDICTIONS, ReviewError, label_map_to_mask, mask_dtype
 from .metrics import compute_sample_metrics
 from .views import MAX_CLASS_VIEWS, save_review_views
@@ -82,27 +80,6 @@ def default_dataset_name(output_dir: str | os.PathLike[str]) -> str:
     """``san-<folder name>-<8 hex of the absolute path>``: stable for a run, distinct between runs."""
     path = Path(output_dir).resolve()
     return f"san-{path.name}-{hashlib.sha1(str(path).encode('utf-8')).hexdigest()[:8]}"
-
-
-def read_run_vocabulary(output_dir: str | os.PathLike[str]) -> Vocabulary:
-    manifest = Path(output_dir) / "manifest.json"
-    if not manifest.is_file():
-        raise ReviewError(f"{output_dir} is not a labeling run's output: it has no manifest.json")
-    try:
-        return Vocabulary.from_json(json.loads(manifest.read_text(encoding="utf-8"))["vocabulary"])
-    except (OSError, ValueError, KeyError, TypeError, VocabularyError) as exc:
-        raise ReviewError(f"{manifest}: cannot read the run's vocabulary: {exc!r}") from None
-
-
-def _iter_run_rows(output: RunOutput) -> Iterator[dict[str, Any]]:
-    """Prediction rows one small batch at a time, first row per path (as RunOutput.read_predictions)."""
-    seen: set[str] = set()
-    for shard in sorted(output.predictions_dir.glob("part-*.parquet")):
-        for batch in pq.ParquetFile(shard).iter_batches(_BATCH):
-            for row in batch.to_pylist():
-                if row["image_path"] not in seen:
-                    seen.add(row["image_path"])
-                    yield row
 
 
 def _gt_values(vocabulary: Vocabulary, gt: GroundTruth) -> tuple[np.ndarray, dict[int, str], dict[str, Any]]:
@@ -270,7 +247,7 @@ def _fill(
     dataset.save()
     dtype = mask_dtype(max([len(vocabulary), *targets.get(GROUND_TRUTH, {})]))
     batch: list[fo.Sample] = []
-    for row in _iter_run_rows(output):
+    for row in output.iter_predictions(batch_rows=_BATCH):
         batch.append(_sample(row, dtype, truth))
         if len(batch) >= _BATCH:
             dataset.add_samples(batch, progress=False)
@@ -329,7 +306,7 @@ def load_run(
         raise FileNotFoundError(f"labeling output {str(output.root)!r} does not exist or is not a directory")
     name = name or default_dataset_name(output.root)
     check_dataset_name(name, overwrite)
-    vocabulary = read_run_vocabulary(output.root)
+    vocabulary = output.read_vocabulary(ReviewError)
     paths = output.read_predictions(["image_path"]).column("image_path").to_pylist()
     if not paths:
         raise ReviewError(f"{output.root} has no predictions (no rows in predictions/part-*.parquet)")
