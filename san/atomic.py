@@ -18,8 +18,8 @@ def write_atomic(target: str | os.PathLike[str], write: Callable[[Path], object]
     writer that takes a path: ``json.dump`` into ``open(path, "x")``, ``safetensors.torch.save_file``,
     ``torch.save``, ``pyarrow.parquet.write_table``, ``os.link``). The temporary file is then fsynced and
     ``os.replace``d onto ``target``, and the folder is fsynced where the OS allows. On any failure the
-    temporary file is removed and ``target`` is left as it was. The file gets the usual permissions
-    (``0o666`` less the umask), as the writer creates it.
+    temporary file is removed and ``target`` is left as it was. The file keeps the permissions the writer
+    created it with (``0o666`` less the umask for ``open``, ``torch.save`` and Parquet).
 
     Raises:
         IsADirectoryError: ``target`` is a folder (naming ``target``; ``kind`` says what it should be,

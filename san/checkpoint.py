@@ -182,7 +182,14 @@ def save_checkpoint(model: SAN, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT_TAG, "config": json.dumps(model.config.to_dict())}
-    write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+    def save(tmp: Path) -> None:
+        save_file(tensors, tmp, metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600; give the file the usual permissions
+
+    write_atomic(path, save)
     return path
 
 

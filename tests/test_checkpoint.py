@@ -4,6 +4,7 @@ safetensors format, and CLIP-only weights."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -113,6 +114,9 @@ def test_own_checkpoint_round_trips_exactly(tmp_path: Path) -> None:
     model = san.build_san("san_tiny")
     path = san.save_checkpoint(model, tmp_path / "run" / "model.safetensors")
     assert not list(path.parent.glob("*.tmp")), "no temporary file left behind"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask, "the usual permissions, not mkstemp's 0600"
     loaded = san.load_checkpoint(path)
     assert loaded.config == model.config and not loaded.training
     original, restored = model.state_dict(), loaded.state_dict()
