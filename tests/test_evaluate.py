@@ -16,7 +16,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from pipeline.evaluate import EvaluationError, evaluate_run
-from pipeline.ground_truth.base import IGNORE, GroundTruthError
+from pipeline.ground_truth.base import IGNORE, GroundTruthError, LabelValues
 from pipeline.ground_truth.classes import read_class_names
 from pipeline.ground_truth.png import PngFolderGroundTruth
 from pipeline.label.inputs import image_id
@@ -230,6 +230,16 @@ def test_class_names_file_rules(tmp_path: Path) -> None:
     path.write_text("a\nA\n")
     with pytest.raises(GroundTruthError, match="twice"):
         read_class_names(path)
+
+
+def test_label_values_map_classes_ignore_and_refuse_the_rest() -> None:
+    values = LabelValues([3, 0, 255], ignored_values=[255, 7, -1, 70000])  # a class value wins over "ignored"
+    raw = np.array([[0, 3, 255], [7, 0, 3]])
+    np.testing.assert_array_equal(values.classes(raw, "gt.png", "hint"), [[1, 0, 2], [IGNORE, 1, 0]])
+    with pytest.raises(GroundTruthError, match=r"^gt\.png has values that name no class: 1, 9 \(classes 0, 3\)$"):
+        values.classes(np.array([[1, 9, 0]]), "gt.png", "classes 0, 3")
+    with pytest.raises(GroundTruthError, match=r"gt\.png has values outside 0\.\.65535"):
+        values.classes(np.array([[-1]]), "gt.png", "hint")
 
 
 def _uncompressed_rle(mask: np.ndarray) -> dict:

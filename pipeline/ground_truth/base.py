@@ -45,12 +45,13 @@ class LabelValues:
 
     Args:
         class_values: the raw value of each class, in class order (value ``class_values[i]`` is class ``i``).
-        ignored_values: raw values whose pixels are ignored (:data:`IGNORE`); a class value wins over them.
+        ignored_values: raw values whose pixels are ignored (:data:`IGNORE`); a class value wins over them, and
+            values outside ``0..65535`` (which no label holds) are left out.
     """
 
     def __init__(self, class_values: Sequence[int], ignored_values: Iterable[int] = ()):
         self._table = np.full(_MAX_VALUE + 1, _NO_CLASS, dtype=np.int32)
-        self._table[[int(v) for v in ignored_values]] = IGNORE
+        self._table[[int(v) for v in ignored_values if 0 <= int(v) <= _MAX_VALUE]] = IGNORE
         self._table[[int(v) for v in class_values]] = np.arange(len(class_values), dtype=np.int32)
 
     def classes(self, raw: np.ndarray, what: str, hint: str) -> np.ndarray:
