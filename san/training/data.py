@@ -13,8 +13,8 @@ Folder layout (:class:`SegmentationFolder`)
 
 Produce it from your own masks by writing each image's class indices into a PNG, e.g.
 ``PIL.Image.fromarray(label.astype(np.uint8)).save("labels/x.png")``. Class names are what the text
-encoder reads ("traffic light", not "cls_7"). Blank lines in ``classes.txt`` are not allowed (line
-numbers are class indices). The prepared COCO-Stuff-164K of detectron2/SAN (``datasets/coco/
+encoder reads ("traffic light", not "cls_7"). Blank and ``#`` lines in ``classes.txt`` are not allowed
+(line numbers are class indices). The prepared COCO-Stuff-164K of detectron2/SAN (``datasets/coco/
 train2017`` + ``stuffthingmaps_detectron2/train2017``, values 0..170, 255 ignored) is the same thing
 with the two folders elsewhere: link them as ``images/`` and ``labels/`` and copy its 171 class names from
 ``pipeline/benchmarks/cocostuff171.txt`` to ``classes.txt``.
