@@ -39,12 +39,13 @@ def measure(preset: str, classes: int, output_size: tuple[int, int], method: str
     torch.manual_seed(0)
     predictor = Predictor(san.build_san(preset), [f"class {i}" for i in range(classes)], device="cpu")
     height, width = output_size
-    image = np.asarray(Image.new("RGB", (round(640 * width / height), 640), (90, 140, 200)))
+    model_height, model_width = predictor.resize.output_size(height, width)  # as the decode stage resizes
+    image = np.asarray(Image.new("RGB", (model_width, model_height), (90, 140, 200)))
     started = time.perf_counter()
     if method == "class_scores":
-        predictor.class_scores([image], output_sizes=[output_size])[0].max(dim=0)
+        predictor.class_scores([image], original_sizes=[output_size])[0].max(dim=0)
     else:
-        predictor.predict([image], output_sizes=[output_size])
+        predictor.predict([image], original_sizes=[output_size])
     return {
         "seconds": time.perf_counter() - started,
         "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,

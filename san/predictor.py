@@ -1,8 +1,8 @@
 """numpy in, numpy out: what a labeling worker wraps around a :class:`~san.modeling.model.SAN`.
 
-Images are resized as SAN's evaluation does (short side 640, long side at most 2560, PIL bilinear),
-predicted on the model's device (optionally under bf16/fp16 autocast on GPU), and the class scores
-are mapped back to each image's original size before the argmax.
+Images are resized by a :class:`~san.transforms.ResizeShortestEdge` (SAN's evaluation: short side 640,
+long side at most 2560, PIL bilinear), predicted on the model's device (optionally under bf16/fp16
+autocast on GPU), and the class scores are mapped back to each image's original size before the argmax.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from .modeling.model import SAN
 from .modeling.text_classifier import check_vocabulary
 from .precision import DTYPES, autocast_context, resolve_device
-from .transforms import resize_shortest_edge
+from .transforms import SAN_EVAL_RESIZE, ResizeShortestEdge
 
 
 @dataclass
@@ -48,8 +48,7 @@ class Predictor:
         prompt_to_class: Sequence[int] | None = None,
         device: str | torch.device | None = None,
         dtype: str = "fp32",
-        short_side: int = 640,
-        max_size: int = 2560,
+        resize: ResizeShortestEdge = SAN_EVAL_RESIZE,
         min_score: float = 0.0,
         batch_size: int = 8,
     ):
@@ -64,7 +63,7 @@ class Predictor:
         if dtype != "fp32" and self.device.type != "cuda":
             raise ValueError(f"--dtype {dtype} needs a GPU (autocast on CPU is slower than fp32); use fp32")
         self.dtype = DTYPES[dtype]
-        self.short_side, self.max_size = short_side, max_size
+        self.resize = resize
         self.min_score = min_score
         self.batch_size = batch_size
         self.model = model.to(self.device).eval()
@@ -72,28 +71,45 @@ class Predictor:
             self.model.text_classifier(self.prompts)  # fill the text-embedding cache once
 
     def _model_inputs(
-        self, images: Sequence[np.ndarray], output_sizes: Sequence[tuple[int, int]] | None
+        self, images: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]] | None
     ) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
-        """Resized ``[3, h, w]`` uint8 tensors, and the size each image's result is wanted at."""
+        """``[3, h, w]`` uint8 tensors at the model's input size, and the size each result is wanted at.
+
+        Without ``original_sizes`` the images are resized here by ``self.resize``. With them, the images
+        were already resized (e.g. in the labeling job's CPU stage), and each must have the size that
+        ``self.resize`` gives its original size: one rule decides the input size, wherever it is applied.
+        """
+        if original_sizes is not None and len(original_sizes) != len(images):
+            raise ValueError(f"{len(original_sizes)} original sizes for {len(images)} images")
         tensors, sizes = [], []
-        for image in images:
+        for i, image in enumerate(images):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}")
-            resized = resize_shortest_edge(image, self.short_side, self.max_size)
-            if not resized.flags.writeable:  # e.g. zero-copy arrays from Ray's object store
-                resized = resized.copy()
-            tensors.append(torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1))
-            sizes.append(image.shape[:2])
-        if output_sizes is not None:
-            sizes = [tuple(size) for size in output_sizes]
+            if original_sizes is None:
+                size = image.shape[:2]
+                image = self.resize(image)
+            else:
+                size = tuple(int(n) for n in original_sizes[i])
+                expected = self.resize.output_size(*size)
+                if image.shape[:2] != expected:
+                    raise ValueError(
+                        f"image {i} is {image.shape[0]}x{image.shape[1]}, but {self.resize} resizes its original "
+                        f"size {size[0]}x{size[1]} to {expected[0]}x{expected[1]}"
+                    )
+            if not image.flags.writeable:  # e.g. zero-copy arrays from Ray's object store
+                image = image.copy()
+            tensors.append(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+            sizes.append(size)
         return tensors, sizes
 
     def class_scores(
-        self, images: Sequence[np.ndarray], output_sizes: Sequence[tuple[int, int]] | None = None
+        self, images: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]] | None = None
     ) -> list[torch.Tensor]:
-        """Per image ``[num_classes, H, W]`` scores (on the model's device) at the image's size, or at
-        ``output_sizes`` when the images were already resized for the model (their original sizes)."""
-        tensors, sizes = self._model_inputs(images, output_sizes)
+        """Per image ``[num_classes, H, W]`` scores (on the model's device) at the image's original size.
+
+        ``images``: RGB uint8 ``[H, W, 3]`` of any size, or, with ``original_sizes``, already resized by
+        ``self.resize`` from those ``(H, W)``."""
+        tensors, sizes = self._model_inputs(images, original_sizes)
         with autocast_context(self.device, self.dtype):
             scores = self.model.predict_scores(tensors, self.prompts, sizes, batch_size=self.batch_size)
         return [self._reduce_synonyms(s) for s in scores]
@@ -105,14 +121,14 @@ class Predictor:
         return torch.stack([scores[m].amax(dim=0) for m in members])
 
     def predict(
-        self, images: Sequence[np.ndarray], output_sizes: Sequence[tuple[int, int]] | None = None
+        self, images: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]] | None = None
     ) -> list[Prediction]:
-        """Label RGB uint8 images ``[H, W, 3]`` of any sizes (see :meth:`class_scores` for ``output_sizes``).
+        """Label RGB uint8 images ``[H, W, 3]`` (see :meth:`class_scores` for ``original_sizes``).
 
         The best class of a pixel is the class of its best prompt (a class scores the maximum of its
         prompts), taken without holding every class's scores at the output size at once.
         """
-        tensors, sizes = self._model_inputs(images, output_sizes)
+        tensors, sizes = self._model_inputs(images, original_sizes)
         with autocast_context(self.device, self.dtype):
             best = self.model.predict_best(tensors, self.prompts, sizes, batch_size=self.batch_size)
         unlabeled = 255 if self.num_classes <= 255 else 65535

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from PIL import Image
 
@@ -34,3 +36,24 @@ def resize_shortest_edge(
     if size == (height, width):
         return image
     return np.array(Image.fromarray(image).resize((size[1], size[0]), resample))
+
+
+@dataclass(frozen=True)
+class ResizeShortestEdge:
+    """The model's input size rule, as one value that the labeling job's decode stage applies and the
+    predictor checks: short side ``short_side``, long side at most ``max_size`` (SAN's evaluation: 640, 2560)."""
+
+    short_side: int = 640
+    max_size: int = 2560
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(height, width)`` that an image of ``height`` x ``width`` is resized to."""
+        return shortest_edge_size(height, width, self.short_side, self.max_size)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """``image`` ``[H, W, 3]`` uint8 resized with PIL bilinear (see :func:`resize_shortest_edge`)."""
+        return resize_shortest_edge(image, self.short_side, self.max_size)
+
+
+#: SAN's evaluation resize (detectron2 ``INPUT.MIN_SIZE_TEST`` 640, ``INPUT.MAX_SIZE_TEST`` 2560).
+SAN_EVAL_RESIZE = ResizeShortestEdge()

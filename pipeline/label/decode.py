@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from san.transforms import resize_shortest_edge
+from san.transforms import ResizeShortestEdge
 
 from .containers import expand_container
 from .images import ImageDecodeError, decode_image
@@ -36,8 +36,7 @@ def expand_containers(row: dict[str, Any], bytes_column: str | None, done: froze
 class DecodeStage:
     """CPU stage: read (when only a path is given), decode, validate and resize for the model."""
 
-    short_side: int
-    max_size: int
+    resize: ResizeShortestEdge
     max_pixels: int
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -60,7 +59,7 @@ class DecodeStage:
             else:
                 heights.append(image.shape[0])
                 widths.append(image.shape[1])
-                images.append(resize_shortest_edge(image, self.short_side, self.max_size))
+                images.append(self.resize(image))
             errors.append(error)
         return {
             "image_path": batch["image_path"],

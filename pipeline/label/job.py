@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 import san
 from san.precision import DTYPES
+from san.transforms import ResizeShortestEdge
 
 from ..outputs import OutputConflictError, RunOutput
 from ..vocabulary import VocabularyError, load_vocabulary
@@ -230,8 +231,9 @@ def _build_dataset(
         )
         parts.append(expanded.limit(options.limit) if options.limit is not None else expanded)
     dataset = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    resize = ResizeShortestEdge(options.short_side, options.max_size)  # the one rule both stages use
     dataset = dataset.map_batches(
-        DecodeStage(options.short_side, options.max_size, options.max_pixels),
+        DecodeStage(resize, options.max_pixels),
         batch_size=options.batch_size,
         num_cpus=plan.decode_cpus,
     )
@@ -245,6 +247,7 @@ def _build_dataset(
             "min_score": options.min_score,
             "threads": plan.threads_per_worker,
             "templates": options.templates,
+            "resize": resize,
         },
         batch_size=options.batch_size,
         compute=ray.data.ActorPoolStrategy(min_size=plan.workers[0], max_size=plan.workers[1]),

@@ -17,6 +17,7 @@ import torch
 
 import san
 from san.predictor import Predictor
+from san.transforms import ResizeShortestEdge
 
 from ..segments import encode_label_map_png, label_map_segments
 from ..vocabulary import Vocabulary
@@ -69,6 +70,7 @@ class PredictStage:
         min_score: float,
         threads: int,
         templates: str | None,
+        resize: ResizeShortestEdge,
     ):
         if device == "cpu":
             torch.set_num_threads(threads)
@@ -83,6 +85,7 @@ class PredictStage:
             device=device,
             dtype=dtype,
             min_score=min_score,
+            resize=resize,
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -90,7 +93,7 @@ class PredictStage:
         predictions = (
             self.predictor.predict(
                 [batch["image"][i] for i in good],
-                output_sizes=[(int(batch["height"][i]), int(batch["width"][i])) for i in good],
+                original_sizes=[(int(batch["height"][i]), int(batch["width"][i])) for i in good],
             )
             if good
             else []
