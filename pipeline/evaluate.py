@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from san.errors import UserError
 from san.metrics import PROTOCOLS, ConfusionMatrix, compute_metrics
 
 from .coco import write_json_atomic
@@ -40,7 +41,7 @@ __all__ = ["EvaluationError", "align_classes", "evaluate_run", "warn_class_align
 _BATCH_ROWS = 16
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError):
     """The run output and the ground truth cannot be compared; the message says why."""
 
 
@@ -126,7 +127,7 @@ def warn_matching(matching: Matching, unmatched: str = "are skipped") -> None:
 def _load_vocabulary(output: RunOutput) -> Vocabulary:
     manifest_path = output.root / "manifest.json"
     if not output.root.is_dir():
-        raise FileNotFoundError(f"--predictions {str(output.root)!r} does not exist or is not a directory")
+        raise EvaluationError(f"--predictions {str(output.root)!r} does not exist or is not a directory")
     if not manifest_path.is_file():
         raise EvaluationError(f"{output.root} is not a labeling run's output: it has no manifest.json")
     try:

@@ -21,6 +21,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from san.errors import OptionError, UserError
+
 from .coco import build_coco, write_json_atomic
 from .vocabulary import Vocabulary
 
@@ -47,7 +49,7 @@ PREDICTION_SCHEMA = pa.schema(
 ERROR_SCHEMA = pa.schema([("image_path", pa.string()), ("error", pa.string())])
 
 
-class OutputConflictError(RuntimeError):
+class OutputConflictError(UserError):
     """The output directory holds a run made with another vocabulary or model."""
 
 
@@ -73,13 +75,13 @@ class RunOutput:
     def create(self) -> None:
         """Create the output folder, or raise ``ValueError`` saying why it cannot be one."""
         if self.root.exists() and not self.root.is_dir():
-            raise ValueError(f"--output {str(self.root)!r} is a file, not a folder")
+            raise OptionError(f"`output` {str(self.root)!r} is a file, not a folder")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise ValueError(f"cannot create the --output folder {str(self.root)!r}: {error.strerror}") from error
+            raise OptionError(f"cannot create the `output` folder {str(self.root)!r}: {error.strerror}") from error
         if not os.access(self.root, os.W_OK):
-            raise ValueError(f"the --output folder {str(self.root)!r} is not writable")
+            raise OptionError(f"the `output` folder {str(self.root)!r} is not writable")
 
     def check_compatible(self, identity: dict[str, Any]) -> None:
         """Refuse to resume a run made with another vocabulary or model (its labels would mix)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 __all__ = ["decode_utf8"]
 
 
-def decode_utf8(data: bytes, source: str, error: type[ValueError] = ValueError) -> str:
+def decode_utf8(data: bytes, source: str, error: type[Exception] = ValueError) -> str:
     """``data`` as UTF-8 text; otherwise raise ``error("SOURCE:LINE: not valid UTF-8 (byte 0x.. at offset N)")``."""
     try:
         return data.decode("utf-8")

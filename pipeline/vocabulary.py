@@ -31,6 +31,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from san.errors import UserError
+
 from .utf8 import decode_utf8
 
 __all__ = ["Vocabulary", "VocabularyError", "load_vocabulary", "parse_vocabulary"]
@@ -38,7 +40,7 @@ __all__ = ["Vocabulary", "VocabularyError", "load_vocabulary", "parse_vocabulary
 ArrayT = TypeVar("ArrayT")
 
 
-class VocabularyError(ValueError):
+class VocabularyError(UserError):
     """A vocabulary file or JSON object is malformed; the message says where and why."""
 
 
@@ -227,7 +229,7 @@ def load_vocabulary(path: str | os.PathLike[str]) -> Vocabulary:
         with open(source, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        raise FileNotFoundError(f"vocabulary file not found: {source}") from None
+        raise VocabularyError(f"vocabulary file not found: {source}") from None
     except OSError as exc:
         raise VocabularyError(f"{source}: cannot read vocabulary file: {exc.strerror or exc}") from exc
     return parse_vocabulary(decode_utf8(data, str(source), VocabularyError), source)

@@ -119,7 +119,7 @@ def test_reader_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(GroundTruthError, match="--ignore-index 0"):
         open_ground_truth(f"pc459:{tmp_path}", ignore_index=0)
     assert open_ground_truth(f"pc459:{tmp_path}", ignore_index=65535).raw_ignore == [65535]
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(BenchmarkError, match="datasets root"):
         open_ground_truth(f"pc459:{tmp_path / 'missing'}")
     with pytest.raises(GroundTruthError, match="no label folder"):
         open_ground_truth(f"ade150:{tmp_path}")

@@ -66,6 +66,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from san.errors import UserError
+
 __all__ = [
     "BENCHMARKS",
     "BenchmarkError",
@@ -77,7 +79,7 @@ __all__ = [
 ]
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(UserError):
     """A benchmark name, root or layout is wrong; the message says why."""
 
 

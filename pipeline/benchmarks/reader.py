@@ -101,5 +101,5 @@ def open_benchmark_ground_truth(
         )
     root = location or default_root()
     if not Path(root).is_dir():
-        raise FileNotFoundError(f"--gt {spec.name}:{location}: datasets root {str(root)!r} does not exist")
+        raise BenchmarkError(f"--gt {spec.name}:{location}: datasets root {str(root)!r} does not exist")
     return BenchmarkGroundTruth(spec, root)

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from san.errors import UserError
+
 __all__ = ["IGNORE", "GroundTruth", "GroundTruthError", "Matching", "match_predictions"]
 
 IGNORE = -1
@@ -34,7 +36,7 @@ IGNORE = -1
 _EXAMPLES = 5
 
 
-class GroundTruthError(ValueError):
+class GroundTruthError(UserError):
     """The ground truth cannot be read or does not fit the predictions; the message says why."""
 
 

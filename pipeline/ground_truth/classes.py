@@ -40,14 +40,13 @@ def read_class_names(path: str | os.PathLike[str]) -> tuple[list[str | None], li
         ``(names_by_value, gap_values)``: one entry per value, None for a gap.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        GroundTruthError: unreadable, not UTF-8, no class, or a name repeated (case-insensitively).
+        GroundTruthError: missing, unreadable, not UTF-8, no class, or a name repeated (case-insensitively).
     """
     source = os.fspath(path)
     try:
         text = Path(source).read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise FileNotFoundError(f"--gt-classes file not found: {source}") from None
+        raise GroundTruthError(f"--gt-classes file not found: {source}") from None
     except UnicodeDecodeError as exc:
         raise GroundTruthError(f"{source}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:

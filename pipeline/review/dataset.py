@@ -326,7 +326,7 @@ def load_run(
     """
     output = RunOutput(output_dir)
     if not output.root.is_dir():
-        raise FileNotFoundError(f"labeling output {str(output.root)!r} does not exist or is not a directory")
+        raise ReviewError(f"labeling output {str(output.root)!r} does not exist or is not a directory")
     name = name or default_dataset_name(output.root)
     check_dataset_name(name, overwrite)
     vocabulary = read_run_vocabulary(output.root)
