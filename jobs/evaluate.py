@@ -31,7 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--gt-classes",
         help="for a label-image folder: text file whose line v (0-based) names the class of pixel value v; "
-        "empty or '#' lines are values that are no class (ignored) (default: the run's vocabulary order)",
+        "an empty or '#' line makes its value no class (its pixels are ignored), except at the end of the file: "
+        "trailing empty and '#' lines are dropped, so their values name nothing and a pixel of such a value is an "
+        "error (unless it is --ignore-index) (default: the run's vocabulary order)",
     )
     parser.add_argument(
         "--protocol",

@@ -33,7 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ground truth: a folder of label images, a COCO .json, or SCHEME:LOCATION (as jobs/evaluate.py)",
     )
     parser.add_argument(
-        "--gt-classes", help="for a label-image folder: line v names pixel value v (as jobs/evaluate.py)"
+        "--gt-classes",
+        help="for a label-image folder: line v names pixel value v; an empty or '#' line is no class (ignored), "
+        "but trailing ones are dropped, so a pixel of their value is an error (as jobs/evaluate.py)",
     )
     parser.add_argument("--ignore-index", type=int, default=255, help="ground-truth value to ignore (default 255)")
     parser.add_argument("--dataset", help="FiftyOne dataset name (default: derived from OUT)")

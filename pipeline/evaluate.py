@@ -248,6 +248,9 @@ def evaluate_run(
             "metrics_path": str(target),
         }
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(_json_safe(result), target, indent=2)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(_json_safe(result), target, indent=2)
+    except OSError as error:
+        raise EvaluationError(f"cannot write the metrics to {str(target)!r}: {error.strerror or error}") from error
     return result

@@ -187,7 +187,7 @@ def test_masks_go_to_a_new_folder_whole_or_not_at_all(loaded, tmp_path: Path, mo
 
     encode = pipeline.review.export.encode_label_map_png
     monkeypatch.setattr(pipeline.review.export, "encode_label_map_png", fail_on_the_third)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ReviewError, match=f"cannot write the export to '{tmp_path / 'masks'}': disk full"):
         export_dataset(dataset, None, tmp_path / "masks")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["used"], "no folder, no temporary folder left"
     monkeypatch.undo()

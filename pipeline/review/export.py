@@ -204,6 +204,17 @@ def export_dataset(
         _check_coco_target(ds, Path(coco_path))
     vocabulary = _vocabulary(ds)
     masks = Path(masks_dir) if masks_dir is not None else None
+    try:
+        return _export(ds, vocabulary, coco_path, masks)
+    except OSError as error:  # a full disk, a folder without write permission: the user's to fix
+        where = " and ".join(repr(str(p)) for p in (coco_path, masks) if p is not None)
+        raise ReviewError(f"cannot write the export to {where}: {error.strerror or error}") from error
+
+
+def _export(
+    ds: fo.Dataset, vocabulary: Vocabulary, coco_path: str | os.PathLike[str] | None, masks: Path | None
+) -> dict[str, Any]:
+    """:func:`export_dataset` after its checks."""
     names = _mask_names(ds) if masks is not None else {}
     with _new_folder(masks) if masks is not None else contextlib.nullcontext() as folder:
         if folder is not None:
