@@ -192,9 +192,9 @@ def evaluate_run(
         The file holds the same with NaN written as ``null`` (strict JSON).
 
     Raises:
-        FileNotFoundError: ``output_dir`` or the ground truth does not exist.
-        EvaluationError, GroundTruthError: unreadable inputs, no matching image or class, or a prediction
-            and its ground truth of different sizes (both sizes and the image named).
+        EvaluationError, GroundTruthError: ``output_dir`` or the ground truth does not exist, unreadable
+            inputs, no matching image or class, or a prediction and its ground truth of different sizes (both
+            sizes and the image named).
     """
     if protocol not in PROTOCOLS:
         raise EvaluationError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")

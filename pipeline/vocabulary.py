@@ -220,8 +220,7 @@ def load_vocabulary(path: str | os.PathLike[str]) -> Vocabulary:
     """Read and parse a UTF-8 vocabulary file.
 
     Raises:
-        FileNotFoundError: the path does not exist (message names the path).
-        VocabularyError: the path cannot be read (directory, permissions), holds bytes that are not
+        VocabularyError: the path does not exist or cannot be read (directory, permissions), holds bytes that are not
             UTF-8 (reports the line of the first bad byte), or fails :func:`parse_vocabulary`.
     """
     source = os.fspath(path)

@@ -84,7 +84,7 @@ def open_benchmark_ground_truth(
     error, and ``--ignore-index`` may only be 255 (the default) or the benchmark's ignore value.
 
     Raises:
-        FileNotFoundError: ``ROOT`` does not exist.
+        BenchmarkError: ``ROOT`` does not exist.
         GroundTruthError: unknown benchmark, wrong options, or a layout problem.
     """
     try:

@@ -85,8 +85,7 @@ def open_ground_truth(
     ``.json`` file a COCO JSON.
 
     Raises:
-        FileNotFoundError: the path does not exist.
-        GroundTruthError: an unknown kind, or a reader's complaint.
+        GroundTruthError: the path does not exist, an unknown kind, or a reader's complaint.
     """
     scheme, sep, location = str(spec).partition(":")
     if sep and scheme in _READERS and not os.path.exists(spec):

@@ -106,9 +106,8 @@ def resolve_inputs(spec: str, *, exclude: str | None = None, bytes_column: str |
         bytes_column: the ``--bytes-column`` the containers will be expanded with (``None``: detect).
 
     Raises:
-        FileNotFoundError: ``spec`` does not exist (or, as a glob, matches no file).
-        ValueError: nothing to label in ``spec``; an unreadable list file; the first Parquet file has
-            neither a path nor an image-bytes column.
+        InputError: ``spec`` does not exist (or, as a glob, matches no file); nothing to label in it; an
+            unreadable list file; the first Parquet file has neither a path nor an image-bytes column.
     """
     resolved = ResolvedInputs([], [])
     for entry in _iter_entries(spec, _exclusion(exclude)):

@@ -320,7 +320,7 @@ def load_run(
         overwrite: replace an existing dataset of that name made by :func:`load_run`.
 
     Raises:
-        FileNotFoundError, ReviewError, GroundTruthError, EvaluationError: unreadable inputs, no class or
+        ReviewError, GroundTruthError, EvaluationError: a missing or unreadable input, no class or
             image matching the ground truth, a ground truth whose size differs from its prediction's, a
             dataset name that is taken (:func:`check_dataset_name`).
     """

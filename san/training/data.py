@@ -187,8 +187,8 @@ class SegmentationFolder:
     def check(self, rank: int = 0, world_size: int = 1, shown: int = 5) -> None:
         """Check every sample once, before training: each label is read (:meth:`read_label`'s rules: one
         channel, values that are classes or ``ignore_index``) and compared with its image's size, read from
-        the image's header. Raises ``ValueError`` naming the first ``shown`` problems (with file names) and
-        their count. Worker ``rank`` of ``world_size`` checks samples ``rank::world_size``."""
+        the image's header. Raises :class:`DataError` naming the first ``shown`` problems (with file names)
+        and their count. Worker ``rank`` of ``world_size`` checks samples ``rank::world_size``."""
         indices = range(rank, len(self), world_size)
         problems = [problem for problem in map(self._sample_problem, indices) if problem]
         if problems:
