@@ -22,12 +22,9 @@ import time
 from pathlib import Path
 
 import torch
+from _report import emit
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from _report import emit  # noqa: E402
-
-import san  # noqa: E402
+import san
 
 VOCABULARY = ["person", "cat", "coffee cup", "rocket", "sky", "flag", "wood", "smoke", "grass", "road"]
 SIZES = {"640x640": (640, 640), "640x853 (4:3)": (640, 853)}

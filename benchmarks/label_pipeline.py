@@ -12,7 +12,6 @@ import argparse
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,18 +19,15 @@ from pathlib import Path
 import numpy as np
 import ray
 import torch
+from _report import emit
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from _report import emit  # noqa: E402
-
-import san  # noqa: E402
-from pipeline.label.images import read_image_file  # noqa: E402
-from pipeline.label.job import LabelOptions, run_label_job  # noqa: E402
-from pipeline.segments import encode_label_map_png, label_map_segments  # noqa: E402
-from pipeline.vocabulary import load_vocabulary  # noqa: E402
-from san.predictor import Predictor  # noqa: E402
+import san
+from pipeline.label.images import read_image_file
+from pipeline.label.job import LabelOptions, run_label_job
+from pipeline.segments import encode_label_map_png, label_map_segments
+from pipeline.vocabulary import load_vocabulary
+from san.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,14 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _report import emit
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from _report import emit  # noqa: E402
-
-import san  # noqa: E402
-from san.predictor import Predictor  # noqa: E402
+import san
+from san.predictor import Predictor
 
 METHODS = {"all class scores": "class_scores", "best class in chunks": "predict"}
 

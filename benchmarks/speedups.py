@@ -19,20 +19,16 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _report import emit
+from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from _report import emit  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-
-import san  # noqa: E402
-from san.modeling.clip import downsample_attn_bias  # noqa: E402
+import san
+from san.modeling.clip import downsample_attn_bias
 
 VOCABULARY = ["person", "cat", "coffee cup", "rocket", "sky", "flag", "wood", "smoke", "grass", "road"]
 

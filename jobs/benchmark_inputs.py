@@ -18,13 +18,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
-
-from pipeline.benchmarks import BENCHMARKS, BenchmarkError, default_root, write_benchmark_inputs  # noqa: E402
-from pipeline.cli import job_parser, run_job  # noqa: E402
-from pipeline.vocabulary import VocabularyError  # noqa: E402
-
-USER_ERRORS = (BenchmarkError, VocabularyError, FileNotFoundError, OSError)
+from pipeline.benchmarks import BENCHMARKS, default_root, write_benchmark_inputs
+from pipeline.cli import job_parser, run_job
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,4 +57,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    run_job(main, parse_args, USER_ERRORS)
+    run_job(main, parse_args)

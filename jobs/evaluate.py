@@ -12,18 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
-
-from pipeline.cli import job_parser, run_job  # noqa: E402
-from pipeline.evaluate import EvaluationError, evaluate_run  # noqa: E402
-from pipeline.ground_truth.base import GroundTruthError  # noqa: E402
-from pipeline.vocabulary import VocabularyError  # noqa: E402
-from san.metrics import PROTOCOLS, format_table  # noqa: E402
-
-# Errors a user fixes by changing the command or the files: one line, exit status 2, no traceback.
-USER_ERRORS = (EvaluationError, GroundTruthError, VocabularyError, FileNotFoundError, ValueError, OSError)
+from pipeline.cli import job_parser, run_job
+from pipeline.evaluate import evaluate_run
+from san.metrics import PROTOCOLS, format_table
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,7 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--gt-classes",
         help="for a label-image folder: text file whose line v (0-based) names the class of pixel value v; "
-        "empty or '#' lines are values that are no class (ignored) (default: the run's vocabulary order)",
+        "an empty or '#' line makes its value no class (its pixels are ignored), except at the end of the file: "
+        "trailing empty and '#' lines are dropped, so their values name nothing and a pixel of such a value is an "
+        "error (unless it is --ignore-index) (default: the run's vocabulary order)",
     )
     parser.add_argument(
         "--protocol",
@@ -74,4 +68,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    run_job(main, parse_args, USER_ERRORS)
+    run_job(main, parse_args)

@@ -14,17 +14,9 @@ must be new or empty, and appears only when the whole export succeeded.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
-
-from pipeline.cli import job_parser, run_job  # noqa: E402
-from pipeline.review.export import export_dataset  # noqa: E402
-from pipeline.review.masks import ReviewError  # noqa: E402
-from pipeline.vocabulary import VocabularyError  # noqa: E402
-
-USER_ERRORS = (ReviewError, VocabularyError, FileNotFoundError, ValueError, OSError)
+from pipeline.cli import job_parser, run_job
+from pipeline.review.export import export_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,4 +41,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    run_job(main, parse_args, USER_ERRORS)
+    run_job(main, parse_args)

@@ -18,21 +18,11 @@ Saved views: worst_miou, least_confident, class_<name>. Export edits with jobs/e
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
-
-from pipeline.cli import job_parser, run_job  # noqa: E402
-from pipeline.evaluate import EvaluationError  # noqa: E402
-from pipeline.ground_truth.base import GroundTruthError  # noqa: E402
-from pipeline.review.app import serve_until_interrupted  # noqa: E402
-from pipeline.review.dataset import load_run  # noqa: E402
-from pipeline.review.masks import ReviewError  # noqa: E402
-from pipeline.review.metrics import compare_with_fiftyone  # noqa: E402
-from pipeline.vocabulary import VocabularyError  # noqa: E402
-
-USER_ERRORS = (ReviewError, EvaluationError, GroundTruthError, VocabularyError, FileNotFoundError, ValueError, OSError)
+from pipeline.cli import job_parser, run_job
+from pipeline.review.app import serve_until_interrupted
+from pipeline.review.dataset import load_run
+from pipeline.review.metrics import compare_with_fiftyone
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,7 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ground truth: a folder of label images, a COCO .json, or SCHEME:LOCATION (as jobs/evaluate.py)",
     )
     parser.add_argument(
-        "--gt-classes", help="for a label-image folder: line v names pixel value v (as jobs/evaluate.py)"
+        "--gt-classes",
+        help="for a label-image folder: line v names pixel value v; an empty or '#' line is no class (ignored), "
+        "but trailing ones are dropped, so a pixel of their value is an error (as jobs/evaluate.py)",
     )
     parser.add_argument("--ignore-index", type=int, default=255, help="ground-truth value to ignore (default 255)")
     parser.add_argument("--dataset", help="FiftyOne dataset name (default: derived from OUT)")
@@ -92,4 +84,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    run_job(main, parse_args, USER_ERRORS)
+    run_job(main, parse_args)

@@ -1,6 +1,7 @@
 """What every job script shares: its parser's layout (``--help`` shows the script's docstring), and
-its ending: run ``main``, and turn the errors a user fixes by changing the command into one line on
-stderr with exit status 2 instead of a traceback, and Ctrl-C into one line with exit status 130."""
+its ending: run ``main``, and turn a :class:`san.errors.UserError` (fixed by changing the command or
+the input) into one line on stderr with exit status 2, and Ctrl-C into one line with exit status 130.
+Any other exception is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import argparse
 import sys
 from collections.abc import Callable
 from typing import Any
+
+from san.errors import UserError, WeightsUnavailableError
 
 
 def job_parser(script: str, doc: str) -> argparse.ArgumentParser:
@@ -21,29 +24,39 @@ def job_parser(script: str, doc: str) -> argparse.ArgumentParser:
     )
 
 
+def flag(name: str) -> str:
+    """The command-line flag of option (dataclass field) ``name``: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
 def weights_hint(error: BaseException) -> str:
     """What to try when the released weights cannot be had (offline, no cache)."""
-    from san.errors import WeightsUnavailableError
-
     if isinstance(error, WeightsUnavailableError):
         return "\nTo see the whole flow without weights, add --smoke-test (a tiny random model)."
     return ""
 
 
+def user_message(error: UserError, arguments: argparse.Namespace) -> str:
+    """``error``'s message with each option it names that the job has shown as the job's flag."""
+    return error.worded(lambda name: flag(name) if name in vars(arguments) else None)
+
+
 def run_job(
     main: Callable[[argparse.Namespace], Any],
     parse_args: Callable[[], argparse.Namespace],
-    user_errors: tuple[type[BaseException], ...],
     hint: Callable[[BaseException], str] | None = None,
     resume_hint: str = "",
 ) -> None:
-    """Parse the arguments and run ``main``; a ``user_errors`` exception exits with status 2, Ctrl-C
-    with 130 after printing ``resume_hint`` (how to continue)."""
+    """Parse the arguments and run ``main``; a :class:`UserError` exits with status 2 after one line,
+    Ctrl-C with 130 after printing ``resume_hint`` (how to continue)."""
     arguments = parse_args()
     try:
         main(arguments)
-    except user_errors as error:
-        print(f"error: {error}{hint(error) if hint else ''}", file=sys.stderr)
+    except UserError as error:
+        # Raised in a Ray task, it arrives wrapped with the worker's traceback: its cause is the message.
+        cause = getattr(error, "cause", None)
+        shown = cause if isinstance(cause, UserError) else error
+        print(f"error: {user_message(shown, arguments)}{hint(shown) if hint else ''}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"\ninterrupted{'; ' + resume_hint if resume_hint else ''}", file=sys.stderr)

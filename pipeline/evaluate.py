@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from san.errors import UserError
 from san.metrics import PROTOCOLS, ConfusionMatrix, compute_metrics
 
 from .coco import write_json_atomic
@@ -37,7 +38,7 @@ __all__ = ["EvaluationError", "align_classes", "evaluate_run", "warn_class_align
 _BATCH_ROWS = 16
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError):
     """The run output and the ground truth cannot be compared; the message says why."""
 
 
@@ -168,15 +169,15 @@ def evaluate_run(
         The file holds the same with NaN written as ``null`` (strict JSON).
 
     Raises:
-        FileNotFoundError: ``output_dir`` or the ground truth does not exist.
-        EvaluationError, GroundTruthError: unreadable inputs, no matching image or class, or a prediction
-            and its ground truth of different sizes (both sizes and the image named).
+        EvaluationError, GroundTruthError: ``output_dir`` or the ground truth does not exist, unreadable
+            inputs, no matching image or class, or a prediction and its ground truth of different sizes (both
+            sizes and the image named).
     """
     if protocol not in PROTOCOLS:
         raise EvaluationError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     output = RunOutput(output_dir)
     if not output.root.is_dir():
-        raise FileNotFoundError(f"--predictions {str(output.root)!r} does not exist or is not a directory")
+        raise EvaluationError(f"--predictions {str(output.root)!r} does not exist or is not a directory")
     vocabulary = output.read_vocabulary(EvaluationError)
     paths = output.read_predictions(["image_path"]).column("image_path").to_pylist()
     if not paths:
@@ -226,6 +227,9 @@ def evaluate_run(
             "metrics_path": str(target),
         }
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(_json_safe(result), target, indent=2)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(_json_safe(result), target, indent=2)
+    except OSError as error:
+        raise EvaluationError(f"cannot write the metrics to {str(target)!r}: {error.strerror or error}") from error
     return result

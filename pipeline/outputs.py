@@ -23,9 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from san.atomic import write_atomic
+from san.errors import OptionError, UserError
 
 from .coco import build_coco, write_json_atomic
-from .vocabulary import Vocabulary
+from .vocabulary import Vocabulary, VocabularyError
 
 SEGMENT_TYPE = pa.struct(
     [
@@ -50,7 +51,7 @@ PREDICTION_SCHEMA = pa.schema(
 ERROR_SCHEMA = pa.schema([("image_path", pa.string()), ("error", pa.string())])
 
 
-class OutputConflictError(RuntimeError):
+class OutputConflictError(UserError):
     """The output directory holds a run made with another vocabulary or model."""
 
 
@@ -70,13 +71,13 @@ class RunOutput:
     def create(self) -> None:
         """Create the output folder, or raise ``ValueError`` saying why it cannot be one."""
         if self.root.exists() and not self.root.is_dir():
-            raise ValueError(f"--output {str(self.root)!r} is a file, not a folder")
+            raise OptionError(f"`output` {str(self.root)!r} is a file, not a folder")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise ValueError(f"cannot create the --output folder {str(self.root)!r}: {error.strerror}") from error
+            raise OptionError(f"cannot create the `output` folder {str(self.root)!r}: {error.strerror}") from error
         if not os.access(self.root, os.W_OK):
-            raise ValueError(f"the --output folder {str(self.root)!r} is not writable")
+            raise OptionError(f"the `output` folder {str(self.root)!r} is not writable")
 
     def check_compatible(self, identity: dict[str, Any]) -> None:
         """Refuse to resume a run made with another vocabulary or model (its labels would mix)."""
@@ -130,7 +131,7 @@ class RunOutput:
             for batch in pq.ParquetFile(shard).iter_batches(batch_rows, columns=columns):
                 yield from _first_per_path(pa.Table.from_batches([batch]), seen).to_pylist()
 
-    def read_vocabulary(self, error: type[ValueError] = ValueError) -> Vocabulary:
+    def read_vocabulary(self, error: type[Exception]) -> Vocabulary:
         """The run's vocabulary, from its ``manifest.json``.
 
         Raises:
@@ -142,7 +143,7 @@ class RunOutput:
             raise error(f"{self.root} is not a labeling run's output: it has no manifest.json")
         try:
             return Vocabulary.from_json(json.loads(manifest.read_text(encoding="utf-8"))["vocabulary"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:  # ValueError: bad JSON, UTF-8 or vocabulary
+        except (OSError, ValueError, KeyError, TypeError, VocabularyError) as exc:  # ValueError: bad JSON or UTF-8
             raise error(f"{manifest}: cannot read the run's vocabulary: {exc!r}") from None
 
     def read_errors(self) -> pa.Table:

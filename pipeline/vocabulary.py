@@ -29,12 +29,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from san.errors import UserError
 from san.text_files import decode_utf8
 
 __all__ = ["Vocabulary", "VocabularyError", "load_vocabulary", "parse_vocabulary"]
 
 
-class VocabularyError(ValueError):
+class VocabularyError(UserError):
     """A vocabulary file or JSON object is malformed; the message says where and why."""
 
 
@@ -182,8 +183,7 @@ def load_vocabulary(path: str | os.PathLike[str]) -> Vocabulary:
     """Read and parse a UTF-8 vocabulary file.
 
     Raises:
-        FileNotFoundError: the path does not exist (message names the path).
-        VocabularyError: the path cannot be read (directory, permissions), holds bytes that are not
+        VocabularyError: the path does not exist or cannot be read (directory, permissions), holds bytes that are not
             UTF-8 (reports the line of the first bad byte), or fails :func:`parse_vocabulary`.
     """
     source = os.fspath(path)
@@ -191,7 +191,7 @@ def load_vocabulary(path: str | os.PathLike[str]) -> Vocabulary:
         with open(source, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        raise FileNotFoundError(f"vocabulary file not found: {source}") from None
+        raise VocabularyError(f"vocabulary file not found: {source}") from None
     except OSError as exc:
         raise VocabularyError(f"{source}: cannot read vocabulary file: {exc.strerror or exc}") from exc
     return parse_vocabulary(decode_utf8(data, str(source), VocabularyError), source)

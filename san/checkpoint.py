@@ -103,7 +103,7 @@ def read_official_checkpoint(checkpoint: str | Path | dict) -> dict[str, torch.T
     if not isinstance(checkpoint, dict):
         path = Path(checkpoint)
         if not path.is_file():
-            raise FileNotFoundError(f"SAN checkpoint {source!r} does not exist")
+            raise CheckpointError(f"SAN checkpoint {source!r} does not exist")
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises several types for a file that is not a checkpoint
@@ -141,11 +141,11 @@ def resolve_official_weights(name: str) -> Path:
     taken from huggingface_hub's cache, downloading it when online.
     """
     if name not in OFFICIAL_RELEASES:
-        raise KeyError(f"no released weights named {name!r}; released: {sorted(OFFICIAL_RELEASES)}")
+        raise CheckpointError(f"no released weights named {name!r}; released: {sorted(OFFICIAL_RELEASES)}")
     filename = OFFICIAL_RELEASES[name]
     how = (
         f"Download https://huggingface.co/{HF_REPO}/resolve/main/{filename} on a machine with internet "
-        f"access, then pass it with `--model /path/to/{filename} --config {name}` or set "
+        f"access, then give it as `model` /path/to/{filename} with `config` {name}, or set "
         f"{WEIGHTS_ENV}=/path/to/{filename} (or a folder holding it)."
     )
     env = os.environ.get(WEIGHTS_ENV)
@@ -197,7 +197,7 @@ def load_checkpoint(path: str | Path) -> SAN:
     """A SAN from a file written by :func:`save_checkpoint`, in eval mode."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"SAN checkpoint {str(path)!r} does not exist")
+        raise CheckpointError(f"SAN checkpoint {str(path)!r} does not exist")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -227,12 +227,12 @@ def load_model(model: str | Path, config: str | Path | None = None) -> SAN:
         return load_checkpoint(path)
     if path.suffix in (".pth", ".pt", ".pkl"):
         if config is None:
-            raise ValueError(
+            raise CheckpointError(
                 f"{path} looks like an official-layout checkpoint: also give its config "
                 f"(a preset name such as san_vit_b_16, or the official YAML/JSON config)"
             )
         return load_official(path, config)
-    raise ValueError(
+    raise CheckpointError(
         f"cannot load model {text!r}: give a released preset name {sorted(OFFICIAL_RELEASES)}, "
         "a .safetensors checkpoint of this project, or an official .pth checkpoint with its config"
     )

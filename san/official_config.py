@@ -19,6 +19,7 @@ import open_clip
 import yaml
 
 from .config import AttnBiasConfig, ClipConfig, SANConfig, SideAdapterConfig, get_preset
+from .errors import ModelConfigError
 
 # Official defaults (add_san_config); training-only fields are accepted and ignored here.
 SAN_DEFAULTS: dict[str, Any] = {
@@ -82,15 +83,18 @@ def read_official_config(config: str | Path | dict[str, Any]) -> SANConfig:
     if not path.exists():
         if isinstance(config, str) and "/" not in config and not path.suffix:
             return get_preset(config)
-        raise FileNotFoundError(f"SAN config {str(path)!r} does not exist (give a preset name or a JSON/YAML file)")
+        raise ModelConfigError(f"SAN config {str(path)!r} does not exist (give a preset name or a JSON/YAML file)")
     return _convert(_load_file(path), str(path))
 
 
 def _load_file(path: Path) -> dict[str, Any]:
-    text = path.read_text(encoding="utf-8")
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as error:
+        raise ModelConfigError(f"{path}: cannot read the SAN config: {error}") from error
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+        raise ModelConfigError(f"{path}: expected a mapping at the top level")
     base = data.pop("_BASE_", None)
     if base is None:
         return data
@@ -115,7 +119,7 @@ def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
 def _merge_defaults(section: dict[str, Any], defaults: dict[str, Any], where: str) -> dict[str, Any]:
     unknown = sorted(set(section) - set(defaults))
     if unknown:
-        raise ValueError(f"{where}: unknown fields {unknown}; known fields: {sorted(defaults)}")
+        raise ModelConfigError(f"{where}: unknown fields {unknown}; known fields: {sorted(defaults)}")
     return _deep_merge(defaults, section)
 
 
@@ -126,17 +130,17 @@ def _convert(data: dict[str, Any], where: str) -> SANConfig:
     for (section, key), expected in _REQUIRED.items():
         value = (san if section == "SAN" else side)[key]
         if value != expected:
-            raise ValueError(f"{where}: MODEL.{section}.{key}={value!r} is not supported (only {expected!r})")
+            raise ModelConfigError(f"{where}: MODEL.{section}.{key}={value!r} is not supported (only {expected!r})")
     vit = _VIT_NAME.match(side["VIT_NAME"])
     if vit is None:
-        raise ValueError(
+        raise ModelConfigError(
             f"{where}: cannot read VIT_NAME {side['VIT_NAME']!r} (expected vit_w<width>n<heads>d<depth>_patch<p>)"
         )
     fusion = []
     for entry in side["FUSION_MAP"]:
         match = re.fullmatch(r"\s*(\d+)\s*->\s*(\d+)\s*", entry)
         if match is None:
-            raise ValueError(f"{where}: FUSION_MAP entry {entry!r} is not of the form 'clip->side'")
+            raise ModelConfigError(f"{where}: FUSION_MAP entry {entry!r} is not of the form 'clip->side'")
         fusion.append((int(match[1]), int(match[2])))
     return SANConfig(
         clip=_clip_config(san, data.get("open_clip_model_cfg")),

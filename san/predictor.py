@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .errors import OptionError
 from .modeling.model import SAN
 from .modeling.text_classifier import check_vocabulary
 from .precision import DTYPES, autocast_context, resolve_device
@@ -59,9 +60,9 @@ class Predictor:
         self.num_classes = max(self.prompt_to_class) + 1
         self.device = resolve_device(device)
         if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
+            raise OptionError(f"unknown `dtype` {dtype!r}; choose from {sorted(DTYPES)}")
         if dtype != "fp32" and self.device.type != "cuda":
-            raise ValueError(f"--dtype {dtype} needs a GPU (autocast on CPU is slower than fp32); use fp32")
+            raise OptionError(f"`dtype` {dtype} needs a GPU (autocast on CPU is slower than fp32); use fp32")
         self.dtype = DTYPES[dtype]
         self.resize = resize
         self.min_score = min_score

@@ -15,7 +15,7 @@ from pathlib import Path
 __all__ = ["decode_utf8", "parse_class_names", "read_class_names"]
 
 
-def decode_utf8(data: bytes, source: str, error: type[ValueError] = ValueError) -> str:
+def decode_utf8(data: bytes, source: str, error: type[Exception] = ValueError) -> str:
     """``data`` as UTF-8 text; otherwise raise ``error("SOURCE:LINE: not valid UTF-8 (byte 0x.. at offset N)")``."""
     try:
         return data.decode("utf-8")
@@ -25,7 +25,7 @@ def decode_utf8(data: bytes, source: str, error: type[ValueError] = ValueError) 
         raise error(f"{source}:{line_no}: not valid UTF-8 (byte 0x{byte:02x} at offset {exc.start})") from None
 
 
-def parse_class_names(text: str, source: str, error: type[ValueError] = ValueError) -> list[str | None]:
+def parse_class_names(text: str, source: str, error: type[Exception] = ValueError) -> list[str | None]:
     """The class names of a class-name file's ``text`` (format in the module docstring): one entry per
     value, None for a gap.
 
@@ -51,7 +51,7 @@ def parse_class_names(text: str, source: str, error: type[ValueError] = ValueErr
     return names
 
 
-def read_class_names(path: str | os.PathLike[str], error: type[ValueError] = ValueError) -> list[str | None]:
+def read_class_names(path: str | os.PathLike[str], error: type[Exception] = ValueError) -> list[str | None]:
     """:func:`parse_class_names` of the file at ``path``.
 
     Raises:

@@ -3,8 +3,8 @@ the vocabulary / image-list writer and ``evaluate_run`` with ``--gt NAME:ROOT``.
 
 from __future__ import annotations
 
+import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +23,9 @@ from pipeline.segments import encode_label_map_png, label_map_segments
 from pipeline.vocabulary import Vocabulary, load_vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "jobs"))
-import benchmark_inputs  # noqa: E402
+_spec = importlib.util.spec_from_file_location("jobs_benchmark_inputs", ROOT / "jobs" / "benchmark_inputs.py")
+benchmark_inputs = importlib.util.module_from_spec(_spec)  # jobs/benchmark_inputs.py, under a name of its own
+_spec.loader.exec_module(benchmark_inputs)
 
 EXPECTED = {  # name: (classes, ignore, label extension, official image count)
     "ade150": (150, 255, ".png", 2000),
@@ -119,7 +120,7 @@ def test_reader_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(GroundTruthError, match="--ignore-index 0"):
         open_ground_truth(f"pc459:{tmp_path}", ignore_index=0)
     assert open_ground_truth(f"pc459:{tmp_path}", ignore_index=65535).raw_ignore == [65535]
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(BenchmarkError, match="datasets root"):
         open_ground_truth(f"pc459:{tmp_path / 'missing'}")
     with pytest.raises(GroundTruthError, match="no label folder"):
         open_ground_truth(f"ade150:{tmp_path}")

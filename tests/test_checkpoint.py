@@ -13,8 +13,10 @@ import pytest
 import torch
 
 import san
+from pipeline.cli import flag
 from san.checkpoint import convert_official_state_dict, read_official_checkpoint
 from san.config import TINY_CLIP_CFG, get_preset
+from san.errors import ModelConfigError
 from san.official_config import read_official_config
 
 PARITY = Path(__file__).parent / "data" / "parity"
@@ -72,12 +74,12 @@ def test_official_yaml_with_base(tmp_path: Path) -> None:
     ],
 )
 def test_bad_official_config(content: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ModelConfigError, match=message):
         read_official_config(content)
 
 
 def test_missing_config_file() -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ModelConfigError, match="does not exist"):
         read_official_config("configs/nope.yaml")
 
 
@@ -139,9 +141,9 @@ def test_own_checkpoint_round_trips_exactly(tmp_path: Path) -> None:
 def test_load_model_dispatch(tmp_path: Path) -> None:
     model = san.load_model(PARITY / "checkpoint.pth", PARITY / "config.json")
     assert model.config.side_adapter.width == 48
-    with pytest.raises(ValueError, match="also give its config"):
+    with pytest.raises(san.CheckpointError, match="also give its config"):
         san.load_model(PARITY / "checkpoint.pth")
-    with pytest.raises(ValueError, match="cannot load model"):
+    with pytest.raises(san.CheckpointError, match="cannot load model"):
         san.load_model(tmp_path / "weights.bin")
 
 
@@ -158,11 +160,12 @@ def test_released_weights_offline_error_says_how_to_provide_them() -> None:
         san.resolve_official_weights("san_vit_b_16")
     message = str(info.value)
     assert "san_vit_b_16.pth" in message and "Mendel192/san" in message
-    assert "--model /path/to/san_vit_b_16.pth --config san_vit_b_16" in message
+    assert "model /path/to/san_vit_b_16.pth with config san_vit_b_16" in message and "--" not in message
+    assert "--model /path/to/san_vit_b_16.pth with --config san_vit_b_16" in info.value.worded(flag)
     assert "SAN_WEIGHTS=" in message
     with pytest.raises(san.WeightsUnavailableError, match="san_vit_large_14.pth"):
         san.load_model("san_vit_l_14")
-    with pytest.raises(KeyError, match="released"):
+    with pytest.raises(san.CheckpointError, match="released"):
         san.resolve_official_weights("san_tiny")
 
 

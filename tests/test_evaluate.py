@@ -357,3 +357,18 @@ def test_a_class_matches_ground_truth_by_a_synonym_when_its_name_does_not() -> N
     assert alignment["info"]["pairs"] == [["coffee cup", "Mug"], ["sky", "sky"]]  # the name wins over a synonym
     assert alignment["lookup"][:3].tolist() == [0, 1, 4]  # cat matches nothing: K = 4 means "wrong"
     assert alignment["info"]["ground_truth_not_in_vocabulary"] == ["heaven", "dog"]
+
+
+def test_trailing_gap_lines_of_gt_classes_are_dropped_as_the_help_says(tmp_path: Path) -> None:
+    """--gt-classes: a '#' line inside the file makes its value ignored; trailing ones name nothing (an error)."""
+    (tmp_path / "classes.txt").write_text("cat\n# other\ndog\n# unused\n\n")
+    names = read_class_names(tmp_path / "classes.txt")
+    assert names == ["cat", None, "dog"]
+    folder = tmp_path / "gt"
+    folder.mkdir()
+    Image.fromarray(np.array([[0, 1, 2]], np.uint8)).save(folder / "a.png")
+    Image.fromarray(np.array([[3]], np.uint8)).save(folder / "b.png")
+    gt = PngFolderGroundTruth(folder, names)
+    assert gt.read("a.png").tolist() == [[0, IGNORE, 1]]
+    with pytest.raises(GroundTruthError, match="name no class: 3"):
+        gt.read("b.png")

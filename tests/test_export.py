@@ -157,21 +157,21 @@ def test_invalid_mask_value_is_reported(loaded, tmp_path: Path) -> None:
 def test_export_refuses_a_folder_and_the_runs_own_coco(loaded, tmp_path: Path) -> None:
     run, dataset = loaded
     original = (run.out / "coco.json").read_bytes()
-    with pytest.raises(ValueError, match="is a folder; give the path of a .json file"):
+    with pytest.raises(ReviewError, match="is a folder; give the path of a .json file"):
         export_dataset(dataset, tmp_path)
-    with pytest.raises(ValueError, match="the labeling run's own coco.json"):
+    with pytest.raises(ReviewError, match="the labeling run's own coco.json"):
         export_dataset(dataset, run.out / "coco.json")
     assert (run.out / "coco.json").read_bytes() == original
 
 
 def test_masks_go_to_a_new_folder_whole_or_not_at_all(loaded, tmp_path: Path, monkeypatch) -> None:
     run, dataset = loaded
-    with pytest.raises(ValueError, match="nothing to export"):
+    with pytest.raises(ReviewError, match="nothing to export"):
         export_dataset(dataset, None, None)
     used = tmp_path / "used"
     used.mkdir()
     (used / "old.png").write_bytes(b"x")
-    with pytest.raises(ValueError, match="is not empty; choose a new or empty folder"):
+    with pytest.raises(ReviewError, match="is not empty; choose a new or empty folder"):
         export_dataset(dataset, None, used)
     assert sorted(p.name for p in used.iterdir()) == ["old.png"]
 
@@ -187,7 +187,7 @@ def test_masks_go_to_a_new_folder_whole_or_not_at_all(loaded, tmp_path: Path, mo
 
     encode = pipeline.review.export.encode_label_map_png
     monkeypatch.setattr(pipeline.review.export, "encode_label_map_png", fail_on_the_third)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ReviewError, match=f"cannot write the export to '{tmp_path / 'masks'}': disk full"):
         export_dataset(dataset, None, tmp_path / "masks")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["used"], "no folder, no temporary folder left"
     monkeypatch.undo()

@@ -17,6 +17,7 @@ from pipeline.label.containers import expand_container
 from pipeline.label.inputs import (
     BROKEN_LINK,
     Container,
+    InputError,
     InputItem,
     ResolvedInputs,
     image_id,
@@ -152,7 +153,7 @@ def test_mixed_folder_is_not_containers(tmp_path: Path) -> None:
 
 def test_missing_input_raises_naming_it(tmp_path: Path) -> None:
     missing = str(tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match="nope"):
+    with pytest.raises(InputError, match="nope"):
         resolve_inputs(missing)
 
 
@@ -221,13 +222,13 @@ def test_existing_spec_with_glob_characters_is_taken_literally(tmp_path: Path) -
 
 def test_folder_without_images_raises(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match=r"no images found in .*empty.*\.jpg.*\.png"):
+    with pytest.raises(InputError, match=r"no images found in .*empty.*\.jpg.*\.png"):
         resolve_inputs(str(tmp_path / "empty"))
     _image(tmp_path / "hidden" / ".a.jpg")
     (tmp_path / "hidden" / "sub").mkdir()
-    with pytest.raises(ValueError, match="no images found"):
+    with pytest.raises(InputError, match="no images found"):
         resolve_inputs(str(tmp_path / "hidden"))
-    with pytest.raises(ValueError, match="no images found"):
+    with pytest.raises(InputError, match="no images found"):
         resolve_inputs(f"{tmp_path}/h*")  # matches only a folder
 
 
@@ -274,9 +275,9 @@ def test_glob_of_containers(tmp_path: Path) -> None:
 
 
 def test_glob_matching_nothing_raises(tree: Path, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"\*\.gif"):
+    with pytest.raises(InputError, match=r"\*\.gif"):
         resolve_inputs(f"{tree}/**/*.gif")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(InputError):
         resolve_inputs(f"{tmp_path}/does-not-exist/*.jpg")
 
 
@@ -326,7 +327,7 @@ def test_list_file_names_each_path_once(tree: Path, tmp_path: Path) -> None:
 def test_list_file_not_utf8_names_file_and_line(tmp_path: Path) -> None:
     listing = tmp_path / "inputs.txt"
     listing.write_bytes(b"# paths\na.jpg\nb\xffc.jpg\n")
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(listing))}:3: not valid UTF-8 \(byte 0xff"):
+    with pytest.raises(InputError, match=rf"^{re.escape(str(listing))}:3: not valid UTF-8 \(byte 0xff"):
         resolve_inputs(str(listing))
 
 
@@ -334,7 +335,7 @@ def test_empty_list_file_raises(tmp_path: Path) -> None:
     listing = tmp_path / "inputs.txt"
     for text in ["", "# only a comment\n\n   \n"]:
         listing.write_text(text)
-        with pytest.raises(ValueError, match=rf"no images found in .*{re.escape(listing.name)}.*names no path"):
+        with pytest.raises(InputError, match=rf"no images found in .*{re.escape(listing.name)}.*names no path"):
             resolve_inputs(str(listing))
 
 
@@ -393,14 +394,14 @@ def test_parquet_explicit_bytes_column(tmp_path: Path) -> None:
 def test_parquet_missing_bytes_column_raises(tmp_path: Path) -> None:
     file = tmp_path / "p.parquet"
     pq.write_table(pa.table({"image_path": ["a.jpg"], "score": [0.5]}), file)
-    with pytest.raises(ValueError, match=r"no column 'pixels'.*image_path.*score"):
+    with pytest.raises(InputError, match=r"no column 'pixels'.*image_path.*score"):
         list(expand_container(Container("parquet", str(file)), bytes_column="pixels"))
 
 
 def test_parquet_without_usable_columns_raises(tmp_path: Path) -> None:
     file = tmp_path / "p.parquet"
     pq.write_table(pa.table({"caption": ["a cat"], "score": [0.5]}), file)
-    with pytest.raises(ValueError, match=r"path column.*image-bytes column.*caption"):
+    with pytest.raises(InputError, match=r"path column.*image-bytes column.*caption"):
         list(expand_container(Container("parquet", str(file))))
 
 
@@ -420,9 +421,9 @@ def test_parquet_without_usable_columns_fails_when_listing(tmp_path: Path) -> No
     """Up front, before Ray starts, with the message expanding it gives (first Parquet file only)."""
     pq.write_table(pa.table({"caption": ["a cat"], "score": [0.5]}), tmp_path / "a.parquet")
     pq.write_table(pa.table({"image_path": ["x.jpg"]}), tmp_path / "b.parquet")
-    with pytest.raises(ValueError, match=r"a\.parquet: needs a path column.*image-bytes column.*caption"):
+    with pytest.raises(InputError, match=r"a\.parquet: needs a path column.*image-bytes column.*caption"):
         resolve_inputs(str(tmp_path))
-    with pytest.raises(ValueError, match=r"a\.parquet: needs a path column"):
+    with pytest.raises(InputError, match=r"a\.parquet: needs a path column"):
         resolve_inputs(str(tmp_path / "a.parquet"))
 
 
@@ -431,13 +432,13 @@ def test_parquet_schema_check_honours_bytes_column(tmp_path: Path) -> None:
     pq.write_table(pa.table({"pixels_png": [_encode()], "score": [0.5]}), file)
     assert resolve_inputs(str(file)).containers == [Container("parquet", str(file))]  # --bytes-column unknown
     assert resolve_inputs(str(file), bytes_column="pixels_png").containers == [Container("parquet", str(file))]
-    with pytest.raises(ValueError, match=r"no column 'pixels'.*pixels_png.*score"):
+    with pytest.raises(InputError, match=r"no column 'pixels'.*pixels_png.*score"):
         resolve_inputs(str(file), bytes_column="pixels")
 
 
 def test_unreadable_parquet_fails_when_listing(tmp_path: Path) -> None:
     (tmp_path / "broken.parquet").write_bytes(b"not parquet")
-    with pytest.raises(ValueError, match=r"broken\.parquet: not a readable Parquet file"):
+    with pytest.raises(InputError, match=r"broken\.parquet: not a readable Parquet file"):
         resolve_inputs(str(tmp_path / "broken.parquet"))
 
 

@@ -29,6 +29,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 import san
+from pipeline.cli import flag
 from pipeline.label.images import read_image_file
 from pipeline.label.inputs import image_id
 from pipeline.label.job import LabelOptions, run_label_job
@@ -36,6 +37,7 @@ from pipeline.label.predict import PredictStage
 from pipeline.outputs import RunOutput
 from pipeline.segments import decode_label_map_png
 from pipeline.vocabulary import parse_vocabulary
+from san.errors import OptionError
 from san.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -303,8 +305,9 @@ def test_reduced_precision_on_cpu_workers_is_refused_before_labeling(inputs: dic
     )
     options.dtype = "bf16"
     try:
-        with pytest.raises(ValueError, match="--dtype bf16 needs GPU workers"):
+        with pytest.raises(OptionError, match="^dtype bf16 needs GPU workers") as error:
             run_label_job(options)
+        assert error.value.worded(flag).startswith("--dtype bf16 needs GPU workers")
     finally:
         ray.shutdown()
     assert not (tmp_path / "labels" / "predictions").exists()

@@ -10,6 +10,10 @@ import torch
 from skimage import data
 
 import san
+from pipeline.cli import job_parser, user_message
+from pipeline.dataclass_args import add_dataclass_arguments
+from pipeline.label.job import LabelOptions
+from san.errors import OptionError
 from san.predictor import Predictor
 
 VOCABULARY = ["person", "rocket", "sky", "flag", "grass"]
@@ -62,5 +66,9 @@ def test_gpu_predictor_labels_like_float32(tiny: san.SAN, photo: np.ndarray, dty
 
 
 def test_reduced_precision_on_cpu_is_refused_with_advice(tiny: san.SAN) -> None:
-    with pytest.raises(ValueError, match="needs a GPU.*use fp32"):
+    with pytest.raises(OptionError, match="^dtype bf16 needs a GPU.*use fp32") as error:
         Predictor(tiny, VOCABULARY, device="cpu", dtype="bf16")
+    parser = job_parser("label.py", "Label.")
+    add_dataclass_arguments(parser, LabelOptions)
+    arguments = parser.parse_args(["--vocab", "v.txt", "--output", "out", "--dtype", "bf16"])
+    assert user_message(error.value, arguments).startswith("--dtype bf16 needs a GPU"), "the label job names its flag"

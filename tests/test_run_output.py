@@ -4,19 +4,23 @@ starts, a rerun retries failed inputs, and the newest reason of a repeated failu
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.cli import flag
 from pipeline.label.job import LabelOptions
 from pipeline.outputs import RunOutput
 from pipeline.vocabulary import parse_vocabulary
+from san.errors import OptionError
 
 
 def options(tmp_path: Path, **overrides) -> LabelOptions:
-    return LabelOptions(vocab=str(tmp_path / "vocab.txt"), output=str(tmp_path / "out"), **overrides)
+    given = {"vocab": str(tmp_path / "vocab.txt"), "input": str(tmp_path / "images"), "output": str(tmp_path / "out")}
+    return LabelOptions(**{**given, **overrides})
 
 
 @pytest.mark.parametrize(
@@ -28,21 +32,26 @@ def options(tmp_path: Path, **overrides) -> LabelOptions:
         ({"max_size": 500}, r"--max-size \(500\) must not be smaller than --short-side \(640\)"),
         ({"limit": -1}, "--limit must be 0 or more, got -1"),
         ({"dtype": "int8"}, "--dtype must be one of"),
+        ({"input": None}, "--input is required"),
     ],
 )
 def test_impossible_options_are_refused_naming_the_flag(tmp_path: Path, overrides: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        options(tmp_path, **overrides).check()
+    with pytest.raises(OptionError) as error:
+        options(tmp_path, **overrides)
+    assert re.match(message, error.value.worded(flag)), error.value.worded(flag)
+    field_named = re.sub(r"--([a-z-]+)", lambda match: match[1].replace("-", "_"), message)
+    assert re.match(field_named, str(error.value)), "the library names the field, not the flag"
 
 
 def test_default_options_pass(tmp_path: Path) -> None:
-    options(tmp_path).check()
-    options(tmp_path, limit=0).check()
+    options(tmp_path)
+    options(tmp_path, limit=0)
+    options(tmp_path, input=None, smoke_test=True)  # the smoke test generates its inputs
 
 
 def test_output_that_is_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "taken").write_text("x")
-    with pytest.raises(ValueError, match="is a file, not a folder"):
+    with pytest.raises(OptionError, match="is a file, not a folder"):
         RunOutput(tmp_path / "taken").create()
 
 
@@ -50,7 +59,7 @@ def test_output_that_is_a_file_is_refused(tmp_path: Path) -> None:
 def test_output_that_cannot_be_created_is_refused(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    with pytest.raises(ValueError, match="cannot create the --output folder"):
+    with pytest.raises(OptionError, match="cannot create the output folder"):
         RunOutput(locked / "out").create()
 
 
@@ -102,7 +111,7 @@ def test_the_run_vocabulary_is_read_from_the_manifest(tmp_path: Path) -> None:
         output.read_vocabulary(Refused)
     vocabulary = parse_vocabulary("cat: kitten\nsky\n", "v")
     output.write_manifest({"vocabulary": vocabulary.to_json()})
-    assert output.read_vocabulary() == vocabulary
+    assert output.read_vocabulary(Refused) == vocabulary
     output.write_manifest({"vocabulary": {"names": "cat"}})
     with pytest.raises(Refused, match=r"manifest.json: cannot read the run's vocabulary"):
         output.read_vocabulary(Refused)

@@ -7,7 +7,6 @@ import importlib.util
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import san
+from pipeline import cli
+from san.errors import DataError, OptionError
 from san.training.augment import OFFICIAL_SHORT_EDGES, TrainAugmentation, official_short_edges, random_crop
 from san.training.config import FREE_FIELDS, RUN_FIELDS, TrainConfig
 from san.training.data import (
@@ -82,25 +83,27 @@ def test_folder_dataset_reads_pairs_and_rejects_bad_labels(tmp_path: Path) -> No
     assert image.shape == (40, 40, 3) and image.dtype == np.uint8
     assert label.shape == (40, 40) and set(np.unique(label)) <= {0, 1, 2}
     Image.fromarray(np.full((40, 40), 7, np.uint8)).save(root / "labels" / "img_0001.png")
-    with pytest.raises(ValueError, match=r"values \[7\]"):
+    with pytest.raises(DataError, match=r"values \[7\]"):
         data[1]
     (root / "labels" / "img_0002.png").unlink()
-    with pytest.raises(ValueError, match="1 images without a label"):
+    with pytest.raises(DataError, match="1 images without a label"):
         SegmentationFolder.from_folder(root)
     assert len(SegmentationFolder.from_folder(root, strict=False)) == 2
 
 
 def test_missing_folders_and_blank_class_lines_are_named_clearly(tmp_path: Path) -> None:
     (tmp_path / "classes.txt").write_text("cat\ndog\n\nsky\n \nsea\n")
-    with pytest.raises(ValueError, match=r"blank line\(s\) 3, 5;"):  # the lines an editor shows
+    with pytest.raises(DataError, match=r"blank line\(s\) 3, 5;"):  # the lines an editor shows
         read_classes(tmp_path / "classes.txt")
-    with pytest.raises(FileNotFoundError, match="dataset folder '.*nope' does not exist"):
+    with pytest.raises(DataError, match="dataset folder '.*nope' does not exist"):
         SegmentationFolder.from_folder(tmp_path / "nope")
     for flag in ("--data", "--val-data"):
         paths = {"--data": str(write_synthetic_dataset(tmp_path / "d", count=2, size=32)), flag: "nope"}
         args = train_job.parse_args([*(w for item in paths.items() for w in item), "--output", str(tmp_path / "o")])
-        with pytest.raises(FileNotFoundError, match=f"^{flag} folder 'nope' does not exist$"):
+        with pytest.raises(OptionError) as error:
             train_job.main(args)
+        assert error.value.worded(cli.flag) == f"{flag} folder 'nope' does not exist"
+        assert str(error.value) == f"{flag.removeprefix('--').replace('-', '_')} folder 'nope' does not exist"
 
 
 def test_every_label_is_checked_before_training(tmp_path: Path) -> None:
@@ -108,19 +111,19 @@ def test_every_label_is_checked_before_training(tmp_path: Path) -> None:
     Image.fromarray(np.full((64, 64), 9, np.uint8)).save(root / "labels/img_0001.png")  # 5 classes
     Image.fromarray(np.zeros((60, 64), np.uint8)).save(root / "labels/img_0003.png")
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(root / "labels/img_0004.png")
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(DataError) as error:
         SegmentationFolder.from_folder(root).check()
     lines = str(error.value).splitlines()
     assert lines[0] == f"3 of 6 samples of {root / 'labels'} are unusable:" and len(lines) == 4
     assert "img_0001.png has values [9]" in lines[1] and "(64, 64) but its label is (60, 64)" in lines[2]
     assert "img_0004.png is a 'RGB' image" in lines[3]
-    with pytest.raises(ValueError, match=r"3 of 6 samples .* \(the first 2\):\n.*\n[^\n]*$"):
+    with pytest.raises(DataError, match=r"3 of 6 samples .* \(the first 2\):\n.*\n[^\n]*$"):
         SegmentationFolder.from_folder(root).check(shown=2)
     # training refuses before its first step, and workers share the check
-    with pytest.raises(ValueError, match="3 of 6 samples"):
+    with pytest.raises(DataError, match="3 of 6 samples"):
         train(tiny_config(tmp_path))
     assert not (tmp_path / "out/checkpoints").exists()
-    with pytest.raises(ValueError, match=r"1 of 3 samples .*\n.*img_0004.png"):
+    with pytest.raises(DataError, match=r"1 of 3 samples .*\n.*img_0004.png"):
         SegmentationFolder.from_folder(root).check(rank=0, world_size=2)  # samples 0, 2, 4
 
 
@@ -134,7 +137,7 @@ def test_label_check_reads_image_sizes_with_their_exif_orientation(tmp_path: Pat
     data.check()
     assert data[0][0].shape == (48, 32, 3)
     Image.fromarray(np.zeros((32, 48), np.uint8)).save(root / "labels/img_0000.png")
-    with pytest.raises(ValueError, match=r"is \(48, 32\) but its label is \(32, 48\)"):
+    with pytest.raises(DataError, match=r"is \(48, 32\) but its label is \(32, 48\)"):
         data.check()
 
 
@@ -245,11 +248,11 @@ def test_gradients_reach_only_trainable_parameters(tiny_model: san.SAN) -> None:
 
 
 def test_init_choices_fail_clearly(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no CLIP weights configured"):
+    with pytest.raises(san.WeightsUnavailableError, match="no CLIP weights configured"):
         build_model(tiny_config(tmp_path, init="clip"))
-    with pytest.raises(ValueError, match="no released weights"):
+    with pytest.raises(OptionError, match="no released weights"):
         build_model(tiny_config(tmp_path, init="official"))
-    with pytest.raises(ValueError, match="--init must be"):
+    with pytest.raises(OptionError, match="^init must be"):
         build_model(tiny_config(tmp_path, init="nonsense"))
 
 
@@ -291,10 +294,10 @@ def stopped_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def resume_error(root: Path, **overrides) -> str:
-    """The message of the error that refuses resuming ``stopped_run`` with ``overrides``."""
-    with pytest.raises(ValueError) as error:
+    """The message of the error that refuses resuming ``stopped_run`` with ``overrides``, as the job shows it."""
+    with pytest.raises(OptionError) as error:
         train(tiny_config(root, resume=True, **overrides))
-    return str(error.value)
+    return error.value.worded(cli.flag)
 
 
 def test_run_and_free_fields_cover_the_config() -> None:
@@ -340,10 +343,12 @@ def test_resume_may_change_how_and_when_a_run_logs_evaluates_and_stops(stopped_r
 
 def test_new_run_into_a_run_folder_is_refused(stopped_run: Path, tmp_path: Path) -> None:
     before = {p.name: p.read_bytes() for p in (stopped_run / "out").rglob("*") if p.is_file()}
-    with pytest.raises(
-        ValueError, match=re.escape(f"{stopped_run / 'out'} already holds a training run; use --resume")
-    ):
+    with pytest.raises(OptionError) as error:
         train(tiny_config(stopped_run))
+    message = (
+        f"{stopped_run / 'out'} already holds a training run; use --resume to continue it, or choose a new --output"
+    )
+    assert error.value.worded(cli.flag) == message
     assert {p.name: p.read_bytes() for p in (stopped_run / "out").rglob("*") if p.is_file()} == before
     (tmp_path / "out").mkdir()
     (tmp_path / "out/notes.txt").write_text("a folder without a run is fine")
@@ -398,7 +403,7 @@ def test_zero_is_refused_not_a_default(tmp_path: Path, flag: str, smoke: bool) -
     data = ["--smoke-test"] if smoke else ["--data", str(tmp_path / "data")]
     args = train_job.parse_args([*data, "--output", str(tmp_path / "out"), flag, "0"])
     name = flag.removeprefix("--").replace("-", "_")
-    with pytest.raises(ValueError, match=f"^{name} must be >= 1"):
+    with pytest.raises(OptionError, match=f"^{name} must be >= 1"):
         train_job.build_config(args)
 
 
@@ -412,8 +417,8 @@ def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
     ):  # fmt: skip
         assert flag in text
     assert all(action.help for action in train_job.build_parser()._actions)
-    with pytest.raises(SystemExit):
-        train_job.parse_args(["--output", "x"])  # --data missing
+    with pytest.raises(OptionError, match="^data is required"):
+        train_job.build_config(train_job.parse_args(["--output", "x"]))
 
 
 @pytest.mark.slow

@@ -107,7 +107,7 @@ def test_undecodable_first_byte(tmp_path: Path) -> None:
 
 def test_missing_file_and_directory(tmp_path: Path) -> None:
     missing = tmp_path / "nope.txt"
-    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+    with pytest.raises(VocabularyError, match=re.escape(str(missing))):
         load_vocabulary(missing)
     with pytest.raises(VocabularyError, match=re.escape(str(tmp_path))):
         load_vocabulary(tmp_path)

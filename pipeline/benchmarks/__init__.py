@@ -66,6 +66,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from san.errors import UserError
 from san.text_files import parse_class_names
 
 __all__ = [
@@ -79,7 +80,7 @@ __all__ = [
 ]
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(UserError):
     """A benchmark name, root or layout is wrong; the message says why."""
 
 
@@ -314,10 +315,13 @@ def write_benchmark_inputs(name: str, root: str | os.PathLike[str], out: str | o
     pairs, messages = spec.scan(root)
     images = [image for image, _ in pairs]
     vocab_text = _vocabulary_text(spec)
-    target.mkdir(parents=True, exist_ok=True)
     vocab_path, images_path = target / "vocab.txt", target / "images.txt"
-    vocab_path.write_text(vocab_text, encoding="utf-8")
-    images_path.write_text("".join(f"{p.absolute()}\n" for p in images), encoding="utf-8")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        vocab_path.write_text(vocab_text, encoding="utf-8")
+        images_path.write_text("".join(f"{p.absolute()}\n" for p in images), encoding="utf-8")
+    except OSError as error:
+        raise BenchmarkError(f"cannot write into {str(target)!r}: {error.strerror or error}") from error
     return BenchmarkInputs(vocab_path, images_path, len(images), tuple(messages))
 
 

@@ -72,7 +72,7 @@ def open_benchmark_ground_truth(
     error, and ``--ignore-index`` may only be 255 (the default) or the benchmark's ignore value.
 
     Raises:
-        FileNotFoundError: ``ROOT`` does not exist.
+        BenchmarkError: ``ROOT`` does not exist.
         GroundTruthError: unknown benchmark, wrong options, or a layout problem.
     """
     try:
@@ -89,5 +89,5 @@ def open_benchmark_ground_truth(
         )
     root = location or default_root()
     if not Path(root).is_dir():
-        raise FileNotFoundError(f"--gt {spec.name}:{location}: datasets root {str(root)!r} does not exist")
+        raise BenchmarkError(f"--gt {spec.name}:{location}: datasets root {str(root)!r} does not exist")
     return BenchmarkGroundTruth(spec, root)

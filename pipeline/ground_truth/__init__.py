@@ -85,8 +85,7 @@ def open_ground_truth(
     ``.json`` file a COCO JSON.
 
     Raises:
-        FileNotFoundError: the path does not exist.
-        GroundTruthError: an unknown kind, or a reader's complaint.
+        GroundTruthError: the path does not exist, an unknown kind, or a reader's complaint.
     """
     scheme, sep, location = str(spec).partition(":")
     if sep and scheme in _READERS and not os.path.exists(spec):
@@ -97,7 +96,7 @@ def open_ground_truth(
     if path.is_file() and path.suffix.lower() == ".json":
         return _open_coco(spec, gt_classes, vocabulary_names, ignore_index)
     if not path.exists():
-        raise FileNotFoundError(f"--gt {spec!r} does not exist")
+        raise GroundTruthError(f"--gt {spec!r} does not exist")
     raise GroundTruthError(
         f"--gt {spec!r} is neither a folder of label images nor a COCO .json file "
         f"(or prefix one of the schemes: {', '.join(sorted(_READERS))})"

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from san.errors import UserError
+
 __all__ = ["IGNORE", "GroundTruth", "GroundTruthError", "LabelValues", "Matching", "match_predictions"]
 
 IGNORE = -1
@@ -36,7 +38,7 @@ _MAX_VALUE = 65535  # label files and masks are at most 16-bit
 _NO_CLASS = -2
 
 
-class GroundTruthError(ValueError):
+class GroundTruthError(UserError):
     """The ground truth cannot be read or does not fit the predictions; the message says why."""
 
 

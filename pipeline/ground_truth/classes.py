@@ -35,15 +35,14 @@ def read_class_names(path: str | os.PathLike[str]) -> list[str | None]:
     whose 0 means "other"). Format: :mod:`san.text_files`.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        GroundTruthError: unreadable, not UTF-8, no class, or a name repeated (also case-insensitively,
+        GroundTruthError: missing, unreadable, not UTF-8, no class, or a name repeated (also case-insensitively,
             :func:`check_distinct_names`).
     """
     source = os.fspath(path)
     try:
         names = text_files.read_class_names(source, GroundTruthError)
     except FileNotFoundError:
-        raise FileNotFoundError(f"--gt-classes file not found: {source}") from None
+        raise GroundTruthError(f"--gt-classes file not found: {source}") from None
     except OSError as exc:
         raise GroundTruthError(f"{source}: cannot read: {exc.strerror or exc}") from None
     check_distinct_names([n for n in names if n is not None], source)

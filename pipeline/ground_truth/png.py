@@ -59,7 +59,7 @@ class PngFolderGroundTruth(GroundTruth):
     def __init__(self, folder: str | os.PathLike[str], names_by_value: Sequence[str | None], ignore_index: int = 255):
         self.folder = Path(folder)
         if not self.folder.is_dir():
-            raise FileNotFoundError(f"--gt folder {str(self.folder)!r} does not exist or is not a directory")
+            raise GroundTruthError(f"--gt folder {str(self.folder)!r} does not exist or is not a directory")
         if len(names_by_value) > _UNLABELED_U16:
             raise GroundTruthError(f"{len(names_by_value)} class values do not fit 16-bit label images")
         ignore = int(ignore_index)

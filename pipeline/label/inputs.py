@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from san.errors import UserError
 from san.text_files import decode_utf8
 
 IMAGE_EXTENSIONS = frozenset(
@@ -37,6 +38,10 @@ BROKEN_LINK = "broken symbolic link (target missing)"
 
 # A folder to leave out of listings: (filesystem type name, normalised path).
 _Exclusion = tuple[str, str] | None
+
+
+class InputError(UserError):
+    """An input (``--input``, a list file, a Parquet container) that names no usable images; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -100,9 +105,8 @@ def resolve_inputs(spec: str, *, exclude: str | None = None, bytes_column: str |
         bytes_column: the ``--bytes-column`` the containers will be expanded with (``None``: detect).
 
     Raises:
-        FileNotFoundError: ``spec`` does not exist (or, as a glob, matches no file).
-        ValueError: nothing to label in ``spec``; an unreadable list file; the first Parquet file has
-            neither a path nor an image-bytes column.
+        InputError: ``spec`` does not exist (or, as a glob, matches no file); nothing to label in it; an
+            unreadable list file; the first Parquet file has neither a path nor an image-bytes column.
     """
     resolved = ResolvedInputs([], [])
     for entry in _iter_entries(spec, _exclusion(exclude)):
@@ -112,7 +116,7 @@ def resolve_inputs(spec: str, *, exclude: str | None = None, bytes_column: str |
             resolved.items.append(entry)
     if not resolved.items and not resolved.containers:
         accepted = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise ValueError(
+        raise InputError(
             f"no images found in {spec!r}: accepted are image files ({accepted}), Parquet files and .tar shards"
         )
     parquets = [c for c in resolved.containers if c.kind == "parquet"]
@@ -176,7 +180,7 @@ def _iter_entries(spec: str, exclusion: _Exclusion) -> Iterator[InputItem | Cont
         if _has_wildcard(spec):
             yield from _iter_glob(spec, exclusion)
             return
-        raise FileNotFoundError(f"--input {spec!r} does not exist")
+        raise InputError(f"--input {spec!r} does not exist")
     if info.type == pafs.FileType.Directory:
         yield from _iter_directory(spec, fs, path, exclusion)
         return
@@ -248,7 +252,7 @@ def _iter_glob(spec: str, exclusion: _Exclusion) -> Iterator[InputItem | Contain
         (e for e in entries if _glob_match(_relative_parts(e.path, base_path), pattern)), key=lambda e: e.path
     )
     if not matches:
-        raise FileNotFoundError(f"--input pattern {spec!r} matches no file")
+        raise InputError(f"--input pattern {spec!r} matches no file")
     for entry in matches:
         if entry.type == pafs.FileType.File and entry.path.endswith((".tar", ".parquet")):
             yield Container(entry.path.rsplit(".", 1)[1], display_name(spec, fs, entry.path))
@@ -280,7 +284,7 @@ def _iter_list(spec: str, fs: pafs.FileSystem, path: str) -> Iterator[InputItem]
     shown = display_name(spec, fs, path)
     entries = _read_list(shown, fs, path)
     if not entries:
-        raise ValueError(f"no images found in {shown!r}: the list names no path (only blank lines and comments)")
+        raise InputError(f"no images found in {shown!r}: the list names no path (only blank lines and comments)")
     folder = posixpath.dirname(path)
     seen: set[str] = set()
     for entry in entries:
@@ -295,7 +299,7 @@ def _read_list(shown: str, fs: pafs.FileSystem, path: str) -> list[str]:
     """The entries of a UTF-8 list file: stripped lines, without blank lines and ``#`` comments."""
     with fs.open_input_stream(path) as stream:
         data = stream.read()
-    stripped = (line.strip() for line in decode_utf8(data, shown).splitlines())
+    stripped = (line.strip() for line in decode_utf8(data, shown, InputError).splitlines())
     return [entry for entry in stripped if entry and not entry.startswith("#")]
 
 
@@ -324,15 +328,15 @@ def parquet_columns(shown: str, names: list[str], bytes_column: str | None) -> t
     """The (path column, image-bytes column) of a Parquet schema's ``names``; at least one is set.
 
     Raises:
-        ValueError: ``bytes_column`` is not among ``names``, or neither kind of column is found.
+        InputError: ``bytes_column`` is not among ``names``, or neither kind of column is found.
     """
     present = set(names)
     path_col = next((c for c in PATH_COLUMNS if c in present), None)
     data_col = bytes_column if bytes_column else next((c for c in BYTES_COLUMNS if c in present), None)
     if data_col is not None and data_col not in present:
-        raise ValueError(f"{shown}: no column {data_col!r} (columns: {sorted(present)})")
+        raise InputError(f"{shown}: no column {data_col!r} (columns: {sorted(present)})")
     if path_col is None and data_col is None:
-        raise ValueError(
+        raise InputError(
             f"{shown}: needs a path column {PATH_COLUMNS} or an image-bytes column {BYTES_COLUMNS}; "
             f"found {sorted(present)}"
         )
@@ -348,7 +352,7 @@ def _check_parquet_schema(container: Container, bytes_column: str | None = None)
     try:
         schema = pq.read_schema(path, filesystem=fs)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise ValueError(f"{container.uri}: not a readable Parquet file ({exc})") from None
+        raise InputError(f"{container.uri}: not a readable Parquet file ({exc})") from None
     if bytes_column is None and any(_may_hold_bytes(field.type) for field in schema):
         return
     parquet_columns(container.uri, schema.names, bytes_column)

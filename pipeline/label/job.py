@@ -8,6 +8,7 @@ batches arrive -> at the end, merge into ``coco.json``, ``errors.parquet`` and `
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import json
 import platform
@@ -21,17 +22,18 @@ import numpy as np
 import ray
 from tqdm import tqdm
 
-import san
+from san.errors import OptionError
+from san.modeling.text_classifier import TEMPLATE_SETS
 from san.precision import DTYPES
 from san.transforms import ResizeShortestEdge
 
-from ..outputs import OutputConflictError, RunOutput
-from ..vocabulary import VocabularyError, load_vocabulary
+from ..outputs import RunOutput
+from ..vocabulary import load_vocabulary
 from .decode import DecodeStage, expand_containers
 from .images import DEFAULT_MAX_PIXELS
 from .inputs import Container, InputItem, image_id, resolve_inputs
 from .predict import SMOKE_MODEL, ModelSpec, PredictStage
-from .resources import ResourceError, ResourcePlan, init_ray, plan_resources
+from .resources import ResourcePlan, init_ray, plan_resources
 from .smoke import write_smoke_images
 
 # Upper bound on the listed inputs' blocks (each costs some scheduling overhead).
@@ -39,59 +41,98 @@ MAX_INPUT_BLOCKS = 10_000
 # Duplicate image paths listed in manifest.json (all are counted).
 MAX_REPORTED_DUPLICATES = 100
 
-# Errors a user fixes by changing the command: reported in one line, without a traceback.
-USER_ERRORS = (
-    VocabularyError,
-    FileNotFoundError,
-    ValueError,
-    ResourceError,
-    OutputConflictError,
-    san.WeightsUnavailableError,
-)
+
+def _workers(text: str) -> tuple[int, int]:
+    """``--workers N`` or ``MIN-MAX`` as ``(min, max)``."""
+    low, _, high = text.partition("-")
+    try:
+        return int(low), int(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or MIN-MAX, got {text!r}") from None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LabelOptions:
-    """Everything ``jobs/label.py`` accepts (see its ``--help``)."""
+    """Everything ``jobs/label.py`` accepts: its parser is generated from these fields (``help`` metadata)."""
 
-    vocab: str
-    output: str
-    input: str | None = None
-    model: str = "san_vit_b_16"
-    config: str | None = None
-    batch_size: int = 4
-    workers: tuple[int, int] | None = None
-    gpus_per_worker: float | None = None
-    short_side: int = 640
-    max_size: int = 2560
-    templates: str | None = None
-    dtype: str = "fp32"
-    min_score: float = 0.0
-    limit: int | None = None
-    shard_size: int = 256
+    vocab: str = field(metadata={"help": "UTF-8 file, one class per line; '#' comments; synonyms as 'name: syn, syn'"})
+    input: str | None = field(
+        default=None,
+        metadata={
+            "help": "a directory (recursive), a glob, a text file of paths, a Parquet file/folder with a path or "
+            "image-bytes column, or WebDataset .tar shards; local or any pyarrow filesystem URI (s3://, gs://). "
+            "Optional with --smoke-test (then a few generated images)"
+        },
+    )
+    output: str = field(
+        metadata={"help": "output directory (Parquet shards, coco.json, errors, manifest)"},
+    )
+    model: str = field(
+        default="san_vit_b_16",
+        metadata={
+            "help": "a released preset (san_vit_b_16, san_vit_l_14; cached download from Hugging Face, or "
+            "$SAN_WEIGHTS), this project's .safetensors checkpoint, an official .pth checkpoint with --config, or "
+            "random:<preset> (random weights, for benchmarks)"
+        },
+    )
+    config: str | None = field(
+        default=None,
+        metadata={"help": "config of an official .pth checkpoint: a preset name or the official YAML/JSON"},
+    )
+    batch_size: int = field(default=4, metadata={"help": "images per model call in each worker"})
+    workers: tuple[int, int] | None = field(
+        default=None,
+        metadata={
+            "help": "predictor actor pool size, N or MIN-MAX (default: 1 to as many as the cluster fits)",
+            "type": _workers,
+        },
+    )
+    gpus_per_worker: float | None = field(
+        default=None,
+        metadata={"help": "GPUs per predictor actor, fractions allowed (default: 1 when the cluster has GPUs, else 0)"},
+    )
+    short_side: int = field(default=640, metadata={"help": "resize the short side to this"})
+    max_size: int = field(default=2560, metadata={"help": "cap on the resized long side"})
+    templates: str | None = field(
+        default=None,
+        metadata={"help": "prompt templates (default: the model's, vild)", "choices": sorted(TEMPLATE_SETS)},
+    )
+    dtype: str = field(
+        default="fp32", metadata={"help": "fp32, or bf16/fp16 autocast on GPU", "choices": sorted(DTYPES)}
+    )
+    min_score: float = field(
+        default=0.0,
+        metadata={
+            "help": "pixels whose best class score is below this become 255 (unlabeled) and join no segment "
+            "(default: 0, label everything)"
+        },
+    )
+    limit: int | None = field(default=None, metadata={"help": "label at most this many new images"})
+    shard_size: int = field(default=256, metadata={"help": "rows per Parquet file written"})
     max_pixels: int = DEFAULT_MAX_PIXELS
-    bytes_column: str | None = None
-    smoke_test: bool = False
-    progress: bool = True
+    bytes_column: str | None = field(
+        default=None, metadata={"help": "Parquet column with the encoded image bytes (default: auto-detect)"}
+    )
+    smoke_test: bool = field(
+        default=False,
+        metadata={"help": "a tiny random model on CPU (labels are meaningless): see the whole flow in a minute"},
+    )
+    progress: bool = field(default=True, metadata={"help": "do not show the progress bar"})
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
-    def check(self) -> None:
-        """Raise ``ValueError`` naming the flag when a value cannot work (before anything starts)."""
-        at_least_one = {
-            "--batch-size": self.batch_size,
-            "--shard-size": self.shard_size,
-            "--short-side": self.short_side,
-            "--max-size": self.max_size,
-        }
-        for flag, value in at_least_one.items():
-            if value < 1:
-                raise ValueError(f"{flag} must be at least 1, got {value}")
+    def __post_init__(self) -> None:
+        """Raise :class:`OptionError` naming the option when a value cannot work (before anything starts)."""
+        for name in ("batch_size", "shard_size", "short_side", "max_size"):
+            if getattr(self, name) < 1:
+                raise OptionError(f"`{name}` must be at least 1, got {getattr(self, name)}")
         if self.max_size < self.short_side:
-            raise ValueError(f"--max-size ({self.max_size}) must not be smaller than --short-side ({self.short_side})")
+            raise OptionError(f"`max_size` ({self.max_size}) must not be smaller than `short_side` ({self.short_side})")
         if self.limit is not None and self.limit < 0:
-            raise ValueError(f"--limit must be 0 or more, got {self.limit}")
+            raise OptionError(f"`limit` must be 0 or more, got {self.limit}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+            raise OptionError(f"`dtype` must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.input is None and not self.smoke_test:
+            raise OptionError("`input` is required (a folder, glob, list file, Parquet or WebDataset shards)")
 
 
 def _versions() -> dict[str, str]:
@@ -125,7 +166,6 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
     says ``"status": "interrupted"`` or ``"failed"``.
     """
     started = time.time()
-    options.check()
     vocabulary = load_vocabulary(options.vocab)
     output = RunOutput(options.output)
     output.create()
@@ -134,8 +174,6 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
     output.remove_partial_files()
     if options.smoke_test and options.input is None:
         options.input = str(write_smoke_images(Path(options.output) / "smoke-inputs"))
-    if options.input is None:
-        raise ValueError("--input is required (a folder, glob, list file, Parquet or WebDataset shards)")
     done = output.labeled_paths()
     resolved = resolve_inputs(options.input, exclude=options.output, bytes_column=options.bytes_column)
     todo = [item for item in resolved.items if item.image_path not in done]
@@ -147,9 +185,9 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
     init_ray()
     plan = plan_resources(options.workers, options.gpus_per_worker, smoke_test=options.smoke_test)
     if options.dtype != "fp32" and plan.device != "cuda":
-        raise ValueError(
-            f"--dtype {options.dtype} needs GPU workers, and this run's workers use the CPU "
-            "(give --gpus-per-worker on a cluster with GPUs, or use fp32)"
+        raise OptionError(
+            f"`dtype` {options.dtype} needs GPU workers, and this run's workers use the CPU "
+            "(give `gpus_per_worker` on a cluster with GPUs, or use fp32)"
         )
     manifest: dict[str, Any] = {
         "status": "running",

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 import san
+from san.errors import OptionError
 from san.predictor import Predictor
 from san.transforms import ResizeShortestEdge
 
@@ -37,15 +38,16 @@ class ModelSpec:
     def resolved(self) -> ModelSpec:
         """Check on the driver that the model can be had, before any worker starts: a released preset
         becomes its local weights file (raising :class:`san.WeightsUnavailableError` with instructions
-        when it cannot be found or downloaded), a missing file raises ``FileNotFoundError``."""
+        when it cannot be found or downloaded), a missing file raises :class:`san.errors.OptionError`."""
         if self.model.startswith(RANDOM_PREFIX):
-            san.get_preset(self.model[len(RANDOM_PREFIX) :])
+            if self.model[len(RANDOM_PREFIX) :] not in san.PRESETS:
+                raise OptionError(f"`model` {self.model!r}: no such preset; presets: {sorted(san.PRESETS)}")
             return self
         if self.model in san.checkpoint.OFFICIAL_RELEASES:
             return ModelSpec(str(san.resolve_official_weights(self.model)), self.config or self.model)
         if not Path(self.model).is_file():
-            raise FileNotFoundError(
-                f"--model {self.model!r} is neither a released preset {sorted(san.checkpoint.OFFICIAL_RELEASES)}, "
+            raise OptionError(
+                f"`model` {self.model!r} is neither a released preset {sorted(san.checkpoint.OFFICIAL_RELEASES)}, "
                 "random:<preset>, nor an existing checkpoint file"
             )
         return self

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import ray
 
+from san.errors import UserError
 
-class ResourceError(RuntimeError):
+
+class ResourceError(UserError):
     """The cluster can never provide what the job asks for."""
 
 

@@ -297,13 +297,13 @@ def load_run(
         overwrite: replace an existing dataset of that name made by :func:`load_run`.
 
     Raises:
-        FileNotFoundError, ReviewError, GroundTruthError, EvaluationError: unreadable inputs, no class or
+        ReviewError, GroundTruthError, EvaluationError: a missing or unreadable input, no class or
             image matching the ground truth, a ground truth whose size differs from its prediction's, a
             dataset name that is taken (:func:`check_dataset_name`).
     """
     output = RunOutput(output_dir)
     if not output.root.is_dir():
-        raise FileNotFoundError(f"labeling output {str(output.root)!r} does not exist or is not a directory")
+        raise ReviewError(f"labeling output {str(output.root)!r} does not exist or is not a directory")
     name = name or default_dataset_name(output.root)
     check_dataset_name(name, overwrite)
     vocabulary = output.read_vocabulary(ReviewError)

@@ -150,10 +150,10 @@ def mask_file_names(items: list[tuple[str, int]]) -> dict[str, str]:
 def _check_coco_target(ds: fo.Dataset, coco_path: Path) -> None:
     """Refuse a folder, and the labeling run's own ``coco.json`` (the unreviewed labels stay as they were)."""
     if coco_path.is_dir():
-        raise ValueError(f"--coco {str(coco_path)!r} is a folder; give the path of a .json file")
+        raise ReviewError(f"--coco {str(coco_path)!r} is a folder; give the path of a .json file")
     run = ds.info.get("labeling_run")
     if run and coco_path.resolve() == (Path(run) / "coco.json").resolve():
-        raise ValueError(
+        raise ReviewError(
             f"--coco {str(coco_path)!r} is the labeling run's own coco.json; write the reviewed labels to another file"
         )
 
@@ -174,7 +174,7 @@ def _new_folder(target: Path) -> Iterator[Path]:
     an earlier export would otherwise mix in)."""
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         what = "is not empty" if target.is_dir() else "is a file"
-        raise ValueError(f"--masks {str(target)!r} {what}; choose a new or empty folder")
+        raise ReviewError(f"--masks {str(target)!r} {what}; choose a new or empty folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
     tmp.mkdir()
@@ -199,11 +199,22 @@ def export_dataset(
     """
     ds = resolve_dataset(dataset)
     if coco_path is None and masks_dir is None:
-        raise ValueError("nothing to export: give --coco, --masks or both")
+        raise ReviewError("nothing to export: give --coco, --masks or both")
     if coco_path is not None:
         _check_coco_target(ds, Path(coco_path))
     vocabulary = _vocabulary(ds)
     masks = Path(masks_dir) if masks_dir is not None else None
+    try:
+        return _export(ds, vocabulary, coco_path, masks)
+    except OSError as error:  # a full disk, a folder without write permission: the user's to fix
+        where = " and ".join(repr(str(p)) for p in (coco_path, masks) if p is not None)
+        raise ReviewError(f"cannot write the export to {where}: {error.strerror or error}") from error
+
+
+def _export(
+    ds: fo.Dataset, vocabulary: Vocabulary, coco_path: str | os.PathLike[str] | None, masks: Path | None
+) -> dict[str, Any]:
+    """:func:`export_dataset` after its checks."""
     names = _mask_names(ds) if masks is not None else {}
     with _new_folder(masks) if masks is not None else contextlib.nullcontext() as folder:
         if folder is not None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from san.errors import UserError
+
 from ..segments import unlabeled_value
 
 __all__ = ["GROUND_TRUTH", "PREDICTIONS", "ReviewError", "label_map_to_mask", "mask_dtype", "mask_to_label_map"]
@@ -18,7 +20,7 @@ PREDICTIONS = "predictions"
 GROUND_TRUTH = "ground_truth"
 
 
-class ReviewError(ValueError):
+class ReviewError(UserError):
     """The run, the ground truth or the dataset cannot be reviewed; the message says why."""
 
 

@@ -67,13 +67,17 @@ def load_pretrained_clip(cfg: ClipConfig) -> CLIP:
     """The CLIP of ``cfg`` with the weights ``cfg.pretrained`` names: a weights file (an open_clip or
     OpenAI state dict) or an open_clip pretrained tag (e.g. ``"openai"``, from the hub cache)."""
     if not cfg.pretrained:
-        raise ValueError(f"no CLIP weights configured for {cfg.model_name!r} (ClipConfig.pretrained is empty)")
+        raise WeightsUnavailableError(
+            f"no CLIP weights configured for {cfg.model_name!r} (ClipConfig.pretrained is empty)"
+        )
     if Path(cfg.pretrained).is_file():
         model = build_clip(cfg)
         open_clip.load_checkpoint(model, cfg.pretrained, strict=True)
         return model
     if cfg.model_cfg is not None:
-        raise ValueError(f"CLIP weights {cfg.pretrained!r}: not a file, and a pretrained tag needs a named model")
+        raise WeightsUnavailableError(
+            f"CLIP weights {cfg.pretrained!r}: not a file, and a pretrained tag needs a named model"
+        )
     try:
         model = open_clip.create_model(cfg.model_name, pretrained=cfg.pretrained)
     except Exception as error:  # offline, unknown tag, corrupt download: all mean "not available"

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import PRESETS
+from ..errors import OptionError
 from .augment import TrainAugmentation, official_short_edges
 
-__all__ = ["FREE_FIELDS", "RUN_FIELDS", "TrainConfig", "resume_differences", "with_absolute_paths"]
+__all__ = ["FREE_FIELDS", "RUN_FIELDS", "TRAIN_DTYPES", "TrainConfig", "resume_differences", "with_absolute_paths"]
 
 # The fields that define what a run computes. A resumed run continues the checkpoint's weights, optimizer
 # moments, learning-rate schedule (its length included) and data order, so it must keep these values:
@@ -37,59 +39,122 @@ _PATH_FIELDS = ("output", "data", "val_data", "init", "clip_weights")  # files a
 _INIT_NAMES = ("clip", "official", "random")  # the values of ``init`` that are no path
 
 
-@dataclass
-class TrainConfig:
-    """Everything a training run needs; defaults are SAN's recipe (COCO-Stuff, 60k steps, batch 32)."""
+TRAIN_DTYPES = ("auto", "fp32", "bf16", "fp16")
 
-    data: str  # training folder (images/ + labels/ + classes.txt, see san.training.data)
-    output: str  # run folder: checkpoints/, metrics.csv, config.json
-    val_data: str | None = None  # validation folder (same layout); None: no evaluation
-    preset: str = "san_vit_b_16"
-    init: str = "clip"  # clip | official | random | path of a .safetensors / official .pth checkpoint
-    clip_weights: str | None = None  # CLIP weights file replacing the preset's pretrained tag (init=clip)
-    steps: int = 60_000
-    batch_size: int = 32  # global: split between workers
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Everything a training run needs; defaults are SAN's recipe (COCO-Stuff, 60k steps, batch 32).
+
+    A field with ``help`` metadata is an option of ``jobs/train.py`` (its parser is generated from
+    these fields; ```name``` in a help names another option).
+    """
+
+    data: str = field(
+        metadata={
+            "help": "training folder: images/, labels/ (PNG, pixel = class index, 255 = ignore) and classes.txt "
+            "(one class name per line); required unless `smoke_test`",
+            "required": False,
+        }
+    )
+    val_data: str | None = field(
+        default=None,
+        metadata={"help": "validation folder of the same layout, evaluated every `eval_every` steps"},
+    )
+    output: str = field(
+        metadata={"help": "run folder: checkpoints/, metrics.csv, config.json; one that holds a run needs `resume`"}
+    )
+    init: str = field(
+        default="clip",
+        metadata={
+            "help": "where the weights start: 'clip' (CLIP weights of the preset's pretrained tag or "
+            "`clip_weights`; new side adapter), 'official' (the released SAN weights of `preset`, to fine-tune), "
+            "'random' (no weights at all, for tests), or a checkpoint file (this project's .safetensors, or an "
+            "official .pth with `preset` as its config)"
+        },
+    )
+    clip_weights: str | None = field(
+        default=None,
+        metadata={"help": "CLIP weights file (open_clip or OpenAI state dict) for `init` clip"},
+    )
+    preset: str = field(
+        default="san_vit_b_16",
+        metadata={"help": "model architecture; a .safetensors `init` carries its own", "choices": sorted(PRESETS)},
+    )
+    steps: int = field(default=60_000, metadata={"help": "optimisation steps in the whole run"})
+    batch_size: int = field(
+        default=32, metadata={"help": "images per step, all workers together; must divide by `workers`"}
+    )
+    lr: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
+    crop_size: int = field(default=640, metadata={"help": "square training crop; short sides 0.5-1.5x it"})
+    checkpoint_every: int = field(default=5000, metadata={"help": "steps between checkpoints"})
+    eval_every: int = field(default=5000, metadata={"help": "steps between evaluations"})
+    eval_short_side: int = field(
+        default=640,
+        metadata={"help": "resize validation images to this short side, as SAN's test mapper (0: original size)"},
+    )
+    eval_limit: int | None = field(default=None, metadata={"help": "evaluate on at most this many validation images"})
+    log_every: int = field(default=20, metadata={"help": "steps between log lines"})
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "continue from OUTPUT/checkpoints/last.pt (weights, optimizer, schedule, step, RNG states); "
+            "starts a new run when there is none. The options that define the run (data, model, `init`, recipe, "
+            "`seed`) must be the checkpoint's; `stop_at`, the intervals, `device`, `dtype`, `val_data` and the "
+            "evaluation and loader options may change"
+        },
+    )
+    stop_at: int | None = field(
+        default=None, metadata={"help": "stop with a checkpoint after this step (the schedule still spans `steps`)"}
+    )
+    device: str = field(default="auto", metadata={"help": "auto (GPU when there is one), cpu or cuda[:i]"})
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: bf16 autocast on GPUs that support it, else fp16 with a gradient scaler; always fp32 on CPU",
+            "choices": TRAIN_DTYPES,
+        },
+    )
+    num_points: int = field(default=12544, metadata={"help": "points per mask for matching and mask losses"})
+    single_category_max_area: float = field(
+        default=1.0,
+        metadata={"help": "redraw a crop (up to 10 times) while one class covers this share of it; 1 = off"},
+    )
+    color_aug: bool = field(default=True, metadata={"help": "no SSD colour jitter"})
+    data_workers: int = field(default=4, metadata={"help": "data loading processes per worker"})
+    threads: int | None = field(
+        default=None, metadata={"help": "torch CPU threads per worker (default: torch's choice)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of data order, augmentation and init"})
+    keep_checkpoints: bool = field(
+        default=False, metadata={"help": "keep checkpoints/step_N.safetensors of every save"}
+    )
+    progress: bool = field(default=True, metadata={"help": "no progress bar"})
+    # The recipe's other values (no options of the job).
     poly_power: float = 0.9
     clip_grad_norm: float = 0.01  # full-model L2 clipping; <= 0 disables
-    crop_size: int = 640
     short_edge_lengths: tuple[int, ...] | None = None  # None: 0.5..1.5 x crop_size (SAN: 320..960 for 640)
     max_size: int = 2560
-    single_category_max_area: float = 1.0
-    color_aug: bool = True
     ignore_index: int = 255
     class_weight: float = 2.0
     mask_weight: float = 5.0
     dice_weight: float = 5.0
     no_object_weight: float = 0.1
-    num_points: int = 12544
-    dtype: str = "auto"  # auto (bf16/fp16 autocast on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    device: str = "auto"  # auto | cpu | cuda[:i] (ignored on Ray workers)
-    checkpoint_every: int = 5000
-    eval_every: int = 5000
-    eval_short_side: int = 640  # 0: evaluate at the original size
-    eval_limit: int | None = None  # evaluate on at most this many validation images
-    log_every: int = 20
-    seed: int = 0
-    data_workers: int = 4  # DataLoader processes per training worker
-    threads: int | None = None  # torch CPU threads (None: torch's default)
-    resume: bool = False  # continue from OUTPUT/checkpoints/last.pt when it exists
-    stop_at: int | None = None  # stop (with a checkpoint) after this step; the schedule still spans `steps`
-    keep_checkpoints: bool = False  # also keep checkpoints/step_XXXXXXX.safetensors of every save
-    progress: bool = True
 
     def __post_init__(self) -> None:
+        if not self.data:
+            raise OptionError("`data` is required: the training folder (images/, labels/, classes.txt)")
         if self.short_edge_lengths is not None:
             self.short_edge_lengths = tuple(int(s) for s in self.short_edge_lengths)
         for name in ("steps", "batch_size", "crop_size", "checkpoint_every", "eval_every", "log_every", "num_points"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise OptionError(f"`{name}` must be >= 1, got {getattr(self, name)}")
         for name in ("stop_at", "eval_limit"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1 (or unset), got {getattr(self, name)}")
-        if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"dtype must be auto, fp32, bf16 or fp16, got {self.dtype!r}")
+                raise OptionError(f"`{name}` must be >= 1 (or unset), got {getattr(self, name)}")
+        if self.dtype not in TRAIN_DTYPES:
+            raise OptionError(f"`dtype` must be auto, fp32, bf16 or fp16, got {self.dtype!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ..errors import DataError
 from ..text_files import read_class_names
 from .augment import TrainAugmentation
 
@@ -61,10 +62,13 @@ LABEL_SUFFIXES = (".png", ".tif", ".tiff")
 def read_classes(path: str | os.PathLike[str]) -> list[str]:
     """Class names from a class-name file (:mod:`san.text_files`): line i (1-based) names class i - 1, so
     that no line may be blank or a ``#`` line (trailing ones excepted)."""
-    names = read_class_names(path)
+    try:
+        names = read_class_names(path, DataError)
+    except OSError as error:
+        raise DataError(f"{path}: cannot read the class names: {error.strerror or error}") from error
     blank = [str(value + 1) for value, name in enumerate(names) if name is None]  # editor line numbers, 1-based
     if blank:
-        raise ValueError(
+        raise DataError(
             f"{path}: blank line(s) {', '.join(blank)}; line i names class i - 1, so none may be blank or a '#' line"
         )
     return names  # type: ignore[return-value]  # no None left
@@ -78,7 +82,7 @@ def _files(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
         if file.suffix.lower() in suffixes and not any(p.startswith(".") for p in rel.parts) and file.is_file():
             key = rel.with_suffix("").as_posix()
             if key in found:
-                raise ValueError(f"{folder}: two files for {key!r}: {found[key].name} and {file.name}")
+                raise DataError(f"{folder}: two files for {key!r}: {found[key].name} and {file.name}")
             found[key] = file
     return found
 
@@ -109,11 +113,11 @@ class SegmentationFolder:
         self.images_dir, self.labels_dir = Path(images), Path(labels)
         for folder in (self.images_dir, self.labels_dir):
             if not folder.is_dir():
-                raise FileNotFoundError(f"dataset folder {str(folder)!r} does not exist")
+                raise DataError(f"dataset folder {str(folder)!r} does not exist")
         self.classes = list(classes)
         self.ignore_index = int(ignore_index)
         if 0 <= self.ignore_index < len(self.classes):
-            raise ValueError(f"ignore_index {ignore_index} is a class index ({len(self.classes)} classes)")
+            raise DataError(f"ignore_index {ignore_index} is a class index ({len(self.classes)} classes)")
         images_by_key = _files(self.images_dir, IMAGE_SUFFIXES)
         labels_by_key = _files(self.labels_dir, LABEL_SUFFIXES)
         keys = sorted(images_by_key.keys() & labels_by_key.keys())
@@ -121,12 +125,12 @@ class SegmentationFolder:
             missing = sorted(images_by_key.keys() - labels_by_key.keys())
             orphans = sorted(labels_by_key.keys() - images_by_key.keys())
             if missing or orphans:
-                raise ValueError(
+                raise DataError(
                     f"{self.images_dir} / {self.labels_dir}: {len(missing)} images without a label "
                     f"(e.g. {missing[:3]}), {len(orphans)} labels without an image (e.g. {orphans[:3]})"
                 )
         if not keys:
-            raise ValueError(f"no (image, label) pairs in {self.images_dir} and {self.labels_dir}")
+            raise DataError(f"no (image, label) pairs in {self.images_dir} and {self.labels_dir}")
         self.pairs = [(images_by_key[k], labels_by_key[k]) for k in keys]
 
     @classmethod
@@ -134,9 +138,9 @@ class SegmentationFolder:
         """The ``images/`` + ``labels/`` + ``classes.txt`` layout under ``root``."""
         root = Path(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"dataset folder {str(root)!r} does not exist")
+            raise DataError(f"dataset folder {str(root)!r} does not exist")
         if not (root / "classes.txt").is_file():
-            raise FileNotFoundError(f"{root}/classes.txt not found (the dataset layout: see san.training.data)")
+            raise DataError(f"{root}/classes.txt not found (the dataset layout: see san.training.data)")
         return cls(root / "images", root / "labels", read_classes(root / "classes.txt"), **kwargs)
 
     def __len__(self) -> int:
@@ -148,18 +152,16 @@ class SegmentationFolder:
             return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
 
     def read_label(self, index: int) -> np.ndarray:
-        """Label map ``index`` as int32 ``[H, W]``; raises ``ValueError`` on a multi-channel image or values
+        """Label map ``index`` as int32 ``[H, W]``; raises :class:`DataError` on a multi-channel image or values
         that are no class."""
         path = self.pairs[index][1]
         with Image.open(path) as img:
             if img.mode not in ("L", "P", "I") and not img.mode.startswith("I;16"):
-                raise ValueError(
-                    f"label {path} is a {img.mode!r} image; expected 8/16-bit single-channel class indices"
-                )
+                raise DataError(f"label {path} is a {img.mode!r} image; expected 8/16-bit single-channel class indices")
             label = np.asarray(img).astype(np.int32)
         bad = (label >= len(self.classes)) & (label != self.ignore_index) | (label < 0)
         if bad.any():
-            raise ValueError(
+            raise DataError(
                 f"label {path} has values {np.unique(label[bad])[:10].tolist()} that are neither a class "
                 f"(0..{len(self.classes) - 1}) nor ignore_index {self.ignore_index}"
             )
@@ -168,7 +170,7 @@ class SegmentationFolder:
     def _check_size(self, index: int, image_size: tuple[int, ...], label_size: tuple[int, ...]) -> None:
         """Raise ``ValueError`` unless image ``index`` and its label have the same ``(H, W)``."""
         if tuple(image_size) != tuple(label_size):
-            raise ValueError(f"{self.pairs[index][0]} is {tuple(image_size)} but its label is {tuple(label_size)}")
+            raise DataError(f"{self.pairs[index][0]} is {tuple(image_size)} but its label is {tuple(label_size)}")
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image, label = self.read_image(index), self.read_label(index)
@@ -178,12 +180,12 @@ class SegmentationFolder:
     def check(self, rank: int = 0, world_size: int = 1, shown: int = 5) -> None:
         """Check every sample once, before training: each label is read (:meth:`read_label`'s rules: one
         channel, values that are classes or ``ignore_index``) and compared with its image's size, read from
-        the image's header. Raises ``ValueError`` naming the first ``shown`` problems (with file names) and
-        their count. Worker ``rank`` of ``world_size`` checks samples ``rank::world_size``."""
+        the image's header. Raises :class:`DataError` naming the first ``shown`` problems (with file names)
+        and their count. Worker ``rank`` of ``world_size`` checks samples ``rank::world_size``."""
         indices = range(rank, len(self), world_size)
         problems = [problem for problem in map(self._sample_problem, indices) if problem]
         if problems:
-            raise ValueError(
+            raise DataError(
                 f"{len(problems)} of {len(indices)} samples of {self.labels_dir} are unusable"
                 f"{f' (the first {shown})' if len(problems) > shown else ''}:\n  " + "\n  ".join(problems[:shown])
             )
@@ -193,7 +195,7 @@ class SegmentationFolder:
         try:
             label = self.read_label(index)
             self._check_size(index, _image_size(self.pairs[index][0]), label.shape)
-        except (ValueError, OSError) as error:  # OSError: unreadable or truncated files
+        except (DataError, ValueError, OSError) as error:  # ValueError, OSError: PIL on unreadable or truncated files
             return str(error)
         return None
 

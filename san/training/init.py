@@ -11,6 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import OFFICIAL_RELEASES, load_checkpoint, load_model, load_official, resolve_official_weights
 from ..config import get_preset
+from ..errors import OptionError
 from ..modeling.model import SAN, build_san
 from .config import TrainConfig
 
@@ -29,14 +30,17 @@ def build_model(cfg: TrainConfig) -> SAN:
         model = build_san(cfg.preset)
     elif init == "official":
         if cfg.preset not in OFFICIAL_RELEASES:
-            raise ValueError(f"no released weights for preset {cfg.preset!r}; released: {sorted(OFFICIAL_RELEASES)}")
+            raise OptionError(
+                f"`init` official: no released weights for `preset` {cfg.preset!r}; "
+                f"released: {sorted(OFFICIAL_RELEASES)}"
+            )
         model = load_official(resolve_official_weights(cfg.preset), cfg.preset)
     elif Path(init).suffix == ".safetensors":
         model = load_checkpoint(init)
     elif Path(init).suffix in (".pth", ".pt", ".pkl"):
         model = load_model(init, cfg.preset)
     else:
-        raise ValueError(f"--init must be clip, official, random or a checkpoint file, got {init!r}")
+        raise OptionError(f"`init` must be clip, official, random or a checkpoint file, got {init!r}")
     return model.train()
 
 

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..errors import OptionError
 from ..modeling.model import SAN
 from ..precision import autocast_context, resolve_device, training_autocast_dtype
 from .config import TrainConfig
@@ -164,10 +165,10 @@ def _setup(cfg: TrainConfig, ray_worker: bool) -> _Run:
     resumed step on. The global RNGs are seeded (and restored) here, in the order resuming relies on."""
     rank, world_size, device = _placement(cfg, ray_worker)
     if cfg.batch_size % world_size:
-        raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {world_size} workers")
+        raise OptionError(f"`batch_size` {cfg.batch_size} is not divisible by the {world_size} workers")
     amp_dtype = training_autocast_dtype(cfg.dtype, device)
-    train_set = _dataset(cfg.data, "--data", cfg.ignore_index)
-    val_set = _dataset(cfg.val_data, "--val-data", cfg.ignore_index) if cfg.val_data else None
+    train_set = _dataset(cfg.data, "data", cfg.ignore_index)
+    val_set = _dataset(cfg.val_data, "val_data", cfg.ignore_index) if cfg.val_data else None
     restored = ray_restored_state() if ray_worker else None  # Ray restarted the workers after a failure
     state = restored[1] if restored is not None else resume_state(cfg, train_set.classes)
     _check_samples([train_set, val_set], rank, world_size)
@@ -228,10 +229,10 @@ def _placement(cfg: TrainConfig, ray_worker: bool) -> tuple[int, int, torch.devi
     return rank, world_size, device
 
 
-def _dataset(root: str, flag: str, ignore_index: int) -> SegmentationFolder:
-    """The dataset folder given as ``flag`` (``--data``, ``--val-data``), which must exist."""
+def _dataset(root: str, option: str, ignore_index: int) -> SegmentationFolder:
+    """The dataset folder given as ``option`` (``data``, ``val_data``), which must exist."""
     if not Path(root).is_dir():
-        raise FileNotFoundError(f"{flag} folder {root!r} does not exist")
+        raise OptionError(f"`{option}` folder {root!r} does not exist")
     return SegmentationFolder.from_folder(root, ignore_index=ignore_index)
 
 

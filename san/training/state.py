@@ -23,6 +23,7 @@ import torch.distributed as dist
 from ..atomic import write_atomic
 from ..checkpoint import load_checkpoint
 from ..checkpoint import save_checkpoint as save_model
+from ..errors import OptionError
 from ..modeling.model import SAN
 from .config import TrainConfig, resume_differences
 
@@ -148,14 +149,14 @@ def resume_state(cfg: TrainConfig, classes: Sequence[str] | None = None) -> dict
     """The training state (``last.pt``) that ``cfg`` continues from; None for a new run (also with
     ``cfg.resume`` when there is no checkpoint yet).
 
-    Raises ``ValueError`` for a new run into an output folder that holds checkpoints (they and metrics.csv
-    would be overwritten), and for a resumed run whose :data:`san.training.config.RUN_FIELDS` or class names
+    Raises :class:`san.errors.OptionError` for a new run into an output folder that holds checkpoints (they and
+    metrics.csv would be overwritten), and for a resumed run whose :data:`san.training.config.RUN_FIELDS` or class names
     (``classes``, when given) differ from the checkpoint's, listing each difference."""
     folder = Path(cfg.output) / CHECKPOINT_DIR
     if not cfg.resume:
         if holds_checkpoints(folder):
-            raise ValueError(
-                f"{cfg.output} already holds a training run; use --resume to continue it, or choose a new --output"
+            raise OptionError(
+                f"{cfg.output} already holds a training run; use `resume` to continue it, or choose a new `output`"
             )
         return None
     if not (folder / LAST_STATE).is_file():
@@ -166,10 +167,10 @@ def resume_state(cfg: TrainConfig, classes: Sequence[str] | None = None) -> dict
     if classes is not None and state.get("classes") is not None and list(state["classes"]) != list(classes):
         differences.append(f"classes: checkpoint {_names(state['classes'])}, command {_names(classes)}")
     if differences:
-        raise ValueError(
-            f"--resume: {folder / LAST_STATE} was saved by a run with other settings than this command's:\n  "
+        raise OptionError(
+            f"`resume`: {folder / LAST_STATE} was saved by a run with other settings than this command's:\n  "
             + "\n  ".join(differences)
-            + "\nrerun with the original values to continue it, or start a new run with a new --output"
+            + "\nrerun with the original values to continue it, or start a new run with a new `output`"
         )
     return state
 
