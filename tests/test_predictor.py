@@ -11,6 +11,7 @@ from skimage import data
 import san
 from san.modeling.model import best_class, semantic_scores
 from san.predictor import Predictor
+from san.transforms import ResizeShortestEdge
 
 
 @pytest.mark.parametrize("max_elements", [1 << 40, 45 * 61 * 5, 1], ids=["one chunk", "chunks of 5", "one class"])
@@ -43,3 +44,17 @@ def test_predict_labels_each_pixel_with_its_best_class_over_synonyms() -> None:
     below = predictions[0].scores < threshold
     assert below.any() and (strict.label_map[below] == strict.unlabeled).all()
     np.testing.assert_array_equal(strict.label_map[~below], predictions[0].label_map[~below])
+
+
+def test_images_resized_elsewhere_must_follow_the_predictors_resize_rule() -> None:
+    torch.manual_seed(0)
+    resize = ResizeShortestEdge(short_side=96, max_size=400)
+    predictor = Predictor(san.build_san("san_tiny"), ["cat", "sky"], device="cpu", resize=resize)
+    photo = data.coffee()  # 400 x 600 -> 96 x 144
+    resized = resize(photo)
+    assert resized.shape[:2] == resize.output_size(400, 600) == (96, 144)
+    by_caller = predictor.predict([resized], original_sizes=[(400, 600)])[0]
+    by_predictor = predictor.predict([photo])[0]
+    np.testing.assert_array_equal(by_caller.label_map, by_predictor.label_map)
+    with pytest.raises(ValueError, match=r"image 0 is 400x600, but .* resizes its original size 400x600 to 96x144"):
+        predictor.predict([photo], original_sizes=[(400, 600)])

@@ -1,0 +1,95 @@
+"""The labeling job infers at the size its options ask for: each label map equals the argmax of SAN's
+``predict_scores`` on the image resized to ``--short-side``, mapped back to the original size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+import san
+from pipeline.label.job import LabelOptions, run_label_job
+from pipeline.outputs import RunOutput
+from pipeline.segments import decode_label_map_png
+from pipeline.vocabulary import load_vocabulary
+
+pytestmark = pytest.mark.slow
+
+SHORT_SIDE = 160
+VOCABULARY = "person: astronaut\ncat\ncoffee cup\nsky\ngrass\nflag\n"
+
+
+def model_input(image: np.ndarray, short_side: int, max_size: int = 2560) -> torch.Tensor:
+    """``[3, h, w]`` uint8: detectron2's ResizeShortestEdge (PIL bilinear, sizes rounded half up)."""
+    height, width = image.shape[:2]
+    scale = min(short_side / min(height, width), max_size / max(height, width))
+    size = (int(width * scale + 0.5), int(height * scale + 0.5))
+    return torch.from_numpy(np.array(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))).permute(2, 0, 1)
+
+
+def expected_label_map(model: san.SAN, image: np.ndarray, prompts: list[str], prompt_to_class: list[int], short_side):
+    """Argmax over classes (a class scores the max of its prompts) of ``predict_scores`` at the original size."""
+    with torch.inference_mode():
+        scores = model.predict_scores([model_input(image, short_side)], prompts, output_sizes=[image.shape[:2]])[0]
+    members = [[p for p, c in enumerate(prompt_to_class) if c == k] for k in range(max(prompt_to_class) + 1)]
+    classes = torch.stack([scores[prompts_of_class].amax(0) for prompts_of_class in members])
+    return classes.argmax(0).numpy().astype(np.uint8)
+
+
+def varied_tiny_model() -> san.SAN:
+    """san_tiny whose side adapter and recognition head are re-drawn at std 0.3: a freshly initialised
+    model gives every pixel of an image the same class, which would hide a wrong input size."""
+    torch.manual_seed(0)
+    model = san.build_san("san_tiny").eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.startswith(("side_adapter.", "clip_recognition.")) and parameter.ndim > 1:
+                parameter.normal_(0, 0.3, generator=generator)
+    return model
+
+
+def test_label_maps_are_inferred_at_the_short_side_asked_for(tmp_path: Path, monkeypatch) -> None:
+    import ray
+
+    model = varied_tiny_model()
+    san.save_checkpoint(model, tmp_path / "varied.safetensors")
+
+    photos = {"astronaut.png": data.astronaut(), "coffee.png": data.coffee(), "chelsea.png": data.chelsea()}
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, photo in photos.items():
+        Image.fromarray(photo).save(folder / name)
+    (tmp_path / "vocab.txt").write_text(VOCABULARY)
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    options = LabelOptions(
+        vocab=str(tmp_path / "vocab.txt"),
+        input=str(folder),
+        output=str(tmp_path / "labels"),
+        model=str(tmp_path / "varied.safetensors"),
+        short_side=SHORT_SIDE,
+        progress=False,
+    )
+    try:
+        manifest = run_label_job(options)
+    finally:
+        ray.shutdown()
+    assert manifest["counts"]["labeled"] == len(photos)
+
+    vocabulary = load_vocabulary(tmp_path / "vocab.txt")
+    prompts, prompt_to_class = list(vocabulary.prompts), list(vocabulary.prompt_to_class)
+    rows = RunOutput(tmp_path / "labels").read_predictions(["image_path", "label_map_png"]).to_pylist()
+    differs_at_640 = 0
+    for row in rows:
+        photo = photos[Path(row["image_path"]).name]
+        label_map = decode_label_map_png(row["label_map_png"])
+        expected = expected_label_map(model, photo, prompts, prompt_to_class, SHORT_SIDE)
+        np.testing.assert_array_equal(label_map, expected, err_msg=row["image_path"])
+        default = expected_label_map(model, photo, prompts, prompt_to_class, 640)
+        differs_at_640 += int(not np.array_equal(label_map, default))
+        assert len(np.unique(label_map)) > 1, f"{row['image_path']}: one class everywhere tests little"
+    assert differs_at_640, "the test cannot tell --short-side 160 from 640 on these photos"
