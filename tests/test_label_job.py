@@ -129,6 +129,21 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"folder": folder / "images", "good": good, "bad": bad, "vocab": vocab}
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the tests that run the job in this process (``run_label_job`` joins it): each start
+    of a cluster costs seconds, and a minute on a loaded machine."""
+    import ray
+
+    from pipeline.label.resources import init_ray
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_ADDRESS", "local")
+        init_ray()
+    yield
+    ray.shutdown()
+
+
 def label_command(inputs: dict, output: Path, *extra: str, source: Path | None = None) -> list[str]:
     """``python jobs/label.py`` on the fixture's folder (or on ``source``) with the smoke-test model."""
     return [
@@ -154,6 +169,12 @@ def blocked_inputs(inputs: dict, folder: Path) -> tuple[Path, Path]:
     listing = folder / "inputs.txt"
     listing.write_text("".join(f"{path}\n" for path in [*inputs["good"], *bad, blocked]))
     return listing, blocked
+
+
+def default_sigint() -> None:
+    """In the job's process, before it starts: Ctrl-C stops it, as in a terminal, even where this test runs
+    with SIGINT ignored (a shell starts background commands so, and children inherit it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -260,7 +281,13 @@ def test_ctrl_c_keeps_finished_images_and_says_how_to_resume(inputs: dict, tmp_p
     command.remove("--no-progress")  # the progress bar tells the test when images are done
     env = {**os.environ, "RAY_ADDRESS": "local"}
     process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=default_sigint,  # a pytest started in the background (`make test &`) ignores SIGINT
     )
     try:
         seen = b""
@@ -290,7 +317,9 @@ def test_ctrl_c_keeps_finished_images_and_says_how_to_resume(inputs: dict, tmp_p
     assert manifest["status"] == "complete" and manifest["counts"]["skipped"] == saved
 
 
-def test_failed_inputs_are_retried_and_repeated_paths_reported(inputs: dict, tmp_path: Path) -> None:
+def test_failed_inputs_are_retried_and_repeated_paths_reported(
+    local_ray, inputs: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     images = [read_image_file(p) for p in inputs["good"][:2]]
     encoded = []
     for pixels in images:
@@ -304,19 +333,19 @@ def test_failed_inputs_are_retried_and_repeated_paths_reported(inputs: dict, tmp
     late = tmp_path / "late.png"
     listing = tmp_path / "list.txt"
     listing.write_text(f"{late}\n")
-    env = {**os.environ, "RAY_ADDRESS": "local"}
 
-    def run(source: Path, output: Path) -> tuple[subprocess.CompletedProcess, dict]:
-        command = [sys.executable, "jobs/label.py", "--smoke-test", "--no-progress"]
-        command += ["--vocab", str(inputs["vocab"]), "--input", str(source), "--output", str(output)]
-        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return result, json.loads((output / "manifest.json").read_text())
+    def run(source: Path, output: Path) -> tuple[str, dict]:
+        """The job in this process (``jobs/label.py`` itself runs in the other tests): its stderr and manifest."""
+        options = LabelOptions(
+            vocab=str(inputs["vocab"]), input=str(source), output=str(output), smoke_test=True, progress=False
+        )
+        run_label_job(options)
+        return capsys.readouterr().err, json.loads((output / "manifest.json").read_text())
 
-    result, manifest = run(shards, tmp_path / "from-parquet")
+    stderr, manifest = run(shards, tmp_path / "from-parquet")
     assert manifest["counts"]["labeled"] == 1 and manifest["counts"]["duplicates"] == 1
     assert manifest["duplicate_paths"] == ["0001.png"]
-    assert "1 input rows repeat the image_path" in result.stderr
+    assert "1 input rows repeat the image_path" in stderr
 
     _, manifest = run(listing, tmp_path / "from-list")
     assert manifest["counts"]["failed"] == 1
@@ -326,19 +355,13 @@ def test_failed_inputs_are_retried_and_repeated_paths_reported(inputs: dict, tmp
     assert pq.read_table(tmp_path / "from-list" / "errors.parquet").num_rows == 0
 
 
-def test_reduced_precision_on_cpu_workers_is_refused_before_labeling(inputs: dict, tmp_path: Path, monkeypatch) -> None:
-    import ray
-
-    monkeypatch.setenv("RAY_ADDRESS", "local")
+def test_reduced_precision_on_cpu_workers_is_refused_before_labeling(local_ray, inputs: dict, tmp_path: Path) -> None:
     options = LabelOptions(
         vocab=str(inputs["vocab"]), input=str(inputs["folder"]), output=str(tmp_path / "labels"), smoke_test=True
     )
     options.dtype = "bf16"
-    try:
-        with pytest.raises(ValueError, match="--dtype bf16 needs GPU workers"):
-            run_label_job(options)
-    finally:
-        ray.shutdown()
+    with pytest.raises(ValueError, match="--dtype bf16 needs GPU workers"):
+        run_label_job(options)
     assert not (tmp_path / "labels" / "predictions").exists()
 
 
@@ -370,8 +393,7 @@ class CrashOnce(PredictStage):
         return super().__call__(batch)
 
 
-def test_dead_worker_is_replaced_and_its_batch_retried(inputs: dict, tmp_path: Path, monkeypatch) -> None:
-    import ray
+def test_dead_worker_is_replaced_and_its_batch_retried(local_ray, inputs: dict, tmp_path: Path, monkeypatch) -> None:
     from ray import cloudpickle  # Ray serialises with its own copy of cloudpickle
 
     import pipeline.label.job
@@ -379,7 +401,6 @@ def test_dead_worker_is_replaced_and_its_batch_retried(inputs: dict, tmp_path: P
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
     monkeypatch.setattr(CrashOnce, "marker", str(tmp_path / "crashed"))
     monkeypatch.setattr(pipeline.label.job, "PredictStage", CrashOnce)
-    monkeypatch.setenv("RAY_ADDRESS", "local")
     output = tmp_path / "labels"
     options = LabelOptions(
         vocab=str(inputs["vocab"]),
@@ -393,7 +414,6 @@ def test_dead_worker_is_replaced_and_its_batch_retried(inputs: dict, tmp_path: P
     try:
         manifest = run_label_job(options)
     finally:
-        ray.shutdown()
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert (tmp_path / "crashed").exists(), "a worker died during the run"
     predictions, coco, errors = read_outputs(output)
