@@ -4,7 +4,7 @@ Examples:
     python jobs/evaluate.py --predictions out/labels --gt /data/ade/annotations --gt-classes ade150.txt
     python jobs/evaluate.py --predictions out/labels --gt /data/coco/stuff_val2017.json --protocol mmseg
 
-Images are matched by file name without extension; classes by name (case-insensitive). The metrics go
+Images are matched by file name without extension; classes by name or synonym (case-insensitive). The metrics go
 to OUT/metrics.json (or --metrics) and a table is printed.
 """
 

@@ -1,4 +1,4 @@
-"""Train SAN on a folder of images and label maps (images/ + labels/ + classes.txt; see san/training/data.py).
+"""Train SAN on a folder of images and label maps (images/ + labels/ + classes.txt; see docs/training.md).
 
 Examples:
     python jobs/train.py --data /data/mine --val-data /data/mine_val --output out/run1

@@ -1,15 +1,8 @@
 """Score a labeling run's label maps against ground truth: mIoU, fwIoU, mACC, pACC and per-class IoU/ACC.
 
-:func:`evaluate_run` reads the run's vocabulary from ``OUT/manifest.json``, opens the ground truth
-(:mod:`pipeline.ground_truth`), matches images, aligns classes by name and streams one image at a time
-into a :class:`san.metrics.ConfusionMatrix` whose classes are the ground truth's classes.
-
-Class alignment: a vocabulary class and a ground-truth class are the same when their names are equal
-case-insensitively after collapsing whitespace (synonyms are not used). A predicted class with no
-ground-truth counterpart, and an unlabeled prediction (255 / 65535), count as wrong for whatever
-ground-truth class the pixel has (the confusion matrix's extra "unlabeled" column). A ground-truth class
-missing from the vocabulary can never be predicted: its IoU is 0 wherever it occurs. Both lists are
-reported in ``class_alignment`` and on stderr.
+:func:`evaluate_run` aligns the run's vocabulary with the ground truth's classes by name or synonym
+(:func:`align_classes`) and streams one image at a time into a :class:`san.metrics.ConfusionMatrix`.
+How classes and images are paired, and what counts as wrong: ``docs/evaluation.md``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ final merge into ``coco.json``, ``errors.parquet`` and ``manifest.json``.
 
 Layout::
 
-    OUT/predictions/part-*.parquet   one row per labeled image (contract in DESIGN.md)
+    OUT/predictions/part-*.parquet   one row per labeled image (PREDICTION_SCHEMA; docs/labeling.md)
     OUT/errors/part-*.parquet        one row per input that could not be labeled (path, reason)
     OUT/errors.parquet               all error rows, merged at the end
     OUT/coco.json                    COCO annotations of every labeled image

@@ -1,23 +1,8 @@
 """Vocabulary files: the class names (and their synonyms) a labeling run predicts.
 
-File format (UTF-8, one class per line)::
-
-    # a whole-line comment
-    cat
-    person: human, people      # trailing comment; synonyms after ':' separated by ','
-    traffic   light            # inner whitespace collapses to one space -> "traffic light"
-
-Rules:
-
-- ``#`` starts a comment (whole line or trailing); blank lines are ignored; a leading UTF-8 BOM is ignored.
-- Leading/trailing whitespace is stripped and inner whitespace collapsed, for names and synonyms.
-- ``name:`` with nothing after the colon is a class without synonyms; an empty synonym
-  (``cat: , dog``, ``cat: dog,``) is an error, as is an empty name (``: foo``) or a second ``:``.
-- Names and synonyms must be unique case-insensitively across the whole file (``Cat`` and ``cat``
-  clash, and so does a synonym that repeats any name or other synonym).
-- Category ids are 1..N in file order, so the same file always gives the same ids.
-
-Every problem raises :class:`VocabularyError` naming the file, the 1-based line and the problem.
+One class per line, ``name: synonym, synonym``, ``#`` comments; names and synonyms unique
+case-insensitively; category ids 1..N in file order. Every problem raises :class:`VocabularyError` naming
+the file, the 1-based line and the problem. The full format: ``docs/labeling.md``.
 """
 
 from __future__ import annotations
@@ -138,7 +123,7 @@ class Vocabulary:
 
 
 def parse_vocabulary(text: str, source: str = "<string>") -> Vocabulary:
-    """Parse vocabulary text (format in the module docstring).
+    """Parse vocabulary text (format: ``docs/labeling.md``).
 
     Args:
         text: the decoded file content.

@@ -1,67 +1,9 @@
-"""Streaming semantic-segmentation metrics (pure numpy).
+"""Streaming semantic-segmentation metrics (pure numpy), as detectron2's ``SemSegEvaluator`` reports them.
 
-:class:`ConfusionMatrix` accumulates a ``[K, K + 1]`` int64 confusion matrix image by image
-(memory is flat in the number of images); :func:`compute_metrics` turns it into the same keys
-detectron2's ``SemSegEvaluator`` reports (``mIoU``, ``fwIoU``, ``mACC``, ``pACC``,
-``IoU-<name>``, ``ACC-<name>``), all in percent; :func:`format_table` renders them as text.
-
-Matrix layout
--------------
-Rows are ground-truth classes ``0..K-1``, columns are predicted classes ``0..K-1`` plus one
-extra last column, ``K``, for *unlabeled* predictions: any predicted value outside
-``[0, K)`` (for example 255 = "unlabeled" in a pseudo-label). Such a pixel counts towards its
-ground-truth class (so it lowers that class's ACC/recall, its IoU through the union, and
-pACC), but it is no prediction of any class. Ground-truth pixels equal to ``ignore_index``
-are dropped entirely, whatever was predicted there.
-
-Protocols
----------
-Both protocols share ``tp = M[c, c]``, ``pos_gt = M[c, :].sum()`` (unlabeled column included),
-``pos_pred = M[:, c].sum()`` (classes only), ``union = pos_gt + pos_pred - tp``, and
-
-* ``ACC-c = tp / pos_gt`` (NaN when ``pos_gt == 0``), ``mACC`` = mean over non-NaN ACC;
-* ``pACC = sum(tp) / sum(pos_gt)``;
-* ``fwIoU = sum over classes with pos_gt > 0 of (pos_gt / sum(pos_gt)) * IoU-c``.
-
-They differ only in which classes get an IoU:
-
-``"detectron2"`` (default; the protocol behind the SAN paper's numbers)
-    detectron2/evaluation/sem_seg_evaluation.py, ``SemSegEvaluator.evaluate`` as of
-    commit f3c1bc199a7ab0fe1d0d7a3b44fa95ec73d7a896 ("Fix semantic errors in code for
-    calculating IoU metrics", 2022-07-06), unchanged through 70f45430 (2024-06-21, latest
-    change of that file)::
-
-        acc_valid = pos_gt > 0
-        iou_valid = np.logical_and(acc_valid, union > 0)   # == acc_valid
-        iou[iou_valid] = tp[iou_valid] / union[iou_valid]
-        miou = np.sum(iou[iou_valid]) / np.sum(iou_valid)
-
-    i.e. IoU-c is NaN for every class without ground-truth pixels, *even if it was
-    predicted*, and mIoU averages over classes present in the ground truth only.
-
-``"mmseg"``
-    mmsegmentation mmseg/evaluation/metrics/iou_metric.py, ``IoUMetric.total_area_to_metrics``
-    (read at commit 01c96235453a5dff67473f782d01e9458f0b8a57): ``IoU = intersect / union``,
-    NaN only where ``union == 0``; ``mIoU = np.nanmean(IoU)``. A class that is predicted but
-    absent from the ground truth gets IoU 0 and drags mIoU down. (mmseg has no fwIoU; we
-    report the detectron2 definition, which is the same for both protocols. mmseg also
-    rounds to 2 decimals; we do not.)
-
-Why they diverge: on small-vocabulary sets (VOC-20, Context-59, ADE-150, COCO-Stuff-171)
-nearly every class occurs in the eval ground truth and the two agree. On large-vocabulary
-sets many classes are absent from the eval ground truth (SAN's own log for Pascal
-Context-459 has 114 of 459 classes with NaN IoU) yet an open-vocabulary model still predicts
-some of them somewhere; every such false-positive class costs an mmseg mIoU a 0 term while
-detectron2 ignores it, so mmseg's mIoU is lower. Which rule detectron2 applied also depends
-on its version: before f3c1bc1 (e.g. tag v0.6, which SAN's ``install.sh`` pins) detectron2
-divided the same sum by ``np.sum((pos_gt + pos_pred) > 0)``, numerically the "mmseg" mIoU.
-The mIoU values in SAN's published logs (resources/san_vit_b_16.log) equal the mean of the
-non-NaN per-class IoUs for Context-459, i.e. the post-f3c1bc1 rule implemented here.
-
-Out-of-range predictions: detectron2 never sees them (its predictions are an argmax), and
-mmseg's ``intersect_and_union`` drops them from the prediction histogram but keeps the pixel
-in the label histogram, which is exactly what the extra column does here; for in-range
-predictions both protocols reproduce the upstream numbers exactly.
+:class:`ConfusionMatrix` accumulates a ``[K, K + 1]`` confusion matrix (last column: unlabeled
+predictions), :func:`compute_metrics` turns it into mIoU, fwIoU, mACC, pACC and per-class IoU/ACC under
+the ``"detectron2"`` or ``"mmseg"`` protocol, :func:`format_table` renders them. The matrix layout, both
+protocols and why they differ: ``docs/evaluation.md``.
 """
 
 from __future__ import annotations
@@ -193,7 +135,7 @@ def compute_metrics(
             = unlabeled predictions) as kept by :class:`ConfusionMatrix`, or a square
             ``[K, K]`` matrix without the unlabeled column, or a ConfusionMatrix.
         class_names: ``K`` distinct names, used in the per-class keys.
-        protocol: ``"detectron2"`` or ``"mmseg"``; see the module docstring.
+        protocol: ``"detectron2"`` or ``"mmseg"``; see ``docs/evaluation.md``.
 
     Returns:
         ``{"mIoU", "fwIoU", "IoU-<name>"..., "mACC", "pACC", "ACC-<name>"...}`` (detectron2's

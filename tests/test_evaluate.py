@@ -306,7 +306,7 @@ def test_cli_writes_metrics_and_prints_table(run: dict, tmp_path: Path) -> None:
     metrics = tmp_path / "cli" / "metrics.json"
     command = [sys.executable, "jobs/evaluate.py", "--predictions", str(run["out"]), "--gt", str(run["gt_dir"])]
     command += ["--gt-classes", str(run["classes"]), "--metrics", str(metrics)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "mIoU" in done.stdout and "Traffic Light" in done.stdout
     assert "warning:" in done.stderr and "boat" in done.stderr

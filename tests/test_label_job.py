@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from label_inputs import VOCABULARY, write_bad_inputs, write_good_images
+from label_inputs import VOCABULARY, unblock_image, write_bad_inputs, write_blocking_image, write_good_images
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -131,7 +131,23 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"folder": folder / "images", "good": good, "bad": bad, "vocab": vocab}
 
 
-def label_command(inputs: dict, output: Path, *extra: str) -> list[str]:
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the tests that run the job in this process (``run_label_job`` joins it): each start
+    of a cluster costs seconds, and a minute on a loaded machine."""
+    import ray
+
+    from pipeline.label.resources import init_ray
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_ADDRESS", "local")
+        init_ray()
+    yield
+    ray.shutdown()
+
+
+def label_command(inputs: dict, output: Path, *extra: str, source: Path | None = None) -> list[str]:
+    """``python jobs/label.py`` on the fixture's folder (or on ``source``) with the smoke-test model."""
     return [
         "python",
         "jobs/label.py",
@@ -139,12 +155,35 @@ def label_command(inputs: dict, output: Path, *extra: str) -> list[str]:
         "--vocab",
         str(inputs["vocab"]),
         "--input",
-        str(inputs["folder"]),
+        str(source or inputs["folder"]),
         "--output",
         str(output),
         "--no-progress",
         *extra,
     ]
+
+
+def blocked_inputs(inputs: dict, folder: Path) -> tuple[Path, Path]:
+    """A list file naming every fixture input and, last, a pipe that blocks its reader: a job on it labels the
+    others but cannot finish until the test calls ``unblock_image`` on the returned pipe."""
+    blocked = write_blocking_image(folder / "blocked.png")
+    bad = (inputs["folder"] / "bad" / name for name in inputs["bad"])
+    listing = folder / "inputs.txt"
+    listing.write_text("".join(f"{path}\n" for path in [*inputs["good"], *bad, blocked]))
+    return listing, blocked
+
+
+def default_sigint() -> None:
+    """In the job's process, before it starts: Ctrl-C stops it, as in a terminal, even where this test runs
+    with SIGINT ignored (a shell starts background commands so, and children inherit it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Kill a job's process group if it still runs (a test that failed half way)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def read_outputs(output: Path) -> tuple[list[dict], dict, list[dict]]:
@@ -204,47 +243,67 @@ def test_ray_job_submit_end_to_end(ray_cluster: dict, inputs: dict, tmp_path: Pa
 
 
 def test_resume_after_kill(inputs: dict, tmp_path: Path) -> None:
+    listing, blocked = blocked_inputs(inputs, tmp_path)
     output = tmp_path / "labels"
-    command = [sys.executable, *label_command(inputs, output, "--shard-size", "1", "--batch-size", "1")[1:]]
+    extra = ("--shard-size", "1", "--batch-size", "1")
+    command = [sys.executable, *label_command(inputs, output, *extra, source=listing)[1:]]
     env = {**os.environ, "RAY_ADDRESS": "local"}
     process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
-    deadline = time.time() + 300
-    while time.time() < deadline and not list((output / "predictions").glob("part-*.parquet")):
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    try:
+        deadline = time.time() + 300  # the job cannot finish (the blocked input): wait for its first shard
+        while not list((output / "predictions").glob("part-*.parquet")):
+            assert process.poll() is None, f"the job ended before its first shard: {process.stderr.read()[-3000:]!r}"
+            assert time.time() < deadline, "no shard written within 300 s"
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    finally:
+        stop(process)
+        unblock_image(blocked)  # a real image now: the rerun labels it
     partial = pq.read_table(output / "predictions").num_rows
-    assert 0 < partial < len(inputs["good"]), "the kill landed part way"
+    assert partial > 0, "the kill landed after the first shard"
 
     rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     predictions, coco, errors = read_outputs(output)
-    good = sorted(str(p) for p in inputs["good"])
-    assert sorted(row["image_path"] for row in predictions) == good
-    assert sorted(image["file_name"] for image in coco["images"]) == good
+    labeled = sorted([*map(str, inputs["good"]), str(blocked)])
+    assert sorted(row["image_path"] for row in predictions) == labeled
+    assert sorted(image["file_name"] for image in coco["images"]) == labeled
     assert len(errors) == len(inputs["bad"])
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["counts"]["skipped"] >= partial
 
 
 def test_ctrl_c_keeps_finished_images_and_says_how_to_resume(inputs: dict, tmp_path: Path) -> None:
+    listing, blocked = blocked_inputs(inputs, tmp_path)
     output = tmp_path / "labels"
-    command = [sys.executable, *label_command(inputs, output, "--batch-size", "2")[1:]]
+    command = [sys.executable, *label_command(inputs, output, "--batch-size", "2", source=listing)[1:]]
     command.remove("--no-progress")  # the progress bar tells the test when images are done
     env = {**os.environ, "RAY_ADDRESS": "local"}
     process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=default_sigint,  # a pytest started in the background (`make test &`) ignores SIGINT
     )
-    seen = b""
-    while not re.search(rb"labeled=([4-9]|\d\d)", seen):  # a few images done, none written yet (shard size 256)
-        chunk = process.stderr.read1(4096)
-        assert chunk, f"the job ended before labeling 4 images: {seen[-2000:]!r}"
-        seen += chunk
-    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
-    stderr = (seen + process.stderr.read()).decode(errors="replace")
-    assert process.wait(timeout=120) == 130, stderr[-3000:]
+    try:
+        seen = b""
+        # A few images done, none written yet (shard size 256); the blocked input keeps the job from finishing.
+        while not re.search(rb"labeled=([4-9]|\d\d)", seen):
+            chunk = process.stderr.read1(4096)
+            assert chunk, f"the job ended before labeling 4 images: {seen[-2000:]!r}"
+            seen += chunk
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
+        stderr = (seen + process.stderr.read()).decode(errors="replace")
+        assert process.wait(timeout=120) == 130, stderr[-3000:]
+    finally:
+        stop(process)
+        unblock_image(blocked)  # a real image now: the rerun labels it
     assert "interrupted; the images labeled so far are saved: rerun the same command" in stderr
     assert "Traceback" not in stderr
     manifest = json.loads((output / "manifest.json").read_text())
@@ -255,12 +314,14 @@ def test_ctrl_c_keeps_finished_images_and_says_how_to_resume(inputs: dict, tmp_p
     rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     predictions, _, _ = read_outputs(output)
-    assert sorted(row["image_path"] for row in predictions) == sorted(str(p) for p in inputs["good"])
+    assert sorted(row["image_path"] for row in predictions) == sorted([*map(str, inputs["good"]), str(blocked)])
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["counts"]["skipped"] == saved
 
 
-def test_failed_inputs_are_retried_and_repeated_paths_reported(inputs: dict, tmp_path: Path) -> None:
+def test_failed_inputs_are_retried_and_repeated_paths_reported(
+    local_ray, inputs: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     images = [read_image_file(p) for p in inputs["good"][:2]]
     encoded = []
     for pixels in images:
@@ -274,19 +335,19 @@ def test_failed_inputs_are_retried_and_repeated_paths_reported(inputs: dict, tmp
     late = tmp_path / "late.png"
     listing = tmp_path / "list.txt"
     listing.write_text(f"{late}\n")
-    env = {**os.environ, "RAY_ADDRESS": "local"}
 
-    def run(source: Path, output: Path) -> tuple[subprocess.CompletedProcess, dict]:
-        command = [sys.executable, "jobs/label.py", "--smoke-test", "--no-progress"]
-        command += ["--vocab", str(inputs["vocab"]), "--input", str(source), "--output", str(output)]
-        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return result, json.loads((output / "manifest.json").read_text())
+    def run(source: Path, output: Path) -> tuple[str, dict]:
+        """The job in this process (``jobs/label.py`` itself runs in the other tests): its stderr and manifest."""
+        options = LabelOptions(
+            vocab=str(inputs["vocab"]), input=str(source), output=str(output), smoke_test=True, progress=False
+        )
+        run_label_job(options)
+        return capsys.readouterr().err, json.loads((output / "manifest.json").read_text())
 
-    result, manifest = run(shards, tmp_path / "from-parquet")
+    stderr, manifest = run(shards, tmp_path / "from-parquet")
     assert manifest["counts"]["labeled"] == 1 and manifest["counts"]["duplicates"] == 1
     assert manifest["duplicate_paths"] == ["0001.png"]
-    assert "1 input rows repeat the image_path" in result.stderr
+    assert "1 input rows repeat the image_path" in stderr
 
     _, manifest = run(listing, tmp_path / "from-list")
     assert manifest["counts"]["failed"] == 1
@@ -296,20 +357,14 @@ def test_failed_inputs_are_retried_and_repeated_paths_reported(inputs: dict, tmp
     assert pq.read_table(tmp_path / "from-list" / "errors.parquet").num_rows == 0
 
 
-def test_reduced_precision_on_cpu_workers_is_refused_before_labeling(inputs: dict, tmp_path: Path, monkeypatch) -> None:
-    import ray
-
-    monkeypatch.setenv("RAY_ADDRESS", "local")
+def test_reduced_precision_on_cpu_workers_is_refused_before_labeling(local_ray, inputs: dict, tmp_path: Path) -> None:
     options = LabelOptions(
         vocab=str(inputs["vocab"]), input=str(inputs["folder"]), output=str(tmp_path / "labels"), smoke_test=True
     )
     options.dtype = "bf16"
-    try:
-        with pytest.raises(OptionError, match="^dtype bf16 needs GPU workers") as error:
-            run_label_job(options)
-        assert error.value.worded(flag).startswith("--dtype bf16 needs GPU workers")
-    finally:
-        ray.shutdown()
+    with pytest.raises(OptionError, match="^dtype bf16 needs GPU workers") as error:
+        run_label_job(options)
+    assert error.value.worded(flag).startswith("--dtype bf16 needs GPU workers")
     assert not (tmp_path / "labels" / "predictions").exists()
 
 
@@ -341,8 +396,7 @@ class CrashOnce(PredictStage):
         return super().__call__(batch)
 
 
-def test_dead_worker_is_replaced_and_its_batch_retried(inputs: dict, tmp_path: Path, monkeypatch) -> None:
-    import ray
+def test_dead_worker_is_replaced_and_its_batch_retried(local_ray, inputs: dict, tmp_path: Path, monkeypatch) -> None:
     from ray import cloudpickle  # Ray serialises with its own copy of cloudpickle
 
     import pipeline.label.job
@@ -350,7 +404,6 @@ def test_dead_worker_is_replaced_and_its_batch_retried(inputs: dict, tmp_path: P
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
     monkeypatch.setattr(CrashOnce, "marker", str(tmp_path / "crashed"))
     monkeypatch.setattr(pipeline.label.job, "PredictStage", CrashOnce)
-    monkeypatch.setenv("RAY_ADDRESS", "local")
     output = tmp_path / "labels"
     options = LabelOptions(
         vocab=str(inputs["vocab"]),
@@ -358,12 +411,12 @@ def test_dead_worker_is_replaced_and_its_batch_retried(inputs: dict, tmp_path: P
         output=str(output),
         smoke_test=True,
         batch_size=2,
+        workers=(1, 1),  # one actor takes every batch, so it reaches its second whatever the machine's CPUs
         progress=False,
     )
     try:
         manifest = run_label_job(options)
     finally:
-        ray.shutdown()
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert (tmp_path / "crashed").exists(), "a worker died during the run"
     predictions, coco, errors = read_outputs(output)

@@ -1,58 +1,9 @@
 """SAN's evaluation sets (CVPR 2023, Table 2) in their standard *prepared* (detectron2) layouts.
 
-Each :class:`BenchmarkSpec` in :data:`BENCHMARKS` says where a validation split's images and label maps lie
-under a datasets root (``$DETECTRON2_DATASETS``, the folder holding ``ADEChallengeData2016/``, ``coco/``,
-...), how labels are stored, which value is ignored, how many images the split has, and its class names:
-``pipeline/benchmarks/<name>.txt``, line ``v`` = label value ``v``, each name exactly as SAN passes it to
-CLIP (``c.strip()`` of the registered ``stuff_classes``; sources below). A name such as ``"building,
-edifice"`` is *one* class name -- SAN encodes the whole string; it is not split into synonyms.
-
-Prepared validation splits, relative to the datasets root (images ``.jpg``; labels: extension, dtype, classes)::
-
-    ade150        images  ADEChallengeData2016/images/validation                    2000 images
-                  labels  ADEChallengeData2016/annotations_detectron2/validation    .png uint8   0..149, 255 ignored
-    ade847        images  ADE20K_2021_17_01/images_detectron2/validation            2000 images
-                  labels  ADE20K_2021_17_01/annotations_detectron2/validation       .tif uint16  0..846, 65535 ignored
-    pc59          images  pcontext/val/image                                        5105 images
-                  labels  pcontext/val/label                                        .png uint8   0..58, 255 ignored
-    pc459         images  pcontext_full/val/image                                   5105 images
-                  labels  pcontext_full/val/label                                   .tif uint16  0..458, 65535 ignored
-    voc20         images  VOC2012/JPEGImages (only those with a label)              1449 images
-                  labels  VOC2012/annotations_detectron2/val                        .png uint8   0..19, 255 ignored
-    cocostuff171  images  coco/val2017                                              5000 images
-                  labels  coco/stuffthingmaps_detectron2/val2017                    .png uint8   0..170, 255 ignored
-
-Sources (MendelXu/SAN ``san/data/datasets/register_*.py`` and ``datasets/prepare_*.py``; detectron2
-``builtin.py`` / ``builtin_meta.py`` for ADE-150; MaskFormer ``prepare_ade20k_full_sem_seg.py``):
-
-- ``ade150`` = detectron2 ``ade20k_sem_seg_val``: ``annotations/`` minus 1 (raw 0 "other" -> 255). Names:
-  detectron2's ``ADE20K_SEM_SEG_CATEGORIES``; ``"window "`` has a trailing space there, stripped by SAN.
-- ``ade847`` = ``ade20k_full_sem_seg_val``: images *resized* (short side 512 when larger) into
-  ``images_detectron2`` -- use those, not ``images/``, or the sizes differ from the labels; 16-bit TIFF
-  labels hold the ``trainId``, 65535 = unlabeled. Names: ``ADE20K_SEM_SEG_FULL_CATEGORIES`` in trainId order.
-- ``pc59`` = ``pcontext_sem_seg_val``: background (0) -> 255, the 59 classes -> 0..58.
-- ``pc459`` = ``pcontext_full_sem_seg_val``: the ``.mat`` ``LabelMap`` minus 1 as 16-bit TIFF, unlabeled
-  (0) -> 65535.
-- ``voc20`` = ``voc_sem_seg_val``: ``SegmentationClassAug`` for ``val.txt``; background (0) and the
-  boundary (255) -> 255 (no background class: 20 classes 0..19); a mask with no object is not written, so
-  the label folder decides the split; ``JPEGImages`` holds every VOC image and only those with a label
-  are used (detectron2's ``load_sem_seg`` takes the intersection of file stems).
-- ``cocostuff171`` = ``coco_2017_test_stuff_sem_seg``: ``stuffthingmaps`` (value = COCO id - 1) mapped to
-  0..170 in id order, 255 unlabeled. Names unedited: ``"building-other"``, ``"desk-stuff"``, ... keep
-  their COCO suffixes (SAN passes them as they are; there are no ``-merged`` names in the 171 classes).
-
-No official name contains ``:`` or ``#`` and none repeats (case-insensitively), so every class-name file
-is also a valid vocabulary file (``pipeline.vocabulary``) with one class per line and no synonyms;
-:func:`write_benchmark_inputs` checks this when it writes ``vocab.txt``.
-
-Pairing follows detectron2's ``load_sem_seg``: the files directly in the label folder with the label
-extension, paired by file stem with the ``.jpg`` files directly in the image folder; a pair needs both.
-When the count differs from the official split size a warning is printed (stderr), never an error.
-
-Evaluation: ``--gt NAME:ROOT`` (e.g. ``--gt ade150:/data/datasets``) opens
-:class:`pipeline.benchmarks.reader.BenchmarkGroundTruth` through :func:`pipeline.ground_truth.register_ground_truth`;
-``ROOT`` may also be the dataset's own folder (``/data/datasets/ADEChallengeData2016``) and defaults to
-``$DETECTRON2_DATASETS`` (else ``datasets``) when empty.
+:data:`BENCHMARKS` holds one :class:`BenchmarkSpec` per split (``ade150``, ``ade847``, ``pc59``, ``pc459``,
+``voc20``, ``cocostuff171``): where its images and labels lie under a datasets root, how labels are stored,
+and its class names (``pipeline/benchmarks/<name>.txt``, exactly as SAN passes them to CLIP). The layouts,
+their sources and the pairing rule: ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -101,7 +52,7 @@ def _listing(folder: Path, suffix: str) -> dict[str, Path]:
 
 @dataclass(frozen=True)
 class BenchmarkSpec:
-    """One evaluation set's prepared validation split (facts in the module docstring)."""
+    """One evaluation set's prepared validation split (facts: ``docs/benchmarks.md``)."""
 
     name: str
     title: str

@@ -1,24 +1,9 @@
 """Ground truth for evaluating a labeling run: choosing a reader from a ``--gt`` spec.
 
-:func:`open_ground_truth` turns a ``--gt`` spec into a :class:`pipeline.ground_truth.base.GroundTruth`
-(the reader interface: per image, a label map of ground-truth class indices, and the rule that matches
-predicted images to ground-truth images). New kinds plug in with :func:`register_ground_truth` under a
-``scheme:`` prefix.
-
-Built-in readers
-----------------
-``png:`` / a directory -- :class:`pipeline.ground_truth.png.PngFolderGroundTruth`
-    A folder of label images; pixel value ``v`` is the class on line ``v`` of ``--gt-classes``
-    (:func:`pipeline.ground_truth.classes.read_class_names`), else the vocabulary's order.
-
-``coco:`` / a ``.json`` file -- :class:`pipeline.ground_truth.coco.CocoGroundTruth`
-    A COCO dataset whose annotations are per-class semantic regions; classes are its ``categories``.
-
-``fiftyone:DATASET[:FIELD]`` -- :class:`pipeline.ground_truth.fiftyone.FiftyOneGroundTruth`
-    A ``Segmentation`` field (default ``ground_truth``) of a FiftyOne dataset; classes from its mask
-    targets (or ``--gt-classes``), value 0 ignored. FiftyOne is imported only when this scheme is used.
-
-``NAME:ROOT`` for SAN's benchmarks (``ade150``, ``pc59``, ...) -- :mod:`pipeline.benchmarks`
+:func:`open_ground_truth` turns ``png:DIR`` (or a folder), ``coco:FILE`` (or a ``.json``),
+``fiftyone:DATASET[:FIELD]`` or a benchmark's ``NAME:ROOT`` into a
+:class:`pipeline.ground_truth.base.GroundTruth`; :func:`register_ground_truth` adds a ``scheme:``.
+The readers are described in ``docs/evaluation.md``.
 """
 
 from __future__ import annotations

@@ -1,19 +1,8 @@
 """The ground-truth reader interface: :class:`GroundTruth`, its errors, and matching predicted images to it.
 
-Every reader is a :class:`GroundTruth`: it knows its class names (``class_names``, index ``i`` = class
-``i``), the keys of its images (:meth:`GroundTruth.keys`), which of its images belongs to a predicted
-``image_path`` (:meth:`GroundTruth.match`) and reads one image's label map (:meth:`GroundTruth.read`):
-an ``int32 [H, W]`` array holding ``0..K-1`` or :data:`IGNORE` (-1, pixels left out of every metric).
-The built-in readers, and how a ``--gt`` spec chooses one, are described in :mod:`pipeline.ground_truth`.
-
-Matching prediction images to ground-truth images
--------------------------------------------------
-Candidates are the ground-truth images with the same file stem (name without extension) as the
-predicted image. Among them the best is chosen by, in order: identical path (COCO ``file_name`` equal
-to ``image_path``); the number of trailing folder names the two paths share (so ``a/x.png`` and
-``b/x.png`` are told apart by ``.../a/x.jpg``); identical file name with extension. A tie for the best
-is an error (ambiguous ground truth), never a silent pick. Several predictions may match the same
-ground-truth image; :func:`match_predictions` reports how often that happens.
+A reader's :meth:`GroundTruth.read` gives an ``int32 [H, W]`` label map of class indices ``0..K-1`` or
+:data:`IGNORE` (-1); :func:`match_predictions` pairs predicted images with ground-truth images by file
+stem and shared trailing folders, never silently (the rule: ``docs/evaluation.md``).
 """
 
 from __future__ import annotations
@@ -87,7 +76,7 @@ def _stem(path: str) -> str:
 
 
 class GroundTruth(ABC):
-    """One source of ground-truth label maps (see the module docstring).
+    """One source of ground-truth label maps (``docs/evaluation.md``).
 
     Subclasses set :attr:`class_names` and :attr:`description` and implement :meth:`keys`,
     :meth:`path_of` and :meth:`read`; :meth:`match` works from :meth:`path_of` and need only be
@@ -120,7 +109,7 @@ class GroundTruth(ABC):
         """
 
     def match(self, image_path: str) -> Hashable | None:
-        """The key of the ground truth for a predicted ``image_path``, or None (rule in the module docstring).
+        """The key of the ground truth for a predicted ``image_path``, or None (rule: ``docs/evaluation.md``).
 
         Raises:
             GroundTruthError: two or more ground-truth images fit equally well.

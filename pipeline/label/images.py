@@ -1,22 +1,8 @@
-"""Decode untrusted image bytes into RGB uint8 arrays, with one error type and a short reason.
+"""Decode untrusted image bytes into RGB uint8 ``[H, W, 3]`` arrays, with one error type and a short reason.
 
-Conversion rules (what a caller sees in the returned ``[H, W, 3]`` uint8 array):
-
-- EXIF orientation is applied (``ImageOps.exif_transpose``), so a rotated JPEG comes back with its
-  displayed (possibly transposed) shape. A malformed EXIF block is ignored rather than failing the image.
-- Multi-frame files (GIF, TIFF, APNG, WebP) give their first frame.
-- ``L``/``1``/``P``/``CMYK``/``YCbCr``/other colour modes: ``PIL.Image.convert("RGB")`` (CMYK is the
-  naive, profile-free conversion).
-- Transparency (``RGBA``, ``LA``, ``PA``, ``P`` with a ``transparency`` entry, ...): alpha-composited onto
-  WHITE. The colour stored under transparent pixels is undefined by the formats (often black), so
-  dropping alpha could hide dark objects; opaque pixels are unchanged either way.
-- 16-bit (``I;16*``) and 32-bit integer (``I``) grayscale: values are taken as 16-bit (``I`` is clipped to
-  0..65535) and scaled by ``value >> 8``. This maps 0..65535 linearly onto 0..255 and restores 8-bit data
-  stored as 16 bit (``x * 257``) exactly. (PIL's own ``convert("L")`` clips at 255 instead of scaling.)
-- Float (``F``): assumed to lie in [0, 1] (scikit-image's float convention), clipped, times 255, rounded;
-  NaN becomes 0.
-- Size limits: at most ``max_pixels`` pixels (width * height) and at least :data:`MIN_SIDE` pixels on each
-  side (a 1-pixel-wide image cannot be segmented meaningfully and usually is a tracking pixel / placeholder).
+EXIF orientation applied, first frame of multi-frame files, any colour mode to RGB, transparency onto
+white, 16-bit scaled to 8, and size limits (``max_pixels``, :data:`MIN_SIDE`). The conversion rules and
+their reasons: ``docs/labeling.md``.
 """
 
 from __future__ import annotations
@@ -85,7 +71,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
 
     Returns:
         ``np.ndarray`` of shape ``[H, W, 3]``, dtype uint8, RGB, writable, with EXIF orientation applied
-        (conversion rules in the module docstring).
+        (conversion rules: ``docs/labeling.md``).
 
     Raises:
         ImageDecodeError: for every failure, with ``reason`` one of ``"empty file"``,

@@ -1,14 +1,8 @@
 """Resolve ``--input`` into the list of images to label.
 
-Accepted: a directory (searched recursively), a glob pattern, a text file of paths (one per line,
-relative paths taken from the list's folder), a Parquet file or folder of Parquet files with a path
-column and/or an image-bytes column, or WebDataset ``.tar`` shards (a file, a folder of them, or a
-glob). Local paths and any URI pyarrow's filesystems understand (``s3://``, ``gs://``, ...) work.
-A spec that exists is taken literally, even when its name holds glob characters (``set [1]``).
-
-Parquet files and shards are listed here as containers (``Container``; the first Parquet file's
-columns are checked up front, on the driver); ``pipeline.label.containers`` reads the images inside
-them, in Ray tasks.
+A folder, glob, list file, Parquet file(s) or WebDataset ``.tar`` shards, local or any URI pyarrow reads;
+Parquet files and shards are listed as :class:`Container` s whose images ``pipeline.label.containers``
+reads in Ray tasks. What each kind of spec means: ``docs/labeling.md``.
 """
 
 from __future__ import annotations
@@ -99,7 +93,7 @@ def resolve_inputs(spec: str, *, exclude: str | None = None, bytes_column: str |
     """Every input ``spec`` names, in a deterministic order (sorted within each listing).
 
     Args:
-        spec: a folder, glob, list file, Parquet file/folder or WebDataset shard(s) (see the module).
+        spec: a folder, glob, list file, Parquet file/folder or WebDataset shard(s) (``docs/labeling.md``).
         exclude: a folder (local path or URI) whose contents folder walks and globs leave out, such as
             the job's output folder when it lies inside the input folder.
         bytes_column: the ``--bytes-column`` the containers will be expanded with (``None``: detect).

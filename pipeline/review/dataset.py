@@ -1,50 +1,8 @@
 """Review a labeling run in FiftyOne: load it (and its ground truth) into one persistent dataset per run.
 
-The review modules: this one loads a run (:func:`load_run`); :mod:`pipeline.review.masks` converts
-label maps to masks and back; :mod:`pipeline.review.metrics` computes per-image mIoU and cross-checks it
-with FiftyOne's own segmentation evaluation; :mod:`pipeline.review.views` saves the views for triage;
-:mod:`pipeline.review.app` serves the App. The FiftyOne ground-truth reader for
-``--gt fiftyone:DATASET[:FIELD]`` is :mod:`pipeline.ground_truth.fiftyone`.
-
-Dataset layout (what :func:`load_run` writes)
----------------------------------------------
-One sample per labeled image (``filepath`` = the run's ``image_path``; FiftyOne makes it absolute, so
-the path exactly as the run gave it is kept in the ``image_path`` field, which export uses).
-
-Mask values: a ``Segmentation`` mask holds **COCO category ids**, i.e. vocabulary class index + 1, and
-**0 means "no class"**: an unlabeled prediction (255 / 65535 in the run's label maps) in ``predictions``,
-an ignored pixel in ``ground_truth``. This follows FiftyOne's own convention that mask value 0 is the
-background: the App does not draw 0, and ``evaluate_segmentations`` treats value 0 as its "missing"
-class. (Keeping the 0-based class index would make the vocabulary's first class invisible in the App
-and FiftyOne's "missing" class.) Masks are uint8 when every value fits (up to 255 classes), else uint16.
-
-``dataset.mask_targets``:
-
-- ``predictions``: ``{index + 1: vocabulary name}`` for every vocabulary class.
-- ``ground_truth``: a ground-truth class that matches a vocabulary class by name (rule of
-  :func:`pipeline.evaluate.align_classes`) gets that class's value and vocabulary name, so one value
-  means one class in both fields; a ground-truth class that is not in the vocabulary keeps its own
-  name under a value after the vocabulary's (``N + 1, N + 2, ...``). Such classes can never be
-  predicted: their IoU is 0 wherever they occur, as in :func:`pipeline.evaluate.evaluate_run`.
-
-Per-sample fields: ``image_path``, ``image_id``, ``width``, ``height``, ``run_segments`` (the run's
-segments: ``category_id``, ``category_name``, ``rle``, ``area``, ``score``; export uses them to keep the
-run's score of an unedited segment), ``mean_score`` (unweighted mean of the run's segment scores, None
-without segments), ``classes_present`` (names of the classes in the ``predictions`` mask), and with
-ground truth ``iou`` (dict: class name -> IoU in percent, for the classes present in the image's
-ground truth) and ``miou`` (percent, detectron2 rule: mean over the classes present in the image's
-ground truth; None when every pixel is ignored).
-
-Saved views: ``worst_miou`` (samples with a ``miou``, ascending; only with ground truth),
-``least_confident`` (ascending ``mean_score``), and ``class_<name>`` for each vocabulary class that
-is predicted in at least one sample (a name whose slug clashes with another's gets ``_<category id>``),
-at most ``max_class_views`` (default 100) of them, for the classes predicted in the most samples: FiftyOne's
-``save_view`` is O(number of saved views), so one view per class of a large vocabulary would take minutes.
-
-Re-loading: ``info["labeling_run"]`` (with ``info["vocabulary"]``) marks a dataset as made here
-(:func:`is_review_dataset`). Only such a dataset is ever replaced, and only with ``overwrite`` (it may hold
-mask edits made in the App); a dataset of the name that was not made here is never deleted. The new
-dataset is built completely under a temporary name before the old one is deleted and the new one renamed.
+:func:`load_run` writes one sample per labeled image with ``predictions`` (and ``ground_truth``)
+``Segmentation`` masks of category ids (0 = no class), per-image scores and mIoU, and saved views for
+triage; it replaces only a dataset it made, and only with ``overwrite``. The dataset's layout: ``docs/review.md``.
 """
 
 from __future__ import annotations
@@ -203,7 +161,7 @@ def check_dataset_name(name: str, overwrite: bool = False) -> bool:
 
 
 def _sample(row: dict[str, Any], dtype: type[np.unsignedinteger], truth: _RunGroundTruth | None) -> fo.Sample:
-    """The sample of one prediction row (fields: module docstring)."""
+    """The sample of one prediction row (fields: ``docs/review.md``)."""
     path = row["image_path"]
     try:
         label_map = decode_label_map_png(row["label_map_png"])
@@ -286,7 +244,7 @@ def load_run(
     True (it may hold edits made in the App); otherwise this raises before reading anything. On failure
     the new dataset is deleted and the old one is untouched. Class and image matching problems are
     warned about on stderr, as by :func:`pipeline.evaluate.evaluate_run`.
-    Layout and representation: module docstring.
+    Layout and representation: ``docs/review.md``.
 
     Args:
         output_dir: the labeling run's ``--output`` directory.

@@ -1,20 +1,7 @@
-"""Export reviewed labels from a FiftyOne dataset (made by :func:`pipeline.review.dataset.load_run`, possibly
+"""Export reviewed labels from a FiftyOne dataset made by :func:`pipeline.review.dataset.load_run` (possibly
 edited since) to COCO JSON in the labeling job's form, and to a folder of label-map PNGs.
 
-What is exported: each sample's ``predictions`` ``Segmentation`` mask as it is now (``get_mask()``:
-an in-database ``mask`` or a ``mask_path`` file), mask value = category id, 0 = unlabeled (see
-:mod:`pipeline.review.dataset`). Segments come from :func:`pipeline.segments.label_map_segments` and the COCO
-from :func:`pipeline.coco.build_coco`, so the file has exactly the shape ``coco.json`` of a labeling run
-has, with the same category ids and image ids.
-
-Scores: a segment whose pixels are exactly the run's segment of that class (same compressed RLE, which
-is canonical for a mask) keeps the run's score; a segment that was edited or added in review gets 1.0
-(a reviewer's label is taken as certain).
-
-Mask folder: one PNG per image (:func:`pipeline.segments.encode_label_map_png`: 0-based class index,
-255 / 65535 = unlabeled), at the image's path relative to the folder all images share, with the
-suffix ``.png`` (a name that would clash gets ``.<image_id>`` before it), plus ``classes.txt`` (line
-``v`` names class index ``v``). So ``jobs/evaluate.py --gt DIR --gt-classes DIR/classes.txt`` reads it.
+Unedited segments keep the run's score, edited or added ones get 1.0; the rules: ``docs/review.md``.
 """
 
 from __future__ import annotations
@@ -72,7 +59,7 @@ def _vocabulary(dataset: fo.Dataset) -> Vocabulary:
 
 def iter_reviewed_images(dataset: fo.Dataset) -> Iterator[dict[str, Any]]:
     """Per sample: ``image_path``, ``image_id``, ``width``, ``height``, ``label_map`` (int64, -1 = unlabeled),
-    ``segments`` (as the run writes them; scores per the module docstring) and ``edited`` (class names
+    ``segments`` (as the run writes them; scores per ``docs/review.md``) and ``edited`` (class names
     whose pixels differ from the run's).
 
     Raises:
@@ -128,7 +115,7 @@ def _parts(path: str) -> tuple[str, ...]:
 
 
 def mask_file_names(items: list[tuple[str, int]]) -> dict[str, str]:
-    """``(image_path, image_id)`` -> relative PNG path (rule in the module docstring)."""
+    """``(image_path, image_id)`` -> relative PNG path (rule: ``docs/review.md``)."""
     parents = [_parts(p)[:-1] for p, _ in items]
     common = 0
     if parents:

@@ -20,8 +20,8 @@ from .text_classifier import TextClassifier, check_vocabulary
 POSTPROCESS_CHUNK_ELEMENTS = 1 << 26
 # Class scores at the output size held at once when only the best class is needed (1 GiB in float32).
 SCORES_CHUNK_ELEMENTS = 1 << 28
-# CLIP parameters SAN trains (CLIP_FROZEN_EXCLUDE) plus the classifier's background embedding.
 Result = TypeVar("Result")
+# CLIP parameters SAN trains (CLIP_FROZEN_EXCLUDE) plus the classifier's background embedding.
 TRAINABLE_CLIP_PARAMETERS = ("clip_features.positional_embedding", "text_classifier.bg_embed")
 
 

@@ -1,22 +1,8 @@
 """SAN's training augmentation (the official ``MaskFormerSemanticDatasetMapper``), in numpy/PIL.
 
-In order, on an RGB uint8 image ``[H, W, 3]`` and its label map ``[H, W]`` (class indices, ``ignore``):
-
-1. :func:`san.transforms.resize_shortest_edge` -- short side chosen uniformly from ``short_edge_lengths`` (official:
-   ``[int(x * 0.1 * 640) for x in range(5, 16)]`` = 320, 384, ..., 960), long side capped at 2560;
-   image bilinear (PIL), labels nearest.
-2. :func:`random_crop` -- an "absolute" ``crop_size`` crop (clipped to the image), retried up to 10
-   times while one class covers ``single_category_max_area`` or more of the crop's non-ignored pixels
-   (or the crop holds fewer than two labels); 1.0 (official) disables the retry.
-3. :func:`color_aug_ssd` -- SSD photometric distortion (Mask2Former's ``ColorAugSSDTransform``):
-   brightness delta 32, contrast 0.5-1.5, saturation 0.5-1.5, hue delta 18 (OpenCV units of 2 degrees),
-   each applied with probability 1/2, contrast first or last with probability 1/2.
-4. :func:`random_flip` -- horizontal flip with probability 0.5.
-5. :func:`pad_to` -- pad bottom/right to ``crop_size``: image with 128, labels with ``ignore`` (the official
-   mapper's ``SIZE_DIVISIBILITY: 640``), so that every training sample has the same size.
-
-All randomness comes from the ``numpy.random.Generator`` passed in, so a sample is a pure function of
-its inputs and that generator's seed.
+Resize (random short side), crop, SSD colour jitter, flip and pad, on an RGB uint8 image ``[H, W, 3]``
+and its label map ``[H, W]``; all randomness comes from the ``numpy.random.Generator`` passed in. The
+official settings of each step: ``docs/training.md``.
 """
 
 from __future__ import annotations
@@ -179,7 +165,7 @@ def pad_to(
 
 @dataclass(frozen=True)
 class TrainAugmentation:
-    """The official training augmentation (module docstring); ``crop_size`` ``(h, w)``.
+    """The official training augmentation (``docs/training.md``); ``crop_size`` ``(h, w)``.
 
     Calling it with ``(image [H, W, 3] uint8, label [H, W], rng)`` returns a contiguous
     ``(image [ch, cw, 3] uint8, label [ch, cw])`` of exactly ``crop_size`` (padded when smaller).

@@ -1,33 +1,8 @@
 """Semantic-segmentation training data: (image, label map) pairs and the training sample stream.
 
-Folder layout (:class:`SegmentationFolder`)
--------------------------------------------
-::
-
-    DATASET/
-      classes.txt          one class name per line; line i (0-based) is class index i
-      images/<name>.jpg    RGB images (.jpg .jpeg .png .bmp .tif .tiff .webp), subfolders allowed
-      labels/<name>.png    label maps, same relative path and stem as the image: 8-bit grayscale or
-                           palette PNG (16-bit for more than 255 classes), pixel = class index,
-                           255 (or ``ignore_index``) = ignored / unlabeled
-
-Produce it from your own masks by writing each image's class indices into a PNG, e.g.
-``PIL.Image.fromarray(label.astype(np.uint8)).save("labels/x.png")``. Class names are what the text
-encoder reads ("traffic light", not "cls_7"). Blank and ``#`` lines in ``classes.txt`` are not allowed
-(line numbers are class indices). The prepared COCO-Stuff-164K of detectron2/SAN (``datasets/coco/
-train2017`` + ``stuffthingmaps_detectron2/train2017``, values 0..170, 255 ignored) is the same thing
-with the two folders elsewhere: link them as ``images/`` and ``labels/`` and copy its 171 class names from
-``pipeline/benchmarks/cocostuff171.txt`` to ``classes.txt``.
-:meth:`SegmentationFolder.check` reads every label once (training does, before its first step), so that
-a bad label is reported at start-up rather than when a step draws it.
-
-Training stream
----------------
-:class:`TrainSamples` turns a dataset into an endless, deterministic stream: global sample ``k`` is
-dataset item ``perm_e[k mod N]`` with ``e = k // N`` (a fresh permutation per epoch, seeded by
-``(seed, e)``), augmented with a generator seeded by ``(seed, k)``. Step ``s`` of a run with global
-batch ``G`` uses samples ``s*G .. s*G + G - 1`` (worker ``r`` of ``W`` takes its contiguous share), so
-the data a step sees depends only on the seed and the step: resuming at step ``s`` continues exactly.
+:class:`SegmentationFolder` reads a ``DATASET/`` of ``classes.txt``, ``images/`` and ``labels/``;
+:class:`TrainSamples` and :class:`StepSampler` make the endless stream whose data at a step depend only on
+``(seed, step)``, so that a resumed run continues exactly. The folder layout and the stream: ``docs/training.md``.
 """
 
 from __future__ import annotations
@@ -99,7 +74,7 @@ class SegmentationFolder:
             skipped.
 
     ``dataset[i]`` is ``(image [H, W, 3] uint8 RGB, label [H, W] int32)``; :meth:`from_folder` reads the
-    layout of the module docstring.
+    layout of ``docs/training.md``.
     """
 
     def __init__(
@@ -211,7 +186,7 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 class TrainSamples(torch.utils.data.Dataset):
-    """Endless augmented stream over a dataset, indexed by global sample number (module docstring).
+    """Endless augmented stream over a dataset, indexed by global sample number (``docs/training.md``).
 
     ``samples[k]`` is ``(image [3, h, w] uint8 tensor, label [h, w] int64 tensor)``.
     """

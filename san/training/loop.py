@@ -1,35 +1,8 @@
 """Training SAN: one readable loop (nanoGPT style), on one device or on Ray Train workers.
 
-:func:`train` runs the official recipe (see ``san.training.losses``, ``san.training.optim``,
-``san.training.augment``) as configured by
-:class:`san.training.config.TrainConfig`:
-
-1. the model (``san.training.init.build_model``): CLIP weights only (``init="clip"``,
-   ``build_san(cfg, pretrained_clip=True)``), the released weights (``"official"``), a checkpoint file (a
-   path), or random weights (``"random"``, smoke tests); CLIP is frozen by the model itself except its
-   visual positional embedding; the text classifier is frozen (only its background embedding trains) and
-   the training classes' text embeddings are computed once and cached;
-2. AdamW with SAN's parameter groups, poly learning rate, full-model gradient clipping at 0.01,
-   autocast (bf16, or fp16 with a gradient scaler) on GPU only;
-3. every ``checkpoint_every`` steps ``OUTPUT/checkpoints/``: ``last.safetensors`` (``san.save_checkpoint``:
-   config + weights, what ``jobs/label.py --model`` loads) and ``last.pt`` (optimizer, scheduler, scaler,
-   step, python/numpy/torch RNG states of every worker, the training config) for ``resume``
-   (``san.training.state``);
-4. every ``eval_every`` steps: mIoU on the validation folder (``san.training.evaluate.evaluate``: images resized
-   to a short side of ``eval_short_side`` like SAN's test mapper, scores mapped back to the label's size),
-   with ``san.metrics``;
-5. console lines, a tqdm bar and ``OUTPUT/metrics.csv`` (weighted loss terms, lr, gradient norm, images/s;
-   ``san.training.log``).
-
-Before its first step a run refuses what would go wrong later: a new run into an output folder that holds
-one, a resumed run whose settings differ from its checkpoint's (``san.training.state.resume_state``), and
-unusable samples (``SegmentationFolder.check`` reads every label once).
-
-Resuming continues exactly: data order and augmentation depend only on ``(seed, step)`` (see
-``san.training.data``) and the RNG states are restored, so on CPU N steps in one go equal N/2 + resume + N/2.
-:func:`san.training.distributed.train_with_ray` runs the same loop on ``num_workers`` Ray Train workers (DDP through
-``ray.train.torch.prepare_model``; the global batch is split between them), reporting metrics and
-checkpoints through ``ray.train.report`` (``san.training.ray_worker``).
+:func:`train` runs the official recipe as :class:`san.training.config.TrainConfig` configures it: build the
+model, AdamW with SAN's parameter groups, checkpoints for ``jobs/label.py --model`` and for an exact
+``resume``, periodic validation mIoU, and console/CSV logs. The steps in detail: ``docs/training.md``.
 """
 
 from __future__ import annotations

@@ -1,23 +1,8 @@
 """SAN's training loss: Mask2Former's set criterion with point-sampled mask losses.
 
-For every decoded level of the side adapter (deep supervision), predictions are matched to the
-targets with :class:`~san.training.matcher.HungarianMatcher`, then
-
-* ``loss_ce``: cross-entropy over the ``C + 1`` classes of *every* query (unmatched ones target the
-  no-object class, the last), with class weights 1 and ``no_object_weight`` (0.1) for no-object,
-  averaged with those weights (``F.cross_entropy(weight=...)``);
-* ``loss_mask``: sigmoid BCE and ``loss_dice``: dice loss of each matched mask, both on
-  ``num_points`` points per mask chosen by importance sampling (:func:`uncertain_point_coords`),
-  summed over masks and divided by the number of target masks in the batch (averaged over
-  distributed workers, at least 1).
-
-The last level's terms are named ``loss_ce``, ``loss_mask``, ``loss_dice``; earlier levels get the
-suffix ``_i`` (``i = 0`` the shallowest), as in the official code. :meth:`SetCriterion.weighted`
-applies the weights (SAN: class 2, mask 5, dice 5, the same on every level).
-
-Targets, per image: ``{"labels": [M] int64, "masks": [M, H, W]}``, one binary mask per class present
-in the label map (see :func:`targets_from_labels`); masks may have any resolution (typically the
-padded input size) while predictions are ``[B, Q, H/16, W/16]``.
+:class:`SetCriterion` gives ``loss_ce``, ``loss_mask`` and ``loss_dice`` for every decoded level (deep
+supervision; earlier levels suffixed ``_i``) from predictions ``[B, Q, H/16, W/16]`` and per-image targets
+``{"labels": [M], "masks": [M, H, W]}``. The terms and weights: ``docs/training.md``.
 """
 
 from __future__ import annotations
@@ -98,7 +83,7 @@ def targets_from_labels(labels: torch.Tensor, ignore_index: int = 255) -> list[T
 
 
 class SetCriterion(nn.Module):
-    """Matching-based loss over all deep-supervision levels (see the module docstring).
+    """Matching-based loss over all deep-supervision levels (``docs/training.md``).
 
     Args:
         matcher: the :class:`HungarianMatcher`.

@@ -1,14 +1,7 @@
 """Hungarian matching of predicted masks to ground-truth masks (Mask2Former / SAN training).
 
-Each image's ``Q`` predictions are matched one-to-one to its ``M`` target masks (``M <= Q``) by
-minimising, with scipy's ``linear_sum_assignment``, the cost
-
-    ``cost_class * (-softmax(logits)[target class]) + cost_mask * BCE + cost_dice * dice``
-
-where the two mask terms are computed on the same ``num_points`` random points (uniform in the
-image, shared by predictions and targets). Points are read with :func:`point_sample` (bilinear
-``grid_sample``, ``align_corners=False``, on ``[0, 1]`` coordinates), so predictions at 1/16
-resolution and full-resolution targets need no resizing. Unmatched predictions are "no object".
+Each image's ``Q`` predictions are matched one-to-one to its ``M <= Q`` target masks by class, BCE and
+dice cost on shared random points (:func:`point_sample`); the cost: ``docs/training.md``.
 """
 
 from __future__ import annotations
@@ -55,7 +48,7 @@ def batch_dice_cost(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 
 
 class HungarianMatcher(nn.Module):
-    """One-to-one assignment of predictions to targets, per image (see the module docstring).
+    """One-to-one assignment of predictions to targets, per image (cost: ``docs/training.md``).
 
     Args:
         cost_class: weight of ``-p(target class)`` (SAN: 2).

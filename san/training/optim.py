@@ -1,14 +1,7 @@
 """SAN's optimiser recipe: AdamW parameter groups, the poly schedule and full-model gradient clipping.
 
-As the official ``train_net.py`` builds them (detectron2 defaults where SAN sets nothing):
-
-* every trainable parameter gets ``lr`` and ``weight_decay`` (1e-4), except weight decay 0 for
-  parameters whose own name contains one of :data:`NO_DECAY_NAMES` (``SOLVER.WEIGHT_DECAY_EMBED_GROUP``)
-  and for the parameters of normalisation layers (``SOLVER.WEIGHT_DECAY_NORM`` = 0, LayerNorm included)
-  and of ``nn.Embedding`` modules. Other 1-D parameters (linear biases, ``bg_embed``) keep the decay;
-* the learning rate follows ``lr * (1 - step / max_steps) ** 0.9`` (``WarmupPolyLR``, no warmup);
-* before each step the gradient norm of all trainable parameters together is clipped to 0.01
-  (``CLIP_GRADIENTS: full_model``, L2).
+As the official ``train_net.py`` builds them (detectron2 defaults where SAN sets nothing); which
+parameters skip weight decay: ``docs/training.md``.
 """
 
 from __future__ import annotations
@@ -51,7 +44,7 @@ def param_groups(
     no_decay_names: Iterable[str] = NO_DECAY_NAMES,
 ) -> list[dict]:
     """Two AdamW groups (``"decay"`` and ``"no_decay"``) over the trainable parameters; each group has a
-    ``"names"`` list of the full parameter names it holds (module docstring for the rule)."""
+    ``"names"`` list of the full parameter names it holds (the rule: ``docs/training.md``)."""
     no_decay_names = tuple(no_decay_names)
     groups: dict[float, dict] = {}
     seen: set[int] = set()
