@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from label_inputs import VOCABULARY, unblock_image, write_bad_inputs, write_blocking_image, write_good_images
+from label_inputs import VOCABULARY, write_bad_inputs, write_good_images
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -34,6 +34,7 @@ from pipeline.label.images import read_image_file
 from pipeline.label.inputs import image_id
 from pipeline.label.job import LabelOptions, run_label_job
 from pipeline.label.predict import PredictStage
+from pipeline.output_lock import LOCK_NAME
 from pipeline.outputs import RunOutput
 from pipeline.segments import decode_label_map_png
 from pipeline.vocabulary import parse_vocabulary
@@ -163,14 +164,24 @@ def label_command(inputs: dict, output: Path, *extra: str, source: Path | None =
     ]
 
 
-def blocked_inputs(inputs: dict, folder: Path) -> tuple[Path, Path]:
-    """A list file naming every fixture input and, last, a pipe that blocks its reader: a job on it labels the
-    others but cannot finish until the test calls ``unblock_image`` on the returned pipe."""
-    blocked = write_blocking_image(folder / "blocked.png")
-    bad = (inputs["folder"] / "bad" / name for name in inputs["bad"])
-    listing = folder / "inputs.txt"
-    listing.write_text("".join(f"{path}\n" for path in [*inputs["good"], *bad, blocked]))
-    return listing, blocked
+def gated_command(inputs: dict, output: Path, gate: Path, *extra: str) -> list[str]:
+    """``label_command`` through ``tests/gated_label_job.py``: the job labels a few images, then cannot finish
+    while ``gate`` (created here) exists."""
+    gate.touch()
+    return [
+        sys.executable,
+        str(ROOT / "tests" / "gated_label_job.py"),
+        str(gate),
+        *label_command(inputs, output, *extra)[2:],
+    ]
+
+
+def wait_for_first_shard(process: subprocess.Popen, output: Path) -> None:
+    deadline = time.time() + 300
+    while not list((output / "predictions").glob("part-*.parquet")):
+        assert process.poll() is None, f"the job ended before its first shard: {process.stderr.read()[-3000:]!r}"
+        assert time.time() < deadline, "no shard written within 300 s"
+        time.sleep(0.05)
 
 
 def default_sigint() -> None:
@@ -242,44 +253,42 @@ def test_ray_job_submit_end_to_end(ray_cluster: dict, inputs: dict, tmp_path: Pa
     assert manifest["counts"]["labeled"] == len(good) and manifest["counts"]["failed"] == len(inputs["bad"])
 
 
-def test_resume_after_kill(inputs: dict, tmp_path: Path) -> None:
-    listing, blocked = blocked_inputs(inputs, tmp_path)
-    output = tmp_path / "labels"
-    extra = ("--shard-size", "1", "--batch-size", "1")
-    command = [sys.executable, *label_command(inputs, output, *extra, source=listing)[1:]]
+def test_one_job_per_output_and_resume_after_kill(inputs: dict, tmp_path: Path) -> None:
+    output, gate = tmp_path / "labels", tmp_path / "gate"
+    command = gated_command(inputs, output, gate, "--shard-size", "1", "--batch-size", "1")
     env = {**os.environ, "RAY_ADDRESS": "local"}
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
     try:
-        deadline = time.time() + 300  # the job cannot finish (the blocked input): wait for its first shard
-        while not list((output / "predictions").glob("part-*.parquet")):
-            assert process.poll() is None, f"the job ended before its first shard: {process.stderr.read()[-3000:]!r}"
-            assert time.time() < deadline, "no shard written within 300 s"
-            time.sleep(0.05)
+        wait_for_first_shard(process, output)  # the job cannot finish (the gate): it holds the output
+        second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert f"error: {output} is being written by another labeling job (PID {process.pid} on host " in second.stderr
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     finally:
         stop(process)
-        unblock_image(blocked)  # a real image now: the rerun labels it
+        gate.unlink()
     partial = pq.read_table(output / "predictions").num_rows
     assert partial > 0, "the kill landed after the first shard"
 
+    # The killed job's lock is left behind, and taken over: its process is gone.
     rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     predictions, coco, errors = read_outputs(output)
-    labeled = sorted([*map(str, inputs["good"]), str(blocked)])
+    labeled = sorted(map(str, inputs["good"]))
     assert sorted(row["image_path"] for row in predictions) == labeled
     assert sorted(image["file_name"] for image in coco["images"]) == labeled
     assert len(errors) == len(inputs["bad"])
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["counts"]["skipped"] >= partial
+    assert not (output / LOCK_NAME).exists(), "the lock is released when the job ends"
 
 
 def test_ctrl_c_keeps_finished_images_and_says_how_to_resume(inputs: dict, tmp_path: Path) -> None:
-    listing, blocked = blocked_inputs(inputs, tmp_path)
-    output = tmp_path / "labels"
-    command = [sys.executable, *label_command(inputs, output, "--batch-size", "2", source=listing)[1:]]
+    output, gate = tmp_path / "labels", tmp_path / "gate"
+    command = gated_command(inputs, output, gate, "--batch-size", "2")
     command.remove("--no-progress")  # the progress bar tells the test when images are done
     env = {**os.environ, "RAY_ADDRESS": "local"}
     process = subprocess.Popen(
@@ -293,7 +302,7 @@ def test_ctrl_c_keeps_finished_images_and_says_how_to_resume(inputs: dict, tmp_p
     )
     try:
         seen = b""
-        # A few images done, none written yet (shard size 256); the blocked input keeps the job from finishing.
+        # A few images done, none written yet (shard size 256); the gate keeps the job from finishing.
         while not re.search(rb"labeled=([4-9]|\d\d)", seen):
             chunk = process.stderr.read1(4096)
             assert chunk, f"the job ended before labeling 4 images: {seen[-2000:]!r}"
@@ -303,7 +312,7 @@ def test_ctrl_c_keeps_finished_images_and_says_how_to_resume(inputs: dict, tmp_p
         assert process.wait(timeout=120) == 130, stderr[-3000:]
     finally:
         stop(process)
-        unblock_image(blocked)  # a real image now: the rerun labels it
+        gate.unlink()
     assert "interrupted; the images labeled so far are saved: rerun the same command" in stderr
     assert "Traceback" not in stderr
     manifest = json.loads((output / "manifest.json").read_text())
@@ -314,9 +323,31 @@ def test_ctrl_c_keeps_finished_images_and_says_how_to_resume(inputs: dict, tmp_p
     rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     predictions, _, _ = read_outputs(output)
-    assert sorted(row["image_path"] for row in predictions) == sorted([*map(str, inputs["good"]), str(blocked)])
+    assert sorted(row["image_path"] for row in predictions) == sorted(map(str, inputs["good"]))
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["counts"]["skipped"] == saved
+
+
+def test_sigterm_as_from_ray_job_stop_is_recorded_as_stopped(inputs: dict, tmp_path: Path) -> None:
+    output, gate = tmp_path / "labels", tmp_path / "gate"
+    command = gated_command(inputs, output, gate, "--shard-size", "1", "--batch-size", "1")
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        wait_for_first_shard(process, output)
+        process.send_signal(signal.SIGTERM)  # what `ray job stop` sends the job's driver
+        assert process.wait(timeout=120) == 143
+        stderr = process.stderr.read().decode(errors="replace")
+    finally:
+        stop(process)
+        gate.unlink()
+    assert "stopped by SIGTERM (e.g. ray job stop); the images labeled so far are saved" in stderr, stderr[-3000:]
+    assert "Traceback" not in stderr
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["status"] == "stopped" and manifest["error"].startswith("StopRequested: stopped by SIGTERM")
+    assert not (output / LOCK_NAME).exists()
 
 
 def test_failed_inputs_are_retried_and_repeated_paths_reported(

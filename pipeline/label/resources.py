@@ -82,9 +82,7 @@ def plan_resources(
         capacity = max(1, int((cpus - 1) // cpus_per_worker)) if cpus >= 2 else 1
     if workers is None:
         workers = (1, capacity)
-    low, high = workers
-    if not 1 <= low <= high:
-        raise ResourceError(f"--workers must be N or MIN-MAX with 1 <= MIN <= MAX, got {low}-{high}")
+    low, high = workers  # 1 <= low <= high: checked by LabelOptions
     if low > capacity:
         raise ResourceError(
             f"--workers {low}-{high} needs {low} actors but the cluster fits {capacity} "
