@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +43,8 @@ from san.errors import OptionError
 from san.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
+# The jobs that these tests start as processes start their own local Ray.
+LOCAL_RAY = {**os.environ, "RAY_ADDRESS": "local"}
 pytestmark = pytest.mark.slow
 
 
@@ -108,7 +111,7 @@ def ray_cluster():
             assert head.poll() is None, "ray start --head exited"
             assert time.time() < deadline, f"the cluster accepted no job within 300 s: {probe.stderr[-2000:]}"
             time.sleep(2)
-        yield {**env, "DASHBOARD": dashboard}
+        yield {**env, "DASHBOARD": dashboard, "GCS": f"127.0.0.1:{gcs_port}"}
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
@@ -164,16 +167,23 @@ def label_command(inputs: dict, output: Path, *extra: str, source: Path | None =
     ]
 
 
-def gated_command(inputs: dict, output: Path, gate: Path, *extra: str) -> list[str]:
-    """``label_command`` through ``tests/gated_label_job.py``: the job labels a few images, then cannot finish
-    while ``gate`` (created here) exists."""
+def start_gated_job(inputs: dict, tmp_path: Path, *extra: str, **popen: Any) -> tuple[subprocess.Popen, list[str]]:
+    """The job on every fixture input and, last, ``tmp_path / "held.png"``, writing to ``tmp_path / "labels"``
+    through ``tests/gated_label_job.py``: it labels the others but cannot finish while ``tmp_path / "gate"``
+    (created here) exists. Started in its own process group, stderr piped; returns the process and its
+    command (a rerun without the gate labels the rest)."""
+    held, gate = tmp_path / "held.png", tmp_path / "gate"
+    Image.fromarray(read_image_file(inputs["good"][0])).save(held)
     gate.touch()
-    return [
-        sys.executable,
-        str(ROOT / "tests" / "gated_label_job.py"),
-        str(gate),
-        *label_command(inputs, output, *extra)[2:],
-    ]
+    listing = tmp_path / "inputs.txt"
+    bad = (inputs["folder"] / "bad" / name for name in inputs["bad"])
+    listing.write_text("".join(f"{path}\n" for path in [*inputs["good"], *bad, held]))
+    script = ROOT / "tests" / "gated_label_job.py"
+    job = label_command(inputs, tmp_path / "labels", *extra, source=listing)[2:]
+    command = [sys.executable, str(script), str(held), str(gate), *job]
+    pipes = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
+    process = subprocess.Popen(command, cwd=ROOT, env=LOCAL_RAY, start_new_session=True, **pipes, **popen)
+    return process, command
 
 
 def wait_for_first_shard(process: subprocess.Popen, output: Path) -> None:
@@ -253,16 +263,25 @@ def test_ray_job_submit_end_to_end(ray_cluster: dict, inputs: dict, tmp_path: Pa
     assert manifest["counts"]["labeled"] == len(good) and manifest["counts"]["failed"] == len(inputs["bad"])
 
 
+def test_a_job_whose_ray_authentication_differs_from_the_cluster_says_what_to_export(
+    ray_cluster: dict, inputs: dict, tmp_path: Path
+) -> None:
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0123456789abcdef" * 4}  # the cluster's is "disabled"
+    env = {**ray_cluster, **token, "RAY_ADDRESS": ray_cluster["GCS"]}
+    command = [sys.executable, *label_command(inputs, tmp_path / "labels", "--limit", "2")[1:]]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "error: the job's Ray actors were cancelled before they started: this process uses token " in result.stderr
+    assert "Export RAY_AUTH_MODE=disabled, the setting the cluster was started with" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_one_job_per_output_and_resume_after_kill(inputs: dict, tmp_path: Path) -> None:
     output, gate = tmp_path / "labels", tmp_path / "gate"
-    command = gated_command(inputs, output, gate, "--shard-size", "1", "--batch-size", "1")
-    env = {**os.environ, "RAY_ADDRESS": "local"}
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
+    process, command = start_gated_job(inputs, tmp_path, "--shard-size", "1", "--batch-size", "1")
     try:
-        wait_for_first_shard(process, output)  # the job cannot finish (the gate): it holds the output
-        second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        wait_for_first_shard(process, output)  # the job cannot finish (the held image): it holds the output
+        second = subprocess.run(command, cwd=ROOT, env=LOCAL_RAY, capture_output=True, text=True, timeout=600)
         assert second.returncode == 2, second.stderr[-3000:]
         assert f"error: {output} is being written by another labeling job (PID {process.pid} on host " in second.stderr
         os.killpg(process.pid, signal.SIGKILL)
@@ -274,10 +293,10 @@ def test_one_job_per_output_and_resume_after_kill(inputs: dict, tmp_path: Path) 
     assert partial > 0, "the kill landed after the first shard"
 
     # The killed job's lock is left behind, and taken over: its process is gone.
-    rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(command, cwd=ROOT, env=LOCAL_RAY, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     predictions, coco, errors = read_outputs(output)
-    labeled = sorted(map(str, inputs["good"]))
+    labeled = sorted([*map(str, inputs["good"]), str(tmp_path / "held.png")])
     assert sorted(row["image_path"] for row in predictions) == labeled
     assert sorted(image["file_name"] for image in coco["images"]) == labeled
     assert len(errors) == len(inputs["bad"])
@@ -288,21 +307,12 @@ def test_one_job_per_output_and_resume_after_kill(inputs: dict, tmp_path: Path) 
 
 def test_ctrl_c_keeps_finished_images_and_says_how_to_resume(inputs: dict, tmp_path: Path) -> None:
     output, gate = tmp_path / "labels", tmp_path / "gate"
-    command = gated_command(inputs, output, gate, "--batch-size", "2")
-    command.remove("--no-progress")  # the progress bar tells the test when images are done
-    env = {**os.environ, "RAY_ADDRESS": "local"}
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        preexec_fn=default_sigint,  # a pytest started in the background (`make test &`) ignores SIGINT
-    )
+    # The progress bar tells the test when images are done; a pytest started in the background
+    # (`make test &`) ignores SIGINT, and its children would too.
+    process, command = start_gated_job(inputs, tmp_path, "--batch-size", "2", "--progress", preexec_fn=default_sigint)
     try:
         seen = b""
-        # A few images done, none written yet (shard size 256); the gate keeps the job from finishing.
+        # A few images done, none written yet (shard size 256); the held image keeps the job from finishing.
         while not re.search(rb"labeled=([4-9]|\d\d)", seen):
             chunk = process.stderr.read1(4096)
             assert chunk, f"the job ended before labeling 4 images: {seen[-2000:]!r}"
@@ -320,21 +330,18 @@ def test_ctrl_c_keeps_finished_images_and_says_how_to_resume(inputs: dict, tmp_p
     saved = pq.read_table(output / "predictions").num_rows
     assert saved >= 4, "every image counted before Ctrl-C was written"
 
-    rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(command, cwd=ROOT, env=LOCAL_RAY, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     predictions, _, _ = read_outputs(output)
-    assert sorted(row["image_path"] for row in predictions) == sorted(map(str, inputs["good"]))
+    labeled = sorted([*map(str, inputs["good"]), str(tmp_path / "held.png")])
+    assert sorted(row["image_path"] for row in predictions) == labeled
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["counts"]["skipped"] == saved
 
 
 def test_sigterm_as_from_ray_job_stop_is_recorded_as_stopped(inputs: dict, tmp_path: Path) -> None:
     output, gate = tmp_path / "labels", tmp_path / "gate"
-    command = gated_command(inputs, output, gate, "--shard-size", "1", "--batch-size", "1")
-    env = {**os.environ, "RAY_ADDRESS": "local"}
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
+    process, command = start_gated_job(inputs, tmp_path, "--shard-size", "1", "--batch-size", "1")
     try:
         wait_for_first_shard(process, output)
         process.send_signal(signal.SIGTERM)  # what `ray job stop` sends the job's driver
@@ -401,9 +408,9 @@ def test_reduced_precision_on_cpu_workers_is_refused_before_labeling(local_ray, 
 
 def test_rerun_of_a_finished_run_labels_nothing_new(inputs: dict, tmp_path: Path) -> None:
     output = tmp_path / "labels"
-    env = {**os.environ, "RAY_ADDRESS": "local"}
+    env = LOCAL_RAY
     command = [sys.executable, *label_command(inputs, output, "--limit", "5")[1:]]
-    first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    first = subprocess.run(command, cwd=ROOT, env=LOCAL_RAY, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     run = RunOutput(output)
     assert run.read_predictions().num_rows + run.read_errors().num_rows == 5
@@ -459,12 +466,11 @@ def test_dead_worker_is_replaced_and_its_batch_retried(local_ray, inputs: dict, 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_job_in_bf16_labels_like_the_cpu_job(inputs: dict, tmp_path: Path) -> None:
-    env = {**os.environ, "RAY_ADDRESS": "local"}
     label_maps = {}
     runs = {"cpu": ("--gpus-per-worker", "0"), "gpu": ("--gpus-per-worker", "1", "--dtype", "bf16")}
     for name, extra in runs.items():
         command = [sys.executable, *label_command(inputs, tmp_path / name, *extra)[1:]]
-        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        result = subprocess.run(command, cwd=ROOT, env=LOCAL_RAY, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         manifest = json.loads((tmp_path / name / "manifest.json").read_text())
         assert manifest["resources"]["device"] == ("cuda" if name == "gpu" else "cpu")

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 import ray
+from ray._private.authentication.authentication_utils import is_token_auth_enabled  # Ray's own rule (env, token file)
 
 from san.errors import UserError
 
@@ -47,6 +48,24 @@ def init_ray() -> None:
     context.print_on_execution_start = False
     # Actors that can never start (e.g. resources no node has) fail the job instead of hanging it.
     context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
+
+
+def actors_never_started(error: BaseException) -> ResourceError | None:
+    """The error to show instead of ``error`` when Ray cancelled the job's actors before they started because
+    this driver uses token authentication and the cluster it joined does not (measured with Ray 2.60: it
+    says only ``ActorDiedError ... cancelled before it started running``); ``None`` for any other error."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, ray.exceptions.ActorDiedError):
+        cause = cause.__cause__
+    if cause is None or "cancelled before it started running" not in str(cause) or not is_token_auth_enabled():
+        return None
+    address = ray.get_runtime_context().gcs_address
+    return ResourceError(
+        f"the job's Ray actors were cancelled before they started: this process uses token authentication "
+        f"(RAY_AUTH_MODE=token) and the cluster at {address} does not. "
+        "Export RAY_AUTH_MODE=disabled, the setting the cluster was started with, and rerun; or restart the "
+        "cluster with RAY_AUTH_MODE=token (README: On a Ray cluster)"
+    )
 
 
 def plan_resources(
