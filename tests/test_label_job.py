@@ -167,11 +167,13 @@ def label_command(inputs: dict, output: Path, *extra: str, source: Path | None =
     ]
 
 
-def start_gated_job(inputs: dict, tmp_path: Path, *extra: str, **popen: Any) -> tuple[subprocess.Popen, list[str]]:
+def start_gated_job(
+    inputs: dict, tmp_path: Path, *extra: str, progress: bool = False, **popen: Any
+) -> tuple[subprocess.Popen, list[str]]:
     """The job on every fixture input and, last, ``tmp_path / "held.png"``, writing to ``tmp_path / "labels"``
     through ``tests/gated_label_job.py``: it labels the others but cannot finish while ``tmp_path / "gate"``
     (created here) exists. Started in its own process group, stderr piped; returns the process and its
-    command (a rerun without the gate labels the rest)."""
+    command (a rerun without the gate labels the rest). ``progress``: show the progress bar on stderr."""
     held, gate = tmp_path / "held.png", tmp_path / "gate"
     Image.fromarray(read_image_file(inputs["good"][0])).save(held)
     gate.touch()
@@ -180,6 +182,8 @@ def start_gated_job(inputs: dict, tmp_path: Path, *extra: str, **popen: Any) -> 
     listing.write_text("".join(f"{path}\n" for path in [*inputs["good"], *bad, held]))
     script = ROOT / "tests" / "gated_label_job.py"
     job = label_command(inputs, tmp_path / "labels", *extra, source=listing)[2:]
+    if progress:
+        job.remove("--no-progress")
     command = [sys.executable, str(script), str(held), str(gate), *job]
     pipes = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
     process = subprocess.Popen(command, cwd=ROOT, env=LOCAL_RAY, start_new_session=True, **pipes, **popen)
@@ -309,7 +313,7 @@ def test_ctrl_c_keeps_finished_images_and_says_how_to_resume(inputs: dict, tmp_p
     output, gate = tmp_path / "labels", tmp_path / "gate"
     # The progress bar tells the test when images are done; a pytest started in the background
     # (`make test &`) ignores SIGINT, and its children would too.
-    process, command = start_gated_job(inputs, tmp_path, "--batch-size", "2", "--progress", preexec_fn=default_sigint)
+    process, command = start_gated_job(inputs, tmp_path, "--batch-size", "2", progress=True, preexec_fn=default_sigint)
     try:
         seen = b""
         # A few images done, none written yet (shard size 256); the held image keeps the job from finishing.
