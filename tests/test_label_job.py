@@ -275,9 +275,10 @@ def test_a_job_whose_ray_authentication_differs_from_the_cluster_says_what_to_ex
     command = [sys.executable, *label_command(inputs, tmp_path / "labels", "--limit", "2")[1:]]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 2, result.stderr[-3000:]
-    assert "error: the job's Ray actors were cancelled before they started: this process uses token " in result.stderr
+    assert "error: Ray cancels this job's actors before they start: this process uses token " in result.stderr
     assert "Export RAY_AUTH_MODE=disabled, the setting the cluster was started with" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "labels").exists(), "the output folder the job created is removed again"
 
 
 def test_one_job_per_output_and_resume_after_kill(inputs: dict, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from .decode import DecodeStage, expand_containers
 from .images import DEFAULT_MAX_PIXELS
 from .inputs import Container, InputItem, image_id, resolve_inputs
 from .predict import SMOKE_MODEL, ModelSpec, PredictStage
-from .resources import ResourcePlan, actors_never_started, init_ray, plan_resources
+from .resources import ResourcePlan, init_ray, plan_resources
 from .smoke import write_smoke_images
 
 # Upper bound on the listed inputs' blocks (each costs some scheduling overhead).
@@ -244,9 +244,6 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary) -> 
         manifest["status"] = _STOPPED_STATUS.get(type(error), "failed")
         manifest["error"] = f"{type(error).__name__}: {error}"
         output.write_manifest(manifest)
-        explained = actors_never_started(error)
-        if explained:
-            raise explained from error
         raise
     manifest["status"] = "complete"
     manifest["counts"] = {

@@ -39,9 +39,14 @@ ACTOR_START_TIMEOUT_S = 900
 
 def init_ray() -> None:
     """Join the cluster of a ``ray job submit`` (or ``RAY_ADDRESS``, or one ``ray start`` left running on
-    this machine), else start a local Ray."""
+    this machine), else start a local Ray.
+
+    Raises:
+        ResourceError: this process uses token authentication and the cluster does not.
+    """
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level=logging.WARNING)
+        _check_actors_start()
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the job shows its own bar with counts and ETA
@@ -50,22 +55,35 @@ def init_ray() -> None:
     context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
 
 
-def actors_never_started(error: BaseException) -> ResourceError | None:
-    """The error to show instead of ``error`` when Ray cancelled the job's actors before they started because
-    this driver uses token authentication and the cluster it joined does not (measured with Ray 2.60: it
-    says only ``ActorDiedError ... cancelled before it started running``); ``None`` for any other error."""
-    cause: BaseException | None = error
-    while cause is not None and not isinstance(cause, ray.exceptions.ActorDiedError):
-        cause = cause.__cause__
-    if cause is None or "cancelled before it started running" not in str(cause) or not is_token_auth_enabled():
-        return None
-    address = ray.get_runtime_context().gcs_address
-    return ResourceError(
-        f"the job's Ray actors were cancelled before they started: this process uses token authentication "
-        f"(RAY_AUTH_MODE=token) and the cluster at {address} does not. "
-        "Export RAY_AUTH_MODE=disabled, the setting the cluster was started with, and rerun; or restart the "
-        "cluster with RAY_AUTH_MODE=token (README: On a Ray cluster)"
-    )
+@ray.remote(num_cpus=0)
+class _Probe:
+    """An actor that does nothing: whether actors can start at all."""
+
+    def ready(self) -> bool:
+        return True
+
+
+def _check_actors_start() -> None:
+    """Refuse, saying what to export, a driver with token authentication on a cluster without it: Ray 2.60
+    connects it, then cancels every actor before it starts and says only ``ActorDiedError ... cancelled
+    before it started running`` (measured). Drivers without tokens are not checked: on a cluster with
+    tokens they cannot connect at all."""
+    if not is_token_auth_enabled():
+        return
+    probe = _Probe.remote()
+    try:
+        ray.get(probe.ready.remote(), timeout=ACTOR_START_TIMEOUT_S)
+    except ray.exceptions.ActorDiedError as error:
+        if "cancelled before it started running" not in str(error):
+            raise
+        raise ResourceError(
+            "Ray cancels this job's actors before they start: this process uses token authentication "
+            f"(RAY_AUTH_MODE=token) and the cluster at {ray.get_runtime_context().gcs_address} does not. "
+            "Export RAY_AUTH_MODE=disabled, the setting the cluster was started with, and rerun; or restart the "
+            "cluster with RAY_AUTH_MODE=token (README: On a Ray cluster)"
+        ) from None
+    finally:
+        ray.kill(probe)
 
 
 def plan_resources(
