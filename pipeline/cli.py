@@ -1,16 +1,20 @@
 """What every job script shares: its parser's layout (``--help`` shows the script's docstring), and
 its ending: run ``main``, and turn a :class:`san.errors.UserError` (fixed by changing the command or
-the input) into one line on stderr with exit status 2, and Ctrl-C into one line with exit status 130.
+the input) into one line on stderr with exit status 2, and Ctrl-C (SIGTERM) into one line with exit status
+130 (143).
 Any other exception is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from san.errors import UserError, WeightsUnavailableError
+
+from .stopping import StopRequested
 
 
 def job_parser(script: str, doc: str) -> argparse.ArgumentParser:
@@ -48,7 +52,8 @@ def run_job(
     resume_hint: str = "",
 ) -> None:
     """Parse the arguments and run ``main``; a :class:`UserError` exits with status 2 after one line,
-    Ctrl-C with 130 after printing ``resume_hint`` (how to continue)."""
+    Ctrl-C with 130 and SIGTERM (:class:`~pipeline.stopping.StopRequested`) with 143 after printing
+    ``resume_hint`` (how to continue)."""
     arguments = parse_args()
     try:
         main(arguments)
@@ -61,3 +66,6 @@ def run_job(
     except KeyboardInterrupt:
         print(f"\ninterrupted{'; ' + resume_hint if resume_hint else ''}", file=sys.stderr)
         sys.exit(130)
+    except StopRequested as stop:
+        print(f"\n{stop}{'; ' + resume_hint if resume_hint else ''}", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)

@@ -12,6 +12,7 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -68,16 +69,24 @@ class RunOutput:
         self.predictions_dir = self.root / "predictions"
         self.errors_dir = self.root / "errors"
 
-    def create(self) -> None:
-        """Create the output folder, or raise ``ValueError`` saying why it cannot be one."""
+    def create(self) -> bool:
+        """Create the output folder (returns whether it did), or raise :class:`OptionError` saying why it
+        cannot be one."""
         if self.root.exists() and not self.root.is_dir():
             raise OptionError(f"`output` {str(self.root)!r} is a file, not a folder")
+        existed = self.root.is_dir()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise OptionError(f"cannot create the `output` folder {str(self.root)!r}: {error.strerror}") from error
         if not os.access(self.root, os.W_OK):
             raise OptionError(f"the `output` folder {str(self.root)!r} is not writable")
+        return not existed
+
+    def remove_if_empty(self) -> None:
+        """Remove the output folder when nothing was written into it (a run that failed before starting)."""
+        with contextlib.suppress(OSError):  # not empty (or gone): kept as it is
+            self.root.rmdir()
 
     def check_compatible(self, identity: dict[str, Any]) -> None:
         """Refuse to resume a run made with another vocabulary or model (its labels would mix)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,16 +122,21 @@ class Vocabulary:
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def parse_vocabulary(text: str, source: str = "<string>") -> Vocabulary:
+def parse_vocabulary(
+    text: str, source: str = "<string>", check_term: Callable[[str], str | None] | None = None
+) -> Vocabulary:
     """Parse vocabulary text (format: ``docs/labeling.md``).
 
     Args:
         text: the decoded file content.
         source: name used in error messages (usually the file path).
+        check_term: a further check of each name and synonym: the problem, or ``None`` when it is fine
+            (the labeling job refuses names whose prompts CLIP would cut).
 
     Raises:
         VocabularyError: ``"{source}:{line}: {problem}"`` for an empty name or synonym, a second ``:``,
-            a case-insensitive duplicate (both lines named), or ``"{source}: no classes ..."``.
+            a case-insensitive duplicate (both lines named), a problem ``check_term`` finds, or
+            ``"{source}: no classes ..."``.
     """
     if text.startswith("\ufeff"):
         text = text[1:]
@@ -155,6 +160,9 @@ def parse_vocabulary(text: str, source: str = "<string>") -> Vocabulary:
             syns = tuple(_normalise(s) for s in rest.split(","))
             if not all(syns):
                 raise VocabularyError(f"{source}:{line_no}: empty synonym in {content!r}")
+        for term in (name, *syns) if check_term else ():
+            if problem := check_term(term):
+                raise VocabularyError(f"{source}:{line_no}: {problem}")
         names.append(name)
         synonyms.append(syns)
         entries.extend((term, line_no) for term in (name, *syns))
@@ -164,8 +172,8 @@ def parse_vocabulary(text: str, source: str = "<string>") -> Vocabulary:
     return Vocabulary(names=tuple(names), synonyms=tuple(synonyms))
 
 
-def load_vocabulary(path: str | os.PathLike[str]) -> Vocabulary:
-    """Read and parse a UTF-8 vocabulary file.
+def load_vocabulary(path: str | os.PathLike[str], check_term: Callable[[str], str | None] | None = None) -> Vocabulary:
+    """Read and parse a UTF-8 vocabulary file (``check_term``: see :func:`parse_vocabulary`).
 
     Raises:
         VocabularyError: the path does not exist or cannot be read (directory, permissions), holds bytes that are not
@@ -179,4 +187,4 @@ def load_vocabulary(path: str | os.PathLike[str]) -> Vocabulary:
         raise VocabularyError(f"vocabulary file not found: {source}") from None
     except OSError as exc:
         raise VocabularyError(f"{source}: cannot read vocabulary file: {exc.strerror or exc}") from exc
-    return parse_vocabulary(decode_utf8(data, str(source), VocabularyError), source)
+    return parse_vocabulary(decode_utf8(data, str(source), VocabularyError), source, check_term)

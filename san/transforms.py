@@ -10,13 +10,16 @@ from PIL import Image
 
 def shortest_edge_size(height: int, width: int, short_side: int, max_size: int) -> tuple[int, int]:
     """Output ``(height, width)`` scaling the short side to ``short_side`` while the long side stays
-    within ``max_size`` (detectron2 ``ResizeShortestEdge.get_output_shape``, rounding half up)."""
+    within ``max_size`` (detectron2 ``ResizeShortestEdge.get_output_shape``, rounding half up).
+
+    Each side is at least 1 pixel: a strip such as 12000x2 (short side 640, long side 2560) would round
+    its short side to 0, which detectron2 leaves to fail; here it becomes 1 x 2560."""
     scale = short_side / min(height, width)
     new_h, new_w = height * scale, width * scale
     if max(new_h, new_w) > max_size:
         rescale = max_size / max(new_h, new_w)
         new_h, new_w = new_h * rescale, new_w * rescale
-    return int(new_h + 0.5), int(new_w + 0.5)
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
 def resize_shortest_edge(

@@ -3,9 +3,7 @@ from scikit-image, and the bad inputs a real folder contains."""
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -76,19 +74,3 @@ def write_bad_inputs(folder: Path) -> dict[str, str]:
         "folder_named.jpg": "is a directory",
         "notes.txt": "not an image file",
     }
-
-
-def write_blocking_image(path: Path) -> Path:
-    """A named pipe with an image's name: a job that reads it waits until :func:`unblock_image`, so the job
-    cannot finish before the test has acted (a test-side stand-in for a file on a stalled network share)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.mkfifo(path)
-    return path
-
-
-def unblock_image(path: Path) -> None:
-    """Let a reader still waiting on the pipe at ``path`` go (it reads nothing), then make ``path`` a real image."""
-    with contextlib.suppress(OSError):  # ENXIO: nobody is waiting on the pipe
-        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
-    path.unlink()
-    Image.fromarray(_pattern(np.random.default_rng(2), 64, 80)).save(path, format="PNG")

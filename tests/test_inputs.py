@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import tarfile
 from pathlib import Path
@@ -15,7 +16,6 @@ from PIL import Image
 
 from pipeline.label.containers import expand_container
 from pipeline.label.inputs import (
-    BROKEN_LINK,
     Container,
     InputError,
     InputItem,
@@ -24,6 +24,7 @@ from pipeline.label.inputs import (
     read_bytes,
     resolve_inputs,
 )
+from pipeline.label.local_files import BROKEN_LINK, LINK_LOOP
 
 
 def _encode(fmt: str = "PNG", seed: int = 0, size: tuple[int, int] = (6, 4)) -> bytes:
@@ -199,6 +200,69 @@ def test_broken_symbolic_link_is_an_error_item(tree: Path, tmp_path: Path) -> No
     listing = tmp_path / "list.txt"
     listing.write_text("images/gone.jpg\n")
     assert _errors(resolve_inputs(str(listing))) == {str(tree / "gone.jpg"): BROKEN_LINK}
+
+
+IMAGES = ["C.JPEG", "a.jpg", "b.png", "sub/c.webp", "sub/deep/d.png"]
+
+
+def _labelable(resolved: ResolvedInputs) -> list[str]:
+    return [item.image_path for item in resolved.items if item.error is None]
+
+
+@pytest.mark.timeout(60)
+def test_a_folder_link_loop_lists_each_image_once_and_is_reported(tree: Path) -> None:
+    (tree / "sub" / "deep" / "up").symlink_to("..")
+    (tree / "sub" / "up").symlink_to("..")  # two links to the same folder, each leading back
+    (tree / "sub" / "again").symlink_to("..")
+    resolved = resolve_inputs(str(tree))
+    assert _labelable(resolved) == [str(tree / rel) for rel in IMAGES]
+    errors = _errors(resolved)
+    for link, target in [("sub/deep/up", tree / "sub"), ("sub/up", tree), ("sub/again", tree)]:
+        assert errors[str(tree / link)] == f"symbolic link loop: leads back to {target} (not followed)"
+    assert _labelable(resolve_inputs(f"{tree}/**/*.png")) == [str(tree / "b.png"), str(tree / "sub/deep/d.png")]
+
+
+def test_a_link_to_a_folder_already_listed_lists_its_images_under_the_real_path(tree: Path, tmp_path: Path) -> None:
+    (tree / "a_link").symlink_to(tree / "sub")  # sorts before "sub": the real path still wins
+    outside = tmp_path / "outside"
+    _image(outside / "o.png")
+    (tree / "out1").symlink_to(outside)
+    (tree / "out2").symlink_to(outside)
+    resolved = resolve_inputs(str(tree))
+    assert _labelable(resolved) == sorted(str(tree / rel) for rel in [*IMAGES, "out1/o.png"])
+    errors = _errors(resolved)
+    assert errors[str(tree / "a_link")] == (
+        f"link to a folder already listed as {tree / 'sub'} (not followed: each image is listed once)"
+    )
+    assert errors[str(tree / "out2")].startswith(f"link to a folder already listed as {tree / 'out1'} ")
+
+
+def test_a_file_link_loop_is_reported_as_a_loop(tree: Path, tmp_path: Path) -> None:
+    (tree / "loop1.jpg").symlink_to(tree / "loop2.jpg")
+    (tree / "loop2.jpg").symlink_to(tree / "loop1.jpg")
+    (tree / "self.png").symlink_to(tree / "self.png")
+    errors = _errors(resolve_inputs(str(tree)))
+    assert errors[str(tree / "loop1.jpg")] == errors[str(tree / "self.png")] == LINK_LOOP
+    assert LINK_LOOP == "symbolic link loop (the link leads back to itself)"
+    listing = tmp_path / "list.txt"
+    listing.write_text("images/loop1.jpg\n")
+    assert _errors(resolve_inputs(str(listing))) == {str(tree / "loop1.jpg"): LINK_LOOP}
+
+
+@pytest.mark.timeout(60)  # opening a named pipe nobody writes to waits forever
+def test_a_named_pipe_is_never_opened_and_is_an_error_item(tree: Path, tmp_path: Path) -> None:
+    os.mkfifo(tree / "pipe.jpg")
+    os.mkfifo(tree / "sub" / "pipe")
+    errors = _errors(resolve_inputs(str(tree)))
+    reason = "not a regular file (named pipe)"
+    assert errors[str(tree / "pipe.jpg")] == errors[str(tree / "sub" / "pipe")] == reason
+    assert _errors(resolve_inputs(str(tree / "pipe.jpg"))) == {str(tree / "pipe.jpg"): reason}
+    assert _errors(resolve_inputs(f"{tree}/*.jpg"))[str(tree / "pipe.jpg")] == reason
+    listing = tmp_path / "list.txt"
+    listing.write_text("images/pipe.jpg\n")
+    assert _errors(resolve_inputs(str(listing))) == {str(tree / "pipe.jpg"): reason}
+    with pytest.raises(OSError, match=re.escape(reason)):
+        read_bytes(str(tree / "pipe.jpg"))  # a path that became a pipe after it was listed
 
 
 def test_broken_symbolic_link_in_a_parquet_folder(tmp_path: Path) -> None:

@@ -17,13 +17,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from label_inputs import VOCABULARY, unblock_image, write_bad_inputs, write_blocking_image, write_good_images
+from label_inputs import VOCABULARY, write_bad_inputs, write_good_images
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -34,6 +35,7 @@ from pipeline.label.images import read_image_file
 from pipeline.label.inputs import image_id
 from pipeline.label.job import LabelOptions, run_label_job
 from pipeline.label.predict import PredictStage
+from pipeline.output_lock import LOCK_NAME
 from pipeline.outputs import RunOutput
 from pipeline.segments import decode_label_map_png
 from pipeline.vocabulary import parse_vocabulary
@@ -41,6 +43,8 @@ from san.errors import OptionError
 from san.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
+# The jobs that these tests start as processes start their own local Ray.
+LOCAL_RAY = {**os.environ, "RAY_ADDRESS": "local"}
 pytestmark = pytest.mark.slow
 
 
@@ -107,7 +111,7 @@ def ray_cluster():
             assert head.poll() is None, "ray start --head exited"
             assert time.time() < deadline, f"the cluster accepted no job within 300 s: {probe.stderr[-2000:]}"
             time.sleep(2)
-        yield {**env, "DASHBOARD": dashboard}
+        yield {**env, "DASHBOARD": dashboard, "GCS": f"127.0.0.1:{gcs_port}"}
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
@@ -163,14 +167,35 @@ def label_command(inputs: dict, output: Path, *extra: str, source: Path | None =
     ]
 
 
-def blocked_inputs(inputs: dict, folder: Path) -> tuple[Path, Path]:
-    """A list file naming every fixture input and, last, a pipe that blocks its reader: a job on it labels the
-    others but cannot finish until the test calls ``unblock_image`` on the returned pipe."""
-    blocked = write_blocking_image(folder / "blocked.png")
+def start_gated_job(
+    inputs: dict, tmp_path: Path, *extra: str, progress: bool = False, **popen: Any
+) -> tuple[subprocess.Popen, list[str]]:
+    """The job on every fixture input and, last, ``tmp_path / "held.png"``, writing to ``tmp_path / "labels"``
+    through ``tests/gated_label_job.py``: it labels the others but cannot finish while ``tmp_path / "gate"``
+    (created here) exists. Started in its own process group, stderr piped; returns the process and its
+    command (a rerun without the gate labels the rest). ``progress``: show the progress bar on stderr."""
+    held, gate = tmp_path / "held.png", tmp_path / "gate"
+    Image.fromarray(read_image_file(inputs["good"][0])).save(held)
+    gate.touch()
+    listing = tmp_path / "inputs.txt"
     bad = (inputs["folder"] / "bad" / name for name in inputs["bad"])
-    listing = folder / "inputs.txt"
-    listing.write_text("".join(f"{path}\n" for path in [*inputs["good"], *bad, blocked]))
-    return listing, blocked
+    listing.write_text("".join(f"{path}\n" for path in [*inputs["good"], *bad, held]))
+    script = ROOT / "tests" / "gated_label_job.py"
+    job = label_command(inputs, tmp_path / "labels", *extra, source=listing)[2:]
+    if progress:
+        job.remove("--no-progress")
+    command = [sys.executable, str(script), str(held), str(gate), *job]
+    pipes = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
+    process = subprocess.Popen(command, cwd=ROOT, env=LOCAL_RAY, start_new_session=True, **pipes, **popen)
+    return process, command
+
+
+def wait_for_first_shard(process: subprocess.Popen, output: Path) -> None:
+    deadline = time.time() + 300
+    while not list((output / "predictions").glob("part-*.parquet")):
+        assert process.poll() is None, f"the job ended before its first shard: {process.stderr.read()[-3000:]!r}"
+        assert time.time() < deadline, "no shard written within 300 s"
+        time.sleep(0.05)
 
 
 def default_sigint() -> None:
@@ -242,58 +267,57 @@ def test_ray_job_submit_end_to_end(ray_cluster: dict, inputs: dict, tmp_path: Pa
     assert manifest["counts"]["labeled"] == len(good) and manifest["counts"]["failed"] == len(inputs["bad"])
 
 
-def test_resume_after_kill(inputs: dict, tmp_path: Path) -> None:
-    listing, blocked = blocked_inputs(inputs, tmp_path)
-    output = tmp_path / "labels"
-    extra = ("--shard-size", "1", "--batch-size", "1")
-    command = [sys.executable, *label_command(inputs, output, *extra, source=listing)[1:]]
-    env = {**os.environ, "RAY_ADDRESS": "local"}
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
+def test_a_job_whose_ray_authentication_differs_from_the_cluster_says_what_to_export(
+    ray_cluster: dict, inputs: dict, tmp_path: Path
+) -> None:
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0123456789abcdef" * 4}  # the cluster's is "disabled"
+    env = {**ray_cluster, **token, "RAY_ADDRESS": ray_cluster["GCS"]}
+    command = [sys.executable, *label_command(inputs, tmp_path / "labels", "--limit", "2")[1:]]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "error: Ray cancels this job's actors before they start: this process uses token " in result.stderr
+    assert "Export RAY_AUTH_MODE=disabled, the setting the cluster was started with" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "labels").exists(), "the output folder the job created is removed again"
+
+
+def test_one_job_per_output_and_resume_after_kill(inputs: dict, tmp_path: Path) -> None:
+    output, gate = tmp_path / "labels", tmp_path / "gate"
+    process, command = start_gated_job(inputs, tmp_path, "--shard-size", "1", "--batch-size", "1")
     try:
-        deadline = time.time() + 300  # the job cannot finish (the blocked input): wait for its first shard
-        while not list((output / "predictions").glob("part-*.parquet")):
-            assert process.poll() is None, f"the job ended before its first shard: {process.stderr.read()[-3000:]!r}"
-            assert time.time() < deadline, "no shard written within 300 s"
-            time.sleep(0.05)
+        wait_for_first_shard(process, output)  # the job cannot finish (the held image): it holds the output
+        second = subprocess.run(command, cwd=ROOT, env=LOCAL_RAY, capture_output=True, text=True, timeout=600)
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert f"error: {output} is being written by another labeling job (PID {process.pid} on host " in second.stderr
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     finally:
         stop(process)
-        unblock_image(blocked)  # a real image now: the rerun labels it
+        gate.unlink()
     partial = pq.read_table(output / "predictions").num_rows
     assert partial > 0, "the kill landed after the first shard"
 
-    rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    # The killed job's lock is left behind, and taken over: its process is gone.
+    rerun = subprocess.run(command, cwd=ROOT, env=LOCAL_RAY, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     predictions, coco, errors = read_outputs(output)
-    labeled = sorted([*map(str, inputs["good"]), str(blocked)])
+    labeled = sorted([*map(str, inputs["good"]), str(tmp_path / "held.png")])
     assert sorted(row["image_path"] for row in predictions) == labeled
     assert sorted(image["file_name"] for image in coco["images"]) == labeled
     assert len(errors) == len(inputs["bad"])
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["counts"]["skipped"] >= partial
+    assert not (output / LOCK_NAME).exists(), "the lock is released when the job ends"
 
 
 def test_ctrl_c_keeps_finished_images_and_says_how_to_resume(inputs: dict, tmp_path: Path) -> None:
-    listing, blocked = blocked_inputs(inputs, tmp_path)
-    output = tmp_path / "labels"
-    command = [sys.executable, *label_command(inputs, output, "--batch-size", "2", source=listing)[1:]]
-    command.remove("--no-progress")  # the progress bar tells the test when images are done
-    env = {**os.environ, "RAY_ADDRESS": "local"}
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        preexec_fn=default_sigint,  # a pytest started in the background (`make test &`) ignores SIGINT
-    )
+    output, gate = tmp_path / "labels", tmp_path / "gate"
+    # The progress bar tells the test when images are done; a pytest started in the background
+    # (`make test &`) ignores SIGINT, and its children would too.
+    process, command = start_gated_job(inputs, tmp_path, "--batch-size", "2", progress=True, preexec_fn=default_sigint)
     try:
         seen = b""
-        # A few images done, none written yet (shard size 256); the blocked input keeps the job from finishing.
+        # A few images done, none written yet (shard size 256); the held image keeps the job from finishing.
         while not re.search(rb"labeled=([4-9]|\d\d)", seen):
             chunk = process.stderr.read1(4096)
             assert chunk, f"the job ended before labeling 4 images: {seen[-2000:]!r}"
@@ -303,7 +327,7 @@ def test_ctrl_c_keeps_finished_images_and_says_how_to_resume(inputs: dict, tmp_p
         assert process.wait(timeout=120) == 130, stderr[-3000:]
     finally:
         stop(process)
-        unblock_image(blocked)  # a real image now: the rerun labels it
+        gate.unlink()
     assert "interrupted; the images labeled so far are saved: rerun the same command" in stderr
     assert "Traceback" not in stderr
     manifest = json.loads((output / "manifest.json").read_text())
@@ -311,12 +335,31 @@ def test_ctrl_c_keeps_finished_images_and_says_how_to_resume(inputs: dict, tmp_p
     saved = pq.read_table(output / "predictions").num_rows
     assert saved >= 4, "every image counted before Ctrl-C was written"
 
-    rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(command, cwd=ROOT, env=LOCAL_RAY, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     predictions, _, _ = read_outputs(output)
-    assert sorted(row["image_path"] for row in predictions) == sorted([*map(str, inputs["good"]), str(blocked)])
+    labeled = sorted([*map(str, inputs["good"]), str(tmp_path / "held.png")])
+    assert sorted(row["image_path"] for row in predictions) == labeled
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["counts"]["skipped"] == saved
+
+
+def test_sigterm_as_from_ray_job_stop_is_recorded_as_stopped(inputs: dict, tmp_path: Path) -> None:
+    output, gate = tmp_path / "labels", tmp_path / "gate"
+    process, command = start_gated_job(inputs, tmp_path, "--shard-size", "1", "--batch-size", "1")
+    try:
+        wait_for_first_shard(process, output)
+        process.send_signal(signal.SIGTERM)  # what `ray job stop` sends the job's driver
+        assert process.wait(timeout=120) == 143
+        stderr = process.stderr.read().decode(errors="replace")
+    finally:
+        stop(process)
+        gate.unlink()
+    assert "stopped by SIGTERM (e.g. ray job stop); the images labeled so far are saved" in stderr, stderr[-3000:]
+    assert "Traceback" not in stderr
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["status"] == "stopped" and manifest["error"].startswith("StopRequested: stopped by SIGTERM")
+    assert not (output / LOCK_NAME).exists()
 
 
 def test_failed_inputs_are_retried_and_repeated_paths_reported(
@@ -370,9 +413,9 @@ def test_reduced_precision_on_cpu_workers_is_refused_before_labeling(local_ray, 
 
 def test_rerun_of_a_finished_run_labels_nothing_new(inputs: dict, tmp_path: Path) -> None:
     output = tmp_path / "labels"
-    env = {**os.environ, "RAY_ADDRESS": "local"}
+    env = LOCAL_RAY
     command = [sys.executable, *label_command(inputs, output, "--limit", "5")[1:]]
-    first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    first = subprocess.run(command, cwd=ROOT, env=LOCAL_RAY, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     run = RunOutput(output)
     assert run.read_predictions().num_rows + run.read_errors().num_rows == 5
@@ -428,12 +471,11 @@ def test_dead_worker_is_replaced_and_its_batch_retried(local_ray, inputs: dict, 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_job_in_bf16_labels_like_the_cpu_job(inputs: dict, tmp_path: Path) -> None:
-    env = {**os.environ, "RAY_ADDRESS": "local"}
     label_maps = {}
     runs = {"cpu": ("--gpus-per-worker", "0"), "gpu": ("--gpus-per-worker", "1", "--dtype", "bf16")}
     for name, extra in runs.items():
         command = [sys.executable, *label_command(inputs, tmp_path / name, *extra)[1:]]
-        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        result = subprocess.run(command, cwd=ROOT, env=LOCAL_RAY, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         manifest = json.loads((tmp_path / name / "manifest.json").read_text())
         assert manifest["resources"]["device"] == ("cuda" if name == "gpu" else "cpu")

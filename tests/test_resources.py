@@ -51,7 +51,6 @@ def test_smoke_test_stays_on_cpu(cluster) -> None:
         ({"CPU": 8, "GPU": 1}, None, 2.0, "more than the cluster's 1 GPUs"),
         ({"CPU": 2}, (2, 2), 0.0, "fits 1"),
         ({"CPU": 8, "GPU": 2}, (3, 4), 1.0, "fits 2"),
-        ({"CPU": 8}, (3, 1), 0.0, "MIN-MAX"),
         ({"CPU": 0}, None, 0.0, "at least 1"),
         ({"CPU": 4}, None, -1.0, ">= 0"),
     ],

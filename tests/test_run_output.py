@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import flag
-from pipeline.label.job import LabelOptions
+from pipeline.label.inputs import InputError
+from pipeline.label.job import LabelOptions, run_label_job
 from pipeline.outputs import RunOutput
 from pipeline.vocabulary import parse_vocabulary
 from san.errors import OptionError
@@ -33,6 +34,8 @@ def options(tmp_path: Path, **overrides) -> LabelOptions:
         ({"limit": -1}, "--limit must be 0 or more, got -1"),
         ({"dtype": "int8"}, "--dtype must be one of"),
         ({"input": None}, "--input is required"),
+        ({"workers": (0, 0)}, r"--workers must be N or MIN-MAX with 1 <= MIN <= MAX, got 0-0"),
+        ({"workers": (3, 1)}, r"--workers must be N or MIN-MAX with 1 <= MIN <= MAX, got 3-1"),
     ],
 )
 def test_impossible_options_are_refused_naming_the_flag(tmp_path: Path, overrides: dict, message: str) -> None:
@@ -64,8 +67,20 @@ def test_output_that_cannot_be_created_is_refused(tmp_path: Path) -> None:
 
 
 def test_output_folder_is_created(tmp_path: Path) -> None:
-    RunOutput(tmp_path / "a" / "b").create()
+    assert RunOutput(tmp_path / "a" / "b").create()
     assert (tmp_path / "a" / "b").is_dir()
+    assert not RunOutput(tmp_path / "a" / "b").create(), "it existed"
+
+
+def test_a_run_that_fails_early_leaves_no_output_folder_it_created(tmp_path: Path) -> None:
+    (tmp_path / "vocab.txt").write_text("cat\n")
+    with pytest.raises(InputError, match="does not exist"):
+        run_label_job(options(tmp_path, input=str(tmp_path / "missing")))
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "empty").mkdir()  # a folder the user made is kept, empty or not
+    with pytest.raises(InputError, match="does not exist"):
+        run_label_job(options(tmp_path, input=str(tmp_path / "missing"), output=str(tmp_path / "empty")))
+    assert (tmp_path / "empty").is_dir() and not list((tmp_path / "empty").iterdir()), "and left as it was"
 
 
 def prediction(path: str) -> dict:

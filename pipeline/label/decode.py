@@ -43,23 +43,12 @@ class DecodeStage:
         images, heights, widths, errors = [], [], [], []
         datas = batch.get("data", [b""] * len(batch["image_path"]))
         for path, data, error in zip(batch["image_path"], datas, batch["error"], strict=True):
-            image = None
+            image, resized = None, _NO_IMAGE
             if not error:
-                try:
-                    raw = data if len(data) else read_bytes(path)
-                    image = decode_image(raw, max_pixels=self.max_pixels)
-                except ImageDecodeError as failure:
-                    error = failure.reason
-                except OSError as failure:
-                    error = f"cannot read file: {failure}"
-            if image is None:
-                images.append(_NO_IMAGE)
-                heights.append(0)
-                widths.append(0)
-            else:
-                heights.append(image.shape[0])
-                widths.append(image.shape[1])
-                images.append(self.resize(image))
+                image, resized, error = self._prepare(path, data)
+            images.append(resized)
+            heights.append(0 if image is None else image.shape[0])
+            widths.append(0 if image is None else image.shape[1])
             errors.append(error)
         return {
             "image_path": batch["image_path"],
@@ -68,3 +57,21 @@ class DecodeStage:
             "width": np.asarray(widths, dtype=np.int64),
             "error": np.asarray(errors, dtype=object),
         }
+
+    def _prepare(self, path: str, data: bytes) -> tuple[np.ndarray | None, np.ndarray, str]:
+        """``(decoded [H, W, 3], resized [h, w, 3], "")``, or ``(None, placeholder, reason)`` when this one
+        image fails in any way: one bad file becomes an error row and never stops the run."""
+        try:
+            raw = data if len(data) else read_bytes(path)
+            image = decode_image(raw, max_pixels=self.max_pixels)
+        except ImageDecodeError as failure:
+            return None, _NO_IMAGE, failure.reason
+        except OSError as failure:
+            return None, _NO_IMAGE, f"cannot read file: {failure}"
+        except Exception as failure:  # a decoder bug on a strange file: the reason is the exception
+            return None, _NO_IMAGE, f"cannot decode image: {type(failure).__name__}: {failure}"
+        try:
+            return image, self.resize(image), ""
+        except Exception as failure:  # any resize failure names the sizes, e.g. an image too thin to resize
+            size = f"{image.shape[0]}x{image.shape[1]}"
+            return None, _NO_IMAGE, f"cannot resize {size} image: {type(failure).__name__}: {failure}"

@@ -7,10 +7,8 @@ reads in Ray tasks. What each kind of spec means: ``docs/labeling.md``.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import hashlib
-import os
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,13 +20,14 @@ import pyarrow.parquet as pq
 from san.errors import UserError
 from san.text_files import decode_utf8
 
+from .local_files import missing_reason, not_regular_reason, walk_local
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
 )
 PATH_COLUMNS = ("image_path", "path", "file_name", "filepath", "filename")
 BYTES_COLUMNS = ("image_bytes", "image", "bytes", "content", "jpg", "png")
 LIST_SUFFIXES = (".txt", ".lst", ".list")
-BROKEN_LINK = "broken symbolic link (target missing)"
 
 # A folder to leave out of listings: (filesystem type name, normalised path).
 _Exclusion = tuple[str, str] | None
@@ -135,36 +134,33 @@ def _excluded(fs: pafs.FileSystem, path: str, exclusion: _Exclusion) -> bool:
     return path == exclusion[1] or path.startswith(exclusion[1].rstrip("/") + "/")
 
 
-def _walk(fs: pafs.FileSystem, root: str, exclusion: _Exclusion, allow_not_found: bool = False) -> list[pafs.FileInfo]:
-    """Everything under ``root`` (recursive), broken local links as ``NotFound`` entries, less the excluded
-    folder (unless ``root`` itself lies in it: then the user asked for it, as ``--smoke-test`` does)."""
+def _walk(
+    fs: pafs.FileSystem, root: str, exclusion: _Exclusion, allow_not_found: bool = False
+) -> tuple[list[pafs.FileInfo], dict[str, str]]:
+    """Everything under ``root`` (recursive) less the excluded folder (unless ``root`` itself lies in it: then
+    the user asked for it, as ``--smoke-test`` does), and the reasons of entries that cannot be listed.
+
+    Local folders: see :func:`~pipeline.label.local_files.walk_local` (links, loops, special files)."""
     if _excluded(fs, root, exclusion):
         exclusion = None
-    entries = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=allow_not_found))
-    entries += _broken_links(fs, root, entries)
-    return [e for e in entries if not _excluded(fs, e.path, exclusion)]
-
-
-def _broken_links(fs: pafs.FileSystem, root: str, entries: list[pafs.FileInfo]) -> list[pafs.FileInfo]:
-    """Local symbolic links whose target is missing, in ``root`` and its listed folders (pyarrow skips them)."""
     if not isinstance(fs, pafs.LocalFileSystem):
-        return []
-    broken = []
-    for folder in [root, *(e.path for e in entries if e.type == pafs.FileType.Directory)]:
-        with contextlib.suppress(OSError), os.scandir(folder) as scan:
-            broken += [
-                pafs.FileInfo(posixpath.join(folder, d.name), type=pafs.FileType.NotFound)
-                for d in scan
-                if d.is_symlink() and not os.path.exists(d.path)
-            ]
-    return broken
+        entries = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=allow_not_found))
+        return [e for e in entries if not _excluded(fs, e.path, exclusion)], {}
+    if allow_not_found and fs.get_file_info(root).type == pafs.FileType.NotFound:
+        return [], {}
+    entries, reasons = walk_local(root, lambda path: _excluded(fs, path, exclusion))
+    return [e for e in entries if not _excluded(fs, e.path, exclusion)], reasons
 
 
 def _missing_reason(fs: pafs.FileSystem, path: str, not_found: str = "file not found") -> str:
-    """Why a path that was named cannot be found: a broken local link, or ``not_found``."""
-    if isinstance(fs, pafs.LocalFileSystem) and os.path.islink(path):
-        return BROKEN_LINK
-    return not_found
+    """Why a path that was named cannot be found: for a local path, a broken link or a link loop too."""
+    return missing_reason(path, not_found) if isinstance(fs, pafs.LocalFileSystem) else not_found
+
+
+def _not_regular_reason(fs: pafs.FileSystem, path: str) -> str:
+    """Why an entry that is neither a file nor a folder is not read (for a local path, what it is)."""
+    local = not_regular_reason(path) if isinstance(fs, pafs.LocalFileSystem) else None
+    return local or "not a regular file"
 
 
 def _iter_entries(spec: str, exclusion: _Exclusion) -> Iterator[InputItem | Container]:
@@ -203,25 +199,31 @@ def _iter_directory(
     spec: str, fs: pafs.FileSystem, path: str, exclusion: _Exclusion
 ) -> Iterator[InputItem | Container]:
     """A folder's images (or its Parquet files / ``.tar`` shards when it holds nothing else), no hidden names."""
-    entries = _walk(fs, path, exclusion)
+    entries, reasons = _walk(fs, path, exclusion)
     entries = [e for e in entries if not any(p.startswith(".") for p in _relative_parts(e.path, path))]
     files = sorted(e.path for e in entries if e.type == pafs.FileType.File and not e.base_name.startswith("."))
     kind = next((k for k in ("parquet", "tar") if files and all(f.endswith(f".{k}") for f in files)), None)
     if kind is None:
-        yield from _classify(spec, fs, entries)
+        yield from _classify(spec, fs, entries, reasons)
         return
     yield from (Container(kind, display_name(spec, fs, f)) for f in files)
-    yield from _classify(spec, fs, [e for e in entries if e.type == pafs.FileType.NotFound])
+    yield from _classify(spec, fs, [e for e in entries if e.type == pafs.FileType.NotFound], reasons)
 
 
-def _classify(spec: str, fs: pafs.FileSystem, entries: list[pafs.FileInfo]) -> Iterator[InputItem]:
+def _classify(
+    spec: str, fs: pafs.FileSystem, entries: list[pafs.FileInfo], reasons: dict[str, str] | None = None
+) -> Iterator[InputItem]:
+    """Each entry as an image to label or, with the reason, as an error row (``reasons``: those a listing
+    gave for entries that cannot be followed)."""
     for entry in sorted(entries, key=lambda e: e.path):
         name = display_name(spec, fs, entry.path)
         if entry.base_name.startswith("."):
             continue
         suffix = posixpath.splitext(entry.base_name)[1].lower()
-        if entry.type == pafs.FileType.NotFound:  # only broken links are listed without a target
-            yield InputItem(name, error=BROKEN_LINK)
+        if entry.type == pafs.FileType.NotFound:  # listed without a target: a link that cannot be followed
+            yield InputItem(name, error=(reasons or {}).get(entry.path) or _missing_reason(fs, entry.path))
+        elif entry.type == pafs.FileType.Unknown:  # a named pipe, socket or device: never to be opened
+            yield InputItem(name, error=_not_regular_reason(fs, entry.path))
         elif entry.type == pafs.FileType.Directory:
             if suffix in IMAGE_EXTENSIONS:
                 yield InputItem(name, error="is a directory, not an image file")
@@ -241,7 +243,7 @@ def _split_glob(spec: str) -> tuple[str, list[str]]:
 def _iter_glob(spec: str, exclusion: _Exclusion) -> Iterator[InputItem | Container]:
     base, pattern = _split_glob(spec)
     fs, base_path = filesystem_of(base)
-    entries = _walk(fs, base_path, exclusion, allow_not_found=True)
+    entries, reasons = _walk(fs, base_path, exclusion, allow_not_found=True)
     matches = sorted(
         (e for e in entries if _glob_match(_relative_parts(e.path, base_path), pattern)), key=lambda e: e.path
     )
@@ -251,7 +253,7 @@ def _iter_glob(spec: str, exclusion: _Exclusion) -> Iterator[InputItem | Contain
         if entry.type == pafs.FileType.File and entry.path.endswith((".tar", ".parquet")):
             yield Container(entry.path.rsplit(".", 1)[1], display_name(spec, fs, entry.path))
         else:
-            yield from _classify(base, fs, [entry])
+            yield from _classify(base, fs, [entry], reasons)
 
 
 def _relative_parts(path: str, root: str) -> list[str]:
@@ -360,5 +362,8 @@ def _may_hold_bytes(dtype: pa.DataType) -> bool:
 def read_bytes(image_path: str) -> bytes:
     """The bytes of a local path or URI (raises ``OSError`` subclasses when unreadable)."""
     fs, path = filesystem_of(image_path)
+    special = not_regular_reason(path) if isinstance(fs, pafs.LocalFileSystem) else None
+    if special:  # a path that became a named pipe after it was listed: opening it would wait forever
+        raise OSError(special)
     with fs.open_input_file(path) as handle:
         return handle.read()

@@ -23,12 +23,14 @@ import ray
 from tqdm import tqdm
 
 from san.errors import OptionError
-from san.modeling.text_classifier import TEMPLATE_SETS
+from san.modeling.text_classifier import TEMPLATE_SETS, get_templates, prompt_length_problem
 from san.precision import DTYPES
 from san.transforms import ResizeShortestEdge
 
+from ..output_lock import exclusive_output
 from ..outputs import RunOutput
-from ..vocabulary import load_vocabulary
+from ..stopping import StopRequested, stop_on_sigterm
+from ..vocabulary import Vocabulary, load_vocabulary
 from .decode import DecodeStage, expand_containers
 from .images import DEFAULT_MAX_PIXELS
 from .inputs import Container, InputItem, image_id, resolve_inputs
@@ -40,6 +42,8 @@ from .smoke import write_smoke_images
 MAX_INPUT_BLOCKS = 10_000
 # Duplicate image paths listed in manifest.json (all are counted).
 MAX_REPORTED_DUPLICATES = 100
+# manifest.json's status of a run stopped on purpose (any other exception: "failed").
+_STOPPED_STATUS = {KeyboardInterrupt: "interrupted", StopRequested: "stopped"}
 
 
 def _workers(text: str) -> tuple[int, int]:
@@ -55,7 +59,12 @@ def _workers(text: str) -> tuple[int, int]:
 class LabelOptions:
     """Everything ``jobs/label.py`` accepts: its parser is generated from these fields (``help`` metadata)."""
 
-    vocab: str = field(metadata={"help": "UTF-8 file, one class per line; '#' comments; synonyms as 'name: syn, syn'"})
+    vocab: str = field(
+        metadata={
+            "help": "UTF-8 file, one class per line; '#' comments; synonyms as 'name: syn, syn'; a name whose "
+            "prompt is longer than CLIP's 77 tokens is refused (it would be cut)"
+        }
+    )
     input: str | None = field(
         default=None,
         metadata={
@@ -125,6 +134,9 @@ class LabelOptions:
         for name in ("batch_size", "shard_size", "short_side", "max_size"):
             if getattr(self, name) < 1:
                 raise OptionError(f"`{name}` must be at least 1, got {getattr(self, name)}")
+        if self.workers is not None and not 1 <= self.workers[0] <= self.workers[1]:
+            low, high = self.workers
+            raise OptionError(f"`workers` must be N or MIN-MAX with 1 <= MIN <= MAX, got {low}-{high}")
         if self.max_size < self.short_side:
             raise OptionError(f"`max_size` ({self.max_size}) must not be smaller than `short_side` ({self.short_side})")
         if self.limit is not None and self.limit < 0:
@@ -162,13 +174,28 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
     """Label every input (resuming a previous run in the same output directory); returns the manifest.
 
     Images labeled by an earlier run with the same output are skipped; inputs that failed are tried
-    again. Finished rows are saved also when the run stops early (Ctrl-C, a crash); the manifest then
-    says ``"status": "interrupted"`` or ``"failed"``.
+    again. Finished rows are saved also when the run stops early (Ctrl-C, SIGTERM from ``ray job stop``,
+    a crash); the manifest then says ``"status": "interrupted"``, ``"stopped"`` or ``"failed"``. One job at a
+    time writes to an output folder (:mod:`pipeline.output_lock`); a folder this call created is removed
+    again when the run fails before writing anything into it.
     """
-    started = time.time()
-    vocabulary = load_vocabulary(options.vocab)
+    # The SAN configs' template set unless --templates names one (a model config naming another set fails
+    # in the workers on a name too long for it, as the text classifier refuses to cut a prompt).
+    templates = get_templates(options.templates or "vild")
+    vocabulary = load_vocabulary(options.vocab, check_term=lambda term: prompt_length_problem(term, templates))
     output = RunOutput(options.output)
-    output.create()
+    created = output.create()
+    try:
+        with exclusive_output(output.root):
+            return _label(options, output, vocabulary)
+    finally:
+        if created:
+            output.remove_if_empty()
+
+
+def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary) -> dict[str, Any]:
+    """:func:`run_label_job` in an output folder that this job holds."""
+    started = time.time()
     identity = _identity(options, vocabulary.fingerprint)
     output.check_compatible(identity)
     output.remove_partial_files()
@@ -200,20 +227,21 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
     }
     output.write_manifest(manifest)
     try:
-        if todo or resolved.containers:
-            dataset = _build_dataset(options, model, todo, resolved.containers, done, vocabulary.to_json(), plan)
-            new = _consume(dataset, output, options, total=len(todo) if not resolved.containers else None)
-        else:
-            new = {
-                "labeled": 0,
-                "failed": 0,
-                "duplicates": [],
-                "rate": 0.0,
-                "steady_rate": 0.0,
-                "first_result_seconds": None,
-            }
-    except BaseException as error:  # Ctrl-C included: the manifest says the run stopped, and why
-        manifest["status"] = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        with stop_on_sigterm():
+            if todo or resolved.containers:
+                dataset = _build_dataset(options, model, todo, resolved.containers, done, vocabulary.to_json(), plan)
+                new = _consume(dataset, output, options, total=len(todo) if not resolved.containers else None)
+            else:
+                new = {
+                    "labeled": 0,
+                    "failed": 0,
+                    "duplicates": [],
+                    "rate": 0.0,
+                    "steady_rate": 0.0,
+                    "first_result_seconds": None,
+                }
+    except BaseException as error:  # Ctrl-C and SIGTERM included: the manifest says the run stopped, and why
+        manifest["status"] = _STOPPED_STATUS.get(type(error), "failed")
         manifest["error"] = f"{type(error).__name__}: {error}"
         output.write_manifest(manifest)
         raise

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 import ray
+from ray._private.authentication.authentication_utils import is_token_auth_enabled  # Ray's own rule (env, token file)
 
 from san.errors import UserError
 
@@ -38,15 +39,51 @@ ACTOR_START_TIMEOUT_S = 900
 
 def init_ray() -> None:
     """Join the cluster of a ``ray job submit`` (or ``RAY_ADDRESS``, or one ``ray start`` left running on
-    this machine), else start a local Ray."""
+    this machine), else start a local Ray.
+
+    Raises:
+        ResourceError: this process uses token authentication and the cluster does not.
+    """
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level=logging.WARNING)
+        _check_actors_start()
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the job shows its own bar with counts and ETA
     context.print_on_execution_start = False
     # Actors that can never start (e.g. resources no node has) fail the job instead of hanging it.
     context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
+
+
+@ray.remote(num_cpus=0)
+class _Probe:
+    """An actor that does nothing: whether actors can start at all."""
+
+    def ready(self) -> bool:
+        return True
+
+
+def _check_actors_start() -> None:
+    """Refuse, saying what to export, a driver with token authentication on a cluster without it: Ray 2.60
+    connects it, then cancels every actor before it starts and says only ``ActorDiedError ... cancelled
+    before it started running`` (measured). Drivers without tokens are not checked: on a cluster with
+    tokens they cannot connect at all."""
+    if not is_token_auth_enabled():
+        return
+    probe = _Probe.remote()
+    try:
+        ray.get(probe.ready.remote(), timeout=ACTOR_START_TIMEOUT_S)
+    except ray.exceptions.ActorDiedError as error:
+        if "cancelled before it started running" not in str(error):
+            raise
+        raise ResourceError(
+            "Ray cancels this job's actors before they start: this process uses token authentication "
+            f"(RAY_AUTH_MODE=token) and the cluster at {ray.get_runtime_context().gcs_address} does not. "
+            "Export RAY_AUTH_MODE=disabled, the setting the cluster was started with, and rerun; or restart the "
+            "cluster with RAY_AUTH_MODE=token (README: On a Ray cluster)"
+        ) from None
+    finally:
+        ray.kill(probe)
 
 
 def plan_resources(
@@ -82,9 +119,7 @@ def plan_resources(
         capacity = max(1, int((cpus - 1) // cpus_per_worker)) if cpus >= 2 else 1
     if workers is None:
         workers = (1, capacity)
-    low, high = workers
-    if not 1 <= low <= high:
-        raise ResourceError(f"--workers must be N or MIN-MAX with 1 <= MIN <= MAX, got {low}-{high}")
+    low, high = workers  # 1 <= low <= high: checked by LabelOptions
     if low > capacity:
         raise ResourceError(
             f"--workers {low}-{high} needs {low} actors but the cluster fits {capacity} "

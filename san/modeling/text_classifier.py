@@ -7,6 +7,7 @@ so a vocabulary costs text-encoder time only once.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -46,6 +47,35 @@ def get_templates(name: str) -> tuple[str, ...]:
     if name not in TEMPLATE_SETS:
         raise KeyError(f"unknown template set {name!r}; available: {sorted(TEMPLATE_SETS)}")
     return TEMPLATE_SETS[name]
+
+
+# CLIP's text context: start token, prompt tokens, end token. A longer prompt is cut (open_clip's tokenizer).
+CONTEXT_LENGTH = 77
+# Tokens that joining a name and a template can add over their separate counts (where a name's last
+# punctuation meets the template's); a name with this much room is not tokenized in every template.
+_JOIN_MARGIN = 4
+
+
+@functools.cache
+def _tokenizer() -> SimpleTokenizer:
+    return SimpleTokenizer()
+
+
+def prompt_length_problem(name: str, templates: Sequence[str], context_length: int = CONTEXT_LENGTH) -> str | None:
+    """Why ``name`` cannot be used: its longest prompt (``name`` in one of ``templates``) has more tokens than
+    CLIP reads, so it would be cut, and names that differ only after the cut would get one embedding.
+    ``None`` when every prompt fits."""
+    tokenizer = _tokenizer()
+    fixed = max(len(tokenizer.encode(template.replace("{}", " "))) for template in templates)
+    if len(tokenizer.encode(name)) + fixed + 2 + _JOIN_MARGIN <= context_length:
+        return None  # (the exact count below costs a tokenization per template)
+    tokens, prompt = max((len(tokenizer.encode(t.format(name))) + 2, t.format(name)) for t in templates)
+    if tokens <= context_length:
+        return None
+    return (
+        f"{name!r} is too long: its prompt {prompt!r} has {tokens} tokens and CLIP reads {context_length} "
+        "(the rest would be cut); shorten it"
+    )
 
 
 def check_vocabulary(vocabulary: Sequence[str]) -> list[str]:
@@ -110,10 +140,16 @@ class TextClassifier(nn.Module):
         """Normalised text embeddings ``[len(prompts), D]`` of literal prompts.
 
         Prompts are encoded in batches of similar token length, each cut after its longest prompt's
-        end token (see :meth:`encode_tokens`).
+        end token (see :meth:`encode_tokens`). A prompt longer than CLIP's context raises ``ValueError``
+        (open_clip would cut it silently).
         """
         device = self.text_encoder.token_embedding.weight.device
-        tokens = self.tokenizer(list(prompts)).to(device)
+        context = self.text_encoder.context_length
+        tokens = self.tokenizer(list(prompts), context_length=context + 1)  # one more: to see what would be cut
+        cut = (tokens.argmax(dim=-1) >= context).nonzero().flatten().tolist()  # (the end token has the largest id)
+        if cut:
+            raise ValueError(f"prompt {prompts[cut[0]]!r} has more than the {context} tokens CLIP reads; shorten it")
+        tokens = tokens[:, :context].to(device)
         order = tokens.argmax(dim=-1).argsort()
         projection = self.text_encoder.text_projection
         out = torch.empty(len(prompts), projection.shape[1], device=device, dtype=projection.dtype)
