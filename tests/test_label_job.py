@@ -30,6 +30,7 @@ from pycocotools.coco import COCO
 
 import san
 from pipeline.cli import flag
+from pipeline.label.attempts import GAVE_UP, MAX_ATTEMPTS
 from pipeline.label.images import read_image_file
 from pipeline.label.inputs import image_id
 from pipeline.label.job import LabelOptions, run_label_job
@@ -424,6 +425,63 @@ def test_dead_worker_is_replaced_and_its_batch_retried(local_ray, inputs: dict, 
     assert sorted(row["image_path"] for row in predictions) == good, "every image exactly once after the restart"
     assert sorted(image["file_name"] for image in coco["images"]) == good
     assert len(errors) == len(inputs["bad"]) and manifest["counts"]["labeled"] == len(good)
+
+
+class FailOn(PredictStage):
+    """A predictor that fails on one image every time: raises, or kills its worker process."""
+
+    image = ""  # set by the test before the run, like CrashOnce.marker
+    deaths = ""  # a folder: one file per worker process killed, or "" to raise instead
+
+    def _label(self, batch, rows):
+        if any(str(batch["image_path"][i]) == self.image for i in rows):
+            if self.deaths:
+                (Path(self.deaths) / str(os.getpid())).touch()
+                os._exit(1)  # as a segfault or an out-of-memory kill would
+            raise RuntimeError(f"injected fault on {Path(self.image).name}")
+        return super()._label(batch, rows)
+
+
+@pytest.mark.parametrize("fault", ["raises", "kills its worker"])
+def test_an_image_the_model_fails_on_becomes_an_error_row(
+    local_ray, fault: str, inputs: dict, tmp_path: Path, monkeypatch
+) -> None:
+    from ray import cloudpickle  # Ray serialises with its own copy of cloudpickle
+
+    import pipeline.label.job
+
+    bad = str(inputs["good"][1])
+    deaths = tmp_path / "deaths"
+    deaths.mkdir()
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
+    monkeypatch.setattr(FailOn, "image", bad)
+    monkeypatch.setattr(FailOn, "deaths", str(deaths) if fault == "kills its worker" else "")
+    monkeypatch.setattr(pipeline.label.job, "PredictStage", FailOn)
+    output = tmp_path / "labels"
+    options = LabelOptions(
+        vocab=str(inputs["vocab"]),
+        input=str(inputs["folder"]),
+        output=str(output),
+        smoke_test=True,
+        batch_size=2,
+        progress=False,
+    )
+    try:
+        manifest = run_label_job(options)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    predictions, coco, errors = read_outputs(output)
+    others = sorted(str(p) for p in inputs["good"] if str(p) != bad)
+    assert sorted(row["image_path"] for row in predictions) == others, "every other image labeled exactly once"
+    assert sorted(image["file_name"] for image in coco["images"]) == others
+    reasons = {row["image_path"]: row["error"] for row in errors}
+    assert len(errors) == len(inputs["bad"]) + 1 and manifest["counts"]["labeled"] == len(others)
+    if fault == "raises":
+        assert reasons[bad] == "model failed: RuntimeError: injected fault on " + Path(bad).name
+        assert not any(deaths.iterdir())
+    else:
+        assert reasons[bad] == GAVE_UP
+        assert len(list(deaths.iterdir())) == MAX_ATTEMPTS, "one worker per attempt, and no attempt more"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
