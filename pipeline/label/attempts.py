@@ -1,13 +1,5 @@
-"""A run's record of model attempts per image, so that an image that kills its worker process every time
-(a segfault in native code, an out-of-memory kill) ends as an error row instead of being retried forever.
-
-Ray Data replaces a dead predictor actor and retries its batch without limit, and the Ray 2.60 keywords
-that would bound it (``max_restarts``/``max_task_retries`` in ``ray_remote_args``) are deprecated. So the
-bound does not rely on them: the predict stage tells this ledger (one small actor per run, reachable from
-every node) which images it is about to run through the model and which it finished. An image whose
-attempt never finished was being labeled when its worker died; after :data:`MAX_ATTEMPTS` such deaths
-the predict stage writes it as an error row without running the model.
-"""
+"""The run's record of model attempts per image: an image that kills its worker process every time ends as
+an error row after :data:`MAX_ATTEMPTS` deaths instead of being retried forever (docs/labeling.md)."""
 
 from __future__ import annotations
 
@@ -21,6 +13,9 @@ MAX_ATTEMPTS = 3
 GAVE_UP = f"the worker process died {MAX_ATTEMPTS} times while labeling this image (a crash or out of memory)"
 
 
+# Counted here rather than bounded with Ray's knobs: Ray Data retries a dead actor's batch without limit, and
+# the Ray 2.60 keywords that would bound it (max_restarts/max_task_retries) are deprecated. An actor, unlike a
+# file in the driver's output folder, is reachable from the workers of every node.
 class AttemptLedger:
     """Per image path: the model attempts that began and never finished (a worker died during them).
 
