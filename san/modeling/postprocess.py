@@ -34,7 +34,7 @@ def semantic_scores(
     chunk = _queries_per_chunk(padded_size, output_size)
     scores = masks.new_empty(probs.shape[1], *output_size)
     for columns in column_bands(probs.shape[1], padded_size, output_size, max_elements):
-        scores[:, :, columns] = _scores(probs, masks, chunk, output_size, columns)
+        scores[:, :, columns] = _scores(probs, masks, chunk, output_size, columns).transpose(1, 2)
     return scores
 
 
@@ -59,8 +59,8 @@ def best_class(
     index = torch.empty(output_size, dtype=index_dtype, device=masks.device)
     for columns in column_bands(probs.shape[1], padded_size, output_size, max_elements):
         value, arg = _scores(probs, masks, chunk, output_size, columns).max(dim=0)
-        best[:, columns] = value
-        index[:, columns] = arg
+        best[:, columns] = value.T
+        index[:, columns] = arg.T
     return best, index
 
 
@@ -89,55 +89,44 @@ def _probabilities_and_masks(
     mask_preds: torch.Tensor, mask_logits: torch.Tensor, padded_size: tuple[int, int], image_size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities ``[Q, C]`` (background dropped after the softmax) and the mask logits upsampled
-    to the padded size and cropped to the image, ``[Q, h, w]``; float32 (float64 for float64 inputs)."""
+    to the padded size and cropped to the image, transposed: ``[Q, w, h]`` (a band of columns is then a
+    gather of rows); float32 (float64 for float64 inputs)."""
     dtype = torch.promote_types(mask_preds.dtype, torch.float32)  # never post-process in half precision
     probs = mask_logits.to(dtype).softmax(dim=-1)[:, :-1]
     masks = F.interpolate(mask_preds.to(dtype)[None], size=padded_size, mode="bilinear", align_corners=False)[0]
-    return probs, masks[:, : image_size[0], : image_size[1]]
+    return probs, masks[:, : image_size[0], : image_size[1]].transpose(1, 2).contiguous()
 
 
 def _scores(
     probs: torch.Tensor, masks: torch.Tensor, chunk: int, output_size: tuple[int, int], columns: slice
 ) -> torch.Tensor:
-    """``sum_q probs[q, c] * sigmoid(mask_q resized to output_size)`` for the output ``columns``:
-    ``[C, H_out, W_cols]``, ``chunk`` queries at a time."""
-    rows = _LinearResize(masks.shape[1], output_size[0], masks.device, masks.dtype)
-    cols = _LinearResize(masks.shape[2], output_size[1], masks.device, masks.dtype, columns)
-    scores = torch.zeros(probs.shape[1], output_size[0], cols.size, device=masks.device, dtype=masks.dtype)
+    """``sum_q probs[q, c] * sigmoid(mask_q resized to output_size)`` for the output ``columns``, from
+    transposed masks ``[Q, w, h]``: ``[C, W_cols, H_out]`` (transposed too), ``chunk`` queries at a time."""
+    height, width = output_size
+    scores = None
     for start in range(0, masks.shape[0], chunk):
-        m = rows(cols(masks[start : start + chunk], dim=2), dim=1)
-        scores += torch.einsum("qc,qhw->chw", probs[start : start + chunk], m.sigmoid())
+        m = _resize_columns(masks[start : start + chunk], width, columns)
+        if height != masks.shape[2]:
+            m = F.interpolate(m[None], size=(m.shape[1], height), mode="bilinear", align_corners=False)[0]
+        part = torch.einsum("qc,qwh->cwh", probs[start : start + chunk], m.sigmoid())
+        scores = part if scores is None else scores.add_(part)
     return scores
 
 
-class _LinearResize:
-    """Bilinear resize along one axis (align_corners=False, as ``F.interpolate``), for the output positions
-    ``positions`` only.
+def _resize_columns(masks: torch.Tensor, width: int, columns: slice) -> torch.Tensor:
+    """Transposed masks ``[q, w, h]`` resized to ``width`` columns (bilinear, align_corners=False, as
+    ``F.interpolate``), only the output ``columns``: ``[q, W_cols, h]``.
 
-    Hand-written because ``F.interpolate`` computes whole rows: a band of output columns would need the
-    resize of the full width for every band. Each output element is ``x[i0] * w0 + x[i1] * w1``, with
-    ``F.interpolate``'s source positions and weights (computed in float64).
+    Hand-written because ``F.interpolate`` resizes whole rows: every band of columns would resize the full
+    width again. Each output column is ``x[:, i0] * w0 + x[:, i1] * w1``, with ``F.interpolate``'s source
+    positions and weights (computed in float64).
     """
-
-    def __init__(
-        self, size_in: int, size_out: int, device: torch.device, dtype: torch.dtype, positions: slice = slice(None)
-    ):
-        span = range(size_out)[positions]
-        self.size = len(span)
-        self.identity = size_in == size_out
-        self.offset = span.start
-        position = torch.arange(span.start, span.stop, dtype=torch.float64, device=device)
-        source = ((position + 0.5) * (size_in / size_out) - 0.5).clamp(min=0)
-        self.first = source.floor().long().clamp(max=size_in - 1)
-        self.second = (self.first + 1).clamp(max=size_in - 1)
-        weight = (source - self.first).clamp(0, 1)
-        self.first_weight = (1 - weight).to(dtype)
-        self.second_weight = weight.to(dtype)
-
-    def __call__(self, x: torch.Tensor, dim: int) -> torch.Tensor:
-        """``x`` resized along ``dim`` to the selected output positions."""
-        if self.identity:
-            return x.narrow(dim, self.offset, self.size)
-        shape = [-1 if d == dim % x.ndim else 1 for d in range(x.ndim)]
-        out = x.index_select(dim, self.first).mul_(self.first_weight.view(shape))
-        return out.add_(x.index_select(dim, self.second).mul_(self.second_weight.view(shape)))
+    span = range(width)[columns]
+    if masks.shape[1] == width:
+        return masks[:, span.start : span.stop]
+    position = torch.arange(span.start, span.stop, dtype=torch.float64, device=masks.device)
+    source = ((position + 0.5) * (masks.shape[1] / width) - 0.5).clamp(min=0)
+    first = source.floor().long().clamp(max=masks.shape[1] - 1)
+    weight = (source - first).clamp(0, 1).to(masks.dtype)[:, None]
+    second = (first + 1).clamp(max=masks.shape[1] - 1)
+    return masks.index_select(1, first).mul_(1 - weight).add_(masks.index_select(1, second).mul_(weight))
