@@ -7,10 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Elements of one chunk of upsampled mask logits (bounds peak memory; sets how many queries a chunk holds).
-POSTPROCESS_CHUNK_ELEMENTS = 1 << 26
-# Class scores (plus one chunk of upsampled masks) held at once per band of output columns in best_class
-# (64 MiB in float32).
+# Class scores plus upsampled masks of one band of output columns (64 MiB in float32).
 BAND_ELEMENTS = 1 << 24
 
 
@@ -27,14 +24,13 @@ def semantic_scores(
 
     Masks are upsampled to the padded size, cropped to the image, resized to the output size (bilinear,
     align_corners=False) and combined as ``sum_q softmax(logits_q)[c] * sigmoid(mask_q)`` (background
-    column dropped after the softmax). The sum runs over chunks of queries, in bands of output columns
-    (see :func:`column_bands`), exactly as :func:`best_class` computes it.
+    column dropped after the softmax), in bands of output columns (see :func:`column_bands`), exactly as
+    :func:`best_class` computes it.
     """
     probs, masks = _probabilities_and_masks(mask_preds, mask_logits, padded_size, image_size)
-    chunk = _queries_per_chunk(padded_size, output_size)
     scores = masks.new_empty(probs.shape[1], *output_size)
-    for columns in column_bands(probs.shape[1], padded_size, output_size, max_elements):
-        scores[:, :, columns] = _scores(probs, masks, chunk, output_size, columns).transpose(1, 2)
+    for columns in column_bands(*probs.shape, output_size, max_elements):
+        scores[:, :, columns] = _scores(probs, masks, output_size, columns).transpose(1, 2)
     return scores
 
 
@@ -53,20 +49,17 @@ def best_class(
     4 GiB for 10 classes on a 12000x9000 photo).
     """
     probs, masks = _probabilities_and_masks(mask_preds, mask_logits, padded_size, image_size)
-    chunk = _queries_per_chunk(padded_size, output_size)
     best = masks.new_empty(output_size)
     index_dtype = torch.uint8 if probs.shape[1] <= 256 else torch.int32
     index = torch.empty(output_size, dtype=index_dtype, device=masks.device)
-    for columns in column_bands(probs.shape[1], padded_size, output_size, max_elements):
-        value, arg = _scores(probs, masks, chunk, output_size, columns).max(dim=0)
+    for columns in column_bands(*probs.shape, output_size, max_elements):
+        value, arg = _scores(probs, masks, output_size, columns).max(dim=0)
         best[:, columns] = value.T
         index[:, columns] = arg.T
     return best, index
 
 
-def column_bands(
-    num_classes: int, padded_size: tuple[int, int], output_size: tuple[int, int], max_elements: int
-) -> list[slice]:
+def column_bands(num_queries: int, num_classes: int, output_size: tuple[int, int], max_elements: int) -> list[slice]:
     """The bands of output columns the scores are computed in: each holds at most ``max_elements`` class
     scores and upsampled masks (at least one column).
 
@@ -76,13 +69,8 @@ def column_bands(
     of a whole map in the last bit.
     """
     height, width = output_size
-    band = max(1, max_elements // ((num_classes + _queries_per_chunk(padded_size, output_size)) * height))
+    band = max(1, max_elements // ((num_queries + num_classes) * height))
     return [slice(start, min(start + band, width)) for start in range(0, width, band)]
-
-
-def _queries_per_chunk(padded_size: tuple[int, int], output_size: tuple[int, int]) -> int:
-    (hp, wp), (ho, wo) = padded_size, output_size
-    return max(1, POSTPROCESS_CHUNK_ELEMENTS // (hp * wp + ho * wo))
 
 
 def _probabilities_and_masks(
@@ -97,20 +85,13 @@ def _probabilities_and_masks(
     return probs, masks[:, : image_size[0], : image_size[1]].transpose(1, 2).contiguous()
 
 
-def _scores(
-    probs: torch.Tensor, masks: torch.Tensor, chunk: int, output_size: tuple[int, int], columns: slice
-) -> torch.Tensor:
+def _scores(probs: torch.Tensor, masks: torch.Tensor, output_size: tuple[int, int], columns: slice) -> torch.Tensor:
     """``sum_q probs[q, c] * sigmoid(mask_q resized to output_size)`` for the output ``columns``, from
-    transposed masks ``[Q, w, h]``: ``[C, W_cols, H_out]`` (transposed too), ``chunk`` queries at a time."""
-    height, width = output_size
-    scores = None
-    for start in range(0, masks.shape[0], chunk):
-        m = _resize_columns(masks[start : start + chunk], width, columns)
-        if height != masks.shape[2]:
-            m = F.interpolate(m[None], size=(m.shape[1], height), mode="bilinear", align_corners=False)[0]
-        part = torch.einsum("qc,qwh->cwh", probs[start : start + chunk], m.sigmoid())
-        scores = part if scores is None else scores.add_(part)
-    return scores
+    transposed masks ``[Q, w, h]``: ``[C, W_cols, H_out]`` (transposed too)."""
+    m = _resize_columns(masks, output_size[1], columns)
+    if output_size[0] != masks.shape[2]:
+        m = F.interpolate(m[None], size=(m.shape[1], output_size[0]), mode="bilinear", align_corners=False)[0]
+    return torch.einsum("qc,qwh->cwh", probs, m.sigmoid())
 
 
 def _resize_columns(masks: torch.Tensor, width: int, columns: slice) -> torch.Tensor:
