@@ -31,6 +31,8 @@ __all__ = [
 
 UNLABELED_U8 = 255
 UNLABELED_U16 = 65535
+# Pixels of a label map whose distinct classes are found at once.
+UNIQUE_BAND_PIXELS = 1 << 22
 
 
 def unlabeled_value(label_map: np.ndarray) -> int:
@@ -146,7 +148,10 @@ def label_map_segments(
     height, width = label_map.shape
     if pixel_scores is not None and tuple(pixel_scores.shape) != (height, width):
         raise ValueError(f"pixel_scores must have shape [H, W] = {[height, width]}, got {list(pixel_scores.shape)}")
-    present = np.unique(label_map)
+    rows = max(1, UNIQUE_BAND_PIXELS // width)  # np.unique sorts a copy: bands of rows keep it small
+    present = np.unique(
+        np.concatenate([np.unique(label_map[start : start + rows]) for start in range(0, height, rows)])
+    )
     if ignore_value is not None:
         present = present[present != ignore_value]
     if present.size and (present[0] < 0 or present[-1] >= num_classes):

@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Class scores plus upsampled masks of one band of output columns (64 MiB in float32).
-BAND_ELEMENTS = 1 << 24
+# Class scores plus upsampled masks of one band of output columns (32 MiB in float32).
+BAND_ELEMENTS = 1 << 23
 
 
 def semantic_scores(
