@@ -43,10 +43,9 @@ def best_class(
     max_elements: int = BAND_ELEMENTS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The best score ``[H_out, W_out]`` and its class index ``[H_out, W_out]`` (uint8 for up to 256 classes,
-    else int32): exactly
-    ``semantic_scores(..., max_elements).max(dim=0)``, ties to the lowest index, without ever holding the
-    scores of more than one band of output columns (``semantic_scores`` holds ``C * H_out * W_out`` floats:
-    4 GiB for 10 classes on a 12000x9000 photo).
+    else int32): exactly ``semantic_scores(..., max_elements).max(dim=0)``, ties to the lowest index, without
+    ever holding the scores of more than one band of output columns (``semantic_scores`` holds
+    ``C * H_out * W_out`` floats: 4 GiB for 10 classes on a 12000x9000 photo).
     """
     probs, masks = _probabilities_and_masks(mask_preds, mask_logits, padded_size, image_size)
     best = masks.new_empty(output_size)
