@@ -397,28 +397,34 @@ class CrashOnce(PredictStage):
         return super().__call__(batch)
 
 
-def test_dead_worker_is_replaced_and_its_batch_retried(local_ray, inputs: dict, tmp_path: Path, monkeypatch) -> None:
+def label_with_stage(stage: type[PredictStage], inputs: dict, output: Path, monkeypatch, **extra) -> dict:
+    """``run_label_job`` in this process (smoke-test model, batches of 2) with ``stage`` as the predictor."""
     from ray import cloudpickle  # Ray serialises with its own copy of cloudpickle
 
     import pipeline.label.job
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
-    monkeypatch.setattr(CrashOnce, "marker", str(tmp_path / "crashed"))
-    monkeypatch.setattr(pipeline.label.job, "PredictStage", CrashOnce)
-    output = tmp_path / "labels"
+    monkeypatch.setattr(pipeline.label.job, "PredictStage", stage)
     options = LabelOptions(
         vocab=str(inputs["vocab"]),
         input=str(inputs["folder"]),
         output=str(output),
         smoke_test=True,
         batch_size=2,
-        workers=(1, 1),  # one actor takes every batch, so it reaches its second whatever the machine's CPUs
         progress=False,
+        **extra,
     )
     try:
-        manifest = run_label_job(options)
+        return run_label_job(options)
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def test_dead_worker_is_replaced_and_its_batch_retried(local_ray, inputs: dict, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(CrashOnce, "marker", str(tmp_path / "crashed"))
+    output = tmp_path / "labels"
+    # One actor takes every batch, so it reaches its second whatever the machine's CPUs.
+    manifest = label_with_stage(CrashOnce, inputs, output, monkeypatch, workers=(1, 1))
     assert (tmp_path / "crashed").exists(), "a worker died during the run"
     predictions, coco, errors = read_outputs(output)
     good = sorted(str(p) for p in inputs["good"])
@@ -446,30 +452,13 @@ class FailOn(PredictStage):
 def test_an_image_the_model_fails_on_becomes_an_error_row(
     local_ray, fault: str, inputs: dict, tmp_path: Path, monkeypatch
 ) -> None:
-    from ray import cloudpickle  # Ray serialises with its own copy of cloudpickle
-
-    import pipeline.label.job
-
     bad = str(inputs["good"][1])
     deaths = tmp_path / "deaths"
     deaths.mkdir()
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
     monkeypatch.setattr(FailOn, "image", bad)
     monkeypatch.setattr(FailOn, "deaths", str(deaths) if fault == "kills its worker" else "")
-    monkeypatch.setattr(pipeline.label.job, "PredictStage", FailOn)
     output = tmp_path / "labels"
-    options = LabelOptions(
-        vocab=str(inputs["vocab"]),
-        input=str(inputs["folder"]),
-        output=str(output),
-        smoke_test=True,
-        batch_size=2,
-        progress=False,
-    )
-    try:
-        manifest = run_label_job(options)
-    finally:
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    manifest = label_with_stage(FailOn, inputs, output, monkeypatch)
     predictions, coco, errors = read_outputs(output)
     others = sorted(str(p) for p in inputs["good"] if str(p) != bad)
     assert sorted(row["image_path"] for row in predictions) == others, "every other image labeled exactly once"
