@@ -2,11 +2,13 @@
 
 A labeling worker gets the image resized to 640 on the short side and maps the result back to the
 original size. "all class scores" holds every class's score map at that size
-(``Predictor.class_scores`` then the max); "best class in chunks" is what ``Predictor.predict`` does
-(``SAN.predict_best``: chunks of classes, a running maximum). Each row runs in a fresh subprocess so
-that its peak resident memory is its own.
+(``Predictor.class_scores`` then the max); "best class" is what ``Predictor.predict`` does
+(``SAN.predict_best``: the best class in bands of output columns); "best class, PNG and segments" adds
+the rest of a labeling worker's work on the image (``PredictStage``: the label map PNG and the per-class
+COCO segments). Each row runs in a fresh subprocess so that its peak resident memory is its own.
 
     python benchmarks/postprocess_memory.py --write BENCHMARKS.md
+    python benchmarks/postprocess_memory.py --size 9000 12000 --classes 10 --methods predict worker
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from _report import emit
 from PIL import Image
 
 import san
+from pipeline.segments import encode_label_map_png, label_map_segments
 from san.predictor import Predictor
 
-METHODS = {"all class scores": "class_scores", "best class in chunks": "predict"}
+METHODS = {"class_scores": "all class scores", "predict": "best class", "worker": "best class, PNG and segments"}
 
 
 def measure(preset: str, classes: int, output_size: tuple[int, int], method: str) -> dict:
@@ -42,7 +45,11 @@ def measure(preset: str, classes: int, output_size: tuple[int, int], method: str
     if method == "class_scores":
         predictor.class_scores([image], original_sizes=[output_size])[0].max(dim=0)
     else:
-        predictor.predict([image], original_sizes=[output_size])
+        [prediction] = predictor.predict([image], original_sizes=[output_size])
+        if method == "worker":
+            encode_label_map_png(prediction.label_map, ignore_value=prediction.unlabeled)
+            names = [f"class {i}" for i in range(classes)]
+            label_map_segments(prediction.label_map, prediction.scores, names, range(1, classes + 1), 255)
     return {
         "seconds": time.perf_counter() - started,
         "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
@@ -54,6 +61,7 @@ def main() -> None:
     parser.add_argument("--preset", default="san_tiny", help="the model (post-processing cost hardly depends on it)")
     parser.add_argument("--classes", type=int, nargs="+", default=[10, 40])
     parser.add_argument("--size", type=int, nargs=2, default=[6000, 8000], metavar=("HEIGHT", "WIDTH"))
+    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["class_scores", "predict"])
     parser.add_argument("--write", type=Path, help="append the table to this Markdown file")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration (JSON) and print JSON
     args = parser.parse_args()
@@ -62,7 +70,8 @@ def main() -> None:
         return
     rows = []
     for classes in args.classes:
-        for name, method in METHODS.items():
+        for method in args.methods:
+            name = METHODS[method]
             spec = {"preset": args.preset, "classes": classes, "output_size": args.size, "method": method}
             out = subprocess.run(
                 [sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True, check=True

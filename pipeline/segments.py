@@ -31,6 +31,8 @@ __all__ = [
 
 UNLABELED_U8 = 255
 UNLABELED_U16 = 65535
+# Pixels of a label map whose distinct classes are found at once.
+UNIQUE_BAND_PIXELS = 1 << 22
 
 
 def unlabeled_value(label_map: np.ndarray) -> int:
@@ -70,17 +72,17 @@ def encode_label_map_png(label_map: np.ndarray, ignore_value: int | None = None)
     """
     _check_label_map(label_map)
     labeled = label_map != ignore_value if ignore_value is not None else np.ones(label_map.shape, bool)
-    values = label_map[labeled]
-    if values.size and values.min() < 0:
-        raise ValueError(f"label_map has a negative class index {values.min()} (not ignore_value)")
-    max_index = int(values.max()) if values.size else 0
+    min_index = int(label_map.min(where=labeled, initial=0))  # reduced in place: no copy of a large map
+    if min_index < 0:
+        raise ValueError(f"label_map has a negative class index {min_index} (not ignore_value)")
+    max_index = int(label_map.max(where=labeled, initial=0))
     if max_index > UNLABELED_U16 - 1:
         raise ValueError(f"class index {max_index} does not fit a 16-bit PNG (max {UNLABELED_U16 - 1})")
     if max_index <= UNLABELED_U8 - 1:
         dtype, unlabeled = np.uint8, UNLABELED_U8
     else:
         dtype, unlabeled = np.uint16, UNLABELED_U16
-    out = np.where(labeled, label_map, unlabeled).astype(dtype)
+    out = np.where(labeled, label_map, unlabeled).astype(dtype, copy=False)
     buffer = io.BytesIO()
     # fromarray picks mode "L" for uint8 and "I;16" for uint16; PNG stores both losslessly.
     Image.fromarray(np.ascontiguousarray(out)).save(buffer, format="PNG")
@@ -146,20 +148,25 @@ def label_map_segments(
     height, width = label_map.shape
     if pixel_scores is not None and tuple(pixel_scores.shape) != (height, width):
         raise ValueError(f"pixel_scores must have shape [H, W] = {[height, width]}, got {list(pixel_scores.shape)}")
-    labeled = label_map != ignore_value if ignore_value is not None else None
-    values = label_map[labeled] if labeled is not None else label_map.ravel()
-    present = np.unique(values)
+    rows = max(1, UNIQUE_BAND_PIXELS // width)  # np.unique sorts a copy: bands of rows keep it small
+    present = np.unique(
+        np.concatenate([np.unique(label_map[start : start + rows]) for start in range(0, height, rows)])
+    )
+    if ignore_value is not None:
+        present = present[present != ignore_value]
     if present.size and (present[0] < 0 or present[-1] >= num_classes):
         bad = present[0] if present[0] < 0 else present[-1]
         raise ValueError(f"label_map holds class index {int(bad)}, outside 0..{num_classes - 1}")
     segments: list[dict[str, Any]] = []
     for index in present.tolist():
-        mask = label_map == index
-        rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+        # One mask per class, made in the column-major order RLE needs and read as uint8 without a copy;
+        # the score is summed in place: a large photo's map is never copied per class.
+        mask = np.equal(label_map, index, order="F")
+        rle = mask_utils.encode(mask.view(np.uint8))
         if pixel_scores is None:
             score = 1.0
         else:
-            score = float(np.mean(pixel_scores[mask], dtype=np.float64))
+            score = float(np.sum(pixel_scores, where=mask, dtype=np.float64) / mask_utils.area(rle))
         segments.append(
             {
                 "category_id": int(category_ids[index]),

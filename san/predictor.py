@@ -19,6 +19,9 @@ from .modeling.text_classifier import check_vocabulary
 from .precision import DTYPES, autocast_context, resolve_device
 from .transforms import SAN_EVAL_RESIZE, ResizeShortestEdge
 
+# Pixels of a label map mapped from prompts to classes at once (bounds the 64-bit index copy to 8 MiB).
+MAP_BAND_PIXELS = 1 << 20
+
 
 @dataclass
 class Prediction:
@@ -134,10 +137,23 @@ class Predictor:
             best = self.model.predict_best(tensors, self.prompts, sizes, batch_size=self.batch_size)
         unlabeled = 255 if self.num_classes <= 255 else 65535
         dtype = np.uint8 if unlabeled == 255 else np.uint16
-        prompt_class = torch.tensor(self.prompt_to_class, device=self.device)
         results = []
         for score, prompt in best:
-            label = prompt_class[prompt]
-            label[score < self.min_score] = unlabeled
-            results.append(Prediction(label.cpu().numpy().astype(dtype), score.float().cpu().numpy(), unlabeled))
+            label = self._prompt_classes(prompt, torch.uint8 if dtype == np.uint8 else torch.int32)
+            if self.min_score > 0:  # scores are never negative
+                label[score < self.min_score] = unlabeled
+            label = label.cpu().numpy().astype(dtype, copy=False)
+            results.append(Prediction(label, score.float().cpu().numpy(), unlabeled))
         return results
+
+    def _prompt_classes(self, prompt: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The class ``[H, W]`` of each pixel's best prompt ``[H, W]``, in ``dtype``; mapped in bands of rows,
+        so that a large photo's map is never held in 64-bit integers."""
+        if self.num_classes == len(self.prompts):
+            return prompt.to(dtype)
+        prompt_class = torch.tensor(self.prompt_to_class, device=prompt.device, dtype=dtype)
+        label = torch.empty(prompt.shape, dtype=dtype, device=prompt.device)
+        rows = max(1, MAP_BAND_PIXELS // prompt.shape[1])
+        for start in range(0, prompt.shape[0], rows):
+            label[start : start + rows] = prompt_class[prompt[start : start + rows].int()]
+        return label

@@ -48,9 +48,14 @@ def test_speedups_benchmark_reports_equal_results(tmp_path: Path) -> None:
         assert float(row[-1]) < 1e-4, f"before and after differ: {row}"
 
 
-def test_postprocess_memory_benchmark_compares_both_methods(tmp_path: Path) -> None:
+def test_postprocess_memory_benchmark_compares_the_methods(tmp_path: Path) -> None:
     report = tmp_path / "memory.md"
-    run_script("postprocess_memory.py", "--classes", "3", "--size", "300", "400", "--write", str(report))
+    methods = ("--methods", "class_scores", "predict", "worker")
+    run_script("postprocess_memory.py", "--classes", "3", "--size", "300", "400", *methods, "--write", str(report))
     rows = table_rows(report)
-    assert [row[:2] for row in rows] == [["3", "all class scores"], ["3", "best class in chunks"]]
+    assert [row[:2] for row in rows] == [
+        ["3", "all class scores"],
+        ["3", "best class"],
+        ["3", "best class, PNG and segments"],
+    ]
     assert all(float(row[3]) > 0 for row in rows)

@@ -16,6 +16,7 @@ import pytest
 
 from pipeline.cli import run_job, user_message
 from pipeline.dataclass_args import dataclass_from_args
+from pipeline.label.images import DEFAULT_MAX_PIXELS
 from pipeline.label.job import LabelOptions
 from pipeline.train_options import RunOptions
 from san.errors import OptionError, UserError
@@ -135,9 +136,17 @@ def test_label_flags_build_the_options_they_name() -> None:
     job = load_job("label")
     arguments = job.parse_args(
         ["--vocab", "v.txt", "--output", "out", "--input", "in", "--workers", "2-4", "--no-progress", "--smoke-test"]
+        + ["--max-pixels", "1000000"]
     )
     options = dataclass_from_args(LabelOptions, arguments)
     assert (options.workers, options.progress, options.smoke_test, options.batch_size) == ((2, 4), False, True, 4)
+    assert options.max_pixels == 1_000_000
+
+
+@pytest.mark.parametrize(("value", "message"), [(0, "at least 1"), (DEFAULT_MAX_PIXELS + 1, "at most")])
+def test_label_max_pixels_outside_what_pil_decodes_is_refused(value: int, message: str) -> None:
+    with pytest.raises(OptionError, match=f"^max_pixels must be {message}"):
+        LabelOptions(vocab="v.txt", output="out", input="in", max_pixels=value)
 
 
 def test_train_smoke_test_has_its_own_defaults_unless_given() -> None:

@@ -31,6 +31,7 @@ from pycocotools.coco import COCO
 
 import san
 from pipeline.cli import flag
+from pipeline.label.attempts import GAVE_UP, MAX_ATTEMPTS
 from pipeline.label.images import read_image_file
 from pipeline.label.inputs import image_id
 from pipeline.label.job import LabelOptions, run_label_job
@@ -439,34 +440,80 @@ class CrashOnce(PredictStage):
         return super().__call__(batch)
 
 
-def test_dead_worker_is_replaced_and_its_batch_retried(local_ray, inputs: dict, tmp_path: Path, monkeypatch) -> None:
+def label_with_stage(stage: type[PredictStage], inputs: dict, output: Path, monkeypatch, **extra) -> dict:
+    """``run_label_job`` in this process (smoke-test model, batches of 2) with ``stage`` as the predictor."""
     from ray import cloudpickle  # Ray serialises with its own copy of cloudpickle
 
     import pipeline.label.job
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
-    monkeypatch.setattr(CrashOnce, "marker", str(tmp_path / "crashed"))
-    monkeypatch.setattr(pipeline.label.job, "PredictStage", CrashOnce)
-    output = tmp_path / "labels"
+    monkeypatch.setattr(pipeline.label.job, "PredictStage", stage)
     options = LabelOptions(
         vocab=str(inputs["vocab"]),
         input=str(inputs["folder"]),
         output=str(output),
         smoke_test=True,
         batch_size=2,
-        workers=(1, 1),  # one actor takes every batch, so it reaches its second whatever the machine's CPUs
         progress=False,
+        **extra,
     )
     try:
-        manifest = run_label_job(options)
+        return run_label_job(options)
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def test_dead_worker_is_replaced_and_its_batch_retried(local_ray, inputs: dict, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(CrashOnce, "marker", str(tmp_path / "crashed"))
+    output = tmp_path / "labels"
+    # One actor takes every batch, so it reaches its second whatever the machine's CPUs.
+    manifest = label_with_stage(CrashOnce, inputs, output, monkeypatch, workers=(1, 1))
     assert (tmp_path / "crashed").exists(), "a worker died during the run"
     predictions, coco, errors = read_outputs(output)
     good = sorted(str(p) for p in inputs["good"])
     assert sorted(row["image_path"] for row in predictions) == good, "every image exactly once after the restart"
     assert sorted(image["file_name"] for image in coco["images"]) == good
     assert len(errors) == len(inputs["bad"]) and manifest["counts"]["labeled"] == len(good)
+
+
+class FailOn(PredictStage):
+    """A predictor that fails on one image every time: raises, or kills its worker process."""
+
+    image = ""  # set by the test before the run, like CrashOnce.marker
+    deaths = ""  # a folder: one file per worker process killed, or "" to raise instead
+
+    def _label(self, batch, rows):
+        if any(str(batch["image_path"][i]) == self.image for i in rows):
+            if self.deaths:
+                (Path(self.deaths) / str(os.getpid())).touch()
+                os._exit(1)  # as a segfault or an out-of-memory kill would
+            raise RuntimeError(f"injected fault on {Path(self.image).name}")
+        return super()._label(batch, rows)
+
+
+@pytest.mark.parametrize("fault", ["raises", "kills its worker"])
+def test_an_image_the_model_fails_on_becomes_an_error_row(
+    local_ray, fault: str, inputs: dict, tmp_path: Path, monkeypatch
+) -> None:
+    bad = str(inputs["good"][1])
+    deaths = tmp_path / "deaths"
+    deaths.mkdir()
+    monkeypatch.setattr(FailOn, "image", bad)
+    monkeypatch.setattr(FailOn, "deaths", str(deaths) if fault == "kills its worker" else "")
+    output = tmp_path / "labels"
+    manifest = label_with_stage(FailOn, inputs, output, monkeypatch)
+    predictions, coco, errors = read_outputs(output)
+    others = sorted(str(p) for p in inputs["good"] if str(p) != bad)
+    assert sorted(row["image_path"] for row in predictions) == others, "every other image labeled exactly once"
+    assert sorted(image["file_name"] for image in coco["images"]) == others
+    reasons = {row["image_path"]: row["error"] for row in errors}
+    assert len(errors) == len(inputs["bad"]) + 1 and manifest["counts"]["labeled"] == len(others)
+    if fault == "raises":
+        assert reasons[bad] == "model failed: RuntimeError: injected fault on " + Path(bad).name
+        assert not any(deaths.iterdir())
+    else:
+        assert reasons[bad] == GAVE_UP
+        assert len(list(deaths.iterdir())) == MAX_ATTEMPTS, "one worker per attempt, and no attempt more"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

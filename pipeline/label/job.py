@@ -31,6 +31,7 @@ from ..output_lock import exclusive_output
 from ..outputs import RunOutput
 from ..stopping import StopRequested, stop_on_sigterm
 from ..vocabulary import Vocabulary, load_vocabulary
+from .attempts import start_ledger
 from .decode import DecodeStage, expand_containers
 from .images import DEFAULT_MAX_PIXELS
 from .inputs import Container, InputItem, image_id, resolve_inputs
@@ -118,7 +119,13 @@ class LabelOptions:
     )
     limit: int | None = field(default=None, metadata={"help": "label at most this many new images"})
     shard_size: int = field(default=256, metadata={"help": "rows per Parquet file written"})
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int = field(
+        default=DEFAULT_MAX_PIXELS,
+        metadata={
+            "help": "largest image accepted (width * height); a larger one becomes an error row before it is "
+            "decoded (at most PIL's own limit)"
+        },
+    )
     bytes_column: str | None = field(
         default=None, metadata={"help": "Parquet column with the encoded image bytes (default: auto-detect)"}
     )
@@ -131,7 +138,7 @@ class LabelOptions:
 
     def __post_init__(self) -> None:
         """Raise :class:`OptionError` naming the option when a value cannot work (before anything starts)."""
-        for name in ("batch_size", "shard_size", "short_side", "max_size"):
+        for name in ("batch_size", "shard_size", "short_side", "max_size", "max_pixels"):
             if getattr(self, name) < 1:
                 raise OptionError(f"`{name}` must be at least 1, got {getattr(self, name)}")
         if self.workers is not None and not 1 <= self.workers[0] <= self.workers[1]:
@@ -139,6 +146,8 @@ class LabelOptions:
             raise OptionError(f"`workers` must be N or MIN-MAX with 1 <= MIN <= MAX, got {low}-{high}")
         if self.max_size < self.short_side:
             raise OptionError(f"`max_size` ({self.max_size}) must not be smaller than `short_side` ({self.short_side})")
+        if self.max_pixels > DEFAULT_MAX_PIXELS:
+            raise OptionError(f"`max_pixels` must be at most {DEFAULT_MAX_PIXELS} (PIL's limit), got {self.max_pixels}")
         if self.limit is not None and self.limit < 0:
             raise OptionError(f"`limit` must be 0 or more, got {self.limit}")
         if self.dtype not in DTYPES:
@@ -314,13 +323,15 @@ def _build_dataset(
             "threads": plan.threads_per_worker,
             "templates": options.templates,
             "resize": resize,
+            "attempts": start_ledger(),
         },
         batch_size=options.batch_size,
         compute=ray.data.ActorPoolStrategy(min_size=plan.workers[0], max_size=plan.workers[1]),
         num_cpus=plan.cpus_per_worker,
         num_gpus=plan.gpus_per_worker,
         # Dead actors are replaced and their batches retried by Ray Data's defaults (max_restarts=-1,
-        # max_task_retries=-1); the keywords to bound them are deprecated in Ray 2.60.
+        # max_task_retries=-1); the keywords to bound them are deprecated in Ray 2.60, so the attempt
+        # ledger bounds the retries of an image that kills its worker (pipeline.label.attempts).
     )
 
 

@@ -1,7 +1,8 @@
 """The labeling job's model stage: the actor that loads SAN once and labels batches.
 
 Rows flow as ``image_path``, ``error`` (empty string when fine) and the stage's payload; a row that
-failed in an earlier stage passes through untouched, so a bad input never stops the run. The light
+failed in an earlier stage passes through untouched, and an image the model fails on (an exception, or
+a worker process that dies on it every time) becomes an error row, so a bad input never stops the run. The light
 CPU stages are in :mod:`pipeline.label.decode`.
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 
 import san
@@ -22,6 +24,7 @@ from san.transforms import ResizeShortestEdge
 
 from ..segments import encode_label_map_png, label_map_segments
 from ..vocabulary import Vocabulary
+from .attempts import GAVE_UP, MAX_ATTEMPTS, Attempts
 
 RANDOM_PREFIX = "random:"
 SMOKE_MODEL = RANDOM_PREFIX + "san_tiny"
@@ -61,7 +64,8 @@ class ModelSpec:
 
 class PredictStage:
     """Actor stage: loads the model and the vocabulary's text embeddings once, then labels batches
-    and encodes each image's label map (PNG) and per-class segments (COCO RLE)."""
+    and encodes each image's label map (PNG) and per-class segments (COCO RLE). ``attempts`` is the
+    run's :class:`~pipeline.label.attempts.AttemptLedger` actor."""
 
     def __init__(
         self,
@@ -73,7 +77,9 @@ class PredictStage:
         threads: int,
         templates: str | None,
         resize: ResizeShortestEdge,
+        attempts: ray.actor.ActorHandle,
     ):
+        self.attempts = Attempts(attempts)
         if device == "cpu":
             torch.set_num_threads(threads)
         self.vocabulary = Vocabulary.from_json(vocabulary)
@@ -91,19 +97,53 @@ class PredictStage:
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        good = [i for i, error in enumerate(batch["error"]) if not error]
-        predictions = (
-            self.predictor.predict(
-                [batch["image"][i] for i in good],
-                original_sizes=[(int(batch["height"][i]), int(batch["width"][i])) for i in good],
-            )
-            if good
-            else []
+        """Label the batch's rows without an error; an image the model fails on becomes an error row.
+
+        The batch goes through the model at once. When that raises, or when a worker died on one of its
+        images before (see :mod:`pipeline.label.attempts`), each image goes alone, so that one bad image
+        costs only itself; an image that killed :data:`MAX_ATTEMPTS` workers is not run again.
+        """
+        count = len(batch["image_path"])
+        errors = [str(error) for error in batch["error"]]
+        pngs, segments = [b""] * count, ["[]"] * count
+        todo = [i for i in range(count) if not errors[i]]
+        paths = [str(batch["image_path"][i]) for i in todo]
+        if todo and not any(self.attempts.unfinished(paths)):
+            with self.attempts.attempt(paths):
+                try:
+                    for i, (png, segs) in zip(todo, self._label(batch, todo), strict=True):
+                        pngs[i], segments[i] = png, segs
+                    todo = []
+                except Exception:  # any failure of the model: retried image by image below
+                    pass
+        for i in todo:
+            path = str(batch["image_path"][i])
+            if self.attempts.unfinished([path])[0] >= MAX_ATTEMPTS:
+                errors[i] = GAVE_UP
+                continue
+            with self.attempts.attempt([path]):
+                try:
+                    [(pngs[i], segments[i])] = self._label(batch, [i])
+                except Exception as failure:  # the model's own error, kept as this image's reason
+                    errors[i] = f"model failed: {type(failure).__name__}: {failure}"
+        return {
+            "image_path": batch["image_path"],
+            "width": batch["width"],
+            "height": batch["height"],
+            "label_map_png": np.asarray(pngs, dtype=object),
+            "segments_json": np.asarray(segments, dtype=object),
+            "error": np.asarray(errors, dtype=object),
+        }
+
+    def _label(self, batch: dict[str, np.ndarray], rows: list[int]) -> list[tuple[bytes, str]]:
+        """The label map PNG and segments JSON of each of ``rows`` (one model call for all)."""
+        predictions = self.predictor.predict(
+            [batch["image"][i] for i in rows],
+            original_sizes=[(int(batch["height"][i]), int(batch["width"][i])) for i in rows],
         )
-        pngs = [b""] * len(batch["image_path"])
-        segments = ["[]"] * len(batch["image_path"])
-        for i, prediction in zip(good, predictions, strict=True):
-            pngs[i] = encode_label_map_png(prediction.label_map, ignore_value=prediction.unlabeled)
+        encoded = []
+        for prediction in predictions:
+            png = encode_label_map_png(prediction.label_map, ignore_value=prediction.unlabeled)
             segs = label_map_segments(
                 prediction.label_map,
                 prediction.scores,
@@ -111,12 +151,5 @@ class PredictStage:
                 self.vocabulary.category_ids,
                 ignore_value=prediction.unlabeled,
             )
-            segments[i] = json.dumps(segs)
-        return {
-            "image_path": batch["image_path"],
-            "width": batch["width"],
-            "height": batch["height"],
-            "label_map_png": np.asarray(pngs, dtype=object),
-            "segments_json": np.asarray(segments, dtype=object),
-            "error": batch["error"],
-        }
+            encoded.append((png, json.dumps(segs)))
+        return encoded

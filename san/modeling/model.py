@@ -13,13 +13,10 @@ from torch import nn
 
 from ..config import SANConfig, get_preset
 from .clip import ClipFeatureExtractor, RecognitionHead, build_clip, load_pretrained_clip
+from .postprocess import best_class, semantic_scores
 from .side_adapter import SideAdapter
 from .text_classifier import TextClassifier, check_vocabulary
 
-# Elements of one chunk of upsampled mask logits in post-processing (bounds peak memory).
-POSTPROCESS_CHUNK_ELEMENTS = 1 << 26
-# Class scores at the output size held at once when only the best class is needed (1 GiB in float32).
-SCORES_CHUNK_ELEMENTS = 1 << 28
 Result = TypeVar("Result")
 # CLIP parameters SAN trains (CLIP_FROZEN_EXCLUDE) plus the classifier's background embedding.
 TRAINABLE_CLIP_PARAMETERS = ("clip_features.positional_embedding", "text_classifier.bg_embed")
@@ -129,9 +126,9 @@ class SAN(nn.Module):
         output_sizes: Sequence[tuple[int, int]] | None = None,
         batch_size: int = 8,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per image, the best score ``[H_i, W_i]`` and its class index ``[H_i, W_i]`` (int64): the max
-        and argmax over classes of :meth:`predict_scores`, with memory bounded for any number of
-        classes and output size (see :func:`best_class`)."""
+        """Per image, the best score ``[H_i, W_i]`` and its class index ``[H_i, W_i]`` (uint8; int32 above 256
+        classes): the max and argmax over classes of :meth:`predict_scores`, bit for bit, with memory bounded
+        for any number of classes and output size (see :func:`~san.modeling.postprocess.best_class`)."""
         return self._predict(images, vocabulary, output_sizes, batch_size, best_class)
 
     def _predict(
@@ -163,68 +160,6 @@ class SAN(nn.Module):
             return results  # type: ignore[return-value]
         finally:
             self.train(was_training)
-
-
-def semantic_scores(
-    mask_preds: torch.Tensor,
-    mask_logits: torch.Tensor,
-    padded_size: tuple[int, int],
-    image_size: tuple[int, int],
-    output_size: tuple[int, int],
-    classes: slice = slice(None),
-) -> torch.Tensor:
-    """One image's class scores ``[C, H_out, W_out]`` from mask logits ``[Q, h, w]`` and class
-    logits ``[Q, C + 1]``, as SAN's post-processing computes them (only the ``classes`` rows).
-
-    Masks are upsampled to the padded size, cropped to the image, resized to the output size
-    (bilinear, align_corners=False) and combined as ``sum_q softmax(logits_q)[c] * sigmoid(mask_q)``
-    (background column dropped after the softmax). Queries are processed in chunks to bound memory.
-    """
-    dtype = torch.promote_types(mask_preds.dtype, torch.float32)  # never post-process in half precision
-    probs = mask_logits.to(dtype).softmax(dim=-1)[:, :-1][:, classes]
-    masks = mask_preds.to(dtype)
-    (hp, wp), (h, w), (ho, wo) = padded_size, image_size, output_size
-    chunk = max(1, POSTPROCESS_CHUNK_ELEMENTS // (hp * wp + ho * wo))
-    scores = torch.zeros(probs.shape[1], ho, wo, device=masks.device, dtype=dtype)
-    for start in range(0, masks.shape[0], chunk):
-        m = F.interpolate(masks[None, start : start + chunk], size=(hp, wp), mode="bilinear", align_corners=False)
-        m = m[:, :, :h, :w]
-        if (ho, wo) != (h, w):
-            m = F.interpolate(m, size=(ho, wo), mode="bilinear", align_corners=False)
-        scores += torch.einsum("qc,qhw->chw", probs[start : start + chunk], m[0].sigmoid())
-    return scores
-
-
-def best_class(
-    mask_preds: torch.Tensor,
-    mask_logits: torch.Tensor,
-    padded_size: tuple[int, int],
-    image_size: tuple[int, int],
-    output_size: tuple[int, int],
-    max_elements: int = SCORES_CHUNK_ELEMENTS,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The best score ``[H_out, W_out]`` and its class index (int64) of :func:`semantic_scores`.
-
-    The scores of all ``C`` classes at the output size take ``C * H_out * W_out`` floats (7 GB for
-    150 classes on a 12-megapixel photo), so classes go in chunks of at most ``max_elements`` scores,
-    keeping a running maximum; ties keep the lowest class index, as ``max`` does. One chunk (most
-    images) computes exactly what ``semantic_scores(...).max(dim=0)`` does; each further chunk
-    repeats the mask upsampling.
-    """
-    num_classes = mask_logits.shape[-1] - 1
-    per_chunk = max(1, max_elements // (output_size[0] * output_size[1]))
-    best, index = semantic_scores(
-        mask_preds, mask_logits, padded_size, image_size, output_size, slice(0, per_chunk)
-    ).max(dim=0)
-    for start in range(per_chunk, num_classes, per_chunk):
-        scores = semantic_scores(
-            mask_preds, mask_logits, padded_size, image_size, output_size, slice(start, start + per_chunk)
-        )
-        value, arg = scores.max(dim=0)
-        better = value > best
-        best = torch.where(better, value, best)
-        index = torch.where(better, arg + start, index)
-    return best, index
 
 
 def _check_images(images: Sequence[torch.Tensor]) -> None:

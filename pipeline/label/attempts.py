@@ -1,0 +1,66 @@
+"""The run's record of model attempts per image: an image that kills its worker process every time ends as
+an error row after :data:`MAX_ATTEMPTS` deaths instead of being retried forever (docs/labeling.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import ray
+
+# Worker deaths while labeling one image after which it becomes an error row, with this reason.
+MAX_ATTEMPTS = 3
+GAVE_UP = f"the worker process died {MAX_ATTEMPTS} times while labeling this image (a crash or out of memory)"
+
+
+# Counted here rather than bounded with Ray's knobs: Ray Data retries a dead actor's batch without limit, and
+# the Ray 2.60 keywords that would bound it (max_restarts/max_task_retries) are deprecated. An actor, unlike a
+# file in the driver's output folder, is reachable from the workers of every node.
+class AttemptLedger:
+    """Per image path: the model attempts that began and never finished (a worker died during them).
+
+    Only images with such attempts are kept, so the ledger stays small however long the run is.
+    """
+
+    def __init__(self) -> None:
+        self._unfinished: dict[str, int] = {}
+
+    def unfinished(self, paths: Sequence[str]) -> list[int]:
+        """How many earlier attempts at each path never finished."""
+        return [self._unfinished.get(path, 0) for path in paths]
+
+    def begin(self, paths: Sequence[str]) -> None:
+        for path in paths:
+            self._unfinished[path] = self._unfinished.get(path, 0) + 1
+
+    def end(self, paths: Sequence[str]) -> None:
+        for path in paths:
+            left = self._unfinished.get(path, 0) - 1
+            if left > 0:
+                self._unfinished[path] = left
+            else:
+                self._unfinished.pop(path, None)
+
+
+def start_ledger() -> ray.actor.ActorHandle:
+    """The run's :class:`AttemptLedger` actor (no CPU reserved; it lives as long as the driver)."""
+    return ray.remote(AttemptLedger).options(num_cpus=0).remote()
+
+
+class Attempts:
+    """The predict stage's side of the ledger: blocking calls, so an attempt is recorded before it starts."""
+
+    def __init__(self, ledger: ray.actor.ActorHandle):
+        self.ledger = ledger
+
+    def unfinished(self, paths: Sequence[str]) -> list[int]:
+        return ray.get(self.ledger.unfinished.remote(list(paths)))
+
+    @contextmanager
+    def attempt(self, paths: Sequence[str]) -> Iterator[None]:
+        """Record an attempt at ``paths`` around the block; it stays unfinished only if the process dies in it."""
+        ray.get(self.ledger.begin.remote(list(paths)))
+        try:
+            yield
+        finally:
+            ray.get(self.ledger.end.remote(list(paths)))
