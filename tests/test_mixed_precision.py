@@ -12,7 +12,6 @@ from skimage import data
 import san
 from pipeline.cli import job_parser, user_message
 from pipeline.dataclass_args import add_dataclass_arguments
-from pipeline.label.job import LabelOptions
 from san.errors import OptionError
 from san.predictor import Predictor
 
@@ -66,6 +65,8 @@ def test_gpu_predictor_labels_like_float32(tiny: san.SAN, photo: np.ndarray, dty
 
 
 def test_reduced_precision_on_cpu_is_refused_with_advice(tiny: san.SAN) -> None:
+    from pipeline.label.job import LabelOptions  # imports Ray: not at module level, for GPU machines without it
+
     with pytest.raises(OptionError, match="^dtype bf16 needs a GPU.*use fp32") as error:
         Predictor(tiny, VOCABULARY, device="cpu", dtype="bf16")
     parser = job_parser("label.py", "Label.")
