@@ -108,7 +108,9 @@ class PredictStage:
         pngs, segments = [b""] * count, ["[]"] * count
         todo = [i for i in range(count) if not errors[i]]
         paths = [str(batch["image_path"][i]) for i in todo]
-        if todo and not any(self.attempts.unfinished(paths)):
+        # Deaths before this call; the batch attempt below ends (recorded) or kills this process, so they hold.
+        died = dict(zip(paths, self.attempts.unfinished(paths), strict=True)) if todo else {}
+        if todo and not any(died.values()):
             with self.attempts.attempt(paths):
                 try:
                     for i, (png, segs) in zip(todo, self._label(batch, todo), strict=True):
@@ -118,7 +120,7 @@ class PredictStage:
                     pass
         for i in todo:
             path = str(batch["image_path"][i])
-            if self.attempts.unfinished([path])[0] >= MAX_ATTEMPTS:
+            if died[path] >= MAX_ATTEMPTS:
                 errors[i] = GAVE_UP
                 continue
             with self.attempts.attempt([path]):
