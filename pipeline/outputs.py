@@ -96,9 +96,10 @@ class RunOutput:
         previous = json.loads(manifest.read_text(encoding="utf-8")).get("identity", {})
         changed = sorted(k for k in identity if k in previous and previous[k] != identity[k])
         if changed:
+            differences = "; ".join(_difference(k, previous[k], identity[k]) for k in changed)
             raise OutputConflictError(
-                f"{self.root} holds a run with a different {', '.join(changed)}; rerun with the same "
-                "vocabulary and model to resume it, or choose a new --output"
+                f"{self.root} holds a run made with {differences}; rerun with the same vocabulary, model and "
+                "options to resume it, or choose a new `output`"
             )
 
     def remove_partial_files(self) -> int:
@@ -185,6 +186,18 @@ class RunOutput:
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(manifest, self.root / "manifest.json", indent=2)
+
+
+# Identity entries that are digests: a change is named, not shown.
+_DIGESTS = {"vocabulary": "a different vocabulary (names or synonyms)", "other_names": "different `other` names"}
+
+
+def _difference(key: str, run: Any, command: Any) -> str:
+    """One changed identity entry, worded for the user (``class_min_scores`` are the vocabulary's ``@`` scores)."""
+    if key in _DIGESTS:
+        return _DIGESTS[key]
+    name = "the vocabulary's minimum scores (@)" if key == "class_min_scores" else f"`{key}`"
+    return f"{name} {json.dumps(run)} (this command: {json.dumps(command)})"
 
 
 def _shards(folder: Path) -> list[Path]:

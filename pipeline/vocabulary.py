@@ -1,14 +1,16 @@
 """Vocabulary files: the class names (and their synonyms) a labeling run predicts.
 
-One class per line, ``name: synonym, synonym``, ``#`` comments; names and synonyms unique
-case-insensitively; category ids 1..N in file order. Every problem raises :class:`VocabularyError` naming
-the file, the 1-based line and the problem. The full format: ``docs/labeling.md``.
+One class per line, ``name: synonym, synonym``, optionally ending in ``@ 0.4`` (the class's own minimum
+score), ``#`` comments; names and synonyms unique case-insensitively; category ids 1..N in file order.
+Every problem raises :class:`VocabularyError` naming the file, the 1-based line and the problem. The full
+format: ``docs/labeling.md``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,16 +53,26 @@ class Vocabulary:
     Attributes:
         names: class names in file order; class index ``i`` (0-based) has category id ``i + 1``.
         synonyms: per class, its synonyms (the name itself excluded), in file order.
+        min_scores: per class, its own minimum score (``None``: the run's ``--min-score``); ``()`` when the
+            file gives none (normalised to one ``None`` per class).
     """
 
     names: tuple[str, ...]
     synonyms: tuple[tuple[str, ...], ...]
+    min_scores: tuple[float | None, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.names, tuple) or not isinstance(self.synonyms, tuple):
             raise TypeError("Vocabulary.names and Vocabulary.synonyms must be tuples")
         if len(self.names) != len(self.synonyms):
             raise VocabularyError(f"Vocabulary has {len(self.names)} names but {len(self.synonyms)} synonym lists")
+        if self.min_scores == ():
+            object.__setattr__(self, "min_scores", (None,) * len(self.names))
+        if not isinstance(self.min_scores, tuple) or len(self.min_scores) != len(self.names):
+            raise VocabularyError(f"Vocabulary has {len(self.names)} names but min_scores {self.min_scores!r}")
+        for index, score in enumerate(self.min_scores):
+            if score is not None and (problem := _score_problem(score)):
+                raise VocabularyError(f"Vocabulary: class {index + 1}: minimum score {score!r} {problem}")
         if not self.names:
             raise VocabularyError("Vocabulary has no classes")
         entries: list[tuple[str, int]] = []
@@ -95,8 +107,15 @@ class Vocabulary:
         return tuple(index for index, syns in enumerate(self.synonyms) for _ in range(1 + len(syns)))
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable dict ``{"names": [...], "synonyms": [[...], ...]}``."""
-        return {"names": list(self.names), "synonyms": [list(s) for s in self.synonyms]}
+        """A JSON-serialisable dict ``{"names": [...], "synonyms": [[...], ...]}``, with ``"min_scores": [0.4,
+        null, ...]`` when a class has its own minimum score."""
+        names = {"names": list(self.names), "synonyms": [list(s) for s in self.synonyms]}
+        return {**names, "min_scores": list(self.min_scores)} if self.has_min_scores else names
+
+    @property
+    def has_min_scores(self) -> bool:
+        """Whether a class has its own minimum score."""
+        return any(score is not None for score in self.min_scores)
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Vocabulary:
@@ -109,16 +128,20 @@ class Vocabulary:
             raise VocabularyError("vocabulary JSON 'names' and 'synonyms' must be lists")
         if not all(isinstance(s, list) for s in synonyms):
             raise VocabularyError("vocabulary JSON 'synonyms' must be a list of lists")
-        return cls(names=tuple(names), synonyms=tuple(tuple(s) for s in synonyms))
+        min_scores = obj.get("min_scores", [])
+        if not isinstance(min_scores, list):
+            raise VocabularyError("vocabulary JSON 'min_scores' must be a list")
+        return cls(names=tuple(names), synonyms=tuple(tuple(s) for s in synonyms), min_scores=tuple(min_scores))
 
     @property
     def fingerprint(self) -> str:
-        """sha256 hex digest of the normalised content (names and synonyms, in order).
+        """sha256 hex digest of the classes (names and synonyms, in order).
 
-        Comments, blank lines and whitespace in the file do not change it; names, synonyms,
+        Comments, blank lines, whitespace and minimum scores in the file do not change it; names, synonyms,
         their case and their order do.
         """
-        canonical = json.dumps(self.to_json(), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+        classes = {"names": list(self.names), "synonyms": [list(s) for s in self.synonyms]}
+        canonical = json.dumps(classes, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -134,14 +157,15 @@ def parse_vocabulary(
             (the labeling job refuses names whose prompts CLIP would cut).
 
     Raises:
-        VocabularyError: ``"{source}:{line}: {problem}"`` for an empty name or synonym, a second ``:``,
-            a case-insensitive duplicate (both lines named), a problem ``check_term`` finds, or
-            ``"{source}: no classes ..."``.
+        VocabularyError: ``"{source}:{line}: {problem}"`` for an empty name or synonym, a second ``:`` or
+            ``@``, a minimum score after ``@`` that is no number of 0 or more, a case-insensitive duplicate
+            (both lines named), a problem ``check_term`` finds, or ``"{source}: no classes ..."``.
     """
     if text.startswith("\ufeff"):
         text = text[1:]
     names: list[str] = []
     synonyms: list[tuple[str, ...]] = []
+    min_scores: list[float | None] = []
     entries: list[tuple[str, int]] = []
     # split on "\n" only (not str.splitlines) so line numbers match the byte-level count used for
     # decode errors; a trailing "\r" is whitespace and gets stripped.
@@ -149,6 +173,7 @@ def parse_vocabulary(
         content = _normalise(raw.split("#", 1)[0])
         if not content:
             continue
+        content, min_score = _split_min_score(content, f"{source}:{line_no}")
         if content.count(":") > 1:
             raise VocabularyError(f"{source}:{line_no}: more than one ':' in {content!r}")
         name, colon, rest = content.partition(":")
@@ -165,11 +190,37 @@ def parse_vocabulary(
                 raise VocabularyError(f"{source}:{line_no}: {problem}")
         names.append(name)
         synonyms.append(syns)
+        min_scores.append(min_score)
         entries.extend((term, line_no) for term in (name, *syns))
     if not names:
         raise VocabularyError(f"{source}: no classes found (only blank lines and comments)")
     _check_unique(entries, source)
-    return Vocabulary(names=tuple(names), synonyms=tuple(synonyms))
+    return Vocabulary(names=tuple(names), synonyms=tuple(synonyms), min_scores=tuple(min_scores))
+
+
+def _score_problem(score: Any) -> str | None:
+    """What is wrong with a minimum score, or ``None``."""
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+        return "is not a finite number"
+    return "is below 0" if score < 0 else None
+
+
+def _split_min_score(content: str, where: str) -> tuple[str, float | None]:
+    """A line's content without its trailing ``@ SCORE``, and the score (``None`` without ``@``)."""
+    if "@" not in content:
+        return content, None
+    if content.count("@") > 1:
+        raise VocabularyError(f"{where}: more than one '@' in {content!r}")
+    terms, _, text = content.partition("@")
+    try:
+        score = float(text)
+    except ValueError:
+        raise VocabularyError(
+            f"{where}: {text.strip()!r} after '@' is not a minimum score (a number such as @0.4) in {content!r}"
+        ) from None
+    if problem := _score_problem(score):
+        raise VocabularyError(f"{where}: minimum score {text.strip()!r} {problem} in {content!r}")
+    return _normalise(terms), score
 
 
 def load_vocabulary(path: str | os.PathLike[str], check_term: Callable[[str], str | None] | None = None) -> Vocabulary:

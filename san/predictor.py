@@ -3,6 +3,10 @@
 Images are resized by a :class:`~san.transforms.ResizeShortestEdge` (SAN's evaluation: short side 640,
 long side at most 2560, PIL bilinear), predicted on the model's device (optionally under bf16/fp16
 autocast on GPU), and the class scores are mapped back to each image's original size before the argmax.
+
+Label quality controls: ``other`` names (distractors, :mod:`san.other_names`) compete with the classes and
+leave the pixels they win unlabeled; ``tta`` averages the scores of several passes (:mod:`san.tta`);
+``class_min_scores`` gives classes their own minimum score.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import torch
 from .errors import OptionError
 from .modeling.model import SAN
 from .modeling.text_classifier import check_vocabulary
+from .other_names import added_names
 from .precision import DTYPES, autocast_context, resolve_device
 from .transforms import SAN_EVAL_RESIZE, ResizeShortestEdge
+from .tta import TestTimeAugmentation, average_best_class
 
 # Pixels of a label map mapped from prompts to classes at once (bounds the 64-bit index copy to 8 MiB).
 MAP_BAND_PIXELS = 1 << 20
@@ -28,8 +34,9 @@ class Prediction:
     """One image's result at its original size.
 
     ``label_map`` ``[H, W]``: 0-based class index, or ``unlabeled`` (255 for uint8, 65535 for uint16)
-    where the best score is below ``min_score``. ``scores`` ``[H, W]`` float32: the best class score at
-    each pixel (SAN's semantic score, ``sum_q P(class | mask q) * sigmoid(mask q)``, usually 0..1).
+    where the best score is below the class's minimum score or the best class is an added ("other") name.
+    ``scores`` ``[H, W]`` float32: the best class score at each pixel (SAN's semantic score,
+    ``sum_q P(class | mask q) * sigmoid(mask q)``, usually 0..1).
     """
 
     label_map: np.ndarray
@@ -43,6 +50,11 @@ class Predictor:
     ``prompts`` are the texts sent to CLIP; ``prompt_to_class`` maps each prompt to its class index
     (several prompts per class = synonyms, combined by the maximum of their scores). Without it,
     each prompt is its own class.
+
+    ``other``: distractor names, each an extra class whose pixels become unlabeled; a name equal to a
+    prompt (ignoring case) is not added (:attr:`added_names` are those that are). ``tta``: average the
+    scores of its passes instead of one pass. ``class_min_scores``: per class, its minimum best score
+    (``None``: ``min_score``); a pixel whose best class scores lower is unlabeled.
     """
 
     def __init__(
@@ -55,12 +67,25 @@ class Predictor:
         resize: ResizeShortestEdge = SAN_EVAL_RESIZE,
         min_score: float = 0.0,
         batch_size: int = 8,
+        other: Sequence[str] = (),
+        tta: TestTimeAugmentation | None = None,
+        class_min_scores: Sequence[float | None] | None = None,
     ):
         self.prompts = check_vocabulary(prompts)
         self.prompt_to_class = list(prompt_to_class) if prompt_to_class is not None else list(range(len(prompts)))
         if len(self.prompt_to_class) != len(self.prompts):
             raise ValueError(f"{len(self.prompt_to_class)} class indices for {len(self.prompts)} prompts")
         self.num_classes = max(self.prompt_to_class) + 1
+        self.unlabeled = 255 if self.num_classes <= 255 else 65535
+        self.added_names = added_names(other, self.prompts)
+        # The model sees the prompts, then the added names, each of these its own class after the vocabulary's.
+        self._model_prompts = self.prompts + self.added_names
+        self._model_classes = self.prompt_to_class + [self.num_classes + i for i in range(len(self.added_names))]
+        if class_min_scores is not None and len(class_min_scores) != self.num_classes:
+            raise ValueError(f"{len(class_min_scores)} minimum scores for {self.num_classes} classes")
+        self.min_scores = [
+            min_score if score is None else float(score) for score in (class_min_scores or [None] * self.num_classes)
+        ]
         self.device = resolve_device(device)
         if dtype not in DTYPES:
             raise OptionError(f"unknown `dtype` {dtype!r}; choose from {sorted(DTYPES)}")
@@ -69,15 +94,16 @@ class Predictor:
         self.dtype = DTYPES[dtype]
         self.resize = resize
         self.min_score = min_score
+        self.tta = tta
         self.batch_size = batch_size
         self.model = model.to(self.device).eval()
         with torch.inference_mode():
-            self.model.text_classifier(self.prompts)  # fill the text-embedding cache once
+            self.model.text_classifier(self._model_prompts)  # fill the text-embedding cache once
 
     def _model_inputs(
         self, images: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]] | None
-    ) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
-        """``[3, h, w]`` uint8 tensors at the model's input size, and the size each result is wanted at.
+    ) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+        """RGB uint8 ``[h, w, 3]`` arrays at the model's input size, and the size each result is wanted at.
 
         Without ``original_sizes`` the images are resized here by ``self.resize``. With them, the images
         were already resized (e.g. in the labeling job's CPU stage), and each must have the size that
@@ -85,7 +111,7 @@ class Predictor:
         """
         if original_sizes is not None and len(original_sizes) != len(images):
             raise ValueError(f"{len(original_sizes)} original sizes for {len(images)} images")
-        tensors, sizes = [], []
+        arrays, sizes = [], []
         for i, image in enumerate(images):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}")
@@ -102,26 +128,31 @@ class Predictor:
                     )
             if not image.flags.writeable:  # e.g. zero-copy arrays from Ray's object store
                 image = image.copy()
-            tensors.append(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+            arrays.append(np.ascontiguousarray(image))
             sizes.append(size)
-        return tensors, sizes
+        return arrays, sizes
 
     def class_scores(
         self, images: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]] | None = None
     ) -> list[torch.Tensor]:
-        """Per image ``[num_classes, H, W]`` scores (on the model's device) at the image's original size.
+        """Per image ``[num_classes + len(added_names), H, W]`` scores (on the model's device) at the image's
+        original size, of one pass (no test-time augmentation): the classes, then the added names.
 
         ``images``: RGB uint8 ``[H, W, 3]`` of any size, or, with ``original_sizes``, already resized by
         ``self.resize`` from those ``(H, W)``."""
-        tensors, sizes = self._model_inputs(images, original_sizes)
+        arrays, sizes = self._model_inputs(images, original_sizes)
         with autocast_context(self.device, self.dtype):
-            scores = self.model.predict_scores(tensors, self.prompts, sizes, batch_size=self.batch_size)
+            scores = self.model.predict_scores(
+                [_tensor(a) for a in arrays], self._model_prompts, sizes, batch_size=self.batch_size
+            )
         return [self._reduce_synonyms(s) for s in scores]
 
     def _reduce_synonyms(self, scores: torch.Tensor) -> torch.Tensor:
-        if self.num_classes == len(self.prompts):
+        """Prompt scores ``[P, ...]`` -> class scores ``[C, ...]`` (a class: the max of its prompts)."""
+        if len(self._model_classes) == max(self._model_classes) + 1:
             return scores
-        members = [[p for p, c in enumerate(self.prompt_to_class) if c == k] for k in range(self.num_classes)]
+        classes = range(max(self._model_classes) + 1)
+        members = [[p for p, c in enumerate(self._model_classes) if c == k] for k in classes]
         return torch.stack([scores[m].amax(dim=0) for m in members])
 
     def predict(
@@ -130,30 +161,66 @@ class Predictor:
         """Label RGB uint8 images ``[H, W, 3]`` (see :meth:`class_scores` for ``original_sizes``).
 
         The best class of a pixel is the class of its best prompt (a class scores the maximum of its
-        prompts), taken without holding every class's scores at the output size at once.
+        prompts), taken without holding every class's scores at the output size at once. A pixel whose
+        best class is an added name, or whose best score is below its class's minimum, is unlabeled.
         """
-        tensors, sizes = self._model_inputs(images, original_sizes)
-        with autocast_context(self.device, self.dtype):
-            best = self.model.predict_best(tensors, self.prompts, sizes, batch_size=self.batch_size)
-        unlabeled = 255 if self.num_classes <= 255 else 65535
-        dtype = np.uint8 if unlabeled == 255 else np.uint16
+        arrays, sizes = self._model_inputs(images, original_sizes)
+        if self.tta is None:
+            with autocast_context(self.device, self.dtype):
+                best = self.model.predict_best(
+                    [_tensor(a) for a in arrays], self._model_prompts, sizes, batch_size=self.batch_size
+                )
+            table = self._model_classes
+        else:
+            best = self._average_best(arrays, sizes)
+            table = list(range(max(self._model_classes) + 1))
+        dtype = np.uint8 if self.unlabeled == 255 else np.uint16
         results = []
-        for score, prompt in best:
-            label = self._prompt_classes(prompt, torch.uint8 if dtype == np.uint8 else torch.int32)
-            if self.min_score > 0:  # scores are never negative
-                label[score < self.min_score] = unlabeled
+        for score, index in best:
+            label = self._labels(index, table, score)
             label = label.cpu().numpy().astype(dtype, copy=False)
-            results.append(Prediction(label, score.float().cpu().numpy(), unlabeled))
+            results.append(Prediction(label, score.float().cpu().numpy(), self.unlabeled))
         return results
 
-    def _prompt_classes(self, prompt: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The class ``[H, W]`` of each pixel's best prompt ``[H, W]``, in ``dtype``; mapped in bands of rows,
-        so that a large photo's map is never held in 64-bit integers."""
-        if self.num_classes == len(self.prompts):
-            return prompt.to(dtype)
-        prompt_class = torch.tensor(self.prompt_to_class, device=prompt.device, dtype=dtype)
-        label = torch.empty(prompt.shape, dtype=dtype, device=prompt.device)
-        rows = max(1, MAP_BAND_PIXELS // prompt.shape[1])
-        for start in range(0, prompt.shape[0], rows):
-            label[start : start + rows] = prompt_class[prompt[start : start + rows].int()]
+    def _average_best(
+        self, arrays: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per image, the best average class score ``[H, W]`` over the TTA passes and its class ``[H, W]``."""
+        assert self.tta is not None
+        passes: list[list] = [[] for _ in arrays]
+        for resize, flipped in self.tta.passes:
+            inputs = [self.tta.pass_input(array, resize, flipped) for array in arrays]
+            with autocast_context(self.device, self.dtype):
+                outputs = self.model.predict_outputs(inputs, self._model_prompts, batch_size=self.batch_size)
+            for image_passes, output in zip(passes, outputs, strict=True):
+                image_passes.append((output, flipped))
+        return [
+            average_best_class(image_passes, size, self._reduce_synonyms)
+            for image_passes, size in zip(passes, sizes, strict=True)
+        ]
+
+    def _labels(self, index: torch.Tensor, index_class: Sequence[int], score: torch.Tensor) -> torch.Tensor:
+        """The label ``[H, W]`` of each pixel from its best prompt or class ``index`` ``[H, W]``: ``index_class``
+        maps an index to its class; added names and scores below their class's minimum become unlabeled. Mapped
+        in bands of rows, so that a large photo's map is never held in 64-bit integers."""
+        dtype = torch.uint8 if self.unlabeled == 255 else torch.int32
+        mapped = [c if c < self.num_classes else self.unlabeled for c in index_class]
+        identity = mapped == list(range(len(mapped)))
+        thresholds = [*self.min_scores, *[0.0] * (self.unlabeled + 1 - self.num_classes)]
+        if identity and not any(thresholds):
+            return index.to(dtype)
+        index_label = torch.tensor(mapped, device=index.device, dtype=dtype)
+        label_min = torch.tensor(thresholds, device=index.device, dtype=score.dtype)
+        label = torch.empty(index.shape, dtype=dtype, device=index.device)
+        rows = max(1, MAP_BAND_PIXELS // index.shape[1])
+        for start in range(0, index.shape[0], rows):
+            band = index_label[index[start : start + rows].int()]
+            if any(thresholds):  # scores are never negative
+                band[score[start : start + rows] < label_min[band.int()]] = self.unlabeled
+            label[start : start + rows] = band
         return label
+
+
+def _tensor(image: np.ndarray) -> torch.Tensor:
+    """``[3, H, W]`` view of an RGB uint8 array ``[H, W, 3]``."""
+    return torch.from_numpy(image).permute(2, 0, 1)

@@ -9,6 +9,7 @@ batches arrive -> at the end, merge into ``coco.json``, ``errors.parquet`` and `
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.metadata
 import json
 import platform
@@ -24,8 +25,10 @@ from tqdm import tqdm
 
 from san.errors import OptionError
 from san.modeling.text_classifier import TEMPLATE_SETS, get_templates, prompt_length_problem
+from san.other_names import OTHER_CHOICES, OtherNamesError, added_names, read_other_names
 from san.precision import DTYPES
 from san.transforms import ResizeShortestEdge
+from san.tta import DEFAULT_TTA_SIZES, TTA_MAX_SIZE, TestTimeAugmentation
 
 from ..output_lock import exclusive_output
 from ..outputs import RunOutput
@@ -56,14 +59,23 @@ def _workers(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected N or MIN-MAX, got {text!r}") from None
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    """``--tta-sizes 480,640,800`` as ``(480, 640, 800)``."""
+    try:
+        return tuple(int(size) for size in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected short sides separated by commas, got {text!r}") from None
+
+
 @dataclass(kw_only=True)
 class LabelOptions:
     """Everything ``jobs/label.py`` accepts: its parser is generated from these fields (``help`` metadata)."""
 
     vocab: str = field(
         metadata={
-            "help": "UTF-8 file, one class per line; '#' comments; synonyms as 'name: syn, syn'; a name whose "
-            "prompt is longer than CLIP's 77 tokens is refused (it would be cut)"
+            "help": "UTF-8 file, one class per line; '#' comments; synonyms as 'name: syn, syn'; a class's own "
+            "minimum score at the end of its line, 'name: syn @ 0.4' (else `min_score`); a name whose prompt is "
+            "longer than CLIP's 77 tokens is refused (it would be cut)"
         }
     )
     input: str | None = field(
@@ -117,6 +129,31 @@ class LabelOptions:
             "(default: 0, label everything)"
         },
     )
+    other: str = field(
+        default="coco-stuff",
+        metadata={
+            "help": "distractor names added to the vocabulary (as the official SAN demo does); pixels they win "
+            "become 255 (unlabeled): coco-stuff (COCO-Stuff's 91 background names: sky-other, grass, wall-brick, "
+            "...), coco-all (its 171 names, objects too), none (every pixel gets one of your classes; use it to "
+            "reproduce the paper's numbers), or a UTF-8 file of names, one per line. A name equal to one of your "
+            "classes or synonyms (ignoring case) is not added"
+        },
+    )
+    tta: bool = field(
+        default=False,
+        metadata={
+            "help": "test-time augmentation as SAN's official evaluation: average the scores of the model input "
+            "resized to each of `tta_sizes` and of each flipped horizontally (12 passes at the default sizes)"
+        },
+    )
+    tta_sizes: tuple[int, ...] = field(
+        default=DEFAULT_TTA_SIZES,
+        metadata={
+            "help": "short sides of the `tta` passes, e.g. 480,640,800 (long side at most "
+            f"{TTA_MAX_SIZE}; default: {','.join(map(str, DEFAULT_TTA_SIZES))})",
+            "type": _sizes,
+        },
+    )
     limit: int | None = field(default=None, metadata={"help": "label at most this many new images"})
     shard_size: int = field(default=256, metadata={"help": "rows per Parquet file written"})
     max_pixels: int = field(
@@ -154,6 +191,18 @@ class LabelOptions:
             raise OptionError(f"`dtype` must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.input is None and not self.smoke_test:
             raise OptionError("`input` is required (a folder, glob, list file, Parquet or WebDataset shards)")
+        if not self.tta_sizes or not all(1 <= size <= TTA_MAX_SIZE for size in self.tta_sizes):
+            raise OptionError(f"`tta_sizes` must be short sides from 1 to {TTA_MAX_SIZE}, got {self.tta_sizes}")
+        if len(set(self.tta_sizes)) != len(self.tta_sizes):
+            raise OptionError(f"`tta_sizes` names a size twice: {self.tta_sizes}")
+        if self.other not in OTHER_CHOICES and not Path(self.other).is_file():
+            choices = ", ".join(OTHER_CHOICES)
+            raise OptionError(f"`other` {self.other!r} is neither one of {choices} nor a file of names")
+
+    @property
+    def test_time_augmentation(self) -> TestTimeAugmentation | None:
+        """The passes of ``--tta`` (``None`` without it)."""
+        return TestTimeAugmentation(tuple(self.tta_sizes)) if self.tta else None
 
 
 def _versions() -> dict[str, str]:
@@ -167,16 +216,31 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _identity(options: LabelOptions, fingerprint: str) -> dict[str, Any]:
+def _identity(options: LabelOptions, vocabulary: Vocabulary, other: list[str]) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues (``RunOutput.check_compatible``)."""
     model = SMOKE_MODEL if options.smoke_test else options.model
     return {
-        "vocabulary": fingerprint,
+        "vocabulary": vocabulary.fingerprint,
         "model": model,
         "config": options.config,
         "templates": options.templates,
         "short_side": options.short_side,
         "min_score": options.min_score,
+        "class_min_scores": list(vocabulary.min_scores),
+        "other": options.other,
+        "other_names": hashlib.sha256(json.dumps(other).encode("utf-8")).hexdigest(),
+        "tta": list(options.tta_sizes) if options.tta else None,
     }
+
+
+def _other_names(options: LabelOptions, vocabulary: Vocabulary, check_term: Any) -> list[str]:
+    """The ``--other`` names the model adds to ``vocabulary`` (those equal to one of its terms left out);
+    a name whose prompt CLIP would cut is refused like a vocabulary name."""
+    other = read_other_names(options.other)
+    for name in other:
+        if problem := check_term(name):
+            raise OtherNamesError(f"`other` {options.other}: {problem}")
+    return added_names(other, vocabulary.prompts)
 
 
 def run_label_job(options: LabelOptions) -> dict[str, Any]:
@@ -191,21 +255,26 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
     # The SAN configs' template set unless --templates names one (a model config naming another set fails
     # in the workers on a name too long for it, as the text classifier refuses to cut a prompt).
     templates = get_templates(options.templates or "vild")
-    vocabulary = load_vocabulary(options.vocab, check_term=lambda term: prompt_length_problem(term, templates))
+
+    def check_term(term: str) -> str | None:
+        return prompt_length_problem(term, templates)
+
+    vocabulary = load_vocabulary(options.vocab, check_term=check_term)
+    other = _other_names(options, vocabulary, check_term)
     output = RunOutput(options.output)
     created = output.create()
     try:
         with exclusive_output(output.root):
-            return _label(options, output, vocabulary)
+            return _label(options, output, vocabulary, other)
     finally:
         if created:
             output.remove_if_empty()
 
 
-def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary) -> dict[str, Any]:
-    """:func:`run_label_job` in an output folder that this job holds."""
+def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, other: list[str]) -> dict[str, Any]:
+    """:func:`run_label_job` in an output folder that this job holds; ``other``: the added distractor names."""
     started = time.time()
-    identity = _identity(options, vocabulary.fingerprint)
+    identity = _identity(options, vocabulary, other)
     output.check_compatible(identity)
     output.remove_partial_files()
     if options.smoke_test and options.input is None:
@@ -231,6 +300,7 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary) -> 
         "identity": identity,
         "options": {k: v for k, v in asdict(options).items() if k != "command"},
         "vocabulary": vocabulary.to_json(),
+        "other_names": other,
         "resources": asdict(plan),
         "versions": _versions(),
     }
@@ -238,7 +308,7 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary) -> 
     try:
         with stop_on_sigterm():
             if todo or resolved.containers:
-                dataset = _build_dataset(options, model, todo, resolved.containers, done, vocabulary.to_json(), plan)
+                dataset = _build_dataset(options, model, todo, resolved.containers, done, vocabulary, other, plan)
                 new = _consume(dataset, output, options, total=len(todo) if not resolved.containers else None)
             else:
                 new = {
@@ -287,7 +357,8 @@ def _build_dataset(
     todo: list[InputItem],
     containers: list[Container],
     done: set[str],
-    vocabulary_json: dict[str, Any],
+    vocabulary: Vocabulary,
+    other: list[str],
     plan: ResourcePlan,
 ) -> ray.data.Dataset:
     """Listed paths and lazily expanded containers -> decode (CPU tasks) -> predict (actor pool)."""
@@ -316,10 +387,12 @@ def _build_dataset(
         PredictStage,
         fn_constructor_kwargs={
             "model": model,
-            "vocabulary": vocabulary_json,
+            "vocabulary": vocabulary.to_json(),
             "device": plan.device,
             "dtype": options.dtype,
             "min_score": options.min_score,
+            "other": other,
+            "tta": options.test_time_augmentation,
             "threads": plan.threads_per_worker,
             "templates": options.templates,
             "resize": resize,

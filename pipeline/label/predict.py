@@ -21,6 +21,7 @@ import san
 from san.errors import OptionError
 from san.predictor import Predictor
 from san.transforms import ResizeShortestEdge
+from san.tta import TestTimeAugmentation
 
 from ..segments import encode_label_map_png, label_map_segments
 from ..vocabulary import Vocabulary
@@ -65,7 +66,8 @@ class ModelSpec:
 class PredictStage:
     """Actor stage: loads the model and the vocabulary's text embeddings once, then labels batches
     and encodes each image's label map (PNG) and per-class segments (COCO RLE). ``attempts`` is the
-    run's :class:`~pipeline.label.attempts.AttemptLedger` actor."""
+    run's :class:`~pipeline.label.attempts.AttemptLedger` actor; ``other`` (distractor names), ``tta`` and the
+    vocabulary's own minimum scores go to the :class:`~san.predictor.Predictor`."""
 
     def __init__(
         self,
@@ -78,6 +80,8 @@ class PredictStage:
         templates: str | None,
         resize: ResizeShortestEdge,
         attempts: ray.actor.ActorHandle,
+        other: list[str],
+        tta: TestTimeAugmentation | None,
     ):
         self.attempts = Attempts(attempts)
         if device == "cpu":
@@ -94,6 +98,9 @@ class PredictStage:
             dtype=dtype,
             min_score=min_score,
             resize=resize,
+            other=other,
+            tta=tta,
+            class_min_scores=self.vocabulary.min_scores,
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..config import SANConfig, get_preset
 from .clip import ClipFeatureExtractor, RecognitionHead, build_clip, load_pretrained_clip
-from .postprocess import best_class, semantic_scores
+from .postprocess import ImageOutputs, best_class, semantic_scores
 from .side_adapter import SideAdapter
 from .text_classifier import TextClassifier, check_vocabulary
 
@@ -130,6 +130,19 @@ class SAN(nn.Module):
         classes): the max and argmax over classes of :meth:`predict_scores`, bit for bit, with memory bounded
         for any number of classes and output size (see :func:`~san.modeling.postprocess.best_class`)."""
         return self._predict(images, vocabulary, output_sizes, batch_size, best_class)
+
+    @torch.inference_mode()
+    def predict_outputs(
+        self, images: Sequence[torch.Tensor], vocabulary: Sequence[str], batch_size: int = 8
+    ) -> list[ImageOutputs]:
+        """Per uint8 RGB image ``[3, H_i, W_i]``, the model outputs that :func:`semantic_scores` post-processes
+        (mask logits ``[Q, h, w]``, class logits ``[Q, len(vocabulary) + 1]``): small, so that several passes
+        over an image (test-time augmentation) can be kept and post-processed together."""
+
+        def keep(mask_preds, mask_logits, padded_size, image_size, _output_size) -> ImageOutputs:
+            return ImageOutputs(mask_preds, mask_logits, tuple(padded_size), image_size)
+
+        return self._predict(images, vocabulary, None, batch_size, keep)
 
     def _predict(
         self,

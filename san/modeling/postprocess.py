@@ -4,11 +4,25 @@ and vocabulary."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 # Class scores plus upsampled masks of one band of output columns (32 MiB in float32).
 BAND_ELEMENTS = 1 << 23
+
+
+@dataclass
+class ImageOutputs:
+    """One image's last-level model outputs, all that post-processing needs: mask logits ``mask_preds``
+    ``[Q, h, w]``, class logits ``mask_logits`` ``[Q, C + 1]`` (background last), the padded input size and
+    the image's size within it (``(H, W)`` each)."""
+
+    mask_preds: torch.Tensor
+    mask_logits: torch.Tensor
+    padded_size: tuple[int, int]
+    image_size: tuple[int, int]
 
 
 def semantic_scores(
@@ -18,9 +32,11 @@ def semantic_scores(
     image_size: tuple[int, int],
     output_size: tuple[int, int],
     max_elements: int = BAND_ELEMENTS,
+    columns: slice | None = None,
 ) -> torch.Tensor:
     """One image's class scores ``[C, H_out, W_out]`` from mask logits ``[Q, h, w]`` and class logits
-    ``[Q, C + 1]``, as SAN's post-processing computes them.
+    ``[Q, C + 1]``, as SAN's post-processing computes them; with ``columns`` (a slice of step 1), only
+    those output columns: ``[C, H_out, len(columns)]``, bit for bit the same columns of the whole.
 
     Masks are upsampled to the padded size, cropped to the image, resized to the output size (bilinear,
     align_corners=False) and combined as ``sum_q softmax(logits_q)[c] * sigmoid(mask_q)`` (background
@@ -28,9 +44,15 @@ def semantic_scores(
     :func:`best_class` computes it.
     """
     probs, masks = _probabilities_and_masks(mask_preds, mask_logits, padded_size, image_size)
-    scores = masks.new_empty(probs.shape[1], *output_size)
-    for columns in column_bands(*probs.shape, output_size, max_elements):
-        scores[:, :, columns] = _scores(probs, masks, output_size, columns).transpose(1, 2)
+    wanted = range(output_size[1])[columns if columns is not None else slice(None)]
+    scores = masks.new_empty(probs.shape[1], output_size[0], len(wanted))
+    for band in column_bands(*probs.shape, output_size, max_elements):
+        start, stop = max(band.start, wanted.start), min(band.stop, wanted.stop)
+        if start < stop:
+            band_scores = _scores(probs, masks, output_size, band).transpose(1, 2)
+            scores[:, :, start - wanted.start : stop - wanted.start] = band_scores[
+                :, :, start - band.start : stop - band.start
+            ]
     return scores
 
 
