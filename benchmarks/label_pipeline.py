@@ -75,6 +75,7 @@ def pipeline_run(
         output=str(output),
         model=f"random:{preset}",
         batch_size=batch_size,
+        other="none",  # the plain loop's work: the vocabulary's classes only
         progress=False,
     )
     started = time.perf_counter()

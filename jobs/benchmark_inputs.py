@@ -3,7 +3,8 @@
 Examples:
     python jobs/benchmark_inputs.py --list
     python jobs/benchmark_inputs.py ade150 --root /data/datasets --out work/ade150
-    python jobs/label.py --vocab work/ade150/vocab.txt --input work/ade150/images.txt --output work/ade150/labels
+    python jobs/label.py --vocab work/ade150/vocab.txt --input work/ade150/images.txt --other none \\
+        --output work/ade150/labels
     python jobs/evaluate.py --predictions work/ade150/labels --gt ade150:/data/datasets
 
 ROOT is the datasets root holding the prepared dataset folders (ADEChallengeData2016/, ADE20K_2021_17_01/,
@@ -51,7 +52,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"{written.num_images} images -> {written.images_path}")
     print(f"{len(BENCHMARKS[args.benchmark].class_names)} classes -> {written.vocab_path}")
     print("next:")
-    print(f"  python jobs/label.py --vocab {written.vocab_path} --input {written.images_path} --output {out}/labels")
+    # --other none: the paper's numbers are the benchmark's classes alone, every pixel labeled
+    label = f"python jobs/label.py --vocab {written.vocab_path} --input {written.images_path} --other none"
+    print(f"  {label} --output {out}/labels")
     print(f"  python jobs/evaluate.py --predictions {out}/labels --gt {args.benchmark}:{root}")
     return 0
 

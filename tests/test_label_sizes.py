@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from skimage import data
+from varied_model import model_input, varied_tiny_model
 
 import san
 from pipeline.label.job import LabelOptions, run_label_job
@@ -23,14 +24,6 @@ SHORT_SIDE = 160
 VOCABULARY = "person: astronaut\ncat\ncoffee cup\nsky\ngrass\nflag\n"
 
 
-def model_input(image: np.ndarray, short_side: int, max_size: int = 2560) -> torch.Tensor:
-    """``[3, h, w]`` uint8: detectron2's ResizeShortestEdge (PIL bilinear, sizes rounded half up)."""
-    height, width = image.shape[:2]
-    scale = min(short_side / min(height, width), max_size / max(height, width))
-    size = (int(width * scale + 0.5), int(height * scale + 0.5))
-    return torch.from_numpy(np.array(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))).permute(2, 0, 1)
-
-
 def expected_label_map(model: san.SAN, image: np.ndarray, prompts: list[str], prompt_to_class: list[int], short_side):
     """Argmax over classes (a class scores the max of its prompts) of ``predict_scores`` at the original size."""
     with torch.inference_mode():
@@ -38,19 +31,6 @@ def expected_label_map(model: san.SAN, image: np.ndarray, prompts: list[str], pr
     members = [[p for p, c in enumerate(prompt_to_class) if c == k] for k in range(max(prompt_to_class) + 1)]
     classes = torch.stack([scores[prompts_of_class].amax(0) for prompts_of_class in members])
     return classes.argmax(0).numpy().astype(np.uint8)
-
-
-def varied_tiny_model() -> san.SAN:
-    """san_tiny whose side adapter and recognition head are re-drawn at std 0.3: a freshly initialised
-    model gives every pixel of an image the same class, which would hide a wrong input size."""
-    torch.manual_seed(0)
-    model = san.build_san("san_tiny").eval()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.startswith(("side_adapter.", "clip_recognition.")) and parameter.ndim > 1:
-                parameter.normal_(0, 0.3, generator=generator)
-    return model
 
 
 def test_label_maps_are_inferred_at_the_short_side_asked_for(tmp_path: Path, monkeypatch) -> None:
@@ -72,6 +52,7 @@ def test_label_maps_are_inferred_at_the_short_side_asked_for(tmp_path: Path, mon
         output=str(tmp_path / "labels"),
         model=str(tmp_path / "varied.safetensors"),
         short_side=SHORT_SIDE,
+        other="none",
         progress=False,
     )
     try:

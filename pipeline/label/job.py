@@ -129,14 +129,15 @@ class LabelOptions:
             "(default: 0, label everything)"
         },
     )
-    other: str = field(
-        default="coco-stuff",
+    other: str | None = field(
+        default=None,
         metadata={
             "help": "distractor names added to the vocabulary (as the official SAN demo does); pixels they win "
             "become 255 (unlabeled): coco-stuff (COCO-Stuff's 91 background names: sky-other, grass, wall-brick, "
             "...), coco-all (its 171 names, objects too), none (every pixel gets one of your classes; use it to "
             "reproduce the paper's numbers), or a UTF-8 file of names, one per line. A name equal to one of your "
-            "classes or synonyms (ignoring case) is not added"
+            "classes or synonyms (ignoring case) is not added (default: coco-stuff; none with `smoke_test`, whose "
+            "random model would leave every pixel to a distractor)"
         },
     )
     tta: bool = field(
@@ -195,6 +196,8 @@ class LabelOptions:
             raise OptionError(f"`tta_sizes` must be short sides from 1 to {TTA_MAX_SIZE}, got {self.tta_sizes}")
         if len(set(self.tta_sizes)) != len(self.tta_sizes):
             raise OptionError(f"`tta_sizes` names a size twice: {self.tta_sizes}")
+        if self.other is None:
+            self.other = "none" if self.smoke_test else "coco-stuff"
         if self.other not in OTHER_CHOICES and not Path(self.other).is_file():
             choices = ", ".join(OTHER_CHOICES)
             raise OptionError(f"`other` {self.other!r} is neither one of {choices} nor a file of names")
@@ -236,6 +239,7 @@ def _identity(options: LabelOptions, vocabulary: Vocabulary, other: list[str]) -
 def _other_names(options: LabelOptions, vocabulary: Vocabulary, check_term: Any) -> list[str]:
     """The ``--other`` names the model adds to ``vocabulary`` (those equal to one of its terms left out);
     a name whose prompt CLIP would cut is refused like a vocabulary name."""
+    assert options.other is not None  # set by LabelOptions.__post_init__
     other = read_other_names(options.other)
     for name in other:
         if problem := check_term(name):
