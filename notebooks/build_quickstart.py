@@ -202,6 +202,53 @@ areas = segments.pivot_table(index="image", columns="class", values="percent", f
 areas.reindex(columns=[c for c in CLASSES if c in areas.columns]).round(1)""",
     ),
     (
+        "other-md",
+        "md",
+        """\
+### Distractors: `--other none` and `--other coco-all`
+
+SAN gives every pixel one of the vocabulary's classes, so without help the background becomes the nearest
+class. `--other` adds distractor names (COCO-Stuff's, as the official demo does); the pixels they win are
+left unlabeled (255). The job's default is `coco-stuff` (the 91 background names; `none` with
+`--smoke-test`). Here one photo, labeled in this kernel by the job's `Predictor` (no Ray), with no
+distractors and with all 171 COCO-Stuff names. With the smoke-test model the random weights give (nearly)
+every pixel to one of the 171 extra names, so the right image is (nearly) unlabeled: only the real weights
+show which pixels a distractor takes. The same from a shell:
+
+```bash
+.venv/bin/python jobs/label.py --vocab samples/vocab.txt --input samples/images --output out/none --other none
+.venv/bin/python jobs/label.py --vocab samples/vocab.txt --input samples/images --output out/all --other coco-all
+```""",
+    ),
+    (
+        "other",
+        "code",
+        """\
+from pipeline.label.predict import SMOKE_MODEL, ModelSpec
+from pipeline.vocabulary import load_vocabulary
+from san.other_names import read_other_names
+from san.predictor import Predictor
+
+vocabulary = load_vocabulary(VOCAB)
+net = ModelSpec(SMOKE_MODEL if smoke_test else "san_vit_b_16").resolved().load()
+photo = read_image_file(str(IMAGES / "rocket.jpg"))
+fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+for ax, other in zip(axes, ["none", "coco-all"], strict=True):
+    names = read_other_names(other)
+    predictor = Predictor(net, vocabulary.prompts, vocabulary.prompt_to_class, device="cpu", other=names)
+    label_map = predictor.predict([photo])[0].label_map
+    labeled = label_map != 255
+    overlay = photo / 255.0
+    overlay[labeled] = 0.45 * overlay[labeled] + 0.55 * COLOURS[label_map[labeled]]
+    ax.imshow(overlay)
+    ax.set_title(f"--other {other}: {len(predictor.added_names)} names added, {100 * labeled.mean():.0f}% labeled")
+    ax.axis("off")
+fig.suptitle(MODEL_USED)
+plt.tight_layout()
+plt.show()
+del net, predictor  # frees the model's memory""",
+    ),
+    (
         "evaluate-md",
         "md",
         """\
