@@ -324,8 +324,8 @@ name is replaced only with `overwrite=True`, and only if `load_run` made it. The
         """\
 import fiftyone as fo
 
-from pipeline.review.dataset import load_run
 from pipeline.review.app import launch
+from pipeline.review.dataset import load_run
 
 # overwrite=True: rerunning the notebook replaces its earlier dataset, and any edits made to it in the App
 dataset = load_run(RUN, str(GT), GT_CLASSES, name="san-quickstart", overwrite=True)
