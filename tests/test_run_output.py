@@ -36,6 +36,9 @@ def options(tmp_path: Path, **overrides) -> LabelOptions:
         ({"input": None}, "--input is required"),
         ({"workers": (0, 0)}, r"--workers must be N or MIN-MAX with 1 <= MIN <= MAX, got 0-0"),
         ({"workers": (3, 1)}, r"--workers must be N or MIN-MAX with 1 <= MIN <= MAX, got 3-1"),
+        ({"tta_sizes": (320, 0)}, r"--tta-sizes must be short sides from 1 to 4480, got \(320, 0\)"),
+        ({"tta_sizes": (480, 480)}, r"--tta-sizes names a size twice"),
+        ({"other": "no-such-list.txt"}, r"--other 'no-such-list.txt' is neither one of coco-all, coco-stuff, none"),
     ],
 )
 def test_impossible_options_are_refused_naming_the_flag(tmp_path: Path, overrides: dict, message: str) -> None:
@@ -50,6 +53,7 @@ def test_default_options_pass(tmp_path: Path) -> None:
     options(tmp_path)
     options(tmp_path, limit=0)
     options(tmp_path, input=None, smoke_test=True)  # the smoke test generates its inputs
+    assert options(tmp_path).other == "coco-stuff" and options(tmp_path, smoke_test=True).other == "none"
 
 
 def test_output_that_is_a_file_is_refused(tmp_path: Path) -> None:

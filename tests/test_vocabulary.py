@@ -52,6 +52,12 @@ def test_crlf_bom_and_unicode(tmp_path: Path) -> None:
         ("cat\ndog: wolf,\n", 2, "empty synonym"),
         ("cat\ndog: wolf,,hound\n", 2, "empty synonym"),
         ("cat\ndog: a: b\n", 2, "more than one ':'"),
+        ("cat\ndog @\n", 2, "'' after '@' is not a minimum score"),
+        ("cat\ndog: hound @ high  # comment\n", 2, "'high' after '@' is not a minimum score"),
+        ("cat @ 0.2 @ 0.3\n", 1, "more than one '@'"),
+        ("cat\n\ndog @ -0.1\n", 3, "minimum score '-0.1' is below 0"),
+        ("cat @ nan\n", 1, "minimum score 'nan' is not a finite number"),
+        ("cat\n@ 0.3\n", 2, "empty class name"),
     ],
 )
 def test_syntax_errors_name_file_and_line(tmp_path: Path, text: str, line: int, problem: str) -> None:
@@ -139,3 +145,15 @@ def test_from_json_validates() -> None:
         Vocabulary.from_json({"names": [], "synonyms": []})
     with pytest.raises(VocabularyError, match="normalised"):
         Vocabulary.from_json({"names": [" a "], "synonyms": [[]]})
+
+
+def test_a_class_can_end_in_its_own_minimum_score() -> None:
+    vocab = parse_vocabulary("cat @0.4\nperson: human, people @ 1e-1   # comment\ndog\n")
+    assert vocab.names == ("cat", "person", "dog") and vocab.synonyms == ((), ("human", "people"), ())
+    assert vocab.min_scores == (0.4, 0.1, None) and vocab.has_min_scores
+    assert vocab.to_json()["min_scores"] == [0.4, 0.1, None] and Vocabulary.from_json(vocab.to_json()) == vocab
+    plain = parse_vocabulary("cat\nperson: human, people\ndog\n")
+    assert plain.min_scores == (None, None, None) and "min_scores" not in plain.to_json()
+    assert plain.fingerprint == vocab.fingerprint, "the classes' identity; minimum scores are recorded apart"
+    with pytest.raises(VocabularyError, match="class 2: minimum score -1 is below 0"):
+        Vocabulary.from_json({"names": ["a", "b"], "min_scores": [None, -1]})
