@@ -19,6 +19,7 @@ import torch
 
 from .errors import OptionError
 from .modeling.model import SAN
+from .modeling.postprocess import ImageOutputs
 from .modeling.text_classifier import check_vocabulary
 from .other_names import added_names
 from .precision import DTYPES, autocast_context, resolve_device
@@ -170,26 +171,25 @@ class Predictor:
                 best = self.model.predict_best(
                     [_tensor(a) for a in arrays], self._model_prompts, sizes, batch_size=self.batch_size
                 )
-            table = self._model_classes
+            index_class = self._model_classes  # the best prompt's class
         else:
-            best = self._average_best(arrays, sizes)
-            table = list(range(max(self._model_classes) + 1))
+            best = self._average_best(arrays, sizes, self.tta)
+            index_class = list(range(max(self._model_classes) + 1))  # the best class
         dtype = np.uint8 if self.unlabeled == 255 else np.uint16
         results = []
         for score, index in best:
-            label = self._labels(index, table, score)
-            label = label.cpu().numpy().astype(dtype, copy=False)
+            label = self._labels(index, index_class, score).cpu().numpy().astype(dtype, copy=False)
             results.append(Prediction(label, score.float().cpu().numpy(), self.unlabeled))
         return results
 
     def _average_best(
-        self, arrays: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]]
+        self, arrays: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]], tta: TestTimeAugmentation
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per image, the best average class score ``[H, W]`` over the TTA passes and its class ``[H, W]``."""
-        assert self.tta is not None
-        passes: list[list] = [[] for _ in arrays]
-        for resize, flipped in self.tta.passes:
-            inputs = [self.tta.pass_input(array, resize, flipped) for array in arrays]
+        """Per image, the best average class score ``[H, W]`` over the ``tta`` passes and its class ``[H, W]``.
+        The passes' model outputs are kept (small); the average is taken at the output size chunk by chunk."""
+        passes: list[list[tuple[ImageOutputs, bool]]] = [[] for _ in arrays]
+        for resize, flipped in tta.passes:
+            inputs = [tta.pass_input(array, resize, flipped) for array in arrays]
             with autocast_context(self.device, self.dtype):
                 outputs = self.model.predict_outputs(inputs, self._model_prompts, batch_size=self.batch_size)
             for image_passes, output in zip(passes, outputs, strict=True):
@@ -200,22 +200,23 @@ class Predictor:
         ]
 
     def _labels(self, index: torch.Tensor, index_class: Sequence[int], score: torch.Tensor) -> torch.Tensor:
-        """The label ``[H, W]`` of each pixel from its best prompt or class ``index`` ``[H, W]``: ``index_class``
-        maps an index to its class; added names and scores below their class's minimum become unlabeled. Mapped
-        in bands of rows, so that a large photo's map is never held in 64-bit integers."""
+        """The label ``[H, W]`` of each pixel from its best prompt or class ``index`` ``[H, W]`` (``index_class``
+        maps an index to its class): added names, and scores below their class's minimum, become unlabeled.
+        Mapped in bands of rows, so that a large photo's map is never held in 64-bit integers."""
         dtype = torch.uint8 if self.unlabeled == 255 else torch.int32
-        mapped = [c if c < self.num_classes else self.unlabeled for c in index_class]
-        identity = mapped == list(range(len(mapped)))
-        thresholds = [*self.min_scores, *[0.0] * (self.unlabeled + 1 - self.num_classes)]
-        if identity and not any(thresholds):
+        index_label = [c if c < self.num_classes else self.unlabeled for c in index_class]
+        thresholds = any(score > 0 for score in self.min_scores)  # scores are never negative
+        if index_label == list(range(len(index_label))) and not thresholds:
             return index.to(dtype)
-        index_label = torch.tensor(mapped, device=index.device, dtype=dtype)
-        label_min = torch.tensor(thresholds, device=index.device, dtype=score.dtype)
+        index_label = torch.tensor(index_label, device=index.device, dtype=dtype)
+        # Each class's minimum score, 0 for the unlabeled value (and the values between).
+        label_min = torch.zeros(self.unlabeled + 1, device=index.device, dtype=score.dtype)
+        label_min[: self.num_classes] = torch.tensor(self.min_scores, dtype=score.dtype)
         label = torch.empty(index.shape, dtype=dtype, device=index.device)
         rows = max(1, MAP_BAND_PIXELS // index.shape[1])
         for start in range(0, index.shape[0], rows):
             band = index_label[index[start : start + rows].int()]
-            if any(thresholds):  # scores are never negative
+            if thresholds:
                 band[score[start : start + rows] < label_min[band.int()]] = self.unlabeled
             label[start : start + rows] = band
         return label

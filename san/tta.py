@@ -83,23 +83,36 @@ def average_best_class(
     index = torch.empty(output_size, dtype=torch.int64, device=first.mask_preds.device)
     for start in range(0, width, chunk):
         stop = min(start + chunk, width)
-        total: torch.Tensor | None = None
-        for outputs, flipped in passes:
-            columns = slice(width - stop, width - start) if flipped else slice(start, stop)
-            scores = reduce(
-                semantic_scores(
-                    outputs.mask_preds,
-                    outputs.mask_logits,
-                    outputs.padded_size,
-                    outputs.image_size,
-                    output_size,
-                    max_elements,
-                    columns,
-                )
-            )
-            scores = scores.flip(-1) if flipped else scores
-            total = scores if total is None else total.add_(scores)
-        assert total is not None
+        total = _pass_scores(*passes[0], output_size, (start, stop), reduce, max_elements)
+        for outputs, flipped in passes[1:]:
+            total += _pass_scores(outputs, flipped, output_size, (start, stop), reduce, max_elements)
         value, arg = (total / len(passes)).max(dim=0)
         best[:, start:stop], index[:, start:stop] = value, arg
     return best, index
+
+
+def _pass_scores(
+    outputs: ImageOutputs,
+    flipped: bool,
+    output_size: tuple[int, int],
+    chunk: tuple[int, int],
+    reduce: Callable[[torch.Tensor], torch.Tensor],
+    max_elements: int,
+) -> torch.Tensor:
+    """One pass's class scores ``[C, H, stop - start]`` in the output columns ``chunk`` = ``(start, stop)``,
+    a flipped pass's flipped back (its own columns ``width - stop .. width - start``, reversed)."""
+    start, stop = chunk
+    width = output_size[1]
+    columns = slice(width - stop, width - start) if flipped else slice(start, stop)
+    scores = reduce(
+        semantic_scores(
+            outputs.mask_preds,
+            outputs.mask_logits,
+            outputs.padded_size,
+            outputs.image_size,
+            output_size,
+            max_elements,
+            columns,
+        )
+    )
+    return scores.flip(-1) if flipped else scores
