@@ -9,7 +9,7 @@ dog. With the COCO-Stuff names added, the sky goes to ``sky-other`` and is left 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -39,13 +39,13 @@ def coco_stuff_names(stuff_only: bool = False) -> list[str]:
     return names
 
 
-def read_other_names(spec: str) -> list[str]:
+def read_other_names(spec: str, check_term: Callable[[str], str | None] | None = None) -> list[str]:
     """The names of an ``--other`` value: ``coco-all`` (171), ``coco-stuff`` (91), ``none`` (no name), or
     the path of a UTF-8 file with one name per line (``#`` lines and blank lines skipped).
 
     Raises:
-        OtherNamesError: the file cannot be read, is not UTF-8, names nothing, or names a class twice
-            (naming the file and the line).
+        OtherNamesError: the file cannot be read, is not UTF-8, names nothing, names a class twice, or holds a
+            name in which ``check_term`` finds a problem (naming the file and the line).
     """
     if spec in OTHER_CHOICES:
         return [] if spec == "none" else coco_stuff_names(stuff_only=spec == "coco-stuff")
@@ -57,10 +57,13 @@ def read_other_names(spec: str) -> list[str]:
         raise OtherNamesError(f"{os.fspath(spec)}: cannot read the `other` names: {error.strerror}") from error
     seen: dict[str, int] = {}
     for line_no, name in enumerate(names, start=1):
-        if name is not None and name.casefold() in seen:
+        if name is None:
+            continue
+        if name.casefold() in seen:
             raise OtherNamesError(f"{spec}:{line_no}: {name!r} is also on line {seen[name.casefold()]}")
-        if name is not None:
-            seen[name.casefold()] = line_no
+        if check_term is not None and (problem := check_term(name)):
+            raise OtherNamesError(f"{spec}:{line_no}: {problem}")
+        seen[name.casefold()] = line_no
     return [name for name in names if name is not None]
 
 

@@ -143,6 +143,9 @@ def test_other_names_file_errors_name_the_file_and_line(tmp_path: Path) -> None:
         read_other_names(str(path))
     with pytest.raises(OtherNamesError, match="neither one of coco-all, coco-stuff, none nor a file"):
         read_other_names(str(tmp_path / "missing.txt"))
+    path.write_text("sky\n\nvery long\n")
+    with pytest.raises(OtherNamesError, match=rf"{path}:3: too long"):
+        read_other_names(str(path), lambda name: "too long" if len(name) > 5 else None)
     path.write_text("sky\n  tall   grass \n")
     assert read_other_names(str(path)) == ["sky", "tall grass"] and read_other_names("none") == []
 

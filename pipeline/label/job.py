@@ -15,6 +15,7 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from san.errors import OptionError
 from san.modeling.text_classifier import TEMPLATE_SETS, get_templates, prompt_length_problem
-from san.other_names import OTHER_CHOICES, OtherNamesError, added_names, read_other_names
+from san.other_names import OTHER_CHOICES, added_names, read_other_names
 from san.precision import DTYPES
 from san.transforms import ResizeShortestEdge
 from san.tta import DEFAULT_TTA_SIZES, TTA_MAX_SIZE, TestTimeAugmentation
@@ -236,15 +237,10 @@ def _identity(options: LabelOptions, vocabulary: Vocabulary, other: list[str]) -
     }
 
 
-def _other_names(options: LabelOptions, vocabulary: Vocabulary, check_term: Any) -> list[str]:
+def _other_names(options: LabelOptions, vocabulary: Vocabulary, check_term: Callable[[str], str | None]) -> list[str]:
     """The ``--other`` names the model adds to ``vocabulary`` (those equal to one of its terms left out);
-    a name whose prompt CLIP would cut is refused like a vocabulary name."""
-    assert options.other is not None  # set by LabelOptions.__post_init__
-    other = read_other_names(options.other)
-    for name in other:
-        if problem := check_term(name):
-            raise OtherNamesError(f"`other` {options.other}: {problem}")
-    return added_names(other, vocabulary.prompts)
+    a name in a file whose prompt CLIP would cut is refused like a vocabulary name."""
+    return added_names(read_other_names(str(options.other), check_term), vocabulary.prompts)
 
 
 def run_label_job(options: LabelOptions) -> dict[str, Any]:
