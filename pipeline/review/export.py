@@ -15,14 +15,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import fiftyone as fo
-import numpy as np
 
 from ..coco import build_coco, write_json_atomic
 from ..label.inputs import image_id as path_image_id
 from ..segments import encode_label_map_png, label_map_segments
 from ..vocabulary import Vocabulary
 from .dataset import default_dataset_name
-from .masks import PREDICTIONS, ReviewError, mask_to_label_map
+from .labels import SAMPLE_FIELDS, dataset_vocabulary, sample_label_map
+from .masks import PREDICTIONS, ReviewError
 
 __all__ = ["export_dataset", "iter_reviewed_images", "mask_file_names", "resolve_dataset"]
 
@@ -50,13 +50,6 @@ def resolve_dataset(spec: str | os.PathLike[str] | fo.Dataset) -> fo.Dataset:
     raise ReviewError(f"{text!r} is neither a FiftyOne dataset nor a labeling run's output folder")
 
 
-def _vocabulary(dataset: fo.Dataset) -> Vocabulary:
-    obj = (dataset.info or {}).get("vocabulary")
-    if obj is None:
-        raise ReviewError(f"dataset {dataset.name!r} has no info['vocabulary'] (it was not made by jobs/review.py)")
-    return Vocabulary.from_json(obj)
-
-
 def iter_reviewed_images(dataset: fo.Dataset) -> Iterator[dict[str, Any]]:
     """Per sample: ``image_path``, ``image_id``, ``width``, ``height``, ``label_map`` (int64, -1 = unlabeled),
     ``segments`` (as the run writes them; scores per ``docs/review.md``) and ``edited`` (class names
@@ -65,24 +58,10 @@ def iter_reviewed_images(dataset: fo.Dataset) -> Iterator[dict[str, Any]]:
     Raises:
         ReviewError: a mask with a value that is no vocabulary class, or whose size differs from the image's.
     """
-    vocabulary = _vocabulary(dataset)
-    n = len(vocabulary)
-    fields = [f for f in ("image_path", "image_id", "width", "height", "run_segments") if dataset.has_sample_field(f)]
+    vocabulary = dataset_vocabulary(dataset)
+    fields = [f for f in SAMPLE_FIELDS if dataset.has_sample_field(f)]
     for sample in dataset.select_fields([PREDICTIONS, *fields]).iter_samples(progress=False):
-        path = sample["image_path"] if "image_path" in fields and sample["image_path"] else sample.filepath
-        what = f"sample {sample.id} ({path})"
-        label = sample[PREDICTIONS]
-        mask = label.get_mask() if label is not None and label.has_mask else None
-        width = sample["width"] if "width" in fields else None
-        height = sample["height"] if "height" in fields else None
-        if mask is None:
-            if not width or not height:
-                raise ReviewError(f"{what}: no predictions mask and no width/height")
-            label_map = np.full((int(height), int(width)), -1, dtype=np.int64)
-        else:
-            label_map = mask_to_label_map(mask, n, what)
-            if (width and int(width) != label_map.shape[1]) or (height and int(height) != label_map.shape[0]):
-                raise ReviewError(f"{what}: mask is {label_map.shape[1]}x{label_map.shape[0]}, image {width}x{height}")
+        path, label_map = sample_label_map(sample, fields, len(vocabulary))
         run = {int(s["category_id"]): s for s in (sample["run_segments"] if "run_segments" in fields else None) or []}
         segments = label_map_segments(label_map, None, vocabulary.names, vocabulary.category_ids, ignore_value=-1)
         edited = []
@@ -189,7 +168,7 @@ def export_dataset(
         raise ReviewError("nothing to export: give --coco, --masks or both")
     if coco_path is not None:
         _check_coco_target(ds, Path(coco_path))
-    vocabulary = _vocabulary(ds)
+    vocabulary = dataset_vocabulary(ds)
     masks = Path(masks_dir) if masks_dir is not None else None
     try:
         return _export(ds, vocabulary, coco_path, masks)
