@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,12 +40,15 @@ class LabelSourceError(UserError):
 
 @dataclass(frozen=True)
 class LabeledImage:
-    """One labeled image: its path as the run gave it, its COCO image id, and its label map as a PNG in the
-    labeling run's encoding (``pipeline.segments.encode_label_map_png``: class index, 255 / 65535 = unlabeled)."""
+    """One labeled image: its path as the run gave it, its COCO image id, its label map as a PNG in the
+    labeling run's encoding (``pipeline.segments.encode_label_map_png``: class index, 255 / 65535 = unlabeled)
+    and its segments as the run writes them (``category_id``, ``category_name``, ``rle``, ``area``, ``bbox``,
+    ``score``; docs/labeling.md)."""
 
     image_path: str
     image_id: int
     label_png: bytes
+    segments: list[dict[str, Any]]
 
     def label_map(self) -> np.ndarray:
         """``[H, W]`` int64: the 0-based class index of each pixel, ``-1`` where it is unlabeled."""
@@ -80,7 +84,7 @@ def open_label_source(spec: str | os.PathLike[str]) -> LabelSource:
     """
     text = os.fspath(spec)
     if text.startswith(FIFTYONE_PREFIX):
-        from .review.labels import dataset_label_source  # imports FiftyOne
+        from .review.source import dataset_label_source  # imports FiftyOne
 
         return dataset_label_source(text[len(FIFTYONE_PREFIX) :])
     if not (Path(text) / "manifest.json").is_file():
@@ -99,7 +103,7 @@ def run_label_source(folder: str | os.PathLike[str]) -> LabelSource:
         raise LabelSourceError(f"{folder} has no predictions (no rows in predictions/part-*.parquet)")
 
     def images() -> Iterator[LabeledImage]:
-        for row in output.iter_predictions(["image_path", "image_id", "label_map_png"]):
-            yield LabeledImage(row["image_path"], int(row["image_id"]), row["label_map_png"])
+        for row in output.iter_predictions(["image_path", "image_id", "label_map_png", "segments"]):
+            yield LabeledImage(row["image_path"], int(row["image_id"]), row["label_map_png"], row["segments"])
 
     return LabelSource(f"labeling run {folder}", vocabulary, count, images)
