@@ -60,6 +60,8 @@ def main(args: argparse.Namespace) -> dict:
         written = export_format(args.dataset, options)
         counts = ", ".join(f"{v} {k}" for k, v in written.items() if isinstance(v, int))
         print(f"exported {options.format} of {written['source']} to {written['output']} ({counts})")
+        if "image_root" in written:
+            print(f"task image URLs are paths under {written['image_root']}")
         summary = {**summary, options.format: written}
     return summary
 

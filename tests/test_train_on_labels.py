@@ -84,7 +84,8 @@ def _label(output: Path, **options) -> dict:
     from pipeline.label.job import LabelOptions, run_label_job
 
     vocab, images = ROOT / "samples" / "vocab.txt", ROOT / "samples" / "images"
-    return run_label_job(LabelOptions(vocab=str(vocab), input=str(images), output=str(output), progress=False, **options))
+    options = LabelOptions(vocab=str(vocab), input=str(images), output=str(output), progress=False, **options)
+    return run_label_job(options)
 
 
 @pytest.mark.slow
