@@ -136,8 +136,17 @@ def test_label_review_train_label_again(local_ray, tmp_path: Path) -> None:
     assert again["counts"]["labeled"] == 4 and again["identity"]["model"] == str(checkpoint)
 
 
-def test_folder_layout_still_opens(tmp_path: Path) -> None:
+def test_folder_layout_still_opens_and_dataset_specs_stay_names(tmp_path: Path) -> None:
+    from san.training.config import TrainConfig, resume_differences, with_absolute_paths
     from san.training.data import write_synthetic_dataset
 
     root = write_synthetic_dataset(tmp_path / "d", count=2, size=32)
     assert isinstance(open_training_data(str(root), "data", 255), SegmentationFolder)
+    # fiftyone:NAME is no path: Ray workers and --resume get it unchanged (a relative folder becomes absolute).
+    cfg = TrainConfig(data="fiftyone:reviewed", val_data="labels", output="out")
+    absolute = with_absolute_paths(cfg)
+    assert absolute.data == "fiftyone:reviewed" and absolute.val_data == os.path.abspath("labels")
+    assert resume_differences(cfg.to_dict(), absolute) == []
+    assert resume_differences({**cfg.to_dict(), "data": "fiftyone:other"}, cfg) == [
+        "data: checkpoint 'fiftyone:other', command 'fiftyone:reviewed'"
+    ]
