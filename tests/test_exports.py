@@ -197,8 +197,9 @@ def test_export_options_and_targets_are_checked(run, tmp_path: Path) -> None:
     kept = Path(gone).read_bytes()
     os.remove(gone)
     try:
-        with pytest.raises(ExportError, match=f"image file '{gone}' not found"):
-            export_format(run.out, FormatOptions(format="yolo-seg", output=str(tmp_path / "y")))
+        for fmt in ("yolo-seg", "hf"):
+            with pytest.raises(ExportError, match=f"image file '{gone}' not found"):
+                export_format(run.out, FormatOptions(format=fmt, output=str(tmp_path / fmt)))
         assert sorted(p.name for p in tmp_path.iterdir()) == ["used"]
     finally:
         Path(gone).write_bytes(kept)

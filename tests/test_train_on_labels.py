@@ -6,6 +6,7 @@ checkpoint; the data loader yields the edited mask's pixels."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -121,6 +122,7 @@ def test_label_review_train_label_again(local_ray, tmp_path: Path) -> None:
         assert summary["step"] == 2 and np.isfinite(summary["loss"])
         checkpoint = output / "checkpoints" / "last.safetensors"
         assert Path(summary["checkpoint"]) == checkpoint and checkpoint.is_file()
+        assert json.loads((output / "config.json").read_text())["data"] == spec
 
         # 5. The data loader yields the edited mask's pixels (unlabeled -> ignored) for the edited image.
         data = open_training_data(spec, "data", 255)

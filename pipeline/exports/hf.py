@@ -60,14 +60,21 @@ def write_hf(source: LabelSource, folder: Path, push_to_hub: str | None = None) 
     ``{"images", "pushed"}``."""
     import datasets
 
+    from datasets.exceptions import DatasetGenerationError
+
     cache = Path(tempfile.mkdtemp(prefix=".hf-cache-", dir=folder.parent))
     try:
-        dataset = datasets.Dataset.from_generator(
-            _rows,
-            gen_kwargs={"source": source},
-            features=features(source.vocabulary.names),
-            cache_dir=str(cache),
-        )
+        try:
+            dataset = datasets.Dataset.from_generator(
+                _rows,
+                gen_kwargs={"source": source},
+                features=features(source.vocabulary.names),
+                cache_dir=str(cache),
+            )
+        except DatasetGenerationError as error:  # wraps what the rows raised: a missing image is the user's
+            if isinstance(error.__cause__, OSError):
+                raise error.__cause__ from None
+            raise
         dataset.save_to_disk(str(folder))
         if push_to_hub:
             dataset.push_to_hub(push_to_hub)
