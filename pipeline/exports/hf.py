@@ -59,7 +59,6 @@ def write_hf(source: LabelSource, folder: Path, push_to_hub: str | None = None) 
     ``folder`` (new and empty) and, when given, push it to the Hub repository ``push_to_hub``. Returns
     ``{"images", "pushed"}``."""
     import datasets
-
     from datasets.exceptions import DatasetGenerationError
 
     cache = Path(tempfile.mkdtemp(prefix=".hf-cache-", dir=folder.parent))
