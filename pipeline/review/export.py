@@ -120,7 +120,7 @@ def export_dataset(
     """
     ds = resolve_dataset(dataset)
     if coco_path is None and masks_dir is None:
-        raise ReviewError("nothing to export: give --coco, --masks or both")
+        raise ReviewError("nothing to export: give --coco, --masks or both (or --format with --output)")
     if coco_path is not None:
         _check_coco_target(ds, Path(coco_path))
     vocabulary = dataset_vocabulary(ds)
