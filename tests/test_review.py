@@ -85,10 +85,14 @@ def test_samples_masks_and_targets(dataset, run) -> None:
     for ann in coco["annotations"]:
         scores.setdefault(by_id[ann["image_id"]], []).append(ann["score"])
     gt_value_of = {0: 3, 2: 4, 3: 2, 4: 1, 5: n + 1}  # raw PNG value -> mask value
+    mask_folder = Path(dataset.info["mask_folder"])
+    assert mask_folder.parent == run.out.resolve() / "review-masks"
     for sample in dataset:
         pred = run.predictions[sample.image_path]
         assert sample.filepath == sample.image_path
-        mask = sample.predictions.mask
+        assert sample.predictions.mask is None  # a mask file, not pixels in the database
+        assert Path(sample.predictions.mask_path).parent.parent == mask_folder / "predictions"
+        mask = sample.predictions.get_mask()
         assert mask.dtype == np.uint8 and np.array_equal(mask, label_map_to_mask(pred))
         assert np.array_equal(mask == 0, pred == 255)  # unlabeled -> 0
         assert np.array_equal(mask[pred != 255], pred[pred != 255] + 1)
@@ -100,7 +104,8 @@ def test_samples_masks_and_targets(dataset, run) -> None:
             assert sample.ground_truth is None and sample.miou is None
             continue
         expected = np.vectorize(lambda v: gt_value_of.get(int(v), 0))(raw)
-        assert np.array_equal(sample.ground_truth.mask, expected)
+        assert sample.ground_truth.mask is None
+        assert np.array_equal(sample.ground_truth.get_mask(), expected)
 
 
 def test_sample_miou_matches_independent_computation(dataset, run) -> None:
