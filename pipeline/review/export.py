@@ -21,7 +21,7 @@ from ..coco import build_coco, write_json_atomic
 from ..label.inputs import image_id as path_image_id
 from ..segments import encode_label_map_png, label_map_segments
 from ..vocabulary import Vocabulary
-from .dataset import default_dataset_name
+from .dataset import default_dataset_name, rle_digest
 from .masks import PREDICTIONS, ReviewError, mask_to_label_map
 
 __all__ = ["export_dataset", "iter_reviewed_images", "mask_file_names", "resolve_dataset"]
@@ -88,7 +88,9 @@ def iter_reviewed_images(dataset: fo.Dataset) -> Iterator[dict[str, Any]]:
         edited = []
         for segment in segments:
             before = run.get(segment["category_id"])
-            if before is not None and before["rle"] == segment["rle"]:
+            # (datasets made before run_segments kept only the digest hold the RLE itself)
+            digest = None if before is None else before.get("rle_sha1") or rle_digest(before["rle"])
+            if digest == rle_digest(segment["rle"]):
                 segment["score"] = float(before["score"])
             else:
                 segment["score"] = REVIEWED_SCORE
