@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from headless_browser import headless_chrome
 from PIL import Image
 from run_builder import build_run, isolate_fiftyone, name_key
 
@@ -29,7 +30,7 @@ import fiftyone.core.session.session as fo_session  # noqa: E402
 import psutil  # noqa: E402
 
 from pipeline.evaluate import EvaluationError, evaluate_run  # noqa: E402
-from pipeline.review.app import serve_until_interrupted  # noqa: E402
+from pipeline.review.app import dataset_url, launch, saved_view_urls, serve_until_interrupted  # noqa: E402
 from pipeline.review.dataset import default_dataset_name, is_review_dataset, load_run  # noqa: E402
 from pipeline.review.export import export_dataset  # noqa: E402
 from pipeline.review.masks import ReviewError, label_map_to_mask  # noqa: E402
@@ -336,6 +337,44 @@ def test_app_serves_page_and_stops_on_ctrl_c(dataset, capsys: pytest.CaptureFixt
     assert alive == []  # ... and is gone
     assert _port_free(port)
     assert fo_session._session is None  # fo.close_app() ran
+
+
+@pytest.mark.slow
+def test_app_in_browser_shows_every_sample_with_masks(dataset) -> None:
+    """The App as a reviewer first sees it (``jobs/review.py --launch`` calls ``launch``), read from the page in
+    headless Chromium: a grid tile per sample, the ``predictions`` and ``ground_truth`` boxes ticked (their
+    masks drawn), ``miou`` and ``mean_score`` in the ``review`` sidebar group above the labels, and a saved
+    view's printed link opening that view."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = headless_chrome()
+
+    def tiles() -> int:
+        return len(driver.find_elements(By.CSS_SELECTOR, '[data-cy="looker"]'))
+
+    def top(cy: str) -> float:
+        return driver.find_element(By.CSS_SELECTOR, f'[data-cy="{cy}"]').location["y"]
+
+    port = _free_port()
+    app = f"http://127.0.0.1:{port}/"
+    try:
+        launch(dataset, port=port)
+        driver.get(dataset_url(dataset, app))
+        WebDriverWait(driver, 120).until(lambda _: tiles() >= len(dataset))
+        assert tiles() == len(dataset)
+        for field in ("predictions", "ground_truth"):
+            assert driver.find_element(By.CSS_SELECTOR, f'[data-cy="checkbox-{field}"] input').is_selected(), field
+        assert top("sidebar-group-entry-REVIEW") < top("sidebar-field-miou") < top("sidebar-field-mean_score")
+        assert top("sidebar-field-mean_score") < top("sidebar-group-entry-LABELS") < top("sidebar-field-predictions")
+
+        worst = len(dataset.load_saved_view("worst_miou"))
+        assert worst < len(dataset)
+        driver.get(saved_view_urls(dataset, app)["worst_miou"])
+        WebDriverWait(driver, 60).until(lambda _: tiles() == worst)
+    finally:
+        driver.quit()
+        fo.close_app()
 
 
 def _job(*args: str, **kwargs) -> subprocess.Popen:
