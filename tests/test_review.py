@@ -109,6 +109,23 @@ def test_samples_masks_and_targets(dataset, run) -> None:
         assert np.array_equal(sample.ground_truth.get_mask(), expected)
 
 
+def test_app_config_shows_masks_colours_and_review_fields(dataset) -> None:
+    """The dataset's App config: both mask fields active, one distinct colour per mask value of either field
+    (so a class that both fields name has one colour), the review fields in the group after the tags."""
+    config = fo.load_dataset(dataset.name).app_config  # as saved in the database
+    assert config.active_fields.paths[:2] == ["predictions", "ground_truth"] and not config.active_fields.exclude
+    scheme = config.color_scheme
+    assert scheme.color_by == "value"
+    colors = {entry["intTarget"]: entry["color"] for entry in scheme.default_mask_targets_colors}
+    targets = dataset.mask_targets
+    assert set(colors) == set(targets["predictions"]) | set(targets["ground_truth"])
+    assert len(set(colors.values())) == len(colors) and all(re.fullmatch(r"#[0-9a-f]{6}", c) for c in colors.values())
+    names = [g.name for g in config.sidebar_groups]
+    assert names[:2] == ["tags", "review"] and config.sidebar_groups[1].expanded
+    assert config.sidebar_groups[1].paths == ["miou", "mean_score", "classes_present", "iou"]
+    assert all("miou" not in g.paths for g in config.sidebar_groups[2:])
+
+
 def test_sample_miou_matches_independent_computation(dataset, run) -> None:
     checked = 0
     for sample in dataset.exists("miou"):
