@@ -71,7 +71,7 @@ def screenshot(dataset: fo.Dataset, output: Path, port: int, width: int, height:
         )
         for button in driver.find_elements(By.XPATH, "//button[normalize-space()='Dismiss']"):
             button.click()
-        time.sleep(3)  # the tiles draw their images and masks after they appear
+        time.sleep(20)  # the tiles draw their images and masks after they appear (seconds on a busy machine)
         raw = output.with_suffix(".raw.png")
         driver.save_screenshot(str(raw))
     finally:
