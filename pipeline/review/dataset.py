@@ -43,7 +43,7 @@ _THREADS = min(4, os.cpu_count() or 1)  # PNG decode/encode and numpy release th
 def rle_digest(rle: str) -> str:
     """SHA-1 of a segment's compressed RLE counts: what ``run_segments`` keeps of the run's segments to tell an
     edited segment from an untouched one (compressed RLE is canonical; the RLE itself would take more
-    room in the database than a mask file: 13 KB per 640x480 image of 8 classes)."""
+    room in the database than the mask: 32 KB per 640x480 image of 8 classes, BENCHMARKS.md)."""
     return hashlib.sha1(rle.encode("ascii")).hexdigest()
 
 
