@@ -12,7 +12,10 @@ The new dataset is built completely, ground truth included, before the old one i
 Class-name and image-matching problems are warned about on stderr, as by jobs/evaluate.py.
 Mask values are category ids (vocabulary index + 1), 0 = unlabeled / ignored. With --gt, per-image
 IoU/mIoU are stored and the mIoU is computed twice: by us and from FiftyOne's evaluate_segmentations.
-Saved views: worst_miou, least_confident, class_<name>. Export edits with jobs/export.py.
+Masks are PNG files in OUT/review-masks/ (referenced by mask_path), unless --masks-in-database.
+Saved views: worst_miou, least_confident, class_<name>; --launch prints a link to each.
+The App opens with the masks shown (one colour per class in both fields) and miou / mean_score in the
+sidebar's review group. Export edits with jobs/export.py.
 """
 
 from __future__ import annotations
@@ -52,7 +55,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="saved class_<name> views for at most this many classes, the most often predicted (default 100; "
         "-1 = all; FiftyOne slows down quadratically with the number of saved views)",
     )
-    parser.add_argument("--launch", action="store_true", help="open the App and serve it until Ctrl-C")
+    parser.add_argument(
+        "--masks-in-database",
+        action="store_true",
+        help="store the masks in the FiftyOne database instead of as PNG files in OUT/review-masks/ (the "
+        "default; the database then holds paths only and stays small for large runs)",
+    )
+    parser.add_argument(
+        "--launch", action="store_true", help="open the App, print links to the saved views, serve until Ctrl-C"
+    )
     parser.add_argument("--port", type=int, default=5151, help="App port (default 5151)")
     parser.add_argument("--address", default="127.0.0.1", help="App address (default 127.0.0.1)")
     return parser.parse_args(argv)
@@ -67,6 +78,7 @@ def main(args: argparse.Namespace) -> dict:
         ignore_index=args.ignore_index,
         max_class_views=None if args.class_views < 0 else args.class_views,
         overwrite=args.overwrite,
+        mask_files=not args.masks_in_database,
     )
     print(f"dataset: {dataset.name} ({len(dataset)} samples)")
     result: dict = {"dataset": dataset.name, "samples": len(dataset)}

@@ -17,6 +17,7 @@ from run_builder import build_run, isolate_fiftyone
 isolate_fiftyone()  # before anything imports fiftyone
 
 import fiftyone as fo  # noqa: E402
+import fiftyone.utils.image as foui  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 
 from pipeline.evaluate import evaluate_run  # noqa: E402
@@ -45,11 +46,16 @@ def _decoded(coco: COCO) -> dict[tuple[int, int], tuple[np.ndarray, float]]:
     return out
 
 
-@pytest.fixture(scope="module", params=[("small", SMALL), ("large", LARGE)], ids=["uint8", "uint16"])
+@pytest.fixture(
+    scope="module",
+    params=[("small", SMALL, False), ("large", LARGE, True)],
+    ids=["uint8-masks-in-database", "uint16-mask-files"],
+)
 def loaded(request, tmp_path_factory: pytest.TempPathFactory):
-    label, vocabulary = request.param
+    label, vocabulary, mask_files = request.param
     run = build_run(tmp_path_factory.mktemp(f"export-{label}"), vocabulary, n_images=5, seed=2)
-    dataset = load_run(run.out, name=f"export-{label}-{os.getpid()}", max_class_views=0)
+    dataset = load_run(run.out, name=f"export-{label}-{os.getpid()}", max_class_views=0, mask_files=mask_files)
+    assert (dataset.first().predictions.mask_path is not None) == mask_files
     yield run, dataset
     fo.delete_dataset(dataset.name)
 
@@ -135,6 +141,35 @@ def test_edit_in_fiftyone_shows_up_in_export(loaded, tmp_path: Path) -> None:
     finally:
         sample.predictions.mask = original
         sample.save()
+
+
+def test_edited_mask_file_shows_up_in_export(loaded, tmp_path: Path) -> None:
+    """A mask file rewritten in place (as a tool that edits masks on disk does; FiftyOne's own PNG writer) is
+    what the export writes, pixel for pixel; the mask PNG of every other image is the run's."""
+    run, dataset = loaded
+    sample = dataset.last()
+    if sample.predictions.mask_path is None:
+        pytest.skip("masks are in the database: no mask file to edit")
+    path = Path(sample.predictions.mask_path)
+    original = path.read_bytes()
+    edited = sample.predictions.get_mask().copy()
+    edited[1:6, 2:9] = len(run.vocabulary)  # the last class
+    edited[-1, :] = 0  # unlabel the last row
+    try:
+        foui.write(edited, str(path))
+        summary = export_dataset(dataset.name, None, tmp_path / "masks")
+        names = mask_file_names(list(zip(dataset.values("image_path"), dataset.values("image_id"), strict=True)))
+        for other in dataset:
+            exported = decode_label_map_png((tmp_path / "masks" / names[other.image_path]).read_bytes())
+            if other.id != sample.id:
+                assert np.array_equal(exported, run.predictions[other.image_path])
+                continue
+            expected = edited.astype(np.int64) - 1  # mask value -> class index, 0 -> unlabeled (the dtype max)
+            expected[edited == 0] = np.iinfo(exported.dtype).max
+            assert np.array_equal(exported, expected)
+        assert summary["edited_images"] == 1
+    finally:
+        path.write_bytes(original)
 
 
 def test_invalid_mask_value_is_reported(loaded, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from headless_browser import headless_chrome
 from PIL import Image
 from run_builder import build_run, isolate_fiftyone, name_key
 
@@ -29,7 +30,7 @@ import fiftyone.core.session.session as fo_session  # noqa: E402
 import psutil  # noqa: E402
 
 from pipeline.evaluate import EvaluationError, evaluate_run  # noqa: E402
-from pipeline.review.app import serve_until_interrupted  # noqa: E402
+from pipeline.review.app import dataset_url, launch, saved_view_urls, serve_until_interrupted  # noqa: E402
 from pipeline.review.dataset import default_dataset_name, is_review_dataset, load_run  # noqa: E402
 from pipeline.review.export import export_dataset  # noqa: E402
 from pipeline.review.masks import ReviewError, label_map_to_mask  # noqa: E402
@@ -85,10 +86,14 @@ def test_samples_masks_and_targets(dataset, run) -> None:
     for ann in coco["annotations"]:
         scores.setdefault(by_id[ann["image_id"]], []).append(ann["score"])
     gt_value_of = {0: 3, 2: 4, 3: 2, 4: 1, 5: n + 1}  # raw PNG value -> mask value
+    mask_folder = Path(dataset.info["mask_folder"])
+    assert mask_folder.parent == run.out.resolve() / "review-masks"
     for sample in dataset:
         pred = run.predictions[sample.image_path]
         assert sample.filepath == sample.image_path
-        mask = sample.predictions.mask
+        assert sample.predictions.mask is None  # a mask file, not pixels in the database
+        assert Path(sample.predictions.mask_path).parent.parent == mask_folder / "predictions"
+        mask = sample.predictions.get_mask()
         assert mask.dtype == np.uint8 and np.array_equal(mask, label_map_to_mask(pred))
         assert np.array_equal(mask == 0, pred == 255)  # unlabeled -> 0
         assert np.array_equal(mask[pred != 255], pred[pred != 255] + 1)
@@ -100,7 +105,25 @@ def test_samples_masks_and_targets(dataset, run) -> None:
             assert sample.ground_truth is None and sample.miou is None
             continue
         expected = np.vectorize(lambda v: gt_value_of.get(int(v), 0))(raw)
-        assert np.array_equal(sample.ground_truth.mask, expected)
+        assert sample.ground_truth.mask is None
+        assert np.array_equal(sample.ground_truth.get_mask(), expected)
+
+
+def test_app_config_shows_masks_colours_and_review_fields(dataset) -> None:
+    """The dataset's App config: both mask fields active, one distinct colour per mask value of either field
+    (so a class that both fields name has one colour), the review fields in the group after the tags."""
+    config = fo.load_dataset(dataset.name).app_config  # as saved in the database
+    assert config.active_fields.paths[:2] == ["predictions", "ground_truth"] and not config.active_fields.exclude
+    scheme = config.color_scheme
+    assert scheme.color_by == "value"
+    colors = {entry["intTarget"]: entry["color"] for entry in scheme.default_mask_targets_colors}
+    targets = dataset.mask_targets
+    assert set(colors) == set(targets["predictions"]) | set(targets["ground_truth"])
+    assert len(set(colors.values())) == len(colors) and all(re.fullmatch(r"#[0-9a-f]{6}", c) for c in colors.values())
+    names = [g.name for g in config.sidebar_groups]
+    assert names[:2] == ["tags", "review"] and config.sidebar_groups[1].expanded
+    assert config.sidebar_groups[1].paths == ["miou", "mean_score", "classes_present", "iou"]
+    assert all("miou" not in g.paths for g in config.sidebar_groups[2:])
 
 
 def test_sample_miou_matches_independent_computation(dataset, run) -> None:
@@ -331,6 +354,44 @@ def test_app_serves_page_and_stops_on_ctrl_c(dataset, capsys: pytest.CaptureFixt
     assert alive == []  # ... and is gone
     assert _port_free(port)
     assert fo_session._session is None  # fo.close_app() ran
+
+
+@pytest.mark.slow
+def test_app_in_browser_shows_every_sample_with_masks(dataset) -> None:
+    """The App as a reviewer first sees it (``jobs/review.py --launch`` calls ``launch``), read from the page in
+    headless Chromium: a grid tile per sample, the ``predictions`` and ``ground_truth`` boxes ticked (their
+    masks drawn), ``miou`` and ``mean_score`` in the ``review`` sidebar group above the labels, and a saved
+    view's printed link opening that view."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = headless_chrome()
+
+    def tiles() -> int:
+        return len(driver.find_elements(By.CSS_SELECTOR, '[data-cy="looker"]'))
+
+    def top(cy: str) -> float:
+        return driver.find_element(By.CSS_SELECTOR, f'[data-cy="{cy}"]').location["y"]
+
+    port = _free_port()
+    app = f"http://127.0.0.1:{port}/"
+    try:
+        launch(dataset, port=port)
+        driver.get(dataset_url(dataset, app))
+        WebDriverWait(driver, 120).until(lambda _: tiles() >= len(dataset))
+        assert tiles() == len(dataset)
+        for field in ("predictions", "ground_truth"):
+            assert driver.find_element(By.CSS_SELECTOR, f'[data-cy="checkbox-{field}"] input').is_selected(), field
+        assert top("sidebar-group-entry-REVIEW") < top("sidebar-field-miou") < top("sidebar-field-mean_score")
+        assert top("sidebar-field-mean_score") < top("sidebar-group-entry-LABELS") < top("sidebar-field-predictions")
+
+        worst = len(dataset.load_saved_view("worst_miou"))
+        assert worst < len(dataset)
+        driver.get(saved_view_urls(dataset, app)["worst_miou"])
+        WebDriverWait(driver, 60).until(lambda _: tiles() == worst)
+    finally:
+        driver.quit()
+        fo.close_app()
 
 
 def _job(*args: str, **kwargs) -> subprocess.Popen:

@@ -8,9 +8,11 @@ triage; it replaces only a dataset it made, and only with ``overwrite``. The dat
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import uuid
 from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,13 +27,24 @@ from ..ground_truth.base import GroundTruth, match_predictions
 from ..outputs import RunOutput
 from ..segments import decode_label_map_png
 from ..vocabulary import Vocabulary
+from .app_config import configure_app
+from .mask_files import INFO_KEY as MASK_FOLDER_KEY
+from .mask_files import MaskFolder, remove_mask_folder
 from .masks import GROUND_TRUTH, PREDICTIONS, ReviewError, label_map_to_mask, mask_dtype
-from .metrics import compute_sample_metrics
+from .metrics import SampleMetrics
 from .views import MAX_CLASS_VIEWS, save_review_views
 
-__all__ = ["check_dataset_name", "default_dataset_name", "is_review_dataset", "load_run"]
+__all__ = ["check_dataset_name", "default_dataset_name", "is_review_dataset", "load_run", "rle_digest"]
 
 _BATCH = 64
+_THREADS = min(4, os.cpu_count() or 1)  # PNG decode/encode and numpy release the GIL
+
+
+def rle_digest(rle: str) -> str:
+    """SHA-1 of a segment's compressed RLE counts: what ``run_segments`` keeps of the run's segments to tell an
+    edited segment from an untouched one (compressed RLE is canonical; the RLE itself would take more
+    room in the database than the mask: 32 KB per 640x480 image of 8 classes, BENCHMARKS.md)."""
+    return hashlib.sha1(rle.encode("ascii")).hexdigest()
 
 
 def default_dataset_name(output_dir: str | os.PathLike[str]) -> str:
@@ -71,8 +84,8 @@ class _RunGroundTruth:
     matched: dict[str, Hashable]  # image_path -> ground-truth key
     info: dict[str, Any]  # for dataset.info
 
-    def segmentation(self, path: str, label_map: np.ndarray, dtype: type[np.unsignedinteger]) -> fo.Segmentation:
-        """The ``ground_truth`` label of a matched image.
+    def mask(self, path: str, label_map: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
+        """The ``ground_truth`` mask ``[H, W]`` of a matched image.
 
         Raises:
             EvaluationError: the ground truth's size differs from the prediction's.
@@ -87,7 +100,7 @@ class _RunGroundTruth:
         mask = np.zeros(truth.shape, dtype=dtype)
         labeled = truth != self.gt.ignore_value
         mask[labeled] = self.values[truth[labeled]]
-        return fo.Segmentation(mask=mask)
+        return mask
 
 
 def _open_run_ground_truth(
@@ -160,28 +173,51 @@ def check_dataset_name(name: str, overwrite: bool = False) -> bool:
     return True
 
 
-def _sample(row: dict[str, Any], dtype: type[np.unsignedinteger], truth: _RunGroundTruth | None) -> fo.Sample:
-    """The sample of one prediction row (fields: ``docs/review.md``)."""
-    path = row["image_path"]
-    try:
-        label_map = decode_label_map_png(row["label_map_png"])
-    except ValueError as exc:
-        raise ReviewError(f"prediction of {path!r}: {exc}") from None
-    segments = [{k: s[k] for k in ("category_id", "category_name", "rle", "area", "score")} for s in row["segments"]]
-    scores = [float(s["score"]) for s in segments]
-    fields: dict[str, Any] = {
-        "image_path": path,
-        "image_id": int(row["image_id"]),
-        "width": int(row["width"]),
-        "height": int(row["height"]),
-        "metadata": fo.ImageMetadata(width=int(row["width"]), height=int(row["height"])),
-        PREDICTIONS: fo.Segmentation(mask=label_map_to_mask(label_map, dtype)),
-        "run_segments": segments,
-        "mean_score": float(np.mean(scores)) if scores else None,
-    }
-    if truth is not None and path in truth.matched:
-        fields[GROUND_TRUTH] = truth.segmentation(path, label_map, dtype)
-    return fo.Sample(filepath=path, **fields)
+@dataclass
+class _SampleBuilder:
+    """Makes the sample of a prediction row (fields: ``docs/review.md``), its masks in files or in the database."""
+
+    dtype: type[np.unsignedinteger]
+    truth: _RunGroundTruth | None
+    metrics: SampleMetrics
+    masks: MaskFolder | None  # None: masks in the database
+
+    def _label(self, field: str, image_id: int, mask: np.ndarray) -> fo.Segmentation:
+        if self.masks is None:
+            return fo.Segmentation(mask=mask)
+        return self.masks.segmentation(field, image_id, mask)
+
+    def __call__(self, row: dict[str, Any]) -> fo.Sample:
+        path, image_id = row["image_path"], int(row["image_id"])
+        try:
+            label_map = decode_label_map_png(row["label_map_png"])
+        except ValueError as exc:
+            raise ReviewError(f"prediction of {path!r}: {exc}") from None
+        segments = [
+            {**{k: s[k] for k in ("category_id", "category_name", "area", "score")}, "rle_sha1": rle_digest(s["rle"])}
+            for s in row["segments"]
+        ]
+        scores = [float(s["score"]) for s in segments]
+        sorted_segments = sorted(segments, key=lambda s: int(s["category_id"]))
+        pred = label_map_to_mask(label_map, self.dtype)
+        fields: dict[str, Any] = {
+            "image_path": path,
+            "image_id": image_id,
+            "width": int(row["width"]),
+            "height": int(row["height"]),
+            "metadata": fo.ImageMetadata(width=int(row["width"]), height=int(row["height"])),
+            PREDICTIONS: self._label(PREDICTIONS, image_id, pred),
+            "run_segments": segments,
+            "mean_score": float(np.mean(scores)) if scores else None,
+            # The run's segments are the classes of its label map, one each: no pass over the pixels.
+            "classes_present": [self.metrics.value_names[int(s["category_id"])] for s in sorted_segments],
+        }
+        if self.truth is not None and path in self.truth.matched:
+            truth = self.truth.mask(path, label_map, self.dtype)
+            fields[GROUND_TRUTH] = self._label(GROUND_TRUTH, image_id, truth)
+            _, ious, miou = self.metrics.image(pred, truth, path)
+            fields["iou"], fields["miou"] = ious, None if np.isnan(miou) else miou
+        return fo.Sample(filepath=path, **fields)
 
 
 def _fill(
@@ -190,12 +226,15 @@ def _fill(
     vocabulary: Vocabulary,
     truth: _RunGroundTruth | None,
     max_class_views: int | None,
+    masks: MaskFolder | None,
 ) -> None:
-    """Write the info, mask targets, samples, metrics and saved views of a new, empty dataset."""
+    """Write the info, mask targets, samples (with their metrics), saved views and App config of a new,
+    empty dataset; masks as files in ``masks``, or in the database when it is None."""
     dataset.info = {
         "labeling_run": str(output.root.resolve()),
         "vocabulary": vocabulary.to_json(),
         "mask_values": "category id = vocabulary index + 1; 0 = unlabeled prediction / ignored ground truth",
+        **({MASK_FOLDER_KEY: str(masks.root)} if masks is not None else {}),
         **(truth.info if truth is not None else {}),
     }
     targets = {PREDICTIONS: {i + 1: name for i, name in enumerate(vocabulary.names)}}
@@ -203,24 +242,30 @@ def _fill(
         targets[GROUND_TRUTH] = truth.targets
     dataset.mask_targets = targets
     dataset.save()
+    dataset.add_sample_field("classes_present", fo.ListField, subfield=fo.StringField)
+    if truth is not None:
+        dataset.add_sample_field("iou", fo.DictField)
+        dataset.add_sample_field("miou", fo.FloatField)
     dtype = mask_dtype(max([len(vocabulary), *targets.get(GROUND_TRUTH, {})]))
-    batch: list[fo.Sample] = []
-    for row in output.iter_predictions(batch_rows=_BATCH):
-        batch.append(_sample(row, dtype, truth))
-        if len(batch) >= _BATCH:
-            dataset.add_samples(batch, progress=False)
-            batch = []
-    if batch:
-        dataset.add_samples(batch, progress=False)
-    compute_sample_metrics(dataset)
+    build = _SampleBuilder(dtype, truth, SampleMetrics(targets), masks)
+    rows = output.iter_predictions(batch_rows=_BATCH)
+    with ThreadPoolExecutor(_THREADS) as pool:  # the next batch is built while this one is inserted
+        pending = [pool.submit(build, row) for row in itertools.islice(rows, _BATCH)]
+        while pending:
+            following = [pool.submit(build, row) for row in itertools.islice(rows, _BATCH)]
+            dataset.add_samples([future.result() for future in pending], progress=False)
+            pending = following
     save_review_views(dataset, max_class_views)
+    configure_app(dataset)
 
 
 def _publish(dataset: fo.Dataset, name: str, overwrite: bool) -> None:
     """Give the completely built ``dataset`` its ``name`` and make it persistent; the old dataset of that
     name (checked again: :func:`check_dataset_name`) is deleted only now."""
     if check_dataset_name(name, overwrite):
+        old_info = fo.load_dataset(name).info
         fo.delete_dataset(name)
+        remove_mask_folder(old_info)
     dataset.name = name
     dataset.persistent = True
 
@@ -233,6 +278,7 @@ def load_run(
     ignore_index: int = 255,
     max_class_views: int | None = MAX_CLASS_VIEWS,
     overwrite: bool = False,
+    mask_files: bool = True,
 ) -> fo.Dataset:
     """Load a labeling run (and its ground truth) into a persistent FiftyOne dataset.
 
@@ -252,7 +298,10 @@ def load_run(
             (a PNG folder, a COCO JSON, or ``SCHEME:LOCATION``); None loads predictions only.
         name: dataset name; default :func:`default_dataset_name`.
         max_class_views: see :func:`pipeline.review.views.save_review_views`.
-        overwrite: replace an existing dataset of that name made by :func:`load_run`.
+        overwrite: replace an existing dataset of that name made by :func:`load_run` (and delete its
+            mask files).
+        mask_files: write the masks as PNG files in the run's ``review-masks`` folder and store their
+            ``mask_path`` (:mod:`pipeline.review.mask_files`); False stores them in the database.
 
     Raises:
         ReviewError, GroundTruthError, EvaluationError: a missing or unreadable input, no class or
@@ -273,10 +322,13 @@ def load_run(
         truth = _open_run_ground_truth(gt_spec, gt_classes, vocabulary, ignore_index, paths)
 
     dataset = fo.Dataset(f"{name[:100]}-incomplete-{uuid.uuid4().hex[:12]}")
+    masks = MaskFolder(output.root, name) if mask_files else None
     try:
-        _fill(dataset, output, vocabulary, truth, max_class_views)
+        _fill(dataset, output, vocabulary, truth, max_class_views, masks)
         _publish(dataset, name, overwrite)
     except BaseException:
         fo.delete_dataset(dataset.name)
+        if masks is not None:
+            masks.remove()
         raise
     return dataset

@@ -20,7 +20,7 @@ from ..label.inputs import image_id as path_image_id
 from ..label_sources import FIFTYONE_PREFIX
 from ..segments import encode_label_map_png, label_map_segments
 from ..vocabulary import Vocabulary
-from .dataset import default_dataset_name
+from .dataset import default_dataset_name, rle_digest
 from .labels import SAMPLE_FIELDS, dataset_vocabulary, sample_label_map
 from .masks import PREDICTIONS, ReviewError
 
@@ -68,7 +68,9 @@ def iter_reviewed_images(dataset: fo.Dataset) -> Iterator[dict[str, Any]]:
         edited = []
         for segment in segments:
             before = run.get(segment["category_id"])
-            if before is not None and before["rle"] == segment["rle"]:
+            # (datasets made before run_segments kept only the digest hold the RLE itself)
+            digest = None if before is None else before.get("rle_sha1") or rle_digest(before["rle"])
+            if digest == rle_digest(segment["rle"]):
                 segment["score"] = float(before["score"])
             else:
                 segment["score"] = REVIEWED_SCORE

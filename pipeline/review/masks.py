@@ -35,6 +35,8 @@ def mask_dtype(max_value: int) -> type[np.unsignedinteger]:
 
 def label_map_to_mask(label_map: np.ndarray, dtype: type[np.unsignedinteger] | None = None) -> np.ndarray:
     """A run's label map (0-based class index, unlabeled 255 / 65535) -> mask of category ids (0 = unlabeled)."""
+    if dtype is not None and label_map.dtype == dtype:
+        return label_map + dtype(1)  # unsigned arithmetic wraps the unlabeled value (the dtype's max) to 0
     unlabeled = label_map == unlabeled_value(label_map)
     values = label_map.astype(np.int64) + 1
     values[unlabeled] = 0

@@ -15,22 +15,10 @@ from san.metrics import ConfusionMatrix, compute_metrics
 
 from .masks import GROUND_TRUTH, PREDICTIONS, ReviewError
 
-__all__ = ["MISSING_LABEL", "compare_with_fiftyone", "compute_sample_metrics"]
+__all__ = ["MISSING_LABEL", "SampleMetrics", "compare_with_fiftyone", "compute_sample_metrics"]
 
 MISSING_LABEL = "(unlabeled)"
 """Name of mask value 0 in the mask targets handed to ``evaluate_segmentations``."""
-
-
-def _value_names(dataset: fo.Dataset) -> dict[int, str]:
-    """Mask value -> class name over both fields (values 1.. without a name get ``value <v>``)."""
-    targets = dataset.mask_targets or {}
-    names: dict[int, str] = {}
-    for field in (PREDICTIONS, GROUND_TRUTH):
-        for value, name in (targets.get(field) or {}).items():
-            names.setdefault(int(value), str(name))
-    names.pop(0, None)
-    top = max(names, default=0)
-    return {v: names.get(v, f"value {v}") for v in range(1, top + 1)}
 
 
 def _masks(sample: fo.Sample) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -51,6 +39,41 @@ def _image_matrix(pred: np.ndarray, truth: np.ndarray, k: int, what: str) -> Con
     return ConfusionMatrix(k, ignore_index=-1).update(pred_index, truth.astype(np.int64) - 1)
 
 
+class SampleMetrics:
+    """Per-sample ``classes_present``, ``iou`` and ``miou`` of one dataset's mask values (its mask targets)."""
+
+    def __init__(self, mask_targets: dict[str, dict[int, str]]):
+        targets = mask_targets or {}
+        names: dict[int, str] = {}
+        for field in (PREDICTIONS, GROUND_TRUTH):
+            for value, name in (targets.get(field) or {}).items():
+                names.setdefault(int(value), str(name))
+        names.pop(0, None)
+        top = max(names, default=0)
+        self.value_names = {v: names.get(v, f"value {v}") for v in range(1, top + 1)}
+        self.k = top
+        self.names = [self.value_names[v] for v in range(1, top + 1)]
+
+    def classes_present(self, pred: np.ndarray | None) -> list[str]:
+        """Names of the values in a ``predictions`` mask ``[H, W]``, in value order (0 left out)."""
+        if pred is None:
+            return []
+        counts = np.bincount(pred.ravel(), minlength=1)  # one pass; np.unique sorts every pixel
+        return [self.value_names.get(int(v), f"value {v}") for v in np.flatnonzero(counts) if v != 0]
+
+    def image(self, pred: np.ndarray, truth: np.ndarray, what: str) -> tuple[ConfusionMatrix, dict[str, float], float]:
+        """The confusion matrix, ``iou`` (class name -> percent, the classes in ``truth``) and ``miou``
+        (percent, NaN when every pixel is ignored) of a ``[H, W]`` prediction and ground-truth mask pair.
+
+        Raises:
+            ReviewError: the masks differ in size.
+        """
+        matrix = _image_matrix(pred, truth, self.k, what)
+        result = compute_metrics(matrix, self.names)
+        ious = {n: result[f"IoU-{n}"] for n in self.names if not np.isnan(result[f"IoU-{n}"])}
+        return matrix, ious, result["mIoU"]
+
+
 def compute_sample_metrics(dataset: fo.Dataset) -> dict[str, float]:
     """(Re)compute ``classes_present``, ``iou`` and ``miou`` of every sample from its current masks.
 
@@ -58,35 +81,27 @@ def compute_sample_metrics(dataset: fo.Dataset) -> dict[str, float]:
     (:func:`san.metrics.compute_metrics`, percent) over every sample that has both masks, plus
     ``num_images`` and ``pixels``; ``{}`` when no sample has ground truth.
     """
-    value_names = _value_names(dataset)
-    k = max(value_names, default=0)
-    names = [value_names[v] for v in range(1, k + 1)]
-    total = ConfusionMatrix(max(k, 1), ignore_index=-1)
+    metrics = SampleMetrics(dataset.mask_targets)
+    total = ConfusionMatrix(max(metrics.k, 1), ignore_index=-1)
     images = 0
     for field in ("iou", "miou"):
         if not dataset.has_sample_field(field) and dataset.has_sample_field(GROUND_TRUTH):
             dataset.add_sample_field(field, fo.DictField if field == "iou" else fo.FloatField)
     for sample in dataset.iter_samples(autosave=True, progress=False):
         pred, truth = _masks(sample)
-        if pred is not None:
-            present = [int(v) for v in np.unique(pred) if v != 0]
-            sample["classes_present"] = [value_names.get(v, f"value {v}") for v in present]
-        else:
-            sample["classes_present"] = []
-        if pred is None or truth is None or k == 0:
+        sample["classes_present"] = metrics.classes_present(pred)
+        if pred is None or truth is None or metrics.k == 0:
             if sample.has_field("miou"):
                 sample["miou"], sample["iou"] = None, None
             continue
-        matrix = _image_matrix(pred, truth, k, f"sample {sample.id} ({sample.filepath})")
-        result = compute_metrics(matrix, names)
-        ious = {n: result[f"IoU-{n}"] for n in names if not np.isnan(result[f"IoU-{n}"])}
+        matrix, ious, miou = metrics.image(pred, truth, f"sample {sample.id} ({sample.filepath})")
         sample["iou"] = ious
-        sample["miou"] = None if np.isnan(result["mIoU"]) else result["mIoU"]
+        sample["miou"] = None if np.isnan(miou) else miou
         total.merge(matrix)
         images += 1
     if not images:
         return {}
-    return {**compute_metrics(total, names), "num_images": images, "pixels": int(total.matrix.sum())}
+    return {**compute_metrics(total, metrics.names), "num_images": images, "pixels": int(total.matrix.sum())}
 
 
 def _fiftyone_miou(matrix: np.ndarray, classes: Sequence[str], missing: str) -> float:
@@ -124,7 +139,7 @@ def compare_with_fiftyone(dataset: fo.Dataset, eval_key: str = "eval") -> dict[s
     ours = compute_sample_metrics(dataset)
     if not ours:
         raise ReviewError(f"dataset {dataset.name!r} has no sample with both {PREDICTIONS} and {GROUND_TRUTH} masks")
-    value_names = _value_names(dataset)
+    value_names = SampleMetrics(dataset.mask_targets).value_names
     missing = MISSING_LABEL
     while missing in value_names.values():
         missing += "_"
