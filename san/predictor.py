@@ -2,7 +2,8 @@
 
 Images are resized by a :class:`~san.transforms.ResizeShortestEdge` (SAN's evaluation: short side 640,
 long side at most 2560, PIL bilinear), predicted on the model's device (optionally under bf16/fp16
-autocast on GPU), and the class scores are mapped back to each image's original size before the argmax.
+autocast on GPU, or with the model's image trunk cast to bf16 on CPU), and the class scores are mapped back
+to each image's original size before the argmax.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from .errors import OptionError
 from .modeling.model import SAN
 from .modeling.text_classifier import check_vocabulary
-from .precision import DTYPES, autocast_context, resolve_device
+from .precision import DTYPES, autocast_context, resolve_device, warn_without_cpu_bf16_units
 from .transforms import SAN_EVAL_RESIZE, ResizeShortestEdge
 
 # Pixels of a label map mapped from prompts to classes at once (bounds the 64-bit index copy to 8 MiB).
@@ -42,7 +43,8 @@ class Predictor:
 
     ``prompts`` are the texts sent to CLIP; ``prompt_to_class`` maps each prompt to its class index
     (several prompts per class = synonyms, combined by the maximum of their scores). Without it,
-    each prompt is its own class.
+    each prompt is its own class. The model is moved to ``device``; with ``dtype="bf16"`` on CPU its image
+    trunk is also cast to bf16 (see :meth:`~san.modeling.model.SAN.cast_image_trunk`), in place.
     """
 
     def __init__(
@@ -64,13 +66,18 @@ class Predictor:
         self.device = resolve_device(device)
         if dtype not in DTYPES:
             raise OptionError(f"unknown `dtype` {dtype!r}; choose from {sorted(DTYPES)}")
-        if dtype != "fp32" and self.device.type != "cuda":
-            raise OptionError(f"`dtype` {dtype} needs a GPU (autocast on CPU is slower than fp32); use fp32")
+        if dtype == "fp16" and self.device.type != "cuda":
+            raise OptionError("`dtype` fp16 needs a GPU (fp16 on CPU is slower than fp32); use fp32, or bf16")
         self.dtype = DTYPES[dtype]
         self.resize = resize
         self.min_score = min_score
         self.batch_size = batch_size
         self.model = model.to(self.device).eval()
+        cpu_bf16 = self.dtype == torch.bfloat16 and self.device.type == "cpu"
+        if cpu_bf16:
+            warn_without_cpu_bf16_units()
+            self.model.cast_image_trunk(torch.bfloat16)  # autocast would re-cast every weight at every forward
+        self.autocast_dtype = None if cpu_bf16 else self.dtype
         with torch.inference_mode():
             self.model.text_classifier(self.prompts)  # fill the text-embedding cache once
 
@@ -114,7 +121,7 @@ class Predictor:
         ``images``: RGB uint8 ``[H, W, 3]`` of any size, or, with ``original_sizes``, already resized by
         ``self.resize`` from those ``(H, W)``."""
         tensors, sizes = self._model_inputs(images, original_sizes)
-        with autocast_context(self.device, self.dtype):
+        with autocast_context(self.device, self.autocast_dtype):
             scores = self.model.predict_scores(tensors, self.prompts, sizes, batch_size=self.batch_size)
         return [self._reduce_synonyms(s) for s in scores]
 
@@ -133,7 +140,7 @@ class Predictor:
         prompts), taken without holding every class's scores at the output size at once.
         """
         tensors, sizes = self._model_inputs(images, original_sizes)
-        with autocast_context(self.device, self.dtype):
+        with autocast_context(self.device, self.autocast_dtype):
             best = self.model.predict_best(tensors, self.prompts, sizes, batch_size=self.batch_size)
         unlabeled = 255 if self.num_classes <= 255 else 65535
         dtype = np.uint8 if unlabeled == 255 else np.uint16

@@ -144,12 +144,12 @@ class ClipFeatureExtractor(nn.Module):
 
     def forward(self, images: torch.Tensor) -> ClipFeatures:
         """Run on normalised images ``[B, 3, H, W]``; trailing pixels that fill no patch are dropped."""
-        x = self.conv1(images)
+        x = self.conv1(images.to(self.conv1.weight.dtype))
         grid = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
-        x = x + resize_clip_pos_embed(self.positional_embedding, grid).to(x.dtype)
+        x = x + resize_clip_pos_embed(self.positional_embedding.float(), grid).to(x.dtype)
         x = self.ln_pre(x)
         tokens = [x]
         for block in self.resblocks:
@@ -250,12 +250,12 @@ class RecognitionHead(nn.Module):
         """
         if len(attn_biases) not in (1, len(self.resblocks)):
             raise ValueError(f"{len(attn_biases)} attention biases for {len(self.resblocks)} recognition blocks")
-        masks = [self.sls_attention_mask(bias, features.grid) for bias in attn_biases]
         image_tokens = features.tokens[-1]
+        masks = [self.sls_attention_mask(bias, features.grid).to(image_tokens.dtype) for bias in attn_biases]
         num_sls = attn_biases[0].shape[2]
         sls = image_tokens[:, :1].expand(-1, num_sls, -1)
         x = torch.cat([sls, image_tokens], dim=1)
         for i, block in enumerate(self.resblocks):
             x = block(x, num_sls, masks[i if len(masks) > 1 else 0])
-        x = self.ln_post(x[:, :num_sls]) @ self.proj
+        x = self.ln_post(x[:, :num_sls].to(self.proj.dtype)) @ self.proj
         return F.normalize(x, dim=-1)
