@@ -149,7 +149,8 @@ class ClipFeatureExtractor(nn.Module):
         x = x.flatten(2).transpose(1, 2)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
-        x = x + resize_clip_pos_embed(self.positional_embedding.float(), grid).to(x.dtype)
+        pos = self.positional_embedding  # resized in float32 at least (behind a bf16 trunk too)
+        x = x + resize_clip_pos_embed(pos.to(torch.promote_types(pos.dtype, torch.float32)), grid).to(x.dtype)
         x = self.ln_pre(x)
         tokens = [x]
         for block in self.resblocks:

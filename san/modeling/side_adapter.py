@@ -144,7 +144,7 @@ class SideAdapter(nn.Module):
         pos = self.vit.pos_embed
         if pos.shape[1] != grid[0] * grid[1]:
             side = int(round(pos.shape[1] ** 0.5))
-            pos = pos.float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
+            pos = pos.to(torch.promote_types(pos.dtype, torch.float32)).reshape(1, side, side, -1).permute(0, 3, 1, 2)
             pos = F.interpolate(pos, size=grid, mode="bicubic", align_corners=False)
             pos = pos.flatten(2).transpose(1, 2).to(self.vit.pos_embed.dtype)
         return torch.cat([self.query_pos_embed, pos], dim=1)
