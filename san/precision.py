@@ -50,11 +50,11 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None) -> context
 @functools.cache
 def cpu_bf16_units() -> tuple[str, ...]:
     """The bf16 matrix units of this CPU that PyTorch's CPU kernels (oneDNN) use: a subset of
-    ``("amx_bf16", "avx512_bf16")``, empty where bf16 matrix products are emulated (e.g. AVX2-only CPUs,
-    where they run tens of times slower than float32).
+    ``("amx_bf16", "avx512_bf16")``, empty where bf16 matrix products are emulated (e.g. AVX2-only CPUs:
+    there a bf16 matmul ran 70x slower than float32, and SAN about 3x slower; BENCHMARKS.md).
 
-    Asks torch (``torch.cpu._is_amx_tile_supported`` / ``_is_avx512_bf16_supported``, which also check that
-    the OS enables the units); a torch without those private checks falls back to ``/proc/cpuinfo`` flags.
+    Asks torch (``torch.cpu._is_amx_tile_supported`` / ``_is_avx512_bf16_supported``); a torch without
+    those private checks falls back to the ``/proc/cpuinfo`` flags of the same names.
     """
     checks = {"amx_bf16": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported"}
     if all(hasattr(torch.cpu, check) for check in checks.values()):
