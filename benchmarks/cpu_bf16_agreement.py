@@ -66,7 +66,7 @@ def main() -> None:
             seconds = (middle - started, time.perf_counter() - middle)
             labels = reference.argmax(0)
             agreement = (reduced.argmax(0) == labels).double().mean().item()
-            majority = labels.bincount().max().item() / labels.numel()
+            majority = labels.flatten().bincount().max().item() / labels.numel()
             difference = (reduced - reference).abs().max().item() / max(1.0, reference.abs().max().item())
             rows.append((model_name, photo_name, image.shape, agreement, majority, difference, *seconds))
             print(rows[-1], flush=True)
