@@ -2,7 +2,8 @@
 
 Images are resized by a :class:`~san.transforms.ResizeShortestEdge` (SAN's evaluation: short side 640,
 long side at most 2560, PIL bilinear), predicted on the model's device (optionally under bf16/fp16
-autocast on GPU), and the class scores are mapped back to each image's original size before the argmax.
+autocast on GPU, or with the model's image trunk cast to bf16 on CPU), and the class scores are mapped back
+to each image's original size before the argmax.
 
 Label quality controls: ``other`` names (distractors, :mod:`san.other_names`) compete with the classes and
 leave the pixels they win unlabeled; ``tta`` averages the scores of several passes (:mod:`san.tta`);
@@ -22,7 +23,7 @@ from .modeling.model import SAN
 from .modeling.postprocess import ImageOutputs
 from .modeling.text_classifier import check_vocabulary
 from .other_names import added_names
-from .precision import DTYPES, autocast_context, resolve_device
+from .precision import DTYPES, autocast_context, resolve_device, warn_without_cpu_bf16_units
 from .transforms import SAN_EVAL_RESIZE, ResizeShortestEdge
 from .tta import TestTimeAugmentation, average_best_class
 
@@ -50,7 +51,8 @@ class Predictor:
 
     ``prompts`` are the texts sent to CLIP; ``prompt_to_class`` maps each prompt to its class index
     (several prompts per class = synonyms, combined by the maximum of their scores). Without it,
-    each prompt is its own class.
+    each prompt is its own class. The model is moved to ``device``; with ``dtype="bf16"`` on CPU its image
+    trunk is also cast to bf16 (see :meth:`~san.modeling.model.SAN.cast_image_trunk`), in place.
 
     ``other``: distractor names, each an extra class whose pixels become unlabeled; a name equal to a
     prompt (ignoring case) is not added (:attr:`added_names` are those that are). ``tta``: average the
@@ -90,14 +92,19 @@ class Predictor:
         self.device = resolve_device(device)
         if dtype not in DTYPES:
             raise OptionError(f"unknown `dtype` {dtype!r}; choose from {sorted(DTYPES)}")
-        if dtype != "fp32" and self.device.type != "cuda":
-            raise OptionError(f"`dtype` {dtype} needs a GPU (autocast on CPU is slower than fp32); use fp32")
+        if dtype == "fp16" and self.device.type != "cuda":
+            raise OptionError("`dtype` fp16 needs a GPU (fp16 on CPU is slower than fp32); use fp32, or bf16")
         self.dtype = DTYPES[dtype]
         self.resize = resize
         self.min_score = min_score
         self.tta = tta
         self.batch_size = batch_size
         self.model = model.to(self.device).eval()
+        cpu_bf16 = self.dtype == torch.bfloat16 and self.device.type == "cpu"
+        if cpu_bf16:
+            warn_without_cpu_bf16_units()
+            self.model.cast_image_trunk(torch.bfloat16)  # autocast would re-cast every weight at every forward
+        self.autocast_dtype = None if cpu_bf16 else self.dtype
         with torch.inference_mode():
             self.model.text_classifier(self._model_prompts)  # fill the text-embedding cache once
 
@@ -142,7 +149,7 @@ class Predictor:
         ``images``: RGB uint8 ``[H, W, 3]`` of any size, or, with ``original_sizes``, already resized by
         ``self.resize`` from those ``(H, W)``."""
         arrays, sizes = self._model_inputs(images, original_sizes)
-        with autocast_context(self.device, self.dtype):
+        with autocast_context(self.device, self.autocast_dtype):
             scores = self.model.predict_scores(
                 [_tensor(a) for a in arrays], self._model_prompts, sizes, batch_size=self.batch_size
             )
@@ -167,7 +174,7 @@ class Predictor:
         """
         arrays, sizes = self._model_inputs(images, original_sizes)
         if self.tta is None:
-            with autocast_context(self.device, self.dtype):
+            with autocast_context(self.device, self.autocast_dtype):
                 best = self.model.predict_best(
                     [_tensor(a) for a in arrays], self._model_prompts, sizes, batch_size=self.batch_size
                 )
@@ -190,7 +197,7 @@ class Predictor:
         passes: list[list[tuple[ImageOutputs, bool]]] = [[] for _ in arrays]
         for resize, flipped in tta.passes:
             inputs = [tta.pass_input(array, resize, flipped) for array in arrays]
-            with autocast_context(self.device, self.dtype):
+            with autocast_context(self.device, self.autocast_dtype):
                 outputs = self.model.predict_outputs(inputs, self._model_prompts, batch_size=self.batch_size)
             for image_passes, output in zip(passes, outputs, strict=True):
                 image_passes.append((output, flipped))

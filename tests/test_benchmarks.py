@@ -3,6 +3,7 @@ themselves are measured by hand and recorded in BENCHMARKS.md, never asserted.""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,19 @@ def test_postprocess_memory_benchmark_compares_the_methods(tmp_path: Path) -> No
         ["3", "best class, PNG and segments"],
     ]
     assert all(float(row[3]) > 0 for row in rows)
+
+
+def test_speed_vs_official_says_how_to_set_up_the_official_side(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("SANREF", "SAN_OFFICIAL_PYTHON", "SAN_OFFICIAL_HARNESS")}
+    missing = str(tmp_path / "no-such-tree")
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "speed_vs_official.py"), "--official-tree", missing],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 2
+    assert f"--official-tree / $SANREF: {missing}" in done.stderr, "names what is missing"
+    assert "--official-python / $SAN_OFFICIAL_PYTHON: not given" in done.stderr
+    assert "fetch github:MendelXu/SAN" in done.stderr and "open_clip_torch==2.16.0" in done.stderr, "says how"

@@ -401,14 +401,14 @@ def test_failed_inputs_are_retried_and_repeated_paths_reported(
     assert pq.read_table(tmp_path / "from-list" / "errors.parquet").num_rows == 0
 
 
-def test_reduced_precision_on_cpu_workers_is_refused_before_labeling(local_ray, inputs: dict, tmp_path: Path) -> None:
+def test_fp16_on_cpu_workers_is_refused_before_labeling(local_ray, inputs: dict, tmp_path: Path) -> None:
     options = LabelOptions(
         vocab=str(inputs["vocab"]), input=str(inputs["folder"]), output=str(tmp_path / "labels"), smoke_test=True
     )
-    options.dtype = "bf16"
-    with pytest.raises(OptionError, match="^dtype bf16 needs GPU workers") as error:
+    options.dtype = "fp16"
+    with pytest.raises(OptionError, match="^dtype fp16 needs GPU workers") as error:
         run_label_job(options)
-    assert error.value.worded(flag).startswith("--dtype bf16 needs GPU workers")
+    assert error.value.worded(flag).startswith("--dtype fp16 needs GPU workers")
     assert not (tmp_path / "labels" / "predictions").exists()
 
 

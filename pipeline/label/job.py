@@ -27,7 +27,7 @@ from tqdm import tqdm
 from san.errors import OptionError
 from san.modeling.text_classifier import TEMPLATE_SETS, get_templates, prompt_length_problem
 from san.other_names import OTHER_CHOICES, added_names, read_other_names
-from san.precision import DTYPES
+from san.precision import DTYPES, cpu_bf16_warning
 from san.transforms import ResizeShortestEdge
 from san.tta import DEFAULT_TTA_SIZES, TTA_MAX_SIZE, TestTimeAugmentation
 
@@ -121,7 +121,11 @@ class LabelOptions:
         metadata={"help": "prompt templates (default: the model's, vild)", "choices": sorted(TEMPLATE_SETS)},
     )
     dtype: str = field(
-        default="fp32", metadata={"help": "fp32, or bf16/fp16 autocast on GPU", "choices": sorted(DTYPES)}
+        default="fp32",
+        metadata={
+            "help": "fp32; bf16 (GPU autocast, or a bf16 model on CPUs with AMX/AVX512-BF16 units); fp16 (GPU)",
+            "choices": sorted(DTYPES),
+        },
     )
     min_score: float = field(
         default=0.0,
@@ -289,11 +293,13 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
     model = ModelSpec(SMOKE_MODEL if options.smoke_test else options.model, options.config).resolved()
     init_ray()
     plan = plan_resources(options.workers, options.gpus_per_worker, smoke_test=options.smoke_test)
-    if options.dtype != "fp32" and plan.device != "cuda":
+    if options.dtype == "fp16" and plan.device != "cuda":
         raise OptionError(
-            f"`dtype` {options.dtype} needs GPU workers, and this run's workers use the CPU "
-            "(give `gpus_per_worker` on a cluster with GPUs, or use fp32)"
+            "`dtype` fp16 needs GPU workers, and this run's workers use the CPU "
+            "(give `gpus_per_worker` on a cluster with GPUs, or use fp32, or bf16 on CPUs with bf16 units)"
         )
+    if options.dtype == "bf16" and plan.device == "cpu" and cpu_bf16_warning():
+        print(f"warning: --{cpu_bf16_warning()}", file=sys.stderr)
     manifest: dict[str, Any] = {
         "status": "running",
         "command": options.command,

@@ -136,7 +136,7 @@ class ClipFeatureExtractor(nn.Module):
         self.class_embedding = visual.class_embedding
         self.positional_embedding = visual.positional_embedding
         self.ln_pre = visual.ln_pre
-        self.resblocks = nn.ModuleList(visual.transformer.resblocks[:num_blocks])
+        self.resblocks = nn.ModuleList(ClipBlock(b) for b in visual.transformer.resblocks[:num_blocks])
 
     @property
     def width(self) -> int:
@@ -144,12 +144,13 @@ class ClipFeatureExtractor(nn.Module):
 
     def forward(self, images: torch.Tensor) -> ClipFeatures:
         """Run on normalised images ``[B, 3, H, W]``; trailing pixels that fill no patch are dropped."""
-        x = self.conv1(images)
+        x = self.conv1(images.to(self.conv1.weight.dtype))
         grid = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
-        x = x + resize_clip_pos_embed(self.positional_embedding, grid).to(x.dtype)
+        pos = self.positional_embedding  # resized in float32 at least (behind a bf16 trunk too)
+        x = x + resize_clip_pos_embed(pos.to(torch.promote_types(pos.dtype, torch.float32)), grid).to(x.dtype)
         x = self.ln_pre(x)
         tokens = [x]
         for block in self.resblocks:
@@ -158,16 +159,11 @@ class ClipFeatureExtractor(nn.Module):
         return ClipFeatures(tokens=tokens, grid=grid)
 
 
-class RecognitionBlock(nn.Module):
-    """One CLIP residual block run jointly on ``[SLS; CLS; patches]`` tokens.
-
-    The CLS/patch rows attend only to CLS and patches, without bias: exactly CLIP's ordinary
-    forward. Each SLS row attends to itself and to the patches, with the side adapter's bias
-    added; it ignores the CLS token and the other SLS tokens. The official implementation
-    expresses this as one ``(Q+1+L)^2`` additive mask whose excluded entries are -100; here they
-    are left out of the attention (their weight, e^-100 relative, is below float32 resolution).
-    Parameters are shared with (and named as) the open_clip block it wraps.
-    """
+class ClipBlock(nn.Module):
+    """One CLIP residual block, ``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``, with the attention through
+    ``F.scaled_dot_product_attention`` (PyTorch's fused kernel, also in bf16 on CPU; the inference path of
+    ``nn.MultiheadAttention`` materialises every head's attention matrix instead). Parameters are shared
+    with (and named as) the open_clip block it wraps."""
 
     def __init__(self, block: ResidualAttentionBlock):
         super().__init__()
@@ -178,21 +174,45 @@ class RecognitionBlock(nn.Module):
         self.mlp = block.mlp
         self.ls_2 = block.ls_2
 
-    def forward(self, tokens: torch.Tensor, num_sls: int, sls_mask: torch.Tensor) -> torch.Tensor:
-        """``tokens`` ``[B, Q+1+L, C]``; ``sls_mask`` additive ``[B, heads, Q, Q+L]`` (keys: SLS, patches)."""
+    def queries_keys_values(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens`` ``[B, N, C]`` -> stacked ``q, k, v`` ``[3, B, heads, N, C / heads]``."""
         batch, length, width = tokens.shape
         heads = self.attn.num_heads
         qkv = F.linear(self.ln_1(tokens), self.attn.in_proj_weight, self.attn.in_proj_bias)
-        q, k, v = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+        return qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+
+    def finish(self, tokens: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """The residual block's rest, from ``tokens`` ``[B, N, C]`` and the attention output
+        ``[B, heads, N, C / heads]``."""
+        x = tokens + self.ls_1(self.attn.out_proj(attended.transpose(1, 2).reshape(tokens.shape)))
+        return x + self.ls_2(self.mlp(self.ln_2(x)))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens`` ``[B, N, C]`` -> ``[B, N, C]``."""
+        q, k, v = self.queries_keys_values(tokens)
+        return self.finish(tokens, F.scaled_dot_product_attention(q, k, v))
+
+
+class RecognitionBlock(ClipBlock):
+    """One CLIP residual block run jointly on ``[SLS; CLS; patches]`` tokens.
+
+    The CLS/patch rows attend only to CLS and patches, without bias: exactly CLIP's ordinary
+    forward. Each SLS row attends to itself and to the patches, with the side adapter's bias
+    added; it ignores the CLS token and the other SLS tokens. The official implementation
+    expresses this as one ``(Q+1+L)^2`` additive mask whose excluded entries are -100; here they
+    are left out of the attention (their weight, e^-100 relative, is below float32 resolution).
+    """
+
+    def forward(self, tokens: torch.Tensor, num_sls: int, sls_mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """``tokens`` ``[B, Q+1+L, C]``; ``sls_mask`` additive ``[B, heads, Q, Q+L]`` (keys: SLS, patches)."""
+        q, k, v = self.queries_keys_values(tokens)
         image_out = F.scaled_dot_product_attention(q[:, :, num_sls:], k[:, :, num_sls:], v[:, :, num_sls:])
         sls_keys = torch.cat([k[:, :, :num_sls], k[:, :, num_sls + 1 :]], dim=2)
         sls_values = torch.cat([v[:, :, :num_sls], v[:, :, num_sls + 1 :]], dim=2)
         sls_out = F.scaled_dot_product_attention(
             q[:, :, :num_sls], sls_keys, sls_values, attn_mask=sls_mask.to(q.dtype)
         )
-        out = torch.cat([sls_out, image_out], dim=2).transpose(1, 2).reshape(batch, length, width)
-        x = tokens + self.ls_1(self.attn.out_proj(out))
-        return x + self.ls_2(self.mlp(self.ln_2(x)))
+        return self.finish(tokens, torch.cat([sls_out, image_out], dim=2))
 
 
 def downsample_attn_bias(bias: torch.Tensor, grid: tuple[int, int], method: str = "max") -> torch.Tensor:
@@ -250,12 +270,12 @@ class RecognitionHead(nn.Module):
         """
         if len(attn_biases) not in (1, len(self.resblocks)):
             raise ValueError(f"{len(attn_biases)} attention biases for {len(self.resblocks)} recognition blocks")
-        masks = [self.sls_attention_mask(bias, features.grid) for bias in attn_biases]
         image_tokens = features.tokens[-1]
+        masks = [self.sls_attention_mask(bias, features.grid).to(image_tokens.dtype) for bias in attn_biases]
         num_sls = attn_biases[0].shape[2]
         sls = image_tokens[:, :1].expand(-1, num_sls, -1)
         x = torch.cat([sls, image_tokens], dim=1)
         for i, block in enumerate(self.resblocks):
             x = block(x, num_sls, masks[i if len(masks) > 1 else 0])
-        x = self.ln_post(x[:, :num_sls]) @ self.proj
+        x = self.ln_post(x[:, :num_sls].to(self.proj.dtype)) @ self.proj
         return F.normalize(x, dim=-1)

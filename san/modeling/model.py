@@ -68,6 +68,34 @@ class SAN(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
+    def image_trunk(self) -> list[nn.Module | nn.Parameter]:
+        """What carries the image work: CLIP's patch embedding and blocks (features and recognition),
+        the side adapter's ViT, queries and fusion layers. The text classifier, the mask decoder and the
+        recognition head's ``ln_post``/``proj`` (small, and where precision decides the classes) are not
+        part of it."""
+        side = self.side_adapter
+        return [
+            self.clip_features,
+            self.clip_recognition.resblocks,
+            side.vit,
+            side.query_embed,
+            side.query_pos_embed,
+            side.fusion_layers,
+        ]
+
+    def cast_image_trunk(self, dtype: torch.dtype) -> SAN:
+        """Cast the :meth:`image_trunk` to ``dtype``, in place (like ``.to``), for fast reduced-precision
+        inference without autocast (on CPUs with bf16 matrix units): activations stay in ``dtype`` from
+        block to block; the mask decoder, ``ln_post``/``proj``, the class logits and post-processing run in
+        float32. Returns the model."""
+        with torch.no_grad():
+            for part in self.image_trunk():
+                if isinstance(part, nn.Parameter):
+                    part.data = part.data.to(dtype)
+                else:
+                    part.to(dtype)
+        return self
+
     def normalize_and_pad(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """uint8 images ``[3, H_i, W_i]`` -> normalised batch ``[B, 3, Hp, Wp]``, zero-padded at the
         bottom/right to the largest size rounded up to ``size_divisibility``."""

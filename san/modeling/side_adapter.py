@@ -79,7 +79,9 @@ class MaskDecoder(nn.Module):
     def forward(self, query: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``query`` ``[B, Q, C]``, ``x`` ``[B, C, h, w]`` -> mask logits ``[B, Q, h, w]`` and
         ``num_layers`` attention biases ``[B, num_heads, Q, h, w]``."""
-        query = self.query_mlp(query)
+        dtype = self.query_mlp.layers[0].weight.dtype  # float32 also behind a bf16 trunk
+        query = self.query_mlp(query.to(dtype))
+        x = x.to(dtype)
         pix = self.pix_mlp(x)
         b, c, h, w = pix.shape
         mask_preds = torch.einsum("bqc,bchw->bqhw", query, pix)
@@ -142,9 +144,9 @@ class SideAdapter(nn.Module):
         pos = self.vit.pos_embed
         if pos.shape[1] != grid[0] * grid[1]:
             side = int(round(pos.shape[1] ** 0.5))
-            pos = pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+            pos = pos.to(torch.promote_types(pos.dtype, torch.float32)).reshape(1, side, side, -1).permute(0, 3, 1, 2)
             pos = F.interpolate(pos, size=grid, mode="bicubic", align_corners=False)
-            pos = pos.flatten(2).transpose(1, 2)
+            pos = pos.flatten(2).transpose(1, 2).to(self.vit.pos_embed.dtype)
         return torch.cat([self.query_pos_embed, pos], dim=1)
 
     def fuse(self, index: int, x: torch.Tensor, clip: ClipFeatures, grid: tuple[int, int]) -> torch.Tensor:
@@ -157,7 +159,7 @@ class SideAdapter(nn.Module):
     def forward(self, images: torch.Tensor, clip: ClipFeatures) -> SideAdapterOutput:
         """``images``: normalised, padded ``[B, 3, Hp, Wp]``. In eval mode only the last
         deep-supervision level is decoded; in training mode every level is."""
-        patches = self.vit.patch_embed(images)  # [B, h, w, C]
+        patches = self.vit.patch_embed(images.to(self.vit.pos_embed.dtype))  # [B, h, w, C]
         b, h, w, c = patches.shape
         grid = (h, w)
         pos = self.position_embedding(grid)
