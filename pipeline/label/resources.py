@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import ray
 from ray._private.authentication.authentication_utils import is_token_auth_enabled  # Ray's own rule (env, token file)
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from san.errors import UserError
 
@@ -84,6 +85,14 @@ def _check_actors_start() -> None:
         ) from None
     finally:
         ray.kill(probe)
+
+
+def start_on_driver_node(cls: type) -> ray.actor.ActorHandle:
+    """A run's small bookkeeping actor (``cls()``, no CPU reserved) on the driver's node: an actor on
+    another node would die with that node and fail the run, where the job survives the loss of a worker
+    node."""
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(cls).options(num_cpus=0, scheduling_strategy=here).remote()
 
 
 def plan_resources(

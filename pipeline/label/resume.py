@@ -18,6 +18,7 @@ import numpy as np
 import ray
 
 from .inputs import image_id
+from .resources import start_on_driver_node
 
 
 class ListingTally:
@@ -35,8 +36,9 @@ class ListingTally:
 
 
 def start_tally() -> ray.actor.ActorHandle:
-    """The run's :class:`ListingTally` actor (no CPU reserved; it lives as long as the driver)."""
-    return ray.remote(ListingTally).options(num_cpus=0).remote()
+    """The run's :class:`ListingTally` actor (on the driver's node, no CPU reserved; it lives as long as the
+    driver)."""
+    return start_on_driver_node(ListingTally)
 
 
 @dataclass
