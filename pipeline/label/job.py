@@ -34,7 +34,7 @@ from ..stopping import StopRequested, stop_on_sigterm
 from ..vocabulary import Vocabulary, load_vocabulary
 from .attempts import start_ledger
 from .batching import WINDOW_BATCHES, GroupStage
-from .decode import DecodeStage, expand_containers
+from .decode import EXPANDED_ROWS, DecodeStage, expand_containers
 from .encode import EncodeStage
 from .images import DEFAULT_MAX_PIXELS
 from .inputs import ResolvedInputs, resolve_inputs
@@ -44,7 +44,7 @@ from .resume import SkipLabeled, start_tally
 from .smoke import write_smoke_images
 from .write import WriteStage
 
-# Upper bound on the listed inputs' blocks (each costs some scheduling overhead).
+# Upper bound on the containers' blocks (each costs some scheduling overhead).
 MAX_INPUT_BLOCKS = 10_000
 # manifest.json's status of a run stopped on purpose (any other exception: "failed").
 _STOPPED_STATUS = {KeyboardInterrupt: "interrupted", StopRequested: "stopped"}
@@ -290,13 +290,16 @@ def _listing(options: LabelOptions, resolved: ResolvedInputs, cpus: float) -> ra
     parts = []
     if resolved.items:
         rows = [{"image_path": i.image_path, "data": b"", "error": i.error or ""} for i in resolved.items]
-        parts.append(ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_INPUT_BLOCKS)))
+        parts.append(ray.data.from_items(rows, override_num_blocks=-(-len(rows) // EXPANDED_ROWS)))
     if resolved.containers:
-        sources = ray.data.from_items([{"kind": c.kind, "uri": c.uri} for c in resolved.containers])
-        expanded = sources.map_batches(
-            expand_containers, batch_size=1, fn_kwargs={"bytes_column": options.bytes_column}
+        sources = [{"kind": c.kind, "uri": c.uri} for c in resolved.containers]
+        blocks = min(len(sources), MAX_INPUT_BLOCKS)  # one task per container, in parallel
+        expand = {"bytes_column": options.bytes_column}
+        parts.append(
+            ray.data.from_items(sources, override_num_blocks=blocks).map_batches(
+                expand_containers, batch_size=1, fn_kwargs=expand, num_cpus=cpus
+            )
         )
-        parts.append(expanded)
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
