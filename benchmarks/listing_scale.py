@@ -3,7 +3,7 @@
 
     python benchmarks/listing_scale.py --paths 1000000 --write BENCHMARKS.md
 
-The paths are hard links to one small JPEG (1000 folders of 1000), so the listing is what is measured.
+The paths are hard links to copies of one small JPEG (1000 folders of 1000), so the listing is what is measured.
 Each job runs in its own process (a fresh driver and local Ray), whose memory is sampled every 50 ms.
 """
 
@@ -27,15 +27,19 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 PER_FOLDER = 1000
+LINKS_PER_FILE = 50 * PER_FOLDER
 
 
 def make_inputs(folder: Path, paths: int) -> tuple[Path, Path]:
-    """A folder tree of ``paths`` hard links to one 64x48 JPEG, and a list file naming each of them."""
-    source = folder / "source.jpg"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(source)
-    tree, listing = folder / "tree", folder / "paths.txt"
+    """A folder tree of ``paths`` hard links to a few copies of one 64x48 JPEG, and a list file naming each."""
+    pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    tree, listing, sources = folder / "tree", folder / "paths.txt", folder / "sources"
+    sources.mkdir()
     with open(listing, "w", encoding="utf-8") as out:
         for start in range(0, paths, PER_FOLDER):
+            source = sources / f"{start // LINKS_PER_FILE}.jpg"  # a file takes at most 65000 links (ext4)
+            if not source.exists():
+                Image.fromarray(pixels).save(source)
             sub = tree / f"d{start // PER_FOLDER:05d}"
             sub.mkdir(parents=True)
             for i in range(start, min(start + PER_FOLDER, paths)):
