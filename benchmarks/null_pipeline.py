@@ -46,7 +46,7 @@ def write_jpegs(folder: Path, count: int, sizes: list[tuple[int, int]]) -> Path:
 def run(images: Path, output: Path, cpus: int, batch_size: int) -> dict[str, float]:
     """The null-model job on a fresh local Ray of ``cpus`` CPUs: images/s (whole job), the driver's CPU
     seconds per wall second, images per model call, and the 1-minute load average at the end."""
-    ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=cpus, logging_level="ERROR")
     options = LabelOptions(
         vocab=str(ROOT / "samples" / "vocab.txt"),
         input=str(images),

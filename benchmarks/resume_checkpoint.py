@@ -120,7 +120,7 @@ def main() -> None:
     half = args.images // 2
     with tempfile.TemporaryDirectory() as tmp:
         images = write_jpegs(Path(tmp) / "images", args.images, [(640, 480)])
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
+        ray.init(address="local", num_cpus=os.cpu_count(), logging_level="ERROR")
         try:
             rows = {"this job's resume": ours(images, Path(tmp) / "ours", half)}
             (Path(tmp) / "ray").mkdir()
