@@ -1,7 +1,9 @@
-"""Train SAN on a folder of images and label maps (images/ + labels/ + classes.txt; see docs/training.md).
+"""Train SAN on a folder of images and label maps (images/ + labels/ + classes.txt), a labeling run's output
+folder, or a FiftyOne dataset made by jobs/review.py (fiftyone:DATASET, masks as edited); see docs/training.md.
 
 Examples:
     python jobs/train.py --data /data/mine --val-data /data/mine_val --output out/run1
+    python jobs/train.py --data fiftyone:san-labels-1a2b3c4d --output out/ft --init official --steps 2000
     python jobs/train.py --data /data/mine --output out/ft --init official --steps 5000 --lr 2e-5
     python jobs/train.py --data /data/mine --output out/run1 --resume          # continue a stopped run
     python jobs/train.py --output out/smoke --smoke-test                          # a minute on CPU, no data
@@ -23,6 +25,7 @@ from pathlib import Path
 from pipeline.cli import job_parser, run_job, weights_hint
 from pipeline.dataclass_args import add_dataclass_arguments, dataclass_from_args
 from pipeline.train_options import RunOptions
+from pipeline.training_data import open_training_data
 from san.training.config import TrainConfig
 
 # The smoke test's data and the defaults of its options (a command may still give them).
@@ -86,6 +89,7 @@ def main(args: argparse.Namespace) -> dict:
             run.workers,
             use_gpu=False if cfg.device == "cpu" else None,
             cpus_per_worker=run.cpus_per_worker,
+            open_data=open_training_data,
         )
         if result.error:
             raise result.error
@@ -96,7 +100,7 @@ def main(args: argparse.Namespace) -> dict:
             "ray_checkpoint": result.checkpoint.path if result.checkpoint else None,
         }
     else:
-        summary = {"output": cfg.output, **train(cfg)}
+        summary = {"output": cfg.output, **train(cfg, open_data=open_training_data)}
     print(json.dumps(summary, indent=2, default=str))
     return summary
 

@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import uuid
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import fiftyone as fo
-import numpy as np
 
 from ..coco import build_coco, write_json_atomic
+from ..export_files import mask_file_names, new_folder
 from ..label.inputs import image_id as path_image_id
+from ..label_sources import FIFTYONE_PREFIX
 from ..segments import encode_label_map_png, label_map_segments
 from ..vocabulary import Vocabulary
 from .dataset import default_dataset_name
-from .masks import PREDICTIONS, ReviewError, mask_to_label_map
+from .labels import SAMPLE_FIELDS, dataset_vocabulary, sample_label_map
+from .masks import PREDICTIONS, ReviewError
 
 __all__ = ["export_dataset", "iter_reviewed_images", "mask_file_names", "resolve_dataset"]
 
@@ -30,14 +30,15 @@ REVIEWED_SCORE = 1.0
 
 
 def resolve_dataset(spec: str | os.PathLike[str] | fo.Dataset) -> fo.Dataset:
-    """A dataset, a dataset name, or a labeling run's output folder (its dataset from ``jobs/review.py``).
+    """A dataset, a dataset name (or ``fiftyone:NAME``), or a labeling run's output folder (its dataset from
+    ``jobs/review.py``).
 
     Raises:
         ReviewError: no such dataset (for a folder: it has not been loaded with ``jobs/review.py`` yet).
     """
     if isinstance(spec, fo.Dataset):
         return spec
-    text = os.fspath(spec)
+    text = os.fspath(spec).removeprefix(FIFTYONE_PREFIX)
     if fo.dataset_exists(text):
         return fo.load_dataset(text)
     if (Path(text) / "manifest.json").is_file():
@@ -50,13 +51,6 @@ def resolve_dataset(spec: str | os.PathLike[str] | fo.Dataset) -> fo.Dataset:
     raise ReviewError(f"{text!r} is neither a FiftyOne dataset nor a labeling run's output folder")
 
 
-def _vocabulary(dataset: fo.Dataset) -> Vocabulary:
-    obj = (dataset.info or {}).get("vocabulary")
-    if obj is None:
-        raise ReviewError(f"dataset {dataset.name!r} has no info['vocabulary'] (it was not made by jobs/review.py)")
-    return Vocabulary.from_json(obj)
-
-
 def iter_reviewed_images(dataset: fo.Dataset) -> Iterator[dict[str, Any]]:
     """Per sample: ``image_path``, ``image_id``, ``width``, ``height``, ``label_map`` (int64, -1 = unlabeled),
     ``segments`` (as the run writes them; scores per ``docs/review.md``) and ``edited`` (class names
@@ -65,24 +59,10 @@ def iter_reviewed_images(dataset: fo.Dataset) -> Iterator[dict[str, Any]]:
     Raises:
         ReviewError: a mask with a value that is no vocabulary class, or whose size differs from the image's.
     """
-    vocabulary = _vocabulary(dataset)
-    n = len(vocabulary)
-    fields = [f for f in ("image_path", "image_id", "width", "height", "run_segments") if dataset.has_sample_field(f)]
+    vocabulary = dataset_vocabulary(dataset)
+    fields = [f for f in SAMPLE_FIELDS if dataset.has_sample_field(f)]
     for sample in dataset.select_fields([PREDICTIONS, *fields]).iter_samples(progress=False):
-        path = sample["image_path"] if "image_path" in fields and sample["image_path"] else sample.filepath
-        what = f"sample {sample.id} ({path})"
-        label = sample[PREDICTIONS]
-        mask = label.get_mask() if label is not None and label.has_mask else None
-        width = sample["width"] if "width" in fields else None
-        height = sample["height"] if "height" in fields else None
-        if mask is None:
-            if not width or not height:
-                raise ReviewError(f"{what}: no predictions mask and no width/height")
-            label_map = np.full((int(height), int(width)), -1, dtype=np.int64)
-        else:
-            label_map = mask_to_label_map(mask, n, what)
-            if (width and int(width) != label_map.shape[1]) or (height and int(height) != label_map.shape[0]):
-                raise ReviewError(f"{what}: mask is {label_map.shape[1]}x{label_map.shape[0]}, image {width}x{height}")
+        path, label_map = sample_label_map(sample, fields, len(vocabulary))
         run = {int(s["category_id"]): s for s in (sample["run_segments"] if "run_segments" in fields else None) or []}
         segments = label_map_segments(label_map, None, vocabulary.names, vocabulary.category_ids, ignore_value=-1)
         edited = []
@@ -107,33 +87,6 @@ def iter_reviewed_images(dataset: fo.Dataset) -> Iterator[dict[str, Any]]:
         }
 
 
-def _parts(path: str) -> tuple[str, ...]:
-    text = str(path).replace("\\", "/")
-    if "://" in text:
-        text = text.split("://", 1)[1]
-    return tuple(p for p in text.split("/") if p not in ("", ".", ".."))
-
-
-def mask_file_names(items: list[tuple[str, int]]) -> dict[str, str]:
-    """``(image_path, image_id)`` -> relative PNG path (rule: ``docs/review.md``)."""
-    parents = [_parts(p)[:-1] for p, _ in items]
-    common = 0
-    if parents:
-        shortest = min(len(p) for p in parents)
-        while common < shortest and len({p[common] for p in parents}) == 1:
-            common += 1
-    names: dict[str, str] = {}
-    used: set[str] = set()
-    for (path, image_id), parent in zip(items, parents, strict=True):
-        stem = PurePosixPath(_parts(path)[-1] if _parts(path) else str(image_id)).stem or str(image_id)
-        rel = "/".join([*parent[common:], f"{stem}.png"])
-        if rel.casefold() in used:
-            rel = "/".join([*parent[common:], f"{stem}.{image_id}.png"])
-        used.add(rel.casefold())
-        names[path] = rel
-    return names
-
-
 def _check_coco_target(ds: fo.Dataset, coco_path: Path) -> None:
     """Refuse a folder, and the labeling run's own ``coco.json`` (the unreviewed labels stay as they were)."""
     if coco_path.is_dir():
@@ -154,25 +107,6 @@ def _mask_names(ds: fo.Dataset) -> dict[str, str]:
     return mask_file_names([(p, i if i is not None else path_image_id(p)) for p, i in zip(paths, ids, strict=True)])
 
 
-@contextlib.contextmanager
-def _new_folder(target: Path) -> Iterator[Path]:
-    """A temporary folder beside ``target`` that becomes ``target`` when the block succeeds and is deleted
-    when it fails, so ``target`` holds one whole export or nothing. ``target`` must be new or empty (masks of
-    an earlier export would otherwise mix in)."""
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        what = "is not empty" if target.is_dir() else "is a file"
-        raise ReviewError(f"--masks {str(target)!r} {what}; choose a new or empty folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-    tmp.mkdir()
-    try:
-        yield tmp
-        os.replace(tmp, target)  # also over an empty folder
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def export_dataset(
     dataset: str | os.PathLike[str] | fo.Dataset,
     coco_path: str | os.PathLike[str] | None,
@@ -186,10 +120,10 @@ def export_dataset(
     """
     ds = resolve_dataset(dataset)
     if coco_path is None and masks_dir is None:
-        raise ReviewError("nothing to export: give --coco, --masks or both")
+        raise ReviewError("nothing to export: give --coco, --masks or both (or --format with --output)")
     if coco_path is not None:
         _check_coco_target(ds, Path(coco_path))
-    vocabulary = _vocabulary(ds)
+    vocabulary = dataset_vocabulary(ds)
     masks = Path(masks_dir) if masks_dir is not None else None
     try:
         return _export(ds, vocabulary, coco_path, masks)
@@ -203,7 +137,7 @@ def _export(
 ) -> dict[str, Any]:
     """:func:`export_dataset` after its checks."""
     names = _mask_names(ds) if masks is not None else {}
-    with _new_folder(masks) if masks is not None else contextlib.nullcontext() as folder:
+    with new_folder(masks, "--masks", ReviewError) if masks is not None else contextlib.nullcontext() as folder:
         if folder is not None:
             (folder / "classes.txt").write_text("".join(f"{n}\n" for n in vocabulary.names), encoding="utf-8")
         rows = []

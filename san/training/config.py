@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ FREE_FIELDS = (
 )  # fmt: skip
 _PATH_FIELDS = ("output", "data", "val_data", "init", "clip_weights")  # files and folders
 _INIT_NAMES = ("clip", "official", "random")  # the values of ``init`` that are no path
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # "fiftyone:NAME" names no file (one letter: a Windows drive)
 
 
 TRAIN_DTYPES = ("auto", "fp32", "bf16", "fp16")
@@ -52,14 +54,15 @@ class TrainConfig:
 
     data: str = field(
         metadata={
-            "help": "training folder: images/, labels/ (PNG, pixel = class index, 255 = ignore) and classes.txt "
-            "(one class name per line); required unless `smoke_test`",
+            "help": "training data: a folder of images/, labels/ (PNG, pixel = class index, 255 = ignore) and "
+            "classes.txt (one class name per line); with jobs/train.py also a labeling run's output folder or "
+            "fiftyone:DATASET, a dataset jobs/review.py made (its masks as edited); required unless `smoke_test`",
             "required": False,
         }
     )
     val_data: str | None = field(
         default=None,
-        metadata={"help": "validation folder of the same layout, evaluated every `eval_every` steps"},
+        metadata={"help": "validation data of the same kinds as `data`, evaluated every `eval_every` steps"},
     )
     output: str = field(
         metadata={"help": "run folder: checkpoints/, metrics.csv, config.json; one that holds a run needs `resume`"}
@@ -144,7 +147,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not self.data:
-            raise OptionError("`data` is required: the training folder (images/, labels/, classes.txt)")
+            raise OptionError("`data` is required: the training data (see docs/training.md)")
         if self.short_edge_lengths is not None:
             self.short_edge_lengths = tuple(int(s) for s in self.short_edge_lengths)
         for name in ("steps", "batch_size", "crop_size", "checkpoint_every", "eval_every", "log_every", "num_points"):
@@ -183,7 +186,7 @@ def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
 def _absolute(name: str, value: Any) -> Any:
     """``value`` of field ``name`` as an absolute path when it is one (relative to the working folder)."""
     if name in _PATH_FIELDS and isinstance(value, str) and not (name == "init" and value in _INIT_NAMES):
-        return os.path.abspath(value)
+        return value if _SCHEME.match(value) else os.path.abspath(value)
     return value
 
 

@@ -1,4 +1,4 @@
-"""Evaluation during training: :func:`evaluate`, the mIoU of a model on a validation folder.
+"""Evaluation during training: :func:`evaluate`, the mIoU of a model on validation data.
 
 Images are resized to a short side of ``short_side`` like SAN's test mapper, scored with
 ``model.predict_scores`` (argmax), the scores mapped back to the label's size; metrics are ``san.metrics``'
@@ -15,7 +15,7 @@ from ..metrics import ConfusionMatrix, compute_metrics
 from ..modeling.model import SAN
 from ..precision import autocast_context
 from ..transforms import resize_shortest_edge
-from .data import SegmentationFolder
+from .data import LabeledImages
 
 __all__ = ["EVAL_KEYS", "evaluate"]
 
@@ -24,7 +24,7 @@ EVAL_KEYS = ("mIoU", "fwIoU", "mACC", "pACC")
 
 def evaluate(
     model: SAN,
-    dataset: SegmentationFolder,
+    dataset: LabeledImages,
     short_side: int = 640,
     max_size: int = 2560,
     limit: int | None = None,

@@ -23,7 +23,7 @@ from ..errors import OptionError
 from ..modeling.model import SAN
 from ..precision import autocast_context, resolve_device, training_autocast_dtype
 from .config import TrainConfig
-from .data import SegmentationFolder, StepSampler, TrainSamples, collate
+from .data import DataOpener, LabeledImages, StepSampler, TrainSamples, collate, open_folder
 from .evaluate import EVAL_KEYS, evaluate
 from .init import build_model, unwrap
 from .log import METRICS_CSV, LossMeter, MetricsLog, loss_names, print_eval, print_losses
@@ -42,11 +42,12 @@ from .state import (
 __all__ = ["train"]
 
 
-def train(cfg: TrainConfig, ray_worker: bool = False) -> dict[str, Any]:
+def train(cfg: TrainConfig, ray_worker: bool = False, open_data: DataOpener = open_folder) -> dict[str, Any]:
     """Run (or resume) training; returns ``{"step", "checkpoint", "loss", "eval"}`` of the end of the run.
 
-    ``ray_worker``: called inside a Ray Train worker (see :func:`san.training.distributed.train_with_ray`)."""
-    run = _setup(cfg, ray_worker)
+    ``ray_worker``: called inside a Ray Train worker (see :func:`san.training.distributed.train_with_ray`).
+    ``open_data``: reads ``cfg.data`` and ``cfg.val_data`` (default: the folder layout of ``docs/training.md``)."""
+    run = _setup(cfg, ray_worker, open_data)
     log = _open_run_folder(run)
     bar = tqdm(total=cfg.steps, initial=run.start_step, disable=not (cfg.progress and run.main), dynamic_ncols=True)
     meter = LossMeter()
@@ -102,7 +103,7 @@ class _Run:
     device: torch.device
     amp_dtype: torch.dtype | None  # None: float32
     classes: list[str]  # the training classes
-    val_set: SegmentationFolder | None
+    val_set: LabeledImages | None
     model: torch.nn.Module  # what the loop calls: the SAN, DDP-wrapped on Ray workers
     net: SAN  # the SAN itself
     criterion: SetCriterion
@@ -133,15 +134,15 @@ class _Run:
         return loss_names(len(self.net.config.side_adapter.deep_supervision))
 
 
-def _setup(cfg: TrainConfig, ray_worker: bool) -> _Run:
+def _setup(cfg: TrainConfig, ray_worker: bool, open_data: DataOpener) -> _Run:
     """This worker's placement, data, model (resumed or new) and optimiser, and its batches from the
     resumed step on. The global RNGs are seeded (and restored) here, in the order resuming relies on."""
     rank, world_size, device = _placement(cfg, ray_worker)
     if cfg.batch_size % world_size:
         raise OptionError(f"`batch_size` {cfg.batch_size} is not divisible by the {world_size} workers")
     amp_dtype = training_autocast_dtype(cfg.dtype, device)
-    train_set = _dataset(cfg.data, "data", cfg.ignore_index)
-    val_set = _dataset(cfg.val_data, "val_data", cfg.ignore_index) if cfg.val_data else None
+    train_set = open_data(cfg.data, "data", cfg.ignore_index)
+    val_set = open_data(cfg.val_data, "val_data", cfg.ignore_index) if cfg.val_data else None
     restored = ray_restored_state() if ray_worker else None  # Ray restarted the workers after a failure
     state = restored[1] if restored is not None else resume_state(cfg, train_set.classes)
     _check_samples([train_set, val_set], rank, world_size)
@@ -202,20 +203,13 @@ def _placement(cfg: TrainConfig, ray_worker: bool) -> tuple[int, int, torch.devi
     return rank, world_size, device
 
 
-def _dataset(root: str, option: str, ignore_index: int) -> SegmentationFolder:
-    """The dataset folder given as ``option`` (``data``, ``val_data``), which must exist."""
-    if not Path(root).is_dir():
-        raise OptionError(f"`{option}` folder {root!r} does not exist")
-    return SegmentationFolder.from_folder(root, ignore_index=ignore_index)
-
-
-def _check_samples(datasets: list[SegmentationFolder | None], rank: int, world_size: int) -> None:
-    """Check every sample of the datasets once (``SegmentationFolder.check``; each worker its share), so
+def _check_samples(datasets: list[LabeledImages | None], rank: int, world_size: int) -> None:
+    """Check every sample of the datasets once (``LabeledImages.check``; each worker its share), so
     that a bad label stops the run now rather than when a step draws it."""
     for dataset in datasets:
         if dataset is not None:
             if rank == 0:
-                print(f"checking the {len(dataset)} labels of {dataset.labels_dir}")
+                print(f"checking the {len(dataset)} samples of {dataset.source}")
             dataset.check(rank, world_size)
 
 
@@ -253,7 +247,7 @@ def _restore(
 
 
 def _loader(
-    cfg: TrainConfig, train_set: SegmentationFolder, start_step: int, rank: int, world_size: int, device: torch.device
+    cfg: TrainConfig, train_set: LabeledImages, start_step: int, rank: int, world_size: int, device: torch.device
 ) -> torch.utils.data.DataLoader:
     """This worker's share of each global batch (augmented samples, see ``san.training.data``) from
     ``start_step`` on."""

@@ -1,0 +1,205 @@
+"""Exports to other tools' formats (pipeline.exports, ``jobs/export.py --format``), each read back and compared
+with the run's label maps: yolo-seg against the Ultralytics format's published rules (label lines, data.yaml;
+polygons drawn as Ultralytics' ``polygon2mask`` draws them), cvat against the "Segmentation mask 1.1" layout
+(labelmap.txt colours), label-studio with label-studio-sdk's own RLE decoder, hf with ``datasets.load_from_disk``.
+The reviewed source (``fiftyone:DATASET``) is exported with an edit made in FiftyOne."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import runpy
+import urllib.parse
+import zipfile
+from pathlib import Path
+from xml.etree import ElementTree
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from run_builder import build_run, isolate_fiftyone
+
+isolate_fiftyone()  # before anything imports fiftyone
+
+from pipeline.exports.run import ExportError, FormatOptions, export_format  # noqa: E402
+from pipeline.exports.yolo_seg import polygon_lines, rasterize  # noqa: E402
+from pipeline.vocabulary import parse_vocabulary  # noqa: E402
+from san.errors import OptionError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCABULARY = parse_vocabulary("cat\nsky: heaven\ngrass\ntraffic light\nboat\n")
+EXPORT_JOB = runpy.run_path(str(ROOT / "jobs" / "export.py"))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory):
+    return build_run(tmp_path_factory.mktemp("exports"), VOCABULARY, n_images=4, seed=7)
+
+
+def _class_maps(run) -> dict[str, np.ndarray]:
+    """image path -> label map with -1 where unlabeled (the builder's maps are uint8, 255 = unlabeled)."""
+    return {path: np.where(m == 255, -1, m.astype(np.int64)) for path, m in run.predictions.items()}
+
+
+def _export(source, fmt: str, output: Path, *extra: str) -> dict:
+    args = EXPORT_JOB["parse_args"]([str(source), "--format", fmt, "--output", str(output), *extra])
+    return EXPORT_JOB["main"](args)[fmt]
+
+
+def test_yolo_polygons_keep_holes_and_parts() -> None:
+    label_map = np.full((60, 80), -1)
+    label_map[5:50, 5:50] = 0
+    label_map[15:30, 15:30] = -1  # a hole
+    label_map[35:45, 35:45] = 1  # an island of another class: a second hole
+    label_map[10:20, 60:75] = 0  # a second part
+    label_map[55, 70] = 1  # a single pixel
+    label_map[2:40, 55] = 2  # a line one pixel wide
+    lines = polygon_lines(label_map, tolerance=0)
+    assert sorted(int(line.split()[0]) for line in lines) == [0, 0, 1, 1, 2]
+    for line in lines:
+        numbers = [float(v) for v in line.split()[1:]]
+        assert len(numbers) >= 6 and len(numbers) % 2 == 0 and all(0 <= v <= 1 for v in numbers)
+    drawn = rasterize(lines, 60, 80, 3)
+    for value in range(3):
+        assert np.array_equal(drawn[value], label_map == value), value  # exact without simplification
+
+
+def test_yolo_seg_layout(run, tmp_path: Path) -> None:
+    summary = _export(run.out, "yolo-seg", tmp_path / "yolo", "--tolerance", "0")
+    assert summary["images"] == len(run.predictions)
+    data = yaml.safe_load((tmp_path / "yolo" / "data.yaml").read_text())
+    assert data["names"] == dict(enumerate(VOCABULARY.names)) and data["train"] == "images"
+    labels = sorted((tmp_path / "yolo" / "labels").rglob("*.txt"))
+    assert len(labels) == len(run.predictions)
+    maps = {Path(path).stem: m for path, m in _class_maps(run).items()}
+    for label in labels:
+        # Ultralytics finds an image's label by replacing /images/ with /labels/ and the suffix with .txt.
+        relative = label.relative_to(tmp_path / "yolo" / "labels").with_suffix("")
+        (image,) = (tmp_path / "yolo" / "images" / relative.parent).glob(f"{relative.name}.*")
+        original = next(p for p in run.predictions if Path(p).stem == label.stem)
+        assert image.read_bytes() == Path(original).read_bytes()
+        label_map = maps[label.stem]
+        drawn = rasterize(label.read_text().splitlines(), *label_map.shape, len(VOCABULARY))
+        for value in np.unique(label_map[label_map >= 0]):
+            truth = label_map == value
+            assert (drawn[value] & truth).sum() / (drawn[value] | truth).sum() > 0.99, (label.stem, value)
+        assert not drawn[:, label_map < 0].all(axis=0).any()
+
+
+def test_cvat_zip_reads_back_losslessly(run, tmp_path: Path) -> None:
+    target = tmp_path / "cvat.zip"
+    assert _export(run.out, "cvat", target)["images"] == len(run.predictions)
+    with zipfile.ZipFile(target) as archive:
+        lines = archive.read("labelmap.txt").decode().splitlines()
+        assert lines[0].startswith("# label:color_rgb")
+        colours = {}
+        for line in lines[1:]:
+            name, rgb, parts, actions = line.split(":")
+            colours[tuple(int(v) for v in rgb.split(","))] = name
+        assert list(colours.values()) == ["background", *VOCABULARY.names] and len(colours) == len(lines) - 1
+        names = archive.read("ImageSets/Segmentation/default.txt").decode().split()
+        assert len(names) == len(run.predictions)
+        by_stem = {Path(path).stem: m for path, m in _class_maps(run).items()}
+        index = {name: i - 1 for i, name in enumerate(colours.values())}  # background -> -1
+        for name in names:
+            rgb = np.asarray(Image.open(io.BytesIO(archive.read(f"SegmentationClass/{name}.png"))).convert("RGB"))
+            decoded = np.vectorize(lambda r, g, b: index[colours[(r, g, b)]])(rgb[..., 0], rgb[..., 1], rgb[..., 2])
+            assert np.array_equal(decoded, by_stem[Path(name).name]), name
+
+
+def test_label_studio_brushes_decode_bit_for_bit(run, tmp_path: Path) -> None:
+    brush = pytest.importorskip(
+        "label_studio_sdk.converter.brush", reason="label-studio-sdk is the exports extra: pip install -e '.[exports]'"
+    )
+
+    summary = _export(run.out, "label-studio", tmp_path / "ls", "--image-url", "https://data.example/img/")
+    tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
+    config = ElementTree.fromstring((tmp_path / "ls" / "label_config.xml").read_text())
+    assert [label.get("value") for label in config.iter("Label")] == list(VOCABULARY.names)
+    maps = _class_maps(run)
+    assert len(tasks) == len(maps) == summary["images"]
+    for task in tasks:
+        url = task["data"]["image"]
+        assert url.startswith("https://data.example/img/")
+        path = os.path.join(summary["image_root"], urllib.parse.unquote(url.removeprefix("https://data.example/img/")))
+        label_map = maps[path]
+        results = task["predictions"][0]["result"]
+        assert [r["value"]["brushlabels"][0] for r in results] == [
+            VOCABULARY.names[v] for v in np.unique(label_map[label_map >= 0])
+        ]
+        for result in results:
+            assert (result["original_height"], result["original_width"]) == label_map.shape
+            alpha = brush.decode_rle(result["value"]["rle"]).reshape(*label_map.shape, 4)[..., 3]
+            value = VOCABULARY.names.index(result["value"]["brushlabels"][0])
+            assert np.array_equal(alpha == 255, label_map == value) and set(np.unique(alpha)) <= {0, 255}
+
+
+@pytest.mark.parametrize("classes", [5, 300], ids=["uint8", "uint16"])
+def test_hf_dataset_loads_back_with_the_same_pixels(tmp_path: Path, classes: int) -> None:
+    import datasets
+
+    vocabulary = VOCABULARY if classes == 5 else parse_vocabulary("".join(f"class {i}\n" for i in range(classes)))
+    built = build_run(tmp_path / "run", vocabulary, n_images=2, seed=8)
+    _export(built.out, "hf", tmp_path / "hf")
+    dataset = datasets.load_from_disk(str(tmp_path / "hf"))
+    assert dataset.features["segments"].feature["label"].names == list(vocabulary.names)
+    assert len(dataset) == 2
+    for row in dataset:
+        stored = built.predictions[row["image_path"]]
+        assert np.array_equal(np.asarray(row["label_map"]), stored)  # 255 / 65535 = unlabeled, as the run
+        with Image.open(row["image_path"]) as original:
+            assert np.array_equal(np.asarray(row["image"]), np.asarray(original))
+        present = np.unique(stored[stored != np.iinfo(stored.dtype).max])
+        assert [s["label"] for s in row["segments"]] == present.tolist()
+        assert [s["area"] for s in row["segments"]] == [int((stored == v).sum()) for v in present]
+
+
+def test_reviewed_dataset_exports_its_edits(run, tmp_path: Path) -> None:
+    import fiftyone as fo
+
+    from pipeline.review.dataset import load_run
+
+    dataset = load_run(run.out, name=f"exports-{os.getpid()}", max_class_views=0)
+    try:
+        sample = dataset.first()
+        mask = sample.predictions.get_mask().copy()
+        mask[:4, :6] = 3  # "grass" (class index 2)
+        sample.predictions = fo.Segmentation(mask=mask)
+        sample.save()
+        _export(f"fiftyone:{dataset.name}", "cvat", tmp_path / "reviewed.zip")
+        with zipfile.ZipFile(tmp_path / "reviewed.zip") as archive:
+            name = Path(sample.image_path).stem
+            member = next(n for n in archive.namelist() if n.startswith("SegmentationClass/") and Path(n).stem == name)
+            rgb = np.asarray(Image.open(io.BytesIO(archive.read(member))).convert("RGB"))
+        from pipeline.exports.cvat import palette
+
+        assert (rgb[:4, :6] == palette(4)[3]).all()
+    finally:
+        fo.delete_dataset(dataset.name)
+
+
+def test_export_options_and_targets_are_checked(run, tmp_path: Path) -> None:
+    with pytest.raises(OptionError, match="needs output"):
+        FormatOptions(format="hf")
+    with pytest.raises(OptionError, match="image_url belongs to an export format"):
+        FormatOptions(image_url="x")
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "old").write_text("x")
+    with pytest.raises(ExportError, match="is not empty"):
+        export_format(run.out, FormatOptions(format="yolo-seg", output=str(used)))
+    with pytest.raises(ExportError, match="cvat writes a .zip file"):
+        export_format(run.out, FormatOptions(format="cvat", output=str(used)))
+    # A missing image is named, and nothing is left behind.
+    gone = sorted(run.predictions)[0]
+    kept = Path(gone).read_bytes()
+    os.remove(gone)
+    try:
+        for fmt in ("yolo-seg", "hf"):
+            with pytest.raises(ExportError, match=f"image file '{gone}' not found"):
+                export_format(run.out, FormatOptions(format=fmt, output=str(tmp_path / fmt)))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["used"]
+    finally:
+        Path(gone).write_bytes(kept)
