@@ -136,11 +136,16 @@ def plan_resources(
         )
     high = min(high, capacity)
     threads = max(1, int(cpus // high)) if not on_gpu else 1
+    decode_cpus = 0.5 if cpus < 4 else 1.0
+    if not on_gpu and decode_cpus == cpus_per_worker:
+        # Ray Data fuses a task stage into the next actor stage when their resources are equal, and the decode
+        # would then run in the model's actors (measured with Ray 2.60 on 1 CPU): keep them apart.
+        decode_cpus *= 0.8
     return ResourcePlan(
         device="cuda" if on_gpu else "cpu",
         workers=(low, high),
         cpus_per_worker=cpus_per_worker,
         gpus_per_worker=gpus_per_worker,
         threads_per_worker=threads,
-        decode_cpus=0.5 if cpus < 4 else 1.0,
+        decode_cpus=decode_cpus,
     )
