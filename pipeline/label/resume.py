@@ -6,7 +6,7 @@ Chosen over Ray's ``ray.data.checkpoint.CheckpointConfig`` (Ray 2.60, beta), whi
 (a sorted NumPy array of ids) but only at a Ray datasource read and only with a Ray ``write_*`` sink at the
 end: this job lists its own inputs (list files, folders, containers) and writes each file atomically itself,
 and its output folder is already the record of what is done, so a second record would have to be kept in
-step with it (BENCHMARKS.md measures both on the same job).
+step with it (`benchmarks/resume_checkpoint.py` runs both on the same stages).
 """
 
 from __future__ import annotations
