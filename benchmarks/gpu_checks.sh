@@ -8,7 +8,9 @@
 #
 # 1. the CUDA cases of the tests: bf16/fp16 scores against fp32 (model and Predictor), bf16/fp16
 #    training steps;
-# 2. benchmarks/inference.py on the GPU only: fp32/bf16/fp16, batch 1 and 8, images/s and GPU memory.
+# 2. benchmarks/inference.py on the GPU only: fp32/bf16/fp16, batch 1 and 8, images/s and GPU memory;
+# 3. the labeling job against a plain loop (benchmarks/label_pipeline.py): san_vit_b_16 in bf16 at batch 16
+#    on one GPU, images/s of each and peak GPU memory (needs ray, pyarrow and pycocotools: skipped without).
 # Results land in OUT_DIR (pytest log, the Markdown table to paste into BENCHMARKS.md).
 set -euo pipefail
 out=${1:?usage: bash benchmarks/gpu_checks.sh OUT_DIR}
@@ -23,4 +25,10 @@ tests=0
 python3 -m pytest -q -rs tests/test_mixed_precision.py tests/test_train.py -k "cuda or gpu" -p no:cacheprovider \
     2>&1 | tee "$out/pytest.log" || tests=$?  # measure even when a check fails; report its status at the end
 python3 benchmarks/inference.py --devices cuda --write "$out/BENCHMARKS.gpu.md" 2>&1 | tee "$out/inference.log"
+if python3 -c "import ray, pyarrow, pycocotools, tqdm" 2>/dev/null; then
+    RAY_ADDRESS=local python3 benchmarks/label_pipeline.py --images "${LABEL_IMAGES:-2000}" --model san_vit_b_16 \
+        --device cuda --dtype bf16 --batch-size 16 --write "$out/BENCHMARKS.gpu.md" 2>&1 | tee "$out/label_pipeline.log"
+else
+    echo "label job vs loop: skipped (this machine lacks ray, pyarrow, pycocotools or tqdm)" | tee "$out/label_pipeline.log"
+fi
 exit "$tests"

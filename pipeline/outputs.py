@@ -13,14 +13,16 @@ Layout::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from san.atomic import write_atomic
@@ -56,9 +58,17 @@ class OutputConflictError(UserError):
     """The output directory holds a run made with another vocabulary or model."""
 
 
+# Paths reported in manifest.json when the output holds an image_path twice.
+MAX_REPORTED_DUPLICATES = 100
+
+
 def _write_parquet_atomic(table: pa.Table, folder: Path) -> Path:
+    """Write ``table`` as ``part-<hash of its image paths>.parquet``: a Ray task retried after it wrote (its
+    worker died before reporting) writes the same rows under the same name, replacing the file instead of
+    adding a copy of its rows."""
     folder.mkdir(parents=True, exist_ok=True)
-    return write_atomic(folder / f"part-{uuid.uuid4().hex}.parquet", lambda tmp: pq.write_table(table, tmp))
+    digest = hashlib.sha256("\0".join(table.column("image_path").to_pylist()).encode("utf-8")).hexdigest()[:32]
+    return write_atomic(folder / f"part-{digest}.parquet", lambda tmp: pq.write_table(table, tmp))
 
 
 class RunOutput:
@@ -111,19 +121,26 @@ class RunOutput:
                 removed += 1
         return removed
 
-    def labeled_paths(self) -> set[str]:
-        """Inputs already labeled (a rerun skips them; inputs that failed are tried again)."""
-        done: set[str] = set()
-        for shard in _shards(self.predictions_dir):
-            done.update(pq.read_table(shard, columns=["image_path"]).column(0).to_pylist())
-        return done
+    def labeled_ids(self) -> np.ndarray:
+        """The sorted, distinct ``image_id`` s of the inputs already labeled (a rerun skips them; inputs that
+        failed are tried again): 8 bytes per image, where a set of paths would take a Python string each."""
+        ids = [pq.read_table(s, columns=["image_id"]).column(0).to_numpy() for s in _shards(self.predictions_dir)]
+        return np.unique(np.concatenate(ids)) if ids else np.zeros(0, dtype=np.int64)
 
     def write_shard(self, predictions: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
         """Write one shard of each kind (when non-empty), each file appearing whole or not at all."""
-        if predictions:
-            _write_parquet_atomic(pa.Table.from_pylist(predictions, schema=PREDICTION_SCHEMA), self.predictions_dir)
-        if errors:
-            _write_parquet_atomic(pa.Table.from_pylist(errors, schema=ERROR_SCHEMA), self.errors_dir)
+        self.write_tables(
+            pa.Table.from_pylist(predictions, schema=PREDICTION_SCHEMA),
+            pa.Table.from_pylist(errors, schema=ERROR_SCHEMA),
+        )
+
+    def write_tables(self, predictions: pa.Table, errors: pa.Table) -> None:
+        """:meth:`write_shard` of Arrow tables (``PREDICTION_SCHEMA``, ``ERROR_SCHEMA``): what the job's writer
+        tasks call, on any node that sees the output folder."""
+        if predictions.num_rows:
+            _write_parquet_atomic(predictions.cast(PREDICTION_SCHEMA), self.predictions_dir)
+        if errors.num_rows:
+            _write_parquet_atomic(errors.cast(ERROR_SCHEMA), self.errors_dir)
 
     def read_predictions(self, columns: list[str] | None = None) -> pa.Table:
         """All prediction rows, one per image (a duplicate left by an interrupted write is dropped)."""
@@ -163,8 +180,20 @@ class RunOutput:
             return ERROR_SCHEMA.empty_table()
         return _first_per_path(pa.concat_tables(pq.read_table(s, schema=ERROR_SCHEMA) for s in shards))
 
+    def repeated_paths(self) -> tuple[int, list[str]]:
+        """How many prediction rows repeat an earlier row's ``image_path`` (two input rows with one path), and
+        up to :data:`MAX_REPORTED_DUPLICATES` of those paths."""
+        paths = [pq.read_table(s, columns=["image_path"]).column(0) for s in _shards(self.predictions_dir)]
+        if not paths:
+            return 0, []
+        counts = pc.value_counts(pa.chunked_array([c for p in paths for c in p.chunks], pa.string())).flatten()
+        repeated = pc.filter(counts[0], pc.greater(counts[1], 1)).to_pylist()
+        extra = pc.sum(pc.subtract(counts[1], 1)).as_py() or 0
+        return extra, repeated[:MAX_REPORTED_DUPLICATES]
+
     def finalize(self, vocabulary: Vocabulary, manifest: dict[str, Any]) -> dict[str, int]:
-        """Merge the shards into ``coco.json`` and ``errors.parquet`` and write ``manifest.json``."""
+        """Merge the shards into ``coco.json`` and ``errors.parquet`` and write ``manifest.json`` (with the
+        ``duplicate_paths`` of :meth:`repeated_paths`, when there are any); returns the counts."""
         predictions = self.read_predictions(["image_path", "image_id", "width", "height", "segments"])
         ids = predictions.column("image_id").to_pylist()
         if len(set(ids)) != len(ids):
@@ -177,10 +206,12 @@ class RunOutput:
             pa.array([p not in labeled for p in errors.column("image_path").to_pylist()], pa.bool_())
         )
         write_atomic(self.root / "errors.parquet", lambda tmp: pq.write_table(errors, tmp))
-        counts = {"labeled": predictions.num_rows, "failed": errors.num_rows}
-        write_json_atomic(
-            {**manifest, "counts": {**manifest.get("counts", {}), **counts}}, self.root / "manifest.json", indent=2
-        )
+        duplicates, duplicate_paths = self.repeated_paths()
+        counts = {"labeled": predictions.num_rows, "failed": errors.num_rows, "duplicates": duplicates}
+        manifest = {**manifest, "counts": {**manifest.get("counts", {}), **counts}}
+        if duplicate_paths:
+            manifest["duplicate_paths"] = duplicate_paths
+        write_json_atomic(manifest, self.root / "manifest.json", indent=2)
         return counts
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from pycocotools import mask as mask_utils
 __all__ = [
     "UNLABELED_U8",
     "UNLABELED_U16",
+    "class_mean_scores",
     "decode_label_map_png",
     "encode_label_map_png",
     "label_map_segments",
@@ -114,12 +115,44 @@ def decode_label_map_png(data: bytes) -> np.ndarray:
     raise ValueError(f"label map PNG must be 8- or 16-bit grayscale, got PIL mode {mode!r}")
 
 
+def class_mean_scores(
+    label_map: np.ndarray, pixel_scores: np.ndarray, num_classes: int, ignore_value: int | None = None
+) -> np.ndarray:
+    """The mean of ``pixel_scores`` ``[H, W]`` over each class's pixels of ``label_map`` ``[H, W]``.
+
+    What a segment's ``score`` is, reduced where the scores are (the model's worker) so that only the label
+    map and ``num_classes`` floats travel on. Summed in bands of rows (a large photo's map is never copied
+    whole into 64-bit indices).
+
+    Returns:
+        ``[num_classes]`` float64; 0 for a class without pixels. Pixels equal to ``ignore_value`` and
+        indices outside ``0..num_classes-1`` count for no class.
+    """
+    _check_label_map(label_map)
+    if tuple(pixel_scores.shape) != tuple(label_map.shape):
+        raise ValueError(f"pixel_scores must have the label map's shape {list(label_map.shape)}")
+    sums = np.zeros(num_classes + 1, dtype=np.float64)
+    counts = np.zeros(num_classes + 1, dtype=np.int64)
+    rows = max(1, UNIQUE_BAND_PIXELS // label_map.shape[1])
+    for start in range(0, label_map.shape[0], rows):
+        band = label_map[start : start + rows].ravel().astype(np.int64)
+        outside = (band < 0) | (band >= num_classes)
+        if ignore_value is not None:
+            outside |= band == ignore_value
+        band[outside] = num_classes  # the extra bin that no class reads
+        scores = pixel_scores[start : start + rows].ravel()
+        sums += np.bincount(band, weights=scores, minlength=num_classes + 1)
+        counts += np.bincount(band, minlength=num_classes + 1)
+    return np.divide(sums[:-1], counts[:-1], out=np.zeros(num_classes), where=counts[:-1] > 0)
+
+
 def label_map_segments(
     label_map: np.ndarray,
     pixel_scores: np.ndarray | None,
     names: Sequence[str],
     category_ids: Sequence[int],
     ignore_value: int | None = None,
+    class_scores: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """One COCO-style segment per class present in a label map.
 
@@ -127,10 +160,12 @@ def label_map_segments(
         label_map: ``[H, W]`` integer, 0-based class indices in ``0..N-1``; pixels equal to
             ``ignore_value`` (if not ``None``) are unlabeled and produce no segment.
         pixel_scores: ``[H, W]`` float, each pixel's score for its own class (the best class score at
-            that pixel), or ``None`` (then every score is 1.0).
+            that pixel), or ``None`` (then every score is 1.0, unless ``class_scores`` are given).
         names: ``N`` class names.
         category_ids: ``N`` COCO category ids (``Vocabulary.category_ids``).
         ignore_value: the unlabeled value of ``label_map``, or ``None``.
+        class_scores: ``[N]`` each class's score, already reduced (:func:`class_mean_scores`); used
+            instead of ``pixel_scores``.
 
     Returns:
         Segments in increasing class index, each a dict with ``category_id`` (int), ``category_name``
@@ -146,6 +181,8 @@ def label_map_segments(
     if len(category_ids) != num_classes:
         raise ValueError(f"{num_classes} names but {len(category_ids)} category ids")
     height, width = label_map.shape
+    if class_scores is not None and len(class_scores) != num_classes:
+        raise ValueError(f"class_scores must have one score per class ({num_classes}), got {len(class_scores)}")
     if pixel_scores is not None and tuple(pixel_scores.shape) != (height, width):
         raise ValueError(f"pixel_scores must have shape [H, W] = {[height, width]}, got {list(pixel_scores.shape)}")
     rows = max(1, UNIQUE_BAND_PIXELS // width)  # np.unique sorts a copy: bands of rows keep it small
@@ -163,7 +200,9 @@ def label_map_segments(
         # the score is summed in place: a large photo's map is never copied per class.
         mask = np.equal(label_map, index, order="F")
         rle = mask_utils.encode(mask.view(np.uint8))
-        if pixel_scores is None:
+        if class_scores is not None:
+            score = float(class_scores[index])
+        elif pixel_scores is None:
             score = 1.0
         else:
             score = float(np.sum(pixel_scores, where=mask, dtype=np.float64) / mask_utils.area(rle))

@@ -21,13 +21,13 @@ from pipeline.label.predict import PredictStage
 
 class GatedPredictStage(PredictStage):
     """Defined in ``__main__``: Ray's cloudpickle sends the class (with ``held`` and ``gate``) to the workers
-    by value."""
+    by value. Its rows are model batches: lists of paths."""
 
     held = ""
     gate = ""
 
     def __call__(self, batch):
-        while self.held in batch["image_path"] and Path(self.gate).exists():
+        while any(self.held in list(paths) for paths in batch["image_path"]) and Path(self.gate).exists():
             time.sleep(0.05)
         return super().__call__(batch)
 

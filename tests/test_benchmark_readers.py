@@ -17,6 +17,7 @@ from pipeline.evaluate import evaluate_run
 from pipeline.ground_truth import open_ground_truth
 from pipeline.ground_truth.base import IGNORE, GroundTruthError
 from pipeline.ground_truth.classes import normalise_class_name
+from pipeline.label.containers import expand_container
 from pipeline.label.inputs import image_id, resolve_inputs
 from pipeline.outputs import RunOutput
 from pipeline.segments import encode_label_map_png, label_map_segments
@@ -148,7 +149,8 @@ def test_write_inputs_and_cli(name: str, tmp_path: Path, capsys: pytest.CaptureF
     assert vocabulary.names == spec.class_names and not any(vocabulary.synonyms)
     lines = written.images_path.read_text(encoding="utf-8").splitlines()
     assert lines == [str(p.absolute()) for p in sorted(made)]  # VOC: unlabeled JPEGImages left out
-    assert [item.image_path for item in resolve_inputs(str(written.images_path)).items] == lines
+    [listing] = resolve_inputs(str(written.images_path)).containers  # a list file: expanded in Ray tasks
+    assert [item.image_path for item in expand_container(listing)] == lines
 
     args = benchmark_inputs.parse_args([name, "--root", str(tmp_path / "datasets"), "--out", str(tmp_path / "c")])
     assert benchmark_inputs.main(args) == 0

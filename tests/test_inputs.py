@@ -40,12 +40,18 @@ def _image(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def _listed(resolved: ResolvedInputs) -> list[InputItem]:
+    """The listed items, and those of list files (which the job expands in Ray tasks)."""
+    lists = [c for c in resolved.containers if c.kind == "list"]
+    return [*resolved.items, *(item for c in lists for item in expand_container(c))]
+
+
 def _paths(resolved: ResolvedInputs) -> list[str]:
-    return [item.image_path for item in resolved.items]
+    return [item.image_path for item in _listed(resolved)]
 
 
 def _errors(resolved: ResolvedInputs) -> dict[str, str | None]:
-    return {item.image_path: item.error for item in resolved.items}
+    return {item.image_path: item.error for item in _listed(resolved)}
 
 
 @pytest.fixture
@@ -357,8 +363,8 @@ def test_list_file(tree: Path, tmp_path: Path) -> None:
         "../images/notes.txt\n"
     )
     resolved = resolve_inputs(str(lists / "inputs.txt"))
-    assert resolved.containers == []
-    assert [(i.image_path, i.data, i.error) for i in resolved.items] == [
+    assert resolved.items == [] and resolved.containers == [Container("list", str(lists / "inputs.txt"))]
+    assert [(i.image_path, i.data, i.error) for i in _listed(resolved)] == [
         (str(tree / "b.png"), None, None),
         (absolute, None, None),
         (str(tree / "missing.jpg"), None, "file not found"),
@@ -379,7 +385,7 @@ def test_list_file_names_each_path_once(tree: Path, tmp_path: Path) -> None:
         f"images/a.jpg\nimages/b.png\nimages/a.jpg\n./images/a.jpg\n{tree}/sub/../a.jpg\nimages/gone.jpg\n"
         f"{tree}//b.png\nimages/gone.jpg\nmock:///bucket/x.jpg\nmock:///bucket/x.jpg\nmock:///bucket/./x.jpg\n"
     )
-    assert [(i.image_path, i.error) for i in resolve_inputs(str(listing)).items] == [
+    assert [(i.image_path, i.error) for i in _listed(resolve_inputs(str(listing)))] == [
         (str(tree / "a.jpg"), None),
         (str(tree / "b.png"), None),
         (str(tree / "gone.jpg"), "file not found"),
@@ -391,8 +397,8 @@ def test_list_file_names_each_path_once(tree: Path, tmp_path: Path) -> None:
 def test_list_file_not_utf8_names_file_and_line(tmp_path: Path) -> None:
     listing = tmp_path / "inputs.txt"
     listing.write_bytes(b"# paths\na.jpg\nb\xffc.jpg\n")
-    with pytest.raises(InputError, match=rf"^{re.escape(str(listing))}:3: not valid UTF-8 \(byte 0xff"):
-        resolve_inputs(str(listing))
+    with pytest.raises(InputError, match=rf"^{re.escape(str(listing))}:3: not valid UTF-8 \(byte 0xff at offset 15"):
+        _listed(resolve_inputs(str(listing)))
 
 
 def test_empty_list_file_raises(tmp_path: Path) -> None:
@@ -400,7 +406,7 @@ def test_empty_list_file_raises(tmp_path: Path) -> None:
     for text in ["", "# only a comment\n\n   \n"]:
         listing.write_text(text)
         with pytest.raises(InputError, match=rf"no images found in .*{re.escape(listing.name)}.*names no path"):
-            resolve_inputs(str(listing))
+            _listed(resolve_inputs(str(listing)))
 
 
 # --- Parquet -------------------------------------------------------------------------------------------

@@ -315,10 +315,12 @@ def test_ctrl_c_keeps_finished_images_and_says_how_to_resume(inputs: dict, tmp_p
     output, gate = tmp_path / "labels", tmp_path / "gate"
     # The progress bar tells the test when images are done; a pytest started in the background
     # (`make test &`) ignores SIGINT, and its children would too.
-    process, command = start_gated_job(inputs, tmp_path, "--batch-size", "2", progress=True, preexec_fn=default_sigint)
+    process, command = start_gated_job(
+        inputs, tmp_path, "--batch-size", "2", "--shard-size", "2", progress=True, preexec_fn=default_sigint
+    )
     try:
         seen = b""
-        # A few images done, none written yet (shard size 256); the held image keeps the job from finishing.
+        # A few images written (the bar counts written files' rows); the held image keeps the job from finishing.
         while not re.search(rb"labeled=([4-9]|\d\d)", seen):
             chunk = process.stderr.read1(4096)
             assert chunk, f"the job ended before labeling 4 images: {seen[-2000:]!r}"

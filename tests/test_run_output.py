@@ -94,7 +94,8 @@ def prediction(path: str) -> dict:
 def test_a_rerun_skips_labeled_inputs_and_retries_failed_ones(tmp_path: Path) -> None:
     output = RunOutput(tmp_path)
     output.write_shard([prediction("a.jpg")], [{"image_path": "b.jpg", "error": "file not found"}])
-    assert output.labeled_paths() == {"a.jpg"}
+    output.write_shard([{**prediction("c.jpg"), "image_id": 7}, prediction("a.jpg")], [])
+    assert output.labeled_ids().tolist() == [1, 7], "sorted, each image once"
 
 
 def test_the_newest_reason_of_a_repeated_failure_is_kept(tmp_path: Path) -> None:

@@ -26,8 +26,17 @@ def png(height: int, width: int) -> bytes:
 
 
 def decode(stage: DecodeStage, datas: list[bytes]) -> dict:
+    """The stage's output for one model batch of ``datas``, with ``image``: each image's resized pixels
+    (``None`` for an error row), cut from the batch's padded stack."""
     paths = [f"image-{i}.png" for i in range(len(datas))]
-    return stage({"image_path": np.asarray(paths), "data": datas, "error": np.asarray([""] * len(datas))})
+    batch = stage({"image_path": [paths], "data": [datas], "error": [[""] * len(datas)]})
+    row = {key: values[0] for key, values in batch.items()}
+    good = iter(row["pixels"])
+    row["image"] = []
+    for error, height, width in zip(row["error"], row["height"], row["width"], strict=True):
+        h, w = stage.resize.output_size(height, width) if not error else (0, 0)
+        row["image"].append(None if error else next(good)[:h, :w])
+    return row
 
 
 @pytest.mark.parametrize("size", STRIPS, ids=lambda s: f"{s[0]}x{s[1]}")

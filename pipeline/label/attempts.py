@@ -8,6 +8,8 @@ from contextlib import contextmanager
 
 import ray
 
+from .resources import start_on_driver_node
+
 # Worker deaths while labeling one image after which it becomes an error row, with this reason.
 MAX_ATTEMPTS = 3
 GAVE_UP = f"the worker process died {MAX_ATTEMPTS} times while labeling this image (a crash or out of memory)"
@@ -43,8 +45,9 @@ class AttemptLedger:
 
 
 def start_ledger() -> ray.actor.ActorHandle:
-    """The run's :class:`AttemptLedger` actor (no CPU reserved; it lives as long as the driver)."""
-    return ray.remote(AttemptLedger).options(num_cpus=0).remote()
+    """The run's :class:`AttemptLedger` actor (on the driver's node, no CPU reserved; it lives as long as the
+    driver)."""
+    return start_on_driver_node(AttemptLedger)
 
 
 class Attempts:

@@ -1,4 +1,4 @@
-"""Expand the job's containers, inside Ray tasks: the images of a Parquet file or WebDataset shard.
+"""Expand the job's containers, inside Ray tasks: the images of a Parquet file, WebDataset shard or list file.
 
 A Parquet file gives each row's image bytes (from its image-bytes column, or a Hugging Face
 ``{"bytes", "path"}`` struct) or, with only a path column, the file each row names (relative paths are
@@ -9,6 +9,7 @@ schema up front, on the driver.
 
 from __future__ import annotations
 
+import io
 import posixpath
 import tarfile
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import pyarrow.parquet as pq
 from .inputs import (
     IMAGE_EXTENSIONS,
     Container,
+    InputError,
     InputItem,
     display_name,
     filesystem_of,
@@ -29,12 +31,51 @@ from .inputs import (
 
 
 def expand_container(container: Container, bytes_column: str | None = None) -> Iterator[InputItem]:
-    """The images inside a Parquet file (with their bytes, or their paths) or a WebDataset shard."""
+    """The images inside a Parquet file (with their bytes, or their paths), a WebDataset shard or a list file.
+
+    Raises:
+        InputError: a list file that is not UTF-8 (naming its line) or names no path.
+    """
     fs, path = filesystem_of(container.uri)
     if container.kind == "parquet":
         yield from _iter_parquet(container.uri, fs, path, bytes_column)
+    elif container.kind == "list":
+        yield from _iter_list(container.uri, fs, path)
     else:
         yield from _iter_tar(container.uri, fs, path)
+
+
+def _iter_list(spec: str, fs: pafs.FileSystem, path: str) -> Iterator[InputItem]:
+    """A list file's entries in order, each named once (the first spelling of a path is kept), read line by
+    line: only the keys of the paths named so far are held, never the list."""
+    shown = display_name(spec, fs, path)
+    folder = posixpath.dirname(path)
+    seen: set[str] = set()
+    for entry in _list_entries(shown, fs, path):
+        target_fs, target, name = resolve_entry(entry, spec, fs, folder)
+        key = posixpath.normpath(target) if isinstance(target_fs, pafs.LocalFileSystem) else name
+        if key not in seen:
+            seen.add(key)
+            yield from lookup_entry(name, target_fs, target)
+    if not seen:
+        raise InputError(f"no images found in {shown!r}: the list names no path (only blank lines and comments)")
+
+
+def _list_entries(shown: str, fs: pafs.FileSystem, path: str) -> Iterator[str]:
+    """The entries of a UTF-8 list file: stripped lines, without blank lines and ``#`` comments."""
+    offset = 0
+    with fs.open_input_stream(path) as stream:
+        for number, line in enumerate(io.BufferedReader(stream), start=1):
+            try:
+                entry = line.decode("utf-8").removeprefix("\ufeff" if number == 1 else "").strip()
+            except UnicodeDecodeError as exc:
+                byte = line[exc.start]
+                raise InputError(
+                    f"{shown}:{number}: not valid UTF-8 (byte 0x{byte:02x} at offset {offset + exc.start})"
+                ) from None
+            offset += len(line)
+            if entry and not entry.startswith("#"):
+                yield entry
 
 
 def _iter_parquet(spec: str, fs: pafs.FileSystem, path: str, bytes_column: str | None) -> Iterator[InputItem]:

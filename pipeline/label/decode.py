@@ -1,4 +1,4 @@
-"""The labeling job's CPU stages: expand containers, read, decode, validate and resize images.
+"""The labeling job's CPU stages before the model: expand containers, read, decode, validate and resize.
 
 Kept free of torch (``san.transforms`` and ``pipeline.label.images`` need only numpy and PIL), so that the
 Ray workers running these tasks start in about a second instead of importing the model stack.
@@ -7,6 +7,7 @@ Rows flow as ``image_path``, ``error`` (empty string when fine) and the stage's 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,60 +19,89 @@ from .containers import expand_container
 from .images import ImageDecodeError, decode_image
 from .inputs import Container, read_bytes
 
-# Placeholder pixels for rows without an image (Ray needs an array in every row of the column).
-_NO_IMAGE = np.zeros((1, 1, 3), dtype=np.uint8)
+# Rows of a container (Parquet file, shard, list file) handed on at once.
+EXPANDED_ROWS = 1024
 
 
-def expand_containers(row: dict[str, Any], bytes_column: str | None, done: frozenset[str]) -> list[dict[str, Any]]:
-    """``flat_map``: one Parquet file or WebDataset shard -> its image rows (finished ones skipped)."""
-    container = Container(row["kind"], row["uri"])
-    return [
-        {"image_path": item.image_path, "data": item.data or b"", "error": item.error or ""}
-        for item in expand_container(container, bytes_column)
-        if item.image_path not in done
-    ]
+def expand_containers(batch: dict[str, np.ndarray], bytes_column: str | None) -> Iterator[dict[str, list[Any]]]:
+    """``map_batches``: Parquet files, WebDataset shards or list files (``kind``, ``uri``) -> their image rows,
+    yielded :data:`EXPANDED_ROWS` at a time (Ray Data streams each on: a container of millions of images is
+    never held whole)."""
+    rows: dict[str, list[Any]] = {"image_path": [], "data": [], "error": []}
+    for kind, uri in zip(batch["kind"], batch["uri"], strict=True):
+        for item in expand_container(Container(str(kind), str(uri)), bytes_column):
+            rows["image_path"].append(item.image_path)
+            rows["data"].append(item.data or b"")
+            rows["error"].append(item.error or "")
+            if len(rows["image_path"]) == EXPANDED_ROWS:
+                yield rows
+                rows = {"image_path": [], "data": [], "error": []}
+    if rows["image_path"]:
+        yield rows
+
+
+def padded_stack(images: list[np.ndarray]) -> np.ndarray:
+    """RGB images ``[h_i, w_i, 3]`` -> one uint8 array ``[n, max h, max w, 3]``, each zero-padded at the bottom
+    and right (a batch of one padded size differs by less than its pad multiple); ``[0, 1, 1, 3]`` for none."""
+    if not images:
+        return np.zeros((0, 1, 1, 3), dtype=np.uint8)
+    stack = np.zeros((len(images), max(i.shape[0] for i in images), max(i.shape[1] for i in images), 3), np.uint8)
+    for k, image in enumerate(images):
+        stack[k, : image.shape[0], : image.shape[1]] = image
+    return stack
 
 
 @dataclass
 class DecodeStage:
-    """CPU stage: read (when only a path is given), decode, validate and resize for the model."""
+    """CPU stage: read (when only a path is given), decode, validate and resize each model batch's images.
+
+    Input rows are model batches (``pipeline.label.batching``: lists of ``image_path``, ``data``, ``error``);
+    each output row keeps the batch's ``image_path`` and ``error`` lists, adds the original ``height`` and
+    ``width`` of each image (0 for an error row) and ``pixels``: the resized images without an error, in
+    order, as one :func:`padded_stack`."""
 
     resize: ResizeShortestEdge
     max_pixels: int
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        images, heights, widths, errors = [], [], [], []
-        datas = batch.get("data", [b""] * len(batch["image_path"]))
-        for path, data, error in zip(batch["image_path"], datas, batch["error"], strict=True):
-            image, resized = None, _NO_IMAGE
+        rows = [
+            self._decode_batch(*row) for row in zip(batch["image_path"], batch["data"], batch["error"], strict=True)
+        ]
+        return {key: [row[key] for row in rows] for key in ("image_path", "error", "height", "width", "pixels")}
+
+    def _decode_batch(self, paths: np.ndarray, datas: np.ndarray, errors: np.ndarray) -> dict[str, Any]:
+        images, heights, widths, reasons = [], [], [], []
+        for path, data, error in zip(paths, datas, errors, strict=True):
+            image = None
             if not error:
-                image, resized, error = self._prepare(path, data)
-            images.append(resized)
+                image, resized, error = self._prepare(str(path), data)
+                if image is not None:
+                    images.append(resized)
             heights.append(0 if image is None else image.shape[0])
             widths.append(0 if image is None else image.shape[1])
-            errors.append(error)
+            reasons.append(str(error))
         return {
-            "image_path": batch["image_path"],
-            "image": images,
+            "image_path": [str(p) for p in paths],
+            "error": reasons,
             "height": np.asarray(heights, dtype=np.int64),
             "width": np.asarray(widths, dtype=np.int64),
-            "error": np.asarray(errors, dtype=object),
+            "pixels": padded_stack(images),
         }
 
-    def _prepare(self, path: str, data: bytes) -> tuple[np.ndarray | None, np.ndarray, str]:
-        """``(decoded [H, W, 3], resized [h, w, 3], "")``, or ``(None, placeholder, reason)`` when this one
-        image fails in any way: one bad file becomes an error row and never stops the run."""
+    def _prepare(self, path: str, data: bytes) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+        """``(decoded [H, W, 3], resized [h, w, 3], "")``, or ``(None, None, reason)`` when this one image
+        fails in any way: one bad file becomes an error row and never stops the run."""
         try:
             raw = data if len(data) else read_bytes(path)
             image = decode_image(raw, max_pixels=self.max_pixels)
         except ImageDecodeError as failure:
-            return None, _NO_IMAGE, failure.reason
+            return None, None, failure.reason
         except OSError as failure:
-            return None, _NO_IMAGE, f"cannot read file: {failure}"
+            return None, None, f"cannot read file: {failure}"
         except Exception as failure:  # a decoder bug on a strange file: the reason is the exception
-            return None, _NO_IMAGE, f"cannot decode image: {type(failure).__name__}: {failure}"
+            return None, None, f"cannot decode image: {type(failure).__name__}: {failure}"
         try:
             return image, self.resize(image), ""
         except Exception as failure:  # any resize failure names the sizes, e.g. an image too thin to resize
             size = f"{image.shape[0]}x{image.shape[1]}"
-            return None, _NO_IMAGE, f"cannot resize {size} image: {type(failure).__name__}: {failure}"
+            return None, None, f"cannot resize {size} image: {type(failure).__name__}: {failure}"

@@ -1,8 +1,9 @@
 """Resolve ``--input`` into the list of images to label.
 
 A folder, glob, list file, Parquet file(s) or WebDataset ``.tar`` shards, local or any URI pyarrow reads;
-Parquet files and shards are listed as :class:`Container` s whose images ``pipeline.label.containers``
-reads in Ray tasks. What each kind of spec means: ``docs/labeling.md``.
+list files, Parquet files and shards are listed as :class:`Container` s whose images
+``pipeline.label.containers`` reads in Ray tasks (a list of millions of paths never reaches the driver).
+What each kind of spec means: ``docs/labeling.md``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from san.errors import UserError
-from san.text_files import decode_utf8
 
 from .local_files import missing_reason, not_regular_reason, walk_local
 
@@ -39,9 +39,9 @@ class InputError(UserError):
 
 @dataclass(frozen=True)
 class Container:
-    """A Parquet file or WebDataset shard whose images are read lazily, inside Ray tasks."""
+    """A Parquet file, WebDataset shard or list file whose images are listed lazily, inside Ray tasks."""
 
-    kind: str  # "parquet" or "tar"
+    kind: str  # "parquet", "tar" or "list"
     uri: str  # as the user would write it (local path or URI)
 
 
@@ -180,7 +180,7 @@ def _iter_entries(spec: str, exclusion: _Exclusion) -> Iterator[InputItem | Cont
     elif lower.endswith(".tar"):
         yield Container("tar", display_name(spec, fs, path))
     elif lower.endswith(LIST_SUFFIXES):
-        yield from _iter_list(spec, fs, path)
+        yield Container("list", display_name(spec, fs, path))
     else:
         yield from _classify(spec, fs, [info])
 
@@ -273,30 +273,6 @@ def _glob_match(parts: list[str], pattern: list[str]) -> bool:
     if not parts or (parts[0].startswith(".") and not head.startswith(".")):
         return False
     return fnmatch.fnmatchcase(parts[0], head) and _glob_match(parts[1:], rest)
-
-
-def _iter_list(spec: str, fs: pafs.FileSystem, path: str) -> Iterator[InputItem]:
-    """A list file's entries in order, each named once (the first spelling of a path is kept)."""
-    shown = display_name(spec, fs, path)
-    entries = _read_list(shown, fs, path)
-    if not entries:
-        raise InputError(f"no images found in {shown!r}: the list names no path (only blank lines and comments)")
-    folder = posixpath.dirname(path)
-    seen: set[str] = set()
-    for entry in entries:
-        target_fs, target, name = resolve_entry(entry, spec, fs, folder)
-        key = posixpath.normpath(target) if isinstance(target_fs, pafs.LocalFileSystem) else name
-        if key not in seen:
-            seen.add(key)
-            yield from lookup_entry(name, target_fs, target)
-
-
-def _read_list(shown: str, fs: pafs.FileSystem, path: str) -> list[str]:
-    """The entries of a UTF-8 list file: stripped lines, without blank lines and ``#`` comments."""
-    with fs.open_input_stream(path) as stream:
-        data = stream.read()
-    stripped = (line.strip() for line in decode_utf8(data, shown, InputError).splitlines())
-    return [entry for entry in stripped if entry and not entry.startswith("#")]
 
 
 def resolve_entry(entry: str, spec: str, fs: pafs.FileSystem, folder: str) -> tuple[pafs.FileSystem, str, str]:

@@ -1,9 +1,11 @@
 """The labeling job: vocabulary and images in, Parquet and COCO pseudo-labels out, on Ray Data.
 
-Stages: list inputs on the driver (paths only; Parquet/WebDataset containers are expanded lazily in
-Ray tasks) -> decode, validate and resize in CPU tasks -> predict and encode in an actor pool (one
-model and one set of text embeddings per actor) -> the driver writes Parquet shards atomically as
-batches arrive -> at the end, merge into ``coco.json``, ``errors.parquet`` and ``manifest.json``.
+Stages, each on the resource it uses: list inputs (Parquet/WebDataset containers expanded in Ray tasks)
+-> drop the images already labeled (``resume``) -> model batches of one padded size (``batching``, from
+image headers) -> decode, validate and resize (CPU tasks) -> the model (actor pool, GPU when present:
+label maps and per-class scores out) -> PNG and RLE encoding (CPU tasks) -> Parquet files written by the
+tasks, each whole or absent (``write``). The driver only steers: it receives one small record per file
+written (progress, counts) and at the end merges ``coco.json``, ``errors.parquet`` and ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 from tqdm import tqdm
 
@@ -32,21 +33,23 @@ from san.transforms import ResizeShortestEdge
 from san.tta import DEFAULT_TTA_SIZES, TTA_MAX_SIZE, TestTimeAugmentation
 
 from ..output_lock import exclusive_output
-from ..outputs import RunOutput
+from ..outputs import MAX_REPORTED_DUPLICATES, RunOutput
 from ..stopping import StopRequested, stop_on_sigterm
 from ..vocabulary import Vocabulary, load_vocabulary
 from .attempts import start_ledger
-from .decode import DecodeStage, expand_containers
+from .batching import WINDOW_BATCHES, GroupStage
+from .decode import EXPANDED_ROWS, DecodeStage, expand_containers
+from .encode import EncodeStage
 from .images import DEFAULT_MAX_PIXELS
-from .inputs import Container, InputItem, image_id, resolve_inputs
+from .inputs import ResolvedInputs, resolve_inputs
 from .predict import SMOKE_MODEL, ModelSpec, PredictStage
 from .resources import ResourcePlan, init_ray, plan_resources
+from .resume import SkipLabeled, start_tally
 from .smoke import write_smoke_images
+from .write import WriteStage
 
-# Upper bound on the listed inputs' blocks (each costs some scheduling overhead).
+# Upper bound on the containers' blocks (each costs some scheduling overhead).
 MAX_INPUT_BLOCKS = 10_000
-# Duplicate image paths listed in manifest.json (all are counted).
-MAX_REPORTED_DUPLICATES = 100
 # manifest.json's status of a run stopped on purpose (any other exception: "failed").
 _STOPPED_STATUS = {KeyboardInterrupt: "interrupted", StopRequested: "stopped"}
 
@@ -94,15 +97,19 @@ class LabelOptions:
         default="san_vit_b_16",
         metadata={
             "help": "a released preset (san_vit_b_16, san_vit_l_14; cached download from Hugging Face, or "
-            "$SAN_WEIGHTS), this project's .safetensors checkpoint, an official .pth checkpoint with --config, or "
-            "random:<preset> (random weights, for benchmarks)"
+            "$SAN_WEIGHTS), this project's .safetensors checkpoint, an official .pth checkpoint with --config, "
+            "random:<preset> (random weights, for benchmarks), or null (no model: a fixed label map, to measure "
+            "the pipeline alone)"
         },
     )
     config: str | None = field(
         default=None,
         metadata={"help": "config of an official .pth checkpoint: a preset name or the official YAML/JSON"},
     )
-    batch_size: int = field(default=4, metadata={"help": "images per model call in each worker"})
+    batch_size: int = field(
+        default=4,
+        metadata={"help": "images per model call in each worker (images are grouped by padded size to fill them)"},
+    )
     workers: tuple[int, int] | None = field(
         default=None,
         metadata={
@@ -161,7 +168,13 @@ class LabelOptions:
         },
     )
     limit: int | None = field(default=None, metadata={"help": "label at most this many new images"})
-    shard_size: int = field(default=256, metadata={"help": "rows per Parquet file written"})
+    shard_size: int = field(
+        default=256,
+        metadata={
+            "help": "rows per Parquet file; the workers write a file once this many images are done (or at the "
+            "end), and progress and resume advance file by file"
+        },
+    )
     max_pixels: int = field(
         default=DEFAULT_MAX_PIXELS,
         metadata={
@@ -283,12 +296,7 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
     output.remove_partial_files()
     if options.smoke_test and options.input is None:
         options.input = str(write_smoke_images(Path(options.output) / "smoke-inputs"))
-    done = output.labeled_paths()
     resolved = resolve_inputs(options.input, exclude=options.output, bytes_column=options.bytes_column)
-    todo = [item for item in resolved.items if item.image_path not in done]
-    skipped = len(resolved.items) - len(todo)
-    if options.limit is not None:
-        todo = todo[: options.limit]
 
     model = ModelSpec(SMOKE_MODEL if options.smoke_test else options.model, options.config).resolved()
     init_ray()
@@ -311,85 +319,92 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
         "versions": _versions(),
     }
     output.write_manifest(manifest)
+    tally = start_tally()
     try:
         with stop_on_sigterm():
-            if todo or resolved.containers:
-                dataset = _build_dataset(options, model, todo, resolved.containers, done, vocabulary, other, plan)
-                new = _consume(dataset, output, options, total=len(todo) if not resolved.containers else None)
+            if options.limit == 0:
+                new = {"labeled": 0, "failed": 0, "rate": 0.0, "steady_rate": 0.0, "first_result_seconds": None}
+                new["images_per_model_call"] = None
             else:
-                new = {
-                    "labeled": 0,
-                    "failed": 0,
-                    "duplicates": [],
-                    "rate": 0.0,
-                    "steady_rate": 0.0,
-                    "first_result_seconds": None,
-                }
+                done = ray.put(output.labeled_ids())
+                dataset = _build_dataset(options, model, resolved, done, tally, vocabulary, other, plan)
+                new = _consume(dataset, tally, options)
     except BaseException as error:  # Ctrl-C and SIGTERM included: the manifest says the run stopped, and why
         manifest["status"] = _STOPPED_STATUS.get(type(error), "failed")
         manifest["error"] = f"{type(error).__name__}: {error}"
         output.write_manifest(manifest)
         raise
+    listed, skipped = ray.get(tally.counts.remote())
     manifest["status"] = "complete"
     manifest["counts"] = {
-        "listed": len(resolved.items),
+        "listed": listed,
         "skipped": skipped,
         "new_labeled": new["labeled"],
         "new_failed": new["failed"],
-        "duplicates": len(new["duplicates"]),
     }
     manifest["timings"] = {
         "seconds": round(time.time() - started, 3),
         "images_per_second": new["rate"],
         "images_per_second_after_first_result": new["steady_rate"],
         "first_result_seconds": new["first_result_seconds"],
+        "images_per_model_call": new["images_per_model_call"],
     }
-    if new["duplicates"]:
-        manifest["duplicate_paths"] = new["duplicates"][:MAX_REPORTED_DUPLICATES]
+    final = output.finalize(vocabulary, manifest)
+    manifest = json.loads((output.root / "manifest.json").read_text(encoding="utf-8"))
+    if final["duplicates"]:
         print(
-            f"warning: {len(new['duplicates'])} input rows repeat the image_path of an image already labeled in "
-            f"this run and were not labeled again (e.g. {new['duplicates'][0]!r}; up to "
-            f"{MAX_REPORTED_DUPLICATES} are listed in manifest.json); give every image a unique path",
+            f"warning: {final['duplicates']} input rows repeat the image_path of an image already labeled and "
+            f"were labeled once (e.g. {manifest['duplicate_paths'][0]!r}; up to {MAX_REPORTED_DUPLICATES} are "
+            "listed in manifest.json); give every image a unique path",
             file=sys.stderr,
         )
-    final = output.finalize(vocabulary, manifest)
-    manifest["counts"].update(final)
     return manifest
+
+
+def _listing(options: LabelOptions, resolved: ResolvedInputs, cpus: float) -> ray.data.Dataset:
+    """The inputs as rows ``image_path``, ``data`` (bytes, or empty: read by path), ``error``."""
+    parts = []
+    if resolved.items:
+        rows = [{"image_path": i.image_path, "data": b"", "error": i.error or ""} for i in resolved.items]
+        parts.append(ray.data.from_items(rows, override_num_blocks=-(-len(rows) // EXPANDED_ROWS)))
+    if resolved.containers:
+        sources = [{"kind": c.kind, "uri": c.uri} for c in resolved.containers]
+        blocks = min(len(sources), MAX_INPUT_BLOCKS)  # one task per container, in parallel
+        expand = {"bytes_column": options.bytes_column}
+        parts.append(
+            ray.data.from_items(sources, override_num_blocks=blocks).map_batches(
+                expand_containers, batch_size=1, fn_kwargs=expand, num_cpus=cpus
+            )
+        )
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
 def _build_dataset(
     options: LabelOptions,
     model: ModelSpec,
-    todo: list[InputItem],
-    containers: list[Container],
-    done: set[str],
+    resolved: ResolvedInputs,
+    done: ray.ObjectRef,
+    tally: ray.actor.ActorHandle,
     vocabulary: Vocabulary,
     other: list[str],
     plan: ResourcePlan,
 ) -> ray.data.Dataset:
-    """Listed paths and lazily expanded containers -> decode (CPU tasks) -> predict (actor pool)."""
-    parts = []
-    if todo:
-        rows = [{"image_path": i.image_path, "data": b"", "error": i.error or ""} for i in todo]
-        # Results reach the driver one task output (= one input block) at a time, so blocks of one model
-        # batch keep shards, progress and resume fine-grained (measured: 10-row blocks held all results
-        # of a 20-image run until its end).
-        blocks = min(-(-len(rows) // options.batch_size), MAX_INPUT_BLOCKS)
-        parts.append(ray.data.from_items(rows, override_num_blocks=blocks))
-    if containers:
-        sources = ray.data.from_items([{"kind": c.kind, "uri": c.uri} for c in containers])
-        expanded = sources.flat_map(
-            expand_containers, fn_kwargs={"bytes_column": options.bytes_column, "done": frozenset(done)}
-        )
-        parts.append(expanded.limit(options.limit) if options.limit is not None else expanded)
-    dataset = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    resize = ResizeShortestEdge(options.short_side, options.max_size)  # the one rule both stages use
-    dataset = dataset.map_batches(
-        DecodeStage(resize, options.max_pixels),
-        batch_size=options.batch_size,
-        num_cpus=plan.decode_cpus,
+    """Inputs -> skip the labeled ones -> model batches of one padded size -> decode (CPU tasks) -> model
+    (actor pool: arrays out) -> encode (CPU tasks) -> write (CPU tasks): one small record per file written."""
+    cpu = {"num_cpus": plan.decode_cpus}
+    dataset = _listing(options, resolved, plan.decode_cpus).map_batches(
+        SkipLabeled(done, tally), batch_format="numpy", **cpu
     )
-    return dataset.map_batches(
+    if options.limit is not None:
+        dataset = dataset.limit(options.limit)
+    resize = ResizeShortestEdge(options.short_side, options.max_size)  # the one rule every stage uses
+    window = options.batch_size * WINDOW_BATCHES
+    dataset = dataset.map_batches(GroupStage(resize, options.batch_size), batch_size=window, **cpu)
+    # One model batch per block from here on: each task or actor call takes one, so that a batch held up
+    # (a slow image, a dead worker) holds up no other (streaming, no shuffle).
+    dataset = dataset.repartition(target_num_rows_per_block=1)
+    dataset = dataset.map_batches(DecodeStage(resize, options.max_pixels), batch_size=1, **cpu)
+    dataset = dataset.map_batches(
         PredictStage,
         fn_constructor_kwargs={
             "model": model,
@@ -402,9 +417,10 @@ def _build_dataset(
             "threads": plan.threads_per_worker,
             "templates": options.templates,
             "resize": resize,
+            "batch_size": options.batch_size,
             "attempts": start_ledger(),
         },
-        batch_size=options.batch_size,
+        batch_size=1,
         compute=ray.data.ActorPoolStrategy(min_size=plan.workers[0], max_size=plan.workers[1]),
         num_cpus=plan.cpus_per_worker,
         num_gpus=plan.gpus_per_worker,
@@ -412,64 +428,43 @@ def _build_dataset(
         # max_task_retries=-1); the keywords to bound them are deprecated in Ray 2.60, so the attempt
         # ledger bounds the retries of an image that kills its worker (pipeline.label.attempts).
     )
+    dataset = dataset.map_batches(EncodeStage(vocabulary.to_json()), batch_size=None, **cpu)
+    return dataset.map_batches(
+        WriteStage(str(Path(options.output).resolve())), batch_size=options.shard_size, batch_format="pyarrow", **cpu
+    )
 
 
-def _consume(dataset: ray.data.Dataset, output: RunOutput, options: LabelOptions, total: int | None) -> dict[str, Any]:
-    """Pull finished rows to the driver and write them as shards; show progress with counts and ETA.
-
-    The rows held back for the next shard are written also when the loop stops early (Ctrl-C, a
-    crash). A second prediction for an ``image_path`` labeled earlier in the run is not kept (two input
-    rows that share a path, e.g. in two Parquet files); those paths are returned as ``duplicates``.
-    """
-    predictions: list[dict[str, Any]] = []
-    errors: list[dict[str, Any]] = []
-    labeled_now: set[str] = set()
-    duplicates: list[str] = []
-    failed = 0
+def _consume(dataset: ray.data.Dataset, tally: ray.actor.ActorHandle, options: LabelOptions) -> dict[str, Any]:
+    """Pull the writers' small records (never label bytes) and show progress with counts and an ETA (the
+    total is what has been listed and not skipped so far, capped by ``--limit``)."""
+    labeled = failed = 0
+    calls = 0.0
     started = time.time()
-    first: tuple[float, int] | None = None  # (time, rows) of the first batch: the pool is up from then on
-    bar = tqdm(total=total, unit="img", desc="labeling", disable=not options.progress, dynamic_ncols=True)
+    first: tuple[float, int] | None = None  # (time, rows) of the first record: the pool is up from then on
+    bar = tqdm(total=options.limit, unit="img", desc="labeling", disable=not options.progress, dynamic_ncols=True)
     try:
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            for i, path in enumerate(batch["image_path"]):
-                path = str(path)
-                if batch["error"][i]:
-                    errors.append({"image_path": path, "error": str(batch["error"][i])})
-                    failed += 1
-                elif path in labeled_now:
-                    duplicates.append(path)
-                else:
-                    predictions.append(_prediction_row(batch, i))
-                    labeled_now.add(path)
-            bar.update(len(batch["image_path"]))
-            bar.set_postfix(labeled=len(labeled_now), failed=failed)
-            first = first or (time.time(), len(labeled_now) + failed)
-            if len(predictions) + len(errors) >= options.shard_size:
-                output.write_shard(predictions, errors)
-                predictions, errors = [], []
+        for record in dataset.iter_rows():
+            labeled, failed, calls = (
+                labeled + record["labeled"],
+                failed + record["failed"],
+                calls + record["model_calls"],
+            )
+            if options.progress:
+                listed, skipped = ray.get(tally.counts.remote())
+                bar.total = min(listed - skipped, options.limit or listed)
+                bar.update(record["labeled"] + record["failed"])
+                bar.set_postfix(labeled=labeled, failed=failed)
+            first = first or (time.time(), labeled + failed)
     finally:
-        output.write_shard(predictions, errors)
         bar.close()
     finished = time.time()
-    rows = len(labeled_now) + failed
+    rows = labeled + failed
     steady = (rows - first[1]) / max(finished - first[0], 1e-9) if first else 0.0
     return {
-        "labeled": len(labeled_now),
+        "labeled": labeled,
         "failed": failed,
-        "duplicates": duplicates,
         "rate": round(rows / max(finished - started, 1e-9), 3),
         "steady_rate": round(steady, 3),
         "first_result_seconds": round(first[0] - started, 3) if first else None,
-    }
-
-
-def _prediction_row(batch: dict[str, np.ndarray], i: int) -> dict[str, Any]:
-    path = str(batch["image_path"][i])
-    return {
-        "image_path": path,
-        "image_id": image_id(path),
-        "width": int(batch["width"][i]),
-        "height": int(batch["height"][i]),
-        "label_map_png": bytes(batch["label_map_png"][i]),
-        "segments": json.loads(batch["segments_json"][i]),
+        "images_per_model_call": round(labeled / calls, 3) if calls else None,
     }

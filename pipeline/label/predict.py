@@ -1,14 +1,15 @@
 """The labeling job's model stage: the actor that loads SAN once and labels batches.
 
-Rows flow as ``image_path``, ``error`` (empty string when fine) and the stage's payload; a row that
-failed in an earlier stage passes through untouched, and an image the model fails on (an exception, or
+Input rows are model batches (lists of ``image_path``, ``error``, sizes, and the resized pixels); output
+rows are images, with arrays (the label map, per-class scores), not encoded bytes. A row that failed in an
+earlier stage passes through untouched, and an image the model fails on (an exception, or
 a worker process that dies on it every time) becomes an error row, so a bad input never stops the run. The light
 CPU stages are in :mod:`pipeline.label.decode`.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,22 +20,28 @@ import torch
 
 import san
 from san.errors import OptionError
-from san.predictor import Predictor
+from san.predictor import Prediction, Predictor
 from san.transforms import ResizeShortestEdge
 from san.tta import TestTimeAugmentation
 
-from ..segments import encode_label_map_png, label_map_segments
+from ..segments import class_mean_scores
 from ..vocabulary import Vocabulary
 from .attempts import GAVE_UP, MAX_ATTEMPTS, Attempts
+from .batching import padded_size
 
 RANDOM_PREFIX = "random:"
 SMOKE_MODEL = RANDOM_PREFIX + "san_tiny"
+#: ``--model null``: :class:`NullPredictor`, no model at all.
+NULL_MODEL = "null"
+#: Side of the null model's squares of one class, in pixels.
+NULL_CELL = 64
 
 
 @dataclass
 class ModelSpec:
     """What each predictor actor loads: a released preset, a checkpoint file (with an optional
-    official config), or ``random:<preset>`` (random weights, seed 0: for smoke tests and benchmarks)."""
+    official config), ``random:<preset>`` (random weights, seed 0: for smoke tests and benchmarks), or
+    ``null`` (no model: :class:`NullPredictor`, to measure the pipeline)."""
 
     model: str
     config: str | None = None
@@ -43,6 +50,8 @@ class ModelSpec:
         """Check on the driver that the model can be had, before any worker starts: a released preset
         becomes its local weights file (raising :class:`san.WeightsUnavailableError` with instructions
         when it cannot be found or downloaded), a missing file raises :class:`san.errors.OptionError`."""
+        if self.model == NULL_MODEL:
+            return self
         if self.model.startswith(RANDOM_PREFIX):
             if self.model[len(RANDOM_PREFIX) :] not in san.PRESETS:
                 raise OptionError(f"`model` {self.model!r}: no such preset; presets: {sorted(san.PRESETS)}")
@@ -63,11 +72,34 @@ class ModelSpec:
         return san.load_model(self.model, self.config)
 
 
+class NullPredictor:
+    """``--model null``: a fixed, cheap label map instead of a model (squares of :data:`NULL_CELL` pixels
+    cycling through the classes, score 1), so that a run measures the pipeline alone: decoding, transfers,
+    encoding and writing."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.unlabeled = 255 if num_classes <= 255 else 65535
+
+    def predict(self, images: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]]) -> list[Prediction]:
+        """One :class:`~san.predictor.Prediction` at each ``original_sizes`` ``(H, W)``."""
+        dtype = np.uint8 if self.unlabeled == 255 else np.uint16
+        predictions = []
+        for height, width in original_sizes:
+            cells = np.add.outer(np.arange(height) // NULL_CELL, np.arange(width) // NULL_CELL)
+            label_map = (cells % self.num_classes).astype(dtype)
+            predictions.append(Prediction(label_map, np.ones(label_map.shape, np.float32), self.unlabeled))
+        return predictions
+
+
 class PredictStage:
-    """Actor stage: loads the model and the vocabulary's text embeddings once, then labels batches
-    and encodes each image's label map (PNG) and per-class segments (COCO RLE). ``attempts`` is the
-    run's :class:`~pipeline.label.attempts.AttemptLedger` actor; ``other`` (distractor names), ``tta`` and the
-    vocabulary's own minimum scores go to the :class:`~san.predictor.Predictor`."""
+    """Actor stage: loads the model and the vocabulary's text embeddings once, then labels model batches
+    (rows of :class:`~pipeline.label.decode.DecodeStage`), one output row per image: its ``label_map``
+    ``[H, W]`` at its original size and ``class_scores`` ``[num_classes]`` (each class's mean best score,
+    :func:`~pipeline.segments.class_mean_scores`); the encoding is left to CPU tasks
+    (:mod:`pipeline.label.encode`). ``attempts`` is the run's
+    :class:`~pipeline.label.attempts.AttemptLedger` actor; ``other`` (distractor names),
+    ``tta`` and the vocabulary's own minimum scores go to the :class:`~san.predictor.Predictor`."""
 
     def __init__(
         self,
@@ -79,6 +111,7 @@ class PredictStage:
         threads: int,
         templates: str | None,
         resize: ResizeShortestEdge,
+        batch_size: int,
         attempts: ray.actor.ActorHandle,
         other: list[str],
         tta: TestTimeAugmentation | None,
@@ -87,6 +120,10 @@ class PredictStage:
         if device == "cpu":
             torch.set_num_threads(threads)
         self.vocabulary = Vocabulary.from_json(vocabulary)
+        self.resize, self.batch_size = resize, batch_size
+        if model.model == NULL_MODEL:
+            self.predictor = NullPredictor(len(self.vocabulary.names))
+            return
         net = model.load()
         if templates is not None:
             net.text_classifier.set_template_set(templates)
@@ -101,64 +138,104 @@ class PredictStage:
             other=other,
             tta=tta,
             class_min_scores=self.vocabulary.min_scores,
+            batch_size=batch_size,
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        """Label the batch's rows without an error; an image the model fails on becomes an error row.
+        """Each model batch's images, one output row per image (``image_path``, ``error``, ``height``,
+        ``width``, ``label_map``, ``class_scores``, ``batch_images``: the images of its model call)."""
+        rows = [self._label_batch(self._images(batch, r)) for r in range(len(batch["image_path"]))]
+        return {key: [value for row in rows for value in row[key]] for key in rows[0]}
+
+    def _images(self, batch: dict[str, np.ndarray], row: int) -> dict[str, list[Any]]:
+        """Model batch ``row`` as per-image lists: ``image`` is the resized image ``[h, w, 3]`` (None for a row
+        with an error)."""
+        paths, errors = [str(p) for p in batch["image_path"][row]], [str(e) for e in batch["error"][row]]
+        heights, widths = [int(h) for h in batch["height"][row]], [int(w) for w in batch["width"][row]]
+        pixels, images, k = batch["pixels"][row], [], 0
+        for error, height, width in zip(errors, heights, widths, strict=True):
+            if error:
+                images.append(None)
+                continue
+            h, w = self.resize.output_size(height, width)
+            images.append(pixels[k, :h, :w])
+            k += 1
+        return {"image_path": paths, "error": errors, "height": heights, "width": widths, "image": images}
+
+    def _label_batch(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        """Label the batch's images without an error; an image the model fails on becomes an error row.
 
         The batch goes through the model at once. When that raises, or when a worker died on one of its
         images before (see :mod:`pipeline.label.attempts`), each image goes alone, so that one bad image
         costs only itself; an image that killed :data:`MAX_ATTEMPTS` workers is not run again.
         """
         count = len(batch["image_path"])
-        errors = [str(error) for error in batch["error"]]
-        pngs, segments = [b""] * count, ["[]"] * count
+        errors = list(batch["error"])
+        results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * count
         todo = [i for i in range(count) if not errors[i]]
-        paths = [str(batch["image_path"][i]) for i in todo]
+        fill = _model_call_sizes(batch, todo, self.resize, self.batch_size)
+        paths = [batch["image_path"][i] for i in todo]
         # Deaths before this call; the batch attempt below ends (recorded) or kills this process, so they hold.
         died = dict(zip(paths, self.attempts.unfinished(paths), strict=True)) if todo else {}
         if todo and not any(died.values()):
             with self.attempts.attempt(paths):
                 try:
-                    for i, (png, segs) in zip(todo, self._label(batch, todo), strict=True):
-                        pngs[i], segments[i] = png, segs
+                    for i, result in zip(todo, self._label(batch, todo), strict=True):
+                        results[i] = result
                     todo = []
                 except Exception:  # any failure of the model: retried image by image below
                     pass
         for i in todo:
-            path = str(batch["image_path"][i])
+            path = batch["image_path"][i]
+            fill[i] = 1
             if died[path] >= MAX_ATTEMPTS:
                 errors[i] = GAVE_UP
                 continue
             with self.attempts.attempt([path]):
                 try:
-                    [(pngs[i], segments[i])] = self._label(batch, [i])
+                    [results[i]] = self._label(batch, [i])
                 except Exception as failure:  # the model's own error, kept as this image's reason
                     errors[i] = f"model failed: {type(failure).__name__}: {failure}"
+        empty = (np.zeros((1, 1), self._label_dtype()), np.zeros(len(self.vocabulary.names), np.float32))
+        maps, scores = zip(*(result or empty for result in results), strict=True)
         return {
             "image_path": batch["image_path"],
-            "width": batch["width"],
+            "error": errors,
             "height": batch["height"],
-            "label_map_png": np.asarray(pngs, dtype=object),
-            "segments_json": np.asarray(segments, dtype=object),
-            "error": np.asarray(errors, dtype=object),
+            "width": batch["width"],
+            "label_map": list(maps),
+            "class_scores": list(scores),
+            "batch_images": [fill.get(i, 0) for i in range(count)],
         }
 
-    def _label(self, batch: dict[str, np.ndarray], rows: list[int]) -> list[tuple[bytes, str]]:
-        """The label map PNG and segments JSON of each of ``rows`` (one model call for all)."""
+    def _label_dtype(self) -> type[np.integer]:
+        return np.uint8 if len(self.vocabulary.names) <= 255 else np.uint16
+
+    def _label(self, batch: dict[str, list[Any]], rows: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The label map ``[H, W]`` and class scores ``[num_classes]`` of each of ``rows`` (one model call for all)."""
         predictions = self.predictor.predict(
             [batch["image"][i] for i in rows],
-            original_sizes=[(int(batch["height"][i]), int(batch["width"][i])) for i in rows],
+            original_sizes=[(batch["height"][i], batch["width"][i]) for i in rows],
         )
-        encoded = []
-        for prediction in predictions:
-            png = encode_label_map_png(prediction.label_map, ignore_value=prediction.unlabeled)
-            segs = label_map_segments(
-                prediction.label_map,
-                prediction.scores,
-                self.vocabulary.names,
-                self.vocabulary.category_ids,
-                ignore_value=prediction.unlabeled,
+        return [
+            (
+                p.label_map,
+                class_mean_scores(p.label_map, p.scores, len(self.vocabulary.names), p.unlabeled).astype(np.float32),
             )
-            encoded.append((png, json.dumps(segs)))
-        return encoded
+            for p in predictions
+        ]
+
+
+def _model_call_sizes(
+    batch: dict[str, list[Any]], rows: list[int], resize: ResizeShortestEdge, batch_size: int
+) -> dict[int, int]:
+    """For each of ``rows``, how many images share its model call (the model groups a batch by padded size)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in rows:
+        groups.setdefault(padded_size(batch["height"][i], batch["width"][i], resize), []).append(i)
+    sizes = {}
+    for group in groups.values():
+        for start in range(0, len(group), batch_size):
+            call = group[start : start + batch_size]
+            sizes.update(dict.fromkeys(call, len(call)))
+    return sizes

@@ -1,0 +1,105 @@
+"""The labeling job's stages called directly, without Ray: model batches of one padded size, the arrays the
+model stage hands on, the encoding into typed rows, and the writer's files."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.label.batching import PAD_MULTIPLE, GroupStage, probe_size
+from pipeline.label.encode import EncodeStage
+from pipeline.label.predict import NullPredictor
+from pipeline.label.write import WriteStage
+from pipeline.outputs import RunOutput
+from pipeline.segments import class_mean_scores, label_map_segments
+from pipeline.vocabulary import parse_vocabulary
+from san.transforms import ResizeShortestEdge
+
+RESIZE = ResizeShortestEdge(64, 256)
+SIZES = [(48, 64), (64, 48), (36, 64), (48, 48)]  # (height, width): 4:3, 3:4, 16:9, 1:1
+VOCABULARY = parse_vocabulary("cat\ndog\nsky\n")
+
+
+def jpeg(height: int, width: int, orientation: int | None = None) -> bytes:
+    buffer = io.BytesIO()
+    image = Image.fromarray(np.full((height, width, 3), 128, np.uint8))
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    image.save(buffer, format="JPEG", exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def padded(height: int, width: int) -> tuple[int, int]:
+    h, w = RESIZE.output_size(height, width)
+    return -(-h // PAD_MULTIPLE) * PAD_MULTIPLE, -(-w // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+def test_batches_of_mixed_aspect_ratios_are_full_and_of_one_padded_size() -> None:
+    rng = np.random.default_rng(0)
+    sizes = [SIZES[i] for i in rng.integers(0, len(SIZES), 203)]
+    datas = [jpeg(*size) for size in sizes]
+    paths = [f"{i}.jpg" for i in range(len(sizes))]
+    table = GroupStage(RESIZE, batch_size=16)({"image_path": paths, "data": datas, "error": [""] * len(paths)})
+    batches = table.column("image_path").to_pylist()
+    assert sorted(p for batch in batches for p in batch) == sorted(paths), "every input in exactly one batch"
+    for batch in batches:
+        assert len({padded(*sizes[int(p.split(".")[0])]) for p in batch}) == 1, batch
+    distinct = len({padded(*size) for size in sizes})
+    assert sum(len(b) < 16 for b in batches) <= distinct, "at most one batch per padded size is not full"
+    assert batches[-1][-1] == paths[-1], "the last input goes last"
+
+
+def test_failed_and_unreadable_inputs_are_batched_apart() -> None:
+    paths, datas = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"], [jpeg(48, 64), b"not an image", jpeg(48, 64), jpeg(48, 64)]
+    table = GroupStage(RESIZE, batch_size=4)({"image_path": paths, "data": datas, "error": ["", "", "missing", ""]})
+    assert sorted(table.column("image_path").to_pylist()) == [["a.jpg", "d.jpg"], ["b.jpg"], ["c.jpg"]]
+
+
+@pytest.mark.parametrize(("orientation", "expected"), [(None, (48, 64)), (1, (48, 64)), (6, (64, 48)), (8, (64, 48))])
+def test_the_probed_size_is_the_displayed_size(orientation: int | None, expected: tuple[int, int]) -> None:
+    assert probe_size("x.jpg", jpeg(48, 64, orientation)) == expected
+
+
+def test_class_mean_scores_are_each_class_mean_over_its_pixels() -> None:
+    rng = np.random.default_rng(1)
+    label_map = rng.integers(0, 4, (37, 53)).astype(np.uint8)
+    label_map[0, :5] = 255
+    scores = rng.random((37, 53), dtype=np.float32)
+    means = class_mean_scores(label_map, scores, num_classes=5, ignore_value=255)
+    for k in range(4):
+        assert means[k] == pytest.approx(scores[label_map == k].astype(np.float64).mean(), rel=1e-12)
+    assert means[4] == 0.0, "a class without pixels"
+
+
+def test_encoded_rows_are_typed_and_match_the_segments_of_the_label_map(tmp_path) -> None:
+    [prediction] = NullPredictor(len(VOCABULARY.names)).predict([np.zeros((1, 1, 3), np.uint8)], [(130, 200)])
+    scores = class_mean_scores(prediction.label_map, prediction.scores, 3, prediction.unlabeled)
+    batch = {
+        "image_path": np.asarray(["a.jpg", "bad.jpg"], dtype=object),
+        "error": np.asarray(["", "truncated image"], dtype=object),
+        "height": np.asarray([130, 0]),
+        "width": np.asarray([200, 0]),
+        "label_map": [prediction.label_map, np.zeros((1, 1), np.uint8)],
+        "class_scores": np.stack([scores, np.zeros(3)]),
+        "batch_images": np.asarray([1, 0]),
+    }
+    encoded = EncodeStage(VOCABULARY.to_json())(batch)
+    assert pa.types.is_struct(encoded.schema.field("segments").type.value_type), "segments are Arrow structs"
+    [row, failed] = encoded.to_pylist()
+    expected = label_map_segments(prediction.label_map, prediction.scores, VOCABULARY.names, VOCABULARY.category_ids)
+    assert row["segments"] == expected
+    assert failed["error"] == "truncated image" and failed["segments"] is None
+
+    writer = WriteStage(str(tmp_path))
+    record = writer(encoded).to_pylist()
+    assert record == [{"labeled": 1, "failed": 1, "model_calls": 1.0}]
+    writer(encoded)  # a retried task: the same rows under the same names
+    assert len(list((tmp_path / "predictions").iterdir())) == len(list((tmp_path / "errors").iterdir())) == 1
+    assert pq.read_table(tmp_path / "predictions").column("image_path").to_pylist() == ["a.jpg"]
+    assert RunOutput(tmp_path).read_errors().to_pylist() == [{"image_path": "bad.jpg", "error": "truncated image"}]
