@@ -86,7 +86,8 @@ def encode_label_map_png(label_map: np.ndarray, ignore_value: int | None = None)
     out = np.where(labeled, label_map, unlabeled).astype(dtype, copy=False)
     buffer = io.BytesIO()
     # fromarray picks mode "L" for uint8 and "I;16" for uint16; PNG stores both losslessly.
-    Image.fromarray(np.ascontiguousarray(out)).save(buffer, format="PNG")
+    # zlib level 3, not PIL's 6: half the encoding time (this runs once per labeled image), files ~20% larger.
+    Image.fromarray(np.ascontiguousarray(out)).save(buffer, format="PNG", compress_level=3)
     return buffer.getvalue()
 
 
@@ -131,18 +132,22 @@ def class_mean_scores(
     _check_label_map(label_map)
     if tuple(pixel_scores.shape) != tuple(label_map.shape):
         raise ValueError(f"pixel_scores must have the label map's shape {list(label_map.shape)}")
+    # Unsigned maps whose unlabeled value is past the classes need no masking: such values land in bins dropped.
+    direct = label_map.dtype.kind == "u" and (ignore_value is None or ignore_value >= num_classes)
     sums = np.zeros(num_classes + 1, dtype=np.float64)
     counts = np.zeros(num_classes + 1, dtype=np.int64)
     rows = max(1, UNIQUE_BAND_PIXELS // label_map.shape[1])
     for start in range(0, label_map.shape[0], rows):
-        band = label_map[start : start + rows].ravel().astype(np.int64)
-        outside = (band < 0) | (band >= num_classes)
-        if ignore_value is not None:
-            outside |= band == ignore_value
-        band[outside] = num_classes  # the extra bin that no class reads
+        band = label_map[start : start + rows].ravel()
+        if not direct:
+            band = band.astype(np.int64)
+            outside = (band < 0) | (band >= num_classes)
+            if ignore_value is not None:
+                outside |= band == ignore_value
+            band[outside] = num_classes  # the extra bin that no class reads
         scores = pixel_scores[start : start + rows].ravel()
-        sums += np.bincount(band, weights=scores, minlength=num_classes + 1)
-        counts += np.bincount(band, minlength=num_classes + 1)
+        sums += np.bincount(band, weights=scores, minlength=num_classes + 1)[: num_classes + 1]
+        counts += np.bincount(band, minlength=num_classes + 1)[: num_classes + 1]
     return np.divide(sums[:-1], counts[:-1], out=np.zeros(num_classes), where=counts[:-1] > 0)
 
 
@@ -195,25 +200,53 @@ def label_map_segments(
         bad = present[0] if present[0] < 0 else present[-1]
         raise ValueError(f"label_map holds class index {int(bad)}, outside 0..{num_classes - 1}")
     segments: list[dict[str, Any]] = []
-    for index in present.tolist():
-        # One mask per class, made in the column-major order RLE needs and read as uint8 without a copy;
-        # the score is summed in place: a large photo's map is never copied per class.
-        mask = np.equal(label_map, index, order="F")
-        rle = mask_utils.encode(mask.view(np.uint8))
+    for index, runs in zip(present.tolist(), _class_runs(label_map, present), strict=True):
+        rle = mask_utils.frPyObjects({"counts": runs, "size": [height, width]}, height, width)
+        area = int(mask_utils.area(rle))
         if class_scores is not None:
             score = float(class_scores[index])
         elif pixel_scores is None:
             score = 1.0
         else:
-            score = float(np.sum(pixel_scores, where=mask, dtype=np.float64) / mask_utils.area(rle))
+            score = float(np.sum(pixel_scores, where=label_map == index, dtype=np.float64) / area)
         segments.append(
             {
                 "category_id": int(category_ids[index]),
                 "category_name": str(names[index]),
                 "rle": rle["counts"].decode("ascii"),
-                "area": int(mask_utils.area(rle)),
+                "area": area,
                 "bbox": [float(v) for v in mask_utils.toBbox(rle)],
                 "score": score,
             }
         )
     return segments
+
+
+def _class_runs(label_map: np.ndarray, classes: np.ndarray) -> list[list[int]]:
+    """For each of ``classes`` (present in the map), the uncompressed COCO RLE counts of its mask (column-major
+    runs, from a run of zeros to the last), from one pass over the map: the runs of equal values in each band of
+    columns, merged across bands. Only a band's column-major copy and the runs are held, never a mask per class.
+
+    Hand-written because ``pycocotools.mask.encode`` takes one binary mask per class: a full pass and a
+    column-major copy of the map for every class present."""
+    height, width = label_map.shape
+    columns = max(1, UNIQUE_BAND_PIXELS // height)
+    values, starts = [], []
+    for first in range(0, width, columns):
+        flat = label_map[:, first : first + columns].ravel(order="F")
+        begins = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        values.append(flat[np.concatenate([[0], begins])])
+        starts.append(np.concatenate([[0], begins]) + first * height)
+    value, start = np.concatenate(values), np.concatenate(starts)
+    keep = np.concatenate([[True], value[1:] != value[:-1]])  # a run cut by a band edge is one run
+    value, start = value[keep], start[keep]
+    end = np.append(start[1:], height * width)
+    counts = []
+    for index in classes.tolist():
+        mine = value == index
+        run_start, run_end = start[mine], end[mine]
+        gaps = run_start - np.concatenate([[0], run_end[:-1]])
+        runs = np.stack([gaps, run_end - run_start], axis=1).ravel().tolist()
+        tail = height * width - int(run_end[-1])
+        counts.append(runs + [tail] if tail else runs)  # the closing run of zeros, as pycocotools writes it
+    return counts

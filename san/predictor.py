@@ -13,7 +13,6 @@ leave the pixels they win unlabeled; ``tta`` averages the scores of several pass
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,26 +23,12 @@ from .modeling.postprocess import ImageOutputs
 from .modeling.text_classifier import check_vocabulary
 from .other_names import added_names
 from .precision import DTYPES, autocast_context, resolve_device, warn_without_cpu_bf16_units
+from .prediction import Prediction
 from .transforms import SAN_EVAL_RESIZE, ResizeShortestEdge
 from .tta import TestTimeAugmentation, average_best_class
 
 # Pixels of a label map mapped from prompts to classes at once (bounds the 64-bit index copy to 8 MiB).
 MAP_BAND_PIXELS = 1 << 20
-
-
-@dataclass
-class Prediction:
-    """One image's result at its original size.
-
-    ``label_map`` ``[H, W]``: 0-based class index, or ``unlabeled`` (255 for uint8, 65535 for uint16)
-    where the best score is below the class's minimum score or the best class is an added ("other") name.
-    ``scores`` ``[H, W]`` float32: the best class score at each pixel (SAN's semantic score,
-    ``sum_q P(class | mask q) * sigmoid(mask q)``, usually 0..1).
-    """
-
-    label_map: np.ndarray
-    scores: np.ndarray
-    unlabeled: int
 
 
 class Predictor:

@@ -137,3 +137,35 @@ def test_the_job_spreads_over_nodes_and_survives_losing_one(cluster, tmp_path: P
     assert sorted(image["file_name"] for image in coco["images"]) == expected
     assert manifest["counts"]["labeled"] == IMAGES and manifest["counts"]["duplicates"] == 0
     assert RunOutput(output).read_errors().num_rows == 0
+
+
+@pytest.fixture
+def one_cpu_node():
+    """A local Ray of a single node with 1 CPU."""
+    ray.init(address="local", num_cpus=1, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def test_the_job_finishes_on_a_node_of_one_cpu(one_cpu_node, tmp_path: Path) -> None:
+    """With the model actor on half of the only CPU, every other stage fits in the other half (a task asking for
+    a whole CPU would never start: the job hung there before)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((48, 64 if i % 2 else 40, 3), i, dtype=np.uint8)).save(images / f"{i:03d}.png")
+    (tmp_path / "vocab.txt").write_text("cat\ndog\n")
+    options = LabelOptions(
+        vocab=str(tmp_path / "vocab.txt"),
+        input=str(images),
+        output=str(tmp_path / "labels"),
+        model="null",
+        batch_size=4,
+        progress=False,
+    )
+    manifests: list[dict] = []
+    runner = threading.Thread(target=lambda: manifests.append(run_label_job(options)), daemon=True)
+    runner.start()
+    runner.join(timeout=180)
+    assert manifests, "the job on a 1-CPU node did not finish within 180 s"
+    assert manifests[0]["counts"]["labeled"] == 12

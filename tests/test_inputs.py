@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline.label import local_files
 from pipeline.label.containers import expand_container
 from pipeline.label.inputs import (
     Container,
@@ -41,9 +42,9 @@ def _image(path: Path, seed: int = 0) -> Path:
 
 
 def _listed(resolved: ResolvedInputs) -> list[InputItem]:
-    """The listed items, and those of list files (which the job expands in Ray tasks)."""
-    lists = [c for c in resolved.containers if c.kind == "list"]
-    return [*resolved.items, *(item for c in lists for item in expand_container(c))]
+    """The listed items, and those of list files and folders (which the job expands in Ray tasks)."""
+    lazy = [c for c in resolved.containers if c.kind in ("list", "folder")]
+    return [*resolved.items, *(item for c in lazy for item in expand_container(c))]
 
 
 def _paths(resolved: ResolvedInputs) -> list[str]:
@@ -74,15 +75,17 @@ def tree(tmp_path: Path) -> Path:
 # --- folders -------------------------------------------------------------------------------------------
 
 
-def test_directory_recursive_sorted_and_deterministic(tree: Path) -> None:
+def test_directory_recursive_and_deterministic(tree: Path) -> None:
+    """A folder is one container, walked in a Ray task: each folder's entries in name order, then its
+    subfolders depth-first."""
     resolved = resolve_inputs(str(tree))
-    assert resolved.containers == []
-    expected = sorted(
-        str(tree / rel) for rel in ["a.jpg", "b.png", "C.JPEG", "sub/deep/d.png", "sub/c.webp", "x.jpg", "notes.txt"]
-    )
+    assert resolved.items == [] and resolved.containers == [Container("folder", str(tree))]
+    expected = [
+        str(tree / rel) for rel in ["C.JPEG", "a.jpg", "b.png", "notes.txt", "x.jpg", "sub/c.webp", "sub/deep/d.png"]
+    ]
     assert _paths(resolved) == expected
     assert _paths(resolve_inputs(str(tree))) == expected  # same order every time
-    assert all(isinstance(item, InputItem) and item.data is None for item in resolved.items)
+    assert all(isinstance(item, InputItem) and item.data is None for item in _listed(resolved))
     ok = [p for p, err in _errors(resolved).items() if err is None]
     assert sorted(ok) == sorted(str(tree / rel) for rel in ["a.jpg", "b.png", "C.JPEG", "sub/deep/d.png", "sub/c.webp"])
 
@@ -92,6 +95,21 @@ def test_directory_skips_hidden_files_and_folders(tree: Path) -> None:
     assert not any("/." in p for p in paths)
     assert str(tree / ".hidden.jpg") not in paths
     assert str(tree / ".cache" / "e.jpg") not in paths
+
+
+def test_a_folder_tree_is_walked_in_the_task_not_on_the_driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resolving a folder walks it only up to its first image; expanding the container walks it all."""
+    for i in range(20):
+        _image(tmp_path / f"d{i:02d}" / "a.png", seed=i)
+    scanned: list[str] = []
+    scan = local_files._scan
+    monkeypatch.setattr(local_files, "_scan", lambda folder: scanned.append(folder) or scan(folder))
+    resolved = resolve_inputs(str(tmp_path), exclude=str(tmp_path / "d05"))
+    assert resolved.containers == [Container("folder", str(tmp_path), str(tmp_path / "d05"))]
+    assert len(scanned) == 2  # the root and its first subfolder
+    paths = _paths(resolved)
+    assert paths == [str(tmp_path / f"d{i:02d}" / "a.png") for i in range(20) if i != 5]
+    assert len(scanned) == 2 + 20  # the task's walk: every folder but the excluded one, each once
 
 
 def test_hidden_git_folder_does_not_break_parquet_folder(tmp_path: Path) -> None:
@@ -147,11 +165,11 @@ def test_folder_of_tar_shards_becomes_containers(tmp_path: Path) -> None:
     ]
 
 
-def test_mixed_folder_is_not_containers(tmp_path: Path) -> None:
+def test_mixed_folder_is_a_folder_of_images(tmp_path: Path) -> None:
     pq.write_table(pa.table({"image_path": ["x.jpg"]}), tmp_path / "a.parquet")
     _image(tmp_path / "b.png")
     resolved = resolve_inputs(str(tmp_path))
-    assert resolved.containers == []
+    assert resolved.containers == [Container("folder", str(tmp_path))]
     assert _errors(resolved) == {
         str(tmp_path / "a.parquet"): "not an image file (extension '.parquet')",
         str(tmp_path / "b.png"): None,
@@ -174,7 +192,7 @@ def test_output_folder_inside_input_folder_is_excluded(tmp_path: Path, monkeypat
         (dsin / rel).write_bytes(b"{}")
     _image(dsin / "labels" / "smoke-inputs" / "s.png")
     expected = [str(dsin / "a.jpg"), str(dsin / "labels2" / "b.jpg")]
-    assert len(resolve_inputs(str(dsin)).items) == 6  # without exclude, all listed
+    assert len(_listed(resolve_inputs(str(dsin)))) == 6  # without exclude, all listed
     resolved = resolve_inputs(str(dsin), exclude=str(dsin / "labels"))
     assert _errors(resolved) == dict.fromkeys(expected)
     assert _paths(resolve_inputs(f"{dsin}/**/*", exclude=str(dsin / "labels"))) == expected
@@ -212,7 +230,7 @@ IMAGES = ["C.JPEG", "a.jpg", "b.png", "sub/c.webp", "sub/deep/d.png"]
 
 
 def _labelable(resolved: ResolvedInputs) -> list[str]:
-    return [item.image_path for item in resolved.items if item.error is None]
+    return [item.image_path for item in _listed(resolved) if item.error is None]
 
 
 @pytest.mark.timeout(60)
@@ -235,7 +253,7 @@ def test_a_link_to_a_folder_already_listed_lists_its_images_under_the_real_path(
     (tree / "out1").symlink_to(outside)
     (tree / "out2").symlink_to(outside)
     resolved = resolve_inputs(str(tree))
-    assert _labelable(resolved) == sorted(str(tree / rel) for rel in [*IMAGES, "out1/o.png"])
+    assert sorted(_labelable(resolved)) == sorted(str(tree / rel) for rel in [*IMAGES, "out1/o.png"])
     errors = _errors(resolved)
     assert errors[str(tree / "a_link")] == (
         f"link to a folder already listed as {tree / 'sub'} (not followed: each image is listed once)"

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+import pipeline.segments
 from pipeline.label.batching import PAD_MULTIPLE, GroupStage, probe_size
 from pipeline.label.encode import EncodeStage
 from pipeline.label.predict import NullPredictor
@@ -66,14 +67,22 @@ def test_the_probed_size_is_the_displayed_size(orientation: int | None, expected
     assert probe_size("x.jpg", jpeg(48, 64, orientation)) == expected
 
 
-def test_class_mean_scores_are_each_class_mean_over_its_pixels() -> None:
+@pytest.mark.parametrize(
+    ("dtype", "ignore_value"),
+    [(np.uint8, 255), (np.uint16, 65535), (np.uint8, None), (np.int32, 255), (np.uint8, 2)],
+    ids=["uint8", "uint16", "no-ignore", "signed", "ignore-is-a-class-index"],
+)
+def test_class_mean_scores_are_each_class_mean_over_its_pixels(dtype, ignore_value, monkeypatch) -> None:
+    monkeypatch.setattr(pipeline.segments, "UNIQUE_BAND_PIXELS", 200)  # several bands of rows
     rng = np.random.default_rng(1)
-    label_map = rng.integers(0, 4, (37, 53)).astype(np.uint8)
-    label_map[0, :5] = 255
+    label_map = rng.integers(0, 4, (37, 53)).astype(dtype)
+    label_map[0, :5] = np.iinfo(dtype).max if ignore_value is None else ignore_value
     scores = rng.random((37, 53), dtype=np.float32)
-    means = class_mean_scores(label_map, scores, num_classes=5, ignore_value=255)
+    means = class_mean_scores(label_map, scores, num_classes=5, ignore_value=ignore_value)
     for k in range(4):
-        assert means[k] == pytest.approx(scores[label_map == k].astype(np.float64).mean(), rel=1e-12)
+        counted = (label_map == k) & (label_map != ignore_value)
+        expected = scores[counted].astype(np.float64).mean() if counted.any() else 0.0
+        assert means[k] == pytest.approx(expected, rel=1e-12)
     assert means[4] == 0.0, "a class without pixels"
 
 

@@ -31,6 +31,15 @@ def test_one_cpu_still_runs(cluster) -> None:
     assert plan.workers == (1, 1) and plan.cpus_per_worker + plan.decode_cpus <= 1
 
 
+def test_null_model_leaves_the_cpus_to_the_stages_it_measures(cluster) -> None:
+    cluster(CPU=2)
+    plan = plan_resources(None, None, null_model=True)
+    assert plan.workers == (1, 1) and plan.cpus_per_worker == 0.25
+    assert plan.decode_cpus <= 0.25 and plan.decode_cpus != plan.cpus_per_worker, "never fused into the actor"
+    cluster(CPU=8, GPU=1)
+    assert plan_resources(None, None, null_model=True).cpus_per_worker == 1.0, "on GPUs, as a model would"
+
+
 def test_gpu_cluster_defaults_to_one_gpu_per_worker(cluster) -> None:
     cluster(CPU=32, GPU=4)
     plan = plan_resources(None, None)

@@ -10,6 +10,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from segment_scores import own_scores
 
+import pipeline.segments
 from pipeline.segments import (
     UNLABELED_U8,
     UNLABELED_U16,
@@ -122,6 +123,31 @@ def test_rle_round_trip_equals_label_map_pixels() -> None:
         assert segment["score"] == 1.0
         covered += mask
     np.testing.assert_array_equal(covered, label_map != 255)
+
+
+@pytest.mark.parametrize("band_pixels", [1 << 22, 64, 1], ids=["one-band", "bands", "column-bands"])
+def test_rle_of_one_pass_equals_pycocotools_per_class_mask(band_pixels: int, monkeypatch) -> None:
+    """The segments' RLE strings, areas and boxes are exactly what ``pycocotools.mask.encode`` gives for each
+    class's binary mask, also where runs cross the bands of columns the map is read in."""
+    monkeypatch.setattr(pipeline.segments, "UNIQUE_BAND_PIXELS", band_pixels)
+    rng = np.random.default_rng(4)
+    maps = [
+        rng.integers(0, 6, (37, 29)).astype(np.uint8),
+        (np.add.outer(np.arange(40) // 7, np.arange(33) // 5) % 6).astype(np.uint8),
+        np.full((9, 13), 2, np.uint8),
+        rng.integers(0, 6, (1, 40)).astype(np.uint16),
+        rng.integers(0, 6, (40, 1)).astype(np.uint8),
+    ]
+    maps[1][:, 3:9] = 255
+    maps[2][4:, :] = 255
+    for label_map in maps:
+        segments = label_map_segments(label_map, None, list("abcdef"), [1, 2, 3, 4, 5, 6], ignore_value=255)
+        expected = []
+        for index in sorted(set(np.unique(label_map).tolist()) - {255}):
+            rle = mask_utils.encode(np.asfortranarray((label_map == index).astype(np.uint8)))
+            counts, area = rle["counts"].decode("ascii"), int(mask_utils.area(rle))
+            expected.append((index + 1, counts, area, list(mask_utils.toBbox(rle))))
+        assert [(s["category_id"], s["rle"], s["area"], s["bbox"]) for s in segments] == expected
 
 
 def test_segments_errors() -> None:

@@ -24,6 +24,7 @@ from .inputs import (
     InputItem,
     display_name,
     filesystem_of,
+    iter_folder,
     lookup_entry,
     parquet_columns,
     resolve_entry,
@@ -31,7 +32,8 @@ from .inputs import (
 
 
 def expand_container(container: Container, bytes_column: str | None = None) -> Iterator[InputItem]:
-    """The images inside a Parquet file (with their bytes, or their paths), a WebDataset shard or a list file.
+    """The images inside a Parquet file (with their bytes, or their paths), a WebDataset shard, a list file or a
+    local folder.
 
     Raises:
         InputError: a list file that is not UTF-8 (naming its line) or names no path.
@@ -41,6 +43,8 @@ def expand_container(container: Container, bytes_column: str | None = None) -> I
         yield from _iter_parquet(container.uri, fs, path, bytes_column)
     elif container.kind == "list":
         yield from _iter_list(container.uri, fs, path)
+    elif container.kind == "folder":
+        yield from iter_folder(container)
     else:
         yield from _iter_tar(container.uri, fs, path)
 

@@ -24,12 +24,12 @@ EXPANDED_ROWS = 1024
 
 
 def expand_containers(batch: dict[str, np.ndarray], bytes_column: str | None) -> Iterator[dict[str, list[Any]]]:
-    """``map_batches``: Parquet files, WebDataset shards or list files (``kind``, ``uri``) -> their image rows,
-    yielded :data:`EXPANDED_ROWS` at a time (Ray Data streams each on: a container of millions of images is
-    never held whole)."""
+    """``map_batches``: Parquet files, WebDataset shards, list files or folders (``kind``, ``uri``, ``exclude``)
+    -> their image rows, yielded :data:`EXPANDED_ROWS` at a time (Ray Data streams each on: a container of
+    millions of images is never held whole)."""
     rows: dict[str, list[Any]] = {"image_path": [], "data": [], "error": []}
-    for kind, uri in zip(batch["kind"], batch["uri"], strict=True):
-        for item in expand_container(Container(str(kind), str(uri)), bytes_column):
+    for kind, uri, exclude in zip(batch["kind"], batch["uri"], batch["exclude"], strict=True):
+        for item in expand_container(Container(str(kind), str(uri), str(exclude)), bytes_column):
             rows["image_path"].append(item.image_path)
             rows["data"].append(item.data or b"")
             rows["error"].append(item.error or "")

@@ -1,10 +1,9 @@
 """Resolve ``--input`` into the list of images to label.
 
 A folder, glob, list file, Parquet file(s) or WebDataset ``.tar`` shards, local or any URI pyarrow reads;
-list files, Parquet files and shards are listed as :class:`Container` s whose images
-``pipeline.label.containers`` reads in Ray tasks (a list of millions of paths never reaches the driver).
-What each kind of spec means: ``docs/labeling.md``.
-"""
+local folders of images, list files, Parquet files and shards are listed as :class:`Container` s whose images
+``pipeline.label.containers`` reads in Ray tasks (millions of paths never reach the driver).
+What each kind of spec means: ``docs/labeling.md``."""
 
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ import pyarrow.parquet as pq
 
 from san.errors import UserError
 
-from .local_files import missing_reason, not_regular_reason, walk_local
+from .local_files import iter_local, missing_reason, not_regular_reason, walk_local
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
@@ -41,8 +40,9 @@ class InputError(UserError):
 class Container:
     """A Parquet file, WebDataset shard or list file whose images are listed lazily, inside Ray tasks."""
 
-    kind: str  # "parquet", "tar" or "list"
+    kind: str  # "parquet", "tar", "list" or "folder" (a local folder of images, walked in the task)
     uri: str  # as the user would write it (local path or URI)
+    exclude: str = ""  # "folder": a folder the walk leaves out (the job's output), normalised; "" for none
 
 
 @dataclass
@@ -198,9 +198,16 @@ def _locate(spec: str) -> tuple[pafs.FileSystem, str]:
 def _iter_directory(
     spec: str, fs: pafs.FileSystem, path: str, exclusion: _Exclusion
 ) -> Iterator[InputItem | Container]:
-    """A folder's images (or its Parquet files / ``.tar`` shards when it holds nothing else), no hidden names."""
+    """A folder's images (or its Parquet files / ``.tar`` shards when it holds nothing else), no hidden names.
+
+    A local folder that holds an image is one ``"folder"`` container, walked inside a Ray task (see
+    :func:`iter_folder`): only the walk up to its first such file happens here."""
+    if isinstance(fs, pafs.LocalFileSystem) and _holds_other_files(fs, path, exclusion):
+        excluded = exclusion[1] if exclusion is not None and not _excluded(fs, path, exclusion) else ""
+        yield Container("folder", display_name(spec, fs, path), excluded)
+        return
     entries, reasons = _walk(fs, path, exclusion)
-    entries = [e for e in entries if not any(p.startswith(".") for p in _relative_parts(e.path, path))]
+    entries = [e for e in entries if not _hidden(e.path, path)]
     files = sorted(e.path for e in entries if e.type == pafs.FileType.File and not e.base_name.startswith("."))
     kind = next((k for k in ("parquet", "tar") if files and all(f.endswith(f".{k}") for f in files)), None)
     if kind is None:
@@ -208,6 +215,42 @@ def _iter_directory(
         return
     yield from (Container(kind, display_name(spec, fs, f)) for f in files)
     yield from _classify(spec, fs, [e for e in entries if e.type == pafs.FileType.NotFound], reasons)
+
+
+def _hidden(path: str, root: str) -> bool:
+    """Whether ``path`` or a folder between it and ``root`` has a hidden (dot) name."""
+    return any(part.startswith(".") for part in _relative_parts(path, root))
+
+
+def _visible_entries(
+    fs: pafs.FileSystem, root: str, exclusion: _Exclusion
+) -> Iterator[tuple[pafs.FileInfo, str | None]]:
+    """:func:`~pipeline.label.local_files.iter_local` of a local ``root``, less hidden names and the excluded
+    folder (unless ``root`` itself lies in it: then the user asked for it, as ``--smoke-test`` does)."""
+    if _excluded(fs, root, exclusion):
+        exclusion = None
+    for entry, reason in iter_local(root, lambda path: _excluded(fs, path, exclusion)):
+        if not _hidden(entry.path, root) and not _excluded(fs, entry.path, exclusion):
+            yield entry, reason
+
+
+def _holds_other_files(fs: pafs.FileSystem, root: str, exclusion: _Exclusion) -> bool:
+    """Whether the local folder holds a visible file that is not a Parquet file or ``.tar`` shard (walked
+    lazily, up to the first one)."""
+    return any(
+        entry.type == pafs.FileType.File and not entry.path.endswith((".parquet", ".tar"))
+        for entry, _ in _visible_entries(fs, root, exclusion)
+    )
+
+
+def iter_folder(container: Container) -> Iterator[InputItem]:
+    """The images (and error rows) of a ``"folder"`` container, as the walk finds them: each folder's entries
+    in name order, subfolders depth-first in name order, folder links last (see
+    :func:`~pipeline.label.local_files.iter_local`)."""
+    fs, path = filesystem_of(container.uri)
+    exclusion = (fs.type_name, container.exclude) if container.exclude else None
+    for entry, reason in _visible_entries(fs, path, exclusion):
+        yield from _classify(container.uri, fs, [entry], {entry.path: reason} if reason else None)
 
 
 def _classify(

@@ -37,12 +37,12 @@ from ..outputs import MAX_REPORTED_DUPLICATES, RunOutput
 from ..stopping import StopRequested, stop_on_sigterm
 from ..vocabulary import Vocabulary, load_vocabulary
 from .attempts import start_ledger
-from .batching import WINDOW_BATCHES, GroupStage
+from .batching import WINDOW_BATCHES, GroupStage, one_batch_per_block
 from .decode import EXPANDED_ROWS, DecodeStage, expand_containers
 from .encode import EncodeStage
 from .images import DEFAULT_MAX_PIXELS
 from .inputs import ResolvedInputs, resolve_inputs
-from .predict import SMOKE_MODEL, ModelSpec, PredictStage
+from .predict import NULL_MODEL, SMOKE_MODEL, ModelSpec, PredictStage
 from .resources import ResourcePlan, init_ray, plan_resources
 from .resume import SkipLabeled, start_tally
 from .smoke import write_smoke_images
@@ -300,7 +300,9 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
 
     model = ModelSpec(SMOKE_MODEL if options.smoke_test else options.model, options.config).resolved()
     init_ray()
-    plan = plan_resources(options.workers, options.gpus_per_worker, smoke_test=options.smoke_test)
+    plan = plan_resources(
+        options.workers, options.gpus_per_worker, smoke_test=options.smoke_test, null_model=model.model == NULL_MODEL
+    )
     if options.dtype == "fp16" and plan.device != "cuda":
         raise OptionError(
             "`dtype` fp16 needs GPU workers, and this run's workers use the CPU "
@@ -368,7 +370,7 @@ def _listing(options: LabelOptions, resolved: ResolvedInputs, cpus: float) -> ra
         rows = [{"image_path": i.image_path, "data": b"", "error": i.error or ""} for i in resolved.items]
         parts.append(ray.data.from_items(rows, override_num_blocks=-(-len(rows) // EXPANDED_ROWS)))
     if resolved.containers:
-        sources = [{"kind": c.kind, "uri": c.uri} for c in resolved.containers]
+        sources = [{"kind": c.kind, "uri": c.uri, "exclude": c.exclude} for c in resolved.containers]
         blocks = min(len(sources), MAX_INPUT_BLOCKS)  # one task per container, in parallel
         expand = {"bytes_column": options.bytes_column}
         parts.append(
@@ -400,9 +402,7 @@ def _build_dataset(
     resize = ResizeShortestEdge(options.short_side, options.max_size)  # the one rule every stage uses
     window = options.batch_size * WINDOW_BATCHES
     dataset = dataset.map_batches(GroupStage(resize, options.batch_size), batch_size=window, **cpu)
-    # One model batch per block from here on: each task or actor call takes one, so that a batch held up
-    # (a slow image, a dead worker) holds up no other (streaming, no shuffle).
-    dataset = dataset.repartition(target_num_rows_per_block=1)
+    dataset = one_batch_per_block(dataset, cpu)
     dataset = dataset.map_batches(DecodeStage(resize, options.max_pixels), batch_size=1, **cpu)
     dataset = dataset.map_batches(
         PredictStage,

@@ -13,7 +13,7 @@ import errno
 import os
 import posixpath
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pyarrow.fs as pafs
 
@@ -57,39 +57,52 @@ def not_regular_reason(path: str) -> str | None:
 
 
 def walk_local(root: str, excluded: Callable[[str], bool]) -> tuple[list[pafs.FileInfo], dict[str, str]]:
-    """Everything under the local folder ``root``, links followed, each real folder entered once.
-
-    Folders reached without a link are walked first, so a folder inside ``root`` is listed under its real
-    path; then the folder links, in order. A link to a folder already listed is not followed: it is
-    returned as a ``NotFound`` entry whose reason (in the returned ``{path: reason}``) names the path the
-    folder is listed under. Unreadable links are ``NotFound`` entries (see :func:`missing_reason`), special
-    files ``Unknown`` ones. Folders for which ``excluded(path)`` is true are not entered.
-    """
+    """Everything :func:`iter_local` finds under ``root``, as a list, and the ``{path: reason}`` of the entries
+    that cannot be followed."""
     entries: list[pafs.FileInfo] = []
     reasons: dict[str, str] = {}
+    for entry, reason in iter_local(root, excluded):
+        entries.append(entry)
+        if reason:
+            reasons[entry.path] = reason
+    return entries, reasons
+
+
+def iter_local(root: str, excluded: Callable[[str], bool]) -> Iterator[tuple[pafs.FileInfo, str | None]]:
+    """Everything under the local folder ``root``, links followed, each real folder entered once, yielded as it
+    is found (a tree of millions of files is never held): ``(entry, reason)``, the reason set only for an entry
+    that cannot be followed.
+
+    Each folder's entries come in name order, its subfolders depth-first in name order. Folders reached without
+    a link are walked first, so a folder inside ``root`` is listed under its real path; then the folder links,
+    in order. A link to a folder already listed is not followed: it is a ``NotFound`` entry whose reason names
+    the path the folder is listed under. Unreadable links are ``NotFound`` entries (reason: see
+    :func:`missing_reason`, given by the caller), special files ``Unknown`` ones. Folders for which
+    ``excluded(path)`` is true are not entered.
+    """
     listed = {_folder_key(root): root}  # (device, inode) of each folder entered -> the path it is listed under
-    folders, links = [root], []
+    folders: list[str] = [root]  # a stack: the next folder to scan is last
+    links: list[tuple[str, tuple[int, int]]] = []
     while folders or links:
         if not folders:
             path, key = links.pop(0)
             if key in listed:
-                entries.append(pafs.FileInfo(path, type=pafs.FileType.NotFound))
-                reasons[path] = _second_link_reason(path, listed[key])
+                yield pafs.FileInfo(path, type=pafs.FileType.NotFound), _second_link_reason(path, listed[key])
                 continue
             listed[key] = path
-            entries.append(pafs.FileInfo(path, type=pafs.FileType.Directory))
+            yield pafs.FileInfo(path, type=pafs.FileType.Directory), None
             folders.append(path)
             continue
         folder = folders.pop()
         try:
             scanned = _scan(folder)
         except OSError as error:
-            entries.append(pafs.FileInfo(folder, type=pafs.FileType.NotFound))
-            reasons[folder] = f"cannot list folder: {error.strerror}"
+            yield pafs.FileInfo(folder, type=pafs.FileType.NotFound), f"cannot list folder: {error.strerror}"
             continue
+        subfolders = []
         for path, is_link, info in scanned:
             if info is None:
-                entries.append(pafs.FileInfo(path, type=pafs.FileType.NotFound))
+                yield pafs.FileInfo(path, type=pafs.FileType.NotFound), None
             elif stat.S_ISDIR(info.st_mode):
                 key = (info.st_dev, info.st_ino)
                 if excluded(path):
@@ -98,13 +111,13 @@ def walk_local(root: str, excluded: Callable[[str], bool]) -> tuple[list[pafs.Fi
                     links.append((path, key))
                     continue
                 listed[key] = path
-                entries.append(pafs.FileInfo(path, type=pafs.FileType.Directory))
-                folders.append(path)
+                yield pafs.FileInfo(path, type=pafs.FileType.Directory), None
+                subfolders.append(path)
             elif stat.S_ISREG(info.st_mode):
-                entries.append(pafs.FileInfo(path, type=pafs.FileType.File, size=info.st_size))
+                yield pafs.FileInfo(path, type=pafs.FileType.File, size=info.st_size), None
             else:
-                entries.append(pafs.FileInfo(path, type=pafs.FileType.Unknown))
-    return entries, reasons
+                yield pafs.FileInfo(path, type=pafs.FileType.Unknown), None
+        folders.extend(reversed(subfolders))
 
 
 def _folder_key(path: str) -> tuple[int, int]:

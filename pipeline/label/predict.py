@@ -12,17 +12,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
-import torch
 
 import san
 from san.errors import OptionError
-from san.predictor import Prediction, Predictor
+from san.prediction import Prediction
 from san.transforms import ResizeShortestEdge
-from san.tta import TestTimeAugmentation
+
+if TYPE_CHECKING:
+    from san.tta import TestTimeAugmentation
 
 from ..segments import class_mean_scores
 from ..vocabulary import Vocabulary
@@ -66,6 +67,8 @@ class ModelSpec:
         return self
 
     def load(self) -> san.SAN:
+        import torch  # here, not at the top: a null-model actor never imports torch (seconds of its start)
+
         if self.model.startswith(RANDOM_PREFIX):
             torch.manual_seed(0)
             return san.build_san(self.model[len(RANDOM_PREFIX) :])
@@ -80,16 +83,21 @@ class NullPredictor:
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
         self.unlabeled = 255 if num_classes <= 255 else 65535
+        self._maps: dict[tuple[int, int], Prediction] = {}  # one per size: the map is fixed
 
     def predict(self, images: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]]) -> list[Prediction]:
-        """One :class:`~san.predictor.Prediction` at each ``original_sizes`` ``(H, W)``."""
-        dtype = np.uint8 if self.unlabeled == 255 else np.uint16
-        predictions = []
-        for height, width in original_sizes:
+        """One :class:`~san.predictor.Prediction` at each ``original_sizes`` ``(H, W)`` (shared, read-only)."""
+        return [self._prediction(int(height), int(width)) for height, width in original_sizes]
+
+    def _prediction(self, height: int, width: int) -> Prediction:
+        if (height, width) not in self._maps:
+            dtype = np.uint8 if self.unlabeled == 255 else np.uint16
             cells = np.add.outer(np.arange(height) // NULL_CELL, np.arange(width) // NULL_CELL)
             label_map = (cells % self.num_classes).astype(dtype)
-            predictions.append(Prediction(label_map, np.ones(label_map.shape, np.float32), self.unlabeled))
-        return predictions
+            scores = np.ones(label_map.shape, np.float32)
+            label_map.flags.writeable = scores.flags.writeable = False
+            self._maps[(height, width)] = Prediction(label_map, scores, self.unlabeled)
+        return self._maps[(height, width)]
 
 
 class PredictStage:
@@ -117,13 +125,17 @@ class PredictStage:
         tta: TestTimeAugmentation | None,
     ):
         self.attempts = Attempts(attempts)
-        if device == "cpu":
-            torch.set_num_threads(threads)
         self.vocabulary = Vocabulary.from_json(vocabulary)
         self.resize, self.batch_size = resize, batch_size
         if model.model == NULL_MODEL:
             self.predictor = NullPredictor(len(self.vocabulary.names))
             return
+        import torch  # here, not at the top: a null-model actor never imports torch (seconds of its start)
+
+        from san.predictor import Predictor
+
+        if device == "cpu":
+            torch.set_num_threads(threads)
         net = model.load()
         if templates is not None:
             net.text_classifier.set_template_set(templates)

@@ -34,6 +34,8 @@ class ResourcePlan:
     decode_cpus: float
 
 
+# Logical CPUs of a ``--model null`` actor on a CPU cluster (it only hands over a fixed label map).
+NULL_MODEL_CPUS = 0.25
 # Seconds to wait for the first predictor actors (model load, weights download) before failing.
 ACTOR_START_TIMEOUT_S = 900
 
@@ -96,13 +98,15 @@ def start_on_driver_node(cls: type) -> ray.actor.ActorHandle:
 
 
 def plan_resources(
-    workers: tuple[int, int] | None, gpus_per_worker: float | None, smoke_test: bool = False
+    workers: tuple[int, int] | None, gpus_per_worker: float | None, smoke_test: bool = False, null_model: bool = False
 ) -> ResourcePlan:
     """Choose actor-pool size and per-actor resources from what the cluster has.
 
     GPU cluster: one actor per ``gpus_per_worker`` share of the GPUs (default 1 GPU each), 1 CPU
     each. CPU cluster: actors of 1 CPU each, at most ``CPUs - 1`` of them so decode tasks always have
-    a CPU; each actor's torch uses the node's CPUs divided among its actors.
+    a CPU; each actor's torch uses the node's CPUs divided among its actors. ``null_model`` (``--model
+    null``, whose actors compute almost nothing): CPU actors of a quarter CPU, the rest left to the stages
+    being measured.
     """
     total = ray.cluster_resources()
     cpus = float(total.get("CPU", 0))
@@ -121,13 +125,13 @@ def plan_resources(
     if cpus < 1:
         raise ResourceError(f"the Ray cluster has {cpus:g} CPUs; the job needs at least 1")
     on_gpu = gpus_per_worker > 0
-    cpus_per_worker = 1.0 if cpus >= 2 else 0.5
+    cpus_per_worker = NULL_MODEL_CPUS if null_model and not on_gpu else 1.0 if cpus >= 2 else 0.5
     if on_gpu:
         capacity = int(gpus // gpus_per_worker)
     else:
         capacity = max(1, int((cpus - 1) // cpus_per_worker)) if cpus >= 2 else 1
     if workers is None:
-        workers = (1, capacity)
+        workers = (1, 1 if null_model else capacity)  # a null actor keeps up with any decode: one is enough
     low, high = workers  # 1 <= low <= high: checked by LabelOptions
     if low > capacity:
         raise ResourceError(
@@ -136,7 +140,9 @@ def plan_resources(
         )
     high = min(high, capacity)
     threads = max(1, int(cpus // high)) if not on_gpu else 1
-    decode_cpus = 0.5 if cpus < 4 else 1.0
+    # Ray Data gives each stage a budget of about its share of the CPUs; on a small machine a task of half a CPU
+    # would leave one decode task running at a time (measured: the whole job's bottleneck on 2 CPUs).
+    decode_cpus = 0.25 if cpus < 4 else 1.0
     if not on_gpu and decode_cpus == cpus_per_worker:
         # Ray Data fuses a task stage into the next actor stage when their resources are equal, and the decode
         # would then run in the model's actors (measured with Ray 2.60 on 1 CPU): keep them apart.
