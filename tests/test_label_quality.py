@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from skimage import data
-from varied_model import model_input, varied_tiny_model
+from varied_model import model_input, varied_tiny_model, write_photos
 
 import san
 import san.tta
@@ -125,8 +124,9 @@ def test_test_time_augmentation_averages_the_passes_chunk_by_chunk(model: san.SA
 
     whole = average_best_class(passes, size, reduce, max_elements=1 << 40, chunk_elements=1 << 40)
     banded = average_best_class(passes, size, reduce, max_elements=20_000, chunk_elements=50_000)
-    for average_best, average_index in (whole, banded):
-        assert torch.equal(average_index, index) and torch.allclose(average_best, best, rtol=1e-6, atol=1e-7)
+    # Bands of another width round the resizing matrix products differently (measured: up to 2.8e-6).
+    for (average_best, average_index), atol in ((whole, 1e-7), (banded, 1e-5)):
+        assert torch.equal(average_index, index) and torch.allclose(average_best, best, rtol=1e-6, atol=atol)
     assert index.unique().numel() > 1, "the test needs several winning classes"
 
     predictor = Predictor(model, prompts, prompt_to_class, device="cpu", resize=RESIZE, tta=tta)
@@ -178,11 +178,8 @@ def test_the_label_job_adds_other_names_averages_tta_passes_and_applies_class_mi
     from pipeline.vocabulary import parse_vocabulary
 
     san.save_checkpoint(model, tmp_path / "varied.safetensors")
-    photos = {"astronaut.png": data.astronaut(), "coffee.png": data.coffee(), "chelsea.png": data.chelsea()}
     folder = tmp_path / "images"
-    folder.mkdir()
-    for name, photo in photos.items():
-        Image.fromarray(photo).save(folder / name)
+    photos = write_photos(folder)
     (tmp_path / "other.txt").write_text("Sky\ntree\nwall\nsea\ngrass\n")
     lines = ["person: astronaut", "cat", "coffee cup", "sky", "flag"]
     vocabulary = parse_vocabulary("\n".join(lines))

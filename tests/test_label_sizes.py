@@ -8,9 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from skimage import data
-from varied_model import model_input, varied_tiny_model
+from varied_model import model_input, varied_tiny_model, write_photos
 
 import san
 from pipeline.label.job import LabelOptions, run_label_job
@@ -39,11 +37,8 @@ def test_label_maps_are_inferred_at_the_short_side_asked_for(tmp_path: Path, mon
     model = varied_tiny_model()
     san.save_checkpoint(model, tmp_path / "varied.safetensors")
 
-    photos = {"astronaut.png": data.astronaut(), "coffee.png": data.coffee(), "chelsea.png": data.chelsea()}
     folder = tmp_path / "images"
-    folder.mkdir()
-    for name, photo in photos.items():
-        Image.fromarray(photo).save(folder / name)
+    photos = write_photos(folder)
     (tmp_path / "vocab.txt").write_text(VOCABULARY)
     monkeypatch.setenv("RAY_ADDRESS", "local")
     options = LabelOptions(

@@ -3,9 +3,12 @@ here independently of ``san.transforms`` (for tests that check what the labeling
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image
+from skimage import data
 
 import san
 
@@ -29,3 +32,12 @@ def varied_tiny_model() -> san.SAN:
             if name.startswith(("side_adapter.", "clip_recognition.")) and parameter.ndim > 1:
                 parameter.normal_(0, 0.3, generator=generator)
     return model
+
+
+def write_photos(folder: Path) -> dict[str, np.ndarray]:
+    """Three scikit-image photos (astronaut, coffee, chelsea) as PNGs in a new ``folder``: ``{file name: pixels}``."""
+    photos = {"astronaut.png": data.astronaut(), "coffee.png": data.coffee(), "chelsea.png": data.chelsea()}
+    folder.mkdir()
+    for name, photo in photos.items():
+        Image.fromarray(photo).save(folder / name)
+    return photos

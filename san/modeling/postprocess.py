@@ -43,13 +43,13 @@ def semantic_scores(
     column dropped after the softmax), in bands of output columns (see :func:`column_bands`), exactly as
     :func:`best_class` computes it.
     """
-    probs, masks = _probabilities_and_masks(mask_preds, mask_logits, padded_size, image_size)
+    resized = _ResizedMasks.of(mask_preds, mask_logits, padded_size, image_size, output_size)
     wanted = range(output_size[1])[columns if columns is not None else slice(None)]
-    scores = masks.new_empty(probs.shape[1], output_size[0], len(wanted))
-    for band in column_bands(*probs.shape, output_size, max_elements):
+    scores = resized.rows.new_empty(resized.probs.shape[1], output_size[0], len(wanted))
+    for band in column_bands(*resized.probs.shape, output_size, max_elements):
         start, stop = max(band.start, wanted.start), min(band.stop, wanted.stop)
         if start < stop:
-            band_scores = _scores(probs, masks, output_size, band).transpose(1, 2)
+            band_scores = resized.scores(band)
             scores[:, :, start - wanted.start : stop - wanted.start] = band_scores[
                 :, :, start - band.start : stop - band.start
             ]
@@ -69,66 +69,77 @@ def best_class(
     ever holding the scores of more than one band of output columns (``semantic_scores`` holds
     ``C * H_out * W_out`` floats: 4 GiB for 10 classes on a 12000x9000 photo).
     """
-    probs, masks = _probabilities_and_masks(mask_preds, mask_logits, padded_size, image_size)
-    best = masks.new_empty(output_size)
-    index_dtype = torch.uint8 if probs.shape[1] <= 256 else torch.int32
-    index = torch.empty(output_size, dtype=index_dtype, device=masks.device)
-    for columns in column_bands(*probs.shape, output_size, max_elements):
-        value, arg = _scores(probs, masks, output_size, columns).max(dim=0)
-        best[:, columns] = value.T
-        index[:, columns] = arg.T
+    resized = _ResizedMasks.of(mask_preds, mask_logits, padded_size, image_size, output_size)
+    best = resized.rows.new_empty(output_size)
+    index_dtype = torch.uint8 if resized.probs.shape[1] <= 256 else torch.int32
+    index = torch.empty(output_size, dtype=index_dtype, device=mask_preds.device)
+    for columns in column_bands(*resized.probs.shape, output_size, max_elements):
+        value, arg = resized.scores(columns).max(dim=0)
+        best[:, columns] = value
+        index[:, columns] = arg
     return best, index
 
 
 def column_bands(num_queries: int, num_classes: int, output_size: tuple[int, int], max_elements: int) -> list[slice]:
     """The bands of output columns the scores are computed in: each holds at most ``max_elements`` class
-    scores and upsampled masks (at least one column).
+    scores and resized masks (at least one column).
 
     Both :func:`semantic_scores` and :func:`best_class` use these bands, so that their results agree bit
-    for bit: PyTorch's kernels (bilinear resize, sigmoid, matrix products) round the same element
-    differently in tensors of different shapes, so a band computed alone can differ from the same columns
-    of a whole map in the last bit.
+    for bit: PyTorch's kernels (matrix products, sigmoid) round the same element differently in tensors of
+    different shapes, so a band computed alone can differ from the same columns of a whole map in the last
+    bit.
     """
     height, width = output_size
     band = max(1, max_elements // ((num_queries + num_classes) * height))
     return [slice(start, min(start + band, width)) for start in range(0, width, band)]
 
 
-def _probabilities_and_masks(
-    mask_preds: torch.Tensor, mask_logits: torch.Tensor, padded_size: tuple[int, int], image_size: tuple[int, int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities ``[Q, C]`` (background dropped after the softmax) and the mask logits upsampled
-    to the padded size and cropped to the image, transposed: ``[Q, w, h]`` (a band of columns is then a
-    gather of rows); float32 (float64 for float64 inputs)."""
-    dtype = torch.promote_types(mask_preds.dtype, torch.float32)  # never post-process in half precision
-    probs = mask_logits.to(dtype).softmax(dim=-1)[:, :-1]
-    masks = F.interpolate(mask_preds.to(dtype)[None], size=padded_size, mode="bilinear", align_corners=False)[0]
-    return probs, masks[:, : image_size[0], : image_size[1]].transpose(1, 2).contiguous()
+def resize_weights(low: int, padded: int, image: int, output: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """The ``[output, low]`` matrix ``R`` such that ``R @ x`` resizes ``low`` samples as SAN's post-processing
+    does along one axis: bilinear (align_corners=False) to ``padded``, the first ``image`` kept, bilinear to
+    ``output``. The weights are ``F.interpolate``'s own (applied to the identity, in float64)."""
+    identity = torch.eye(low, dtype=torch.float64, device=device)[None, None]
+    weights = F.interpolate(identity, size=(padded, low), mode="bilinear", align_corners=False)[0, 0, :image]
+    if output != image:
+        weights = F.interpolate(weights[None, None], size=(output, low), mode="bilinear", align_corners=False)[0, 0]
+    return weights.to(dtype)
 
 
-def _scores(probs: torch.Tensor, masks: torch.Tensor, output_size: tuple[int, int], columns: slice) -> torch.Tensor:
-    """``sum_q probs[q, c] * sigmoid(mask_q resized to output_size)`` for the output ``columns``, from
-    transposed masks ``[Q, w, h]``: ``[C, W_cols, H_out]`` (transposed too)."""
-    m = _resize_columns(masks, output_size[1], columns)
-    if output_size[0] != masks.shape[2]:
-        m = F.interpolate(m[None], size=(m.shape[1], output_size[0]), mode="bilinear", align_corners=False)[0]
-    return torch.einsum("qc,qwh->cwh", probs, m.sigmoid())
+@dataclass
+class _ResizedMasks:
+    """One image's class probabilities ``probs`` ``[Q, C]`` (background dropped after the softmax), its mask
+    logits resized along the rows to the output height, ``rows`` ``[Q, H_out, w]``, and the column weights
+    ``columns`` ``[W_out, w]`` (:func:`resize_weights`); float32 (float64 for float64 inputs).
 
+    Both resizes are matrix products with the interpolation weights (a few GFLOP at 640x640, where the upsampled
+    masks would take a full-size intermediate and several passes over it), so a band of output columns never
+    needs more than its own masks."""
 
-def _resize_columns(masks: torch.Tensor, width: int, columns: slice) -> torch.Tensor:
-    """Transposed masks ``[q, w, h]`` resized to ``width`` columns (bilinear, align_corners=False, as
-    ``F.interpolate``), only the output ``columns``: ``[q, W_cols, h]``.
+    probs: torch.Tensor
+    rows: torch.Tensor
+    columns: torch.Tensor
 
-    Hand-written because ``F.interpolate`` resizes whole rows: every band of columns would resize the full
-    width again. Each output column is ``x[:, i0] * w0 + x[:, i1] * w1``, with ``F.interpolate``'s source
-    positions and weights (computed in float64).
-    """
-    span = range(width)[columns]
-    if masks.shape[1] == width:
-        return masks[:, span.start : span.stop]
-    position = torch.arange(span.start, span.stop, dtype=torch.float64, device=masks.device)
-    source = ((position + 0.5) * (masks.shape[1] / width) - 0.5).clamp(min=0)
-    first = source.floor().long().clamp(max=masks.shape[1] - 1)
-    weight = (source - first).clamp(0, 1).to(masks.dtype)[:, None]
-    second = (first + 1).clamp(max=masks.shape[1] - 1)
-    return masks.index_select(1, first).mul_(1 - weight).add_(masks.index_select(1, second).mul_(weight))
+    @classmethod
+    def of(
+        cls,
+        mask_preds: torch.Tensor,
+        mask_logits: torch.Tensor,
+        padded_size: tuple[int, int],
+        image_size: tuple[int, int],
+        output_size: tuple[int, int],
+    ) -> _ResizedMasks:
+        dtype = torch.promote_types(mask_preds.dtype, torch.float32)  # never post-process in half precision
+        device = mask_preds.device
+        low_height, low_width = mask_preds.shape[1:]
+        with torch.autocast(device.type, enabled=False):
+            probs = mask_logits.to(dtype).softmax(dim=-1)[:, :-1]
+            row_weights = resize_weights(low_height, padded_size[0], image_size[0], output_size[0], dtype, device)
+            rows = torch.matmul(row_weights, mask_preds.to(dtype))
+        column_weights = resize_weights(low_width, padded_size[1], image_size[1], output_size[1], dtype, device)
+        return cls(probs, rows, column_weights)
+
+    def scores(self, band: slice) -> torch.Tensor:
+        """``sum_q probs[q, c] * sigmoid(mask_q resized)`` in the output columns ``band``: ``[C, H_out, B]``."""
+        with torch.autocast(self.rows.device.type, enabled=False):
+            masks = torch.matmul(self.rows, self.columns[band].T).sigmoid_()
+            return torch.einsum("qc,qhb->chb", self.probs, masks)
