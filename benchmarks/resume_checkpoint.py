@@ -70,9 +70,12 @@ def with_ray_checkpoint(images: Path, folder: Path, half: int) -> list[tuple[flo
     try:
         for source in ("first.parquet", "all.parquet"):
             started = time.perf_counter()
-            rows = ray.data.read_parquet(str(folder / source)).map_batches(_as_input_rows)
-            rows = rows.map_batches(GroupStage(SAN_EVAL_RESIZE, BATCH), batch_size=BATCH * WINDOW_BATCHES)
-            rows = rows.map_batches(DecodeStage(SAN_EVAL_RESIZE, 10**8), batch_size=1)
+            # The stages and resources of the job's own plan (pipeline.label.resources on 2 CPUs, null model):
+            # with Ray's default of a whole CPU each, the checkpoint's filter actor leaves none for the encoding.
+            cpu = {"num_cpus": 0.2}
+            rows = ray.data.read_parquet(str(folder / source)).map_batches(_as_input_rows, **cpu)
+            rows = rows.map_batches(GroupStage(SAN_EVAL_RESIZE, BATCH), batch_size=BATCH * WINDOW_BATCHES, **cpu)
+            rows = rows.map_batches(DecodeStage(SAN_EVAL_RESIZE, 10**8), batch_size=1, **cpu)
             rows = rows.map_batches(
                 PredictStage,
                 fn_constructor_kwargs={
@@ -86,12 +89,15 @@ def with_ray_checkpoint(images: Path, folder: Path, half: int) -> list[tuple[flo
                     "resize": SAN_EVAL_RESIZE,
                     "batch_size": BATCH,
                     "attempts": start_ledger(),
+                    "other": [],
+                    "tta": None,
                 },
                 batch_size=1,
                 compute=ray.data.ActorPoolStrategy(size=1),
+                num_cpus=0.25,
             )
-            rows = rows.map_batches(EncodeStage(vocabulary), batch_size=None).map_batches(
-                lambda t: t.select(PREDICTION_SCHEMA.names), batch_format="pyarrow"
+            rows = rows.map_batches(EncodeStage(vocabulary), batch_size=None, **cpu).map_batches(
+                lambda t: t.select(PREDICTION_SCHEMA.names), batch_format="pyarrow", **cpu
             )
             before = _rows(folder / "out")
             rows.write_parquet(str(folder / "out"))
@@ -114,13 +120,16 @@ def _as_input_rows(batch: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument(
+        "--cpus", type=int, default=os.cpu_count(), help="logical CPUs of the local Ray (default: this machine's)"
+    )
     parser.add_argument("--write", type=Path, help="append the table to this Markdown file")
     args = parser.parse_args()
     command = shlex.join(["python", *sys.argv])
     half = args.images // 2
     with tempfile.TemporaryDirectory() as tmp:
         images = write_jpegs(Path(tmp) / "images", args.images, [(640, 480)])
-        ray.init(address="local", num_cpus=os.cpu_count(), logging_level="ERROR")
+        ray.init(address="local", num_cpus=args.cpus, logging_level="ERROR")
         try:
             rows = {"this job's resume": ours(images, Path(tmp) / "ours", half)}
             (Path(tmp) / "ray").mkdir()
@@ -131,7 +140,8 @@ def main() -> None:
         f"### Resume: this job's filter vs Ray's CheckpointConfig ({time.strftime('%Y-%m-%d %H:%M')})",
         "",
         f"{args.images} JPEGs 640x480, `--model null`, batch {BATCH}; first run: {half} images, second run: all "
-        f"(must label the other {args.images - half}). Load average {os.getloadavg()[0]:.2f}. Command: `{command}`",
+        f"(must label the other {args.images - half}); local Ray of {args.cpus} logical CPUs. "
+        f"Load average {os.getloadavg()[0]:.2f}. Command: `{command}`",
         "",
         "| mechanism | first run, s | second run, s | images the second run labeled |",
         "| --- | --- | --- | --- |",
