@@ -38,7 +38,7 @@ class InputError(UserError):
 
 @dataclass(frozen=True)
 class Container:
-    """A Parquet file, WebDataset shard or list file whose images are listed lazily, inside Ray tasks."""
+    """A Parquet file, WebDataset shard, list file or local folder whose images are listed lazily, in Ray tasks."""
 
     kind: str  # "parquet", "tar", "list" or "folder" (a local folder of images, walked in the task)
     uri: str  # as the user would write it (local path or URI)
