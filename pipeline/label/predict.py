@@ -86,7 +86,7 @@ class NullPredictor:
         self._maps: dict[tuple[int, int], Prediction] = {}  # one per size: the map is fixed
 
     def predict(self, images: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]]) -> list[Prediction]:
-        """One :class:`~san.predictor.Prediction` at each ``original_sizes`` ``(H, W)`` (shared, read-only)."""
+        """One :class:`~san.prediction.Prediction` at each ``original_sizes`` ``(H, W)`` (shared, read-only)."""
         return [self._prediction(int(height), int(width)) for height, width in original_sizes]
 
     def _prediction(self, height: int, width: int) -> Prediction:
