@@ -32,7 +32,7 @@ __all__ = [
 
 UNLABELED_U8 = 255
 UNLABELED_U16 = 65535
-# Pixels of a label map whose distinct classes are found at once.
+# Pixels of a label map read at once (its runs of equal values, or a band of rows of its class score sums).
 UNIQUE_BAND_PIXELS = 1 << 22
 
 
@@ -190,18 +190,16 @@ def label_map_segments(
         raise ValueError(f"class_scores must have one score per class ({num_classes}), got {len(class_scores)}")
     if pixel_scores is not None and tuple(pixel_scores.shape) != (height, width):
         raise ValueError(f"pixel_scores must have shape [H, W] = {[height, width]}, got {list(pixel_scores.shape)}")
-    rows = max(1, UNIQUE_BAND_PIXELS // width)  # np.unique sorts a copy: bands of rows keep it small
-    present = np.unique(
-        np.concatenate([np.unique(label_map[start : start + rows]) for start in range(0, height, rows)])
-    )
+    runs = _runs(label_map)
+    present = np.unique(runs[0])  # the classes present: the values of the runs, not a sort of every pixel
     if ignore_value is not None:
         present = present[present != ignore_value]
     if present.size and (present[0] < 0 or present[-1] >= num_classes):
         bad = present[0] if present[0] < 0 else present[-1]
         raise ValueError(f"label_map holds class index {int(bad)}, outside 0..{num_classes - 1}")
     segments: list[dict[str, Any]] = []
-    for index, runs in zip(present.tolist(), _class_runs(label_map, present), strict=True):
-        rle = mask_utils.frPyObjects({"counts": runs, "size": [height, width]}, height, width)
+    for index in present.tolist():
+        rle = mask_utils.frPyObjects({"counts": _rle_counts(*runs, index), "size": [height, width]}, height, width)
         area = int(mask_utils.area(rle))
         if class_scores is not None:
             score = float(class_scores[index])
@@ -222,10 +220,10 @@ def label_map_segments(
     return segments
 
 
-def _class_runs(label_map: np.ndarray, classes: np.ndarray) -> list[list[int]]:
-    """For each of ``classes`` (present in the map), the uncompressed COCO RLE counts of its mask (column-major
-    runs, from a run of zeros to the last), from one pass over the map: the runs of equal values in each band of
-    columns, merged across bands. Only a band's column-major copy and the runs are held, never a mask per class.
+def _runs(label_map: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runs of equal values of the map in column-major order (the order of COCO RLE): their values, starts
+    and ends (flat column-major indices), from one pass in bands of columns, runs cut by a band edge merged.
+    Only a band's column-major copy and the runs are held, never a mask per class.
 
     Hand-written because ``pycocotools.mask.encode`` takes one binary mask per class: a full pass and a
     column-major copy of the map for every class present."""
@@ -234,19 +232,21 @@ def _class_runs(label_map: np.ndarray, classes: np.ndarray) -> list[list[int]]:
     values, starts = [], []
     for first in range(0, width, columns):
         flat = label_map[:, first : first + columns].ravel(order="F")
-        begins = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-        values.append(flat[np.concatenate([[0], begins])])
-        starts.append(np.concatenate([[0], begins]) + first * height)
+        begins = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1])
+        values.append(flat[begins])
+        starts.append(begins + first * height)
     value, start = np.concatenate(values), np.concatenate(starts)
     keep = np.concatenate([[True], value[1:] != value[:-1]])  # a run cut by a band edge is one run
     value, start = value[keep], start[keep]
-    end = np.append(start[1:], height * width)
-    counts = []
-    for index in classes.tolist():
-        mine = value == index
-        run_start, run_end = start[mine], end[mine]
-        gaps = run_start - np.concatenate([[0], run_end[:-1]])
-        runs = np.stack([gaps, run_end - run_start], axis=1).ravel().tolist()
-        tail = height * width - int(run_end[-1])
-        counts.append(runs + [tail] if tail else runs)  # the closing run of zeros, as pycocotools writes it
-    return counts
+    return value, start, np.append(start[1:], height * width)
+
+
+def _rle_counts(value: np.ndarray, start: np.ndarray, end: np.ndarray, index: int) -> list[int]:
+    """The uncompressed COCO RLE counts of class ``index`` (present in the map) from the map's :func:`_runs`:
+    alternating runs of zeros and ones, from a run of zeros to the last run."""
+    mine = value == index
+    run_start, run_end = start[mine], end[mine]
+    gaps = run_start - np.concatenate([[0], run_end[:-1]])
+    counts = np.stack([gaps, run_end - run_start], axis=1).ravel().tolist()
+    tail = int(end[-1]) - int(run_end[-1])
+    return counts + [tail] if tail else counts  # the closing run of zeros, as pycocotools writes it
