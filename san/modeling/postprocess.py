@@ -141,5 +141,5 @@ class _ResizedMasks:
     def scores(self, band: slice) -> torch.Tensor:
         """``sum_q probs[q, c] * sigmoid(mask_q resized)`` in the output columns ``band``: ``[C, H_out, B]``."""
         with torch.autocast(self.rows.device.type, enabled=False):
-            masks = torch.matmul(self.rows, self.columns[band].T).sigmoid_()
+            masks = F.linear(self.rows, self.columns[band]).sigmoid_()
             return torch.einsum("qc,qhb->chb", self.probs, masks)
