@@ -5,13 +5,17 @@ One process, one image, the variants taking turns every round (so that load from
 on all alike); best and median of ``--repeats`` rounds after a warm-up round, and each variant's max abs
 difference to the baseline's scores. Variants:
 
-* ``baseline``: ``model.predict_scores`` as shipped;
+* ``baseline``: ``model.predict_scores`` as shipped (on x86, linear layers and attention through oneDNN:
+  ``san.modeling.cpu_kernels``);
+* ``pytorch_kernels``: the same with PyTorch's own CPU kernels (``SAN_CPU_KERNELS=pytorch``: MKL products,
+  the fused attention kernel);
 * ``channels_last``: the model's 4-D weights (patch embeddings, 1x1 convs) in channels-last memory format;
 * ``compile``: ``model.compile()`` (TorchInductor; compilation happens in the warm-up round, timed apart);
 * ``postprocess``: the post-processing alone (upsampling, sigmoid, class weighting at the image size), on the
   baseline's outputs.
 
-    python benchmarks/fp32_options.py --variants baseline channels_last compile postprocess --write BENCHMARKS.md
+    python benchmarks/fp32_options.py --variants baseline pytorch_kernels channels_last compile postprocess \\
+        --write BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import copy
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,7 +35,20 @@ import san
 from san.modeling.postprocess import semantic_scores
 
 VOCABULARY = ["person", "car", "tree", "sky", "road", "building", "grass", "dog", "cat", "water"]
-VARIANTS = ("baseline", "channels_last", "compile", "postprocess")
+VARIANTS = ("baseline", "pytorch_kernels", "channels_last", "compile", "postprocess")
+
+
+def with_pytorch_kernels(run: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``run()`` with ``SAN_CPU_KERNELS=pytorch``: PyTorch's own CPU kernels."""
+    before = os.environ.get("SAN_CPU_KERNELS")
+    os.environ["SAN_CPU_KERNELS"] = "pytorch"
+    try:
+        return run()
+    finally:
+        if before is None:
+            del os.environ["SAN_CPU_KERNELS"]
+        else:
+            os.environ["SAN_CPU_KERNELS"] = before
 
 
 def main() -> None:
@@ -60,11 +78,13 @@ def main() -> None:
         models["compile"] = copy.deepcopy(model)
         models["compile"].compile()
     runners = {name: (lambda m=m: m.predict_scores([image], VOCABULARY)[0]) for name, m in models.items()}
-    if "baseline" not in args.variants:
-        del runners["baseline"]
+    if "pytorch_kernels" in args.variants:
+        runners["pytorch_kernels"] = lambda shipped=runners["baseline"]: with_pytorch_kernels(shipped)
     if "postprocess" in args.variants:
         runners["postprocess"] = lambda: semantic_scores(mask_preds, mask_logits, batch.shape[-2:], size, size)
     reference = model.predict_scores([image], VOCABULARY)[0]
+    if "baseline" not in args.variants:
+        del runners["baseline"]
     times: dict[str, list[float]] = {name: [] for name in runners}
     differences: dict[str, float] = {}
     names = list(runners)

@@ -49,6 +49,17 @@ def test_speedups_benchmark_reports_equal_results(tmp_path: Path) -> None:
         assert float(row[-1]) < 1e-4, f"before and after differ: {row}"
 
 
+def test_fp32_options_benchmark_compares_the_cpu_kernels(tmp_path: Path) -> None:
+    report = tmp_path / "fp32.md"
+    variants = ("--variants", "baseline", "pytorch_kernels", "postprocess")
+    run_script(
+        "fp32_options.py", "--preset", "san_tiny", "--size", "128", "--repeats", "1", *variants, "--write", str(report)
+    )
+    rows = table_rows(report)
+    assert [row[0] for row in rows] == ["baseline", "pytorch_kernels", "postprocess"]
+    assert float(rows[1][-1]) < 1e-4, f"PyTorch's kernels and oneDNN's disagree: {rows[1]}"
+
+
 def test_postprocess_memory_benchmark_compares_the_methods(tmp_path: Path) -> None:
     report = tmp_path / "memory.md"
     methods = ("--methods", "class_scores", "predict", "worker")

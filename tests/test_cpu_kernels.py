@@ -93,3 +93,9 @@ def test_predictions_on_cpu_run_through_the_kernels(monkeypatch: pytest.MonkeyPa
     assert (linears[0], attentions[0]) == (0, 0)
     model.predict_scores([image], ["cat", "dog"])
     assert linears[0] > 0 and attentions[0] > 0
+
+
+def test_the_environment_can_turn_the_kernels_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(cpu_kernels.cpu_inference_kernels(torch.device("cpu")), CpuInferenceKernels)
+    monkeypatch.setenv("SAN_CPU_KERNELS", "pytorch")
+    assert not isinstance(cpu_kernels.cpu_inference_kernels(torch.device("cpu")), CpuInferenceKernels)

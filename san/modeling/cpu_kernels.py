@@ -5,12 +5,15 @@ and its fused CPU attention kernel runs at a fraction of matrix-product speed fo
 which PyTorch already ships and uses for bf16 products and convolutions, has AVX-512 and bf16 kernels for
 every x86 CPU: on a 2-core AMD EPYC with AVX-512 a 1700x768 @ 768x3072 float32 product runs at 410 GFLOP/s
 there against 210 GFLOP/s through MKL (BENCHMARKS.md). The same float32 arithmetic, summed in another order.
+
+``SAN_CPU_KERNELS=pytorch`` in the environment turns the swap off (PyTorch's own kernels, e.g. to compare).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import platform
 from collections.abc import Callable
 from typing import Any
@@ -127,7 +130,9 @@ def _attention_is_swapped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *ar
 
 
 def cpu_inference_kernels(device: torch.device) -> contextlib.AbstractContextManager:
-    """:class:`CpuInferenceKernels` for inference on an x86 CPU with oneDNN, else a no-op context."""
-    if torch.device(device).type == "cpu" and onednn_linear_available():
+    """:class:`CpuInferenceKernels` for inference on an x86 CPU with oneDNN, else (or with
+    ``SAN_CPU_KERNELS=pytorch`` set) a no-op context."""
+    swap = os.environ.get("SAN_CPU_KERNELS", "onednn") != "pytorch"
+    if swap and torch.device(device).type == "cpu" and onednn_linear_available():
         return CpuInferenceKernels()
     return contextlib.nullcontext()
