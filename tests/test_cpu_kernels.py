@@ -35,7 +35,7 @@ def test_blocked_attention_equals_sdpa(monkeypatch: pytest.MonkeyPatch, dtype: t
     monkeypatch.setattr(cpu_kernels, "ATTENTION_BLOCK_ELEMENTS", 7 * 30)  # 7 query rows per block: 5 blocks
     torch.manual_seed(0)
     qkv = torch.randn(2, 33, 3, 4, 16).permute(2, 0, 3, 1, 4).to(dtype)  # strided, as attention blocks make them
-    q, k, v = qkv[0], qkv[1, :, :, :30], qkv[2, :, :, :30]
+    q, k, v = qkv[0], qkv[1, :, :, :30], qkv[2, :, :, :30, :12]  # values narrower than queries and keys
     mask = None
     if masked:
         mask = torch.randn(2, 1, 33, 30).to(dtype)

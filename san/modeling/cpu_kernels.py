@@ -52,18 +52,18 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 def blocked_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None, scale: float | None = None
 ) -> torch.Tensor:
-    """``softmax(q k^T * scale + attn_mask) v`` for ``q`` ``[B, H, L, D]``, ``k``/``v`` ``[B, H, S, D]`` and an
-    additive float ``attn_mask`` broadcastable to ``[B, H, L, S]``: ``[B, H, L, D]``.
+    """``softmax(q k^T * scale + attn_mask) v`` for ``q`` ``[B, H, L, D]``, ``k`` ``[B, H, S, D]``, ``v``
+    ``[B, H, S, Dv]`` and an additive float ``attn_mask`` broadcastable to ``[B, H, L, S]``: ``[B, H, L, Dv]``.
 
     One head and one block of at most :data:`ATTENTION_BLOCK_ELEMENTS` scores at a time, each product through
     :func:`onednn_linear`. The result's memory is laid out as ``[B, L, H, D]`` (the layout attention blocks
-    reshape it to next), so it is a transposed view.
+    reshape it to next), so it is a transposed view. ``scale`` defaults to ``1 / sqrt(D)``, as in PyTorch.
     """
     batch, heads, length, depth = q.shape
     keys = k.shape[2]
     q = q * (depth**-0.5 if scale is None else scale)
     mask = attn_mask.expand(batch, heads, length, keys) if attn_mask is not None else None
-    out = q.new_empty(batch, length, heads, depth).transpose(1, 2)
+    out = q.new_empty(batch, length, heads, v.shape[-1]).transpose(1, 2)
     rows = max(1, ATTENTION_BLOCK_ELEMENTS // keys)
     for b in range(batch):
         for h in range(heads):
