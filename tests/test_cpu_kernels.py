@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import san
 from san.modeling import cpu_kernels
 from san.modeling.cpu_kernels import CpuInferenceKernels, blocked_attention, onednn_linear, onednn_linear_available
+from san.modeling.postprocess import semantic_scores
 
 pytestmark = pytest.mark.skipif(not onednn_linear_available(), reason="needs an x86-64 CPU and PyTorch with oneDNN")
 
@@ -99,3 +100,21 @@ def test_the_environment_can_turn_the_kernels_off(monkeypatch: pytest.MonkeyPatc
     assert isinstance(cpu_kernels.cpu_inference_kernels(torch.device("cpu")), CpuInferenceKernels)
     monkeypatch.setenv("SAN_CPU_KERNELS", "pytorch")
     assert not isinstance(cpu_kernels.cpu_inference_kernels(torch.device("cpu")), CpuInferenceKernels)
+
+
+def test_post_processing_gives_the_same_bits_inside_and_outside_the_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Post-processing takes the oneDNN product wherever it runs (``predict_*``, test-time augmentation, alone),
+    so that its results never depend on the caller; ``SAN_CPU_KERNELS=pytorch`` takes PyTorch's own."""
+    linears = count_calls(monkeypatch, "onednn_linear")
+    torch.manual_seed(0)
+    mask_preds, mask_logits = torch.randn(5, 8, 8), torch.randn(5, 4)
+    args = (mask_preds, mask_logits, (32, 32), (30, 27), (61, 50))
+    alone = semantic_scores(*args)
+    assert linears[0] > 0
+    with CpuInferenceKernels():
+        assert torch.equal(semantic_scores(*args), alone)
+    monkeypatch.setenv("SAN_CPU_KERNELS", "pytorch")
+    calls = linears[0]
+    pytorch = semantic_scores(*args)
+    assert linears[0] == calls
+    torch.testing.assert_close(pytorch, alone)

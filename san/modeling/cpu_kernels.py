@@ -77,10 +77,10 @@ def blocked_attention(
 
 
 class CpuInferenceKernels(TorchFunctionMode):
-    """While active and gradients are off: float32 ``F.linear`` on CPU tensors runs through :func:`onednn_linear`
-    (bf16 products already go to oneDNN), and float32/bf16 ``F.scaled_dot_product_attention`` on CPU tensors
-    through :func:`blocked_attention`. Any other call, or one with dropout, a causal or boolean mask, runs as
-    usual."""
+    """While active, for CPU tensors that autograd does not record: float32 ``F.linear`` runs through
+    :func:`onednn_linear` (bf16 products already go to oneDNN), and float32/bf16
+    ``F.scaled_dot_product_attention`` through :func:`blocked_attention`. Any other call, or one with dropout,
+    a causal or boolean mask, runs as usual."""
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
@@ -97,7 +97,9 @@ def _argument(args: tuple, kwargs: dict, position: int, name: str, default: Any 
 
 
 def _on_cpu_without_grad(*tensors: torch.Tensor) -> bool:
-    return not torch.is_grad_enabled() and all(t.device.type == "cpu" for t in tensors)
+    """CPU tensors of which autograd records nothing (the swapped kernels have no backward)."""
+    recorded = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return not recorded and all(t.device.type == "cpu" for t in tensors)
 
 
 def _linear_is_swapped(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
@@ -129,10 +131,23 @@ def _attention_is_swapped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *ar
     )
 
 
+def cpu_kernels_enabled() -> bool:
+    """Whether the swap applies here: an x86 CPU with oneDNN, and ``SAN_CPU_KERNELS`` not ``pytorch``."""
+    return os.environ.get("SAN_CPU_KERNELS", "onednn") != "pytorch" and onednn_linear_available()
+
+
 def cpu_inference_kernels(device: torch.device) -> contextlib.AbstractContextManager:
-    """:class:`CpuInferenceKernels` for inference on an x86 CPU with oneDNN, else (or with
-    ``SAN_CPU_KERNELS=pytorch`` set) a no-op context."""
-    swap = os.environ.get("SAN_CPU_KERNELS", "onednn") != "pytorch"
-    if swap and torch.device(device).type == "cpu" and onednn_linear_available():
+    """:class:`CpuInferenceKernels` for inference on the CPU where :func:`cpu_kernels_enabled`, else a no-op
+    context."""
+    if torch.device(device).type == "cpu" and cpu_kernels_enabled():
         return CpuInferenceKernels()
     return contextlib.nullcontext()
+
+
+def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``, through :func:`onednn_linear` wherever :class:`CpuInferenceKernels` would send it there, with
+    or without the mode: for code outside the model whose results must not depend on where it is called from
+    (post-processing, by ``predict_*`` or on its own)."""
+    if cpu_kernels_enabled() and _linear_is_swapped(x, weight, bias):
+        return onednn_linear(x, weight, bias)
+    return F.linear(x, weight, bias)

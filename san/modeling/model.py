@@ -191,29 +191,18 @@ class SAN(nn.Module):
         was_training = self.training
         self.eval()
         try:
+            results: list[Result | None] = [None] * len(images)
             with cpu_inference_kernels(self.device):
-                return self._predict_groups(images, vocabulary, sizes, output_sizes, batch_size, postprocess)
+                for group in _padded_size_groups(sizes, self.config.size_divisibility, batch_size):
+                    batch = self.normalize_and_pad([images[i] for i in group])
+                    out = self(batch, vocabulary)
+                    for j, i in enumerate(group):
+                        results[i] = postprocess(
+                            out.mask_preds[-1][j], out.mask_logits[-1][j], batch.shape[-2:], sizes[i], output_sizes[i]
+                        )
+            return results  # type: ignore[return-value]
         finally:
             self.train(was_training)
-
-    def _predict_groups(
-        self,
-        images: Sequence[torch.Tensor],
-        vocabulary: list[str],
-        sizes: list[tuple[int, int]],
-        output_sizes: list[tuple[int, int]],
-        batch_size: int,
-        postprocess: Callable[..., Result],
-    ) -> list[Result]:
-        results: list[Result | None] = [None] * len(images)
-        for group in _padded_size_groups(sizes, self.config.size_divisibility, batch_size):
-            batch = self.normalize_and_pad([images[i] for i in group])
-            out = self(batch, vocabulary)
-            for j, i in enumerate(group):
-                results[i] = postprocess(
-                    out.mask_preds[-1][j], out.mask_logits[-1][j], batch.shape[-2:], sizes[i], output_sizes[i]
-                )
-        return results  # type: ignore[return-value]
 
 
 def _check_images(images: Sequence[torch.Tensor]) -> None:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .cpu_kernels import inference_linear
+
 # Class scores plus upsampled masks of one band of output columns (32 MiB in float32).
 BAND_ELEMENTS = 1 << 23
 
@@ -141,5 +143,5 @@ class _ResizedMasks:
     def scores(self, band: slice) -> torch.Tensor:
         """``sum_q probs[q, c] * sigmoid(mask_q resized)`` in the output columns ``band``: ``[C, H_out, B]``."""
         with torch.autocast(self.rows.device.type, enabled=False):
-            masks = F.linear(self.rows, self.columns[band]).sigmoid_()
+            masks = inference_linear(self.rows, self.columns[band]).sigmoid_()
             return torch.einsum("qc,qhb->chb", self.probs, masks)
