@@ -56,7 +56,7 @@ def blocked_attention(
     ``[B, H, S, Dv]`` and an additive float ``attn_mask`` broadcastable to ``[B, H, L, S]``: ``[B, H, L, Dv]``.
 
     One head and one block of at most :data:`ATTENTION_BLOCK_ELEMENTS` scores at a time, each product through
-    :func:`onednn_linear`. The result's memory is laid out as ``[B, L, H, D]`` (the layout attention blocks
+    :func:`onednn_linear`. The result's memory is laid out as ``[B, L, H, Dv]`` (the layout attention blocks
     reshape it to next), so it is a transposed view. ``scale`` defaults to ``1 / sqrt(D)``, as in PyTorch.
     """
     batch, heads, length, depth = q.shape
@@ -84,8 +84,8 @@ class CpuInferenceKernels(TorchFunctionMode):
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if func is F.linear and _linear_is_swapped(*args, **kwargs):
-            return onednn_linear(*args, **kwargs)
+        if func is F.linear:
+            return inference_linear(*args, **kwargs)
         if func is F.scaled_dot_product_attention and _attention_is_swapped(*args, **kwargs):
             mask = _argument(args, kwargs, 3, "attn_mask")
             return blocked_attention(*args[:3], attn_mask=mask, scale=kwargs.get("scale"))
