@@ -2,7 +2,27 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
+
+
+def cpu_description() -> str:
+    """This CPU as speed tables name it: its x86 capability, bf16 units and the kernels SAN's inference swaps in
+    (``san.modeling.cpu_kernels.kernel_choice``). Imports torch: only for the benchmarks that run the model."""
+    import torch
+
+    from san.modeling.cpu_kernels import kernel_choice
+    from san.precision import cpu_bf16_units
+
+    choice = kernel_choice()
+    swapped = ", ".join(
+        ["float32 linear"] * choice.float32_linear
+        + [f"{str(t)[6:]} attention" for t in sorted(choice.attention_dtypes, key=str)]
+    )
+    return (
+        f"{platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()}, bf16 units: "
+        f"{', '.join(cpu_bf16_units()) or 'none'}; oneDNN kernels: {swapped or 'none'})"
+    )
 
 
 def emit(lines: list[str], write: Path | None) -> None:

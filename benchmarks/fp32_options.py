@@ -5,16 +5,19 @@ One process, one image, the variants taking turns every round (so that load from
 on all alike); best and median of ``--repeats`` rounds after a warm-up round, and each variant's max abs
 difference to the baseline's scores. Variants:
 
-* ``baseline``: ``model.predict_scores`` as shipped (on x86, linear layers and attention through oneDNN:
-  ``san.modeling.cpu_kernels``);
+* ``baseline``: ``model.predict_scores`` as shipped (``SAN_CPU_KERNELS=auto``: on x86 CPUs with AVX-512, linear
+  layers and attention through oneDNN, ``san.modeling.cpu_kernels``; PyTorch's own kernels on AVX2-only CPUs);
 * ``pytorch_kernels``: the same with PyTorch's own CPU kernels (``SAN_CPU_KERNELS=pytorch``: MKL products,
   the fused attention kernel);
+* ``onednn_kernels``: the same with the oneDNN float32 swap forced (``SAN_CPU_KERNELS=onednn``: on an AVX2-only
+  CPU, what the swap would cost there);
 * ``channels_last``: the model's 4-D weights (patch embeddings, 1x1 convs) in channels-last memory format;
 * ``compile``: ``model.compile()`` (TorchInductor; compilation happens in the warm-up round, timed apart);
 * ``postprocess``: the post-processing alone (upsampling, sigmoid, class weighting at the image size), on the
   baseline's outputs.
 
-    python benchmarks/fp32_options.py --variants baseline pytorch_kernels channels_last compile postprocess \\
+    python benchmarks/fp32_options.py --variants baseline pytorch_kernels onednn_kernels channels_last compile \\
+        postprocess \\
         --write BENCHMARKS.md
 """
 
@@ -29,19 +32,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _report import emit
+from _report import cpu_description, emit
 
 import san
 from san.modeling.postprocess import semantic_scores
 
 VOCABULARY = ["person", "car", "tree", "sky", "road", "building", "grass", "dog", "cat", "water"]
-VARIANTS = ("baseline", "pytorch_kernels", "channels_last", "compile", "postprocess")
+VARIANTS = ("baseline", "pytorch_kernels", "onednn_kernels", "channels_last", "compile", "postprocess")
+KERNEL_VARIANTS = {"pytorch_kernels": "pytorch", "onednn_kernels": "onednn"}
 
 
-def with_pytorch_kernels(run: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """``run()`` with ``SAN_CPU_KERNELS=pytorch``: PyTorch's own CPU kernels."""
+def with_kernels(setting: str, run: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``run()`` with ``SAN_CPU_KERNELS=setting``."""
     before = os.environ.get("SAN_CPU_KERNELS")
-    os.environ["SAN_CPU_KERNELS"] = "pytorch"
+    os.environ["SAN_CPU_KERNELS"] = setting
     try:
         return run()
     finally:
@@ -78,8 +82,9 @@ def main() -> None:
         models["compile"] = copy.deepcopy(model)
         models["compile"].compile()
     runners = {name: (lambda m=m: m.predict_scores([image], VOCABULARY)[0]) for name, m in models.items()}
-    if "pytorch_kernels" in args.variants:
-        runners["pytorch_kernels"] = lambda shipped=runners["baseline"]: with_pytorch_kernels(shipped)
+    for variant, setting in KERNEL_VARIANTS.items():
+        if variant in args.variants:
+            runners[variant] = lambda shipped=runners["baseline"], setting=setting: with_kernels(setting, shipped)
     if "postprocess" in args.variants:
         runners["postprocess"] = lambda: semantic_scores(mask_preds, mask_logits, batch.shape[-2:], size, size)
     reference = model.predict_scores([image], VOCABULARY)[0]
@@ -103,8 +108,9 @@ def main() -> None:
         f"### fp32 options on CPU ({time.strftime('%Y-%m-%d %H:%M %Z')})",
         "",
         f"{args.preset}, random weights, one {args.size}x{args.size} image, {len(VOCABULARY)} classes, "
-        f"{args.threads} threads, torch {torch.__version__}; variants take turns, best and median of {args.repeats} "
-        f"rounds after a warm-up round; load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} at the end. "
+        f"{args.threads} threads, torch {torch.__version__}, CPU {cpu_description()}; variants take turns, best and "
+        f"median of {args.repeats} rounds after a warm-up round; load average "
+        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} at the end. "
         "`postprocess` is the post-processing alone (its share of the baseline bounds what fusing it can save).",
         "",
         "| variant | s best | s median | vs baseline | max abs diff to baseline |",

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -36,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _report import emit
+from _report import cpu_description, emit
 
 WORKER = Path(__file__).with_name("_official_worker.py")
 SETUP = "Set-up of the official side" + __doc__.split("Set-up of the official side")[1].split("\n\n    python")[0]
@@ -155,8 +154,7 @@ def main() -> None:
     lines = [
         f"### Side by side with the official code ({time.strftime('%Y-%m-%d %H:%M %Z')})",
         "",
-        f"CPU: {platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()}, "
-        f"bf16 units: {', '.join(cpu_bf16_units()) or 'none'}), {args.threads} threads in each process, "
+        f"CPU: {cpu_description()}, {args.threads} threads in each process, "
         f"torch {torch.__version__}; official SAN at MendelXu/SAN `{_commit(args.official_tree)}`; random "
         f"ViT-B/16 weights, {len(vocabulary)} classes, one {args.size}x{args.size} image; the two codes take "
         f"turns, best and median of {args.repeats} rounds after a warm-up round. Load average (1, 5, 15 min): "

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .errors import OptionError
+from .modeling.cpu_kernels import kernel_choice
 from .modeling.model import SAN
 from .modeling.postprocess import ImageOutputs
 from .modeling.text_classifier import check_vocabulary
@@ -85,6 +86,8 @@ class Predictor:
         self.tta = tta
         self.batch_size = batch_size
         self.model = model.to(self.device).eval()
+        if self.device.type == "cpu":
+            kernel_choice()  # an unknown SAN_CPU_KERNELS fails here, once, rather than at every batch
         cpu_bf16 = self.dtype == torch.bfloat16 and self.device.type == "cpu"
         if cpu_bf16:
             warn_without_cpu_bf16_units()

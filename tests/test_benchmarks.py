@@ -51,13 +51,14 @@ def test_speedups_benchmark_reports_equal_results(tmp_path: Path) -> None:
 
 def test_fp32_options_benchmark_compares_the_cpu_kernels(tmp_path: Path) -> None:
     report = tmp_path / "fp32.md"
-    variants = ("--variants", "baseline", "pytorch_kernels", "postprocess")
+    variants = ("--variants", "baseline", "pytorch_kernels", "onednn_kernels", "postprocess")
     run_script(
         "fp32_options.py", "--preset", "san_tiny", "--size", "128", "--repeats", "1", *variants, "--write", str(report)
     )
     rows = table_rows(report)
-    assert [row[0] for row in rows] == ["baseline", "pytorch_kernels", "postprocess"]
-    assert float(rows[1][-1]) < 1e-4, f"PyTorch's kernels and oneDNN's disagree: {rows[1]}"
+    assert [row[0] for row in rows] == ["baseline", "pytorch_kernels", "onednn_kernels", "postprocess"]
+    assert float(rows[1][-1]) < 1e-4, f"PyTorch's kernels and the shipped ones disagree: {rows[1]}"
+    assert float(rows[2][-1]) < 1e-4, f"oneDNN's kernels and the shipped ones disagree: {rows[2]}"
 
 
 def test_postprocess_memory_benchmark_compares_the_methods(tmp_path: Path) -> None:

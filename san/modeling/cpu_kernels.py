@@ -1,12 +1,16 @@
-"""Faster kernels for inference on x86 CPUs, swapped in under :func:`cpu_inference_kernels`.
+"""Faster kernels for inference on x86 CPUs, swapped in under :func:`cpu_inference_kernels` where they are
+faster on this CPU (:func:`kernel_choice`).
 
 PyTorch sends float32 matrix products on the CPU to MKL, whose code path on non-Intel CPUs stops at AVX2,
 and its fused CPU attention kernel runs at a fraction of matrix-product speed for SAN's 40-wide heads. oneDNN,
-which PyTorch already ships and uses for bf16 products and convolutions, has AVX-512 and bf16 kernels for
-every x86 CPU: on a 2-core AMD EPYC with AVX-512 a 1700x768 @ 768x3072 float32 product runs at 410 GFLOP/s
-there against 210 GFLOP/s through MKL (BENCHMARKS.md). The same float32 arithmetic, summed in another order.
+which PyTorch already ships and uses for bf16 products and convolutions, has AVX-512 and bf16 kernels: on a
+2-core AMD EPYC with AVX-512 a 1700x768 @ 768x3072 float32 product runs at 410 GFLOP/s there against
+210 GFLOP/s through MKL (BENCHMARKS.md). The same float32 arithmetic, summed in another order. On an AVX2-only
+CPU oneDNN's float32 kernels were slower than PyTorch's own, and it has no bf16 kernels at all (creating one
+fails), so there nothing is swapped.
 
-``SAN_CPU_KERNELS=pytorch`` in the environment turns the swap off (PyTorch's own kernels, e.g. to compare).
+``SAN_CPU_KERNELS`` in the environment: ``auto`` (the default, :func:`kernel_choice`), ``pytorch`` (PyTorch's own
+kernels everywhere, e.g. to compare) or ``onednn`` (the float32 swap on any x86 CPU, e.g. to measure it on AVX2).
 """
 
 from __future__ import annotations
@@ -16,17 +20,23 @@ import functools
 import os
 import platform
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from ..errors import OptionError
+
 # Attention scores of one head are computed in blocks of query rows holding at most this many (16 MiB in
 # float32), so that a large image's side-adapter attention never needs its whole score matrix.
 ATTENTION_BLOCK_ELEMENTS = 1 << 22
 
-_FAST_DTYPES = (torch.float32, torch.bfloat16)
+KERNEL_SETTINGS = ("auto", "onednn", "pytorch")
+# oneDNN's own cap on the instruction sets it uses (it reads either name): values below AVX-512 make its
+# float32 kernels as slow as on an AVX2-only CPU.
+_ONEDNN_ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
 
 @functools.cache
@@ -37,6 +47,67 @@ def onednn_linear_available() -> bool:
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     )
+
+
+@functools.cache
+def onednn_linear_dtypes() -> frozenset[torch.dtype]:
+    """The dtypes (of float32, bf16) that oneDNN's linear kernel runs on this CPU, found by trying a tiny product
+    in each once per process. Tried rather than read off the CPU's flags: oneDNN's own dispatch decides (an
+    AVX2-only CPU, or ``ONEDNN_MAX_CPU_ISA=AVX2``, has no bf16 kernel: "could not create a primitive
+    descriptor")."""
+    if not onednn_linear_available():
+        return frozenset()
+    runs = set()
+    for dtype in (torch.float32, torch.bfloat16):
+        try:
+            onednn_linear(torch.ones(2, 8, dtype=dtype), torch.ones(4, 8, dtype=dtype))
+        except RuntimeError:
+            continue
+        runs.add(dtype)
+    return frozenset(runs)
+
+
+def onednn_avx512() -> bool:
+    """Whether oneDNN runs AVX-512 code here: the CPU has AVX-512 and ``ONEDNN_MAX_CPU_ISA`` does not hold
+    oneDNN below it."""
+    for variable in _ONEDNN_ISA_VARIABLES:
+        cap = os.environ.get(variable, "").strip().upper()
+        if cap and cap not in ("ALL", "DEFAULT") and not cap.startswith(("AVX512", "AVX10")):
+            return False
+    return bool(getattr(torch.cpu, "_is_avx512_supported", lambda: False)())
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """What :class:`CpuInferenceKernels` swaps: float32 products (``F.linear``) to oneDNN, and the dtypes of
+    ``F.scaled_dot_product_attention`` that run as :func:`blocked_attention`."""
+
+    float32_linear: bool = False
+    attention_dtypes: frozenset[torch.dtype] = frozenset()
+
+    @property
+    def swaps_anything(self) -> bool:
+        return self.float32_linear or bool(self.attention_dtypes)
+
+
+def kernel_choice() -> KernelChoice:
+    """The swap for this CPU and ``SAN_CPU_KERNELS`` (module docstring). ``auto``: float32 products and attention
+    where oneDNN runs AVX-512 code (measured faster there, slower on an AVX2-only CPU: BENCHMARKS.md), bf16
+    attention wherever oneDNN has a bf16 kernel (bf16 products already go to oneDNN through PyTorch).
+
+    Raises :class:`~san.errors.OptionError` for any other ``SAN_CPU_KERNELS``.
+    """
+    setting = os.environ.get("SAN_CPU_KERNELS", "auto").strip().lower() or "auto"
+    if setting not in KERNEL_SETTINGS:
+        raise OptionError(
+            f"environment variable SAN_CPU_KERNELS={setting}: expected one of {', '.join(KERNEL_SETTINGS)}"
+        )
+    runs = onednn_linear_dtypes()
+    if setting == "pytorch" or not runs:
+        return KernelChoice()
+    float32 = torch.float32 in runs and (setting == "onednn" or onednn_avx512())
+    attention = (runs & {torch.bfloat16}) | ({torch.float32} if float32 else set())
+    return KernelChoice(float32_linear=float32, attention_dtypes=frozenset(attention))
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -77,16 +148,19 @@ def blocked_attention(
 
 
 class CpuInferenceKernels(TorchFunctionMode):
-    """While active, for CPU tensors that autograd does not record: float32 ``F.linear`` runs through
-    :func:`onednn_linear` (bf16 products already go to oneDNN), and float32/bf16
-    ``F.scaled_dot_product_attention`` through :func:`blocked_attention`. Any other call, or one with dropout,
-    a causal or boolean mask, runs as usual."""
+    """While active, for CPU tensors that autograd does not record, what ``choice`` swaps: float32 ``F.linear``
+    through :func:`onednn_linear`, and ``F.scaled_dot_product_attention`` of its dtypes through
+    :func:`blocked_attention`. Any other call, or one with dropout, a causal or boolean mask, runs as usual."""
+
+    def __init__(self, choice: KernelChoice) -> None:
+        super().__init__()
+        self.choice = choice
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if func is F.linear:
-            return inference_linear(*args, **kwargs)
-        if func is F.scaled_dot_product_attention and _attention_is_swapped(*args, **kwargs):
+        if func is F.linear and self.choice.float32_linear and _linear_is_swapped(*args, **kwargs):
+            return onednn_linear(*args, **kwargs)
+        if func is F.scaled_dot_product_attention and _attention_is_swapped(self.choice, *args, **kwargs):
             mask = _argument(args, kwargs, 3, "attn_mask")
             return blocked_attention(*args[:3], attn_mask=mask, scale=kwargs.get("scale"))
         return func(*args, **kwargs)
@@ -112,7 +186,9 @@ def _linear_is_swapped(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     )
 
 
-def _attention_is_swapped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any, **kwargs: Any) -> bool:
+def _attention_is_swapped(
+    choice: KernelChoice, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any, **kwargs: Any
+) -> bool:
     mask = _argument(args, kwargs, 0, "attn_mask")
     plain = (
         _argument(args, kwargs, 1, "dropout_p", 0.0) == 0.0
@@ -123,7 +199,7 @@ def _attention_is_swapped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *ar
         plain
         and _on_cpu_without_grad(q, k, v)
         and q.dim() == k.dim() == v.dim() == 4
-        and q.dtype in _FAST_DTYPES
+        and q.dtype in choice.attention_dtypes
         and q.dtype == k.dtype == v.dtype
         and q.shape[:2] == k.shape[:2] == v.shape[:2]
         and min(q.shape[2], k.shape[2]) > 0
@@ -131,16 +207,13 @@ def _attention_is_swapped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *ar
     )
 
 
-def cpu_kernels_enabled() -> bool:
-    """Whether the swap applies here: an x86 CPU with oneDNN, and ``SAN_CPU_KERNELS`` not ``pytorch``."""
-    return os.environ.get("SAN_CPU_KERNELS", "onednn") != "pytorch" and onednn_linear_available()
-
-
 def cpu_inference_kernels(device: torch.device) -> contextlib.AbstractContextManager:
-    """:class:`CpuInferenceKernels` for inference on the CPU where :func:`cpu_kernels_enabled`, else a no-op
-    context."""
-    if torch.device(device).type == "cpu" and cpu_kernels_enabled():
-        return CpuInferenceKernels()
+    """:class:`CpuInferenceKernels` with this CPU's :func:`kernel_choice` for inference on the CPU, or a no-op
+    context where it swaps nothing (other devices, an AVX2-only CPU, ``SAN_CPU_KERNELS=pytorch``)."""
+    if torch.device(device).type == "cpu":
+        choice = kernel_choice()
+        if choice.swaps_anything:
+            return CpuInferenceKernels(choice)
     return contextlib.nullcontext()
 
 
@@ -148,6 +221,6 @@ def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     """``F.linear``, through :func:`onednn_linear` wherever :class:`CpuInferenceKernels` would send it there, with
     or without the mode: for code outside the model whose results must not depend on where it is called from
     (post-processing, by ``predict_*`` or on its own)."""
-    if cpu_kernels_enabled() and _linear_is_swapped(x, weight, bias):
+    if _linear_is_swapped(x, weight, bias) and kernel_choice().float32_linear:
         return onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
