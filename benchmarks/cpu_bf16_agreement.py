@@ -26,6 +26,7 @@ from skimage import data
 import san
 from san.precision import cpu_bf16_units
 from san.predictor import Predictor
+from san.settings import PredictionSettings
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "stereo_motorcycle")
 VOCABULARY = ["person", "cat", "coffee cup", "rocket", "sky", "flag", "wood", "smoke", "grass", "road"]
@@ -56,7 +57,7 @@ def main() -> None:
     for model_name in args.models:
         fp32_model = build(model_name)
         fp32 = Predictor(fp32_model, VOCABULARY, device="cpu")
-        bf16 = Predictor(copy.deepcopy(fp32_model), VOCABULARY, device="cpu", dtype="bf16")
+        bf16 = Predictor(copy.deepcopy(fp32_model), VOCABULARY, device="cpu", settings=PredictionSettings(dtype="bf16"))
         for photo_name in args.photos:
             image = photo(photo_name)
             started = time.perf_counter()

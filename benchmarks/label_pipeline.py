@@ -35,6 +35,7 @@ from pipeline.label.job import LabelOptions, run_label_job
 from pipeline.segments import encode_label_map_png, label_map_segments
 from pipeline.vocabulary import load_vocabulary
 from san.predictor import Predictor
+from san.settings import PredictionSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,8 +91,7 @@ def plain_loop(
         vocabulary.prompts,
         vocabulary.prompt_to_class,
         device=device,
-        dtype=dtype,
-        batch_size=batch_size,
+        settings=PredictionSettings(dtype=dtype, batch_size=batch_size),
     )
     started = time.perf_counter()
     for start in range(0, len(paths), batch_size):

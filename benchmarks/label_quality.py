@@ -26,7 +26,7 @@ from pipeline.label.images import read_image_file
 from pipeline.vocabulary import load_vocabulary
 from san.other_names import read_other_names
 from san.predictor import Predictor
-from san.tta import TestTimeAugmentation
+from san.settings import PredictionSettings, TestTimeAugmentation
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
@@ -71,8 +71,7 @@ def main() -> None:
             vocabulary.prompts,
             vocabulary.prompt_to_class,
             device="cpu",
-            other=read_other_names(other),
-            tta=TestTimeAugmentation() if tta else None,
+            settings=PredictionSettings(other=read_other_names(other), tta=TestTimeAugmentation() if tta else None),
         )
         predictor.predict([np.zeros((64, 64, 3), np.uint8)])  # warm-up: first-call overheads
         for photo in photos:

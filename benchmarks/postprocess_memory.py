@@ -4,7 +4,7 @@ A labeling worker gets the image resized to 640 on the short side and maps the r
 original size. "all class scores" holds every class's score map at that size
 (``Predictor.class_scores`` then the max); "best class" is what ``Predictor.predict`` does
 (``SAN.predict_best``: the best class in bands of output columns); "best class, PNG and segments" adds
-the rest of a labeling worker's work on the image (``PredictStage``: the label map PNG and the per-class
+the rest of a labeling worker's work on the image (``ModelStage``: the label map PNG and the per-class
 COCO segments). Each row runs in a fresh subprocess so that its peak resident memory is its own.
 
     python benchmarks/postprocess_memory.py --write BENCHMARKS.md

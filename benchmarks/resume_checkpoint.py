@@ -33,7 +33,7 @@ from pipeline.label.decode import DecodeStage
 from pipeline.label.encode import EncodeStage
 from pipeline.label.inputs import image_id
 from pipeline.label.job import LabelOptions, run_label_job
-from pipeline.label.predict import NULL_MODEL, ModelSpec, PredictStage
+from pipeline.label.model_stage import NULL_MODEL, ModelSpec, ModelStage
 from pipeline.outputs import PREDICTION_SCHEMA
 from pipeline.vocabulary import load_vocabulary
 from san.transforms import SAN_EVAL_RESIZE
@@ -77,7 +77,7 @@ def with_ray_checkpoint(images: Path, folder: Path, half: int) -> list[tuple[flo
             rows = rows.map_batches(GroupStage(SAN_EVAL_RESIZE, BATCH), batch_size=BATCH * WINDOW_BATCHES, **cpu)
             rows = rows.map_batches(DecodeStage(SAN_EVAL_RESIZE, 10**8), batch_size=1, **cpu)
             rows = rows.map_batches(
-                PredictStage,
+                ModelStage,
                 fn_constructor_kwargs={
                     "model": ModelSpec(NULL_MODEL),
                     "vocabulary": vocabulary,

@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of the command line (generating the smoke-test data if asked)."""
-    from san.training.data import write_synthetic_dataset
+    from san.training.synthetic import write_synthetic_dataset
 
     if not args.smoke_test:
         return dataclass_from_args(TrainConfig, args)

@@ -224,10 +224,11 @@ show which pixels a distractor takes. The same from a shell:
         "other",
         "code",
         """\
-from pipeline.label.predict import SMOKE_MODEL, ModelSpec
+from pipeline.label.model_stage import SMOKE_MODEL, ModelSpec
 from pipeline.vocabulary import load_vocabulary
 from san.other_names import read_other_names
 from san.predictor import Predictor
+from san.settings import PredictionSettings
 
 vocabulary = load_vocabulary(VOCAB)
 net = ModelSpec(SMOKE_MODEL if smoke_test else "san_vit_b_16").resolved().load()
@@ -235,7 +236,9 @@ photo = read_image_file(str(IMAGES / "rocket.jpg"))
 fig, axes = plt.subplots(1, 2, figsize=(12, 5))
 for ax, other in zip(axes, ["none", "coco-all"], strict=True):
     names = read_other_names(other)
-    predictor = Predictor(net, vocabulary.prompts, vocabulary.prompt_to_class, device="cpu", other=names)
+    predictor = Predictor(
+        net, vocabulary.prompts, vocabulary.prompt_to_class, device="cpu", settings=PredictionSettings(other=names)
+    )
     label_map = predictor.predict([photo])[0].label_map
     labeled = label_map != 255
     overlay = photo / 255.0

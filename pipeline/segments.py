@@ -20,6 +20,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from san.image_labels import UNLABELED_U8, UNLABELED_U16, label_encoding
+
 __all__ = [
     "UNLABELED_U8",
     "UNLABELED_U16",
@@ -30,8 +32,6 @@ __all__ = [
     "unlabeled_value",
 ]
 
-UNLABELED_U8 = 255
-UNLABELED_U16 = 65535
 # Pixels of a label map read at once (its runs of equal values, or a band of rows of its class score sums).
 UNIQUE_BAND_PIXELS = 1 << 22
 
@@ -79,10 +79,7 @@ def encode_label_map_png(label_map: np.ndarray, ignore_value: int | None = None)
     max_index = int(label_map.max(where=labeled, initial=0))
     if max_index > UNLABELED_U16 - 1:
         raise ValueError(f"class index {max_index} does not fit a 16-bit PNG (max {UNLABELED_U16 - 1})")
-    if max_index <= UNLABELED_U8 - 1:
-        dtype, unlabeled = np.uint8, UNLABELED_U8
-    else:
-        dtype, unlabeled = np.uint16, UNLABELED_U16
+    unlabeled, dtype = label_encoding(max_index + 1)
     out = np.where(labeled, label_map, unlabeled).astype(dtype, copy=False)
     buffer = io.BytesIO()
     # fromarray picks mode "L" for uint8 and "I;16" for uint16; PNG stores both losslessly.

@@ -53,10 +53,6 @@ class ConfusionMatrix:
         view.flags.writeable = False
         return view
 
-    def reset(self) -> None:
-        """Zero the accumulated counts."""
-        self._matrix[...] = 0
-
     def update(self, prediction: np.ndarray, ground_truth: np.ndarray) -> ConfusionMatrix:
         """Add one image.
 

@@ -5,9 +5,10 @@ long side at most 2560, PIL bilinear), predicted on the model's device (optional
 autocast on GPU, or with the model's image trunk cast to bf16 on CPU), and the class scores are mapped back
 to each image's original size before the argmax.
 
-Label quality controls: ``other`` names (distractors, :mod:`san.other_names`) compete with the classes and
-leave the pixels they win unlabeled; ``tta`` averages the scores of several passes (:mod:`san.tta`);
-``class_min_scores`` gives classes their own minimum score.
+What decides a label map besides the model and the prompts is one :class:`~san.settings.PredictionSettings`:
+``other`` names (distractors, :mod:`san.other_names`) compete with the classes and leave the pixels they win
+unlabeled; ``tta`` averages the scores of several passes (:mod:`san.tta`); ``class_min_scores`` gives classes
+their own minimum score.
 """
 
 from __future__ import annotations
@@ -18,32 +19,36 @@ import numpy as np
 import torch
 
 from .errors import OptionError
+from .image_labels import ImageLabels, label_encoding
 from .modeling.cpu_kernels import kernel_choice
 from .modeling.model import SAN
 from .modeling.postprocess import ImageOutputs
 from .modeling.text_classifier import check_vocabulary
 from .other_names import added_names
 from .precision import DTYPES, autocast_context, resolve_device, warn_without_cpu_bf16_units
-from .prediction import Prediction
-from .transforms import SAN_EVAL_RESIZE, ResizeShortestEdge
-from .tta import TestTimeAugmentation, average_best_class
+from .settings import PredictionSettings, TestTimeAugmentation
+from .transforms import ResizeShortestEdge
+from .tta import average_best_class, pass_input
+
+DEFAULT_SETTINGS = PredictionSettings()
 
 # Pixels of a label map mapped from prompts to classes at once (bounds the 64-bit index copy to 8 MiB).
 MAP_BAND_PIXELS = 1 << 20
 
 
 class Predictor:
-    """Labels numpy images with a fixed vocabulary.
+    """Labels numpy images with a fixed vocabulary, as ``settings`` say (:class:`~san.settings.PredictionSettings`:
+    resize rule, minimum scores, distractor names, test-time augmentation, dtype, batch size, templates).
 
     ``prompts`` are the texts sent to CLIP; ``prompt_to_class`` maps each prompt to its class index
     (several prompts per class = synonyms, combined by the maximum of their scores). Without it,
     each prompt is its own class. The model is moved to ``device``; with ``dtype="bf16"`` on CPU its image
-    trunk is also cast to bf16 (see :meth:`~san.modeling.model.SAN.cast_image_trunk`), in place.
+    trunk is also cast to bf16 (see :meth:`~san.modeling.model.SAN.cast_image_trunk`), and with ``templates`` its
+    text classifier takes that template set: both in place.
 
-    ``other``: distractor names, each an extra class whose pixels become unlabeled; a name equal to a
-    prompt (ignoring case) is not added (:attr:`added_names` are those that are). ``tta``: average the
-    scores of its passes instead of one pass. ``class_min_scores``: per class, its minimum best score
-    (``None``: ``min_score``); a pixel whose best class scores lower is unlabeled.
+    :attr:`added_names` are the settings' ``other`` names the model adds as classes (those equal to a prompt,
+    ignoring case, left out): pixels they win are unlabeled, as are pixels whose best class scores below its
+    minimum.
     """
 
     def __init__(
@@ -52,40 +57,27 @@ class Predictor:
         prompts: Sequence[str],
         prompt_to_class: Sequence[int] | None = None,
         device: str | torch.device | None = None,
-        dtype: str = "fp32",
-        resize: ResizeShortestEdge = SAN_EVAL_RESIZE,
-        min_score: float = 0.0,
-        batch_size: int = 8,
-        other: Sequence[str] = (),
-        tta: TestTimeAugmentation | None = None,
-        class_min_scores: Sequence[float | None] | None = None,
+        settings: PredictionSettings = DEFAULT_SETTINGS,
     ):
+        self.settings = settings
         self.prompts = check_vocabulary(prompts)
         self.prompt_to_class = list(prompt_to_class) if prompt_to_class is not None else list(range(len(prompts)))
         if len(self.prompt_to_class) != len(self.prompts):
             raise ValueError(f"{len(self.prompt_to_class)} class indices for {len(self.prompts)} prompts")
         self.num_classes = max(self.prompt_to_class) + 1
-        self.unlabeled = 255 if self.num_classes <= 255 else 65535
-        self.added_names = added_names(other, self.prompts)
+        self.unlabeled, self.label_dtype = label_encoding(self.num_classes)
+        self.added_names = added_names(settings.other, self.prompts)
         # The model sees the prompts, then the added names, each of these its own class after the vocabulary's.
         self._model_prompts = self.prompts + self.added_names
         self._model_classes = self.prompt_to_class + [self.num_classes + i for i in range(len(self.added_names))]
-        if class_min_scores is not None and len(class_min_scores) != self.num_classes:
-            raise ValueError(f"{len(class_min_scores)} minimum scores for {self.num_classes} classes")
-        self.min_scores = [
-            min_score if score is None else float(score) for score in (class_min_scores or [None] * self.num_classes)
-        ]
+        self.min_scores = settings.min_scores(self.num_classes)
         self.device = resolve_device(device)
-        if dtype not in DTYPES:
-            raise OptionError(f"unknown `dtype` {dtype!r}; choose from {sorted(DTYPES)}")
-        if dtype == "fp16" and self.device.type != "cuda":
+        if settings.dtype == "fp16" and self.device.type != "cuda":
             raise OptionError("`dtype` fp16 needs a GPU (fp16 on CPU is slower than fp32); use fp32, or bf16")
-        self.dtype = DTYPES[dtype]
-        self.resize = resize
-        self.min_score = min_score
-        self.tta = tta
-        self.batch_size = batch_size
+        self.dtype = DTYPES[settings.dtype]
         self.model = model.to(self.device).eval()
+        if settings.templates is not None:
+            self.model.text_classifier.set_template_set(settings.templates)
         if self.device.type == "cpu":
             kernel_choice()  # an unknown SAN_CPU_KERNELS fails here, once, rather than at every batch
         cpu_bf16 = self.dtype == torch.bfloat16 and self.device.type == "cpu"
@@ -95,6 +87,11 @@ class Predictor:
         self.autocast_dtype = None if cpu_bf16 else self.dtype
         with torch.inference_mode():
             self.model.text_classifier(self._model_prompts)  # fill the text-embedding cache once
+
+    @property
+    def resize(self) -> ResizeShortestEdge:
+        """The model input size rule (``settings.resize``)."""
+        return self.settings.resize
 
     def _model_inputs(
         self, images: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]] | None
@@ -139,7 +136,7 @@ class Predictor:
         arrays, sizes = self._model_inputs(images, original_sizes)
         with autocast_context(self.device, self.autocast_dtype):
             scores = self.model.predict_scores(
-                [_tensor(a) for a in arrays], self._model_prompts, sizes, batch_size=self.batch_size
+                [_tensor(a) for a in arrays], self._model_prompts, sizes, batch_size=self.settings.batch_size
             )
         return [self._reduce_synonyms(s) for s in scores]
 
@@ -153,7 +150,7 @@ class Predictor:
 
     def predict(
         self, images: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]] | None = None
-    ) -> list[Prediction]:
+    ) -> list[ImageLabels]:
         """Label RGB uint8 images ``[H, W, 3]`` (see :meth:`class_scores` for ``original_sizes``).
 
         The best class of a pixel is the class of its best prompt (a class scores the maximum of its
@@ -161,20 +158,19 @@ class Predictor:
         best class is an added name, or whose best score is below its class's minimum, is unlabeled.
         """
         arrays, sizes = self._model_inputs(images, original_sizes)
-        if self.tta is None:
+        if self.settings.tta is None:
             with autocast_context(self.device, self.autocast_dtype):
                 best = self.model.predict_best(
-                    [_tensor(a) for a in arrays], self._model_prompts, sizes, batch_size=self.batch_size
+                    [_tensor(a) for a in arrays], self._model_prompts, sizes, batch_size=self.settings.batch_size
                 )
             index_class = self._model_classes  # the best prompt's class
         else:
-            best = self._average_best(arrays, sizes, self.tta)
+            best = self._average_best(arrays, sizes, self.settings.tta)
             index_class = list(range(max(self._model_classes) + 1))  # the best class
-        dtype = np.uint8 if self.unlabeled == 255 else np.uint16
         results = []
         for score, index in best:
-            label = self._labels(index, index_class, score).cpu().numpy().astype(dtype, copy=False)
-            results.append(Prediction(label, score.float().cpu().numpy(), self.unlabeled))
+            label = self._labels(index, index_class, score).cpu().numpy().astype(self.label_dtype, copy=False)
+            results.append(ImageLabels(label, score.float().cpu().numpy(), self.unlabeled))
         return results
 
     def _average_best(
@@ -184,9 +180,9 @@ class Predictor:
         The passes' model outputs are kept (small); the average is taken at the output size chunk by chunk."""
         passes: list[list[tuple[ImageOutputs, bool]]] = [[] for _ in arrays]
         for resize, flipped in tta.passes:
-            inputs = [tta.pass_input(array, resize, flipped) for array in arrays]
+            inputs = [pass_input(array, resize, flipped) for array in arrays]
             with autocast_context(self.device, self.autocast_dtype):
-                outputs = self.model.predict_outputs(inputs, self._model_prompts, batch_size=self.batch_size)
+                outputs = self.model.predict_outputs(inputs, self._model_prompts, batch_size=self.settings.batch_size)
             for image_passes, output in zip(passes, outputs, strict=True):
                 image_passes.append((output, flipped))
         return [
@@ -198,7 +194,7 @@ class Predictor:
         """The label ``[H, W]`` of each pixel from its best prompt or class ``index`` ``[H, W]`` (``index_class``
         maps an index to its class): added names, and scores below their class's minimum, become unlabeled.
         Mapped in bands of rows, so that a large photo's map is never held in 64-bit integers."""
-        dtype = torch.uint8 if self.unlabeled == 255 else torch.int32
+        dtype = torch.uint8 if self.label_dtype == np.uint8 else torch.int32
         index_label = [c if c < self.num_classes else self.unlabeled for c in index_class]
         thresholds = any(score > 0 for score in self.min_scores)  # scores are never negative
         if index_label == list(range(len(index_label))) and not thresholds:

@@ -1,5 +1,6 @@
-"""Test-time augmentation as SAN's official evaluation configures it (``TEST.AUG``, Mask2Former's
-``SemanticSegmentorWithTTA`` with detectron2's ``DatasetMapperTTA``).
+"""Test-time augmentation as SAN's official evaluation runs it (``TEST.AUG``, Mask2Former's
+``SemanticSegmentorWithTTA`` with detectron2's ``DatasetMapperTTA``); its passes are
+:class:`san.settings.TestTimeAugmentation`.
 
 The model input (the image already resized by SAN's evaluation rule, short side 640) is resized again so
 that its short side is each of ``min_sizes`` (long side at most ``max_size``), and, with ``flip``, each of
@@ -11,7 +12,6 @@ class with the best average score.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,42 +19,20 @@ import torch
 from .modeling.postprocess import BAND_ELEMENTS, ImageOutputs, column_bands, semantic_scores
 from .transforms import ResizeShortestEdge
 
-__all__ = ["DEFAULT_TTA_SIZES", "TTA_MAX_SIZE", "TestTimeAugmentation", "average_best_class"]
+__all__ = ["average_best_class", "pass_input"]
 
-#: The official ``TEST.AUG.MIN_SIZES`` and ``TEST.AUG.MAX_SIZE`` (configs/Base-coco-stuff-164K-171.yaml).
-DEFAULT_TTA_SIZES = (320, 480, 640, 800, 960, 1120)
-TTA_MAX_SIZE = 4480
 # Scores of all passes' prompts and of the running sum held at once for a chunk of output columns
 # (512 MiB in float32): beyond it, the output is averaged chunk by chunk.
 CHUNK_ELEMENTS = 1 << 27
 
 
-@dataclass(frozen=True)
-class TestTimeAugmentation:
-    """The passes of test-time augmentation: each short side in ``min_sizes`` (long side at most
-    ``max_size``), each also flipped horizontally when ``flip``."""
-
-    min_sizes: tuple[int, ...] = DEFAULT_TTA_SIZES
-    max_size: int = TTA_MAX_SIZE
-    flip: bool = True
-
-    def __post_init__(self) -> None:
-        if not self.min_sizes or min(self.min_sizes) < 1 or self.max_size < max(self.min_sizes):
-            raise ValueError(f"TTA sizes {self.min_sizes} must be at least 1 and at most max_size {self.max_size}")
-
-    @property
-    def passes(self) -> list[tuple[ResizeShortestEdge, bool]]:
-        """``(resize, flipped)`` per pass, in the official order: each size, then the same size flipped."""
-        flips = (False, True) if self.flip else (False,)
-        return [(ResizeShortestEdge(size, self.max_size), flip) for size in self.min_sizes for flip in flips]
-
-    @staticmethod
-    def pass_input(image: np.ndarray, resize: ResizeShortestEdge, flipped: bool) -> torch.Tensor:
-        """The model input ``[3, h, w]`` uint8 of one pass over the RGB uint8 image ``[H, W, 3]``."""
-        image = resize(image)
-        if flipped:
-            image = image[:, ::-1]
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+def pass_input(image: np.ndarray, resize: ResizeShortestEdge, flipped: bool) -> torch.Tensor:
+    """The model input ``[3, h, w]`` uint8 of one pass (of :attr:`san.settings.TestTimeAugmentation.passes`) over
+    the RGB uint8 image ``[H, W, 3]``."""
+    image = resize(image)
+    if flipped:
+        image = image[:, ::-1]
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
 
 
 def average_best_class(

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import pipeline.label.job
-from pipeline.label.predict import PredictStage
+from pipeline.label.model_stage import ModelStage
 
 
-class GatedPredictStage(PredictStage):
+class GatedModelStage(ModelStage):
     """Defined in ``__main__``: Ray's cloudpickle sends the class (with ``held`` and ``gate``) to the workers
     by value. Its rows are model batches: lists of paths."""
 
@@ -33,6 +33,6 @@ class GatedPredictStage(PredictStage):
 
 
 if __name__ == "__main__":
-    GatedPredictStage.held, GatedPredictStage.gate = sys.argv.pop(1), sys.argv.pop(1)
-    pipeline.label.job.PredictStage = GatedPredictStage
+    GatedModelStage.held, GatedModelStage.gate = sys.argv.pop(1), sys.argv.pop(1)
+    pipeline.label.job.ModelStage = GatedModelStage
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "jobs" / "label.py"), run_name="__main__")

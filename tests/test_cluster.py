@@ -23,14 +23,14 @@ from ray.cluster_utils import Cluster
 import pipeline.label.job
 from pipeline.label.decode import DecodeStage
 from pipeline.label.job import LabelOptions, run_label_job
-from pipeline.label.predict import PredictStage
+from pipeline.label.model_stage import ModelStage
 from pipeline.outputs import RunOutput
 
 pytestmark = pytest.mark.slow
 IMAGES = 24
 
 
-class NodeRecordingPredict(PredictStage):
+class NodeRecordingModelStage(ModelStage):
     """A predict stage that records the node of each actor and is slow enough (0.3 s a batch) for a node
     to be removed while it runs."""
 
@@ -81,9 +81,9 @@ def test_the_job_spreads_over_nodes_and_survives_losing_one(cluster, tmp_path: P
         size = [(48, 64), (64, 48), (40, 72), (56, 56)][i % 4]
         Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(images / f"{i:03d}.png")
     (tmp_path / "vocab.txt").write_text("cat\ndog\nsky\n")
-    monkeypatch.setattr(NodeRecordingPredict, "folder", str(seen))
+    monkeypatch.setattr(NodeRecordingModelStage, "folder", str(seen))
     monkeypatch.setattr(NodeRecordingDecode, "folder", str(seen))
-    monkeypatch.setattr(pipeline.label.job, "PredictStage", NodeRecordingPredict)
+    monkeypatch.setattr(pipeline.label.job, "ModelStage", NodeRecordingModelStage)
     monkeypatch.setattr(pipeline.label.job, "DecodeStage", NodeRecordingDecode)
     # Two actors of 0.4 CPU: the job keeps a CPU for its tasks once a node is gone (and unlike 0.5, the
     # decode tasks' share, Ray does not fuse the decode stage into the actors).

@@ -192,13 +192,15 @@ BF16_PREDICTION = textwrap.dedent(
     import san
     from san.modeling import cpu_kernels
     from san.predictor import Predictor
+    from san.settings import PredictionSettings
     from san.transforms import ResizeShortestEdge
 
     torch.manual_seed(0)
     model = san.build_san("san_tiny").eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # "no bf16 units" where the CPU has none
-        predictor = Predictor(model, ["cat", "dog"], device="cpu", dtype="bf16", resize=ResizeShortestEdge(64, 64))
+        settings = PredictionSettings(dtype="bf16", resize=ResizeShortestEdge(64, 64))
+        predictor = Predictor(model, ["cat", "dog"], device="cpu", settings=settings)
     image = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
     prediction = predictor.predict([image])[0]
     assert prediction.label_map.shape == (48, 80)

@@ -35,7 +35,7 @@ from pipeline.label.attempts import GAVE_UP, MAX_ATTEMPTS
 from pipeline.label.images import read_image_file
 from pipeline.label.inputs import image_id
 from pipeline.label.job import LabelOptions, run_label_job
-from pipeline.label.predict import PredictStage
+from pipeline.label.model_stage import ModelStage
 from pipeline.output_lock import LOCK_NAME
 from pipeline.outputs import RunOutput
 from pipeline.segments import decode_label_map_png
@@ -429,7 +429,7 @@ def test_rerun_of_a_finished_run_labels_nothing_new(inputs: dict, tmp_path: Path
     assert refused.returncode != 0 and "different vocabulary" in refused.stderr
 
 
-class CrashOnce(PredictStage):
+class CrashOnce(ModelStage):
     """A predictor whose worker process dies on its second batch, once per run (a marker file)."""
 
     marker = ""  # set by the test before the run; the class travels to the workers by value
@@ -442,14 +442,14 @@ class CrashOnce(PredictStage):
         return super().__call__(batch)
 
 
-def label_with_stage(stage: type[PredictStage], inputs: dict, output: Path, monkeypatch, **extra) -> dict:
+def label_with_stage(stage: type[ModelStage], inputs: dict, output: Path, monkeypatch, **extra) -> dict:
     """``run_label_job`` in this process (smoke-test model, batches of 2) with ``stage`` as the predictor."""
     from ray import cloudpickle  # Ray serialises with its own copy of cloudpickle
 
     import pipeline.label.job
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
-    monkeypatch.setattr(pipeline.label.job, "PredictStage", stage)
+    monkeypatch.setattr(pipeline.label.job, "ModelStage", stage)
     options = LabelOptions(
         vocab=str(inputs["vocab"]),
         input=str(inputs["folder"]),
@@ -478,7 +478,7 @@ def test_dead_worker_is_replaced_and_its_batch_retried(local_ray, inputs: dict, 
     assert len(errors) == len(inputs["bad"]) and manifest["counts"]["labeled"] == len(good)
 
 
-class FailOn(PredictStage):
+class FailOn(ModelStage):
     """A predictor that fails on one image every time: raises, or kills its worker process."""
 
     image = ""  # set by the test before the run, like CrashOnce.marker

@@ -12,9 +12,10 @@ from skimage import data
 from varied_model import model_input, varied_tiny_model, write_photos
 
 import san
-import san.tta
+import san.settings
 from san.other_names import OtherNamesError, coco_stuff_names, read_other_names
 from san.predictor import Predictor
+from san.settings import PredictionSettings
 from san.transforms import ResizeShortestEdge
 from san.tta import average_best_class
 
@@ -52,14 +53,16 @@ def test_the_coco_stuff_names_are_the_official_171_and_91() -> None:
     assert len(every) == len(set(every)) == 171 and len(stuff) == 91
     assert every[:3] == ["person", "bicycle", "car"] and every[80:] == stuff
     assert {"building-other", "sky-other", "wall-brick", "wood"} <= set(stuff) and "dog" not in stuff
-    official = Path(__file__).parents[1] / "pipeline" / "benchmarks" / "cocostuff171.txt"
+    official = Path(__file__).parents[1] / "pipeline" / "eval_sets" / "cocostuff171.txt"
     assert every == official.read_text().split("\n")[:-1], "the COCO-Stuff benchmark's class list"
 
 
 def test_other_names_compete_and_the_pixels_they_win_are_unlabeled(model: san.SAN, photo: np.ndarray) -> None:
     prompts, prompt_to_class = ["cat", "kitten", "grass", "sky"], [0, 0, 1, 2]
     other = ["SKY", "tree", "Kitten", "wall-brick", "floor-other", "tree"]
-    predictor = Predictor(model, prompts, prompt_to_class, device="cpu", resize=RESIZE, other=other)
+    predictor = Predictor(
+        model, prompts, prompt_to_class, device="cpu", settings=PredictionSettings(resize=RESIZE, other=other)
+    )
     assert predictor.added_names == ["tree", "wall-brick", "floor-other"], "a user's class or synonym is not added"
     prediction = predictor.predict([photo])[0]
 
@@ -75,7 +78,9 @@ def test_other_names_compete_and_the_pixels_they_win_are_unlabeled(model: san.SA
 def test_other_names_in_a_16_bit_label_map(model: san.SAN, photo: np.ndarray) -> None:
     prompts = [f"thing {i}" for i in range(256)]
     other = [f"thing {i}" for i in range(256, 272)]
-    prediction = Predictor(model, prompts, device="cpu", resize=RESIZE, other=other).predict([photo])[0]
+    prediction = Predictor(
+        model, prompts, device="cpu", settings=PredictionSettings(resize=RESIZE, other=other)
+    ).predict([photo])[0]
     scores = model.predict_scores([model_input(photo, 96, 400)], prompts + other, [photo.shape[:2]])[0]
     best, index = scores.max(0)
     expected = expected_labels(best, index, 256, [0.0] * 256)
@@ -93,7 +98,12 @@ def test_each_class_can_have_its_own_minimum_score(model: san.SAN, photo: np.nda
     floor = float(best.min()) + 1e-3
     min_scores: list[float | None] = [None] * 3
     min_scores[winner] = own
-    predictor = Predictor(model, prompts, device="cpu", resize=RESIZE, min_score=floor, class_min_scores=min_scores)
+    predictor = Predictor(
+        model,
+        prompts,
+        device="cpu",
+        settings=PredictionSettings(resize=RESIZE, min_score=floor, class_min_scores=min_scores),
+    )
     prediction = predictor.predict([photo])[0]
     thresholds = [own if k == winner else floor for k in range(3)]
     np.testing.assert_array_equal(prediction.label_map, expected_labels(best, index, 3, thresholds))
@@ -107,7 +117,7 @@ def test_test_time_augmentation_averages_the_passes_chunk_by_chunk(model: san.SA
     prompts, prompt_to_class = ["cat", "kitten", "grass", "sky"], [0, 0, 1, 2]
     size = photo.shape[:2]
     base = model_input(photo, 96, 400)
-    tta = san.tta.TestTimeAugmentation((64, 80), max_size=300)
+    tta = san.settings.TestTimeAugmentation((64, 80), max_size=300)
     total = None
     passes = []
     for resize, flipped in tta.passes:
@@ -129,7 +139,9 @@ def test_test_time_augmentation_averages_the_passes_chunk_by_chunk(model: san.SA
         assert torch.equal(average_index, index) and torch.allclose(average_best, best, rtol=1e-6, atol=atol)
     assert index.unique().numel() > 1, "the test needs several winning classes"
 
-    predictor = Predictor(model, prompts, prompt_to_class, device="cpu", resize=RESIZE, tta=tta)
+    predictor = Predictor(
+        model, prompts, prompt_to_class, device="cpu", settings=PredictionSettings(resize=RESIZE, tta=tta)
+    )
     np.testing.assert_array_equal(predictor.predict([photo])[0].label_map, index.numpy().astype(np.uint8))
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 import pipeline.segments
 from pipeline.label.batching import PAD_MULTIPLE, GroupStage, probe_size
 from pipeline.label.encode import EncodeStage
-from pipeline.label.predict import NullPredictor
+from pipeline.label.model_stage import NullPredictor
 from pipeline.label.write import WriteStage
 from pipeline.outputs import RunOutput
 from pipeline.segments import class_mean_scores, label_map_segments

@@ -20,6 +20,7 @@ from san import precision
 from san.errors import OptionError
 from san.precision import cpu_bf16_units, cpu_bf16_warning
 from san.predictor import Predictor
+from san.settings import PredictionSettings
 from san.transforms import ResizeShortestEdge
 
 VOCABULARY = ["person", "rocket", "sky", "flag", "grass"]
@@ -77,7 +78,9 @@ def test_predict_scores_under_autocast_match_float32(
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_gpu_predictor_labels_like_float32(tiny: san.SAN, photo: np.ndarray, dtype: str) -> None:
     reference = Predictor(tiny, VOCABULARY, device="cuda").class_scores([photo])[0]
-    reduced = Predictor(tiny, VOCABULARY, device="cuda", dtype=dtype).class_scores([photo])[0]
+    reduced = Predictor(tiny, VOCABULARY, device="cuda", settings=PredictionSettings(dtype=dtype)).class_scores(
+        [photo]
+    )[0]
     assert_close_to_float32(reference, reduced)
 
 
@@ -85,7 +88,7 @@ def test_fp16_on_cpu_is_refused_with_advice(tiny: san.SAN) -> None:
     from pipeline.label.job import LabelOptions  # imports Ray: not at module level, for GPU machines without it
 
     with pytest.raises(OptionError, match="^dtype fp16 needs a GPU.*use fp32, or bf16") as error:
-        Predictor(tiny, VOCABULARY, device="cpu", dtype="fp16")
+        Predictor(tiny, VOCABULARY, device="cpu", settings=PredictionSettings(dtype="fp16"))
     parser = job_parser("label.py", "Label.")
     add_dataclass_arguments(parser, LabelOptions)
     arguments = parser.parse_args(["--vocab", "v.txt", "--output", "out", "--dtype", "fp16"])
@@ -102,7 +105,12 @@ def test_cpu_bf16_without_units_warns_and_still_labels(monkeypatch: pytest.Monke
     torch.manual_seed(0)
     model = san.build_san("san_tiny").eval()  # its own: the predictor casts the image trunk in place
     with pytest.warns(RuntimeWarning, match="no AMX or AVX512-BF16 units.*use fp32 here"):
-        predictor = Predictor(model, VOCABULARY, device="cpu", dtype="bf16", resize=ResizeShortestEdge(96, 96))
+        predictor = Predictor(
+            model,
+            VOCABULARY,
+            device="cpu",
+            settings=PredictionSettings(dtype="bf16", resize=ResizeShortestEdge(96, 96)),
+        )
     assert model.clip_features.conv1.weight.dtype == torch.bfloat16
     assert model.side_adapter.mask_decoder.query_mlp.layers[0].weight.dtype == torch.float32
     prediction = predictor.predict([photo[::8, ::8]])[0]
@@ -114,7 +122,7 @@ def test_cpu_bf16_labels_photos_like_fp32(tiny_parity: san.SAN) -> None:
     """The parity model (trained-shape tiny SAN) with a bf16 image trunk labels real photos like fp32."""
     bf16 = copy.deepcopy(tiny_parity)
     fp32 = Predictor(tiny_parity, PHOTO_VOCABULARY)
-    reduced = Predictor(bf16, PHOTO_VOCABULARY, device="cpu", dtype="bf16")
+    reduced = Predictor(bf16, PHOTO_VOCABULARY, device="cpu", settings=PredictionSettings(dtype="bf16"))
     for name in PHOTOS:
         photo = np.ascontiguousarray(getattr(data, name)())
         reference, scores = fp32.class_scores([photo])[0], reduced.class_scores([photo])[0]

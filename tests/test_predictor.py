@@ -12,6 +12,7 @@ from skimage import data
 import san
 from san.modeling.postprocess import best_class, column_bands, semantic_scores
 from san.predictor import Predictor
+from san.settings import PredictionSettings
 from san.transforms import ResizeShortestEdge
 
 
@@ -48,7 +49,7 @@ def test_predict_labels_each_pixel_with_its_best_class_over_synonyms() -> None:
     model = san.build_san("san_tiny")
     photos = [data.astronaut(), data.coffee()[:300, :451]]
     prompts, prompt_to_class = ["person", "man", "cup", "sky"], [0, 0, 1, 2]
-    predictor = Predictor(model, prompts, prompt_to_class, device="cpu", min_score=0.0)
+    predictor = Predictor(model, prompts, prompt_to_class, device="cpu", settings=PredictionSettings(min_score=0.0))
     predictions = predictor.predict(photos)
     for photo, scores, prediction in zip(photos, predictor.class_scores(photos), predictions, strict=True):
         best, label = scores.max(dim=0)
@@ -56,7 +57,9 @@ def test_predict_labels_each_pixel_with_its_best_class_over_synonyms() -> None:
         np.testing.assert_array_equal(prediction.label_map, label.numpy())
         np.testing.assert_allclose(prediction.scores, best.numpy(), rtol=1e-6)
     threshold = float(np.median(predictions[0].scores))
-    strict = Predictor(model, prompts, prompt_to_class, device="cpu", min_score=threshold).predict(photos[:1])[0]
+    strict = Predictor(
+        model, prompts, prompt_to_class, device="cpu", settings=PredictionSettings(min_score=threshold)
+    ).predict(photos[:1])[0]
     below = predictions[0].scores < threshold
     assert below.any() and (strict.label_map[below] == strict.unlabeled).all()
     np.testing.assert_array_equal(strict.label_map[~below], predictions[0].label_map[~below])
@@ -65,7 +68,9 @@ def test_predict_labels_each_pixel_with_its_best_class_over_synonyms() -> None:
 def test_images_resized_elsewhere_must_follow_the_predictors_resize_rule() -> None:
     torch.manual_seed(0)
     resize = ResizeShortestEdge(short_side=96, max_size=400)
-    predictor = Predictor(san.build_san("san_tiny"), ["cat", "sky"], device="cpu", resize=resize)
+    predictor = Predictor(
+        san.build_san("san_tiny"), ["cat", "sky"], device="cpu", settings=PredictionSettings(resize=resize)
+    )
     photo = data.coffee()  # 400 x 600 -> 96 x 144
     resized = resize(photo)
     assert resized.shape[:2] == resize.output_size(400, 600) == (96, 144)

@@ -51,7 +51,7 @@ def load_job(name: str):
 
 def test_readme_shows_every_job() -> None:
     shown = {name for name, _ in job_invocations()}
-    assert shown >= {"label", "evaluate", "review", "export", "train", "benchmark_inputs"}
+    assert shown >= {"label", "evaluate", "review", "export", "train", "eval_set_inputs"}
 
 
 @pytest.mark.parametrize(("name", "arguments"), job_invocations(), ids=lambda v: v if isinstance(v, str) else " ")

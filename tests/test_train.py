@@ -29,7 +29,6 @@ from san.training.data import (
     TrainSamples,
     collate,
     read_classes,
-    write_synthetic_dataset,
 )
 from san.training.evaluate import evaluate
 from san.training.init import build_model
@@ -37,6 +36,7 @@ from san.training.loop import _restore, train
 from san.training.losses import build_criterion, targets_from_labels
 from san.training.optim import PolySchedule, build_optimizer
 from san.training.state import rng_state
+from san.training.synthetic import write_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("jobs_train", ROOT / "jobs" / "train.py")
@@ -383,7 +383,7 @@ def test_gpu_mixed_precision_steps_train_the_model(tmp_path: Path, dtype: str) -
 
 
 def test_smoke_job_writes_a_checkpoint_the_label_job_loads(tmp_path: Path) -> None:
-    from pipeline.label.predict import ModelSpec
+    from pipeline.label.model_stage import ModelSpec
 
     args = train_job.parse_args(["--output", str(tmp_path / "run"), "--smoke-test", "--no-progress", "--steps", "2"])
     summary = train_job.main(args)
@@ -469,7 +469,7 @@ def test_ray_train_two_cpu_workers(tmp_path: Path) -> None:
     assert again.returncode == 2 and "error: run already holds a training run; use --resume" in again.stderr
     summary = json.loads(proc.stdout[proc.stdout.rindex("{\n") :])
     assert summary["step"] == 3
-    from pipeline.label.predict import ModelSpec
+    from pipeline.label.model_stage import ModelSpec
 
     path = out / "checkpoints/last.safetensors"
     assert san.load_checkpoint(path).config == san.get_preset("san_tiny")

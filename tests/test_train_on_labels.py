@@ -140,7 +140,7 @@ def test_label_review_train_label_again(local_ray, tmp_path: Path) -> None:
 
 def test_folder_layout_still_opens_and_dataset_specs_stay_names(tmp_path: Path) -> None:
     from san.training.config import TrainConfig, resume_differences, with_absolute_paths
-    from san.training.data import write_synthetic_dataset
+    from san.training.synthetic import write_synthetic_dataset
 
     root = write_synthetic_dataset(tmp_path / "d", count=2, size=32)
     assert isinstance(open_training_data(str(root), "data", 255), SegmentationFolder)

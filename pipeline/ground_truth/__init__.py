@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..eval_sets import register_eval_set_schemes
 from .base import GroundTruth, GroundTruthError
 from .classes import read_class_names
 from .coco import CocoGroundTruth
@@ -55,9 +56,7 @@ register_ground_truth("png", _open_png)
 register_ground_truth("coco", _open_coco)
 register_ground_truth("fiftyone", _open_fiftyone)  # --gt fiftyone:DATASET[:FIELD], see pipeline.ground_truth.fiftyone
 
-from ..benchmarks import register_benchmark_schemes  # noqa: E402  (imports nothing back from this module)
-
-register_benchmark_schemes(register_ground_truth)  # --gt ade150:ROOT, pc59:ROOT, ... (SAN's benchmarks)
+register_eval_set_schemes(register_ground_truth)  # --gt ade150:ROOT, pc59:ROOT, ... (SAN's benchmarks)
 
 
 def open_ground_truth(

@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from san.image_labels import UNLABELED_U16
+
 from .base import GroundTruth, GroundTruthError, LabelValues
 
 __all__ = ["LABEL_SUFFIXES", "PngFolderGroundTruth", "read_label_image"]
 
 LABEL_SUFFIXES = (".png", ".tif", ".tiff")
-_UNLABELED_U16 = 65535
 
 
 def read_label_image(path: Path, expected: str) -> np.ndarray:
@@ -60,7 +61,7 @@ class PngFolderGroundTruth(GroundTruth):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise GroundTruthError(f"--gt folder {str(self.folder)!r} does not exist or is not a directory")
-        if len(names_by_value) > _UNLABELED_U16:
+        if len(names_by_value) > UNLABELED_U16:
             raise GroundTruthError(f"{len(names_by_value)} class values do not fit 16-bit label images")
         ignore = int(ignore_index)
         if 0 <= ignore < len(names_by_value) and names_by_value[ignore] is not None:
@@ -69,8 +70,8 @@ class PngFolderGroundTruth(GroundTruth):
                     f"--ignore-index {ignore} is the value of class {names_by_value[ignore]!r}; give a value that "
                     "names no class (a blank or '#' line in --gt-classes leaves a value free)"
                 )
-            ignore = _UNLABELED_U16  # 255 is a class (large vocabularies): detectron2 uses 65535 then
-        self.raw_ignore = sorted({ignore, _UNLABELED_U16})
+            ignore = UNLABELED_U16  # 255 is a class (large vocabularies): detectron2 uses 65535 then
+        self.raw_ignore = sorted({ignore, UNLABELED_U16})
         self._files: list[str] = []
         for file in self.folder.rglob("*"):
             rel = file.relative_to(self.folder).as_posix()

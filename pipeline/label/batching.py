@@ -22,6 +22,7 @@ from PIL import Image
 
 from san.transforms import ResizeShortestEdge
 
+from ..ray_internals import set_stage_resources
 from .inputs import filesystem_of
 from .local_files import not_regular_reason
 
@@ -116,7 +117,4 @@ def one_batch_per_block(dataset: ray.data.Dataset, remote_args: dict[str, Any]) 
     that stage. ``Dataset.repartition`` takes no resources in Ray 2.60 and its tasks ask for a whole CPU: on a
     1-CPU node beside a model actor of half a CPU they never start and the job hangs (measured).
     """
-    repartitioned = dataset.repartition(target_num_rows_per_block=1)
-    # A frozen dataclass field of Ray's logical operator, set the way Ray's own __post_init__ sets its fields.
-    object.__setattr__(repartitioned._logical_plan.dag, "ray_remote_args", dict(remote_args))
-    return repartitioned
+    return set_stage_resources(dataset.repartition(target_num_rows_per_block=1), remote_args)

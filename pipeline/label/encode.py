@@ -25,7 +25,7 @@ ENCODED_SCHEMA = PREDICTION_SCHEMA.append(pa.field("error", pa.string())).append
 
 @dataclass
 class EncodeStage:
-    """CPU stage: rows of :class:`~pipeline.label.predict.PredictStage` -> ``ENCODED_SCHEMA`` rows."""
+    """CPU stage: rows of :class:`~pipeline.label.model_stage.ModelStage` -> ``ENCODED_SCHEMA`` rows."""
 
     vocabulary: dict[str, Any]
 

@@ -10,7 +10,6 @@ written (progress, counts) and at the end merges ``coco.json``, ``errors.parquet
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.metadata
 import json
@@ -18,7 +17,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,10 @@ import ray
 from tqdm import tqdm
 
 from san.errors import OptionError
-from san.modeling.text_classifier import TEMPLATE_SETS, get_templates, prompt_length_problem
-from san.other_names import OTHER_CHOICES, added_names, read_other_names
-from san.precision import DTYPES, cpu_bf16_warning
-from san.transforms import ResizeShortestEdge
-from san.tta import DEFAULT_TTA_SIZES, TTA_MAX_SIZE, TestTimeAugmentation
+from san.modeling.text_classifier import get_templates, prompt_length_problem
+from san.other_names import added_names, read_other_names
+from san.precision import cpu_bf16_warning
+from san.settings import PredictionSettings
 
 from ..output_lock import exclusive_output
 from ..outputs import MAX_REPORTED_DUPLICATES, RunOutput
@@ -40,9 +38,9 @@ from .attempts import start_ledger
 from .batching import WINDOW_BATCHES, GroupStage, one_batch_per_block
 from .decode import EXPANDED_ROWS, DecodeStage, expand_containers
 from .encode import EncodeStage
-from .images import DEFAULT_MAX_PIXELS
 from .inputs import ResolvedInputs, resolve_inputs
-from .predict import NULL_MODEL, SMOKE_MODEL, ModelSpec, PredictStage
+from .model_stage import NULL_MODEL, SMOKE_MODEL, ModelSpec, ModelStage, WorkerSetup
+from .options import LabelOptions
 from .resources import ResourcePlan, init_ray, plan_resources
 from .resume import SkipLabeled, start_tally
 from .smoke import write_smoke_images
@@ -52,178 +50,6 @@ from .write import WriteStage
 MAX_INPUT_BLOCKS = 10_000
 # manifest.json's status of a run stopped on purpose (any other exception: "failed").
 _STOPPED_STATUS = {KeyboardInterrupt: "interrupted", StopRequested: "stopped"}
-
-
-def _workers(text: str) -> tuple[int, int]:
-    """``--workers N`` or ``MIN-MAX`` as ``(min, max)``."""
-    low, _, high = text.partition("-")
-    try:
-        return int(low), int(high or low)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or MIN-MAX, got {text!r}") from None
-
-
-def _sizes(text: str) -> tuple[int, ...]:
-    """``--tta-sizes 480,640,800`` as ``(480, 640, 800)``."""
-    try:
-        return tuple(int(size) for size in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected short sides separated by commas, got {text!r}") from None
-
-
-@dataclass(kw_only=True)
-class LabelOptions:
-    """Everything ``jobs/label.py`` accepts: its parser is generated from these fields (``help`` metadata)."""
-
-    vocab: str = field(
-        metadata={
-            "help": "UTF-8 file, one class per line; '#' comments; synonyms as 'name: syn, syn'; a class's own "
-            "minimum score at the end of its line, 'name: syn @ 0.4' (else `min_score`); a name whose prompt is "
-            "longer than CLIP's 77 tokens is refused (it would be cut)"
-        }
-    )
-    input: str | None = field(
-        default=None,
-        metadata={
-            "help": "a directory (recursive), a glob, a text file of paths, a Parquet file/folder with a path or "
-            "image-bytes column, or WebDataset .tar shards; local or any pyarrow filesystem URI (s3://, gs://). "
-            "Optional with --smoke-test (then a few generated images)"
-        },
-    )
-    output: str = field(
-        metadata={"help": "output directory (Parquet shards, coco.json, errors, manifest)"},
-    )
-    model: str = field(
-        default="san_vit_b_16",
-        metadata={
-            "help": "a released preset (san_vit_b_16, san_vit_l_14; cached download from Hugging Face, or "
-            "$SAN_WEIGHTS), this project's .safetensors checkpoint, an official .pth checkpoint with --config, "
-            "random:<preset> (random weights, for benchmarks), or null (no model: a fixed label map, to measure "
-            "the pipeline alone)"
-        },
-    )
-    config: str | None = field(
-        default=None,
-        metadata={"help": "config of an official .pth checkpoint: a preset name or the official YAML/JSON"},
-    )
-    batch_size: int = field(
-        default=4,
-        metadata={"help": "images per model call in each worker (images are grouped by padded size to fill them)"},
-    )
-    workers: tuple[int, int] | None = field(
-        default=None,
-        metadata={
-            "help": "predictor actor pool size, N or MIN-MAX (default: 1 to as many as the cluster fits)",
-            "type": _workers,
-        },
-    )
-    gpus_per_worker: float | None = field(
-        default=None,
-        metadata={"help": "GPUs per predictor actor, fractions allowed (default: 1 when the cluster has GPUs, else 0)"},
-    )
-    short_side: int = field(default=640, metadata={"help": "resize the short side to this"})
-    max_size: int = field(default=2560, metadata={"help": "cap on the resized long side"})
-    templates: str | None = field(
-        default=None,
-        metadata={"help": "prompt templates (default: the model's, vild)", "choices": sorted(TEMPLATE_SETS)},
-    )
-    dtype: str = field(
-        default="fp32",
-        metadata={
-            "help": "fp32; bf16 (GPU autocast, or a bf16 model on CPUs with AMX/AVX512-BF16 units); fp16 (GPU)",
-            "choices": sorted(DTYPES),
-        },
-    )
-    min_score: float = field(
-        default=0.0,
-        metadata={
-            "help": "pixels whose best class score is below this become 255 (unlabeled) and join no segment "
-            "(default: 0, label everything)"
-        },
-    )
-    other: str | None = field(
-        default=None,
-        metadata={
-            "help": "distractor names added to the vocabulary (as the official SAN demo does); pixels they win "
-            "become 255 (unlabeled): coco-stuff (COCO-Stuff's 91 background names: sky-other, grass, wall-brick, "
-            "...), coco-all (its 171 names, objects too), none (every pixel gets one of your classes; use it to "
-            "reproduce the paper's numbers), or a UTF-8 file of names, one per line. A name equal to one of your "
-            "classes or synonyms (ignoring case) is not added (default: coco-stuff; none with `smoke_test`, whose "
-            "random model would leave every pixel to a distractor)"
-        },
-    )
-    tta: bool = field(
-        default=False,
-        metadata={
-            "help": "test-time augmentation as SAN's official evaluation: average the scores of the model input "
-            "resized to each of `tta_sizes` and of each flipped horizontally (12 passes at the default sizes)"
-        },
-    )
-    tta_sizes: tuple[int, ...] = field(
-        default=DEFAULT_TTA_SIZES,
-        metadata={
-            "help": "short sides of the `tta` passes, e.g. 480,640,800 (long side at most "
-            f"{TTA_MAX_SIZE}; default: {','.join(map(str, DEFAULT_TTA_SIZES))})",
-            "type": _sizes,
-        },
-    )
-    limit: int | None = field(default=None, metadata={"help": "label at most this many new images"})
-    shard_size: int = field(
-        default=256,
-        metadata={
-            "help": "rows per Parquet file; the workers write a file once this many images are done (or at the "
-            "end), and progress and resume advance file by file"
-        },
-    )
-    max_pixels: int = field(
-        default=DEFAULT_MAX_PIXELS,
-        metadata={
-            "help": "largest image accepted (width * height); a larger one becomes an error row before it is "
-            "decoded (at most PIL's own limit)"
-        },
-    )
-    bytes_column: str | None = field(
-        default=None, metadata={"help": "Parquet column with the encoded image bytes (default: auto-detect)"}
-    )
-    smoke_test: bool = field(
-        default=False,
-        metadata={"help": "a tiny random model on CPU (labels are meaningless): see the whole flow in a minute"},
-    )
-    progress: bool = field(default=True, metadata={"help": "do not show the progress bar"})
-    command: list[str] = field(default_factory=lambda: list(sys.argv))
-
-    def __post_init__(self) -> None:
-        """Raise :class:`OptionError` naming the option when a value cannot work (before anything starts)."""
-        for name in ("batch_size", "shard_size", "short_side", "max_size", "max_pixels"):
-            if getattr(self, name) < 1:
-                raise OptionError(f"`{name}` must be at least 1, got {getattr(self, name)}")
-        if self.workers is not None and not 1 <= self.workers[0] <= self.workers[1]:
-            low, high = self.workers
-            raise OptionError(f"`workers` must be N or MIN-MAX with 1 <= MIN <= MAX, got {low}-{high}")
-        if self.max_size < self.short_side:
-            raise OptionError(f"`max_size` ({self.max_size}) must not be smaller than `short_side` ({self.short_side})")
-        if self.max_pixels > DEFAULT_MAX_PIXELS:
-            raise OptionError(f"`max_pixels` must be at most {DEFAULT_MAX_PIXELS} (PIL's limit), got {self.max_pixels}")
-        if self.limit is not None and self.limit < 0:
-            raise OptionError(f"`limit` must be 0 or more, got {self.limit}")
-        if self.dtype not in DTYPES:
-            raise OptionError(f"`dtype` must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.input is None and not self.smoke_test:
-            raise OptionError("`input` is required (a folder, glob, list file, Parquet or WebDataset shards)")
-        if not self.tta_sizes or not all(1 <= size <= TTA_MAX_SIZE for size in self.tta_sizes):
-            raise OptionError(f"`tta_sizes` must be short sides from 1 to {TTA_MAX_SIZE}, got {self.tta_sizes}")
-        if len(set(self.tta_sizes)) != len(self.tta_sizes):
-            raise OptionError(f"`tta_sizes` names a size twice: {self.tta_sizes}")
-        if self.other is None:
-            self.other = "none" if self.smoke_test else "coco-stuff"
-        if self.other not in OTHER_CHOICES and not Path(self.other).is_file():
-            choices = ", ".join(OTHER_CHOICES)
-            raise OptionError(f"`other` {self.other!r} is neither one of {choices} nor a file of names")
-
-    @property
-    def test_time_augmentation(self) -> TestTimeAugmentation | None:
-        """The passes of ``--tta`` (``None`` without it)."""
-        return TestTimeAugmentation(tuple(self.tta_sizes)) if self.tta else None
 
 
 def _versions() -> dict[str, str]:
@@ -237,20 +63,15 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _identity(options: LabelOptions, vocabulary: Vocabulary, other: list[str]) -> dict[str, Any]:
+def _identity(options: LabelOptions, vocabulary: Vocabulary, settings: PredictionSettings) -> dict[str, Any]:
     """What a resumed run must share with the run it continues (``RunOutput.check_compatible``)."""
-    model = SMOKE_MODEL if options.smoke_test else options.model
     return {
         "vocabulary": vocabulary.fingerprint,
-        "model": model,
+        "model": SMOKE_MODEL if options.smoke_test else options.model,
         "config": options.config,
-        "templates": options.templates,
-        "short_side": options.short_side,
-        "min_score": options.min_score,
-        "class_min_scores": list(vocabulary.min_scores),
         "other": options.other,
-        "other_names": hashlib.sha256(json.dumps(other).encode("utf-8")).hexdigest(),
-        "tta": list(options.tta_sizes) if options.tta else None,
+        "other_names": hashlib.sha256(json.dumps(list(settings.other)).encode("utf-8")).hexdigest(),
+        **settings.identity(),
     }
 
 
@@ -291,7 +112,8 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
 def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, other: list[str]) -> dict[str, Any]:
     """:func:`run_label_job` in an output folder that this job holds; ``other``: the added distractor names."""
     started = time.time()
-    identity = _identity(options, vocabulary, other)
+    settings = options.prediction_settings(vocabulary, other)
+    identity = _identity(options, vocabulary, settings)
     output.check_compatible(identity)
     output.remove_partial_files()
     if options.smoke_test and options.input is None:
@@ -329,7 +151,7 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
                 new["images_per_model_call"] = None
             else:
                 done = ray.put(output.labeled_ids())
-                dataset = _build_dataset(options, model, resolved, done, tally, vocabulary, other, plan)
+                dataset = _build_dataset(options, model, resolved, done, tally, vocabulary, settings, plan)
                 new = _consume(dataset, tally, options)
     except BaseException as error:  # Ctrl-C and SIGTERM included: the manifest says the run stopped, and why
         manifest["status"] = _STOPPED_STATUS.get(type(error), "failed")
@@ -388,7 +210,7 @@ def _build_dataset(
     done: ray.ObjectRef,
     tally: ray.actor.ActorHandle,
     vocabulary: Vocabulary,
-    other: list[str],
+    settings: PredictionSettings,
     plan: ResourcePlan,
 ) -> ray.data.Dataset:
     """Inputs -> skip the labeled ones -> model batches of one padded size -> decode (CPU tasks) -> model
@@ -399,26 +221,18 @@ def _build_dataset(
     )
     if options.limit is not None:
         dataset = dataset.limit(options.limit)
-    resize = ResizeShortestEdge(options.short_side, options.max_size)  # the one rule every stage uses
+    resize = settings.resize  # the one rule every stage uses
     window = options.batch_size * WINDOW_BATCHES
     dataset = dataset.map_batches(GroupStage(resize, options.batch_size), batch_size=window, **cpu)
     dataset = one_batch_per_block(dataset, cpu)
     dataset = dataset.map_batches(DecodeStage(resize, options.max_pixels), batch_size=1, **cpu)
     dataset = dataset.map_batches(
-        PredictStage,
+        ModelStage,
         fn_constructor_kwargs={
             "model": model,
             "vocabulary": vocabulary.to_json(),
-            "device": plan.device,
-            "dtype": options.dtype,
-            "min_score": options.min_score,
-            "other": other,
-            "tta": options.test_time_augmentation,
-            "threads": plan.threads_per_worker,
-            "templates": options.templates,
-            "resize": resize,
-            "batch_size": options.batch_size,
-            "attempts": start_ledger(),
+            "settings": settings,
+            "worker": WorkerSetup(plan.device, plan.threads_per_worker, start_ledger()),
         },
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(min_size=plan.workers[0], max_size=plan.workers[1]),

@@ -12,10 +12,11 @@ import os
 from dataclasses import dataclass
 
 import ray
-from ray._private.authentication.authentication_utils import is_token_auth_enabled  # Ray's own rule (env, token file)
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from san.errors import UserError
+
+from ..ray_internals import token_auth_enabled
 
 
 class ResourceError(UserError):
@@ -71,7 +72,7 @@ def _check_actors_start() -> None:
     connects it, then cancels every actor before it starts and says only ``ActorDiedError ... cancelled
     before it started running`` (measured). Drivers without tokens are not checked: on a cluster with
     tokens they cannot connect at all."""
-    if not is_token_auth_enabled():
+    if not token_auth_enabled():
         return
     probe = _Probe.remote()
     try:

@@ -12,18 +12,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import ray
 
 import san
 from san.errors import OptionError
-from san.prediction import Prediction
+from san.image_labels import ImageLabels, label_encoding
+from san.settings import PredictionSettings
 from san.transforms import ResizeShortestEdge
-
-if TYPE_CHECKING:
-    from san.tta import TestTimeAugmentation
 
 from ..segments import class_mean_scores
 from ..vocabulary import Vocabulary
@@ -82,51 +80,45 @@ class NullPredictor:
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
-        self.unlabeled = 255 if num_classes <= 255 else 65535
-        self._maps: dict[tuple[int, int], Prediction] = {}  # one per size: the map is fixed
+        self.unlabeled, self.label_dtype = label_encoding(num_classes)
+        self._maps: dict[tuple[int, int], ImageLabels] = {}  # one per size: the map is fixed
 
-    def predict(self, images: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]]) -> list[Prediction]:
-        """One :class:`~san.prediction.Prediction` at each ``original_sizes`` ``(H, W)`` (shared, read-only)."""
+    def predict(self, images: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]]) -> list[ImageLabels]:
+        """One :class:`~san.image_labels.ImageLabels` at each ``original_sizes`` ``(H, W)`` (shared, read-only)."""
         return [self._prediction(int(height), int(width)) for height, width in original_sizes]
 
-    def _prediction(self, height: int, width: int) -> Prediction:
+    def _prediction(self, height: int, width: int) -> ImageLabels:
         if (height, width) not in self._maps:
-            dtype = np.uint8 if self.unlabeled == 255 else np.uint16
             cells = np.add.outer(np.arange(height) // NULL_CELL, np.arange(width) // NULL_CELL)
-            label_map = (cells % self.num_classes).astype(dtype)
+            label_map = (cells % self.num_classes).astype(self.label_dtype)
             scores = np.ones(label_map.shape, np.float32)
             label_map.flags.writeable = scores.flags.writeable = False
-            self._maps[(height, width)] = Prediction(label_map, scores, self.unlabeled)
+            self._maps[(height, width)] = ImageLabels(label_map, scores, self.unlabeled)
         return self._maps[(height, width)]
 
 
-class PredictStage:
+@dataclass(frozen=True)
+class WorkerSetup:
+    """Where a model actor runs: its ``device`` (``cpu``/``cuda``), its CPU ``threads``, and the run's
+    :class:`~pipeline.label.attempts.AttemptLedger` actor (``attempts``)."""
+
+    device: str
+    threads: int
+    attempts: ray.actor.ActorHandle
+
+
+class ModelStage:
     """Actor stage: loads the model and the vocabulary's text embeddings once, then labels model batches
     (rows of :class:`~pipeline.label.decode.DecodeStage`), one output row per image: its ``label_map``
     ``[H, W]`` at its original size and ``class_scores`` ``[num_classes]`` (each class's mean best score,
     :func:`~pipeline.segments.class_mean_scores`); the encoding is left to CPU tasks
-    (:mod:`pipeline.label.encode`). ``attempts`` is the run's
-    :class:`~pipeline.label.attempts.AttemptLedger` actor; ``other`` (distractor names),
-    ``tta`` and the vocabulary's own minimum scores go to the :class:`~san.predictor.Predictor`."""
+    (:mod:`pipeline.label.encode`). ``settings`` go whole to the :class:`~san.predictor.Predictor`."""
 
-    def __init__(
-        self,
-        model: ModelSpec,
-        vocabulary: dict[str, Any],
-        device: str,
-        dtype: str,
-        min_score: float,
-        threads: int,
-        templates: str | None,
-        resize: ResizeShortestEdge,
-        batch_size: int,
-        attempts: ray.actor.ActorHandle,
-        other: list[str],
-        tta: TestTimeAugmentation | None,
-    ):
-        self.attempts = Attempts(attempts)
+    def __init__(self, model: ModelSpec, vocabulary: dict[str, Any], settings: PredictionSettings, worker: WorkerSetup):
+        self.attempts = Attempts(worker.attempts)
         self.vocabulary = Vocabulary.from_json(vocabulary)
-        self.resize, self.batch_size = resize, batch_size
+        self.settings = settings
+        self.unlabeled, self.label_dtype = label_encoding(len(self.vocabulary.names))
         if model.model == NULL_MODEL:
             self.predictor = NullPredictor(len(self.vocabulary.names))
             return
@@ -134,23 +126,14 @@ class PredictStage:
 
         from san.predictor import Predictor
 
-        if device == "cpu":
-            torch.set_num_threads(threads)
-        net = model.load()
-        if templates is not None:
-            net.text_classifier.set_template_set(templates)
+        if worker.device == "cpu":
+            torch.set_num_threads(worker.threads)
         self.predictor = Predictor(
-            net,
+            model.load(),
             self.vocabulary.prompts,
             self.vocabulary.prompt_to_class,
-            device=device,
-            dtype=dtype,
-            min_score=min_score,
-            resize=resize,
-            other=other,
-            tta=tta,
-            class_min_scores=self.vocabulary.min_scores,
-            batch_size=batch_size,
+            device=worker.device,
+            settings=settings,
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -169,7 +152,7 @@ class PredictStage:
             if error:
                 images.append(None)
                 continue
-            h, w = self.resize.output_size(height, width)
+            h, w = self.settings.resize.output_size(height, width)
             images.append(pixels[k, :h, :w])
             k += 1
         return {"image_path": paths, "error": errors, "height": heights, "width": widths, "image": images}
@@ -185,7 +168,7 @@ class PredictStage:
         errors = list(batch["error"])
         results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * count
         todo = [i for i in range(count) if not errors[i]]
-        fill = _model_call_sizes(batch, todo, self.resize, self.batch_size)
+        fill = _model_call_sizes(batch, todo, self.settings.resize, self.settings.batch_size)
         paths = [batch["image_path"][i] for i in todo]
         # Deaths before this call; the batch attempt below ends (recorded) or kills this process, so they hold.
         died = dict(zip(paths, self.attempts.unfinished(paths), strict=True)) if todo else {}
@@ -208,7 +191,7 @@ class PredictStage:
                     [results[i]] = self._label(batch, [i])
                 except Exception as failure:  # the model's own error, kept as this image's reason
                     errors[i] = f"model failed: {type(failure).__name__}: {failure}"
-        empty = (np.zeros((1, 1), self._label_dtype()), np.zeros(len(self.vocabulary.names), np.float32))
+        empty = (np.zeros((1, 1), self.label_dtype), np.zeros(len(self.vocabulary.names), np.float32))
         maps, scores = zip(*(result or empty for result in results), strict=True)
         return {
             "image_path": batch["image_path"],
@@ -219,9 +202,6 @@ class PredictStage:
             "class_scores": list(scores),
             "batch_images": [fill.get(i, 0) for i in range(count)],
         }
-
-    def _label_dtype(self) -> type[np.integer]:
-        return np.uint8 if len(self.vocabulary.names) <= 255 else np.uint16
 
     def _label(self, batch: dict[str, list[Any]], rows: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
         """The label map ``[H, W]`` and class scores ``[num_classes]`` of each of ``rows`` (one model call for all)."""

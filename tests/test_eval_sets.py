@@ -1,4 +1,4 @@
-"""Readers of SAN's evaluation sets (pipeline.benchmarks): class lists, prepared layouts on tiny fake datasets,
+"""Readers of SAN's evaluation sets (pipeline.eval_sets): class lists, prepared layouts on tiny fake datasets,
 the vocabulary / image-list writer and ``evaluate_run`` with ``--gt NAME:ROOT``."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.benchmarks import BENCHMARKS, BenchmarkError, BenchmarkSpec, get_benchmark, write_benchmark_inputs
-from pipeline.benchmarks.reader import BenchmarkGroundTruth
+from pipeline.eval_sets import EVAL_SETS, EvalSetError, EvalSetSpec, get_eval_set, write_eval_set_inputs
+from pipeline.eval_sets.reader import EvalSetGroundTruth
 from pipeline.evaluate import evaluate_run
 from pipeline.ground_truth import open_ground_truth
 from pipeline.ground_truth.base import IGNORE, GroundTruthError
@@ -24,9 +24,9 @@ from pipeline.segments import encode_label_map_png, label_map_segments
 from pipeline.vocabulary import Vocabulary, load_vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("jobs_benchmark_inputs", ROOT / "jobs" / "benchmark_inputs.py")
-benchmark_inputs = importlib.util.module_from_spec(_spec)  # jobs/benchmark_inputs.py, under a name of its own
-_spec.loader.exec_module(benchmark_inputs)
+_spec = importlib.util.spec_from_file_location("jobs_benchmark_inputs", ROOT / "jobs" / "eval_set_inputs.py")
+eval_set_inputs = importlib.util.module_from_spec(_spec)  # jobs/eval_set_inputs.py, under a name of its own
+_spec.loader.exec_module(eval_set_inputs)
 
 EXPECTED = {  # name: (classes, ignore, label extension, official image count)
     "ade150": (150, 255, ".png", 2000),
@@ -39,7 +39,7 @@ EXPECTED = {  # name: (classes, ignore, label extension, official image count)
 N_IMAGES = 3
 
 
-def make_fake(spec: BenchmarkSpec, root: Path, seed: int = 0, n: int = N_IMAGES) -> dict[Path, np.ndarray]:
+def make_fake(spec: EvalSetSpec, root: Path, seed: int = 0, n: int = N_IMAGES) -> dict[Path, np.ndarray]:
     """A prepared split under ``root``: ``n`` jpgs with labels (random classes incl. the highest, ignore
     pixels), plus for VOC-20 extra JPEGImages without a label. Returns image path -> raw label array."""
     rng = np.random.default_rng(seed)
@@ -65,32 +65,32 @@ def make_fake(spec: BenchmarkSpec, root: Path, seed: int = 0, n: int = N_IMAGES)
 
 
 def test_registry_facts() -> None:
-    assert list(BENCHMARKS) == list(EXPECTED)
+    assert list(EVAL_SETS) == list(EXPECTED)
     for name, (classes, ignore, label_ext, count) in EXPECTED.items():
-        spec = get_benchmark(name.upper())
+        spec = get_eval_set(name.upper())
         assert (len(spec.class_names), spec.num_classes, spec.ignore_value) == (classes, classes, ignore)
         assert (spec.label_ext, spec.image_ext, spec.expected_count) == (label_ext, ".jpg", count)
         keys = [normalise_class_name(n) for n in spec.class_names]
         assert len(set(keys)) == classes, "duplicate class names"
         assert not any(":" in n or "#" in n or n != " ".join(n.split()) for n in spec.class_names)
-        text = (ROOT / "pipeline" / "benchmarks" / f"{name}.txt").read_text(encoding="utf-8")
+        text = (ROOT / "pipeline" / "eval_sets" / f"{name}.txt").read_text(encoding="utf-8")
         assert text.split("\n")[:-1] == list(spec.class_names) and text.endswith("\n")
-    ade150, ade847 = BENCHMARKS["ade150"].class_names, BENCHMARKS["ade847"].class_names
+    ade150, ade847 = EVAL_SETS["ade150"].class_names, EVAL_SETS["ade847"].class_names
     assert ade150[:3] == ("wall", "building", "sky") and ade150[8] == "window" and ade150[-1] == "flag"
     assert ade150[6] == "road, route"  # comma-separated synonyms stay one name, as SAN encodes them
     assert ade847[:2] == ("wall", "building, edifice") and ade847[-1] == "adding machine, totalizer, totaliser"
-    coco = BENCHMARKS["cocostuff171"].class_names
+    coco = EVAL_SETS["cocostuff171"].class_names
     assert coco[0] == "person" and coco[79] == "toothbrush" and coco[80] == "banner" and coco[-1] == "wood"
     assert "building-other" in coco and "desk-stuff" in coco
-    assert BENCHMARKS["voc20"].class_names[-1] == "tv" and BENCHMARKS["pc59"].class_names[-1] == "wood"
-    assert BENCHMARKS["pc459"].class_names[:2] == ("accordion", "aeroplane")
-    with pytest.raises(BenchmarkError, match="unknown benchmark"):
-        get_benchmark("ade151")
+    assert EVAL_SETS["voc20"].class_names[-1] == "tv" and EVAL_SETS["pc59"].class_names[-1] == "wood"
+    assert EVAL_SETS["pc459"].class_names[:2] == ("accordion", "aeroplane")
+    with pytest.raises(EvalSetError, match="unknown benchmark"):
+        get_eval_set("ade151")
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_pairs_and_reader(name: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    spec = BENCHMARKS[name]
+    spec = EVAL_SETS[name]
     made = make_fake(spec, tmp_path)
     pairs = spec.pairs(tmp_path)
     assert [image for image, _ in pairs] == sorted(made) == spec.image_paths(tmp_path)
@@ -99,7 +99,7 @@ def test_pairs_and_reader(name: str, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "official" in capsys.readouterr().err  # 3 images, not the official count
 
     gt = open_ground_truth(f"{name}:{tmp_path}")
-    assert isinstance(gt, BenchmarkGroundTruth) and gt.class_names == spec.class_names
+    assert isinstance(gt, EvalSetGroundTruth) and gt.class_names == spec.class_names
     assert gt.raw_ignore == [spec.ignore_value] and len(gt.keys()) == N_IMAGES
     for image, raw in made.items():
         key = gt.match(str(image))
@@ -114,14 +114,14 @@ def test_pairs_and_reader(name: str, tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_reader_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = BENCHMARKS["pc459"]
+    spec = EVAL_SETS["pc459"]
     make_fake(spec, tmp_path)
     with pytest.raises(GroundTruthError, match="--gt-classes does not apply"):
         open_ground_truth(f"pc459:{tmp_path}", gt_classes="classes.txt")
     with pytest.raises(GroundTruthError, match="--ignore-index 0"):
         open_ground_truth(f"pc459:{tmp_path}", ignore_index=0)
     assert open_ground_truth(f"pc459:{tmp_path}", ignore_index=65535).raw_ignore == [65535]
-    with pytest.raises(BenchmarkError, match="datasets root"):
+    with pytest.raises(EvalSetError, match="datasets root"):
         open_ground_truth(f"pc459:{tmp_path / 'missing'}")
     with pytest.raises(GroundTruthError, match="no label folder"):
         open_ground_truth(f"ade150:{tmp_path}")
@@ -141,9 +141,9 @@ def test_reader_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("name", ["voc20", "ade847"])
 def test_write_inputs_and_cli(name: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    spec = BENCHMARKS[name]
+    spec = EVAL_SETS[name]
     made = make_fake(spec, tmp_path / "datasets")
-    written = write_benchmark_inputs(name, tmp_path / "datasets", tmp_path / "work")
+    written = write_eval_set_inputs(name, tmp_path / "datasets", tmp_path / "work")
     assert written.num_images == N_IMAGES and written.warnings and "official" in written.warnings[0]
     vocabulary = load_vocabulary(written.vocab_path)
     assert vocabulary.names == spec.class_names and not any(vocabulary.synonyms)
@@ -152,22 +152,22 @@ def test_write_inputs_and_cli(name: str, tmp_path: Path, capsys: pytest.CaptureF
     [listing] = resolve_inputs(str(written.images_path)).containers  # a list file: expanded in Ray tasks
     assert [item.image_path for item in expand_container(listing)] == lines
 
-    args = benchmark_inputs.parse_args([name, "--root", str(tmp_path / "datasets"), "--out", str(tmp_path / "c")])
-    assert benchmark_inputs.main(args) == 0
+    args = eval_set_inputs.parse_args([name, "--root", str(tmp_path / "datasets"), "--out", str(tmp_path / "c")])
+    assert eval_set_inputs.main(args) == 0
     out = capsys.readouterr()
     assert f"{N_IMAGES} images" in out.out and f"--gt {name}:" in out.out and "official" in out.err
     assert (tmp_path / "c" / "vocab.txt").read_text() == written.vocab_path.read_text()
-    assert benchmark_inputs.main(benchmark_inputs.parse_args(["--list"])) == 0
+    assert eval_set_inputs.main(eval_set_inputs.parse_args(["--list"])) == 0
     assert "cocostuff171" in capsys.readouterr().out
-    with pytest.raises(BenchmarkError, match="no label folder"):
-        write_benchmark_inputs("pc59", tmp_path / "datasets", tmp_path / "w2")
+    with pytest.raises(EvalSetError, match="no label folder"):
+        write_eval_set_inputs("pc59", tmp_path / "datasets", tmp_path / "w2")
 
 
 @pytest.mark.parametrize("name", ["ade150", "ade847"])
 def test_evaluate_run_with_benchmark_scheme(name: str, tmp_path: Path) -> None:
     """A fake run over the benchmark's images, predictions = ground truth with some pixels wrong, scored
     through ``--gt NAME:ROOT`` and checked against per-class IoUs computed with boolean masks."""
-    spec = BENCHMARKS[name]
+    spec = EVAL_SETS[name]
     made = make_fake(spec, tmp_path / "datasets", seed=1)
     vocabulary = Vocabulary(spec.class_names, tuple(() for _ in spec.class_names))
     rng = np.random.default_rng(2)

@@ -1,10 +1,5 @@
-"""SAN's evaluation sets (CVPR 2023, Table 2) in their standard *prepared* (detectron2) layouts.
-
-:data:`BENCHMARKS` holds one :class:`BenchmarkSpec` per split (``ade150``, ``ade847``, ``pc59``, ``pc459``,
-``voc20``, ``cocostuff171``): where its images and labels lie under a datasets root, how labels are stored,
-and its class names (``pipeline/benchmarks/<name>.txt``, exactly as SAN passes them to CLIP). The layouts,
-their sources and the pairing rule: ``docs/benchmarks.md``.
-"""
+"""The SAN paper's evaluation sets: :data:`EVAL_SETS`, one :class:`EvalSetSpec` per split, and the labeling
+job's inputs written from one (:func:`write_eval_set_inputs`)."""
 
 from __future__ import annotations
 
@@ -21,17 +16,18 @@ from san.errors import UserError
 from san.text_files import parse_class_names
 
 __all__ = [
-    "BENCHMARKS",
-    "BenchmarkError",
-    "BenchmarkInputs",
-    "BenchmarkSpec",
-    "get_benchmark",
-    "register_benchmark_schemes",
-    "write_benchmark_inputs",
+    "EVAL_SETS",
+    "EvalSetError",
+    "EvalSetInputs",
+    "EvalSetSpec",
+    "default_root",
+    "get_eval_set",
+    "register_eval_set_schemes",
+    "write_eval_set_inputs",
 ]
 
 
-class BenchmarkError(UserError):
+class EvalSetError(UserError):
     """A benchmark name, root or layout is wrong; the message says why."""
 
 
@@ -51,8 +47,8 @@ def _listing(folder: Path, suffix: str) -> dict[str, Path]:
 
 
 @dataclass(frozen=True)
-class BenchmarkSpec:
-    """One evaluation set's prepared validation split (facts: ``docs/benchmarks.md``)."""
+class EvalSetSpec:
+    """One evaluation set's prepared validation split (facts: ``docs/eval_sets.md``)."""
 
     name: str
     title: str
@@ -76,23 +72,23 @@ class BenchmarkSpec:
     @cached_property
     def class_names(self) -> tuple[str, ...]:
         """Class names, index ``v`` = label value ``v``, exactly as SAN passes them to CLIP."""
-        text = resources.files(__name__).joinpath(f"{self.name}.txt").read_text(encoding="utf-8")
-        names = parse_class_names(text, f"{self.name}.txt", BenchmarkError)
+        text = resources.files(__package__).joinpath(f"{self.name}.txt").read_text(encoding="utf-8")
+        names = parse_class_names(text, f"{self.name}.txt", EvalSetError)
         if len(names) != self.num_classes or None in names:
-            raise BenchmarkError(f"{self.name}.txt has {len(names)} lines, expected {self.num_classes} class names")
+            raise EvalSetError(f"{self.name}.txt has {len(names)} lines, expected {self.num_classes} class names")
         return tuple(names)  # type: ignore[arg-type]  # no None left
 
     def resolve_root(self, root: str | os.PathLike[str]) -> Path:
         """The datasets root: ``root`` itself, or its parent when ``root`` is the dataset's own folder.
 
         Raises:
-            BenchmarkError: neither holds this benchmark's label folder.
+            EvalSetError: neither holds this benchmark's label folder.
         """
         base = Path(root)
         for candidate in (base, base.parent) if base.name == self.folder else (base,):
             if (candidate / self.folder / self.label_dir).is_dir():
                 return candidate
-        raise BenchmarkError(
+        raise EvalSetError(
             f"{self.name}: no label folder {self.folder}/{self.label_dir} under {str(base)!r} (give the datasets "
             f"root that holds {self.folder}/, prepared as in SAN's README: {self.notes})"
         )
@@ -113,12 +109,12 @@ class BenchmarkSpec:
         """Every label file of the split, sorted by name (warns when the count is not the official one).
 
         Raises:
-            BenchmarkError: the label folder is missing or empty.
+            EvalSetError: the label folder is missing or empty.
         """
         folder = self.label_folder(root)
         files = [path for _, path in sorted(_listing(folder, self.label_ext).items())]
         if not files:
-            raise BenchmarkError(f"{self.name}: no *{self.label_ext} files in {folder}")
+            raise EvalSetError(f"{self.name}: no *{self.label_ext} files in {folder}")
         for message in self._count_messages(len(files), f"label files in {folder}"):
             _warn(message)
         return files
@@ -129,16 +125,16 @@ class BenchmarkSpec:
         official one). Prints nothing.
 
         Raises:
-            BenchmarkError: a folder is missing or no image has a label.
+            EvalSetError: a folder is missing or no image has a label.
         """
         label_folder, image_folder = self.label_folder(root), self.image_folder(root)
         labels = _listing(label_folder, self.label_ext)
         if not image_folder.is_dir():
-            raise BenchmarkError(f"{self.name}: image folder {image_folder} does not exist")
+            raise EvalSetError(f"{self.name}: image folder {image_folder} does not exist")
         images = _listing(image_folder, self.image_ext)
         stems = sorted(labels.keys() & images.keys())
         if not stems:
-            raise BenchmarkError(
+            raise EvalSetError(
                 f"{self.name}: no *{self.image_ext} image in {image_folder} has a *{self.label_ext} label in "
                 f"{label_folder} ({len(images)} images, {len(labels)} labels)"
             )
@@ -171,35 +167,35 @@ class BenchmarkSpec:
         ]
 
 
-BENCHMARKS: dict[str, BenchmarkSpec] = {
+EVAL_SETS: dict[str, EvalSetSpec] = {
     spec.name: spec
     for spec in (
-        BenchmarkSpec(
+        EvalSetSpec(
             "ade150", "ADE20K-150", "ade20k_sem_seg_val", "ADEChallengeData2016",
             "images/validation", "annotations_detectron2/validation", ".jpg", ".png", 255, 2000, 150,
             "annotations_detectron2 from prepare_ade20k_sem_seg.py",
         ),
-        BenchmarkSpec(
+        EvalSetSpec(
             "ade847", "ADE20K-847", "ade20k_full_sem_seg_val", "ADE20K_2021_17_01",
             "images_detectron2/validation", "annotations_detectron2/validation", ".jpg", ".tif", 65535, 2000, 847,
             "images_detectron2 and annotations_detectron2 from prepare_ade20k_full_sem_seg.py",
         ),
-        BenchmarkSpec(
+        EvalSetSpec(
             "pc59", "Pascal Context-59", "pcontext_sem_seg_val", "pcontext",
             "val/image", "val/label", ".jpg", ".png", 255, 5105, 59,
             "val/image and val/label from prepare_pcontext_sem_seg_59cls.py",
         ),
-        BenchmarkSpec(
+        EvalSetSpec(
             "pc459", "Pascal Context-459", "pcontext_full_sem_seg_val", "pcontext_full",
             "val/image", "val/label", ".jpg", ".tif", 65535, 5105, 459,
             "val/image and val/label from prepare_pcontext_sem_seg_459cls.py",
         ),
-        BenchmarkSpec(
+        EvalSetSpec(
             "voc20", "Pascal VOC-20", "voc_sem_seg_val", "VOC2012",
             "JPEGImages", "annotations_detectron2/val", ".jpg", ".png", 255, 1449, 20,
             "annotations_detectron2 from prepare_voc_sem_seg.py",
         ),
-        BenchmarkSpec(
+        EvalSetSpec(
             "cocostuff171", "COCO-Stuff-171", "coco_2017_test_stuff_sem_seg", "coco",
             "val2017", "stuffthingmaps_detectron2/val2017", ".jpg", ".png", 255, 5000, 171,
             "stuffthingmaps_detectron2 from prepare_coco_stuff_164k_sem_seg.py",
@@ -208,15 +204,15 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 }  # fmt: skip
 
 
-def get_benchmark(name: str) -> BenchmarkSpec:
+def get_eval_set(name: str) -> EvalSetSpec:
     """The spec registered as ``name`` (case-insensitive).
 
     Raises:
-        BenchmarkError: unknown name (the message lists the known ones).
+        EvalSetError: unknown name (the message lists the known ones).
     """
-    spec = BENCHMARKS.get(str(name).strip().lower())
+    spec = EVAL_SETS.get(str(name).strip().lower())
     if spec is None:
-        raise BenchmarkError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+        raise EvalSetError(f"unknown benchmark {name!r}; known: {', '.join(EVAL_SETS)}")
     return spec
 
 
@@ -226,8 +222,8 @@ def default_root() -> str:
 
 
 @dataclass(frozen=True)
-class BenchmarkInputs:
-    """What :func:`write_benchmark_inputs` wrote."""
+class EvalSetInputs:
+    """What :func:`write_eval_set_inputs` wrote."""
 
     vocab_path: Path
     images_path: Path
@@ -235,12 +231,12 @@ class BenchmarkInputs:
     warnings: tuple[str, ...]
 
 
-def _vocabulary_text(spec: BenchmarkSpec) -> str:
+def _vocabulary_text(spec: EvalSetSpec) -> str:
     from ..vocabulary import parse_vocabulary
 
     for name in spec.class_names:
         if ":" in name or "#" in name or name != " ".join(name.split()):
-            raise BenchmarkError(f"{spec.name}: class {name!r} cannot be written to a vocabulary file as one name")
+            raise EvalSetError(f"{spec.name}: class {name!r} cannot be written to a vocabulary file as one name")
     header = (
         f"# {spec.title} ({spec.name}; detectron2 dataset {spec.detectron2_name}): {len(spec.class_names)} classes.\n"
         "# Line order = ground-truth label value. Names exactly as SAN passes them to CLIP: a comma is part of\n"
@@ -249,19 +245,19 @@ def _vocabulary_text(spec: BenchmarkSpec) -> str:
     text = header + "\n".join(spec.class_names) + "\n"
     vocabulary = parse_vocabulary(text, f"{spec.name} vocabulary")
     if vocabulary.names != spec.class_names or any(vocabulary.synonyms):
-        raise BenchmarkError(f"{spec.name}: the vocabulary file would not reproduce the class names")
+        raise EvalSetError(f"{spec.name}: the vocabulary file would not reproduce the class names")
     return text
 
 
-def write_benchmark_inputs(name: str, root: str | os.PathLike[str], out: str | os.PathLike[str]) -> BenchmarkInputs:
+def write_eval_set_inputs(name: str, root: str | os.PathLike[str], out: str | os.PathLike[str]) -> EvalSetInputs:
     """Write ``OUT/vocab.txt`` (the benchmark's classes, in label order) and ``OUT/images.txt`` (absolute
     paths of its validation images, one per line) for ``jobs/label.py --vocab ... --input ...``. Count
-    warnings are returned (:attr:`BenchmarkInputs.warnings`), not printed.
+    warnings are returned (:attr:`EvalSetInputs.warnings`), not printed.
 
     Raises:
-        BenchmarkError: unknown benchmark, missing folders, no pairs.
+        EvalSetError: unknown benchmark, missing folders, no pairs.
     """
-    spec = get_benchmark(name)
+    spec = get_eval_set(name)
     target = Path(out)
     pairs, messages = spec.scan(root)
     images = [image for image, _ in pairs]
@@ -272,30 +268,22 @@ def write_benchmark_inputs(name: str, root: str | os.PathLike[str], out: str | o
         vocab_path.write_text(vocab_text, encoding="utf-8")
         images_path.write_text("".join(f"{p.absolute()}\n" for p in images), encoding="utf-8")
     except OSError as error:
-        raise BenchmarkError(f"cannot write into {str(target)!r}: {error.strerror or error}") from error
-    return BenchmarkInputs(vocab_path, images_path, len(images), tuple(messages))
+        raise EvalSetError(f"cannot write into {str(target)!r}: {error.strerror or error}") from error
+    return EvalSetInputs(vocab_path, images_path, len(images), tuple(messages))
 
 
-def register_benchmark_schemes(register: Callable[[str, Callable[..., Any]], None]) -> None:
+def register_eval_set_schemes(register: Callable[[str, Callable[..., Any]], None]) -> None:
     """Register ``--gt NAME:ROOT`` for every benchmark with ``register`` (``pipeline.ground_truth``'s
     ``register_ground_truth``); the reader module is imported only when such a spec is opened."""
 
     def factory_for(name: str) -> Callable[..., Any]:
         def factory(location: str, gt_classes: str | None, vocabulary_names: Sequence[str], ignore_index: int):
-            from .reader import open_benchmark_ground_truth
+            from .reader import open_eval_set_ground_truth
 
-            return open_benchmark_ground_truth(name, location, gt_classes, vocabulary_names, ignore_index)
+            return open_eval_set_ground_truth(name, location, gt_classes, vocabulary_names, ignore_index)
 
         return factory
 
-    for name in BENCHMARKS:
+    for name in EVAL_SETS:
         register(name, factory_for(name))
 
-
-def __getattr__(attribute: str) -> Any:
-    # The reader imports the ground-truth reader modules (numpy, PIL): load it only when one of its names is asked for.
-    if attribute in ("BenchmarkGroundTruth", "open_benchmark_ground_truth"):
-        from . import reader
-
-        return getattr(reader, attribute)
-    raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")

@@ -1,4 +1,4 @@
-"""Ground-truth reader for SAN's benchmarks: ``--gt NAME:ROOT`` (see :mod:`pipeline.benchmarks`)."""
+"""Ground-truth reader for SAN's benchmarks: ``--gt NAME:ROOT`` (see :mod:`pipeline.eval_sets`)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import numpy as np
 
 from ..ground_truth.base import GroundTruth, GroundTruthError, LabelValues
 from ..ground_truth.png import read_label_image
-from . import BenchmarkError, BenchmarkSpec, default_root, get_benchmark
+from .sets import EvalSetError, EvalSetSpec, default_root, get_eval_set
 
-__all__ = ["BenchmarkGroundTruth", "open_benchmark_ground_truth"]
+__all__ = ["EvalSetGroundTruth", "open_eval_set_ground_truth"]
 
 _MAX_U16 = 65535
 
 
-class BenchmarkGroundTruth(GroundTruth):
+class EvalSetGroundTruth(GroundTruth):
     """The label files of one benchmark's validation split; class ``v`` = label value ``v``.
 
     Keys are the label files' names in the label folder (file stems are unique there, so the stem
@@ -26,12 +26,12 @@ class BenchmarkGroundTruth(GroundTruth):
     ground truth, also those whose image is missing (they are reported as "without prediction").
     """
 
-    def __init__(self, spec: BenchmarkSpec, root: str | os.PathLike[str]):
+    def __init__(self, spec: EvalSetSpec, root: str | os.PathLike[str]):
         self.spec = spec
         try:
             self.folder = spec.label_folder(root)
             files = spec.label_files(root)  # warns when the count is not the official one
-        except BenchmarkError as exc:
+        except EvalSetError as exc:
             raise GroundTruthError(str(exc)) from None
         self._files = [f.name for f in files]
         self.class_names = spec.class_names
@@ -58,13 +58,13 @@ class BenchmarkGroundTruth(GroundTruth):
         return self._values.classes(raw, f"ground truth {path}", hint)
 
 
-def open_benchmark_ground_truth(
+def open_eval_set_ground_truth(
     name: str,
     location: str,
     gt_classes: str | None = None,
     vocabulary_names: Sequence[str] = (),
     ignore_index: int = 255,
-) -> BenchmarkGroundTruth:
+) -> EvalSetGroundTruth:
     """The ``register_ground_truth`` factory behind ``--gt NAME:ROOT``.
 
     ``ROOT`` is the datasets root (or the dataset's own folder); empty means ``$DETECTRON2_DATASETS``
@@ -72,12 +72,12 @@ def open_benchmark_ground_truth(
     error, and ``--ignore-index`` may only be 255 (the default) or the benchmark's ignore value.
 
     Raises:
-        BenchmarkError: ``ROOT`` does not exist.
+        EvalSetError: ``ROOT`` does not exist.
         GroundTruthError: unknown benchmark, wrong options, or a layout problem.
     """
     try:
-        spec = get_benchmark(name)
-    except BenchmarkError as exc:
+        spec = get_eval_set(name)
+    except EvalSetError as exc:
         raise GroundTruthError(str(exc)) from None
     if gt_classes:
         raise GroundTruthError(
@@ -89,5 +89,5 @@ def open_benchmark_ground_truth(
         )
     root = location or default_root()
     if not Path(root).is_dir():
-        raise BenchmarkError(f"--gt {spec.name}:{location}: datasets root {str(root)!r} does not exist")
-    return BenchmarkGroundTruth(spec, root)
+        raise EvalSetError(f"--gt {spec.name}:{location}: datasets root {str(root)!r} does not exist")
+    return EvalSetGroundTruth(spec, root)

@@ -1,0 +1,47 @@
+"""The two places this project reaches into Ray's private code, because Ray 2.60 has no public way: each in one
+function that fails with a message naming the Ray version and this module when a Ray release moves what it
+uses (``tests/test_ray_internals.py`` checks both against the installed Ray).
+
+- :func:`set_stage_resources`: ``Dataset.repartition`` takes no resource arguments, and its tasks ask for a whole
+  CPU (a 1-CPU node beside a model actor of half a CPU never starts them: the job hangs). Its logical operator's
+  ``ray_remote_args`` is set instead, as Ray's own ``__post_init__`` sets it.
+- :func:`token_auth_enabled`: Ray's own rule for whether this process uses token authentication (the
+  ``RAY_AUTH_MODE`` environment variable, the token file and Ray's config together).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+__all__ = ["RayInternalsError", "set_stage_resources", "token_auth_enabled"]
+
+
+class RayInternalsError(RuntimeError):
+    """The installed Ray no longer has a private name this project uses (a bug to fix here, not a user error)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"Ray {ray.__version__} no longer has {what}, which pipeline/ray_internals.py uses (tested with Ray "
+            "2.60); install the Ray version pyproject.toml names, or update that module"
+        )
+
+
+def set_stage_resources(dataset: ray.data.Dataset, remote_args: dict[str, Any]) -> ray.data.Dataset:
+    """``dataset`` with its last operator's tasks asking for ``remote_args`` (e.g. ``{"num_cpus": 0.5}``)."""
+    operator = getattr(getattr(dataset, "_logical_plan", None), "dag", None)
+    if operator is None or not hasattr(operator, "ray_remote_args"):
+        raise RayInternalsError("Dataset._logical_plan.dag.ray_remote_args")
+    # A frozen dataclass field of Ray's logical operator, set the way Ray's own __post_init__ sets its fields.
+    object.__setattr__(operator, "ray_remote_args", dict(remote_args))
+    return dataset
+
+
+def token_auth_enabled() -> bool:
+    """Whether this process uses Ray's token authentication (``RAY_AUTH_MODE=token``), by Ray's own rule."""
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+    except ImportError:
+        raise RayInternalsError("ray._private.authentication.authentication_utils.is_token_auth_enabled") from None
+    return bool(is_token_auth_enabled())
