@@ -391,6 +391,7 @@ def test_failed_inputs_are_retried_and_repeated_paths_reported(
         return capsys.readouterr().err, json.loads((output / "manifest.json").read_text())
 
     stderr, manifest = run(shards, tmp_path / "from-parquet")
+    assert manifest["input"] == str(shards)  # what reviews and exports list again (pipeline.run_images)
     assert manifest["counts"]["labeled"] == 1 and manifest["counts"]["duplicates"] == 1
     assert manifest["duplicate_paths"] == ["0001.png"]
     assert "1 input rows repeat the image_path" in stderr

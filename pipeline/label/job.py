@@ -41,7 +41,7 @@ from .batching import WINDOW_BATCHES, GroupStage, one_batch_per_block
 from .decode import EXPANDED_ROWS, DecodeStage, expand_containers
 from .encode import EncodeStage
 from .images import DEFAULT_MAX_PIXELS
-from .inputs import ResolvedInputs, resolve_inputs
+from .inputs import ResolvedInputs, absolute_spec, resolve_inputs
 from .predict import NULL_MODEL, SMOKE_MODEL, ModelSpec, PredictStage
 from .resources import ResourcePlan, init_ray, plan_resources
 from .resume import SkipLabeled, start_tally
@@ -315,6 +315,7 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
         "command": options.command,
         "identity": identity,
         "options": {k: v for k, v in asdict(options).items() if k != "command"},
+        "input": absolute_spec(options.input),  # what reviews and exports list again (pipeline.run_images)
         "vocabulary": vocabulary.to_json(),
         "other_names": other,
         "resources": asdict(plan),
