@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from headless_browser import headless_chrome
 from PIL import Image
-from run_builder import build_run, isolate_fiftyone, name_key
+from run_builder import build_embedded_run, build_run, isolate_fiftyone, name_key
 
 isolate_fiftyone()  # before anything imports fiftyone
 
@@ -261,6 +261,44 @@ def test_failed_reload_keeps_old_dataset(run, tmp_path: Path) -> None:
         assert kept._doc.id == old._doc.id and len(kept) == N_IMAGES and len(kept.exists("miou")) == N_IMAGES - 1
     finally:
         fo.delete_dataset(name)
+
+
+def test_embedded_images_are_shown_from_their_bytes(tmp_path: Path) -> None:
+    """A run whose input embeds its images (Parquet bytes whose paths name a real file or have no extension;
+    WebDataset members, one named ``../../decoy.png``) loads: each sample shows its own bytes from a file
+    written under the run's review folder (with its format's extension, so FiftyOne knows it is an image),
+    never the file its path names, and keeps ``image_path`` as the run listed it."""
+    from pipeline.vocabulary import parse_vocabulary
+
+    run = build_embedded_run(tmp_path, parse_vocabulary(VOCAB_TEXT))
+    dataset = load_run(run.out, name=f"embedded-{os.getpid()}", max_class_views=0)
+    try:
+        assert dataset.media_type == "image"
+        assert sorted(dataset.values("image_path")) == sorted(run.images)
+        for path, shown in zip(dataset.values("image_path"), dataset.values("filepath"), strict=True):
+            assert Path(shown).is_relative_to((run.out / "review-masks").resolve()), shown
+            assert Path(shown).read_bytes() == run.images[path]
+            assert Path(shown).suffix in (".png", ".jpg")
+        assert not {str(d) for d in run.decoys} & set(dataset.values("filepath"))
+    finally:
+        fo.delete_dataset(dataset.name)
+
+
+def test_failed_load_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A load that fails after writing mask files removes them, and the ``review-masks`` folder it made."""
+    import pipeline.review.dataset as review_dataset
+    from pipeline.vocabulary import parse_vocabulary
+
+    run = build_run(tmp_path, parse_vocabulary(VOCAB_TEXT), n_images=2)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("saving the views failed")
+
+    monkeypatch.setattr(review_dataset, "save_review_views", fail)
+    assert not (run.out / "review-masks").exists()
+    with pytest.raises(RuntimeError, match="saving the views failed"):
+        load_run(run.out, name=f"half-{os.getpid()}")
+    assert not (run.out / "review-masks").exists()
 
 
 def _warnings(text: str) -> list[str]:
