@@ -259,3 +259,60 @@ def test_embedded_images_are_exported_from_their_bytes(
         _export(embedded.out, "label-studio", tmp_path / "ls-root", "--image-root", str(tmp_path))
     assert not (tmp_path / "ls-root").exists()
     assert all(decoy.read_bytes() not in expected for decoy in embedded.decoys)
+
+
+CONTROL_NAMES = {"two\nlines.png": "two%0Alines", "tab\tand\x7fdel\u2028.png": "tab%09and%7Fdel%E2%80%A8"}
+
+
+def test_control_characters_in_names_are_escaped_alike_in_every_format(tmp_path: Path) -> None:
+    """Image names with a newline, a tab, DEL and a line separator: every file name an export writes (yolo-seg,
+    cvat's list and masks, label-studio, hf's image file name, --masks) percent-encodes them the one way
+    (``export_files.escape_name``: ``\\n`` -> ``%0A``), so no listing splits a name; fields that hold the path
+    as data (COCO ``file_name``, hf ``image_path``) keep it exactly."""
+    import datasets
+    import fiftyone as fo
+
+    from pipeline.review.dataset import load_run
+    from pipeline.review.export import export_dataset
+
+    built = build_run(tmp_path / "run", VOCABULARY, n_images=3, seed=9, names=[*CONTROL_NAMES, "plain.png"])
+    paths = sorted(built.predictions)
+    escaped = {p: CONTROL_NAMES.get(Path(p).name, "plain") for p in paths}
+
+    _export(built.out, "yolo-seg", tmp_path / "yolo")
+    stems = {
+        p.relative_to(tmp_path / "yolo" / "images").with_suffix("").name for p in _files(tmp_path / "yolo" / "images")
+    }
+    labels = {
+        p.relative_to(tmp_path / "yolo" / "labels").with_suffix("").name for p in _files(tmp_path / "yolo" / "labels")
+    }
+    assert stems == labels == set(escaped.values())
+
+    _export(built.out, "cvat", tmp_path / "cvat.zip")
+    with zipfile.ZipFile(tmp_path / "cvat.zip") as archive:
+        listed = archive.read("ImageSets/Segmentation/default.txt").decode().splitlines()
+        masks = [n for n in archive.namelist() if n.startswith("SegmentationClass/")]
+    assert len(listed) == len(paths) and {Path(n).name for n in listed} == set(escaped.values())
+    assert {Path(n).stem for n in masks} == set(escaped.values())
+
+    _export(built.out, "hf", tmp_path / "hf")
+    dataset = datasets.load_from_disk(str(tmp_path / "hf")).cast_column("image", datasets.Image(decode=False))
+    assert sorted(dataset["image_path"]) == paths
+    assert {Path(row["image"]["path"]).stem for row in dataset} == set(escaped.values())
+
+    coco = json.loads((built.out / "coco.json").read_text())
+    assert sorted(image["file_name"] for image in coco["images"]) == paths
+
+    reviewed = load_run(built.out, name=f"control-{os.getpid()}", max_class_views=0)
+    try:
+        export_dataset(reviewed, tmp_path / "reviewed.json", tmp_path / "masks")
+    finally:
+        fo.delete_dataset(reviewed.name)
+    assert {p.stem for p in _files(tmp_path / "masks") if p.suffix == ".png"} == set(escaped.values())
+    coco = json.loads((tmp_path / "reviewed.json").read_text())
+    assert sorted(image["file_name"] for image in coco["images"]) == paths
+
+    pytest.importorskip("label_studio_sdk", reason="label-studio-sdk is the exports extra: pip install -e '.[exports]'")
+    _export(built.out, "label-studio", tmp_path / "ls", "--image-url", "https://data.example/img/")
+    urls = [task["data"]["image"] for task in json.loads((tmp_path / "ls" / "tasks.json").read_text())]
+    assert {Path(url).stem for url in urls} == set(escaped.values())  # URL-quoting gives the same %0A
