@@ -23,7 +23,7 @@ from .label.containers import expand_container
 from .label.images import image_suffix
 from .label.inputs import InputItem, read_bytes, resolve_inputs
 
-__all__ = ["RunImage", "RunImagesError", "iter_run_images"]
+__all__ = ["RunImage", "RunImagesError", "iter_run_images", "run_input"]
 
 
 class RunImagesError(UserError):
@@ -53,49 +53,59 @@ class RunImage:
         return image_suffix(data, self.image_path) if self.embedded else os.path.splitext(self.image_path)[1]
 
 
-def _input_of(run: Path) -> tuple[str, str | None]:
-    """The run's ``--input`` (absolute, as the job recorded it) and ``--bytes-column`` from its manifest."""
-    manifest = run / "manifest.json"
+def run_input(run: str | os.PathLike[str]) -> tuple[str | None, str | None]:
+    """The run's ``--input`` (absolute, as the job recorded it; ``None`` when its manifest names none) and
+    ``--bytes-column``, from its ``manifest.json``.
+
+    Raises:
+        RunImagesError: the manifest cannot be read.
+    """
+    manifest = Path(run) / "manifest.json"
     try:
         recorded = json.loads(manifest.read_text(encoding="utf-8"))
         options = recorded.get("options") or {}
         spec = recorded.get("input") or options.get("input")  # runs before "input" was recorded: as given
     except (OSError, ValueError, AttributeError) as exc:
         raise RunImagesError(f"{manifest}: cannot read the run's input: {exc}") from None
-    if not spec:
-        raise RunImagesError(f"{manifest} names no input; the run's images cannot be read again")
-    return spec, options.get("bytes_column")
+    return spec or None, options.get("bytes_column")
 
 
-def _listing(run: Path) -> Iterator[InputItem]:
+def _listing(run: Path, spec: str, bytes_column: str | None) -> Iterator[InputItem]:
     """Every input the run's job listed, in its order (containers expanded here, one after the other)."""
-    spec, bytes_column = _input_of(run)
     resolved = resolve_inputs(spec, exclude=str(run), bytes_column=bytes_column)
     yield from resolved.items
     for container in resolved.containers:
         yield from expand_container(container, bytes_column)
 
 
-def iter_run_images(run: str | os.PathLike[str], wanted: Collection[str]) -> Iterator[RunImage]:
+def iter_run_images(run: str | os.PathLike[str], wanted: Collection[str], strict: bool = True) -> Iterator[RunImage]:
     """The images of the labeling run in folder ``run`` whose ``image_path`` is in ``wanted``, each once, in
     the input's order (a path the input repeats: its first row, as the job labels it).
 
+    Args:
+        strict: raise for an image of ``wanted`` that the input no longer lists, or when the manifest names
+            no input; False leaves such images out (the caller tells them by their absence).
+
     Raises:
-        RunImagesError: the manifest names no input, or an image of ``wanted`` is no longer in the input
-            (moved or deleted since it was labeled), named with the input.
+        RunImagesError: with ``strict``, the manifest names no input, or an image of ``wanted`` is no longer
+            in the input (moved or deleted since it was labeled), named with the input.
         pipeline.label.inputs.InputError: the input itself is gone or cannot be listed.
     """
     root = Path(run)
+    spec, bytes_column = run_input(root)
+    if spec is None:
+        if strict:
+            raise RunImagesError(f"{root / 'manifest.json'} names no input; the run's images cannot be read again")
+        return
     missing = set(wanted)
-    for item in _listing(root):
+    for item in _listing(root, spec, bytes_column):
         if item.image_path in missing and item.error is None:
             missing.discard(item.image_path)
             yield RunImage(item.image_path, item.data)
             if not missing:
                 return
-    if missing:
-        example = min(missing)
+    if missing and strict:
         raise RunImagesError(
-            f"{len(missing)} labeled image(s) of {root} are no longer in its input {_input_of(root)[0]!r} "
-            f"(e.g. {example!r}: moved, deleted or unreadable since the run); restore them, or label again"
+            f"{len(missing)} labeled image(s) of {root} are no longer in its input {spec!r} (e.g. "
+            f"{min(missing)!r}: moved, deleted or unreadable since the run); restore them, or label again"
         )

@@ -292,6 +292,26 @@ def test_embedded_images_are_shown_from_their_bytes(tmp_path: Path) -> None:
         fo.delete_dataset(dataset.name)
 
 
+def test_an_image_gone_from_the_input_is_shown_from_no_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An image deleted since the run still loads, with a warning naming it; its sample's ``filepath`` is a file
+    in the run's review folder that is never written, not the path the run listed."""
+    from pipeline.vocabulary import parse_vocabulary
+
+    run = build_run(tmp_path, parse_vocabulary(VOCAB_TEXT), n_images=3)
+    gone = sorted(run.predictions)[0]
+    os.remove(gone)
+    dataset = load_run(run.out, name=f"gone-{os.getpid()}", max_class_views=0)
+    try:
+        shown = dict(zip(dataset.values("image_path"), dataset.values("filepath"), strict=True))
+    finally:
+        fo.delete_dataset(dataset.name)
+    warning = capsys.readouterr().err
+    assert f"warning: 1 labeled image(s) are no longer in the run's input {str(tmp_path / 'images')!r}" in warning
+    assert repr(gone) in warning
+    assert Path(shown[gone]).is_relative_to((run.out / "review-masks").resolve()) and not Path(shown[gone]).exists()
+    assert all(shown[path] == path for path in run.predictions if path != gone)
+
+
 def test_failed_load_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A load that fails after writing mask files removes them, and the ``review-masks`` folder it made."""
     import pipeline.review.dataset as review_dataset

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import sys
 import uuid
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from ..evaluate import EvaluationError, align_classes, warn_class_alignment, war
 from ..ground_truth import open_ground_truth
 from ..ground_truth.base import GroundTruth, match_predictions
 from ..outputs import RunOutput
-from ..run_images import iter_run_images
+from ..run_images import iter_run_images, run_input
 from ..segments import decode_label_map_png
 from ..vocabulary import Vocabulary
 from .app_config import configure_app
@@ -182,7 +183,7 @@ class _SampleBuilder:
     truth: _RunGroundTruth | None
     metrics: SampleMetrics
     masks: MaskFolder | None  # None: masks in the database
-    media: dict[str, str]  # image_path -> the file written for an image the input embeds (_media_files)
+    media: dict[str, str]  # image_path -> the file shown when it is not the image's own (_media_files)
 
     def _label(self, field: str, image_id: int, mask: np.ndarray) -> fo.Segmentation:
         if self.masks is None:
@@ -223,14 +224,27 @@ class _SampleBuilder:
 
 
 def _media_files(output: RunOutput, ids: dict[str, int], folder: MaskFolder) -> dict[str, str]:
-    """The images that the run's input embeds, written into ``folder`` from their bytes
-    (:mod:`pipeline.run_images`): image_path -> file. Any other image is shown from its own file, which the
-    input still lists (a tar member's or a Parquet row's path never is one)."""
+    """image_path -> the file a sample shows, for the images that are not their own listed file
+    (:mod:`pipeline.run_images`): an image the run's input embeds is written into ``folder`` from its bytes;
+    one the input no longer lists (or a run whose manifest names no input) gets a file name in ``folder``
+    that is never written, with a warning, so a sample never shows a file the listing did not name (a tar
+    member's or a Parquet row's path)."""
     files = {}
-    for run_image in iter_run_images(output.root, ids):
+    listed = set()
+    for run_image in iter_run_images(output.root, ids, strict=False):
+        listed.add(run_image.image_path)
         if run_image.data is not None:
             suffix = run_image.suffix(run_image.data)
             files[run_image.image_path] = folder.media_file(ids[run_image.image_path], run_image.data, suffix)
+    missing = sorted(ids.keys() - listed)
+    if missing:
+        spec = run_input(output.root)[0]
+        where = f"no longer in the run's input {spec!r}" if spec else "of a run whose manifest names no input"
+        print(
+            f"warning: {len(missing)} labeled image(s) are {where} (e.g. {missing[0]!r}); their samples show no image",
+            file=sys.stderr,
+        )
+        files.update({path: folder.missing_file(ids[path]) for path in missing})
     return files
 
 

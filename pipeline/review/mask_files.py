@@ -57,6 +57,11 @@ class MaskFolder:
         path.write_bytes(data)
         return str(path)
 
+    def missing_file(self, image_id: int) -> str:
+        """The path a sample whose image cannot be shown gets: in this folder, never written (``.jpg``: FiftyOne
+        reads the media type from the extension)."""
+        return str(self.root / "media" / "missing" / f"{image_id}.jpg")
+
     def remove(self) -> None:
         """Delete the folder and every file in it (a build that failed), and ``review-masks`` itself when
         that leaves it empty."""
