@@ -233,9 +233,9 @@ def _media_files(output: RunOutput, ids: dict[str, int], folder: MaskFolder) -> 
     listed = set()
     for run_image in iter_run_images(output.root, ids, strict=False):
         listed.add(run_image.image_path)
-        if run_image.data is not None:
-            suffix = run_image.suffix(run_image.data)
-            files[run_image.image_path] = folder.media_file(ids[run_image.image_path], run_image.data, suffix)
+        if run_image.embedded:
+            data = run_image.read()
+            files[run_image.image_path] = folder.media_file(ids[run_image.image_path], data, run_image.suffix(data))
     missing = sorted(ids.keys() - listed)
     if missing:
         spec = run_input(output.root)[0]
