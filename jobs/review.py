@@ -14,6 +14,8 @@ Mask values are category ids (vocabulary index + 1), 0 = unlabeled / ignored. Wi
 IoU/mIoU are stored and the mIoU is computed twice: by us and from FiftyOne's evaluate_segmentations.
 Masks are PNG files in OUT/review-masks/ (referenced by mask_path), unless --masks-in-database.
 Saved views: worst_miou, least_confident, class_<name>; --launch prints a link to each.
+--launch serves the App on 127.0.0.1; another --address needs --allow-remote, since FiftyOne's App serves
+any local file the process can read to whoever reaches it, without authentication.
 The App opens with the masks shown (one colour per class in both fields) and miou / mean_score in the
 sidebar's review group. Export edits with jobs/export.py.
 """
@@ -23,7 +25,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.cli import job_parser, run_job
-from pipeline.review.app import serve_until_interrupted
+from pipeline.review.app import check_address, serve_until_interrupted
 from pipeline.review.dataset import load_run
 from pipeline.review.metrics import compare_with_fiftyone
 
@@ -65,11 +67,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--launch", action="store_true", help="open the App, print links to the saved views, serve until Ctrl-C"
     )
     parser.add_argument("--port", type=int, default=5151, help="App port (default 5151)")
-    parser.add_argument("--address", default="127.0.0.1", help="App address (default 127.0.0.1)")
+    parser.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="App address (default 127.0.0.1); one that is not loopback needs --allow-remote",
+    )
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="let --launch listen on an --address other machines reach: FiftyOne's App then serves any local file "
+        "this process can read (/media?filepath=...) to anyone who reaches the port, without authentication",
+    )
     return parser.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
+    if args.launch:
+        check_address(args.address, args.allow_remote)  # before any work: a refusal loads nothing
     dataset = load_run(
         args.output,
         args.gt,
@@ -91,7 +105,7 @@ def main(args: argparse.Namespace) -> dict:
         )
     print(f"saved views: {', '.join(dataset.list_saved_views())}")
     if args.launch:
-        serve_until_interrupted(dataset, port=args.port, address=args.address)
+        serve_until_interrupted(dataset, port=args.port, address=args.address, allow_remote=args.allow_remote)
     return result
 
 

@@ -1,18 +1,35 @@
-"""Where exports write: file names for one file per image (:func:`mask_file_names`) and a new folder that
-appears whole or not at all (:func:`new_folder`). Shared by ``pipeline.review.export`` and ``pipeline.exports``."""
+"""Where exports write: file names for one file per image (:func:`mask_file_names`, escaped by
+:func:`escape_name`) and a new folder that appears whole or not at all (:func:`new_folder`). Shared by
+``pipeline.review.export`` and ``pipeline.exports``."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import unicodedata
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from san.errors import UserError
 
-__all__ = ["mask_file_names", "new_folder"]
+__all__ = ["escape_name", "mask_file_names", "new_folder"]
+
+# Unicode categories escaped in file names: control characters (newline, tab, DEL, NEL, ...) and the line
+# and paragraph separators, which line-based readers (str.splitlines) also split on.
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+
+
+def escape_name(text: str) -> str:
+    """``text`` with each control character or line separator percent-encoded as in a URL (``"\\n"`` ->
+    ``"%0A"``): the one rule for every file name an export writes and every name its listings hold, so that
+    no name spans two lines. Other characters, ``%`` included, are kept (a name that then clashes gets
+    :func:`mask_file_names`' image id)."""
+    return "".join(
+        urllib.parse.quote(ch, safe="") if unicodedata.category(ch) in _ESCAPED_CATEGORIES else ch for ch in text
+    )
 
 
 def _parts(path: str) -> tuple[str, ...]:
@@ -24,7 +41,8 @@ def _parts(path: str) -> tuple[str, ...]:
 
 def mask_file_names(items: list[tuple[str, int]], suffix: str = ".png") -> dict[str, str]:
     """``(image_path, image_id)`` -> relative file path: the image's path relative to the folder all images
-    share, with ``suffix``; a name that would clash (case-insensitively) gets ``.<image_id>`` before it."""
+    share, with ``suffix``, escaped (:func:`escape_name`); a name that would clash (case-insensitively) gets
+    ``.<image_id>`` before it."""
     parents = [_parts(p)[:-1] for p, _ in items]
     common = 0
     if parents:
@@ -35,9 +53,9 @@ def mask_file_names(items: list[tuple[str, int]], suffix: str = ".png") -> dict[
     used: set[str] = set()
     for (path, image_id), parent in zip(items, parents, strict=True):
         stem = PurePosixPath(_parts(path)[-1] if _parts(path) else str(image_id)).stem or str(image_id)
-        rel = "/".join([*parent[common:], f"{stem}{suffix}"])
+        rel = escape_name("/".join([*parent[common:], f"{stem}{suffix}"]))
         if rel.casefold() in used:
-            rel = "/".join([*parent[common:], f"{stem}.{image_id}{suffix}"])
+            rel = escape_name("/".join([*parent[common:], f"{stem}.{image_id}{suffix}"]))
         used.add(rel.casefold())
         names[path] = rel
     return names

@@ -64,6 +64,7 @@ class LabelSource:
     ``vocabulary.names[i]``, category id ``i + 1``)."""
 
     description: str  # "labeling run out/labels", "FiftyOne dataset NAME": for messages
+    run: Path  # the labeling run's output folder (a reviewed dataset's run): where its images are read again
     vocabulary: Vocabulary
     count: int  # how many images :attr:`images` yields
     images: Callable[[], Iterator[LabeledImage]]  # a new pass over the images each call
@@ -106,4 +107,4 @@ def run_label_source(folder: str | os.PathLike[str]) -> LabelSource:
         for row in output.iter_predictions(["image_path", "image_id", "label_map_png", "segments"]):
             yield LabeledImage(row["image_path"], int(row["image_id"]), row["label_map_png"], row["segments"])
 
-    return LabelSource(f"labeling run {folder}", vocabulary, count, images)
+    return LabelSource(f"labeling run {folder}", output.root, vocabulary, count, images)

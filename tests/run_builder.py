@@ -1,22 +1,30 @@
 """Build a labeling run's output folder without Ray or a model: real image files, random label maps and
 pixel scores written through ``RunOutput.write_shard`` + ``finalize``, and optionally a PNG ground-truth
-folder with a class-names file. Shared by the review and export tests, with :func:`isolate_fiftyone`."""
+folder with a class-names file (:func:`build_run`), or a run of images embedded in Parquet and WebDataset
+inputs, listed by the labeling job's own code (:func:`build_embedded_run`). Shared by the review and export
+tests, with :func:`isolate_fiftyone`."""
 
 from __future__ import annotations
 
 import atexit
+import io
 import os
 import shutil
 import sys
+import tarfile
 import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.label.inputs import image_id
+from pipeline.label.containers import expand_container
+from pipeline.label.images import decode_image
+from pipeline.label.inputs import image_id, resolve_inputs
 from pipeline.outputs import RunOutput
 from pipeline.segments import encode_label_map_png, label_map_segments, unlabeled_value
 from pipeline.vocabulary import Vocabulary
@@ -95,10 +103,12 @@ def build_run(
     seed: int = 0,
     gt_classes_text: str | None = None,
     images_without_gt: int = 1,
+    names: list[str] | None = None,
 ) -> BuiltRun:
-    """Write ``root/images``, ``root/out`` (two prediction shards, one error row) and, when
-    ``gt_classes_text`` is given (line v names GT value v; ``#`` lines are gaps), ``root/gt`` PNGs for all
-    but the last ``images_without_gt`` images and ``root/gt_classes.txt``.
+    """Write ``root/images`` (the run's input; image i is ``names[i]``, default ``img_<i>.png``, odd ones in
+    ``sub/``), ``root/out`` (two prediction shards, one error row) and, when ``gt_classes_text`` is given
+    (line v names GT value v; ``#`` lines are gaps), ``root/gt`` PNGs for all but the last
+    ``images_without_gt`` images and ``root/gt_classes.txt``.
 
     Predictions follow the ground truth where a GT class is in the vocabulary, with 30% of pixels replaced
     by random classes and 5% unlabeled, so IoUs are neither 0 nor 1.
@@ -122,7 +132,7 @@ def build_run(
     rows = []
     for i in range(n_images):
         h, w = int(rng.integers(18, 50)), int(rng.integers(18, 50))
-        image = root / "images" / ("sub" if i % 2 else "") / f"img_{i}.png"
+        image = root / "images" / ("sub" if i % 2 else "") / (names[i] if names else f"img_{i}.png")
         image.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)).save(image)
         path = str(image)
@@ -144,26 +154,97 @@ def build_run(
             pred = _blocks(rng, h, w, list(range(n)), block=5).astype(np.int64)
         noise = rng.random((h, w)) < 0.3
         pred[noise] = rng.integers(0, n, size=int(noise.sum()))
-        label_map = pred.astype(dtype)
-        label_map[rng.random((h, w)) < 0.05] = np.iinfo(dtype).max
-        scores = rng.uniform(0.2, 1.0, size=(h, w))
-        unlabeled = unlabeled_value(label_map)
-        run.predictions[path] = label_map
-        rows.append(
-            {
-                "image_path": path,
-                "image_id": image_id(path),
-                "width": w,
-                "height": h,
-                "label_map_png": encode_label_map_png(label_map, ignore_value=unlabeled),
-                "segments": label_map_segments(
-                    label_map, scores, vocabulary.names, vocabulary.category_ids, ignore_value=unlabeled
-                ),
-            }
-        )
-    output = RunOutput(run.out)
+        run.predictions[path] = _label_map(rng, pred, dtype)
+        rows.append(_prediction_row(rng, path, run.predictions[path], vocabulary))
+    _finish(run.out, vocabulary, rows, str(root / "images"))
+    return run
+
+
+def _label_map(rng: np.random.Generator, classes: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
+    """``classes`` as the run stores a label map, with 5% of the pixels unlabeled (the dtype's maximum)."""
+    label_map = classes.astype(dtype)
+    label_map[rng.random(classes.shape) < 0.05] = np.iinfo(dtype).max
+    return label_map
+
+
+def _prediction_row(rng: np.random.Generator, path: str, label_map: np.ndarray, vocabulary: Vocabulary) -> dict:
+    """A predictions row of ``label_map`` with random pixel scores, as the labeling job writes it."""
+    h, w = label_map.shape
+    scores = rng.uniform(0.2, 1.0, size=(h, w))
+    unlabeled = unlabeled_value(label_map)
+    return {
+        "image_path": path,
+        "image_id": image_id(path),
+        "width": w,
+        "height": h,
+        "label_map_png": encode_label_map_png(label_map, ignore_value=unlabeled),
+        "segments": label_map_segments(
+            label_map, scores, vocabulary.names, vocabulary.category_ids, ignore_value=unlabeled
+        ),
+    }
+
+
+def _finish(out: Path, vocabulary: Vocabulary, rows: list[dict], input_spec: str) -> None:
+    """Write ``rows`` as two prediction shards (one error row) and the manifest, naming ``input_spec`` as
+    the labeling job does."""
+    output = RunOutput(out)
     half = len(rows) // 2
     output.write_shard(rows[:half], [])
-    output.write_shard(rows[half:], [{"image_path": str(root / "images" / "broken.jpg"), "error": "cannot decode"}])
-    output.finalize(vocabulary, {"vocabulary": vocabulary.to_json()})
+    output.write_shard(
+        rows[half:], [{"image_path": str(out.parent / "images" / "broken.jpg"), "error": "cannot decode"}]
+    )
+    manifest = {"vocabulary": vocabulary.to_json(), "input": input_spec, "options": {"input": input_spec}}
+    output.finalize(vocabulary, manifest)
+
+
+def encoded_image(seed: int, image_format: str = "PNG") -> bytes:
+    """A random 20x28 RGB image encoded in ``image_format``."""
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(20, 28, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+@dataclass
+class EmbeddedRun:
+    out: Path
+    vocabulary: Vocabulary
+    #: image_path, as the labeling job lists it -> the image's bytes in the input
+    images: dict[str, bytes]
+    #: real files that an embedded image's path names (or normalises to), which must never be read
+    decoys: list[Path]
+    #: image_path -> label map as the run stores it
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def build_embedded_run(root: Path, vocabulary: Vocabulary, seed: int = 0) -> EmbeddedRun:
+    """A run whose input (``root/inputs/data.*``) embeds every image: ``data.parquet`` has an image-bytes
+    and a path column naming a real file (``root/decoy.png``), a relative path (``rel/pic.jpg``, a real file
+    under the current folder's ``rel/`` is up to the test) and a name without extension; ``data.tar`` has a
+    member ``000.png`` and one whose name, normalised, is ``root/decoy.png``. The images are listed with
+    the labeling job's own code and labeled with random maps."""
+    rng = np.random.default_rng(seed)
+    decoy = root / "decoy.png"
+    decoy.parent.mkdir(parents=True, exist_ok=True)
+    decoy.write_bytes(encoded_image(seed + 100))
+    inputs = root / "inputs"
+    inputs.mkdir()
+    paths = [str(decoy), "rel/pic.jpg", "no_extension"]
+    blobs = [encoded_image(seed + 1), encoded_image(seed + 2, "JPEG"), encoded_image(seed + 3)]
+    pq.write_table(pa.table({"path": paths, "image_bytes": blobs}), inputs / "data.parquet")
+    with tarfile.open(inputs / "data.tar", "w") as tar:
+        for name, data in (("000.png", encoded_image(seed + 4)), ("../../decoy.png", encoded_image(seed + 5))):
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    spec = str(inputs / "data.*")
+    resolved = resolve_inputs(spec)
+    items = [item for container in resolved.containers for item in expand_container(container)]
+    run = EmbeddedRun(root / "out", vocabulary, {item.image_path: item.data for item in items}, [decoy])
+    rows = []
+    for path, data in run.images.items():
+        h, w = decode_image(data).shape[:2]
+        run.predictions[path] = _label_map(rng, rng.integers(0, len(vocabulary), size=(h, w)), np.uint8)
+        rows.append(_prediction_row(rng, path, run.predictions[path], vocabulary))
+    _finish(run.out, vocabulary, rows, spec)
     return run

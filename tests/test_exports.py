@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import runpy
 import urllib.parse
 import zipfile
@@ -19,14 +20,15 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from run_builder import build_run, isolate_fiftyone
+from run_builder import build_embedded_run, build_run, isolate_fiftyone
 
 isolate_fiftyone()  # before anything imports fiftyone
 
 from pipeline.exports.run import ExportError, FormatOptions, export_format  # noqa: E402
 from pipeline.exports.yolo_seg import polygon_lines, rasterize  # noqa: E402
+from pipeline.run_images import RunImagesError  # noqa: E402
 from pipeline.vocabulary import parse_vocabulary  # noqa: E402
-from san.errors import OptionError  # noqa: E402
+from san.errors import OptionError, UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCABULARY = parse_vocabulary("cat\nsky: heaven\ngrass\ntraffic light\nboat\n")
@@ -192,14 +194,125 @@ def test_export_options_and_targets_are_checked(run, tmp_path: Path) -> None:
         export_format(run.out, FormatOptions(format="yolo-seg", output=str(used)))
     with pytest.raises(ExportError, match="cvat writes a .zip file"):
         export_format(run.out, FormatOptions(format="cvat", output=str(used)))
-    # A missing image is named, and nothing is left behind.
+    # A missing image is named, with the run's input, and nothing is left behind.
     gone = sorted(run.predictions)[0]
     kept = Path(gone).read_bytes()
     os.remove(gone)
     try:
         for fmt in ("yolo-seg", "hf"):
-            with pytest.raises(ExportError, match=f"image file '{gone}' not found"):
+            with pytest.raises(RunImagesError, match=rf"no longer in its input .*\(e\.g\. {re.escape(repr(gone))}"):
                 export_format(run.out, FormatOptions(format=fmt, output=str(tmp_path / fmt)))
         assert sorted(p.name for p in tmp_path.iterdir()) == ["used"]
     finally:
         Path(gone).write_bytes(kept)
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory):
+    return build_embedded_run(tmp_path_factory.mktemp("embedded"), VOCABULARY, seed=3)
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def _format_suffix(path: Path) -> str:
+    with Image.open(path) as image:
+        return {"PNG": ".png", "JPEG": ".jpg"}[image.format]
+
+
+def test_embedded_images_are_exported_from_their_bytes(
+    embedded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose input embeds its images (a Parquet image-bytes column whose path column names a real file,
+    a relative path and a name without extension; WebDataset members, one named ``../../decoy.png``) exports
+    each image's bytes from the input, under its format's extension: never the file a path names, whatever
+    the current folder holds (here ``rel/pic.jpg``)."""
+    import datasets
+
+    (tmp_path / "cwd" / "rel").mkdir(parents=True)
+    (tmp_path / "cwd" / "rel" / "pic.jpg").write_bytes(b"not the labeled image")
+    monkeypatch.chdir(tmp_path / "cwd")
+    expected = sorted(embedded.images.values())
+
+    assert _export(embedded.out, "yolo-seg", tmp_path / "yolo")["images"] == len(expected)
+    images = _files(tmp_path / "yolo" / "images")
+    assert sorted(p.read_bytes() for p in images) == expected
+    assert all(p.suffix == _format_suffix(p) for p in images)
+    labels = {p.relative_to(tmp_path / "yolo" / "labels").with_suffix("") for p in _files(tmp_path / "yolo" / "labels")}
+    assert labels == {p.relative_to(tmp_path / "yolo" / "images").with_suffix("") for p in images}
+
+    _export(embedded.out, "hf", tmp_path / "hf")
+    dataset = datasets.load_from_disk(str(tmp_path / "hf")).cast_column("image", datasets.Image(decode=False))
+    assert {row["image_path"]: row["image"]["bytes"] for row in dataset} == embedded.images
+    assert {Path(row["image"]["path"]).suffix for row in dataset} <= {".png", ".jpg"}
+
+    pytest.importorskip("label_studio_sdk", reason="label-studio-sdk is the exports extra: pip install -e '.[exports]'")
+    summary = _export(embedded.out, "label-studio", tmp_path / "ls")
+    assert summary["image_root"] == str((tmp_path / "ls").resolve())
+    tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
+    shown = [
+        tmp_path / "ls" / urllib.parse.unquote(t["data"]["image"].removeprefix("/data/local-files/?d=")) for t in tasks
+    ]
+    assert sorted(p.read_bytes() for p in shown) == expected and all(p.parent != tmp_path for p in shown)
+    with pytest.raises(UserError, match=r"embeds its images .* leave out --image-root"):
+        _export(embedded.out, "label-studio", tmp_path / "ls-root", "--image-root", str(tmp_path))
+    assert not (tmp_path / "ls-root").exists()
+    assert all(decoy.read_bytes() not in expected for decoy in embedded.decoys)
+
+
+CONTROL_NAMES = {"two\nlines.png": "two%0Alines", "tab\tand\x7fdel\u2028.png": "tab%09and%7Fdel%E2%80%A8"}
+
+
+def test_control_characters_in_names_are_escaped_alike_in_every_format(tmp_path: Path) -> None:
+    """Image names with a newline, a tab, DEL and a line separator: every file name an export writes (yolo-seg,
+    cvat's list and masks, label-studio, hf's image file name, --masks) percent-encodes them the one way
+    (``export_files.escape_name``: ``\\n`` -> ``%0A``), so no listing splits a name; fields that hold the path
+    as data (COCO ``file_name``, hf ``image_path``) keep it exactly."""
+    import datasets
+    import fiftyone as fo
+
+    from pipeline.review.dataset import load_run
+    from pipeline.review.export import export_dataset
+
+    built = build_run(tmp_path / "run", VOCABULARY, n_images=3, seed=9, names=[*CONTROL_NAMES, "plain.png"])
+    paths = sorted(built.predictions)
+    escaped = {p: CONTROL_NAMES.get(Path(p).name, "plain") for p in paths}
+
+    _export(built.out, "yolo-seg", tmp_path / "yolo")
+    stems = {
+        p.relative_to(tmp_path / "yolo" / "images").with_suffix("").name for p in _files(tmp_path / "yolo" / "images")
+    }
+    labels = {
+        p.relative_to(tmp_path / "yolo" / "labels").with_suffix("").name for p in _files(tmp_path / "yolo" / "labels")
+    }
+    assert stems == labels == set(escaped.values())
+
+    _export(built.out, "cvat", tmp_path / "cvat.zip")
+    with zipfile.ZipFile(tmp_path / "cvat.zip") as archive:
+        listed = archive.read("ImageSets/Segmentation/default.txt").decode().splitlines()
+        masks = [n for n in archive.namelist() if n.startswith("SegmentationClass/")]
+    assert len(listed) == len(paths) and {Path(n).name for n in listed} == set(escaped.values())
+    assert {Path(n).stem for n in masks} == set(escaped.values())
+
+    _export(built.out, "hf", tmp_path / "hf")
+    dataset = datasets.load_from_disk(str(tmp_path / "hf")).cast_column("image", datasets.Image(decode=False))
+    assert sorted(dataset["image_path"]) == paths
+    assert {Path(row["image"]["path"]).stem for row in dataset} == set(escaped.values())
+
+    coco = json.loads((built.out / "coco.json").read_text())
+    assert sorted(image["file_name"] for image in coco["images"]) == paths
+
+    reviewed = load_run(built.out, name=f"control-{os.getpid()}", max_class_views=0)
+    try:
+        export_dataset(reviewed, tmp_path / "reviewed.json", tmp_path / "masks")
+    finally:
+        fo.delete_dataset(reviewed.name)
+    assert {p.stem for p in _files(tmp_path / "masks") if p.suffix == ".png"} == set(escaped.values())
+    coco = json.loads((tmp_path / "reviewed.json").read_text())
+    assert sorted(image["file_name"] for image in coco["images"]) == paths
+
+    pytest.importorskip("label_studio_sdk", reason="label-studio-sdk is the exports extra: pip install -e '.[exports]'")
+    _export(built.out, "label-studio", tmp_path / "ls", "--image-url", "https://data.example/img/")
+    urls = [task["data"]["image"] for task in json.loads((tmp_path / "ls" / "tasks.json").read_text())]
+    assert {Path(url).stem for url in urls} == set(escaped.values())  # URL-quoting gives the same %0A

@@ -31,6 +31,7 @@ from pycocotools.coco import COCO
 
 import san
 from pipeline.cli import flag
+from pipeline.exports.run import FormatOptions, export_format
 from pipeline.label.attempts import GAVE_UP, MAX_ATTEMPTS
 from pipeline.label.images import read_image_file
 from pipeline.label.inputs import image_id
@@ -391,9 +392,14 @@ def test_failed_inputs_are_retried_and_repeated_paths_reported(
         return capsys.readouterr().err, json.loads((output / "manifest.json").read_text())
 
     stderr, manifest = run(shards, tmp_path / "from-parquet")
+    assert manifest["input"] == str(shards)  # what reviews and exports list again (pipeline.run_images)
     assert manifest["counts"]["labeled"] == 1 and manifest["counts"]["duplicates"] == 1
     assert manifest["duplicate_paths"] == ["0001.png"]
     assert "1 input rows repeat the image_path" in stderr
+    # The export writes the labeled row's own bytes: its path "0001.png" names no file.
+    export_format(tmp_path / "from-parquet", FormatOptions(format="yolo-seg", output=str(tmp_path / "yolo")))
+    (exported,) = (tmp_path / "yolo" / "images").iterdir()
+    assert exported.name == "0001.png" and exported.read_bytes() in encoded
 
     _, manifest = run(listing, tmp_path / "from-list")
     assert manifest["counts"]["failed"] == 1

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import runpy
 import shutil
 import signal
 import socket
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 from headless_browser import headless_chrome
 from PIL import Image
-from run_builder import build_run, isolate_fiftyone, name_key
+from run_builder import build_embedded_run, build_run, isolate_fiftyone, name_key
 
 isolate_fiftyone()  # before anything imports fiftyone
 
@@ -30,12 +31,19 @@ import fiftyone.core.session.session as fo_session  # noqa: E402
 import psutil  # noqa: E402
 
 from pipeline.evaluate import EvaluationError, evaluate_run  # noqa: E402
-from pipeline.review.app import dataset_url, launch, saved_view_urls, serve_until_interrupted  # noqa: E402
+from pipeline.review.app import (  # noqa: E402
+    dataset_url,
+    is_loopback,
+    launch,
+    saved_view_urls,
+    serve_until_interrupted,
+)
 from pipeline.review.dataset import default_dataset_name, is_review_dataset, load_run  # noqa: E402
 from pipeline.review.export import export_dataset  # noqa: E402
 from pipeline.review.masks import ReviewError, label_map_to_mask  # noqa: E402
 from pipeline.review.metrics import compare_with_fiftyone  # noqa: E402
 from pipeline.review.views import save_review_views  # noqa: E402
+from san.errors import OptionError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB_TEXT = "cat\nsky: heaven\ngrass\ntraffic light\nboat\n"  # "boat" is in no ground truth
@@ -263,6 +271,64 @@ def test_failed_reload_keeps_old_dataset(run, tmp_path: Path) -> None:
         fo.delete_dataset(name)
 
 
+def test_embedded_images_are_shown_from_their_bytes(tmp_path: Path) -> None:
+    """A run whose input embeds its images (Parquet bytes whose paths name a real file or have no extension;
+    WebDataset members, one named ``../../decoy.png``) loads: each sample shows its own bytes from a file
+    written under the run's review folder (with its format's extension, so FiftyOne knows it is an image),
+    never the file its path names, and keeps ``image_path`` as the run listed it."""
+    from pipeline.vocabulary import parse_vocabulary
+
+    run = build_embedded_run(tmp_path, parse_vocabulary(VOCAB_TEXT))
+    dataset = load_run(run.out, name=f"embedded-{os.getpid()}", max_class_views=0)
+    try:
+        assert dataset.media_type == "image"
+        assert sorted(dataset.values("image_path")) == sorted(run.images)
+        for path, shown in zip(dataset.values("image_path"), dataset.values("filepath"), strict=True):
+            assert Path(shown).is_relative_to((run.out / "review-masks").resolve()), shown
+            assert Path(shown).read_bytes() == run.images[path]
+            assert Path(shown).suffix in (".png", ".jpg")
+        assert not {str(d) for d in run.decoys} & set(dataset.values("filepath"))
+    finally:
+        fo.delete_dataset(dataset.name)
+
+
+def test_an_image_gone_from_the_input_is_shown_from_no_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An image deleted since the run still loads, with a warning naming it; its sample's ``filepath`` is a file
+    in the run's review folder that is never written, not the path the run listed."""
+    from pipeline.vocabulary import parse_vocabulary
+
+    run = build_run(tmp_path, parse_vocabulary(VOCAB_TEXT), n_images=3)
+    gone = sorted(run.predictions)[0]
+    os.remove(gone)
+    dataset = load_run(run.out, name=f"gone-{os.getpid()}", max_class_views=0)
+    try:
+        shown = dict(zip(dataset.values("image_path"), dataset.values("filepath"), strict=True))
+    finally:
+        fo.delete_dataset(dataset.name)
+    warning = capsys.readouterr().err
+    assert f"warning: 1 labeled image(s) are no longer in the run's input {str(tmp_path / 'images')!r}" in warning
+    assert repr(gone) in warning
+    assert Path(shown[gone]).is_relative_to((run.out / "review-masks").resolve()) and not Path(shown[gone]).exists()
+    assert all(shown[path] == path for path in run.predictions if path != gone)
+
+
+def test_failed_load_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A load that fails after writing mask files removes them, and the ``review-masks`` folder it made."""
+    import pipeline.review.dataset as review_dataset
+    from pipeline.vocabulary import parse_vocabulary
+
+    run = build_run(tmp_path, parse_vocabulary(VOCAB_TEXT), n_images=2)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("saving the views failed")
+
+    monkeypatch.setattr(review_dataset, "save_review_views", fail)
+    assert not (run.out / "review-masks").exists()
+    with pytest.raises(RuntimeError, match="saving the views failed"):
+        load_run(run.out, name=f"half-{os.getpid()}")
+    assert not (run.out / "review-masks").exists()
+
+
 def _warnings(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("warning:")]
 
@@ -289,6 +355,52 @@ def test_load_warns_like_evaluate(run, tmp_path: Path, capsys: pytest.CaptureFix
     assert [w for w in got if "no prediction" in w] == [w for w in expected if "no prediction" in w]
     assert "extra.png" in got[-1]
     assert any("1 predicted image(s) have no ground truth" in w and "img_6" in w for w in got)
+
+
+class _Session:
+    """What the tests' ``fo.launch_app`` returns: a session that is closed at once."""
+
+    def wait(self, timeout: float) -> None:
+        return None
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "localhost", "::1", "0.0.0.0", "::", "192.0.2.1"])
+def test_only_loopback_addresses_are_loopback(address: str) -> None:
+    assert is_loopback(address) == (address in ("127.0.0.1", "localhost", "::1"))
+
+
+def test_launch_binds_to_loopback_unless_remote_is_allowed(
+    run, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """``jobs/review.py --launch`` binds the App to 127.0.0.1 by default; another address is refused in one line
+    before the run is loaded, unless ``--allow-remote``, whose help and start-up warning say that FiftyOne
+    serves local files without authentication."""
+    job = runpy.run_path(str(ROOT / "jobs" / "review.py"))
+    bound: list[str] = []
+    monkeypatch.setattr(fo, "launch_app", lambda *args, address, **kwargs: bound.append(address) or _Session())
+    name = f"launch-{os.getpid()}"
+    base = [str(run.out), "--dataset", name, "--class-views", "0", "--launch"]
+    try:
+        job["main"](job["parse_args"](base))
+        assert bound == ["127.0.0.1"] and "warning" not in capsys.readouterr().err
+
+        with pytest.raises(OptionError) as refused:
+            job["main"](job["parse_args"]([*base, "--overwrite", "--address", "0.0.0.0"]))
+        message = str(refused.value)
+        assert "\n" not in message and "--address 0.0.0.0" in message and "--allow-remote" in message
+        assert "without authentication" in message and bound == ["127.0.0.1"]
+
+        job["main"](job["parse_args"]([*base, "--overwrite", "--address", "0.0.0.0", "--allow-remote"]))
+        assert bound == ["127.0.0.1", "0.0.0.0"]
+        warning = capsys.readouterr().err
+        assert "warning: the App listens on 0.0.0.0:5151" in warning and "without authentication" in warning
+    finally:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+    with pytest.raises(SystemExit):
+        job["parse_args"](["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--allow-remote" in help_text and "without authentication" in help_text
 
 
 def _free_port() -> int:

@@ -1,7 +1,8 @@
 """``hf``: a Hugging Face ``datasets`` dataset saved with ``save_to_disk`` (and pushed to the Hub with
-``push_to_hub``): per image ``image`` (the image file's bytes) and ``label_map`` (the run's label-map PNG) as
-``Image`` features, ``image_path``, and ``segments`` (per class present: ``label``, a ``ClassLabel`` whose
-names are the vocabulary, and the run's ``area``, ``bbox``, COCO ``rle`` and ``score``).
+``push_to_hub``): per image ``image`` (the image's bytes, as the run read them: ``pipeline.run_images``) and
+``label_map`` (the run's label-map PNG) as ``Image`` features, ``image_path``, and ``segments`` (per class
+present: ``label``, a ``ClassLabel`` whose names are the vocabulary, and the run's ``area``, ``bbox``, COCO
+``rle`` and ``score``).
 
 ``label_map`` holds the class index per pixel (``label`` of the segments) and 255 for unlabeled pixels, the
 ``ignore_index`` of Hugging Face's semantic-segmentation training scripts (65535 in the 16-bit PNG of a
@@ -13,10 +14,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from san.errors import UserError
+
+from ..export_files import escape_name
 from ..label_sources import LabelSource
+from ..run_images import iter_run_images
 
 __all__ = ["features", "write_hf"]
 
@@ -35,10 +40,22 @@ def features(names: list[str]):
     return Features({"image": Image(), "label_map": Image(), "image_path": Value("string"), "segments": List(segment)})
 
 
+def _file_name(image_path: str, suffix: str) -> str:
+    """The file name the ``image`` feature records: the path's last part, with the image's ``suffix`` when it
+    lacks it, escaped as every export's file names are (:func:`pipeline.export_files.escape_name`)."""
+    name = PurePosixPath(image_path).name
+    return escape_name(name if name.endswith(suffix) else f"{name}{suffix}")
+
+
 def _rows(source: LabelSource) -> Iterator[dict[str, Any]]:
-    for item in source.images():
+    """One row per labeled image, in the run's input order, the image as the run read it
+    (:mod:`pipeline.run_images`: embedded bytes from the input, other images from their files)."""
+    items = {item.image_path: item for item in source.images()}
+    for run_image in iter_run_images(source.run, items):
+        item = items[run_image.image_path]
+        data = run_image.read()
         yield {
-            "image": {"bytes": Path(item.image_path).read_bytes(), "path": Path(item.image_path).name},
+            "image": {"bytes": data, "path": _file_name(item.image_path, run_image.suffix(data))},
             "label_map": {"bytes": item.label_png, "path": None},
             "image_path": item.image_path,
             "segments": [
@@ -71,7 +88,7 @@ def write_hf(source: LabelSource, folder: Path, push_to_hub: str | None = None) 
                 cache_dir=str(cache),
             )
         except DatasetGenerationError as error:  # wraps what the rows raised: a missing image is the user's
-            if isinstance(error.__cause__, OSError):
+            if isinstance(error.__cause__, (OSError, UserError)):
                 raise error.__cause__ from None
             raise
         dataset.save_to_disk(str(folder))

@@ -6,7 +6,9 @@ The RLE comes from ``label_studio_sdk.converter.brush.mask2rle`` and decodes wit
 class's mask bit for bit (an RGBA image whose alpha is 255 on the class). Unlabeled pixels get no brush.
 Each task's ``data.image`` is ``image_url`` followed by the image's path relative to ``image_root`` (default:
 the folder all images share), so that Label Studio serves it from local files (``/data/local-files/?d=``,
-with ``LOCAL_FILES_DOCUMENT_ROOT`` set to that folder) or from any URL prefix.
+with ``LOCAL_FILES_DOCUMENT_ROOT`` set to that folder) or from any URL prefix. A run whose input embeds its
+images (Parquet image bytes, WebDataset shards: :mod:`pipeline.run_images`) has no files to point at: every
+image is then written into the export's ``images/`` folder, and the URLs are paths under the export.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import numpy as np
 from san.errors import UserError
 
 from ..coco import write_json_atomic
-from ..label_sources import LabelSource
+from ..export_files import mask_file_names
+from ..label_sources import LabeledImage, LabelSource
+from ..run_images import RunImage, iter_run_images
 
 __all__ = ["DEFAULT_IMAGE_URL", "FROM_NAME", "TO_NAME", "common_folder", "label_config", "write_label_studio"]
 
@@ -85,25 +89,65 @@ def _task(label_map: np.ndarray, segments: list[dict[str, Any]], names: list[str
     return {"data": {"image": url}, "predictions": [{"model_version": MODEL_VERSION, "result": results}]}
 
 
+def _copy_images(source: LabelSource, folder: Path, items: list[LabeledImage]) -> dict[str, str] | None:
+    """When the run's input embeds any of its images: write every image (as the run read it) into
+    ``folder/images/`` and return image path -> its path under ``folder``; else ``None`` (all are files)."""
+    names = mask_file_names([(item.image_path, item.image_id) for item in items], suffix="")
+    written: dict[str, str] = {}
+
+    def write(run_image: RunImage) -> None:
+        data = run_image.read()
+        relative = f"images/{names[run_image.image_path]}{run_image.suffix(data)}"
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_bytes(data)
+        written[run_image.image_path] = relative
+
+    files = []  # read only when an embedded image turns up
+    for run_image in iter_run_images(source.run, names):
+        if run_image.embedded:
+            write(run_image)
+        else:
+            files.append(run_image)
+    if not written:
+        return None
+    for run_image in files:
+        write(run_image)
+    return written
+
+
 def write_label_studio(
     source: LabelSource, folder: Path, image_url: str = DEFAULT_IMAGE_URL, image_root: str | None = None
 ) -> dict[str, Any]:
-    """Write ``tasks.json`` and ``label_config.xml`` into ``folder`` (new and empty). Returns ``{"images",
-    "regions", "image_root"}``.
+    """Write ``tasks.json`` and ``label_config.xml`` into ``folder`` (new and empty), and the images into
+    ``images/`` when the run's input embeds them (module docstring). Returns ``{"images", "regions",
+    "image_root"}``; ``image_root`` is ``None`` when the URLs are paths under the export.
 
     Raises:
-        LabelStudioError: label-studio-sdk is not installed, or an image is not under ``image_root``.
+        LabelStudioError: label-studio-sdk is not installed, an image is not under ``image_root``, or
+            ``image_root`` is given for a run whose images are written into the export.
     """
     _brush()
     items = list(source.images())
-    root = os.path.abspath(image_root) if image_root else common_folder([i.image_path for i in items])
+    copied = _copy_images(source, folder, items)
+    if copied is not None and image_root:
+        raise LabelStudioError(
+            f"--image-root {image_root!r}: the input of {source.description} embeds its images (Parquet image "
+            "bytes or WebDataset shards), so they are written into the export's images/ folder and the task URLs "
+            "are paths under the export; leave out --image-root"
+        )
+    root = None
+    if copied is None:
+        root = os.path.abspath(image_root) if image_root else common_folder([i.image_path for i in items])
     names = source.vocabulary.names
     tasks = []
     for item in items:
-        relative = os.path.relpath(os.path.abspath(item.image_path), root)
-        if relative.startswith(".."):
-            raise LabelStudioError(f"image {item.image_path!r} is not under --image-root {root!r}")
-        url = image_url + urllib.parse.quote(Path(relative).as_posix())
+        if copied is not None:
+            relative = copied[item.image_path]
+        else:
+            relative = Path(os.path.relpath(os.path.abspath(item.image_path), root)).as_posix()
+            if relative.startswith(".."):
+                raise LabelStudioError(f"image {item.image_path!r} is not under --image-root {root!r}")
+        url = image_url + urllib.parse.quote(relative)
         tasks.append(_task(item.label_map(), item.segments, names, url))
     write_json_atomic(tasks, folder / "tasks.json")
     (folder / "label_config.xml").write_text(label_config(names), encoding="utf-8")

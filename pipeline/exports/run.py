@@ -96,6 +96,8 @@ def export_format(spec: str | os.PathLike[str], options: FormatOptions) -> dict[
 
                 url = options.image_url if options.image_url is not None else DEFAULT_IMAGE_URL
                 counts = write_label_studio(source, folder, url, options.image_root)
+                if counts["image_root"] is None:  # the images were written into the export
+                    counts["image_root"] = str(target.resolve())
             else:
                 from .hf import write_hf
 

@@ -12,7 +12,6 @@ polygon (background).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import cv2
@@ -21,6 +20,7 @@ import yaml
 
 from ..export_files import mask_file_names
 from ..label_sources import LabelSource
+from ..run_images import iter_run_images
 
 __all__ = ["DEFAULT_TOLERANCE", "mask_polygons", "polygon_lines", "rasterize", "write_yolo_seg"]
 
@@ -95,21 +95,23 @@ def rasterize(lines: list[str], height: int, width: int, num_classes: int) -> np
 
 
 def write_yolo_seg(source: LabelSource, folder: Path, tolerance: float = DEFAULT_TOLERANCE) -> dict[str, int]:
-    """Write the layout into ``folder`` (new and empty): each image copied into ``images/`` and its label file
-    into ``labels/`` under the same relative name, and ``data.yaml``. Returns ``{"images", "polygons"}``."""
+    """Write the layout into ``folder`` (new and empty): each image into ``images/`` (as the run read it:
+    :mod:`pipeline.run_images`) and its label file into ``labels/`` under the same relative name, and
+    ``data.yaml``. Returns ``{"images", "polygons"}``."""
     items = list(source.images())
     names = mask_file_names([(item.image_path, item.image_id) for item in items], suffix="")
     polygons = 0
     for item in items:
-        relative = names[item.image_path]
-        image = folder / "images" / f"{relative}{Path(item.image_path).suffix}"
-        label = folder / "labels" / f"{relative}.txt"
-        image.parent.mkdir(parents=True, exist_ok=True)
+        label = folder / "labels" / f"{names[item.image_path]}.txt"
         label.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(item.image_path, image)
         lines = polygon_lines(item.label_map(), tolerance)
         label.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
         polygons += len(lines)
+    for run_image in iter_run_images(source.run, names):
+        data = run_image.read()
+        image = folder / "images" / f"{names[run_image.image_path]}{run_image.suffix(data)}"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        image.write_bytes(data)
     names_by_index = dict(enumerate(source.vocabulary.names))
     data = {"path": ".", "train": "images", "val": "images", "names": names_by_index}
     (folder / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")

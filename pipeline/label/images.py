@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "MIN_SIDE", "ImageDecodeError", "decode_image", "read_image_file"]
+__all__ = ["DEFAULT_MAX_PIXELS", "MIN_SIDE", "ImageDecodeError", "decode_image", "image_suffix", "read_image_file"]
 
 #: PIL's own hard limit (``2 * Image.MAX_IMAGE_PIXELS``); above it ``Image.open`` refuses the file anyway.
 DEFAULT_MAX_PIXELS = 178_956_970
@@ -22,6 +22,9 @@ DEFAULT_MAX_PIXELS = 178_956_970
 MIN_SIDE = 2
 
 _WHITE = (255, 255, 255, 255)
+# The file extension of a format whose first registered one is not its usual one (PIL lists .jfif first;
+# MPO, a camera's multi-picture JPEG, opens as JPEG wherever .jpg does).
+_USUAL_SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg"}
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
 
@@ -130,6 +133,23 @@ def _decode(data: bytes, max_pixels: int) -> np.ndarray:
             raise ImageDecodeError(f"unsupported image mode: {oriented.mode} ({exc})") from None
         except Exception as exc:
             raise _failure(exc) from None
+
+
+def image_suffix(data: bytes, name: str = "") -> str:
+    """The file extension for encoded image ``data``: ``name``'s own when it is one of the decoded format's
+    (``.JPEG`` stays), else the format's usual one (``.png``); ``""`` when PIL cannot identify the data.
+    Only the header is read."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            image_format = img.format or ""
+    except Exception:  # any PIL failure on hostile bytes: no known format
+        return ""
+    Image.init()
+    suffixes = [s for s, f in Image.registered_extensions().items() if f == image_format]
+    own = os.path.splitext(name)[1]
+    if own.lower() in suffixes:
+        return own
+    return _USUAL_SUFFIX.get(image_format, suffixes[0] if suffixes else "")
 
 
 def read_image_file(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import os
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,6 +75,12 @@ def filesystem_of(spec: str) -> tuple[pafs.FileSystem, str]:
         return pafs.FileSystem.from_uri(spec)
     except (pa.ArrowInvalid, ValueError, TypeError):
         return pafs.LocalFileSystem(), posixpath.abspath(spec) if "://" not in spec else spec
+
+
+def absolute_spec(spec: str) -> str:
+    """``spec`` as it reads from any folder: a relative local path or glob joined to the current folder (not
+    normalised, so ``..`` after a link means what it meant); URIs and absolute paths unchanged."""
+    return spec if "://" in spec or posixpath.isabs(spec) else posixpath.join(os.getcwd(), spec)
 
 
 def display_name(spec: str, fs: pafs.FileSystem, path: str) -> str:

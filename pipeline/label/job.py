@@ -38,7 +38,7 @@ from .attempts import start_ledger
 from .batching import WINDOW_BATCHES, GroupStage, one_batch_per_block
 from .decode import EXPANDED_ROWS, DecodeStage, expand_containers
 from .encode import EncodeStage
-from .inputs import ResolvedInputs, resolve_inputs
+from .inputs import ResolvedInputs, absolute_spec, resolve_inputs
 from .model_stage import NULL_MODEL, SMOKE_MODEL, ModelSpec, ModelStage, WorkerSetup
 from .options import LabelOptions
 from .resources import ResourcePlan, init_ray, plan_resources
@@ -137,6 +137,7 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
         "command": options.command,
         "identity": identity,
         "options": {k: v for k, v in asdict(options).items() if k != "command"},
+        "input": absolute_spec(options.input),  # what reviews and exports list again (pipeline.run_images)
         "vocabulary": vocabulary.to_json(),
         "other_names": other,
         "resources": asdict(plan),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import sys
 import uuid
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from ..evaluate import EvaluationError, align_classes, warn_class_alignment, war
 from ..ground_truth import open_ground_truth
 from ..ground_truth.base import GroundTruth, match_predictions
 from ..outputs import RunOutput
+from ..run_images import iter_run_images, run_input
 from ..segments import decode_label_map_png
 from ..vocabulary import Vocabulary
 from .app_config import configure_app
@@ -181,6 +183,7 @@ class _SampleBuilder:
     truth: _RunGroundTruth | None
     metrics: SampleMetrics
     masks: MaskFolder | None  # None: masks in the database
+    media: dict[str, str]  # image_path -> the file shown when it is not the image's own (_media_files)
 
     def _label(self, field: str, image_id: int, mask: np.ndarray) -> fo.Segmentation:
         if self.masks is None:
@@ -217,7 +220,32 @@ class _SampleBuilder:
             fields[GROUND_TRUTH] = self._label(GROUND_TRUTH, image_id, truth)
             _, ious, miou = self.metrics.image(pred, truth, path)
             fields["iou"], fields["miou"] = ious, None if np.isnan(miou) else miou
-        return fo.Sample(filepath=path, **fields)
+        return fo.Sample(filepath=self.media.get(path, path), **fields)
+
+
+def _media_files(output: RunOutput, ids: dict[str, int], folder: MaskFolder) -> dict[str, str]:
+    """image_path -> the file a sample shows, for the images that are not their own listed file
+    (:mod:`pipeline.run_images`): an image the run's input embeds is written into ``folder`` from its bytes;
+    one the input no longer lists (or a run whose manifest names no input) gets a file name in ``folder``
+    that is never written, with a warning, so a sample never shows a file the listing did not name (a tar
+    member's or a Parquet row's path)."""
+    files = {}
+    listed = set()
+    for run_image in iter_run_images(output.root, ids, strict=False):
+        listed.add(run_image.image_path)
+        if run_image.embedded:
+            data = run_image.read()
+            files[run_image.image_path] = folder.media_file(ids[run_image.image_path], data, run_image.suffix(data))
+    missing = sorted(ids.keys() - listed)
+    if missing:
+        spec = run_input(output.root)[0]
+        where = f"no longer in the run's input {spec!r}" if spec else "of a run whose manifest names no input"
+        print(
+            f"warning: {len(missing)} labeled image(s) are {where} (e.g. {missing[0]!r}); their samples show no image",
+            file=sys.stderr,
+        )
+        files.update({path: folder.missing_file(ids[path]) for path in missing})
+    return files
 
 
 def _fill(
@@ -226,15 +254,19 @@ def _fill(
     vocabulary: Vocabulary,
     truth: _RunGroundTruth | None,
     max_class_views: int | None,
-    masks: MaskFolder | None,
+    folder: MaskFolder,
+    mask_files: bool,
 ) -> None:
     """Write the info, mask targets, samples (with their metrics), saved views and App config of a new,
-    empty dataset; masks as files in ``masks``, or in the database when it is None."""
+    empty dataset; masks as files in ``folder`` (else in the database), and embedded images there too."""
+    listed = output.read_predictions(["image_path", "image_id"])
+    ids = dict(zip(listed.column("image_path").to_pylist(), listed.column("image_id").to_pylist(), strict=True))
+    media = _media_files(output, ids, folder)
     dataset.info = {
         "labeling_run": str(output.root.resolve()),
         "vocabulary": vocabulary.to_json(),
         "mask_values": "category id = vocabulary index + 1; 0 = unlabeled prediction / ignored ground truth",
-        **({MASK_FOLDER_KEY: str(masks.root)} if masks is not None else {}),
+        **({MASK_FOLDER_KEY: str(folder.root)} if mask_files or media else {}),
         **(truth.info if truth is not None else {}),
     }
     targets = {PREDICTIONS: {i + 1: name for i, name in enumerate(vocabulary.names)}}
@@ -247,7 +279,7 @@ def _fill(
         dataset.add_sample_field("iou", fo.DictField)
         dataset.add_sample_field("miou", fo.FloatField)
     dtype = mask_dtype(max([len(vocabulary), *targets.get(GROUND_TRUTH, {})]))
-    build = _SampleBuilder(dtype, truth, SampleMetrics(targets), masks)
+    build = _SampleBuilder(dtype, truth, SampleMetrics(targets), folder if mask_files else None, media)
     rows = output.iter_predictions(batch_rows=_BATCH)
     with ThreadPoolExecutor(_THREADS) as pool:  # the next batch is built while this one is inserted
         pending = [pool.submit(build, row) for row in itertools.islice(rows, _BATCH)]
@@ -301,9 +333,11 @@ def load_run(
         overwrite: replace an existing dataset of that name made by :func:`load_run` (and delete its
             mask files).
         mask_files: write the masks as PNG files in the run's ``review-masks`` folder and store their
-            ``mask_path`` (:mod:`pipeline.review.mask_files`); False stores them in the database.
+            ``mask_path`` (:mod:`pipeline.review.mask_files`); False stores them in the database. The
+            images that the run's input embeds are written there either way, from their bytes.
 
     Raises:
+        RunImagesError, InputError: the run's input is gone, or no longer lists one of its images.
         ReviewError, GroundTruthError, EvaluationError: a missing or unreadable input, no class or
             image matching the ground truth, a ground truth whose size differs from its prediction's, a
             dataset name that is taken (:func:`check_dataset_name`).
@@ -322,13 +356,12 @@ def load_run(
         truth = _open_run_ground_truth(gt_spec, gt_classes, vocabulary, ignore_index, paths)
 
     dataset = fo.Dataset(f"{name[:100]}-incomplete-{uuid.uuid4().hex[:12]}")
-    masks = MaskFolder(output.root, name) if mask_files else None
+    folder = MaskFolder(output.root, name)
     try:
-        _fill(dataset, output, vocabulary, truth, max_class_views, masks)
+        _fill(dataset, output, vocabulary, truth, max_class_views, folder, mask_files)
         _publish(dataset, name, overwrite)
     except BaseException:
         fo.delete_dataset(dataset.name)
-        if masks is not None:
-            masks.remove()
+        folder.remove()
         raise
     return dataset

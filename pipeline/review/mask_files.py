@@ -1,7 +1,10 @@
-"""Mask files of a review dataset: each ``Segmentation`` mask as a PNG next to the labeling run, referenced
-by ``mask_path`` (FiftyOne's recommendation for large datasets: the database then holds paths, not pixels).
+"""Files of a review dataset next to the labeling run: each ``Segmentation`` mask as a PNG, referenced by
+``mask_path`` (FiftyOne's recommendation for large datasets: the database then holds paths, not pixels), and
+the images that the run's input embeds (Parquet image bytes, WebDataset members), which have no file of their
+own for a sample's ``filepath``.
 
-Layout: ``RUN/review-masks/<dataset slug>-<12 hex>/<field>/<2 hex>/<image_id>.png``. One folder per
+Layout: ``RUN/review-masks/<dataset slug>-<12 hex>/<field>/<2 hex>/<image_id>.png`` and
+``.../media/<2 hex>/<image_id><suffix>`` (the image's own bytes; the suffix from its format). One folder per
 dataset build, so a reload with ``--overwrite`` never writes over the masks of the dataset it replaces
 until that dataset is gone; 256 subfolders keep folders small for a million images. The PNG is
 written as ``Segmentation.export_mask`` writes it (8- or 16-bit grayscale, the mask values unchanged), and
@@ -10,6 +13,7 @@ written as ``Segmentation.export_mask`` writes it (8- or 16-bit grayscale, the m
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import uuid
 from pathlib import Path
@@ -45,9 +49,25 @@ class MaskFolder:
         foui.write(mask, str(path))
         return fo.Segmentation(mask_path=str(path))
 
+    def media_file(self, image_id: int, data: bytes, suffix: str) -> str:
+        """Write an embedded image's ``data`` to its file (``suffix``: its format's extension, which FiftyOne
+        reads the media type from); the file's path, a sample's ``filepath``."""
+        path = self.root / "media" / f"{image_id % 256:02x}" / f"{image_id}{suffix}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return str(path)
+
+    def missing_file(self, image_id: int) -> str:
+        """The path a sample whose image cannot be shown gets: in this folder, never written (``.jpg``: FiftyOne
+        reads the media type from the extension)."""
+        return str(self.root / "media" / "missing" / f"{image_id}.jpg")
+
     def remove(self) -> None:
-        """Delete the folder and every mask in it (a build that failed)."""
+        """Delete the folder and every file in it (a build that failed), and ``review-masks`` itself when
+        that leaves it empty."""
         shutil.rmtree(self.root, ignore_errors=True)
+        with contextlib.suppress(OSError):  # other datasets' folders are still in it
+            self.root.parent.rmdir()
 
 
 def remove_mask_folder(info: dict[str, Any] | None) -> None:

@@ -5,6 +5,7 @@ scores them (the run's score when unedited, 1.0 when edited)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import fiftyone as fo
 
@@ -36,4 +37,5 @@ def dataset_label_source(name: str) -> LabelSource:
             png = encode_label_map_png(item["label_map"], ignore_value=-1)
             yield LabeledImage(item["image_path"], item["image_id"], png, item["segments"])
 
-    return LabelSource(f"FiftyOne dataset {name}", vocabulary, len(dataset), images)
+    run = Path(dataset.info["labeling_run"])
+    return LabelSource(f"FiftyOne dataset {name}", run, vocabulary, len(dataset), images)
