@@ -22,7 +22,7 @@ import numpy as np
 from _report import emit
 
 from pipeline.exports.yolo_seg import DEFAULT_TOLERANCE, polygon_lines, rasterize
-from pipeline.label_sources import open_label_source
+from pipeline.sources import open_label_source
 
 
 def region_label_maps(classes: int = 8) -> list[np.ndarray]:

@@ -47,7 +47,7 @@ def main(args: argparse.Namespace) -> dict:
     options = dataclass_from_args(FormatOptions, args)
     summary: dict = {}
     if args.coco or args.masks or options.format is None:
-        from pipeline.review.export import export_dataset  # imports FiftyOne
+        from pipeline.exports.reviewed import export_dataset  # imports FiftyOne
 
         summary = export_dataset(args.dataset, args.coco, args.masks)
         destinations = " and ".join(str(summary[key]) for key in ("coco", "masks") if summary[key])

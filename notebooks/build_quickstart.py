@@ -380,7 +380,7 @@ pycocotools reads it back and decodes every mask. The same from a shell:
         """\
 from pycocotools.coco import COCO
 
-from pipeline.review.export import export_dataset
+from pipeline.exports.reviewed import export_dataset
 
 summary = export_dataset(dataset, OUT / "reviewed_coco.json")
 coco = COCO(str(OUT / "reviewed_coco.json"))

@@ -1,12 +1,12 @@
 """What ``jobs/train.py --data`` / ``--val-data`` read: besides the folder layout of ``docs/training.md``, a
-labeling run's output folder or ``fiftyone:DATASET`` (``pipeline.label_sources``), with the run's vocabulary
+labeling run's output folder or ``fiftyone:DATASET`` (``pipeline.sources``), with the run's vocabulary
 as class names and unlabeled pixels ignored in the loss."""
 
 from __future__ import annotations
 
 from san.training.data import LabeledImages, LabelMapList, open_folder
 
-from .label_sources import is_label_source, open_label_source
+from .sources import is_label_source, open_label_source
 
 __all__ = ["open_training_data"]
 

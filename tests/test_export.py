@@ -1,5 +1,5 @@
 """Export from FiftyOne: a run's COCO goes into a dataset (pipeline.review.dataset.load_run) and back out
-(pipeline.review.export) without losing a pixel, for 8-bit and 16-bit label maps; an edit made in FiftyOne
+(pipeline.exports.reviewed) without losing a pixel, for 8-bit and 16-bit label maps; an edit made in FiftyOne
 shows up in the export, with scores kept only for untouched segments."""
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ import fiftyone.utils.image as foui  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 
 from pipeline.evaluate import evaluate_run  # noqa: E402
+from pipeline.exports.files import mask_file_names  # noqa: E402
+from pipeline.exports.reviewed import export_dataset  # noqa: E402
 from pipeline.review.dataset import default_dataset_name, load_run  # noqa: E402
-from pipeline.review.export import export_dataset, mask_file_names, resolve_dataset  # noqa: E402
-from pipeline.review.masks import ReviewError  # noqa: E402
+from pipeline.review.errors import ReviewError  # noqa: E402
+from pipeline.review.reviewed import resolve_dataset  # noqa: E402
 from pipeline.segments import decode_label_map_png  # noqa: E402
 from pipeline.vocabulary import parse_vocabulary  # noqa: E402
 
@@ -210,7 +212,7 @@ def test_masks_go_to_a_new_folder_whole_or_not_at_all(loaded, tmp_path: Path, mo
         export_dataset(dataset, None, used)
     assert sorted(p.name for p in used.iterdir()) == ["old.png"]
 
-    import pipeline.review.export
+    import pipeline.exports.reviewed
 
     calls = []
 
@@ -220,8 +222,8 @@ def test_masks_go_to_a_new_folder_whole_or_not_at_all(loaded, tmp_path: Path, mo
             raise OSError("disk full")
         return encode(*args, **kwargs)
 
-    encode = pipeline.review.export.encode_label_map_png
-    monkeypatch.setattr(pipeline.review.export, "encode_label_map_png", fail_on_the_third)
+    encode = pipeline.exports.reviewed.encode_label_map_png
+    monkeypatch.setattr(pipeline.exports.reviewed, "encode_label_map_png", fail_on_the_third)
     with pytest.raises(ReviewError, match=f"cannot write the export to '{tmp_path / 'masks'}': disk full"):
         export_dataset(dataset, None, tmp_path / "masks")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["used"], "no folder, no temporary folder left"

@@ -267,13 +267,13 @@ CONTROL_NAMES = {"two\nlines.png": "two%0Alines", "tab\tand\x7fdel\u2028.png": "
 def test_control_characters_in_names_are_escaped_alike_in_every_format(tmp_path: Path) -> None:
     """Image names with a newline, a tab, DEL and a line separator: every file name an export writes (yolo-seg,
     cvat's list and masks, label-studio, hf's image file name, --masks) percent-encodes them the one way
-    (``export_files.escape_name``: ``\\n`` -> ``%0A``), so no listing splits a name; fields that hold the path
+    (``exports.files.escape_name``: ``\\n`` -> ``%0A``), so no listing splits a name; fields that hold the path
     as data (COCO ``file_name``, hf ``image_path``) keep it exactly."""
     import datasets
     import fiftyone as fo
 
+    from pipeline.exports.reviewed import export_dataset
     from pipeline.review.dataset import load_run
-    from pipeline.review.export import export_dataset
 
     built = build_run(tmp_path / "run", VOCABULARY, n_images=3, seed=9, names=[*CONTROL_NAMES, "plain.png"])
     paths = sorted(built.predictions)

@@ -31,6 +31,7 @@ import fiftyone.core.session.session as fo_session  # noqa: E402
 import psutil  # noqa: E402
 
 from pipeline.evaluate import EvaluationError, evaluate_run  # noqa: E402
+from pipeline.exports.reviewed import export_dataset  # noqa: E402
 from pipeline.review.app import (  # noqa: E402
     dataset_url,
     is_loopback,
@@ -39,8 +40,8 @@ from pipeline.review.app import (  # noqa: E402
     serve_until_interrupted,
 )
 from pipeline.review.dataset import default_dataset_name, is_review_dataset, load_run  # noqa: E402
-from pipeline.review.export import export_dataset  # noqa: E402
-from pipeline.review.masks import ReviewError, label_map_to_mask  # noqa: E402
+from pipeline.review.errors import ReviewError  # noqa: E402
+from pipeline.review.mask_values import label_map_to_mask  # noqa: E402
 from pipeline.review.metrics import compare_with_fiftyone  # noqa: E402
 from pipeline.review.views import save_review_views  # noqa: E402
 from san.errors import OptionError  # noqa: E402

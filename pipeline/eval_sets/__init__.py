@@ -17,7 +17,6 @@ from .sets import (
     EvalSetSpec,
     default_root,
     get_eval_set,
-    register_eval_set_schemes,
     write_eval_set_inputs,
 )
 
@@ -30,7 +29,6 @@ __all__ = [
     "default_root",
     "get_eval_set",
     "open_eval_set_ground_truth",
-    "register_eval_set_schemes",
     "write_eval_set_inputs",
 ]
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from san.errors import UserError
 from san.text_files import parse_class_names
@@ -22,7 +20,6 @@ __all__ = [
     "EvalSetSpec",
     "default_root",
     "get_eval_set",
-    "register_eval_set_schemes",
     "write_eval_set_inputs",
 ]
 
@@ -270,20 +267,3 @@ def write_eval_set_inputs(name: str, root: str | os.PathLike[str], out: str | os
     except OSError as error:
         raise EvalSetError(f"cannot write into {str(target)!r}: {error.strerror or error}") from error
     return EvalSetInputs(vocab_path, images_path, len(images), tuple(messages))
-
-
-def register_eval_set_schemes(register: Callable[[str, Callable[..., Any]], None]) -> None:
-    """Register ``--gt NAME:ROOT`` for every benchmark with ``register`` (``pipeline.ground_truth``'s
-    ``register_ground_truth``); the reader module is imported only when such a spec is opened."""
-
-    def factory_for(name: str) -> Callable[..., Any]:
-        def factory(location: str, gt_classes: str | None, vocabulary_names: Sequence[str], ignore_index: int):
-            from .reader import open_eval_set_ground_truth
-
-            return open_eval_set_ground_truth(name, location, gt_classes, vocabulary_names, ignore_index)
-
-        return factory
-
-    for name in EVAL_SETS:
-        register(name, factory_for(name))
-

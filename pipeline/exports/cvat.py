@@ -20,8 +20,8 @@ from PIL import Image
 from san.atomic import write_atomic
 from san.errors import UserError
 
-from ..export_files import mask_file_names
-from ..label_sources import LabelSource
+from ..sources import LabelSource
+from .files import mask_file_names
 
 __all__ = ["BACKGROUND", "CvatError", "palette", "write_cvat"]
 

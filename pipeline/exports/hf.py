@@ -19,9 +19,9 @@ from typing import Any
 
 from san.errors import UserError
 
-from ..export_files import escape_name
-from ..label_sources import LabelSource
 from ..run_images import iter_run_images
+from ..sources import LabelSource
+from .files import escape_name
 
 __all__ = ["features", "write_hf"]
 
@@ -42,7 +42,7 @@ def features(names: list[str]):
 
 def _file_name(image_path: str, suffix: str) -> str:
     """The file name the ``image`` feature records: the path's last part, with the image's ``suffix`` when it
-    lacks it, escaped as every export's file names are (:func:`pipeline.export_files.escape_name`)."""
+    lacks it, escaped as every export's file names are (:func:`pipeline.exports.files.escape_name`)."""
     name = PurePosixPath(image_path).name
     return escape_name(name if name.endswith(suffix) else f"{name}{suffix}")
 

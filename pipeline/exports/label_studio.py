@@ -24,9 +24,9 @@ import numpy as np
 from san.errors import UserError
 
 from ..coco import write_json_atomic
-from ..export_files import mask_file_names
-from ..label_sources import LabeledImage, LabelSource
 from ..run_images import RunImage, iter_run_images
+from ..sources import LabeledImage, LabelSource
+from .files import mask_file_names
 
 __all__ = ["DEFAULT_IMAGE_URL", "FROM_NAME", "TO_NAME", "common_folder", "label_config", "write_label_studio"]
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from san.errors import OptionError, UserError
 
-from ..export_files import new_folder
-from ..label_sources import FIFTYONE_PREFIX, is_label_source, open_label_source
+from ..sources import FIFTYONE_PREFIX, is_label_source, open_label_source
+from .files import new_folder
 from .yolo_seg import DEFAULT_TOLERANCE
 
 __all__ = ["FORMATS", "ExportError", "FormatOptions", "export_format"]

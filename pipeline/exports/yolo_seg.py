@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 import yaml
 
-from ..export_files import mask_file_names
-from ..label_sources import LabelSource
 from ..run_images import iter_run_images
+from ..sources import LabelSource
+from .files import mask_file_names
 
 __all__ = ["DEFAULT_TOLERANCE", "mask_polygons", "polygon_lines", "rasterize", "write_yolo_seg"]
 

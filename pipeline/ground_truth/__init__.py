@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..eval_sets import register_eval_set_schemes
+from ..eval_sets import EVAL_SETS
 from .base import GroundTruth, GroundTruthError
 from .classes import read_class_names
 from .coco import CocoGroundTruth
@@ -56,7 +56,19 @@ register_ground_truth("png", _open_png)
 register_ground_truth("coco", _open_coco)
 register_ground_truth("fiftyone", _open_fiftyone)  # --gt fiftyone:DATASET[:FIELD], see pipeline.ground_truth.fiftyone
 
-register_eval_set_schemes(register_ground_truth)  # --gt ade150:ROOT, pc59:ROOT, ... (SAN's benchmarks)
+
+
+def _eval_set_opener(name: str) -> GroundTruthFactory:
+    def open_eval_set(location: str, gt_classes: str | None, vocabulary_names: Sequence[str], ignore_index: int):
+        from ..eval_sets.reader import open_eval_set_ground_truth  # numpy and PIL: only when such a spec is opened
+
+        return open_eval_set_ground_truth(name, location, gt_classes, vocabulary_names, ignore_index)
+
+    return open_eval_set
+
+
+for _name in EVAL_SETS:  # --gt ade150:ROOT, pc59:ROOT, ... (the SAN paper's evaluation sets)
+    register_ground_truth(_name, _eval_set_opener(_name))
 
 
 def open_ground_truth(

@@ -11,7 +11,7 @@ from collections.abc import Hashable, Sequence
 import fiftyone as fo
 import numpy as np
 
-from ..review.masks import GROUND_TRUTH
+from ..review.mask_values import GROUND_TRUTH
 from .base import GroundTruth, GroundTruthError, LabelValues
 from .classes import read_class_names
 

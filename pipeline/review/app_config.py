@@ -9,7 +9,7 @@ import colorsys
 
 import fiftyone as fo
 
-from .masks import GROUND_TRUTH, PREDICTIONS
+from .mask_values import GROUND_TRUTH, PREDICTIONS
 
 __all__ = ["REVIEW_FIELDS", "REVIEW_GROUP", "class_colors", "configure_app"]
 

@@ -30,9 +30,10 @@ from ..run_images import iter_run_images, run_input
 from ..segments import decode_label_map_png
 from ..vocabulary import Vocabulary
 from .app_config import configure_app
+from .errors import ReviewError
 from .mask_files import INFO_KEY as MASK_FOLDER_KEY
 from .mask_files import MaskFolder, remove_mask_folder
-from .masks import GROUND_TRUTH, PREDICTIONS, ReviewError, label_map_to_mask, mask_dtype
+from .mask_values import GROUND_TRUTH, PREDICTIONS, label_map_to_mask, mask_dtype
 from .metrics import SampleMetrics
 from .views import MAX_CLASS_VIEWS, save_review_views
 

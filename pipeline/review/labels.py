@@ -7,7 +7,8 @@ import fiftyone as fo
 import numpy as np
 
 from ..vocabulary import Vocabulary
-from .masks import PREDICTIONS, ReviewError, mask_to_label_map
+from .errors import ReviewError
+from .mask_values import PREDICTIONS, mask_to_label_map
 
 __all__ = ["SAMPLE_FIELDS", "dataset_vocabulary", "sample_label_map"]
 

@@ -13,7 +13,8 @@ import numpy as np
 
 from san.metrics import ConfusionMatrix, compute_metrics
 
-from .masks import GROUND_TRUTH, PREDICTIONS, ReviewError
+from .errors import ReviewError
+from .mask_values import GROUND_TRUTH, PREDICTIONS
 
 __all__ = ["MISSING_LABEL", "SampleMetrics", "compare_with_fiftyone", "compute_sample_metrics"]
 

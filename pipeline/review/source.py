@@ -1,4 +1,4 @@
-"""A review dataset as a :class:`pipeline.label_sources.LabelSource` (``fiftyone:DATASET`` for training and the
+"""A review dataset as a :class:`pipeline.sources.LabelSource` (``fiftyone:DATASET`` for training and the
 exports): its ``predictions`` masks as they are after editing, with segments scored as the COCO export
 scores them (the run's score when unedited, 1.0 when edited)."""
 
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import fiftyone as fo
 
-from ..label_sources import LabeledImage, LabelSource
 from ..segments import encode_label_map_png
-from .export import iter_reviewed_images
+from ..sources.base import LabeledImage, LabelSource
+from .errors import ReviewError
 from .labels import dataset_vocabulary
-from .masks import ReviewError
+from .reviewed import iter_reviewed_images
 
 __all__ = ["dataset_label_source"]
 

@@ -10,7 +10,7 @@ import fiftyone as fo
 import fiftyone.core.utils as fou
 from fiftyone import ViewField as F
 
-from .masks import PREDICTIONS
+from .mask_values import PREDICTIONS
 
 __all__ = ["MAX_CLASS_VIEWS", "save_review_views"]
 

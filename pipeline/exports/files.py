@@ -1,6 +1,6 @@
 """Where exports write: file names for one file per image (:func:`mask_file_names`, escaped by
 :func:`escape_name`) and a new folder that appears whole or not at all (:func:`new_folder`). Shared by
-``pipeline.review.export`` and ``pipeline.exports``."""
+the exports (``pipeline.exports``)."""
 
 from __future__ import annotations
 

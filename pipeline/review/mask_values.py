@@ -2,26 +2,21 @@
 
 A mask holds **COCO category ids** (vocabulary class index + 1) and **0 means "no class"** (an unlabeled
 prediction, an ignored ground-truth pixel); uint8 when every value fits, else uint16. The reasons, and
-the rest of the dataset's layout, are in :mod:`pipeline.review.dataset`. :class:`ReviewError` is the error of
-every review module.
+the rest of the dataset's layout, are in :mod:`pipeline.review.dataset`; the files that hold the masks, in
+:mod:`pipeline.review.mask_files`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from san.errors import UserError
-
 from ..segments import unlabeled_value
+from .errors import ReviewError
 
-__all__ = ["GROUND_TRUTH", "PREDICTIONS", "ReviewError", "label_map_to_mask", "mask_dtype", "mask_to_label_map"]
+__all__ = ["GROUND_TRUTH", "PREDICTIONS", "label_map_to_mask", "mask_dtype", "mask_to_label_map"]
 
 PREDICTIONS = "predictions"
 GROUND_TRUTH = "ground_truth"
-
-
-class ReviewError(UserError):
-    """The run, the ground truth or the dataset cannot be reviewed; the message says why."""
 
 
 def mask_dtype(max_value: int) -> type[np.unsignedinteger]:

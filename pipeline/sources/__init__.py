@@ -1,0 +1,51 @@
+"""The labels of a labeling run or of a reviewed FiftyOne dataset, read the same way by training
+(``pipeline.training_data``) and the exports (``pipeline.exports``). The types are in :mod:`.base`, a
+run's folder in :mod:`.run`, a reviewed dataset in :mod:`pipeline.review.source`.
+
+A source is named by a string: a labeling run's output folder (it has ``manifest.json``: the labels as the
+run wrote them) or ``fiftyone:DATASET`` (a dataset ``jobs/review.py`` made: its ``predictions`` masks as they
+are after editing). FiftyOne is imported only for the latter.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .base import FIFTYONE_PREFIX, LabeledImage, LabelSource, LabelSourceError
+from .run import run_label_source
+
+__all__ = [
+    "FIFTYONE_PREFIX",
+    "LabelSource",
+    "LabelSourceError",
+    "LabeledImage",
+    "is_label_source",
+    "open_label_source",
+    "run_label_source",
+]
+
+
+def is_label_source(spec: str | os.PathLike[str]) -> bool:
+    """Whether ``spec`` names a labeling run's folder or ``fiftyone:DATASET`` (not some other folder)."""
+    text = os.fspath(spec)
+    return text.startswith(FIFTYONE_PREFIX) or (Path(text) / "manifest.json").is_file()
+
+
+def open_label_source(spec: str | os.PathLike[str]) -> LabelSource:
+    """The source ``spec`` names (see the module docstring).
+
+    Raises:
+        LabelSourceError: ``spec`` is neither, or the run's vocabulary cannot be read.
+        pipeline.review.errors.ReviewError: the FiftyOne dataset does not exist or was not made by ``jobs/review.py``.
+    """
+    text = os.fspath(spec)
+    if text.startswith(FIFTYONE_PREFIX):
+        from ..review.source import dataset_label_source  # imports FiftyOne
+
+        return dataset_label_source(text[len(FIFTYONE_PREFIX) :])
+    if not (Path(text) / "manifest.json").is_file():
+        raise LabelSourceError(
+            f"{text!r} is neither a labeling run's output folder (it has no manifest.json) nor fiftyone:DATASET"
+        )
+    return run_label_source(text)
