@@ -170,7 +170,7 @@ def evaluate_run(
         raise EvaluationError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     output = RunOutput(output_dir)
     if not output.root.is_dir():
-        raise EvaluationError(f"--predictions {str(output.root)!r} does not exist or is not a directory")
+        raise EvaluationError(f"`predictions` {str(output.root)!r} does not exist or is not a directory")
     vocabulary = output.read_vocabulary(EvaluationError)
     paths = output.read_predictions(["image_path"]).column("image_path").to_pylist()
     if not paths:

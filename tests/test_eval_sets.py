@@ -116,9 +116,9 @@ def test_pairs_and_reader(name: str, tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_reader_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = EVAL_SETS["pc459"]
     make_fake(spec, tmp_path)
-    with pytest.raises(GroundTruthError, match="--gt-classes does not apply"):
+    with pytest.raises(GroundTruthError, match="gt_classes does not apply"):
         open_ground_truth(f"pc459:{tmp_path}", gt_classes="classes.txt")
-    with pytest.raises(GroundTruthError, match="--ignore-index 0"):
+    with pytest.raises(GroundTruthError, match="ignore_index 0"):
         open_ground_truth(f"pc459:{tmp_path}", ignore_index=0)
     assert open_ground_truth(f"pc459:{tmp_path}", ignore_index=65535).raw_ignore == [65535]
     with pytest.raises(EvalSetError, match="datasets root"):

@@ -337,7 +337,7 @@ def test_large_class_list_uses_65535_as_ignore(tmp_path: Path) -> None:
 
 def test_an_ignore_index_that_names_a_class_is_refused(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((2, 2), dtype=np.uint8)).save(tmp_path / "x.png")
-    with pytest.raises(GroundTruthError, match="--ignore-index 0 is the value of class 'sky'"):
+    with pytest.raises(GroundTruthError, match="ignore_index 0 is the value of class 'sky'"):
         PngFolderGroundTruth(tmp_path, ["sky", "grass"], ignore_index=0)
     assert PngFolderGroundTruth(tmp_path, [None, "sky", "grass"], ignore_index=0).raw_ignore == [0, 65535]
 

@@ -255,7 +255,7 @@ def test_embedded_images_are_exported_from_their_bytes(
         tmp_path / "ls" / urllib.parse.unquote(t["data"]["image"].removeprefix("/data/local-files/?d=")) for t in tasks
     ]
     assert sorted(p.read_bytes() for p in shown) == expected and all(p.parent != tmp_path for p in shown)
-    with pytest.raises(UserError, match=r"embeds its images .* leave out --image-root"):
+    with pytest.raises(UserError, match=r"embeds its images .* leave out image_root"):
         _export(embedded.out, "label-studio", tmp_path / "ls-root", "--image-root", str(tmp_path))
     assert not (tmp_path / "ls-root").exists()
     assert all(decoy.read_bytes() not in expected for decoy in embedded.decoys)

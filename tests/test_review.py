@@ -30,6 +30,7 @@ import fiftyone as fo  # noqa: E402
 import fiftyone.core.session.session as fo_session  # noqa: E402
 import psutil  # noqa: E402
 
+from pipeline.cli import user_message  # noqa: E402
 from pipeline.evaluate import EvaluationError, evaluate_run  # noqa: E402
 from pipeline.exports.reviewed import export_dataset  # noqa: E402
 from pipeline.review.app import (  # noqa: E402
@@ -211,7 +212,7 @@ def test_reload_refuses_without_overwrite_and_keeps_edits(run, tmp_path: Path) -
         sample.predictions.mask = edited
         sample.save()
         before = _datasets()
-        with pytest.raises(ReviewError, match=rf"{name!r} already exists.*review edits.*--overwrite.*--dataset NEW"):
+        with pytest.raises(ReviewError, match=rf"{name!r} already exists.*review edits.*overwrite.*dataset NEW"):
             load_run(run.out, str(run.gt_dir), run.gt_classes, name=name)
         assert _datasets() == before  # no temporary dataset left behind
         kept = fo.load_dataset(name)
@@ -241,9 +242,9 @@ def test_foreign_dataset_is_never_replaced(run, overwrite: bool) -> None:
         mine.info = {"owner": "me"}
         mine.save()
         before = _datasets()
-        with pytest.raises(ReviewError, match=rf"{name!r} already exists and was not made by.*--dataset OTHER"):
+        with pytest.raises(ReviewError, match=rf"{name!r} already exists and was not made by.*dataset OTHER"):
             load_run(run.out, name=name, overwrite=overwrite)
-        with pytest.raises(ReviewError, match=rf"slug .* {name!r}; choose another name with --dataset OTHER"):
+        with pytest.raises(ReviewError, match=rf"slug .* {name!r}; choose another name with dataset OTHER"):
             load_run(run.out, name=name.upper(), overwrite=overwrite)
         assert _datasets() == before
         kept = fo.load_dataset(name)
@@ -385,9 +386,10 @@ def test_launch_binds_to_loopback_unless_remote_is_allowed(
         job["main"](job["parse_args"](base))
         assert bound == ["127.0.0.1"] and "warning" not in capsys.readouterr().err
 
+        remote = job["parse_args"]([*base, "--overwrite", "--address", "0.0.0.0"])
         with pytest.raises(OptionError) as refused:
-            job["main"](job["parse_args"]([*base, "--overwrite", "--address", "0.0.0.0"]))
-        message = str(refused.value)
+            job["main"](remote)
+        message = user_message(refused.value, remote)  # as the job prints it
         assert "\n" not in message and "--address 0.0.0.0" in message and "--allow-remote" in message
         assert "without authentication" in message and bound == ["127.0.0.1"]
 

@@ -81,13 +81,13 @@ def open_eval_set_ground_truth(
         raise GroundTruthError(str(exc)) from None
     if gt_classes:
         raise GroundTruthError(
-            f"--gt-classes does not apply to --gt {spec.name}:ROOT (its {spec.num_classes} classes are built in)"
+            f"`gt_classes` does not apply to `gt` {spec.name}:ROOT (its {spec.num_classes} classes are built in)"
         )
     if ignore_index not in (255, spec.ignore_value):
         raise GroundTruthError(
-            f"--ignore-index {ignore_index} does not apply to --gt {spec.name}:ROOT (it ignores {spec.ignore_value})"
+            f"`ignore_index` {ignore_index} does not apply to `gt` {spec.name}:ROOT (it ignores {spec.ignore_value})"
         )
     root = location or default_root()
     if not Path(root).is_dir():
-        raise EvalSetError(f"--gt {spec.name}:{location}: datasets root {str(root)!r} does not exist")
+        raise EvalSetError(f"`gt` {spec.name}:{location}: datasets root {str(root)!r} does not exist")
     return EvalSetGroundTruth(spec, root)

@@ -131,9 +131,9 @@ def write_label_studio(
     copied = _copy_images(source, folder, items)
     if copied is not None and image_root:
         raise LabelStudioError(
-            f"--image-root {image_root!r}: the input of {source.description} embeds its images (Parquet image "
+            f"`image_root` {image_root!r}: the input of {source.description} embeds its images (Parquet image "
             "bytes or WebDataset shards), so they are written into the export's images/ folder and the task URLs "
-            "are paths under the export; leave out --image-root"
+            "are paths under the export; leave out `image_root`"
         )
     root = None
     if copied is None:
@@ -146,7 +146,7 @@ def write_label_studio(
         else:
             relative = Path(os.path.relpath(os.path.abspath(item.image_path), root)).as_posix()
             if relative.startswith(".."):
-                raise LabelStudioError(f"image {item.image_path!r} is not under --image-root {root!r}")
+                raise LabelStudioError(f"image {item.image_path!r} is not under `image_root` {root!r}")
         url = image_url + urllib.parse.quote(relative)
         tasks.append(_task(item.label_map(), item.segments, names, url))
     write_json_atomic(tasks, folder / "tasks.json")

@@ -25,11 +25,11 @@ __all__ = ["export_dataset"]
 def _check_coco_target(ds: fo.Dataset, coco_path: Path) -> None:
     """Refuse a folder, and the labeling run's own ``coco.json`` (the unreviewed labels stay as they were)."""
     if coco_path.is_dir():
-        raise ReviewError(f"--coco {str(coco_path)!r} is a folder; give the path of a .json file")
+        raise ReviewError(f"`coco` {str(coco_path)!r} is a folder; give the path of a .json file")
     run = ds.info.get("labeling_run")
     if run and coco_path.resolve() == (Path(run) / "coco.json").resolve():
         raise ReviewError(
-            f"--coco {str(coco_path)!r} is the labeling run's own coco.json; write the reviewed labels to another file"
+            f"`coco` {str(coco_path)!r} is the labeling run's own coco.json; write the reviewed labels to another file"
         )
 
 
@@ -55,7 +55,7 @@ def export_dataset(
     """
     ds = resolve_dataset(dataset)
     if coco_path is None and masks_dir is None:
-        raise ReviewError("nothing to export: give --coco, --masks or both (or --format with --output)")
+        raise ReviewError("nothing to export: give `coco`, `masks` or both (or `format` with `output`)")
     if coco_path is not None:
         _check_coco_target(ds, Path(coco_path))
     vocabulary = dataset_vocabulary(ds)

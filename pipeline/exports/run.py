@@ -84,7 +84,7 @@ def export_format(spec: str | os.PathLike[str], options: FormatOptions) -> dict[
             from .cvat import write_cvat
 
             if target.is_dir():
-                raise ExportError(f"--output {str(target)!r} is a folder; cvat writes a .zip file")
+                raise ExportError(f"`output` {str(target)!r} is a folder; cvat writes a .zip file")
             return {**summary, **write_cvat(source, target)}
         with new_folder(target, "--output", ExportError) as folder:
             if options.format == "yolo-seg":

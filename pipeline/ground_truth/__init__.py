@@ -42,7 +42,7 @@ def _open_png(location: str, gt_classes: str | None, vocabulary_names: Sequence[
 
 def _open_coco(location: str, gt_classes: str | None, vocabulary_names: Sequence[str], ignore_index: int):
     if gt_classes:
-        raise GroundTruthError("--gt-classes does not apply to a COCO JSON (its 'categories' name the classes)")
+        raise GroundTruthError("`gt_classes` does not apply to a COCO JSON (its 'categories' name the classes)")
     return CocoGroundTruth(location)
 
 
@@ -92,8 +92,8 @@ def open_ground_truth(
     if path.is_file() and path.suffix.lower() == ".json":
         return _open_coco(spec, gt_classes, vocabulary_names, ignore_index)
     if not path.exists():
-        raise GroundTruthError(f"--gt {spec!r} does not exist")
+        raise GroundTruthError(f"`gt` {spec!r} does not exist")
     raise GroundTruthError(
-        f"--gt {spec!r} is neither a folder of label images nor a COCO .json file "
+        f"`gt` {spec!r} is neither a folder of label images nor a COCO .json file "
         f"(or prefix one of the schemes: {', '.join(sorted(_READERS))})"
     )

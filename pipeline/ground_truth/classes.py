@@ -42,7 +42,7 @@ def read_class_names(path: str | os.PathLike[str]) -> list[str | None]:
     try:
         names = text_files.read_class_names(source, GroundTruthError)
     except FileNotFoundError:
-        raise GroundTruthError(f"--gt-classes file not found: {source}") from None
+        raise GroundTruthError(f"`gt_classes` file not found: {source}") from None
     except OSError as exc:
         raise GroundTruthError(f"{source}: cannot read: {exc.strerror or exc}") from None
     check_distinct_names([n for n in names if n is not None], source)

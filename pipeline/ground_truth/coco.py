@@ -33,7 +33,7 @@ class CocoGroundTruth(GroundTruth):
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise GroundTruthError(f"--gt COCO file {str(self.path)!r} does not exist")
+            raise GroundTruthError(f"`gt` COCO file {str(self.path)!r} does not exist")
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as exc:

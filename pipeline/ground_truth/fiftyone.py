@@ -46,7 +46,7 @@ class FiftyOneGroundTruth(GroundTruth):
             targets = (self.dataset.mask_targets or {}).get(field) or self.dataset.default_mask_targets or {}
             if not targets:
                 raise GroundTruthError(
-                    f"FiftyOne dataset {dataset_name!r} has no mask targets for {field!r}; pass --gt-classes"
+                    f"FiftyOne dataset {dataset_name!r} has no mask targets for {field!r}; pass `gt_classes`"
                 )
             if any(not isinstance(v, int) for v in targets):
                 raise GroundTruthError(f"{dataset_name!r}.{field}: RGB mask targets are not supported")

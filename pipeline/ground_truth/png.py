@@ -60,15 +60,15 @@ class PngFolderGroundTruth(GroundTruth):
     def __init__(self, folder: str | os.PathLike[str], names_by_value: Sequence[str | None], ignore_index: int = 255):
         self.folder = Path(folder)
         if not self.folder.is_dir():
-            raise GroundTruthError(f"--gt folder {str(self.folder)!r} does not exist or is not a directory")
+            raise GroundTruthError(f"`gt` folder {str(self.folder)!r} does not exist or is not a directory")
         if len(names_by_value) > UNLABELED_U16:
             raise GroundTruthError(f"{len(names_by_value)} class values do not fit 16-bit label images")
         ignore = int(ignore_index)
         if 0 <= ignore < len(names_by_value) and names_by_value[ignore] is not None:
             if ignore != 255:
                 raise GroundTruthError(
-                    f"--ignore-index {ignore} is the value of class {names_by_value[ignore]!r}; give a value that "
-                    "names no class (a blank or '#' line in --gt-classes leaves a value free)"
+                    f"`ignore_index` {ignore} is the value of class {names_by_value[ignore]!r}; give a value that "
+                    "names no class (a blank or '#' line in `gt_classes` leaves a value free)"
                 )
             ignore = UNLABELED_U16  # 255 is a class (large vocabularies): detectron2 uses 65535 then
         self.raw_ignore = sorted({ignore, UNLABELED_U16})

@@ -177,7 +177,7 @@ def _iter_entries(spec: str, exclusion: _Exclusion) -> Iterator[InputItem | Cont
         if _has_wildcard(spec):
             yield from _iter_glob(spec, exclusion)
             return
-        raise InputError(f"--input {spec!r} does not exist")
+        raise InputError(f"`input` {spec!r} does not exist")
     if info.type == pafs.FileType.Directory:
         yield from _iter_directory(spec, fs, path, exclusion)
         return
@@ -298,7 +298,7 @@ def _iter_glob(spec: str, exclusion: _Exclusion) -> Iterator[InputItem | Contain
         (e for e in entries if _glob_match(_relative_parts(e.path, base_path), pattern)), key=lambda e: e.path
     )
     if not matches:
-        raise InputError(f"--input pattern {spec!r} matches no file")
+        raise InputError(f"`input` pattern {spec!r} matches no file")
     for entry in matches:
         if entry.type == pafs.FileType.File and entry.path.endswith((".tar", ".parquet")):
             yield Container(entry.path.rsplit(".", 1)[1], display_name(spec, fs, entry.path))

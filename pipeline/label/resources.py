@@ -115,14 +115,14 @@ def plan_resources(
     if gpus_per_worker is None:
         gpus_per_worker = 1.0 if gpus > 0 and not smoke_test else 0.0
     if gpus_per_worker < 0:
-        raise ResourceError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+        raise ResourceError(f"`gpus_per_worker` must be >= 0, got {gpus_per_worker}")
     if gpus_per_worker > 0 and gpus == 0:
         raise ResourceError(
-            f"--gpus-per-worker {gpus_per_worker} asks for GPUs but the Ray cluster has none "
-            f"(resources: {dict(total)}); use --gpus-per-worker 0 to label on CPU"
+            f"`gpus_per_worker` {gpus_per_worker} asks for GPUs but the Ray cluster has none "
+            f"(resources: {dict(total)}); use `gpus_per_worker` 0 to label on CPU"
         )
     if gpus_per_worker > max(gpus, 0):
-        raise ResourceError(f"--gpus-per-worker {gpus_per_worker} is more than the cluster's {gpus:g} GPUs")
+        raise ResourceError(f"`gpus_per_worker` {gpus_per_worker} is more than the cluster's {gpus:g} GPUs")
     if cpus < 1:
         raise ResourceError(f"the Ray cluster has {cpus:g} CPUs; the job needs at least 1")
     on_gpu = gpus_per_worker > 0
@@ -136,7 +136,7 @@ def plan_resources(
     low, high = workers  # 1 <= low <= high: checked by LabelOptions
     if low > capacity:
         raise ResourceError(
-            f"--workers {low}-{high} needs {low} actors but the cluster fits {capacity} "
+            f"`workers` {low}-{high} needs {low} actors but the cluster fits {capacity} "
             f"({cpus:g} CPUs, {gpus:g} GPUs; decode tasks keep at least one CPU)"
         )
     high = min(high, capacity)

@@ -44,8 +44,8 @@ def check_address(address: str, allow_remote: bool = False) -> bool:
         return False
     if not allow_remote:
         raise OptionError(
-            f"--address {address} is not a loopback address and {UNAUTHENTICATED} to whoever reaches the port; "
-            "add --allow-remote to serve it there anyway, or leave out --address (127.0.0.1)"
+            f"`address` {address} is not a loopback address and {UNAUTHENTICATED} to whoever reaches the port; "
+            "add `allow_remote` to serve it there anyway, or leave out `address` (127.0.0.1)"
         )
     return True
 

@@ -160,18 +160,18 @@ def check_dataset_name(name: str, overwrite: bool = False) -> bool:
     if existing != name:
         raise ReviewError(
             f"dataset name {name!r} is not available: its URL slug {fou.to_slug(name)!r} is that of the existing "
-            f"FiftyOne dataset {existing!r}; choose another name with --dataset OTHER"
+            f"FiftyOne dataset {existing!r}; choose another name with `dataset` OTHER"
         )
     dataset = fo.load_dataset(name)
     if not is_review_dataset(dataset):
         raise ReviewError(
             f"a FiftyOne dataset named {name!r} already exists and was not made by jobs/review.py (its info names "
-            "no labeling run); it is never deleted or replaced: choose another name with --dataset OTHER"
+            "no labeling run); it is never deleted or replaced: choose another name with `dataset` OTHER"
         )
     if not overwrite:
         raise ReviewError(
             f"FiftyOne dataset {name!r} already exists (loaded from {dataset.info['labeling_run']}) and may hold "
-            "review edits; add --overwrite to replace it, or load into a new dataset with --dataset NEW"
+            "review edits; add `overwrite` to replace it, or load into a new dataset with `dataset` NEW"
         )
     return True
 
