@@ -29,6 +29,7 @@ from san.atomic import write_atomic
 from san.errors import OptionError, UserError
 
 from .coco import build_coco, write_json_atomic
+from .output_lock import LOCK_NAME
 from .vocabulary import Vocabulary, VocabularyError
 
 SEGMENT_TYPE = pa.struct(
@@ -55,11 +56,18 @@ ERROR_SCHEMA = pa.schema([("image_path", pa.string()), ("error", pa.string())])
 
 
 class OutputConflictError(UserError):
-    """The output directory holds a run made with another vocabulary or model."""
+    """The output directory holds what this run cannot continue: a run made with another vocabulary or model,
+    a run whose ``manifest.json`` is lost or damaged, or files of something else."""
 
 
 # Paths reported in manifest.json when the output holds an image_path twice.
 MAX_REPORTED_DUPLICATES = 100
+MANIFEST = "manifest.json"
+# What a labeling job writes into its output folder before its manifest: its lock (with filelock's own
+# files beside it) and the smoke test's generated images.
+SMOKE_INPUTS = "smoke-inputs"
+# Entries named when an output folder is refused for holding other files.
+_SHOWN_ENTRIES = 5
 
 
 def _write_parquet_atomic(table: pa.Table, folder: Path) -> Path:
@@ -99,17 +107,55 @@ class RunOutput:
             self.root.rmdir()
 
     def check_compatible(self, identity: dict[str, Any]) -> None:
-        """Refuse to resume a run made with another vocabulary or model (its labels would mix)."""
-        manifest = self.root / "manifest.json"
+        """Refuse an output folder this run cannot continue, in one line that says what to do: one holding a run
+        made with another vocabulary or model (its labels would mix), labels without the ``manifest.json`` that
+        names what made them, a ``manifest.json`` that cannot be read, or files of something else (they would be
+        replaced). An empty folder, or one a run left before writing its manifest, is a new run's."""
+        manifest = self.root / MANIFEST
         if not manifest.exists():
+            self._check_new()
             return
-        previous = json.loads(manifest.read_text(encoding="utf-8")).get("identity", {})
+        previous = self._identity(manifest)
         changed = sorted(k for k in identity if k in previous and previous[k] != identity[k])
         if changed:
             differences = "; ".join(_difference(k, previous[k], identity[k]) for k in changed)
             raise OutputConflictError(
                 f"{self.root} holds a run made with {differences}; rerun with the same vocabulary, model and "
                 "options to resume it, or choose a new `output`"
+            )
+
+    def _identity(self, manifest: Path) -> dict[str, Any]:
+        """The ``identity`` of the run whose ``manifest.json`` is ``manifest``; refused when it has none."""
+        try:
+            content = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
+            reason = error.strerror if isinstance(error, OSError) else f"not valid JSON: {error}"
+            raise OutputConflictError(
+                f"{manifest} cannot be read ({reason}): it names the vocabulary and model of the labels in "
+                f"{self.root}; restore it from a backup to resume that run, or choose a new `output`"
+            ) from None
+        identity = content.get("identity") if isinstance(content, dict) else None
+        if not isinstance(identity, dict):
+            raise OutputConflictError(
+                f"{manifest} is not a labeling run's manifest (it has no identity); choose a new or empty `output`"
+            )
+        return identity
+
+    def _check_new(self) -> None:
+        """Refuse a folder without ``manifest.json`` that holds more than a run writes before its manifest."""
+        if _shards(self.predictions_dir) or _shards(self.errors_dir):
+            raise OutputConflictError(
+                f"{self.root} holds labels (predictions/, errors/) but no manifest.json, which names the "
+                "vocabulary and model that made them, so the run cannot be resumed: restore manifest.json from a "
+                "backup, or choose a new `output` and label again"
+            )
+        entries = sorted(p.name for p in self.root.iterdir() if not _made_before_manifest(p.name))
+        if entries:
+            shown = ", ".join(entries[:_SHOWN_ENTRIES])
+            more = f" and {len(entries) - _SHOWN_ENTRIES} more" if len(entries) > _SHOWN_ENTRIES else ""
+            raise OutputConflictError(
+                f"`output` {self.root} is not empty ({shown}{more}) and is no labeling run's folder (it has no "
+                "manifest.json): its files could be replaced; choose a new or empty folder"
             )
 
     def remove_partial_files(self) -> int:
@@ -165,7 +211,7 @@ class RunOutput:
             error: the folder has no ``manifest.json`` (it is no labeling run's output), or its vocabulary
                 cannot be read (naming the manifest).
         """
-        manifest = self.root / "manifest.json"
+        manifest = self.root / MANIFEST
         if not manifest.is_file():
             raise error(f"{self.root} is not a labeling run's output: it has no manifest.json")
         try:
@@ -211,12 +257,12 @@ class RunOutput:
         manifest = {**manifest, "counts": {**manifest.get("counts", {}), **counts}}
         if duplicate_paths:
             manifest["duplicate_paths"] = duplicate_paths
-        write_json_atomic(manifest, self.root / "manifest.json", indent=2)
+        write_json_atomic(manifest, self.root / MANIFEST, indent=2)
         return counts
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(manifest, self.root / "manifest.json", indent=2)
+        write_json_atomic(manifest, self.root / MANIFEST, indent=2)
 
 
 # Identity entries that are digests: a change is named, not shown.
@@ -229,6 +275,12 @@ def _difference(key: str, run: Any, command: Any) -> str:
         return _DIGESTS[key]
     name = "the vocabulary's minimum scores (@)" if key == "class_min_scores" else f"`{key}`"
     return f"{name} {json.dumps(run)} (this command: {json.dumps(command)})"
+
+
+def _made_before_manifest(name: str) -> bool:
+    """Whether an entry of the output folder is one a labeling job writes before its ``manifest.json`` (a job
+    stopped that early leaves them), or the temporary file of an atomic write a kill left behind."""
+    return name == SMOKE_INPUTS or name.startswith(LOCK_NAME) or (name.startswith(".") and name.endswith(".tmp"))
 
 
 def _shards(folder: Path) -> list[Path]:

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from pipeline.cli import flag
 from pipeline.label.inputs import InputError
 from pipeline.label.job import LabelOptions, run_label_job
-from pipeline.outputs import RunOutput
+from pipeline.output_lock import LOCK_NAME
+from pipeline.outputs import OutputConflictError, RunOutput
 from pipeline.vocabulary import parse_vocabulary
 from san.errors import OptionError
 
@@ -135,3 +137,68 @@ def test_the_run_vocabulary_is_read_from_the_manifest(tmp_path: Path) -> None:
     output.write_manifest({"vocabulary": {"names": "cat"}})
     with pytest.raises(Refused, match=r"manifest.json: cannot read the run's vocabulary"):
         output.read_vocabulary(Refused)
+
+
+@pytest.fixture
+def ray_unused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job must stop before it starts Ray (and before it writes anything)."""
+    import pipeline.label.job
+
+    monkeypatch.setattr(pipeline.label.job, "init_ray", lambda: pytest.fail("the job went on to start Ray"))
+
+
+def write_inputs(tmp_path: Path, vocabulary: str = "cat\n") -> None:
+    (tmp_path / "vocab.txt").write_text(vocabulary)
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "images" / "a.png")
+
+
+def folder_state(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_folder_that_is_no_run_is_refused_and_left_as_it_was(tmp_path: Path, ray_unused: None) -> None:
+    write_inputs(tmp_path)
+    out = tmp_path / "out"
+    (out / "errors").mkdir(parents=True)
+    (out / "coco.json").write_text('{"mine": true}')
+    (out / "errors" / "keep.txt").write_text("x")
+    for i in range(6):
+        (out / f"notes{i}.txt").write_text("y")
+    before = folder_state(out)
+    with pytest.raises(OutputConflictError) as error:
+        run_label_job(options(tmp_path, smoke_test=True))
+    message = str(error.value)
+    assert message == (
+        f"output {out} is not empty (coco.json, errors, notes0.txt, notes1.txt, notes2.txt and 3 more) and is no "
+        "labeling run's folder (it has no manifest.json): its files could be replaced; choose a new or empty folder"
+    )
+    assert folder_state(out) == before and not (out / LOCK_NAME).exists()
+
+
+def test_labels_without_their_manifest_or_with_a_damaged_one_are_not_resumed(tmp_path: Path, ray_unused: None) -> None:
+    write_inputs(tmp_path, "dog\n")
+    out = RunOutput(tmp_path / "out")
+    out.write_shard([prediction("a.jpg")], [])
+    with pytest.raises(OutputConflictError, match=r"holds labels \(predictions/, errors/\) but no manifest.json, "):
+        run_label_job(options(tmp_path, smoke_test=True))
+    (out.root / "manifest.json").write_text('{"status": "complete", "ident')
+    with pytest.raises(OutputConflictError) as error:
+        run_label_job(options(tmp_path, smoke_test=True))
+    assert str(error.value).startswith(f"{out.root / 'manifest.json'} cannot be read (not valid JSON: Unterminated")
+    assert "restore it from a backup to resume that run, or choose a new output" in str(error.value)
+    (out.root / "manifest.json").write_text('{"made by": "another tool"}')
+    with pytest.raises(OutputConflictError, match="is not a labeling run's manifest"):
+        run_label_job(options(tmp_path, smoke_test=True))
+
+
+def test_what_a_job_leaves_before_its_manifest_does_not_block_a_rerun(tmp_path: Path) -> None:
+    out = RunOutput(tmp_path / "out")
+    (out.root / "smoke-inputs").mkdir(parents=True)
+    (out.root / LOCK_NAME).write_text("")
+    (out.root / ".manifest.json.0123.tmp").write_text("{")
+    out.check_compatible({"model": "x"})
+    out.write_manifest({"identity": {"model": "x"}})
+    out.check_compatible({"model": "x"})
+    with pytest.raises(OutputConflictError, match='made with model "x" \\(this command: "y"\\)'):
+        out.check_compatible({"model": "y"})

@@ -33,7 +33,7 @@ from san.transforms import ResizeShortestEdge
 from san.tta import DEFAULT_TTA_SIZES, TTA_MAX_SIZE, TestTimeAugmentation
 
 from ..output_lock import exclusive_output
-from ..outputs import MAX_REPORTED_DUPLICATES, RunOutput
+from ..outputs import MAX_REPORTED_DUPLICATES, SMOKE_INPUTS, RunOutput
 from ..stopping import StopRequested, stop_on_sigterm
 from ..vocabulary import Vocabulary, load_vocabulary
 from .attempts import start_ledger
@@ -295,7 +295,7 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
     output.check_compatible(identity)
     output.remove_partial_files()
     if options.smoke_test and options.input is None:
-        options.input = str(write_smoke_images(Path(options.output) / "smoke-inputs"))
+        options.input = str(write_smoke_images(Path(options.output) / SMOKE_INPUTS))
     resolved = resolve_inputs(options.input, exclude=options.output, bytes_column=options.bytes_column)
 
     model = ModelSpec(SMOKE_MODEL if options.smoke_test else options.model, options.config).resolved()
