@@ -202,3 +202,26 @@ def test_what_a_job_leaves_before_its_manifest_does_not_block_a_rerun(tmp_path: 
     out.check_compatible({"model": "x"})
     with pytest.raises(OutputConflictError, match='made with model "x" \\(this command: "y"\\)'):
         out.check_compatible({"model": "y"})
+
+
+def test_an_input_in_a_run_folder_is_refused_naming_it(tmp_path: Path, ray_unused: None) -> None:
+    """One rule: a run's folder is never listed. So an --output equal to --input, or holding it, is refused
+    (an --output inside --input is left out of its listing: tests/test_inputs.py)."""
+    write_inputs(tmp_path)
+    images = tmp_path / "images"
+    before = folder_state(images)
+    with pytest.raises(InputError) as error:
+        run_label_job(options(tmp_path, output=str(images), smoke_test=True))
+    assert error.value.worded(flag) == (
+        f"--input {str(images)!r} is or lies in the --output folder {images}: a labeling run's folder is never listed "
+        "as input (its files are labels, not images); give an --input outside it, or an --output outside the "
+        "--input folder"
+    )
+    with pytest.raises(InputError, match=f"is or lies in the output folder {tmp_path}: "):
+        run_label_job(options(tmp_path, output=str(tmp_path), smoke_test=True))
+    run = RunOutput(tmp_path / "old-run")
+    run.write_manifest({"identity": {"model": "x"}})
+    (run.root / "review-masks").mkdir()
+    with pytest.raises(InputError, match=f"is or lies in the labeling run folder {run.root} \\(it has manifest"):
+        run_label_job(options(tmp_path, input=f"{run.root}/review-masks/**/*.png", smoke_test=True))
+    assert folder_state(images) == before and not (tmp_path / "out").exists()

@@ -41,7 +41,7 @@ from .batching import WINDOW_BATCHES, GroupStage, one_batch_per_block
 from .decode import EXPANDED_ROWS, DecodeStage, expand_containers
 from .encode import EncodeStage
 from .images import DEFAULT_MAX_PIXELS
-from .inputs import ResolvedInputs, resolve_inputs
+from .inputs import ResolvedInputs, check_outside_runs, resolve_inputs
 from .predict import NULL_MODEL, SMOKE_MODEL, ModelSpec, PredictStage
 from .resources import ResourcePlan, init_ray, plan_resources
 from .resume import SkipLabeled, start_tally
@@ -91,7 +91,11 @@ class LabelOptions:
         },
     )
     output: str = field(
-        metadata={"help": "output directory (Parquet shards, coco.json, errors, manifest)"},
+        metadata={
+            "help": "output directory (Parquet shards, coco.json, errors, manifest): new or empty, or an earlier "
+            "run's to resume it; a run's folder is never listed as input, so it may lie inside the `input` folder "
+            "but may not be or hold it"
+        },
     )
     model: str = field(
         default="san_vit_b_16",
@@ -292,6 +296,8 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
     """:func:`run_label_job` in an output folder that this job holds; ``other``: the added distractor names."""
     started = time.time()
     identity = _identity(options, vocabulary, other)
+    if options.input is not None:
+        check_outside_runs(options.input, options.output)
     output.check_compatible(identity)
     output.remove_partial_files()
     if options.smoke_test and options.input is None:
