@@ -60,12 +60,22 @@ class OutputConflictError(UserError):
     a run whose ``manifest.json`` is lost or damaged, or files of something else."""
 
 
+class DamagedFileError(UserError):
+    """A prediction or error file of the run that cannot be read; the message names it and the way forward."""
+
+    reason = ""  # why it cannot be read, as pyarrow says
+
+
 # Paths reported in manifest.json when the output holds an image_path twice.
 MAX_REPORTED_DUPLICATES = 100
 MANIFEST = "manifest.json"
 # What a labeling job writes into its output folder before its manifest: its lock (with filelock's own
 # files beside it) and the smoke test's generated images.
 SMOKE_INPUTS = "smoke-inputs"
+# Added to the name of a damaged prediction or error file when a job sets it aside.
+DAMAGED_SUFFIX = ".corrupt"
+# The prediction columns a job reads (to resume, and to write coco.json), checked before it resumes.
+_JOB_COLUMNS = ["image_path", "image_id", "width", "height", "segments"]
 # Entries named when an output folder is refused for holding other files.
 _SHOWN_ENTRIES = 5
 
@@ -167,10 +177,26 @@ class RunOutput:
                 removed += 1
         return removed
 
+    def set_aside_damaged(self) -> dict[Path, str]:
+        """Rename each prediction or error file that cannot be read (truncated, overwritten) to
+        ``part-*.parquet.corrupt``, where no reader looks, so that a resumed run labels its images again; returns
+        ``{file: why it cannot be read}``. What a job reads of the files is checked: label-map PNGs are not read
+        (that would read the whole output at every resume); a reader that meets a damaged one says what to do."""
+        moved = {}
+        checks = [(self.predictions_dir, PREDICTION_SCHEMA, _JOB_COLUMNS), (self.errors_dir, ERROR_SCHEMA, None)]
+        for folder, schema, columns in checks:
+            for shard in _shards(folder):
+                try:
+                    _read_shard(shard, columns=columns, schema=schema)
+                except DamagedFileError as damaged:
+                    os.replace(shard, shard.with_name(shard.name + DAMAGED_SUFFIX))
+                    moved[shard] = damaged.reason
+        return moved
+
     def labeled_ids(self) -> np.ndarray:
         """The sorted, distinct ``image_id`` s of the inputs already labeled (a rerun skips them; inputs that
         failed are tried again): 8 bytes per image, where a set of paths would take a Python string each."""
-        ids = [pq.read_table(s, columns=["image_id"]).column(0).to_numpy() for s in _shards(self.predictions_dir)]
+        ids = [_read_shard(s, columns=["image_id"]).column(0).to_numpy() for s in _shards(self.predictions_dir)]
         return np.unique(np.concatenate(ids)) if ids else np.zeros(0, dtype=np.int64)
 
     def write_shard(self, predictions: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
@@ -193,7 +219,7 @@ class RunOutput:
         shards = _shards(self.predictions_dir)
         if not shards:
             return PREDICTION_SCHEMA.empty_table().select(columns or PREDICTION_SCHEMA.names)
-        table = pa.concat_tables(pq.read_table(s, columns=columns, schema=PREDICTION_SCHEMA) for s in shards)
+        table = pa.concat_tables(_read_shard(s, columns=columns, schema=PREDICTION_SCHEMA) for s in shards)
         return _first_per_path(table)
 
     def iter_predictions(self, columns: list[str] | None = None, batch_rows: int = 64) -> Iterator[dict[str, Any]]:
@@ -201,7 +227,13 @@ class RunOutput:
         all) as dicts, one at a time: at most ``batch_rows`` rows are read into memory at once."""
         seen: set[str] = set()
         for shard in _shards(self.predictions_dir):
-            for batch in pq.ParquetFile(shard).iter_batches(batch_rows, columns=columns):
+            with _reading(shard):
+                batches = pq.ParquetFile(shard).iter_batches(batch_rows, columns=columns)
+            while True:
+                with _reading(shard):
+                    batch = next(batches, None)
+                if batch is None:
+                    break
                 yield from _first_per_path(pa.Table.from_batches([batch]), seen).to_pylist()
 
     def read_vocabulary(self, error: type[Exception]) -> Vocabulary:
@@ -224,12 +256,12 @@ class RunOutput:
         shards = sorted(_shards(self.errors_dir), key=lambda shard: shard.stat().st_mtime_ns, reverse=True)
         if not shards:
             return ERROR_SCHEMA.empty_table()
-        return _first_per_path(pa.concat_tables(pq.read_table(s, schema=ERROR_SCHEMA) for s in shards))
+        return _first_per_path(pa.concat_tables(_read_shard(s, schema=ERROR_SCHEMA) for s in shards))
 
     def repeated_paths(self) -> tuple[int, list[str]]:
         """How many prediction rows repeat an earlier row's ``image_path`` (two input rows with one path), and
         up to :data:`MAX_REPORTED_DUPLICATES` of those paths."""
-        paths = [pq.read_table(s, columns=["image_path"]).column(0) for s in _shards(self.predictions_dir)]
+        paths = [_read_shard(s, columns=["image_path"]).column(0) for s in _shards(self.predictions_dir)]
         if not paths:
             return 0, []
         counts = pc.value_counts(pa.chunked_array([c for p in paths for c in p.chunks], pa.string())).flatten()
@@ -285,6 +317,27 @@ def _made_before_manifest(name: str) -> bool:
 
 def _shards(folder: Path) -> list[Path]:
     return sorted(folder.glob("part-*.parquet")) if folder.exists() else []
+
+
+@contextlib.contextmanager
+def _reading(shard: Path) -> Iterator[None]:
+    """Turn a failure to read ``shard`` (a prediction or error file) into a :class:`DamagedFileError` naming it."""
+    try:
+        yield
+    except (pa.ArrowException, OSError) as error:  # truncated, not Parquet, wrong columns, unreadable
+        reason = " ".join(str(error).split())
+        damaged = DamagedFileError(
+            f"{shard} cannot be read ({reason}); rename it to {shard.name}{DAMAGED_SUFFIX} and rerun the labeling "
+            f"command on {shard.parent.parent} to label its images again"
+        )
+        damaged.reason = reason
+        raise damaged from None
+
+
+def _read_shard(shard: Path, **read: Any) -> pa.Table:
+    """``pyarrow.parquet.read_table(shard, **read)``, or a :class:`DamagedFileError` naming ``shard``."""
+    with _reading(shard):
+        return pq.read_table(shard, **read)
 
 
 def _first_per_path(table: pa.Table, seen: set[str] | None = None) -> pa.Table:

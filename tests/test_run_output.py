@@ -225,3 +225,32 @@ def test_an_input_in_a_run_folder_is_refused_naming_it(tmp_path: Path, ray_unuse
     with pytest.raises(InputError, match=f"is or lies in the labeling run folder {run.root} \\(it has manifest"):
         run_label_job(options(tmp_path, input=f"{run.root}/review-masks/**/*.png", smoke_test=True))
     assert folder_state(images) == before and not (tmp_path / "out").exists()
+
+
+def test_a_damaged_file_is_named_in_one_line_and_set_aside(tmp_path: Path) -> None:
+    from pipeline.outputs import DamagedFileError
+
+    output = RunOutput(tmp_path)
+    output.write_shard([prediction("a.jpg")], [{"image_path": "b.jpg", "error": "file not found"}])
+    output.write_shard([{**prediction("c.jpg"), "image_id": 7}], [])
+    output.write_shard([{**prediction("d.jpg"), "image_id": 9}], [])
+    shards = {pq.read_table(s).column("image_path")[0].as_py(): s for s in output.predictions_dir.glob("part-*")}
+    truncated, garbage = shards["c.jpg"], shards["d.jpg"]
+    truncated.write_bytes(truncated.read_bytes()[:-40])
+    garbage.write_bytes(os.urandom(300))
+    [errors] = output.errors_dir.glob("part-*.parquet")
+    errors.write_bytes(b"")
+    readers = (output.read_predictions, output.labeled_ids, output.read_errors, lambda: list(output.iter_predictions()))
+    for read in readers:
+        with pytest.raises(DamagedFileError, match=r"^/\S+/part-\w+\.parquet cannot be read \(") as error:
+            read()
+        assert "\n" not in str(error.value) and str(error.value).endswith(
+            f".parquet.corrupt and rerun the labeling command on {tmp_path} to label its images again"
+        )
+    moved = output.set_aside_damaged()
+    assert sorted(moved) == sorted([truncated, garbage, errors])
+    assert "Parquet magic bytes not found" in moved[garbage]
+    assert all(shard.with_name(shard.name + ".corrupt").is_file() and not shard.exists() for shard in moved)
+    assert output.set_aside_damaged() == {}
+    assert output.read_predictions(["image_path"]).to_pylist() == [{"image_path": "a.jpg"}]
+    assert output.labeled_ids().tolist() == [1] and output.read_errors().num_rows == 0

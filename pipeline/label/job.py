@@ -33,7 +33,7 @@ from san.transforms import ResizeShortestEdge
 from san.tta import DEFAULT_TTA_SIZES, TTA_MAX_SIZE, TestTimeAugmentation
 
 from ..output_lock import exclusive_output
-from ..outputs import MAX_REPORTED_DUPLICATES, SMOKE_INPUTS, RunOutput
+from ..outputs import DAMAGED_SUFFIX, MAX_REPORTED_DUPLICATES, SMOKE_INPUTS, RunOutput
 from ..stopping import StopRequested, stop_on_sigterm
 from ..vocabulary import Vocabulary, load_vocabulary
 from .attempts import start_ledger
@@ -300,6 +300,13 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
         check_outside_runs(options.input, options.output)
     output.check_compatible(identity)
     output.remove_partial_files()
+    damaged = output.set_aside_damaged()
+    for shard, reason in damaged.items():
+        print(
+            f"warning: {shard} cannot be read ({reason}); set aside as {shard.name}{DAMAGED_SUFFIX}: its images "
+            "are labeled again",
+            file=sys.stderr,
+        )
     if options.smoke_test and options.input is None:
         options.input = str(write_smoke_images(Path(options.output) / SMOKE_INPUTS))
     resolved = resolve_inputs(options.input, exclude=options.output, bytes_column=options.bytes_column)
@@ -326,6 +333,8 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
         "resources": asdict(plan),
         "versions": _versions(),
     }
+    if damaged:
+        manifest["set_aside"] = [f"{shard.relative_to(output.root)}{DAMAGED_SUFFIX}" for shard in damaged]
     output.write_manifest(manifest)
     tally = start_tally()
     try:
