@@ -13,6 +13,7 @@ Layout::
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -66,14 +67,33 @@ class DamagedFileError(UserError):
     reason = ""  # why it cannot be read, as pyarrow says
 
 
+class OutputFullError(UserError):
+    """The output folder's disk is full (or its quota used up); the message names the folder."""
+
+
+# The errors of a write that found no space (a full disk, a used-up quota).
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_out_of_space(error: BaseException) -> bool:
+    """Whether ``error`` is a write that found no space left."""
+    return isinstance(error, OSError) and error.errno in NO_SPACE
+
+
+def out_of_space(folder: str | os.PathLike[str], reason: str) -> OutputFullError:
+    """The one line of a run stopped because ``folder`` is full (``reason``: the system's words)."""
+    return OutputFullError(
+        f"no space left to write to the `output` folder {folder} ({reason}); the images labeled so far are saved: "
+        "free space there and rerun the same command to label the rest"
+    )
+
+
 # Paths reported in manifest.json when the output holds an image_path twice.
 MAX_REPORTED_DUPLICATES = 100
 MANIFEST = "manifest.json"
 # What a labeling job writes into its output folder before its manifest: its lock (with filelock's own
 # files beside it) and the smoke test's generated images.
 SMOKE_INPUTS = "smoke-inputs"
-# Added to the name of a damaged prediction or error file when a job sets it aside.
-DAMAGED_SUFFIX = ".corrupt"
 # The prediction columns a job reads (to resume, and to write coco.json), checked before it resumes.
 _JOB_COLUMNS = ["image_path", "image_id", "width", "height", "segments"]
 # Entries named when an output folder is refused for holding other files.
@@ -179,7 +199,7 @@ class RunOutput:
 
     def set_aside_damaged(self) -> dict[Path, str]:
         """Rename each prediction or error file that cannot be read (truncated, overwritten) to
-        ``part-*.parquet.corrupt``, where no reader looks, so that a resumed run labels its images again; returns
+        :func:`set_aside_name`, where no reader looks, so that a resumed run labels its images again; returns
         ``{file: why it cannot be read}``. What a job reads of the files is checked: label-map PNGs are not read
         (that would read the whole output at every resume); a reader that meets a damaged one says what to do."""
         moved = {}
@@ -189,7 +209,7 @@ class RunOutput:
                 try:
                     _read_shard(shard, columns=columns, schema=schema)
                 except DamagedFileError as damaged:
-                    os.replace(shard, shard.with_name(shard.name + DAMAGED_SUFFIX))
+                    os.replace(shard, set_aside_name(shard))
                     moved[shard] = damaged.reason
         return moved
 
@@ -296,6 +316,32 @@ class RunOutput:
         self.root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(manifest, self.root / MANIFEST, indent=2)
 
+    def record_end(self, manifest: dict[str, Any]) -> bool:
+        """Write the manifest of a run that stopped (``status`` and ``error`` set); returns whether it was written.
+
+        On a full disk the atomic write, which needs room for a second copy, fails: the manifest is then
+        overwritten in place when the new text fits in the blocks the file already has (no new block is
+        needed), else left as it was (``False``)."""
+        try:
+            self.write_manifest(manifest)
+            return True
+        except OSError as error:
+            if not is_out_of_space(error):
+                raise
+        path = self.root / MANIFEST
+        text = json.dumps(manifest, ensure_ascii=False, allow_nan=False, indent=2).encode("utf-8")
+        try:
+            if len(text) > path.stat().st_blocks * 512:
+                return False
+            with open(path, "r+b") as handle:
+                handle.write(text)
+                handle.truncate()
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError:
+            return False
+        return True
+
 
 # Identity entries that are digests: a change is named, not shown.
 _DIGESTS = {"vocabulary": "a different vocabulary (names or synonyms)", "other_names": "different `other` names"}
@@ -319,6 +365,12 @@ def _shards(folder: Path) -> list[Path]:
     return sorted(folder.glob("part-*.parquet")) if folder.exists() else []
 
 
+def set_aside_name(shard: Path) -> Path:
+    """Where a damaged ``part-*.parquet`` is set aside: ``_part-*.parquet.corrupt`` beside it, a name that this
+    project's readers, pyarrow's and pandas' folder readers (``_`` prefix) all leave out."""
+    return shard.with_name(f"_{shard.name}.corrupt")
+
+
 @contextlib.contextmanager
 def _reading(shard: Path) -> Iterator[None]:
     """Turn a failure to read ``shard`` (a prediction or error file) into a :class:`DamagedFileError` naming it."""
@@ -327,7 +379,7 @@ def _reading(shard: Path) -> Iterator[None]:
     except (pa.ArrowException, OSError) as error:  # truncated, not Parquet, wrong columns, unreadable
         reason = " ".join(str(error).split())
         damaged = DamagedFileError(
-            f"{shard} cannot be read ({reason}); rename it to {shard.name}{DAMAGED_SUFFIX} and rerun the labeling "
+            f"{shard} cannot be read ({reason}); rename it to {set_aside_name(shard).name} and rerun the labeling "
             f"command on {shard.parent.parent} to label its images again"
         )
         damaged.reason = reason

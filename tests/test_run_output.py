@@ -247,10 +247,34 @@ def test_a_damaged_file_is_named_in_one_line_and_set_aside(tmp_path: Path) -> No
         assert "\n" not in str(error.value) and str(error.value).endswith(
             f".parquet.corrupt and rerun the labeling command on {tmp_path} to label its images again"
         )
+        assert re.search(r"; rename it to _part-\w+\.parquet\.corrupt and rerun", str(error.value))
     moved = output.set_aside_damaged()
     assert sorted(moved) == sorted([truncated, garbage, errors])
     assert "Parquet magic bytes not found" in moved[garbage]
-    assert all(shard.with_name(shard.name + ".corrupt").is_file() and not shard.exists() for shard in moved)
+    assert all(shard.with_name(f"_{shard.name}.corrupt").is_file() and not shard.exists() for shard in moved)
+    assert pq.read_table(output.predictions_dir).num_rows == 1, "pyarrow's folder reader leaves them out too"
     assert output.set_aside_damaged() == {}
     assert output.read_predictions(["image_path"]).to_pylist() == [{"image_path": "a.jpg"}]
     assert output.labeled_ids().tolist() == [1] and output.read_errors().num_rows == 0
+
+
+def test_a_stopped_run_is_recorded_on_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no room for a second copy, the manifest is overwritten in place, when it fits in its own blocks."""
+    import errno
+    import json
+
+    import pipeline.coco
+
+    output = RunOutput(tmp_path)
+    running = {"status": "running", "identity": {"model": "x"}}
+    output.write_manifest(running)
+
+    def no_space(*args, **kwargs) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pipeline.coco, "write_atomic", no_space)
+    failed = {**running, "status": "failed", "error": "OutputFullError: no space left"}
+    assert output.record_end(failed)
+    assert json.loads((tmp_path / "manifest.json").read_text()) == failed
+    assert not output.record_end({**failed, "error": "x" * 100_000}), "more than its blocks hold: left as it was"
+    assert json.loads((tmp_path / "manifest.json").read_text()) == failed

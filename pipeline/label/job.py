@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import importlib.metadata
 import json
+import os
 import platform
 import sys
 import time
@@ -33,7 +34,15 @@ from san.transforms import ResizeShortestEdge
 from san.tta import DEFAULT_TTA_SIZES, TTA_MAX_SIZE, TestTimeAugmentation
 
 from ..output_lock import exclusive_output
-from ..outputs import DAMAGED_SUFFIX, MAX_REPORTED_DUPLICATES, SMOKE_INPUTS, RunOutput
+from ..outputs import (
+    MAX_REPORTED_DUPLICATES,
+    SMOKE_INPUTS,
+    OutputFullError,
+    RunOutput,
+    is_out_of_space,
+    out_of_space,
+    set_aside_name,
+)
 from ..stopping import StopRequested, stop_on_sigterm
 from ..vocabulary import Vocabulary, load_vocabulary
 from .attempts import start_ledger
@@ -287,6 +296,10 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
     try:
         with exclusive_output(output.root):
             return _label(options, output, vocabulary, other)
+    except OSError as error:  # before the run's manifest was written (after it, _label says so itself)
+        if is_out_of_space(error):
+            raise out_of_space(output.root, os.strerror(error.errno)) from None
+        raise
     finally:
         if created:
             output.remove_if_empty()
@@ -303,7 +316,7 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
     damaged = output.set_aside_damaged()
     for shard, reason in damaged.items():
         print(
-            f"warning: {shard} cannot be read ({reason}); set aside as {shard.name}{DAMAGED_SUFFIX}: its images "
+            f"warning: {shard} cannot be read ({reason}); set aside as {set_aside_name(shard).name}: its images "
             "are labeled again",
             file=sys.stderr,
         )
@@ -334,7 +347,7 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
         "versions": _versions(),
     }
     if damaged:
-        manifest["set_aside"] = [f"{shard.relative_to(output.root)}{DAMAGED_SUFFIX}" for shard in damaged]
+        manifest["set_aside"] = [str(set_aside_name(shard).relative_to(output.root)) for shard in damaged]
     output.write_manifest(manifest)
     tally = start_tally()
     try:
@@ -346,11 +359,37 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
                 done = ray.put(output.labeled_ids())
                 dataset = _build_dataset(options, model, resolved, done, tally, vocabulary, other, plan)
                 new = _consume(dataset, tally, options)
+            final = _finish(output, manifest, vocabulary, tally, new, started)
     except BaseException as error:  # Ctrl-C and SIGTERM included: the manifest says the run stopped, and why
+        if is_out_of_space(error):
+            error = out_of_space(output.root, os.strerror(error.errno))
         manifest["status"] = _STOPPED_STATUS.get(type(error), "failed")
         manifest["error"] = f"{type(error).__name__}: {error}"
-        output.write_manifest(manifest)
+        recorded = output.record_end(manifest)
+        if isinstance(error, OutputFullError):
+            unrecorded = "" if recorded else f" ({output.root / 'manifest.json'} could not be updated either)"
+            raise OutputFullError(f"{error.template}{unrecorded}") from None
         raise
+    manifest = json.loads((output.root / "manifest.json").read_text(encoding="utf-8"))
+    if final["duplicates"]:
+        print(
+            f"warning: {final['duplicates']} input rows repeat the image_path of an image already labeled and "
+            f"were labeled once (e.g. {manifest['duplicate_paths'][0]!r}; up to {MAX_REPORTED_DUPLICATES} are "
+            "listed in manifest.json); give every image a unique path",
+            file=sys.stderr,
+        )
+    return manifest
+
+
+def _finish(
+    output: RunOutput,
+    manifest: dict[str, Any],
+    vocabulary: Vocabulary,
+    tally: ray.actor.ActorHandle,
+    new: dict[str, Any],
+    started: float,
+) -> dict[str, int]:
+    """Count the run into ``manifest`` (``"complete"``) and merge the output folder (:meth:`RunOutput.finalize`)."""
     listed, skipped = ray.get(tally.counts.remote())
     manifest["status"] = "complete"
     manifest["counts"] = {
@@ -366,16 +405,7 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
         "first_result_seconds": new["first_result_seconds"],
         "images_per_model_call": new["images_per_model_call"],
     }
-    final = output.finalize(vocabulary, manifest)
-    manifest = json.loads((output.root / "manifest.json").read_text(encoding="utf-8"))
-    if final["duplicates"]:
-        print(
-            f"warning: {final['duplicates']} input rows repeat the image_path of an image already labeled and "
-            f"were labeled once (e.g. {manifest['duplicate_paths'][0]!r}; up to {MAX_REPORTED_DUPLICATES} are "
-            "listed in manifest.json); give every image a unique path",
-            file=sys.stderr,
-        )
-    return manifest
+    return output.finalize(vocabulary, manifest)
 
 
 def _listing(options: LabelOptions, resolved: ResolvedInputs, cpus: float) -> ray.data.Dataset:
@@ -459,6 +489,8 @@ def _consume(dataset: ray.data.Dataset, tally: ray.actor.ActorHandle, options: L
     bar = tqdm(total=options.limit, unit="img", desc="labeling", disable=not options.progress, dynamic_ncols=True)
     try:
         for record in dataset.iter_rows():
+            if record["no_space"]:
+                raise out_of_space(options.output, record["no_space"])
             labeled, failed, calls = (
                 labeled + record["labeled"],
                 failed + record["failed"],
