@@ -3,6 +3,7 @@ starts, a rerun retries failed inputs, and the newest reason of a repeated failu
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -97,7 +98,8 @@ def test_a_rerun_skips_labeled_inputs_and_retries_failed_ones(tmp_path: Path) ->
     output = RunOutput(tmp_path)
     output.write_shard([prediction("a.jpg")], [{"image_path": "b.jpg", "error": "file not found"}])
     output.write_shard([{**prediction("c.jpg"), "image_id": 7}, prediction("a.jpg")], [])
-    assert output.labeled_ids().tolist() == [1, 7], "sorted, each image once"
+    ids, fingerprints = output.labeled_ids()
+    assert ids.tolist() == [1, 7] and fingerprints.tolist() == [0, 0], "sorted, each image once"
 
 
 def test_the_newest_reason_of_a_repeated_failure_is_kept(tmp_path: Path) -> None:
@@ -255,7 +257,7 @@ def test_a_damaged_file_is_named_in_one_line_and_set_aside(tmp_path: Path) -> No
     assert pq.read_table(output.predictions_dir).num_rows == 1, "pyarrow's folder reader leaves them out too"
     assert output.set_aside_damaged() == {}
     assert output.read_predictions(["image_path"]).to_pylist() == [{"image_path": "a.jpg"}]
-    assert output.labeled_ids().tolist() == [1] and output.read_errors().num_rows == 0
+    assert output.labeled_ids()[0].tolist() == [1] and output.read_errors().num_rows == 0
 
 
 def test_a_stopped_run_is_recorded_on_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -278,3 +280,53 @@ def test_a_stopped_run_is_recorded_on_a_full_disk(tmp_path: Path, monkeypatch: p
     assert json.loads((tmp_path / "manifest.json").read_text()) == failed
     assert not output.record_end({**failed, "error": "x" * 100_000}), "more than its blocks hold: left as it was"
     assert json.loads((tmp_path / "manifest.json").read_text()) == failed
+
+
+def test_an_image_whose_bytes_changed_is_labeled_again_and_kept_once(tmp_path: Path) -> None:
+    """Resume matches an input by path and fingerprint: the bytes' hash for an image stored in Parquet or
+    WebDataset (files: size and mtime, tests/test_label_job.py); the newest job's row of an image wins."""
+    import json
+
+    from pipeline.label.inputs import image_fingerprint, image_id
+    from pipeline.label.resume import labeled_before
+    from pipeline.vocabulary import parse_vocabulary
+
+    old, new = image_fingerprint("a.png", b"old bytes"), image_fingerprint("a.png", b"new bytes")
+    assert old == f"sha256:{hashlib.sha256(b'old bytes').hexdigest()}"
+
+    def row(path: str, fingerprint: str | None, generation: int | None, width: int = 2) -> dict:
+        return {**prediction(path), "image_id": image_id(path), "width": width} | {
+            "image_fingerprint": fingerprint,
+            "generation": generation,
+        }
+
+    output = RunOutput(tmp_path)
+    output.write_manifest({"identity": {}, "generation": 1})
+    assert output.next_generation() == 2
+    output.write_shard([row("a.png", old, 1), row("b.png", None, None), row("c.png", old, 1)], [])  # b: older version
+    paths = ["a.png", "a.png", "b.png", "c.png", "d.png"]
+    found, changed = labeled_before(paths, [old, new, new, old, new], output.labeled_ids())
+    assert found.tolist() == [True, False, True, True, False] and changed.tolist() == [False, True, False, False, False]
+
+    # The next job labels a.png again (new bytes, new size) and fails on c.png (changed, now undecodable).
+    output.write_shard([row("a.png", new, 2, width=5), row("d.png", new, 2)], [])
+    output.write_shard([], [{"image_path": "c.png", "error": "cannot decode image", "generation": 2}])
+    current = output.read_predictions(["image_path", "width"]).to_pylist()
+    assert sorted(current, key=str) == sorted(
+        [{"image_path": "a.png", "width": 5}, {"image_path": "b.png", "width": 2}, {"image_path": "d.png", "width": 2}],
+        key=str,
+    )
+    assert labeled_before(["a.png", "c.png"], [new, old], output.labeled_ids())[0].tolist() == [True, False]
+    counts = output.finalize(parse_vocabulary("cat\n"), {"status": "complete"})
+    assert counts == {"labeled": 3, "failed": 1, "duplicates": 0}
+    raw = pq.read_table(output.predictions_dir).select(["image_path", "width"]).to_pylist()
+    assert sorted(raw, key=str) == sorted(current, key=str), "the old rows are gone from the files too"
+    coco = json.loads((tmp_path / "coco.json").read_text())
+    assert sorted((image["file_name"], image["width"]) for image in coco["images"]) == [
+        ("a.png", 5),
+        ("b.png", 2),
+        ("d.png", 2),
+    ]
+    assert pq.read_table(tmp_path / "errors.parquet").to_pylist() == [
+        {"image_path": "c.png", "error": "cannot decode image"}
+    ]

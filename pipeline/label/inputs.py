@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import os
 import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -69,6 +70,22 @@ class InputItem:
 def image_id(image_path: str) -> int:
     """A stable positive id (< 2**53, exact in JSON and JavaScript) derived from the path."""
     return int.from_bytes(hashlib.sha256(image_path.encode("utf-8")).digest()[:8], "big") >> 11
+
+
+def image_fingerprint(image_path: str, data: bytes) -> str:
+    """What tells whether an input changed since it was labeled: ``sha256:<hex>`` of ``data`` (an image stored in
+    a Parquet file or a WebDataset shard), else ``size:<bytes>,mtime_ns:<ns>`` of a local file; ``""`` when
+    unknown (a remote file, which would cost a request per image, or a file that cannot be ``stat``-ed)."""
+    if data:
+        return f"sha256:{hashlib.sha256(data).hexdigest()}"
+    fs, path = filesystem_of(image_path)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return ""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return ""
+    return f"size:{info.st_size},mtime_ns:{info.st_mtime_ns}"
 
 
 def filesystem_of(spec: str) -> tuple[pafs.FileSystem, str]:

@@ -53,7 +53,7 @@ from .images import DEFAULT_MAX_PIXELS
 from .inputs import ResolvedInputs, check_outside_runs, resolve_inputs
 from .predict import NULL_MODEL, SMOKE_MODEL, ModelSpec, PredictStage
 from .resources import ResourcePlan, init_ray, plan_resources
-from .resume import SkipLabeled, start_tally
+from .resume import MAX_REPORTED_CHANGES, SkipLabeled, start_tally
 from .smoke import write_smoke_images
 from .write import WriteStage
 
@@ -312,6 +312,7 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
     if options.input is not None:
         check_outside_runs(options.input, options.output)
     output.check_compatible(identity)
+    generation = output.next_generation()
     output.remove_partial_files()
     damaged = output.set_aside_damaged()
     for shard, reason in damaged.items():
@@ -338,6 +339,7 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
         print(f"warning: --{cpu_bf16_warning()}", file=sys.stderr)
     manifest: dict[str, Any] = {
         "status": "running",
+        "generation": generation,
         "command": options.command,
         "identity": identity,
         "options": {k: v for k, v in asdict(options).items() if k != "command"},
@@ -357,7 +359,7 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
                 new["images_per_model_call"] = None
             else:
                 done = ray.put(output.labeled_ids())
-                dataset = _build_dataset(options, model, resolved, done, tally, vocabulary, other, plan)
+                dataset = _build_dataset(options, model, resolved, done, tally, vocabulary, other, plan, generation)
                 new = _consume(dataset, tally, options)
             final = _finish(output, manifest, vocabulary, tally, new, started)
     except BaseException as error:  # Ctrl-C and SIGTERM included: the manifest says the run stopped, and why
@@ -391,13 +393,23 @@ def _finish(
 ) -> dict[str, int]:
     """Count the run into ``manifest`` (``"complete"``) and merge the output folder (:meth:`RunOutput.finalize`)."""
     listed, skipped = ray.get(tally.counts.remote())
+    changed, changed_paths = ray.get(tally.changes.remote())
     manifest["status"] = "complete"
     manifest["counts"] = {
         "listed": listed,
         "skipped": skipped,
+        "changed": changed,
         "new_labeled": new["labeled"],
         "new_failed": new["failed"],
     }
+    if changed:
+        manifest["changed_paths"] = changed_paths
+        print(
+            f"warning: {changed} images changed since they were labeled (size or modification time; bytes, for "
+            f"images stored in Parquet or WebDataset) and were labeled again (e.g. {changed_paths[0]!r}; up to "
+            f"{MAX_REPORTED_CHANGES} are listed in manifest.json)",
+            file=sys.stderr,
+        )
     manifest["timings"] = {
         "seconds": round(time.time() - started, 3),
         "images_per_second": new["rate"],
@@ -435,6 +447,7 @@ def _build_dataset(
     vocabulary: Vocabulary,
     other: list[str],
     plan: ResourcePlan,
+    generation: int,
 ) -> ray.data.Dataset:
     """Inputs -> skip the labeled ones -> model batches of one padded size -> decode (CPU tasks) -> model
     (actor pool: arrays out) -> encode (CPU tasks) -> write (CPU tasks): one small record per file written."""
@@ -475,7 +488,10 @@ def _build_dataset(
     )
     dataset = dataset.map_batches(EncodeStage(vocabulary.to_json()), batch_size=None, **cpu)
     return dataset.map_batches(
-        WriteStage(str(Path(options.output).resolve())), batch_size=options.shard_size, batch_format="pyarrow", **cpu
+        WriteStage(str(Path(options.output).resolve()), generation),
+        batch_size=options.shard_size,
+        batch_format="pyarrow",
+        **cpu,
     )
 
 

@@ -26,14 +26,16 @@ class WriteStage:
     when the disk is full: then the row says so).
 
     ``output`` is the run's output folder, which every node running these tasks must see (a shared
-    filesystem on a multi-node cluster)."""
+    filesystem on a multi-node cluster); ``generation``: the job's number on that folder, on every row
+    (:meth:`~pipeline.outputs.RunOutput.next_generation`)."""
 
     output: str
+    generation: int
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         failed = pc.not_equal(batch.column("error"), "")
-        predictions = batch.filter(pc.invert(failed)).select(PREDICTION_SCHEMA.names)
-        errors = batch.filter(failed).select(ERROR_SCHEMA.names)
+        predictions = self._of_this_job(batch.filter(pc.invert(failed)), PREDICTION_SCHEMA)
+        errors = self._of_this_job(batch.filter(failed), ERROR_SCHEMA)
         try:
             RunOutput(self.output).write_tables(predictions, errors)
         except OSError as error:
@@ -44,3 +46,8 @@ class WriteStage:
         fill = batch.column("batch_images").to_numpy()
         calls = float((1.0 / fill[fill > 0]).sum())
         return pa.table([[predictions.num_rows], [errors.num_rows], [calls], [""]], schema=RECORD_SCHEMA)
+
+    def _of_this_job(self, rows: pa.Table, schema: pa.Schema) -> pa.Table:
+        """``rows`` with the columns of ``schema``, their ``generation`` this job's."""
+        generation = pa.array([self.generation] * rows.num_rows, pa.int64())
+        return rows.set_column(rows.schema.get_field_index("generation"), "generation", generation).select(schema.names)
