@@ -316,9 +316,9 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
     output.remove_partial_files()
     damaged = output.set_aside_damaged()
     for shard, reason in damaged.items():
+        again = "inputs are tried again" if shard.parent == output.errors_dir else "images are labeled again"
         print(
-            f"warning: {shard} cannot be read ({reason}); set aside as {set_aside_name(shard).name}: its images "
-            "are labeled again",
+            f"warning: {shard} cannot be read ({reason}); set aside as {set_aside_name(shard).name}: its {again}",
             file=sys.stderr,
         )
     if options.smoke_test and options.input is None:
