@@ -112,9 +112,10 @@ def _rows(folder: Path) -> int:
 
 
 def _as_input_rows(batch: dict) -> dict:
-    """The job's input rows (``image_path``, ``data``, ``error``), keeping the checkpoint's id column."""
+    """The job's input rows (``image_path``, ``data``, ``error``, ``fingerprint``), keeping the checkpoint's id
+    column."""
     count = len(batch["image_path"])
-    return {**batch, "data": [b""] * count, "error": [""] * count}
+    return {**batch, "data": [b""] * count, "error": [""] * count, "fingerprint": [""] * count}
 
 
 def main() -> None:

@@ -7,7 +7,9 @@ Examples:
         python jobs/label.py --vocab samples/vocab.txt --input /data/images --output /data/labels
 
 Rerunning the same command on the same --output resumes: labeled images are skipped, inputs that
-failed are tried again. Ctrl-C keeps what is finished.
+failed are tried again, and an image whose file changed since it was labeled (size or modification
+time; the bytes, for images stored in Parquet or WebDataset) is labeled again, with a warning that
+counts them. Ctrl-C keeps what is finished.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ locked: on the same host the next job sees that the process is gone and takes th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,11 +23,16 @@ class OutputBusyError(UserError):
     """Another job holds the output folder; the message names its host and PID."""
 
 
+class OutputLockError(UserError):
+    """The output folder's lock file cannot be written (a full disk, no permission); the message says why."""
+
+
 @contextmanager
 def exclusive_output(folder: Path) -> Iterator[None]:
     """Hold ``folder``'s lock for the block; released (its file removed) on every way out of it.
 
     Raises:
+        OutputLockError: the lock file cannot be written (a full disk, no permission).
         OutputBusyError: a live job holds it (one on another host cannot be probed: its lock is kept
             until that job ends, or until someone who knows it is gone deletes the lock file).
     """
@@ -35,6 +41,11 @@ def exclusive_output(folder: Path) -> Iterator[None]:
         lock.acquire()
     except filelock.Timeout:
         raise OutputBusyError(_busy_message(folder, lock.owner)) from None
+    except OSError as error:  # e.g. a full disk: the lock file cannot be written
+        raise OutputLockError(
+            f"cannot write the lock file {folder / LOCK_NAME} ({os.strerror(error.errno)}); free space in "
+            f"{folder} (or make it writable) and rerun the same command, or choose another `output`"
+        ) from None
     try:
         yield
     finally:

@@ -13,6 +13,7 @@ Layout::
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ from san.atomic import write_atomic
 from san.errors import OptionError, UserError
 
 from .coco import build_coco, write_json_atomic
+from .output_lock import LOCK_NAME
 from .vocabulary import Vocabulary, VocabularyError
 
 SEGMENT_TYPE = pa.struct(
@@ -49,17 +51,57 @@ PREDICTION_SCHEMA = pa.schema(
         ("height", pa.int64()),
         ("label_map_png", pa.binary()),
         ("segments", pa.list_(SEGMENT_TYPE)),
+        ("image_fingerprint", pa.string()),
+        ("generation", pa.int64()),
     ]
 )
-ERROR_SCHEMA = pa.schema([("image_path", pa.string()), ("error", pa.string())])
+ERROR_SCHEMA = pa.schema([("image_path", pa.string()), ("error", pa.string()), ("generation", pa.int64())])
 
 
 class OutputConflictError(UserError):
-    """The output directory holds a run made with another vocabulary or model."""
+    """The output directory holds what this run cannot continue: a run made with another vocabulary or model,
+    a run whose ``manifest.json`` is lost or damaged, or files of something else."""
+
+
+class DamagedFileError(UserError):
+    """A prediction or error file of the run that cannot be read; the message names it and the way forward."""
+
+    reason = ""  # why it cannot be read, as pyarrow says
+
+
+class OutputFullError(UserError):
+    """The output folder's disk is full (or its quota used up); the message names the folder."""
+
+
+# The errors of a write that found no space (a full disk, a used-up quota).
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_out_of_space(error: BaseException) -> bool:
+    """Whether ``error`` is a write that found no space left."""
+    return isinstance(error, OSError) and error.errno in NO_SPACE
+
+
+def out_of_space(folder: str | os.PathLike[str], reason: str) -> OutputFullError:
+    """The one line of a run stopped because ``folder`` is full (``reason``: the system's words)."""
+    return OutputFullError(
+        f"no space left to write to the `output` folder {folder} ({reason}); the images labeled so far are saved: "
+        "free space there and rerun the same command to label the rest"
+    )
 
 
 # Paths reported in manifest.json when the output holds an image_path twice.
 MAX_REPORTED_DUPLICATES = 100
+MANIFEST = "manifest.json"
+# What a labeling job writes into its output folder before its manifest: its lock (with filelock's own
+# files beside it) and the smoke test's generated images.
+SMOKE_INPUTS = "smoke-inputs"
+# The columns of errors.parquet.
+_ERROR_COLUMNS = ["image_path", "error"]
+# The prediction columns a job reads (to resume, and to write coco.json), checked before it resumes.
+_JOB_COLUMNS = ["image_path", "image_id", "width", "height", "segments", "image_fingerprint", "generation"]
+# Entries named when an output folder is refused for holding other files.
+_SHOWN_ENTRIES = 5
 
 
 def _write_parquet_atomic(table: pa.Table, folder: Path) -> Path:
@@ -99,17 +141,64 @@ class RunOutput:
             self.root.rmdir()
 
     def check_compatible(self, identity: dict[str, Any]) -> None:
-        """Refuse to resume a run made with another vocabulary or model (its labels would mix)."""
-        manifest = self.root / "manifest.json"
+        """Refuse an output folder this run cannot continue, in one line that says what to do: one holding a run
+        made with another vocabulary or model (its labels would mix), labels without the ``manifest.json`` that
+        names what made them, a ``manifest.json`` that cannot be read, or files of something else (they would be
+        replaced). An empty folder, or one a run left before writing its manifest, is a new run's."""
+        manifest = self.root / MANIFEST
         if not manifest.exists():
+            self._check_new()
             return
-        previous = json.loads(manifest.read_text(encoding="utf-8")).get("identity", {})
+        previous = self._identity(manifest)
         changed = sorted(k for k in identity if k in previous and previous[k] != identity[k])
         if changed:
             differences = "; ".join(_difference(k, previous[k], identity[k]) for k in changed)
             raise OutputConflictError(
                 f"{self.root} holds a run made with {differences}; rerun with the same vocabulary, model and "
                 "options to resume it, or choose a new `output`"
+            )
+
+    def next_generation(self) -> int:
+        """The number of the job about to write into the folder: 1 for its first, else the last one's plus 1
+        (``manifest.json``'s ``generation``; 0 for a run of an older version). Every row a job writes carries
+        it, so that the rows of an image labeled again are told from the old ones."""
+        manifest = self.root / MANIFEST
+        if not manifest.exists():
+            return 1
+        return int(json.loads(manifest.read_text(encoding="utf-8")).get("generation", 0)) + 1
+
+    def _identity(self, manifest: Path) -> dict[str, Any]:
+        """The ``identity`` of the run whose ``manifest.json`` is ``manifest``; refused when it has none."""
+        try:
+            content = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
+            reason = error.strerror if isinstance(error, OSError) else f"not valid JSON: {error}"
+            raise OutputConflictError(
+                f"{manifest} cannot be read ({reason}): it names the vocabulary and model of the labels in "
+                f"{self.root}; restore it from a backup to resume that run, or choose a new `output`"
+            ) from None
+        identity = content.get("identity") if isinstance(content, dict) else None
+        if not isinstance(identity, dict):
+            raise OutputConflictError(
+                f"{manifest} is not a labeling run's manifest (it has no identity); choose a new or empty `output`"
+            )
+        return identity
+
+    def _check_new(self) -> None:
+        """Refuse a folder without ``manifest.json`` that holds more than a run writes before its manifest."""
+        if _shards(self.predictions_dir) or _shards(self.errors_dir):
+            raise OutputConflictError(
+                f"{self.root} holds labels (predictions/, errors/) but no manifest.json, which names the "
+                "vocabulary and model that made them, so the run cannot be resumed: restore manifest.json from a "
+                "backup, or choose a new `output` and label again"
+            )
+        entries = sorted(p.name for p in self.root.iterdir() if not _made_before_manifest(p.name))
+        if entries:
+            shown = ", ".join(entries[:_SHOWN_ENTRIES])
+            more = f" and {len(entries) - _SHOWN_ENTRIES} more" if len(entries) > _SHOWN_ENTRIES else ""
+            raise OutputConflictError(
+                f"`output` {self.root} is not empty ({shown}{more}) and is no labeling run's folder (it has no "
+                "manifest.json): its files could be replaced; choose a new or empty folder"
             )
 
     def remove_partial_files(self) -> int:
@@ -121,11 +210,61 @@ class RunOutput:
                 removed += 1
         return removed
 
-    def labeled_ids(self) -> np.ndarray:
-        """The sorted, distinct ``image_id`` s of the inputs already labeled (a rerun skips them; inputs that
-        failed are tried again): 8 bytes per image, where a set of paths would take a Python string each."""
-        ids = [pq.read_table(s, columns=["image_id"]).column(0).to_numpy() for s in _shards(self.predictions_dir)]
-        return np.unique(np.concatenate(ids)) if ids else np.zeros(0, dtype=np.int64)
+    def set_aside_damaged(self) -> dict[Path, str]:
+        """Rename each prediction or error file that cannot be read (truncated, overwritten) to
+        :func:`set_aside_name`, where no reader looks, so that a resumed run labels its images again; returns
+        ``{file: why it cannot be read}``. What a job reads of the files is checked: label-map PNGs are not read
+        (that would read the whole output at every resume); a reader that meets a damaged one says what to do."""
+        moved = {}
+        checks = [(self.predictions_dir, PREDICTION_SCHEMA, _JOB_COLUMNS), (self.errors_dir, ERROR_SCHEMA, None)]
+        for folder, schema, columns in checks:
+            for shard in _shards(folder):
+                try:
+                    _read_shard(shard, columns=columns, schema=schema)
+                except DamagedFileError as damaged:
+                    os.replace(shard, set_aside_name(shard))
+                    moved[shard] = damaged.reason
+        return moved
+
+    def labeled_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """The ``image_id`` s of the inputs already labeled, sorted (an id twice for two input rows with one path
+        and other bytes), and the :func:`fingerprint_key` of each one's ``image_fingerprint`` (0: not recorded): a
+        rerun skips an input whose id and fingerprint are there, and labels again one whose file changed (inputs
+        that failed are tried again). 16 bytes per image, where a set of paths would take a Python string each."""
+        rows = self._current_rows(["image_id", "image_fingerprint"])
+        ids = rows.column("image_id").to_numpy()
+        keys = np.fromiter(map(fingerprint_key, rows.column("image_fingerprint").to_pylist()), np.int64, len(ids))
+        pairs = np.unique(np.stack([ids, keys], axis=1).reshape(-1, 2), axis=0)  # sorted by id, then key
+        return pairs[:, 0].copy(), pairs[:, 1].copy()
+
+    def _newest_generations(self) -> dict[str, int]:
+        """``image_path`` -> the newest ``generation`` of its prediction and error rows, for the paths whose rows
+        come from more than one job (an image labeled again because its file changed; rows without a
+        generation, of older versions, count as 0)."""
+        tables = [
+            _read_shard(shard, columns=["image_path", "generation"], schema=schema)
+            for folder, schema in ((self.predictions_dir, PREDICTION_SCHEMA), (self.errors_dir, ERROR_SCHEMA))
+            for shard in _shards(folder)
+        ]
+        if not tables:
+            return {}
+        table = pa.concat_tables(tables)
+        table = table.set_column(1, "generation", pc.fill_null(table.column("generation"), 0))
+        grouped = table.group_by("image_path").aggregate([("generation", "max"), ("generation", "count_distinct")])
+        several = grouped.filter(pc.greater(grouped.column("generation_count_distinct"), 1))
+        paths, newest = several.column("image_path").to_pylist(), several.column("generation_max").to_pylist()
+        return dict(zip(paths, newest, strict=True))
+
+    def _current_rows(self, columns: list[str] | None = None) -> pa.Table:
+        """The prediction rows (``columns``; None for all) of each image's newest job, a path's repeats included:
+        rows of an image that a later job labeled again, or failed on, are left out."""
+        shards = _shards(self.predictions_dir)
+        wanted = columns or PREDICTION_SCHEMA.names
+        if not shards:
+            return PREDICTION_SCHEMA.empty_table().select(wanted)
+        read = list(dict.fromkeys([*wanted, "image_path", "generation"]))
+        table = pa.concat_tables(_read_shard(s, columns=read, schema=PREDICTION_SCHEMA) for s in shards)
+        return _newest_only(table, self._newest_generations()).select(wanted)
 
     def write_shard(self, predictions: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
         """Write one shard of each kind (when non-empty), each file appearing whole or not at all."""
@@ -143,20 +282,30 @@ class RunOutput:
             _write_parquet_atomic(errors.cast(ERROR_SCHEMA), self.errors_dir)
 
     def read_predictions(self, columns: list[str] | None = None) -> pa.Table:
-        """All prediction rows, one per image (a duplicate left by an interrupted write is dropped)."""
-        shards = _shards(self.predictions_dir)
-        if not shards:
-            return PREDICTION_SCHEMA.empty_table().select(columns or PREDICTION_SCHEMA.names)
-        table = pa.concat_tables(pq.read_table(s, columns=columns, schema=PREDICTION_SCHEMA) for s in shards)
-        return _first_per_path(table)
+        """All prediction rows, one per image: its newest job's (a duplicate left by an interrupted write, or
+        a second input row with its path, is dropped)."""
+        wanted = columns or PREDICTION_SCHEMA.names
+        rows = self._current_rows(list(dict.fromkeys([*wanted, "image_path"])))
+        return _first_per_path(rows).select(wanted)
 
     def iter_predictions(self, columns: list[str] | None = None, batch_rows: int = 64) -> Iterator[dict[str, Any]]:
         """The prediction rows of :meth:`read_predictions` (``columns``, which must hold ``image_path``; None for
         all) as dicts, one at a time: at most ``batch_rows`` rows are read into memory at once."""
         seen: set[str] = set()
+        newest = self._newest_generations()
+        wanted = columns or PREDICTION_SCHEMA.names
+        read = list(dict.fromkeys([*wanted, "generation"]))
         for shard in _shards(self.predictions_dir):
-            for batch in pq.ParquetFile(shard).iter_batches(batch_rows, columns=columns):
-                yield from _first_per_path(pa.Table.from_batches([batch]), seen).to_pylist()
+            with _reading(shard):
+                file = pq.ParquetFile(shard)
+                batches = file.iter_batches(batch_rows, columns=[c for c in read if c in file.schema_arrow.names])
+            while True:
+                with _reading(shard):
+                    batch = next(batches, None)
+                if batch is None:
+                    break
+                table = _with_columns(pa.Table.from_batches([batch]), read)
+                yield from _first_per_path(_newest_only(table, newest), seen).select(wanted).to_pylist()
 
     def read_vocabulary(self, error: type[Exception]) -> Vocabulary:
         """The run's vocabulary, from its ``manifest.json``.
@@ -165,7 +314,7 @@ class RunOutput:
             error: the folder has no ``manifest.json`` (it is no labeling run's output), or its vocabulary
                 cannot be read (naming the manifest).
         """
-        manifest = self.root / "manifest.json"
+        manifest = self.root / MANIFEST
         if not manifest.is_file():
             raise error(f"{self.root} is not a labeling run's output: it has no manifest.json")
         try:
@@ -174,26 +323,30 @@ class RunOutput:
             raise error(f"{manifest}: cannot read the run's vocabulary: {exc!r}") from None
 
     def read_errors(self) -> pa.Table:
-        """All error rows, one per input: the newest reason when a rerun failed on it again."""
+        """All error rows (``image_path``, ``error``), one per input: the newest reason when a rerun failed on it
+        again."""
         shards = sorted(_shards(self.errors_dir), key=lambda shard: shard.stat().st_mtime_ns, reverse=True)
         if not shards:
-            return ERROR_SCHEMA.empty_table()
-        return _first_per_path(pa.concat_tables(pq.read_table(s, schema=ERROR_SCHEMA) for s in shards))
+            return ERROR_SCHEMA.empty_table().select(_ERROR_COLUMNS)
+        tables = (_read_shard(s, columns=_ERROR_COLUMNS, schema=ERROR_SCHEMA) for s in shards)
+        return _first_per_path(pa.concat_tables(tables))
 
     def repeated_paths(self) -> tuple[int, list[str]]:
         """How many prediction rows repeat an earlier row's ``image_path`` (two input rows with one path), and
         up to :data:`MAX_REPORTED_DUPLICATES` of those paths."""
-        paths = [pq.read_table(s, columns=["image_path"]).column(0) for s in _shards(self.predictions_dir)]
-        if not paths:
+        paths = self._current_rows(["image_path"]).column(0)
+        if not len(paths):
             return 0, []
-        counts = pc.value_counts(pa.chunked_array([c for p in paths for c in p.chunks], pa.string())).flatten()
+        counts = pc.value_counts(paths).flatten()
         repeated = pc.filter(counts[0], pc.greater(counts[1], 1)).to_pylist()
         extra = pc.sum(pc.subtract(counts[1], 1)).as_py() or 0
         return extra, repeated[:MAX_REPORTED_DUPLICATES]
 
     def finalize(self, vocabulary: Vocabulary, manifest: dict[str, Any]) -> dict[str, int]:
         """Merge the shards into ``coco.json`` and ``errors.parquet`` and write ``manifest.json`` (with the
-        ``duplicate_paths`` of :meth:`repeated_paths`, when there are any); returns the counts."""
+        ``duplicate_paths`` of :meth:`repeated_paths`, when there are any); returns the counts. Prediction rows
+        of an image a later job labeled again (or failed on) are first removed from their files."""
+        self._remove_superseded()
         predictions = self.read_predictions(["image_path", "image_id", "width", "height", "segments"])
         ids = predictions.column("image_id").to_pylist()
         if len(set(ids)) != len(ids):
@@ -211,12 +364,53 @@ class RunOutput:
         manifest = {**manifest, "counts": {**manifest.get("counts", {}), **counts}}
         if duplicate_paths:
             manifest["duplicate_paths"] = duplicate_paths
-        write_json_atomic(manifest, self.root / "manifest.json", indent=2)
+        write_json_atomic(manifest, self.root / MANIFEST, indent=2)
         return counts
+
+    def _remove_superseded(self) -> None:
+        """Rewrite (each atomically) the prediction files that hold rows of an image's older job, without them."""
+        newest = self._newest_generations()
+        if not newest:
+            return
+        for shard in _shards(self.predictions_dir):
+            table = _read_shard(shard, schema=PREDICTION_SCHEMA)
+            current = _newest_only(table, newest)
+            if current.num_rows == table.num_rows:
+                continue
+            if current.num_rows:
+                write_atomic(shard, lambda tmp, rows=current: pq.write_table(rows, tmp))
+            else:
+                shard.unlink()
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(manifest, self.root / "manifest.json", indent=2)
+        write_json_atomic(manifest, self.root / MANIFEST, indent=2)
+
+    def record_end(self, manifest: dict[str, Any]) -> bool:
+        """Write the manifest of a run that stopped (``status`` and ``error`` set); returns whether it was written.
+
+        On a full disk the atomic write, which needs room for a second copy, fails: the manifest is then
+        overwritten in place when the new text fits in the blocks the file already has (no new block is
+        needed), else left as it was (``False``)."""
+        try:
+            self.write_manifest(manifest)
+            return True
+        except OSError as error:
+            if not is_out_of_space(error):
+                raise
+        path = self.root / MANIFEST
+        text = json.dumps(manifest, ensure_ascii=False, allow_nan=False, indent=2).encode("utf-8")
+        try:
+            if len(text) > path.stat().st_blocks * 512:
+                return False
+            with open(path, "r+b") as handle:
+                handle.write(text)
+                handle.truncate()
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError:
+            return False
+        return True
 
 
 # Identity entries that are digests: a change is named, not shown.
@@ -231,8 +425,68 @@ def _difference(key: str, run: Any, command: Any) -> str:
     return f"{name} {json.dumps(run)} (this command: {json.dumps(command)})"
 
 
+def _made_before_manifest(name: str) -> bool:
+    """Whether an entry of the output folder is one a labeling job writes before its ``manifest.json`` (a job
+    stopped that early leaves them), or the temporary file of an atomic write a kill left behind."""
+    return name == SMOKE_INPUTS or name.startswith(LOCK_NAME) or (name.startswith(".") and name.endswith(".tmp"))
+
+
 def _shards(folder: Path) -> list[Path]:
     return sorted(folder.glob("part-*.parquet")) if folder.exists() else []
+
+
+def set_aside_name(shard: Path) -> Path:
+    """Where a damaged ``part-*.parquet`` is set aside: ``_part-*.parquet.corrupt`` beside it, a name that this
+    project's readers, pyarrow's and pandas' folder readers (``_`` prefix) all leave out."""
+    return shard.with_name(f"_{shard.name}.corrupt")
+
+
+@contextlib.contextmanager
+def _reading(shard: Path) -> Iterator[None]:
+    """Turn a failure to read ``shard`` (a prediction or error file) into a :class:`DamagedFileError` naming it."""
+    try:
+        yield
+    except (pa.ArrowException, OSError) as error:  # truncated, not Parquet, wrong columns, unreadable
+        reason = " ".join(str(error).split())
+        damaged = DamagedFileError(
+            f"{shard} cannot be read ({reason}); rename it to {set_aside_name(shard).name} and rerun the labeling "
+            f"command on {shard.parent.parent} to label its images again"
+        )
+        damaged.reason = reason
+        raise damaged from None
+
+
+def _read_shard(shard: Path, **read: Any) -> pa.Table:
+    """``pyarrow.parquet.read_table(shard, **read)``, or a :class:`DamagedFileError` naming ``shard``."""
+    with _reading(shard):
+        return pq.read_table(shard, **read)
+
+
+def fingerprint_key(fingerprint: str | None) -> int:
+    """An ``image_fingerprint`` as a positive 63-bit number (0 for none recorded), to compare in NumPy arrays."""
+    if not fingerprint:
+        return 0
+    return int.from_bytes(hashlib.sha256(fingerprint.encode("utf-8")).digest()[:8], "big") >> 1 or 1
+
+
+def _with_columns(table: pa.Table, names: list[str]) -> pa.Table:
+    """``table`` with ``names`` in order, a column it lacks (a file of an older version) as nulls of its type."""
+    for name in names:
+        if name not in table.column_names:
+            table = table.append_column(
+                PREDICTION_SCHEMA.field(name), pa.nulls(table.num_rows, PREDICTION_SCHEMA.field(name).type)
+            )
+    return table.select(names)
+
+
+def _newest_only(table: pa.Table, newest: dict[str, int]) -> pa.Table:
+    """The rows of ``table`` (``image_path``, ``generation``) that are of their path's newest generation."""
+    if not newest:
+        return table
+    generations = pc.fill_null(table.column("generation"), 0).to_pylist()
+    paths = table.column("image_path").to_pylist()
+    keep = [newest.get(path, g) == g for path, g in zip(paths, generations, strict=True)]
+    return table if all(keep) else table.filter(pa.array(keep, pa.bool_()))
 
 
 def _first_per_path(table: pa.Table, seen: set[str] | None = None) -> pa.Table:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import tarfile
@@ -593,3 +594,35 @@ def test_read_bytes_local(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert read_bytes("b.png") == expected
     with pytest.raises(OSError):
         read_bytes(str(tree / "missing.png"))
+
+
+def _run_folder(folder: Path) -> None:
+    """A labeling run's output after a review: its manifest, labels and review masks."""
+    (folder / "predictions").mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"status": "complete", "identity": {"model": "x"}}))
+    (folder / "coco.json").write_text("{}")
+    pq.write_table(pa.table({"image_path": ["x.jpg"]}), folder / "predictions" / "part-0.parquet")
+    _image(folder / "review-masks" / "run-0123" / "predictions" / "ab" / "1.png")
+    _image(folder / "smoke-inputs" / "s.png")
+
+
+def test_a_labeling_run_folder_inside_the_input_is_never_listed(tmp_path: Path) -> None:
+    """Earlier runs' folders (not the --output of this one) left in the input folder: labels, not images."""
+    data = tmp_path / "data"
+    expected = [str(_image(data / "a.jpg")), str(_image(data / "sub" / "b.png"))]
+    _run_folder(data / "labels-v1")
+    _run_folder(data / "sub" / "labels-v2")
+    (data / "not-a-run").mkdir()
+    (data / "not-a-run" / "manifest.json").write_text('{"another": "tool"}')  # listed: no run's manifest
+    expected.insert(1, str(_image(data / "not-a-run" / "c.png")))
+    errors = _errors(resolve_inputs(str(data), exclude=str(tmp_path / "out")))
+    assert errors.pop(str(data / "not-a-run" / "manifest.json")) == "not an image file (extension '.json')"
+    assert errors == dict.fromkeys(expected)
+    assert _paths(resolve_inputs(f"{data}/**/*.png")) == expected[1:]
+    # only Parquet files apart from the run: Parquet containers, the run's shard not among them
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    pq.write_table(pa.table({"image_path": ["x.jpg"]}), shards / "train.parquet")
+    _run_folder(shards / "labels")
+    resolved = resolve_inputs(str(shards), exclude=str(tmp_path / "out"))
+    assert resolved.items == [] and resolved.containers == [Container("parquet", str(shards / "train.parquet"))]

@@ -6,18 +6,22 @@ deterministic, so the pipeline's output can be compared with a direct call to th
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pyarrow as pa
@@ -37,8 +41,9 @@ from pipeline.label.images import read_image_file
 from pipeline.label.inputs import image_id
 from pipeline.label.job import LabelOptions, run_label_job
 from pipeline.label.model_stage import ModelStage
+from pipeline.label.write import WriteStage
 from pipeline.output_lock import LOCK_NAME
-from pipeline.outputs import RunOutput
+from pipeline.outputs import OutputFullError, RunOutput
 from pipeline.segments import decode_label_map_png
 from pipeline.vocabulary import parse_vocabulary
 from san.errors import OptionError
@@ -448,17 +453,26 @@ class CrashOnce(ModelStage):
         return super().__call__(batch)
 
 
-def label_with_stage(stage: type[ModelStage], inputs: dict, output: Path, monkeypatch, **extra) -> dict:
-    """``run_label_job`` in this process (smoke-test model, batches of 2) with ``stage`` as the predictor."""
+def label_with_stage(
+    stage: type,
+    inputs: dict,
+    output: Path,
+    monkeypatch,
+    replaces: str = "ModelStage",
+    source: Path | None = None,
+    **extra,
+) -> dict:
+    """``run_label_job`` in this process (smoke-test model, batches of 2) on the fixture's folder (or ``source``)
+    with ``stage`` as the predictor (or as the stage named ``replaces``)."""
     from ray import cloudpickle  # Ray serialises with its own copy of cloudpickle
 
     import pipeline.label.job
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
-    monkeypatch.setattr(pipeline.label.job, "ModelStage", stage)
+    monkeypatch.setattr(pipeline.label.job, replaces, stage)
     options = LabelOptions(
         vocab=str(inputs["vocab"]),
-        input=str(inputs["folder"]),
+        input=str(source or inputs["folder"]),
         output=str(output),
         smoke_test=True,
         batch_size=2,
@@ -522,6 +536,85 @@ def test_an_image_the_model_fails_on_becomes_an_error_row(
     else:
         assert reasons[bad] == GAVE_UP
         assert len(list(deaths.iterdir())) == MAX_ATTEMPTS, "one worker per attempt, and no attempt more"
+
+
+def no_space(*args: Any, **kwargs: Any) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class FullDisk(WriteStage):
+    """A write stage whose disk is full once it has written 3 prediction files (each leaves a file in the folder
+    ``written``)."""
+
+    written = ""  # set by the test before the run, like CrashOnce.marker
+
+    def __call__(self, batch):
+        if not disk_full(Path(self.written)):
+            record = super().__call__(batch)
+            if record.column("labeled")[0].as_py():
+                (Path(self.written) / str(uuid.uuid4())).touch()
+            return record
+        with mock.patch("pipeline.outputs.write_atomic", no_space):  # in this worker process
+            return super().__call__(batch)
+
+
+def disk_full(written: Path) -> bool:
+    return len(list(written.iterdir())) >= 3
+
+
+def test_a_full_disk_a_damaged_file_and_a_changed_image_each_stop_nothing(
+    local_ray, inputs: dict, tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The disk fills during a run: one line, the manifest failed. Then, with space again, one prediction file is
+    damaged and one labeled image replaced by another: the rerun sets the file aside, labels its images and the
+    changed one again, and every image appears once."""
+    import pipeline.coco
+
+    source, output, written = tmp_path / "images", tmp_path / "labels", tmp_path / "written"
+    shutil.copytree(inputs["folder"], source)
+    written.mkdir()
+    good = sorted(str(p).replace(str(inputs["folder"]), str(source)) for p in inputs["good"])
+    monkeypatch.setattr(FullDisk, "written", str(written))
+    write_atomic = pipeline.coco.write_atomic  # on the driver, the manifest's atomic write fails as well
+
+    def driver_write(*args: Any, **kwargs: Any) -> Any:
+        return (no_space if disk_full(written) else write_atomic)(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.coco, "write_atomic", driver_write)
+    with pytest.raises(OutputFullError) as error:
+        label_with_stage(FullDisk, inputs, output, monkeypatch, "WriteStage", source, shard_size=1)
+    assert str(error.value) == (
+        f"no space left to write to the output folder {output} (No space left on device); the images labeled so far "
+        "are saved: free space there and rerun the same command to label the rest"
+    )
+    assert "Traceback" not in capsys.readouterr().err
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"] == f"OutputFullError: {error.value}"
+    saved = RunOutput(output).read_predictions(["image_path"]).column(0).to_pylist()
+    assert saved and len(saved) < len(good)
+
+    monkeypatch.setattr(pipeline.coco, "write_atomic", write_atomic)  # space again
+    shards = {s: pq.read_table(s).column("image_path").to_pylist() for s in (output / "predictions").iterdir()}
+    damaged = next(iter(shards))
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    changed = Path(next(p for p in saved if p not in shards[damaged]))
+    Image.fromarray(np.full((33, 47, 3), 200, np.uint8)).save(changed, format=Image.open(changed).format)
+    manifest = label_with_stage(WriteStage, inputs, output, monkeypatch, "WriteStage", source)
+    stderr = capsys.readouterr().err
+    assert f"warning: {damaged} cannot be read (" in stderr and f"set aside as _{damaged.name}.corrupt" in stderr
+    assert "warning: 1 images changed since they were labeled (" in stderr and repr(str(changed)) in stderr
+    assert (damaged.parent / f"_{damaged.name}.corrupt").exists() and "Traceback" not in stderr
+    assert manifest["status"] == "complete" and manifest["generation"] == 2
+    assert manifest["set_aside"] == [f"predictions/_{damaged.name}.corrupt"]
+    assert manifest["counts"]["changed"] == 1 and manifest["changed_paths"] == [str(changed)]
+    assert manifest["counts"]["skipped"] == len(saved) - len(shards[damaged]) - 1
+    assert manifest["counts"]["labeled"] == len(good)
+    predictions, coco, errors = read_outputs(output)
+    assert sorted(row["image_path"] for row in predictions) == good, "every image once in the files"
+    assert sorted(image["file_name"] for image in coco["images"]) == good
+    [image] = [image for image in coco["images"] if image["file_name"] == str(changed)]
+    assert (image["width"], image["height"]) == (47, 33), "the new image's label"
+    assert len(errors) == len(inputs["bad"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -46,7 +46,8 @@ def test_batches_of_mixed_aspect_ratios_are_full_and_of_one_padded_size() -> Non
     sizes = [SIZES[i] for i in rng.integers(0, len(SIZES), 203)]
     datas = [jpeg(*size) for size in sizes]
     paths = [f"{i}.jpg" for i in range(len(sizes))]
-    table = GroupStage(RESIZE, batch_size=16)({"image_path": paths, "data": datas, "error": [""] * len(paths)})
+    rows = {"image_path": paths, "data": datas, "error": [""] * len(paths), "fingerprint": [""] * len(paths)}
+    table = GroupStage(RESIZE, batch_size=16)(rows)
     batches = table.column("image_path").to_pylist()
     assert sorted(p for batch in batches for p in batch) == sorted(paths), "every input in exactly one batch"
     for batch in batches:
@@ -58,8 +59,10 @@ def test_batches_of_mixed_aspect_ratios_are_full_and_of_one_padded_size() -> Non
 
 def test_failed_and_unreadable_inputs_are_batched_apart() -> None:
     paths, datas = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"], [jpeg(48, 64), b"not an image", jpeg(48, 64), jpeg(48, 64)]
-    table = GroupStage(RESIZE, batch_size=4)({"image_path": paths, "data": datas, "error": ["", "", "missing", ""]})
+    rows = {"image_path": paths, "data": datas, "error": ["", "", "missing", ""], "fingerprint": list("abcd")}
+    table = GroupStage(RESIZE, batch_size=4)(rows)
     assert sorted(table.column("image_path").to_pylist()) == [["a.jpg", "d.jpg"], ["b.jpg"], ["c.jpg"]]
+    assert sorted(table.column("fingerprint").to_pylist()) == [["a", "d"], ["b"], ["c"]], "each input's own"
 
 
 @pytest.mark.parametrize(("orientation", "expected"), [(None, (48, 64)), (1, (48, 64)), (6, (64, 48)), (8, (64, 48))])
@@ -97,6 +100,7 @@ def test_encoded_rows_are_typed_and_match_the_segments_of_the_label_map(tmp_path
         "label_map": [prediction.label_map, np.zeros((1, 1), np.uint8)],
         "class_scores": np.stack([scores, np.zeros(3)]),
         "batch_images": np.asarray([1, 0]),
+        "fingerprint": np.asarray(["size:1,mtime_ns:2", ""], dtype=object),
     }
     encoded = EncodeStage(VOCABULARY.to_json())(batch)
     assert pa.types.is_struct(encoded.schema.field("segments").type.value_type), "segments are Arrow structs"
@@ -105,10 +109,12 @@ def test_encoded_rows_are_typed_and_match_the_segments_of_the_label_map(tmp_path
     assert row["segments"] == expected
     assert failed["error"] == "truncated image" and failed["segments"] is None
 
-    writer = WriteStage(str(tmp_path))
+    writer = WriteStage(str(tmp_path), generation=3)
     record = writer(encoded).to_pylist()
-    assert record == [{"labeled": 1, "failed": 1, "model_calls": 1.0}]
+    assert record == [{"labeled": 1, "failed": 1, "model_calls": 1.0, "no_space": ""}]
     writer(encoded)  # a retried task: the same rows under the same names
     assert len(list((tmp_path / "predictions").iterdir())) == len(list((tmp_path / "errors").iterdir())) == 1
-    assert pq.read_table(tmp_path / "predictions").column("image_path").to_pylist() == ["a.jpg"]
+    written = pq.read_table(tmp_path / "predictions", columns=["image_path", "image_fingerprint", "generation"])
+    assert written.to_pylist() == [{"image_path": "a.jpg", "image_fingerprint": "size:1,mtime_ns:2", "generation": 3}]
+    assert pq.read_table(tmp_path / "errors").column("generation").to_pylist() == [3]
     assert RunOutput(tmp_path).read_errors().to_pylist() == [{"image_path": "bad.jpg", "error": "truncated image"}]

@@ -49,3 +49,26 @@ def test_the_lock_is_released_when_the_job_fails(tmp_path: Path) -> None:
         assert not (tmp_path / LOCK_NAME).exists()
         with exclusive_output(tmp_path):
             pass
+
+
+def test_a_lock_file_that_cannot_be_written_is_one_line_naming_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk at start: the lock file is the job's first write."""
+    import errno
+
+    import filelock
+
+    from san.errors import UserError
+
+    def no_space(self, fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(filelock.MarkerSoftFileLock, "_write_lock_info", no_space)
+    with pytest.raises(UserError) as refused, exclusive_output(tmp_path):
+        pytest.fail("the lock was taken")
+    assert str(refused.value) == (
+        f"cannot write the lock file {tmp_path / LOCK_NAME} (No space left on device); free space in {tmp_path} "
+        "(or make it writable) and rerun the same command, or choose another output"
+    )
+    assert not (tmp_path / LOCK_NAME).exists()

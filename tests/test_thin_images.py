@@ -29,7 +29,7 @@ def decode(stage: DecodeStage, datas: list[bytes]) -> dict:
     """The stage's output for one model batch of ``datas``, with ``image``: each image's resized pixels
     (``None`` for an error row), cut from the batch's padded stack."""
     paths = [f"image-{i}.png" for i in range(len(datas))]
-    batch = stage({"image_path": [paths], "data": [datas], "error": [[""] * len(datas)]})
+    batch = stage({"image_path": [paths], "data": [datas], "error": [[""] * len(datas)], "fingerprint": [paths]})
     row = {key: values[0] for key, values in batch.items()}
     good = iter(row["pixels"])
     row["image"] = []

@@ -38,7 +38,12 @@ _TRANSPOSING = frozenset({5, 6, 7, 8})
 _FAILED, _UNKNOWN = (-1, -1), (0, 0)
 
 BATCH_ROW_SCHEMA = pa.schema(
-    [("image_path", pa.list_(pa.string())), ("data", pa.list_(pa.binary())), ("error", pa.list_(pa.string()))]
+    [
+        ("image_path", pa.list_(pa.string())),
+        ("data", pa.list_(pa.binary())),
+        ("error", pa.list_(pa.string())),
+        ("fingerprint", pa.list_(pa.string())),
+    ]
 )
 
 
@@ -75,8 +80,8 @@ def _open(image_path: str, data: bytes) -> IO[bytes] | None:
 
 @dataclass
 class GroupStage:
-    """CPU stage: a window of input rows (``image_path``, ``data``, ``error``) -> model batches, one row per
-    batch holding lists of those columns (``BATCH_ROW_SCHEMA``), each batch of one padded size."""
+    """CPU stage: a window of input rows (``image_path``, ``data``, ``error``, ``fingerprint``) -> model batches,
+    one row per batch holding lists of those columns (``BATCH_ROW_SCHEMA``), each batch of one padded size."""
 
     resize: ResizeShortestEdge
     batch_size: int
@@ -85,6 +90,7 @@ class GroupStage:
         paths = [str(p) for p in batch["image_path"]]
         datas = [bytes(d) for d in batch.get("data", [b""] * len(paths))]
         errors = [str(e) for e in batch["error"]]
+        fingerprints = [str(f) for f in batch["fingerprint"]]
         keys = [self._key(p, d, e) for p, d, e in zip(paths, datas, errors, strict=True)]
         # A batch is cut as soon as its last image is seen, the rest at the end: batches leave in the order of
         # their last input (the window's last input goes last).
@@ -99,6 +105,7 @@ class GroupStage:
             "image_path": [[paths[i] for i in c] for c in chunks],
             "data": [[datas[i] for i in c] for c in chunks],
             "error": [[errors[i] for i in c] for c in chunks],
+            "fingerprint": [[fingerprints[i] for i in c] for c in chunks],
         }
         return pa.table(columns, schema=BATCH_ROW_SCHEMA)
 

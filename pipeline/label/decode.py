@@ -55,10 +55,10 @@ def padded_stack(images: list[np.ndarray]) -> np.ndarray:
 class DecodeStage:
     """CPU stage: read (when only a path is given), decode, validate and resize each model batch's images.
 
-    Input rows are model batches (``pipeline.label.batching``: lists of ``image_path``, ``data``, ``error``);
-    each output row keeps the batch's ``image_path`` and ``error`` lists, adds the original ``height`` and
-    ``width`` of each image (0 for an error row) and ``pixels``: the resized images without an error, in
-    order, as one :func:`padded_stack`."""
+    Input rows are model batches (``pipeline.label.batching``: lists of ``image_path``, ``data``, ``error``,
+    ``fingerprint``); each output row keeps the batch's ``image_path``, ``error`` and ``fingerprint`` lists, adds
+    the original ``height`` and ``width`` of each image (0 for an error row) and ``pixels``: the resized images
+    without an error, in order, as one :func:`padded_stack`."""
 
     resize: ResizeShortestEdge
     max_pixels: int
@@ -67,7 +67,8 @@ class DecodeStage:
         rows = [
             self._decode_batch(*row) for row in zip(batch["image_path"], batch["data"], batch["error"], strict=True)
         ]
-        return {key: [row[key] for row in rows] for key in ("image_path", "error", "height", "width", "pixels")}
+        decoded = {key: [row[key] for row in rows] for key in ("image_path", "error", "height", "width", "pixels")}
+        return {**decoded, "fingerprint": [[str(f) for f in fingerprints] for fingerprints in batch["fingerprint"]]}
 
     def _decode_batch(self, paths: np.ndarray, datas: np.ndarray, errors: np.ndarray) -> dict[str, Any]:
         images, heights, widths, reasons = [], [], [], []

@@ -41,6 +41,7 @@ class EncodeStage:
                     "image_id": image_id(row["image_path"]),
                     "width": int(batch["width"][i]),
                     "height": int(batch["height"][i]),
+                    "image_fingerprint": str(batch["fingerprint"][i]),
                     "label_map_png": encode_label_map_png(label_map, ignore_value=ignore),
                     "segments": label_map_segments(
                         label_map,

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -31,6 +32,8 @@ LIST_SUFFIXES = (".txt", ".lst", ".list")
 
 # A folder to leave out of listings: (filesystem type name, normalised path).
 _Exclusion = tuple[str, str] | None
+# The file that makes a folder a labeling run's output (``pipeline.outputs``).
+RUN_MANIFEST = "manifest.json"
 
 
 class InputError(UserError):
@@ -69,6 +72,22 @@ def image_id(image_path: str) -> int:
     return int.from_bytes(hashlib.sha256(image_path.encode("utf-8")).digest()[:8], "big") >> 11
 
 
+def image_fingerprint(image_path: str, data: bytes) -> str:
+    """What tells whether an input changed since it was labeled: ``sha256:<hex>`` of ``data`` (an image stored in
+    a Parquet file or a WebDataset shard), else ``size:<bytes>,mtime_ns:<ns>`` of a local file; ``""`` when
+    unknown (a remote file, which would cost a request per image, or a file that cannot be ``stat``-ed)."""
+    if data:
+        return f"sha256:{hashlib.sha256(data).hexdigest()}"
+    fs, path = filesystem_of(image_path)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return ""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return ""
+    return f"size:{info.st_size},mtime_ns:{info.st_mtime_ns}"
+
+
 def filesystem_of(spec: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem and path a local path or URI names."""
     try:
@@ -91,6 +110,50 @@ def display_name(spec: str, fs: pafs.FileSystem, path: str) -> str:
     return f"{scheme}://{path}"
 
 
+def is_run_folder(fs: pafs.FileSystem, folder: str) -> bool:
+    """Whether ``folder`` is a labeling run's output: it holds a ``manifest.json`` with the run's ``identity``."""
+    try:
+        with fs.open_input_stream(posixpath.join(folder, RUN_MANIFEST)) as handle:
+            content = json.loads(handle.read())
+    except (OSError, ValueError, pa.ArrowException):  # no manifest, or none of a run
+        return False
+    return isinstance(content, dict) and isinstance(content.get("identity"), dict)
+
+
+def check_outside_runs(spec: str, output: str) -> None:
+    """Refuse an ``--input`` folder (or a glob's folder) that is ``output``, lies in it, or lies in another labeling
+    run's folder: a run's folder is never listed (see :func:`resolve_inputs`), so nothing of it could be labeled.
+
+    Raises:
+        InputError: naming the run folder and the way forward.
+    """
+    base = _split_glob(spec)[0] if _has_wildcard(spec) else spec
+    fs, path = filesystem_of(base)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        if _excluded(fs, path, _exclusion(output)):
+            raise InputError(_inside_run_message(spec, f"the `output` folder {output}"))
+        return
+    if not _has_wildcard(spec) and not posixpath.isdir(path):
+        return  # a file names its images itself
+    output_path = posixpath.realpath(output)
+    folder = posixpath.realpath(path)
+    while True:
+        if folder == output_path:
+            raise InputError(_inside_run_message(spec, f"the `output` folder {output}"))
+        if is_run_folder(fs, folder):
+            raise InputError(_inside_run_message(spec, f"the labeling run folder {folder} (it has {RUN_MANIFEST})"))
+        if folder == posixpath.dirname(folder):
+            return
+        folder = posixpath.dirname(folder)
+
+
+def _inside_run_message(spec: str, run: str) -> str:
+    return (
+        f"`input` {spec!r} is or lies in {run}: a labeling run's folder is never listed as input (its files are "
+        "labels, not images); give an `input` outside it, or an `output` outside the `input` folder"
+    )
+
+
 def _has_wildcard(spec: str) -> bool:
     return any(ch in spec for ch in "*?[")
 
@@ -98,10 +161,13 @@ def _has_wildcard(spec: str) -> bool:
 def resolve_inputs(spec: str, *, exclude: str | None = None, bytes_column: str | None = None) -> ResolvedInputs:
     """Every input ``spec`` names, in a deterministic order (sorted within each listing).
 
+    Folder walks and globs never enter a labeling run's folder (:func:`is_run_folder`) below ``spec``, nor
+    ``exclude``: a run's own files (labels, review masks) are never inputs.
+
     Args:
         spec: a folder, glob, list file, Parquet file/folder or WebDataset shard(s) (``docs/labeling.md``).
         exclude: a folder (local path or URI) whose contents folder walks and globs leave out, such as
-            the job's output folder when it lies inside the input folder.
+            the job's output folder when it lies inside the input folder (before it holds a manifest).
         bytes_column: the ``--bytes-column`` the containers will be expanded with (``None``: detect).
 
     Raises:
@@ -144,19 +210,36 @@ def _excluded(fs: pafs.FileSystem, path: str, exclusion: _Exclusion) -> bool:
 def _walk(
     fs: pafs.FileSystem, root: str, exclusion: _Exclusion, allow_not_found: bool = False
 ) -> tuple[list[pafs.FileInfo], dict[str, str]]:
-    """Everything under ``root`` (recursive) less the excluded folder (unless ``root`` itself lies in it: then
-    the user asked for it, as ``--smoke-test`` does), and the reasons of entries that cannot be listed.
+    """Everything under ``root`` (recursive) less labeling runs' folders and the excluded folder (unless ``root``
+    itself lies in it: then the user asked for it, as ``--smoke-test`` does), and the reasons of entries that
+    cannot be listed.
 
     Local folders: see :func:`~pipeline.label.local_files.walk_local` (links, loops, special files)."""
     if _excluded(fs, root, exclusion):
         exclusion = None
     if not isinstance(fs, pafs.LocalFileSystem):
         entries = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=allow_not_found))
-        return [e for e in entries if not _excluded(fs, e.path, exclusion)], {}
+        runs = {
+            posixpath.dirname(e.path)
+            for e in entries
+            if e.base_name == RUN_MANIFEST and e.path != posixpath.join(root, RUN_MANIFEST)
+        }
+        runs = {folder for folder in runs if is_run_folder(fs, folder)}
+        return [e for e in entries if not _excluded(fs, e.path, exclusion) and not _in_any(e.path, runs)], {}
     if allow_not_found and fs.get_file_info(root).type == pafs.FileType.NotFound:
         return [], {}
-    entries, reasons = walk_local(root, lambda path: _excluded(fs, path, exclusion))
+    entries, reasons = walk_local(root, _skipped_folders(fs, exclusion))
     return [e for e in entries if not _excluded(fs, e.path, exclusion)], reasons
+
+
+def _skipped_folders(fs: pafs.FileSystem, exclusion: _Exclusion) -> Callable[[str], bool]:
+    """Which folders a local walk does not enter: the excluded one and every labeling run's folder."""
+    return lambda path: _excluded(fs, path, exclusion) or is_run_folder(fs, path)
+
+
+def _in_any(path: str, folders: set[str]) -> bool:
+    """Whether ``path`` is one of ``folders`` or lies under one."""
+    return any(path == folder or path.startswith(folder.rstrip("/") + "/") for folder in folders)
 
 
 def _missing_reason(fs: pafs.FileSystem, path: str, not_found: str = "file not found") -> str:
@@ -232,11 +315,12 @@ def _hidden(path: str, root: str) -> bool:
 def _visible_entries(
     fs: pafs.FileSystem, root: str, exclusion: _Exclusion
 ) -> Iterator[tuple[pafs.FileInfo, str | None]]:
-    """:func:`~pipeline.label.local_files.iter_local` of a local ``root``, less hidden names and the excluded
-    folder (unless ``root`` itself lies in it: then the user asked for it, as ``--smoke-test`` does)."""
+    """:func:`~pipeline.label.local_files.iter_local` of a local ``root``, less hidden names, labeling runs'
+    folders and the excluded folder (unless ``root`` itself lies in it: then the user asked for it, as
+    ``--smoke-test`` does)."""
     if _excluded(fs, root, exclusion):
         exclusion = None
-    for entry, reason in iter_local(root, lambda path: _excluded(fs, path, exclusion)):
+    for entry, reason in iter_local(root, _skipped_folders(fs, exclusion)):
         if not _hidden(entry.path, root) and not _excluded(fs, entry.path, exclusion):
             yield entry, reason
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 import platform
 import sys
 import time
@@ -31,18 +32,26 @@ from san.precision import cpu_bf16_warning
 from san.settings import PredictionSettings
 
 from ..output_lock import exclusive_output
-from ..outputs import MAX_REPORTED_DUPLICATES, RunOutput
+from ..outputs import (
+    MAX_REPORTED_DUPLICATES,
+    SMOKE_INPUTS,
+    OutputFullError,
+    RunOutput,
+    is_out_of_space,
+    out_of_space,
+    set_aside_name,
+)
 from ..stopping import StopRequested, stop_on_sigterm
 from ..vocabulary import Vocabulary, load_vocabulary
 from .attempts import start_ledger
 from .batching import WINDOW_BATCHES, GroupStage, one_batch_per_block
 from .decode import EXPANDED_ROWS, DecodeStage, expand_containers
 from .encode import EncodeStage
-from .inputs import ResolvedInputs, absolute_spec, resolve_inputs
+from .inputs import ResolvedInputs, absolute_spec, check_outside_runs, resolve_inputs
 from .model_stage import NULL_MODEL, SMOKE_MODEL, ModelSpec, ModelStage, WorkerSetup
 from .options import LabelOptions
 from .resources import ResourcePlan, init_ray, plan_resources
-from .resume import SkipLabeled, start_tally
+from .resume import MAX_REPORTED_CHANGES, SkipLabeled, start_tally
 from .smoke import write_smoke_images
 from .write import WriteStage
 
@@ -104,6 +113,10 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
     try:
         with exclusive_output(output.root):
             return _label(options, output, vocabulary, other)
+    except OSError as error:  # before the run's manifest was written (after it, _label says so itself)
+        if is_out_of_space(error):
+            raise out_of_space(output.root, os.strerror(error.errno)) from None
+        raise
     finally:
         if created:
             output.remove_if_empty()
@@ -114,10 +127,20 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
     started = time.time()
     settings = options.prediction_settings(vocabulary, other)
     identity = _identity(options, vocabulary, settings)
+    if options.input is not None:
+        check_outside_runs(options.input, options.output)
     output.check_compatible(identity)
+    generation = output.next_generation()
     output.remove_partial_files()
+    damaged = output.set_aside_damaged()
+    for shard, reason in damaged.items():
+        again = "inputs are tried again" if shard.parent == output.errors_dir else "images are labeled again"
+        print(
+            f"warning: {shard} cannot be read ({reason}); set aside as {set_aside_name(shard).name}: its {again}",
+            file=sys.stderr,
+        )
     if options.smoke_test and options.input is None:
-        options.input = str(write_smoke_images(Path(options.output) / "smoke-inputs"))
+        options.input = str(write_smoke_images(Path(options.output) / SMOKE_INPUTS))
     resolved = resolve_inputs(options.input, exclude=options.output, bytes_column=options.bytes_column)
 
     model = ModelSpec(SMOKE_MODEL if options.smoke_test else options.model, options.config).resolved()
@@ -134,6 +157,7 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
         print(f"warning: --{cpu_bf16_warning()}", file=sys.stderr)
     manifest: dict[str, Any] = {
         "status": "running",
+        "generation": generation,
         "command": options.command,
         "identity": identity,
         "options": {k: v for k, v in asdict(options).items() if k != "command"},
@@ -143,6 +167,8 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
         "resources": asdict(plan),
         "versions": _versions(),
     }
+    if damaged:
+        manifest["set_aside"] = [str(set_aside_name(shard).relative_to(output.root)) for shard in damaged]
     output.write_manifest(manifest)
     tally = start_tally()
     try:
@@ -152,29 +178,19 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
                 new["images_per_model_call"] = None
             else:
                 done = ray.put(output.labeled_ids())
-                dataset = _build_dataset(options, model, resolved, done, tally, vocabulary, settings, plan)
+                dataset = _build_dataset(options, model, resolved, done, tally, vocabulary, settings, plan, generation)
                 new = _consume(dataset, tally, options)
+            final = _finish(output, manifest, vocabulary, tally, new, started)
     except BaseException as error:  # Ctrl-C and SIGTERM included: the manifest says the run stopped, and why
+        if is_out_of_space(error):
+            error = out_of_space(output.root, os.strerror(error.errno))
         manifest["status"] = _STOPPED_STATUS.get(type(error), "failed")
         manifest["error"] = f"{type(error).__name__}: {error}"
-        output.write_manifest(manifest)
+        recorded = output.record_end(manifest)
+        if isinstance(error, OutputFullError):
+            unrecorded = "" if recorded else f" ({output.root / 'manifest.json'} could not be updated either)"
+            raise OutputFullError(f"{error.template}{unrecorded}") from None
         raise
-    listed, skipped = ray.get(tally.counts.remote())
-    manifest["status"] = "complete"
-    manifest["counts"] = {
-        "listed": listed,
-        "skipped": skipped,
-        "new_labeled": new["labeled"],
-        "new_failed": new["failed"],
-    }
-    manifest["timings"] = {
-        "seconds": round(time.time() - started, 3),
-        "images_per_second": new["rate"],
-        "images_per_second_after_first_result": new["steady_rate"],
-        "first_result_seconds": new["first_result_seconds"],
-        "images_per_model_call": new["images_per_model_call"],
-    }
-    final = output.finalize(vocabulary, manifest)
     manifest = json.loads((output.root / "manifest.json").read_text(encoding="utf-8"))
     if final["duplicates"]:
         print(
@@ -184,6 +200,43 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
             file=sys.stderr,
         )
     return manifest
+
+
+def _finish(
+    output: RunOutput,
+    manifest: dict[str, Any],
+    vocabulary: Vocabulary,
+    tally: ray.actor.ActorHandle,
+    new: dict[str, Any],
+    started: float,
+) -> dict[str, int]:
+    """Count the run into ``manifest`` (``"complete"``) and merge the output folder (:meth:`RunOutput.finalize`)."""
+    listed, skipped = ray.get(tally.counts.remote())
+    changed, changed_paths = ray.get(tally.changes.remote())
+    manifest["status"] = "complete"
+    manifest["counts"] = {
+        "listed": listed,
+        "skipped": skipped,
+        "changed": changed,
+        "new_labeled": new["labeled"],
+        "new_failed": new["failed"],
+    }
+    if changed:
+        manifest["changed_paths"] = changed_paths
+        print(
+            f"warning: {changed} images changed since they were labeled (size or modification time; bytes, for "
+            f"images stored in Parquet or WebDataset) and were labeled again (e.g. {changed_paths[0]!r}; up to "
+            f"{MAX_REPORTED_CHANGES} are listed in manifest.json)",
+            file=sys.stderr,
+        )
+    manifest["timings"] = {
+        "seconds": round(time.time() - started, 3),
+        "images_per_second": new["rate"],
+        "images_per_second_after_first_result": new["steady_rate"],
+        "first_result_seconds": new["first_result_seconds"],
+        "images_per_model_call": new["images_per_model_call"],
+    }
+    return output.finalize(vocabulary, manifest)
 
 
 def _listing(options: LabelOptions, resolved: ResolvedInputs, cpus: float) -> ray.data.Dataset:
@@ -213,6 +266,7 @@ def _build_dataset(
     vocabulary: Vocabulary,
     settings: PredictionSettings,
     plan: ResourcePlan,
+    generation: int,
 ) -> ray.data.Dataset:
     """Inputs -> skip the labeled ones -> model batches of one padded size -> decode (CPU tasks) -> model
     (actor pool: arrays out) -> encode (CPU tasks) -> write (CPU tasks): one small record per file written."""
@@ -245,7 +299,10 @@ def _build_dataset(
     )
     dataset = dataset.map_batches(EncodeStage(vocabulary.to_json()), batch_size=None, **cpu)
     return dataset.map_batches(
-        WriteStage(str(Path(options.output).resolve())), batch_size=options.shard_size, batch_format="pyarrow", **cpu
+        WriteStage(str(Path(options.output).resolve()), generation),
+        batch_size=options.shard_size,
+        batch_format="pyarrow",
+        **cpu,
     )
 
 
@@ -259,6 +316,8 @@ def _consume(dataset: ray.data.Dataset, tally: ray.actor.ActorHandle, options: L
     bar = tqdm(total=options.limit, unit="img", desc="labeling", disable=not options.progress, dynamic_ncols=True)
     try:
         for record in dataset.iter_rows():
+            if record["no_space"]:
+                raise out_of_space(options.output, record["no_space"])
             labeled, failed, calls = (
                 labeled + record["labeled"],
                 failed + record["failed"],

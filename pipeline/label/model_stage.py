@@ -138,7 +138,8 @@ class ModelStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """Each model batch's images, one output row per image (``image_path``, ``error``, ``height``,
-        ``width``, ``label_map``, ``class_scores``, ``batch_images``: the images of its model call)."""
+        ``width``, ``label_map``, ``class_scores``, ``batch_images``: the images of its model call, and the
+        input's ``fingerprint``)."""
         rows = [self._label_batch(self._images(batch, r)) for r in range(len(batch["image_path"]))]
         return {key: [value for row in rows for value in row[key]] for key in rows[0]}
 
@@ -155,7 +156,15 @@ class ModelStage:
             h, w = self.settings.resize.output_size(height, width)
             images.append(pixels[k, :h, :w])
             k += 1
-        return {"image_path": paths, "error": errors, "height": heights, "width": widths, "image": images}
+        fingerprints = [str(f) for f in batch["fingerprint"][row]]
+        return {
+            "image_path": paths,
+            "error": errors,
+            "height": heights,
+            "width": widths,
+            "image": images,
+            "fingerprint": fingerprints,
+        }
 
     def _label_batch(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         """Label the batch's images without an error; an image the model fails on becomes an error row.
@@ -201,6 +210,7 @@ class ModelStage:
             "label_map": list(maps),
             "class_scores": list(scores),
             "batch_images": [fill.get(i, 0) for i in range(count)],
+            "fingerprint": batch["fingerprint"],
         }
 
     def _label(self, batch: dict[str, list[Any]], rows: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -55,7 +55,11 @@ class LabelOptions:
         },
     )
     output: str = field(
-        metadata={"help": "output directory (Parquet shards, coco.json, errors, manifest)"},
+        metadata={
+            "help": "output directory (Parquet shards, coco.json, errors, manifest): new or empty, or an earlier "
+            "run's to resume it; a run's folder is never listed as input, so it may lie inside the `input` folder "
+            "but may not be or hold it"
+        },
     )
     model: str = field(
         default="san_vit_b_16",

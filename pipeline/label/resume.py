@@ -1,6 +1,7 @@
-"""Resume inside the pipeline: listed inputs whose image is already labeled are dropped in Ray tasks, against
-the sorted ``image_id`` s of the output (:meth:`pipeline.outputs.RunOutput.labeled_ids`, 8 bytes per image,
-one shared read-only array), and a small actor counts what was listed and skipped for the manifest.
+"""Resume inside the pipeline: listed inputs whose image is already labeled, from the same file, are dropped in
+Ray tasks, against the sorted ``image_id`` s of the output and their fingerprints
+(:meth:`pipeline.outputs.RunOutput.labeled_ids`, 16 bytes per image, shared read-only arrays), and a small actor
+counts what was listed, skipped and changed for the manifest.
 
 Chosen over Ray's ``ray.data.checkpoint.CheckpointConfig`` (Ray 2.60, beta), which filters the same way
 (a sorted NumPy array of ids) but only at a Ray datasource read and only with a Ray ``write_*`` sink at the
@@ -19,22 +20,34 @@ from typing import Any
 import numpy as np
 import ray
 
-from .inputs import image_id
+from ..outputs import fingerprint_key
+from .inputs import image_fingerprint, image_id
 from .resources import start_on_driver_node
+
+# Paths of changed images reported in manifest.json.
+MAX_REPORTED_CHANGES = 100
 
 
 class ListingTally:
-    """Inputs listed and skipped (already labeled) so far, reported by the resume filter's tasks."""
+    """Inputs listed, skipped (already labeled) and changed (labeled, but their file changed since: labeled
+    again) so far, reported by the resume filter's tasks, with the first changed paths."""
 
     def __init__(self) -> None:
-        self.listed = self.skipped = 0
+        self.listed = self.skipped = self.changed = 0
+        self.changed_paths: list[str] = []
 
-    def add(self, listed: int, skipped: int) -> None:
+    def add(self, listed: int, skipped: int, changed: list[str] | None = None) -> None:
         self.listed += listed
         self.skipped += skipped
+        self.changed += len(changed or [])
+        self.changed_paths += (changed or [])[: MAX_REPORTED_CHANGES - len(self.changed_paths)]
 
     def counts(self) -> tuple[int, int]:
         return self.listed, self.skipped
+
+    def changes(self) -> tuple[int, list[str]]:
+        """How many labeled images changed, and up to :data:`MAX_REPORTED_CHANGES` of their paths."""
+        return self.changed, self.changed_paths
 
 
 def start_tally() -> ray.actor.ActorHandle:
@@ -43,22 +56,46 @@ def start_tally() -> ray.actor.ActorHandle:
     return start_on_driver_node(ListingTally)
 
 
+def labeled_before(
+    paths: list[str], fingerprints: list[str], done: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each input (``paths`` and their fingerprints), whether it is labeled already, from the same file, and
+    whether it was labeled from another one (its file changed since: label it again). ``done``: the sorted ids
+    and fingerprint keys of :meth:`~pipeline.outputs.RunOutput.labeled_ids`."""
+    done_ids, done_keys = done
+    ids = np.fromiter((image_id(p) for p in paths), dtype=np.int64, count=len(paths))
+    first, last = np.searchsorted(done_ids, ids, side="left"), np.searchsorted(done_ids, ids, side="right")
+    found, changed = np.zeros(len(paths), dtype=bool), np.zeros(len(paths), dtype=bool)
+    for i in np.flatnonzero(last > first):
+        keys, key = done_keys[first[i] : last[i]], fingerprint_key(fingerprints[i])
+        found[i] = key == 0 or bool(np.any((keys == 0) | (keys == key)))  # 0: not recorded, taken as the same
+        changed[i] = not found[i]
+    return found, changed
+
+
 @dataclass
 class SkipLabeled:
-    """CPU stage: input rows (``image_path``, ...) less those whose ``image_id`` is in ``done``.
+    """CPU stage: input rows (``image_path``, ``data``, ``error``) less those already labeled from the same file,
+    each with its ``fingerprint`` (:func:`~pipeline.label.inputs.image_fingerprint`) added.
 
-    ``done`` is a Ray object: the sorted ``image_id`` s of the images already labeled."""
+    ``done`` is a Ray object: :meth:`~pipeline.outputs.RunOutput.labeled_ids`, the sorted ``image_id`` s of the
+    images already labeled and the fingerprint key of each. An input is skipped when its id is there with its
+    fingerprint, or with none recorded (files labeled by older versions, remote files); with other fingerprints
+    only, its file changed since it was labeled: it goes on, to be labeled again."""
 
     done: ray.ObjectRef
     tally: ray.actor.ActorHandle
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        count = len(batch["image_path"])
-        ids = np.fromiter((image_id(str(p)) for p in batch["image_path"]), dtype=np.int64, count=count)
-        done = ray.get(self.done)
-        found = np.zeros(count, dtype=bool)
-        if len(done):
-            at = np.minimum(np.searchsorted(done, ids), len(done) - 1)
-            found = done[at] == ids
-        ray.get(self.tally.add.remote(count, int(found.sum())))  # counted before the rows go on
-        return {name: np.asarray(column)[~found] for name, column in batch.items()}
+        paths = [str(p) for p in batch["image_path"]]
+        datas = batch["data"] if "data" in batch else [b""] * len(paths)
+        fingerprints = [
+            "" if error else image_fingerprint(path, bytes(data))
+            for path, data, error in zip(paths, datas, batch["error"], strict=True)
+        ]
+        found, changed = labeled_before(paths, fingerprints, ray.get(self.done))
+        changed_paths = [path for path, change in zip(paths, changed, strict=True) if change]
+        ray.get(self.tally.add.remote(len(paths), int(found.sum()), changed_paths))  # counted before the rows go on
+        rows = {name: np.asarray(column)[~found] for name, column in batch.items()}
+        rows["fingerprint"] = np.asarray(fingerprints, dtype=object)[~found]
+        return rows
