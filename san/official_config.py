@@ -92,7 +92,8 @@ def _load_file(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as error:
-        raise ModelConfigError(f"{path}: cannot read the SAN config: {error}") from error
+        problem = " ".join(str(error).split())  # one line (YAML's messages span several)
+        raise ModelConfigError(f"{path}: cannot read the SAN config: {problem}") from error
     if not isinstance(data, dict):
         raise ModelConfigError(f"{path}: expected a mapping at the top level")
     base = data.pop("_BASE_", None)
