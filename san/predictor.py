@@ -40,7 +40,7 @@ class Predictor:
     trunk is also cast to bf16 (see :meth:`~san.modeling.model.SAN.cast_image_trunk`), in place.
 
     ``other``: distractor names, each an extra class whose pixels become unlabeled; a name equal to a
-    prompt (ignoring case) is not added (:attr:`added_names` are those that are). ``tta``: average the
+    prompt (ignoring case and Unicode form) is not added (:attr:`added_names` are those that are). ``tta``: average the
     scores of its passes instead of one pass. ``class_min_scores``: per class, its minimum best score
     (``None``: ``min_score``); a pixel whose best class scores lower is unlabeled.
     """
