@@ -17,6 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+# An error line of Ray's C++ core (``[2026-01-01 10:00:00,123 E 123 123] core_worker.cc:...``) or of its Python
+# loggers (``2026-01-01 10:00:00,123\tERROR exceptions.py:88 -- ...``).
+RAY_ERROR_LINE = re.compile(r"\[\S+ \S+ E \d+ \d+\] |\S+ \S+\s+ERROR \S+:\d+ -- ")
 
 
 def readme_commands() -> list[str]:
@@ -77,6 +80,7 @@ def test_readme_main_command_runs_in_smoke_mode(tmp_path: Path) -> None:
         [*words, "--smoke-test", "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert run.returncode == 0, run.stderr[-3000:]
+    assert not RAY_ERROR_LINE.search(run.stderr), f"a normal run prints no Ray error line: {run.stderr[-3000:]}"
     manifest = json.loads((tmp_path / "labels" / "manifest.json").read_text())
     assert manifest["counts"]["labeled"] == len(list((ROOT / "samples" / "images").iterdir()))
 
