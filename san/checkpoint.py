@@ -14,17 +14,21 @@ import os
 import warnings
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from accelerate import init_empty_weights
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .atomic import write_atomic
 from .config import SANConfig
 from .errors import CheckpointError, WeightsUnavailableError
-from .modeling.model import SAN
 from .official_config import read_official_config
+
+# The model (open_clip, accelerate) is imported where it is built: those imports take seconds, and finding
+# the released weights (resolve_official_weights, on a job's driver) needs neither.
+if TYPE_CHECKING:
+    from .modeling.model import SAN
 
 HF_REPO = "Mendel192/san"
 OFFICIAL_RELEASES = {"san_vit_b_16": "san_vit_b_16.pth", "san_vit_l_14": "san_vit_large_14.pth"}
@@ -98,6 +102,10 @@ def build_loaded(config: SANConfig, state_dict: dict[str, torch.Tensor], source:
     tensors (cast to the parameter dtypes; same-dtype tensors are used, not copied), which skips the
     random initialisation: building ViT-B/16 drops from about 7 s to 1 s on a CPU.
     """
+    from accelerate import init_empty_weights
+
+    from .modeling.model import SAN
+
     with init_empty_weights(include_buffers=False):  # buffers (pixel mean, causal mask) are real
         model = SAN(config)
     check_state_dict(model, state_dict, source)
@@ -288,6 +296,10 @@ def check_model(model: str | Path, config: str | Path | None = None) -> None:
     else:
         san_config = read_official_config(config)  # type: ignore[arg-type]  # (not None: _is_own_checkpoint)
         tensors = convert_official_state_dict(read_official_checkpoint(text, mmap=True))
+    from accelerate import init_empty_weights
+
+    from .modeling.model import SAN
+
     with init_empty_weights(include_buffers=False):
         expected = SAN(san_config)
     check_state_dict(expected, tensors, text)

@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import open_clip
 import yaml
 
 from .config import AttnBiasConfig, ClipConfig, SANConfig, SideAdapterConfig, get_preset
@@ -171,6 +170,8 @@ def _convert(data: dict[str, Any], where: str) -> SANConfig:
 
 
 def _clip_config(san: dict[str, Any], model_cfg: dict[str, Any] | None) -> ClipConfig:
+    import open_clip  # here: its import takes seconds, which a job that stops before it needs a config skips
+
     name = san["CLIP_MODEL_NAME"].replace("/", "-")
     pretrained = san["CLIP_PRETRAINED_NAME"]
     # open_clip builds OpenAI weights with QuickGELU; its "-quickgelu" configs say so explicitly.
