@@ -7,6 +7,8 @@ Metadata may also give ``choices``, ``type`` (a parser of the text, when the ann
 may fill in itself). A ``bool`` field is ``--x`` (``store_true``) when its default is
 ``False``, ``--no-x`` (``store_false``) when it is ``True``. A help without ``(default: ...)`` gets the
 field's default appended (unless ``None``); ```name``` in a help is shown as the flag ``--name``.
+A number that is NaN or infinite (``float`` parses ``nan``, ``inf``) is refused for every field, before
+the dataclass is built.
 """
 
 # Hand-written rather than simple-parsing or tyro: ~50 lines over dataclasses.fields keep the flags,
@@ -16,10 +18,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 import types
 import typing
 from typing import Any, TypeVar
+
+from san.errors import OptionError
 
 from .cli import flag
 
@@ -57,9 +62,18 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def dataclass_from_args(cls: type[T], arguments: argparse.Namespace, **overrides: Any) -> T:
-    """``cls`` with each of its command-line fields from ``arguments``, and ``overrides`` on top."""
+    """``cls`` with each of its command-line fields from ``arguments``, and ``overrides`` on top.
+
+    Raises:
+        OptionError: a value is (or holds) a NaN or infinite number, naming the option.
+    """
     given = {f.name: getattr(arguments, f.name) for f in dataclasses.fields(cls) if "help" in f.metadata}
-    return cls(**{**given, **overrides})
+    values = {**given, **overrides}
+    for name, value in values.items():
+        numbers = value if isinstance(value, (tuple, list)) else (value,)
+        if any(isinstance(number, float) and not math.isfinite(number) for number in numbers):
+            raise OptionError(f"`{name}` must be a finite number, got {value}")
+    return cls(**values)
 
 
 def _plain_type(annotation: Any) -> Any:

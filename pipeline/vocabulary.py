@@ -1,7 +1,8 @@
 """Vocabulary files: the class names (and their synonyms) a labeling run predicts.
 
 One class per line, ``name: synonym, synonym``, optionally ending in ``@ 0.4`` (the class's own minimum
-score), ``#`` comments; names and synonyms unique case-insensitively; category ids 1..N in file order.
+score), ``#`` comments; names and synonyms unique case-insensitively and across Unicode forms (NFC, NFD);
+category ids 1..N in file order.
 Every problem raises :class:`VocabularyError` naming the file, the 1-based line and the problem. The full
 format: ``docs/labeling.md``.
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from san.errors import UserError
-from san.text_files import decode_utf8
+from san.text_files import decode_utf8, name_key, spelling_note
 
 __all__ = ["Vocabulary", "VocabularyError", "load_vocabulary", "parse_vocabulary"]
 
@@ -32,16 +33,17 @@ def _normalise(text: str) -> str:
 
 
 def _check_unique(entries: Sequence[tuple[str, int]], source: str, unit: str = "line") -> None:
-    """Raise on the first case-insensitive duplicate among ``(term, line)`` pairs."""
+    """Raise on the first duplicate among ``(term, line)`` pairs, compared by :func:`san.text_files.name_key`
+    (Unicode NFC, case-insensitive)."""
     first_seen: dict[str, tuple[str, int]] = {}
     for term, line in entries:
-        key = term.casefold()
+        key = name_key(term)
         if key in first_seen:
             prev_term, prev_line = first_seen[key]
             prefix = f"{source}:{line}" if unit == "line" else f"{source}: {unit} {line}"
+            how = spelling_note(term, prev_term) or f" as {prev_term!r}"
             raise VocabularyError(
-                f"{prefix}: duplicate class name or synonym {term!r} "
-                f"(already defined as {prev_term!r} on {unit} {prev_line})"
+                f"{prefix}: duplicate class name or synonym {term!r} (already defined{how} on {unit} {prev_line})"
             )
         first_seen[key] = (term, line)
 
@@ -158,8 +160,9 @@ def parse_vocabulary(
 
     Raises:
         VocabularyError: ``"{source}:{line}: {problem}"`` for an empty name or synonym, a second ``:`` or
-            ``@``, a minimum score after ``@`` that is no number of 0 or more, a case-insensitive duplicate
-            (both lines named), a problem ``check_term`` finds, or ``"{source}: no classes ..."``.
+            ``@``, a minimum score after ``@`` that is no number of 0 or more, a duplicate ignoring
+            case and Unicode form (:func:`san.text_files.name_key`; both lines named), a problem
+            ``check_term`` finds, or ``"{source}: no classes ..."``.
     """
     if text.startswith("\ufeff"):
         text = text[1:]

@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import open_clip
 import yaml
 
 from .config import AttnBiasConfig, ClipConfig, SANConfig, SideAdapterConfig, get_preset
@@ -92,7 +91,8 @@ def _load_file(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as error:
-        raise ModelConfigError(f"{path}: cannot read the SAN config: {error}") from error
+        problem = " ".join(str(error).split())  # one line (YAML's messages span several)
+        raise ModelConfigError(f"{path}: cannot read the SAN config: {problem}") from error
     if not isinstance(data, dict):
         raise ModelConfigError(f"{path}: expected a mapping at the top level")
     base = data.pop("_BASE_", None)
@@ -170,6 +170,8 @@ def _convert(data: dict[str, Any], where: str) -> SANConfig:
 
 
 def _clip_config(san: dict[str, Any], model_cfg: dict[str, Any] | None) -> ClipConfig:
+    import open_clip  # here: its import takes seconds, which a job that stops before it needs a config skips
+
     name = san["CLIP_MODEL_NAME"].replace("/", "-")
     pretrained = san["CLIP_PRETRAINED_NAME"]
     # open_clip builds OpenAI weights with QuickGELU; its "-quickgelu" configs say so explicitly.

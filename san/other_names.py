@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import UserError
-from .text_files import read_class_names
+from .text_files import name_key, read_class_names
 
 __all__ = ["OTHER_CHOICES", "OtherNamesError", "added_names", "coco_stuff_names", "read_other_names"]
 
@@ -44,8 +44,9 @@ def read_other_names(spec: str, check_term: Callable[[str], str | None] | None =
     the path of a UTF-8 file with one name per line (``#`` lines and blank lines skipped).
 
     Raises:
-        OtherNamesError: the file cannot be read, is not UTF-8, names nothing, names a class twice, or holds a
-            name in which ``check_term`` finds a problem (naming the file and the line).
+        OtherNamesError: the file cannot be read, is not UTF-8, names nothing, names a class twice (ignoring
+            case and Unicode form), or holds a name in which ``check_term`` finds a problem (naming the file
+            and the line).
     """
     if spec in OTHER_CHOICES:
         return [] if spec == "none" else coco_stuff_names(stuff_only=spec == "coco-stuff")
@@ -55,24 +56,19 @@ def read_other_names(spec: str, check_term: Callable[[str], str | None] | None =
         names = read_class_names(spec, OtherNamesError)
     except OSError as error:
         raise OtherNamesError(f"{os.fspath(spec)}: cannot read the `other` names: {error.strerror}") from error
-    seen: dict[str, int] = {}
     for line_no, name in enumerate(names, start=1):
-        if name is None:
-            continue
-        if name.casefold() in seen:
-            raise OtherNamesError(f"{spec}:{line_no}: {name!r} is also on line {seen[name.casefold()]}")
-        if check_term is not None and (problem := check_term(name)):
+        if name is not None and check_term is not None and (problem := check_term(name)):
             raise OtherNamesError(f"{spec}:{line_no}: {problem}")
-        seen[name.casefold()] = line_no
     return [name for name in names if name is not None]
 
 
 def added_names(other: Sequence[str], vocabulary_terms: Iterable[str]) -> list[str]:
-    """The ``other`` names that are no name or synonym of the vocabulary (compared ignoring case), each once."""
-    taken = {term.casefold() for term in vocabulary_terms}
+    """The ``other`` names that are no name or synonym of the vocabulary (compared by
+    :func:`~san.text_files.name_key`: ignoring case and Unicode form), each once."""
+    taken = {name_key(term) for term in vocabulary_terms}
     added = []
     for name in other:
-        if name.casefold() not in taken:
+        if name_key(name) not in taken:
             added.append(name)
-            taken.add(name.casefold())
+            taken.add(name_key(name))
     return added

@@ -47,8 +47,8 @@ class Predictor:
     text classifier takes that template set: both in place.
 
     :attr:`added_names` are the settings' ``other`` names the model adds as classes (those equal to a prompt,
-    ignoring case, left out): pixels they win are unlabeled, as are pixels whose best class scores below its
-    minimum.
+    ignoring case and Unicode form, left out): pixels they win are unlabeled, as are pixels whose best class
+    scores below its minimum.
     """
 
     def __init__(

@@ -4,6 +4,7 @@ from scikit-image, and the bad inputs a real folder contains."""
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,7 @@ def write_bad_inputs(folder: Path) -> dict[str, str]:
     Image.new("RGB", (1, 1)).save(folder / "tiny_1x1.png")
     (folder / "folder_named.jpg").mkdir(exist_ok=True)
     (folder / "notes.txt").write_text("not an image\n")
-    return {
+    reasons = {
         "random_bytes.jpg": "not an image",
         "truncated.jpg": "truncated",
         "empty.png": "empty file",
@@ -74,3 +75,10 @@ def write_bad_inputs(folder: Path) -> dict[str, str]:
         "folder_named.jpg": "is a directory",
         "notes.txt": "not an image file",
     }
+    try:  # a name that is not UTF-8 (it stopped the whole run), shown with its byte escaped
+        with open(os.fsencode(folder) + b"/bad\xff.jpg", "wb") as file:
+            file.write(buffer.getvalue())
+        reasons["bad\\xff.jpg"] = "not valid UTF-8"
+    except OSError:  # a filesystem that refuses such names (macOS): nothing to test there
+        pass
+    return reasons

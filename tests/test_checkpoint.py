@@ -11,6 +11,7 @@ import huggingface_hub.constants
 import open_clip
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import san
 from pipeline.cli import flag
@@ -109,6 +110,69 @@ def test_mismatch_lists_missing_unexpected_and_wrong_shape_keys(official_state_d
     assert "missing keys (1): side_adapter.query_embed" in message
     assert "unexpected keys (1): side_adapter.extra.weight" in message
     assert "wrong shapes (1): clip_recognition.proj: checkpoint (3, 3) vs model (96, 64)" in message
+
+
+class _RunsCode:
+    """Unpickled, it would create the file ``marker``: what a malicious checkpoint does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _not_a_san_checkpoint(kind: str, folder: Path, official_state_dict: dict) -> Path:
+    """A file ``check_model`` must refuse, of one ``kind``."""
+    path = folder / ("model.safetensors" if kind == "foreign safetensors" else "model.pth")
+    if kind == "text":
+        path.write_text("hello\n")
+    elif kind == "malicious pickle":
+        torch.save({"model": _RunsCode(folder / "ran")}, path)
+    elif kind == "other layout":
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif kind == "other model":
+        torch.save({"model": {k: v for k, v in official_state_dict.items() if "side_adapter" not in k}}, path)
+    else:
+        save_file({"weight": torch.zeros(2)}, path)  # another project's safetensors: no SAN config
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("text", "is not a readable PyTorch checkpoint (neither a zip archive nor a pickle); expected an official"),
+        ("malicious pickle", "is not a readable PyTorch checkpoint (it holds Python objects, not only tensors; "),
+        ("other layout", "is not of the official SAN release layout {'model': state_dict} (found ['weights'])"),
+        ("other model", "does not match the model of its config: missing keys (85): side_adapter.fusion_layers"),
+        ("foreign safetensors", "has no SAN config in its metadata"),
+    ],
+)
+def test_a_file_that_is_no_san_checkpoint_is_named_in_one_line_without_loading_it(
+    kind: str, message: str, tmp_path: Path, official_state_dict: dict
+) -> None:
+    """What the label job's driver checks before its workers start (each printed a long traceback)."""
+    path = _not_a_san_checkpoint(kind, tmp_path, official_state_dict)
+    with pytest.raises(san.CheckpointError) as info:
+        san.checkpoint.check_model(path, PARITY / "config.json")
+    assert str(info.value).startswith(f"{path} {message}") and "\n" not in str(info.value)
+    assert not (tmp_path / "ran").exists(), "nothing in the file ran"
+
+
+def test_a_config_that_cannot_be_read_is_named_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("MODEL:\n  SAN: [unclosed\n")
+    with pytest.raises(ModelConfigError) as info:
+        san.checkpoint.check_model(PARITY / "checkpoint.pth", tmp_path / "config.yaml")
+    assert str(info.value).startswith(f"{tmp_path / 'config.yaml'}: cannot read the SAN config: ")
+    assert "\n" not in str(info.value)
+
+
+def test_check_model_passes_what_load_model_loads(tmp_path: Path) -> None:
+    san.checkpoint.check_model(PARITY / "checkpoint.pth", PARITY / "config.json")
+    own = san.save_checkpoint(san.build_san("san_tiny"), tmp_path / "own.safetensors")
+    san.checkpoint.check_model(own)
+    with pytest.raises(san.CheckpointError, match="also give its config"):
+        san.checkpoint.check_model(PARITY / "checkpoint.pth")
 
 
 def test_own_checkpoint_round_trips_exactly(tmp_path: Path) -> None:

@@ -162,3 +162,24 @@ def test_train_smoke_test_has_its_own_defaults_unless_given() -> None:
 def test_train_workers_are_checked_once_in_their_dataclass() -> None:
     with pytest.raises(OptionError, match="^workers must be >= 1, got 0"):
         RunOptions(workers=0)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e999"])
+def test_nan_and_infinite_numbers_are_refused_in_one_line_for_every_job(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--min-score nan`` ran the job until the manifest's JSON refused NaN, with a traceback."""
+    label = ["--vocab", "v.txt", "--output", "out", "--smoke-test", f"--min-score={value}"]
+    with pytest.raises(SystemExit) as info:
+        run_job(
+            lambda arguments: dataclass_from_args(LabelOptions, arguments), lambda: load_job("label").parse_args(label)
+        )
+    assert info.value.code == 2
+    shown = "nan" if value == "nan" else "-inf" if value == "-inf" else "inf"
+    assert capsys.readouterr().err == f"error: --min-score must be a finite number, got {shown}\n"
+    train = load_job("train").parse_args(["--output", "o", "--data", "d", f"--lr={value}"])
+    with pytest.raises(OptionError, match=f"^lr must be a finite number, got {shown}$"):
+        dataclass_from_args(TrainConfig, train)
+    train.cpus_per_worker = float(value)
+    with pytest.raises(OptionError, match=f"^cpus_per_worker must be a finite number, got {shown}$"):
+        dataclass_from_args(RunOptions, train)

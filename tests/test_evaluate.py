@@ -228,6 +228,9 @@ def test_class_names_file_rules(tmp_path: Path) -> None:
     path.write_text("\ufeffa\n\n#x\n  b   c \n\n")
     assert read_class_names(path) == ["a", None, None, "b c"]
     path.write_text("a\nA\n")
+    with pytest.raises(GroundTruthError, match=r"c\.txt:2: class 'A' is also on line 1 as 'a'$"):
+        read_class_names(path)
+    path.write_text("traffic_light\ntraffic light\n")
     with pytest.raises(GroundTruthError, match="twice"):
         read_class_names(path)
 

@@ -26,7 +26,7 @@ from pipeline.label.inputs import (
     read_bytes,
     resolve_inputs,
 )
-from pipeline.label.local_files import BROKEN_LINK, LINK_LOOP
+from pipeline.label.local_files import BROKEN_LINK, LINK_LOOP, NOT_UTF8
 
 
 def _encode(fmt: str = "PNG", seed: int = 0, size: tuple[int, int] = (6, 4)) -> bytes:
@@ -368,6 +368,62 @@ def test_glob_matching_nothing_raises(tree: Path, tmp_path: Path) -> None:
         resolve_inputs(f"{tree}/**/*.gif")
     with pytest.raises(InputError):
         resolve_inputs(f"{tmp_path}/does-not-exist/*.jpg")
+
+
+def _undecodable(folder: Path, name: bytes) -> str:
+    """Create ``folder / name`` (a name that is not UTF-8); the name as the outputs show it (bytes escaped)."""
+    try:
+        with open(os.fsencode(folder) + b"/" + name, "wb") as file:
+            file.write(_encode("JPEG"))
+    except OSError:
+        pytest.skip("this filesystem refuses file names that are not UTF-8")
+    return f"{folder}/{name.decode('utf-8', 'backslashreplace')}"
+
+
+def test_a_name_that_is_not_utf8_is_an_error_row_and_everything_else_is_listed(tree: Path) -> None:
+    """Such a name (kept by Python as surrogate escapes, which no output can store) stopped the whole run."""
+    bad_file = _undecodable(tree / "sub", b"bad\xff.jpg")
+    os.mkdir(os.fsencode(tree) + b"/folder\xfe")
+    os.mkdir(os.fsencode(tree) + b"/folder\xfe/inner")
+    with open(os.fsencode(tree) + b"/folder\xfe/inner/a.jpg", "wb") as file:
+        file.write(_encode("JPEG"))
+    for spec in (str(tree), f"{tree}/**/*"):
+        errors = _errors(resolve_inputs(spec))
+        assert errors[bad_file] == NOT_UTF8 and errors[f"{tree}/folder\\xfe"] == NOT_UTF8
+        assert errors[str(tree / "a.jpg")] is None and errors[str(tree / "sub" / "deep" / "d.png")] is None
+        assert all(path.encode("utf-8") for path in errors), "every path can be written"
+    with pytest.raises(InputError, match=re.escape("--input 'folder\\\\xfe' is not valid UTF-8")):
+        resolve_inputs(os.fsdecode(b"folder\xfe"))
+
+
+def test_a_shard_member_whose_name_is_not_utf8_is_an_error_row(tmp_path: Path) -> None:
+    jpg = _encode("JPEG", seed=5)
+    shard = tmp_path / "shard.tar"
+    with tarfile.open(shard, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name in (os.fsdecode(b"bad\xff.jpg"), "good.jpg"):
+            info = tarfile.TarInfo(name)
+            info.size = len(jpg)
+            tar.addfile(info, io.BytesIO(jpg))
+    assert list(expand_container(Container("tar", str(shard)))) == [
+        InputItem(f"{shard}/bad\\xff.jpg", error=NOT_UTF8),
+        InputItem(f"{shard}/good.jpg", data=jpg),
+    ]
+
+
+def test_a_url_pyarrow_cannot_read_is_refused_as_input_and_an_error_row_in_a_list(tree: Path, tmp_path: Path) -> None:
+    """``http(s)://`` gave pyarrow's ``ArrowInvalid: Expected a local filesystem path`` traceback."""
+    refusal = "pyarrow has no filesystem for http:// URIs"
+    with pytest.raises(InputError, match=re.escape(f"cannot read 'http://127.0.0.1:9/x.jpg': {refusal}")):
+        resolve_inputs("http://127.0.0.1:9/x.jpg")
+    url = "https://example.com/x.jpg"
+    listing = tmp_path / "inputs.txt"
+    listing.write_text(f"{url}\n{tree / 'a.jpg'}\n")
+    table = tmp_path / "paths.parquet"
+    pq.write_table(pa.table({"image_path": [url, str(tree / "a.jpg")]}), table)
+    for container in (Container("list", str(listing)), Container("parquet", str(table))):
+        errors = {item.image_path: item.error for item in expand_container(container)}
+        assert errors[str(tree / "a.jpg")] is None
+        assert errors[url].startswith(f"cannot read {url!r}: pyarrow has no filesystem for https:// URIs")
 
 
 # --- list files ----------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import errno
 import io
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -423,6 +424,33 @@ def test_fp16_on_cpu_workers_is_refused_before_labeling(local_ray, inputs: dict,
         run_label_job(options)
     assert error.value.worded(flag).startswith("--dtype fp16 needs GPU workers")
     assert not (tmp_path / "labels" / "predictions").exists()
+
+
+class _RunsCode:
+    """Unpickled, it would create the file ``marker``: what a malicious checkpoint does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_file_that_is_no_san_checkpoint_is_one_line_before_any_worker_starts(inputs: dict, tmp_path: Path) -> None:
+    """A malicious pickle (refused unread by ``weights_only``), like a random ``.pt`` or a text file, printed 220
+    lines of Ray actor tracebacks: the driver now names it before Ray starts."""
+    checkpoint, marker = tmp_path / "model.pth", tmp_path / "ran"
+    checkpoint.write_bytes(pickle.dumps({"model": _RunsCode(marker)}))
+    job = [word for word in label_command(inputs, tmp_path / "labels")[1:] if word != "--smoke-test"]
+    command = [sys.executable, *job, "--model", str(checkpoint), "--config", "san_vit_b_16"]
+    result = subprocess.run(command, cwd=ROOT, env=LOCAL_RAY, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.splitlines() == [
+        f"error: {checkpoint} is not a readable PyTorch checkpoint (it holds Python objects, not only tensors; they "
+        "are refused unread, as loading them could run code); expected an official SAN release checkpoint "
+        "{'model': state_dict} (.pth, with its config) or a .safetensors checkpoint written by this project"
+    ]
+    assert not marker.exists() and not (tmp_path / "labels").exists()
 
 
 def test_rerun_of_a_finished_run_labels_nothing_new(inputs: dict, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from varied_model import model_input, varied_tiny_model, write_photos
 
 import san
 import san.settings
-from san.other_names import OtherNamesError, coco_stuff_names, read_other_names
+from san.other_names import OtherNamesError, added_names, coco_stuff_names, read_other_names
 from san.predictor import Predictor
 from san.settings import PredictionSettings
 from san.transforms import ResizeShortestEdge
@@ -148,7 +148,7 @@ def test_test_time_augmentation_averages_the_passes_chunk_by_chunk(model: san.SA
 def test_other_names_file_errors_name_the_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "other.txt"
     path.write_text("# distractors\nsky\n\ngrass\nSky\n")
-    with pytest.raises(OtherNamesError, match=rf"{path}:5: 'Sky' is also on line 2"):
+    with pytest.raises(OtherNamesError, match=rf"{path}:5: class 'Sky' is also on line 2 as 'sky'$"):
         read_other_names(str(path))
     path.write_bytes(b"sky\ngr\xffass\n")
     with pytest.raises(OtherNamesError, match=rf"{path}:2: not valid UTF-8"):
@@ -160,6 +160,11 @@ def test_other_names_file_errors_name_the_file_and_line(tmp_path: Path) -> None:
         read_other_names(str(path), lambda name: "too long" if len(name) > 5 else None)
     path.write_text("sky\n  tall   grass \n")
     assert read_other_names(str(path)) == ["sky", "tall grass"] and read_other_names("none") == []
+    nfc, nfd = "caf\u00e9", "cafe\u0301"  # one name in Unicode NFC and NFD
+    path.write_text(f"{nfc}\n{nfd}\n")
+    with pytest.raises(OtherNamesError, match=rf"{path}:2: class '{nfd}' is also on line 1 as '{nfc}' \(the same"):
+        read_other_names(str(path))
+    assert added_names([nfd, "Sky", "grass"], [nfc, "sky"]) == ["grass"], "a vocabulary term in another form"
 
 
 def tta_expected(model: san.SAN, photo: np.ndarray, prompts: list[str], prompt_to_class: list[int], sizes) -> tuple:

@@ -10,12 +10,16 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+# An error line of Ray's C++ core (``[2026-01-01 10:00:00,123 E 123 123] core_worker.cc:...``) or of its Python
+# loggers (``2026-01-01 10:00:00,123\tERROR exceptions.py:88 -- ...``).
+RAY_ERROR_LINE = re.compile(r"\[\S+ \S+ E \d+ \d+\] |\S+ \S+\s+ERROR \S+:\d+ -- ")
 
 
 def readme_commands() -> list[str]:
@@ -76,5 +80,27 @@ def test_readme_main_command_runs_in_smoke_mode(tmp_path: Path) -> None:
         [*words, "--smoke-test", "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert run.returncode == 0, run.stderr[-3000:]
+    assert not RAY_ERROR_LINE.search(run.stderr), f"a normal run prints no Ray error line: {run.stderr[-3000:]}"
     manifest = json.loads((tmp_path / "labels" / "manifest.json").read_text())
     assert manifest["counts"]["labeled"] == len(list((ROOT / "samples" / "images").iterdir()))
+
+
+def test_readme_main_command_offline_stops_fast_with_instructions(tmp_path: Path) -> None:
+    """Without the weights and without the hub (an endpoint that refuses connections, as offline), the first
+    command says what to download and where to put it, at once: no retries (they took 30 s)."""
+    main = next(command for command in readme_commands() if "jobs/label.py" in command)
+    words = shlex.split(main)
+    words[words.index("--output") + 1] = str(tmp_path / "labels")
+    words[0] = sys.executable if words[0].endswith("python") else words[0]
+    env = {k: v for k, v in os.environ.items() if k not in ("SAN_WEIGHTS", "HF_HUB_OFFLINE")}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9", RAY_ADDRESS="local")
+    started = time.monotonic()
+    run = subprocess.run(words, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    seconds = time.monotonic() - started
+    assert run.returncode == 2, run.stderr[-3000:]
+    lines = run.stderr.strip().splitlines()
+    assert lines[0].startswith("error: ") and "Traceback" not in run.stderr and "Retrying" not in run.stderr
+    assert "san_vit_b_16.pth" in lines[0] and "--model /path/to/san_vit_b_16.pth" in lines[0]
+    assert "SAN_WEIGHTS=" in lines[0] and "--smoke-test" in lines[-1]
+    assert seconds < 20, f"{seconds:.1f} s to the message"
+    assert not (tmp_path / "labels").exists()

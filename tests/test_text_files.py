@@ -17,6 +17,11 @@ def test_gaps_keep_line_numbers_aligned_with_values() -> None:
 def test_errors_name_the_file_and_lines(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"^c\.txt:4: class 'cat' is also on line 1$"):
         parse_class_names("cat\ndog\n\n cat\n", "c.txt")
+    with pytest.raises(ValueError, match=r"^c\.txt:3: class 'Cat' is also on line 1 as 'cat'$"):
+        parse_class_names("cat\ndog\nCat\n", "c.txt")
+    nfc, nfd = "caf\u00e9", "cafe\u0301"  # one name in Unicode NFC and NFD
+    with pytest.raises(ValueError, match=rf"^c\.txt:2: class '{nfd}' is also on line 1 as '{nfc}' \(the same letters"):
+        parse_class_names(f"{nfc}\n{nfd}\n", "c.txt")
     with pytest.raises(ValueError, match=r"^c\.txt: no class names"):
         parse_class_names("\n# x\n", "c.txt")
     path = tmp_path / "classes.txt"

@@ -79,6 +79,8 @@ def test_syntax_errors_name_file_and_line(tmp_path: Path, text: str, line: int, 
         ("dog: hound, hound\n", 1, 1),  # repeated within one line
         ("dog: Dog\n", 1, 1),  # synonym equal to its own name
         ("traffic light\ntraffic   LIGHT\n", 2, 1),  # after whitespace collapsing
+        ("caf\u00e9\ndog\ncafe\u0301\n", 3, 1),  # one name in Unicode NFC and NFD: CLIP's tokenizer reads both alike
+        ("dog: cafe\u0301\nCAF\u00c9\n", 2, 1),  # and ignoring case
     ],
 )
 def test_duplicates_give_both_lines(tmp_path: Path, text: str, line: int, first_line: int) -> None:
@@ -88,6 +90,19 @@ def test_duplicates_give_both_lines(tmp_path: Path, text: str, line: int, first_
     message = str(info.value)
     assert message.startswith(f"{path}:{line}: ")
     assert f"line {first_line}" in message
+
+
+def test_one_name_in_two_unicode_forms_is_a_duplicate_that_says_so(tmp_path: Path) -> None:
+    """``café`` typed as one code point (NFC) and as ``e`` and a combining accent (NFD) were two classes."""
+    path = write(tmp_path, "caf\u00e9: coffee shop\ncafe\u0301\n")
+    with pytest.raises(VocabularyError) as info:
+        load_vocabulary(path)
+    assert str(info.value) == (
+        f"{path}:2: duplicate class name or synonym 'cafe\u0301' (already defined as 'caf\u00e9' (the same letters in "
+        "another Unicode form, NFC or NFD) on line 1)"
+    )
+    with pytest.raises(VocabularyError, match="Unicode form"):
+        Vocabulary(names=("caf\u00e9", "cafe\u0301"), synonyms=((), ()))
 
 
 @pytest.mark.parametrize("text", ["", "\n\n   \n", "# only\n  # comments\n"])

@@ -13,9 +13,10 @@ __all__ = ["check_distinct_names", "normalise_class_name", "read_class_names"]
 
 
 def normalise_class_name(name: str) -> str:
-    """The key classes are aligned by: case-folded, underscores read as spaces, whitespace stripped and
-    collapsed to one space (``Traffic_Light`` and ``traffic light`` are one class)."""
-    return " ".join(str(name).replace("_", " ").split()).casefold()
+    """The key classes are aligned by: underscores read as spaces, whitespace stripped and collapsed to one
+    space, then :func:`san.text_files.name_key` (case-folded, Unicode NFC): ``Traffic_Light`` and ``traffic
+    light`` are one class, and so are ``café`` in its NFC and NFD forms."""
+    return text_files.name_key(" ".join(str(name).replace("_", " ").split()))
 
 
 def check_distinct_names(names: Sequence[str], source: str) -> None:

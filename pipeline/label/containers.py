@@ -3,8 +3,8 @@
 A Parquet file gives each row's image bytes (from its image-bytes column, or a Hugging Face
 ``{"bytes", "path"}`` struct) or, with only a path column, the file each row names (relative paths are
 taken from the Parquet file's folder, as in list files). A WebDataset ``.tar`` shard gives each
-sample's first image member. ``pipeline.label.inputs`` lists the containers and checks the first Parquet
-schema up front, on the driver.
+sample's first image member (one whose name is not UTF-8 is an error row). ``pipeline.label.inputs``
+lists the containers and checks the first Parquet schema up front, on the driver.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .inputs import (
     parquet_columns,
     resolve_entry,
 )
+from .local_files import NOT_UTF8, undecodable_name
 
 
 def expand_container(container: Container, bytes_column: str | None = None) -> Iterator[InputItem]:
@@ -56,7 +57,13 @@ def _iter_list(spec: str, fs: pafs.FileSystem, path: str) -> Iterator[InputItem]
     folder = posixpath.dirname(path)
     seen: set[str] = set()
     for entry in _list_entries(shown, fs, path):
-        target_fs, target, name = resolve_entry(entry, spec, fs, folder)
+        try:
+            target_fs, target, name = resolve_entry(entry, spec, fs, folder)
+        except InputError as unreadable:  # a URI pyarrow cannot read: an error row, the list goes on
+            if entry not in seen:
+                seen.add(entry)
+                yield InputItem(entry, error=str(unreadable))
+            continue
         key = posixpath.normpath(target) if isinstance(target_fs, pafs.LocalFileSystem) else name
         if key not in seen:
             seen.add(key)
@@ -106,7 +113,11 @@ def _iter_parquet(spec: str, fs: pafs.FileSystem, path: str, bytes_column: str |
 
 def _iter_parquet_path(entry: str, spec: str, fs: pafs.FileSystem, folder: str) -> Iterator[InputItem]:
     """A path-only Parquet row: relative paths are taken from the Parquet file's folder, as in list files."""
-    target_fs, target, name = resolve_entry(entry, spec, fs, folder)
+    try:
+        target_fs, target, name = resolve_entry(entry, spec, fs, folder)
+    except InputError as unreadable:  # a URI pyarrow cannot read: an error row, the file goes on
+        yield InputItem(entry, error=str(unreadable))
+        return
     not_found = "file not found"
     if name != entry:  # relative: say where it was looked for
         not_found = f"file not found: {name} ({entry!r} taken from the Parquet file's folder)"
@@ -126,5 +137,8 @@ def _iter_tar(spec: str, fs: pafs.FileSystem, path: str) -> Iterator[InputItem]:
             if suffix.lower() not in IMAGE_EXTENSIONS or key in seen:
                 continue
             seen.add(key)
+            if escaped := undecodable_name(member.name):
+                yield InputItem(f"{shown}/{escaped}", error=NOT_UTF8)
+                continue
             handle = tar.extractfile(member)
             yield InputItem(f"{shown}/{member.name}", data=handle.read() if handle else b"")

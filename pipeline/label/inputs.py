@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from san.errors import UserError
 
-from .local_files import iter_local, missing_reason, not_regular_reason, walk_local
+from .local_files import iter_local, missing_reason, not_regular_reason, undecodable_name, walk_local
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
@@ -89,11 +89,23 @@ def image_fingerprint(image_path: str, data: bytes) -> str:
 
 
 def filesystem_of(spec: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem and path a local path or URI names."""
+    """The pyarrow filesystem and path a local path or URI names.
+
+    Raises:
+        InputError: a URI that pyarrow cannot read (a scheme it has no filesystem for, such as ``http://``,
+            or a malformed URI), naming it.
+    """
     try:
         return pafs.FileSystem.from_uri(spec)
-    except (pa.ArrowInvalid, ValueError, TypeError):
-        return pafs.LocalFileSystem(), posixpath.abspath(spec) if "://" not in spec else spec
+    except (pa.ArrowInvalid, ValueError, TypeError) as error:
+        if "://" not in spec:  # a local path (pyarrow takes only absolute ones)
+            return pafs.LocalFileSystem(), posixpath.abspath(spec)
+        if "Unrecognized filesystem type" not in str(error):
+            raise InputError(f"cannot read {spec!r}: {str(error).splitlines()[0]}") from None
+        raise InputError(
+            f"cannot read {spec!r}: pyarrow has no filesystem for {spec.split('://', 1)[0]}:// URIs (it reads local "
+            "paths and file://, s3://, gs://, hdfs:// and abfs:// URIs); download the images and give their local path"
+        ) from None
 
 
 def absolute_spec(spec: str) -> str:
@@ -171,9 +183,12 @@ def resolve_inputs(spec: str, *, exclude: str | None = None, bytes_column: str |
         bytes_column: the ``--bytes-column`` the containers will be expanded with (``None``: detect).
 
     Raises:
-        InputError: ``spec`` does not exist (or, as a glob, matches no file); nothing to label in it; an
+        InputError: ``spec`` is not valid UTF-8; ``spec`` does not exist (or, as a glob, matches no file);
+            a URI of a scheme pyarrow does not read (such as ``http://``); nothing to label in it; an
             unreadable list file; the first Parquet file has neither a path nor an image-bytes column.
     """
+    if escaped := undecodable_name(spec):
+        raise InputError(f"--input {escaped!r} is not valid UTF-8 (its invalid bytes are shown as \\xNN): rename it")
     resolved = ResolvedInputs([], [])
     for entry in _iter_entries(spec, _exclusion(exclude)):
         if isinstance(entry, Container):

@@ -99,6 +99,8 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
     time writes to an output folder (:mod:`pipeline.output_lock`); a folder this call created is removed
     again when the run fails before writing anything into it.
     """
+    # The model first: a missing or unloadable checkpoint is named before anything else is read or written.
+    model = ModelSpec(SMOKE_MODEL if options.smoke_test else options.model, options.config).resolved()
     # The SAN configs' template set unless --templates names one (a model config naming another set fails
     # in the workers on a name too long for it, as the text classifier refuses to cut a prompt).
     templates = get_templates(options.templates or "vild")
@@ -112,7 +114,7 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
     created = output.create()
     try:
         with exclusive_output(output.root):
-            return _label(options, output, vocabulary, other)
+            return _label(options, output, vocabulary, other, model)
     except OSError as error:  # before the run's manifest was written (after it, _label says so itself)
         if is_out_of_space(error):
             raise out_of_space(output.root, os.strerror(error.errno)) from None
@@ -122,8 +124,11 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
             output.remove_if_empty()
 
 
-def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, other: list[str]) -> dict[str, Any]:
-    """:func:`run_label_job` in an output folder that this job holds; ``other``: the added distractor names."""
+def _label(
+    options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, other: list[str], model: ModelSpec
+) -> dict[str, Any]:
+    """:func:`run_label_job` in an output folder that this job holds; ``other``: the added distractor names;
+    ``model``: checked and resolved (:meth:`ModelSpec.resolved`)."""
     started = time.time()
     settings = options.prediction_settings(vocabulary, other)
     identity = _identity(options, vocabulary, settings)
@@ -143,7 +148,6 @@ def _label(options: LabelOptions, output: RunOutput, vocabulary: Vocabulary, oth
         options.input = str(write_smoke_images(Path(options.output) / SMOKE_INPUTS))
     resolved = resolve_inputs(options.input, exclude=options.output, bytes_column=options.bytes_column)
 
-    model = ModelSpec(SMOKE_MODEL if options.smoke_test else options.model, options.config).resolved()
     init_ray()
     plan = plan_resources(
         options.workers, options.gpus_per_worker, smoke_test=options.smoke_test, null_model=model.model == NULL_MODEL

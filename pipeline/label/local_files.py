@@ -19,12 +19,23 @@ import pyarrow.fs as pafs
 
 BROKEN_LINK = "broken symbolic link (target missing)"
 LINK_LOOP = "symbolic link loop (the link leads back to itself)"
+NOT_UTF8 = "name is not valid UTF-8 (its invalid bytes are shown as \\xNN): rename it to label it"
 _SPECIAL_FILES = {
     stat.S_ISFIFO: "named pipe",
     stat.S_ISSOCK: "socket",
     stat.S_ISCHR: "character device",
     stat.S_ISBLK: "block device",
 }
+
+
+def undecodable_name(path: str) -> str | None:
+    """For a name that holds bytes that are not UTF-8 (which Python keeps as surrogate escapes, and no output
+    format can store), the name with those bytes escaped as ``\\xNN``; ``None`` for a valid name."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return None
 
 
 def missing_reason(path: str, not_found: str = "file not found") -> str:
@@ -77,8 +88,9 @@ def iter_local(root: str, excluded: Callable[[str], bool]) -> Iterator[tuple[paf
     a link are walked first, so a folder inside ``root`` is listed under its real path; then the folder links,
     in order. A link to a folder already listed is not followed: it is a ``NotFound`` entry whose reason names
     the path the folder is listed under. Unreadable links are ``NotFound`` entries (reason: see
-    :func:`missing_reason`, given by the caller), special files ``Unknown`` ones. Folders for which
-    ``excluded(path)`` is true are not entered.
+    :func:`missing_reason`, given by the caller), special files ``Unknown`` ones. An entry whose name is not
+    UTF-8 is a ``NotFound`` entry under its escaped name (:func:`undecodable_name`), reason :data:`NOT_UTF8`,
+    and is not entered. Folders for which ``excluded(path)`` is true are not entered.
     """
     listed = {_folder_key(root): root}  # (device, inode) of each folder entered -> the path it is listed under
     folders: list[str] = [root]  # a stack: the next folder to scan is last
@@ -101,7 +113,9 @@ def iter_local(root: str, excluded: Callable[[str], bool]) -> Iterator[tuple[paf
             continue
         subfolders = []
         for path, is_link, info in scanned:
-            if info is None:
+            if escaped := undecodable_name(path):
+                yield pafs.FileInfo(escaped, type=pafs.FileType.NotFound), NOT_UTF8
+            elif info is None:
                 yield pafs.FileInfo(path, type=pafs.FileType.NotFound), None
             elif stat.S_ISDIR(info.st_mode):
                 key = (info.st_dev, info.st_ino)

@@ -48,21 +48,25 @@ class ModelSpec:
     def resolved(self) -> ModelSpec:
         """Check on the driver that the model can be had, before any worker starts: a released preset
         becomes its local weights file (raising :class:`san.WeightsUnavailableError` with instructions
-        when it cannot be found or downloaded), a missing file raises :class:`san.errors.OptionError`."""
+        when it cannot be found or downloaded), a missing file raises :class:`san.errors.OptionError`, and
+        a checkpoint or config that cannot be loaded the one-line error of :func:`san.checkpoint.check_model`
+        (its keys and shapes are checked, the weights are not read)."""
         if self.model == NULL_MODEL:
             return self
         if self.model.startswith(RANDOM_PREFIX):
             if self.model[len(RANDOM_PREFIX) :] not in san.PRESETS:
                 raise OptionError(f"`model` {self.model!r}: no such preset; presets: {sorted(san.PRESETS)}")
             return self
+        spec = self
         if self.model in san.checkpoint.OFFICIAL_RELEASES:
-            return ModelSpec(str(san.resolve_official_weights(self.model)), self.config or self.model)
-        if not Path(self.model).is_file():
+            spec = ModelSpec(str(san.resolve_official_weights(self.model)), self.config or self.model)
+        elif not Path(self.model).is_file():
             raise OptionError(
                 f"`model` {self.model!r} is neither a released preset {sorted(san.checkpoint.OFFICIAL_RELEASES)}, "
                 "random:<preset>, nor an existing checkpoint file"
             )
-        return self
+        san.checkpoint.check_model(spec.model, spec.config)
+        return spec
 
     def load(self) -> san.SAN:
         import torch  # here, not at the top: a null-model actor never imports torch (seconds of its start)

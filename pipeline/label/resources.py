@@ -7,8 +7,10 @@ leaves CPU for the decode tasks, and requests that the cluster can never meet fa
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import sys
 from dataclasses import dataclass
 
 import ray
@@ -51,6 +53,7 @@ def init_ray() -> None:
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level=logging.WARNING)
         _check_actors_start()
+    _spend_restart_warning()
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the job shows its own bar with counts and ETA
@@ -88,6 +91,39 @@ def _check_actors_start() -> None:
         ) from None
     finally:
         ray.kill(probe)
+
+
+@ray.remote(num_cpus=0, max_restarts=1)
+class _Restartable:
+    """An actor that Ray may restart, made with an argument in the object store: what Ray warns about."""
+
+    def __init__(self, argument: None) -> None:
+        pass
+
+
+@functools.cache  # (Ray prints the warning once per process)
+def _spend_restart_warning() -> None:
+    """Make Ray print, out of sight, the ``E`` line that every Ray Data actor pool would otherwise print on
+    this driver's stderr: ``core_worker.cc ... has constructor arguments in the object store and
+    max_restarts > 0``.
+
+    Ray Data passes each pool actor its own ``DataContext`` and map function as object references and
+    restarts dead actors (``max_restarts=-1``); Ray 2.60 logs that pair once per process at the ``ERROR``
+    level (ray-project/ray#57733: with any actor ``map_batches``, whatever its arguments). Ray Data holds
+    both references for the whole run, so a restarted predictor finds them, and the job needs those restarts
+    (``pipeline.label.attempts``): ``max_restarts=0`` would fail the run at the first dead worker. So the
+    line is spent here, with stderr on ``/dev/null`` for the one actor creation that prints it; Ray's
+    driver log (``python-core-driver-*.log``) still records it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 2)
+            probe = _Restartable.remote(ray.put(None))
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    ray.kill(probe)
 
 
 def start_on_driver_node(cls: type) -> ray.actor.ActorHandle:

@@ -8,14 +8,18 @@ so a vocabulary costs text-encoder time only once.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP
-from open_clip.tokenizer import SimpleTokenizer
-from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import nn
+
+# open_clip is imported where it is used: its import takes seconds (torchvision, torch._dynamo), and a job
+# that stops before its vocabulary is read (e.g. on missing weights) should not wait for it.
+if TYPE_CHECKING:
+    from open_clip.model import CLIP
+    from open_clip.tokenizer import SimpleTokenizer
 
 # ViLD's prompt templates (Gu et al., 2022), SAN's default set.
 VILD_TEMPLATES = (
@@ -35,10 +39,18 @@ VILD_TEMPLATES = (
     "There is a large {} in the scene.",
 )
 
-TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
-    "vild": VILD_TEMPLATES,
-    # OpenAI's 80 ImageNet prompts, as open_clip ships them (callables -> format strings).
-    "imagenet": tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES),
+
+def _imagenet_templates() -> tuple[str, ...]:
+    """OpenAI's 80 ImageNet prompts, as open_clip ships them (callables -> format strings)."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    return tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
+
+
+#: Each template set's name -> its templates (made on first use: see the open_clip imports).
+TEMPLATE_SETS: dict[str, Callable[[], tuple[str, ...]]] = {
+    "vild": lambda: VILD_TEMPLATES,
+    "imagenet": _imagenet_templates,
 }
 
 
@@ -46,7 +58,7 @@ def get_templates(name: str) -> tuple[str, ...]:
     """The prompt templates registered as ``name`` (each has one ``{}`` for the class name)."""
     if name not in TEMPLATE_SETS:
         raise KeyError(f"unknown template set {name!r}; available: {sorted(TEMPLATE_SETS)}")
-    return TEMPLATE_SETS[name]
+    return TEMPLATE_SETS[name]()
 
 
 # CLIP's text context: start token, prompt tokens, end token. A longer prompt is cut (open_clip's tokenizer).
@@ -58,6 +70,8 @@ _JOIN_MARGIN = 4
 
 @functools.cache
 def _tokenizer() -> SimpleTokenizer:
+    from open_clip.tokenizer import SimpleTokenizer
+
     return SimpleTokenizer()
 
 
@@ -108,6 +122,8 @@ class TextClassifier(nn.Module):
         if hasattr(clip_model, "visual"):
             del clip_model.visual
         self.text_encoder = clip_model
+        from open_clip.tokenizer import SimpleTokenizer
+
         self.templates = get_templates(template_set)
         self.tokenizer = SimpleTokenizer(context_length=clip_model.context_length)
         self.batch_size = batch_size
