@@ -34,7 +34,7 @@ from pipeline.label.encode import EncodeStage
 from pipeline.label.inputs import image_id
 from pipeline.label.job import LabelOptions, run_label_job
 from pipeline.label.model_stage import NULL_MODEL, ModelSpec, ModelStage
-from pipeline.outputs import PREDICTION_SCHEMA
+from pipeline.output_shards import PREDICTION_SCHEMA
 from pipeline.vocabulary import load_vocabulary
 from san.transforms import SAN_EVAL_RESIZE
 

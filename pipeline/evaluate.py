@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from san.atomic import write_json_atomic
 from san.errors import UserError
 from san.metrics import PROTOCOLS, ConfusionMatrix, compute_metrics
 
-from .coco import write_json_atomic
 from .ground_truth import open_ground_truth
 from .ground_truth.base import GroundTruth, GroundTruthError, Matching, match_predictions
 from .ground_truth.classes import normalise_class_name

@@ -13,8 +13,6 @@ Layout::
 from __future__ import annotations
 
 import contextlib
-import errno
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -26,36 +24,27 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from san.atomic import write_atomic
+from san.atomic import write_atomic, write_json_atomic
 from san.errors import OptionError, UserError
 
-from .coco import build_coco, write_json_atomic
+from .disk_space import is_out_of_space
+from .exports.coco import build_coco
 from .output_lock import LOCK_NAME
+from .output_shards import (
+    ERROR_SCHEMA,
+    PREDICTION_SCHEMA,
+    DamagedFileError,
+    fingerprint_key,
+    first_per_path,
+    newest_only,
+    read_shard,
+    reading_shard,
+    set_aside_name,
+    shard_files,
+    with_prediction_columns,
+    write_shard_file,
+)
 from .vocabulary import Vocabulary, VocabularyError
-
-SEGMENT_TYPE = pa.struct(
-    [
-        ("category_id", pa.int64()),
-        ("category_name", pa.string()),
-        ("rle", pa.string()),
-        ("area", pa.int64()),
-        ("bbox", pa.list_(pa.float64())),
-        ("score", pa.float64()),
-    ]
-)
-PREDICTION_SCHEMA = pa.schema(
-    [
-        ("image_path", pa.string()),
-        ("image_id", pa.int64()),
-        ("width", pa.int64()),
-        ("height", pa.int64()),
-        ("label_map_png", pa.binary()),
-        ("segments", pa.list_(SEGMENT_TYPE)),
-        ("image_fingerprint", pa.string()),
-        ("generation", pa.int64()),
-    ]
-)
-ERROR_SCHEMA = pa.schema([("image_path", pa.string()), ("error", pa.string()), ("generation", pa.int64())])
 
 
 class OutputConflictError(UserError):
@@ -63,54 +52,15 @@ class OutputConflictError(UserError):
     a run whose ``manifest.json`` is lost or damaged, or files of something else."""
 
 
-class DamagedFileError(UserError):
-    """A prediction or error file of the run that cannot be read; the message names it and the way forward."""
-
-    reason = ""  # why it cannot be read, as pyarrow says
-
-
-class OutputFullError(UserError):
-    """The output folder's disk is full (or its quota used up); the message names the folder."""
-
-
-# The errors of a write that found no space (a full disk, a used-up quota).
-NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-def is_out_of_space(error: BaseException) -> bool:
-    """Whether ``error`` is a write that found no space left."""
-    return isinstance(error, OSError) and error.errno in NO_SPACE
-
-
-def out_of_space(folder: str | os.PathLike[str], reason: str) -> OutputFullError:
-    """The one line of a run stopped because ``folder`` is full (``reason``: the system's words)."""
-    return OutputFullError(
-        f"no space left to write to the `output` folder {folder} ({reason}); the images labeled so far are saved: "
-        "free space there and rerun the same command to label the rest"
-    )
-
-
 # Paths reported in manifest.json when the output holds an image_path twice.
 MAX_REPORTED_DUPLICATES = 100
 MANIFEST = "manifest.json"
-# What a labeling job writes into its output folder before its manifest: its lock (with filelock's own
-# files beside it) and the smoke test's generated images.
-SMOKE_INPUTS = "smoke-inputs"
 # The columns of errors.parquet.
 _ERROR_COLUMNS = ["image_path", "error"]
 # The prediction columns a job reads (to resume, and to write coco.json), checked before it resumes.
 _JOB_COLUMNS = ["image_path", "image_id", "width", "height", "segments", "image_fingerprint", "generation"]
 # Entries named when an output folder is refused for holding other files.
 _SHOWN_ENTRIES = 5
-
-
-def _write_parquet_atomic(table: pa.Table, folder: Path) -> Path:
-    """Write ``table`` as ``part-<hash of its image paths>.parquet``: a Ray task retried after it wrote (its
-    worker died before reporting) writes the same rows under the same name, replacing the file instead of
-    adding a copy of its rows."""
-    folder.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256("\0".join(table.column("image_path").to_pylist()).encode("utf-8")).hexdigest()[:32]
-    return write_atomic(folder / f"part-{digest}.parquet", lambda tmp: pq.write_table(table, tmp))
 
 
 class RunOutput:
@@ -186,7 +136,7 @@ class RunOutput:
 
     def _check_new(self) -> None:
         """Refuse a folder without ``manifest.json`` that holds more than a run writes before its manifest."""
-        if _shards(self.predictions_dir) or _shards(self.errors_dir):
+        if shard_files(self.predictions_dir) or shard_files(self.errors_dir):
             raise OutputConflictError(
                 f"{self.root} holds labels (predictions/, errors/) but no manifest.json, which names the "
                 "vocabulary and model that made them, so the run cannot be resumed: restore manifest.json from a "
@@ -218,9 +168,9 @@ class RunOutput:
         moved = {}
         checks = [(self.predictions_dir, PREDICTION_SCHEMA, _JOB_COLUMNS), (self.errors_dir, ERROR_SCHEMA, None)]
         for folder, schema, columns in checks:
-            for shard in _shards(folder):
+            for shard in shard_files(folder):
                 try:
-                    _read_shard(shard, columns=columns, schema=schema)
+                    read_shard(shard, columns=columns, schema=schema)
                 except DamagedFileError as damaged:
                     os.replace(shard, set_aside_name(shard))
                     moved[shard] = damaged.reason
@@ -242,9 +192,9 @@ class RunOutput:
         come from more than one job (an image labeled again because its file changed; rows without a
         generation, of older versions, count as 0)."""
         tables = [
-            _read_shard(shard, columns=["image_path", "generation"], schema=schema)
+            read_shard(shard, columns=["image_path", "generation"], schema=schema)
             for folder, schema in ((self.predictions_dir, PREDICTION_SCHEMA), (self.errors_dir, ERROR_SCHEMA))
-            for shard in _shards(folder)
+            for shard in shard_files(folder)
         ]
         if not tables:
             return {}
@@ -258,13 +208,13 @@ class RunOutput:
     def _current_rows(self, columns: list[str] | None = None) -> pa.Table:
         """The prediction rows (``columns``; None for all) of each image's newest job, a path's repeats included:
         rows of an image that a later job labeled again, or failed on, are left out."""
-        shards = _shards(self.predictions_dir)
+        shards = shard_files(self.predictions_dir)
         wanted = columns or PREDICTION_SCHEMA.names
         if not shards:
             return PREDICTION_SCHEMA.empty_table().select(wanted)
         read = list(dict.fromkeys([*wanted, "image_path", "generation"]))
-        table = pa.concat_tables(_read_shard(s, columns=read, schema=PREDICTION_SCHEMA) for s in shards)
-        return _newest_only(table, self._newest_generations()).select(wanted)
+        table = pa.concat_tables(read_shard(s, columns=read, schema=PREDICTION_SCHEMA) for s in shards)
+        return newest_only(table, self._newest_generations()).select(wanted)
 
     def write_shard(self, predictions: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
         """Write one shard of each kind (when non-empty), each file appearing whole or not at all."""
@@ -277,16 +227,16 @@ class RunOutput:
         """:meth:`write_shard` of Arrow tables (``PREDICTION_SCHEMA``, ``ERROR_SCHEMA``): what the job's writer
         tasks call, on any node that sees the output folder."""
         if predictions.num_rows:
-            _write_parquet_atomic(predictions.cast(PREDICTION_SCHEMA), self.predictions_dir)
+            write_shard_file(predictions.cast(PREDICTION_SCHEMA), self.predictions_dir)
         if errors.num_rows:
-            _write_parquet_atomic(errors.cast(ERROR_SCHEMA), self.errors_dir)
+            write_shard_file(errors.cast(ERROR_SCHEMA), self.errors_dir)
 
     def read_predictions(self, columns: list[str] | None = None) -> pa.Table:
         """All prediction rows, one per image: its newest job's (a duplicate left by an interrupted write, or
         a second input row with its path, is dropped)."""
         wanted = columns or PREDICTION_SCHEMA.names
         rows = self._current_rows(list(dict.fromkeys([*wanted, "image_path"])))
-        return _first_per_path(rows).select(wanted)
+        return first_per_path(rows).select(wanted)
 
     def iter_predictions(self, columns: list[str] | None = None, batch_rows: int = 64) -> Iterator[dict[str, Any]]:
         """The prediction rows of :meth:`read_predictions` (``columns``, which must hold ``image_path``; None for
@@ -295,17 +245,17 @@ class RunOutput:
         newest = self._newest_generations()
         wanted = columns or PREDICTION_SCHEMA.names
         read = list(dict.fromkeys([*wanted, "generation"]))
-        for shard in _shards(self.predictions_dir):
-            with _reading(shard):
+        for shard in shard_files(self.predictions_dir):
+            with reading_shard(shard):
                 file = pq.ParquetFile(shard)
                 batches = file.iter_batches(batch_rows, columns=[c for c in read if c in file.schema_arrow.names])
             while True:
-                with _reading(shard):
+                with reading_shard(shard):
                     batch = next(batches, None)
                 if batch is None:
                     break
-                table = _with_columns(pa.Table.from_batches([batch]), read)
-                yield from _first_per_path(_newest_only(table, newest), seen).select(wanted).to_pylist()
+                table = with_prediction_columns(pa.Table.from_batches([batch]), read)
+                yield from first_per_path(newest_only(table, newest), seen).select(wanted).to_pylist()
 
     def read_vocabulary(self, error: type[Exception]) -> Vocabulary:
         """The run's vocabulary, from its ``manifest.json``.
@@ -325,11 +275,11 @@ class RunOutput:
     def read_errors(self) -> pa.Table:
         """All error rows (``image_path``, ``error``), one per input: the newest reason when a rerun failed on it
         again."""
-        shards = sorted(_shards(self.errors_dir), key=lambda shard: shard.stat().st_mtime_ns, reverse=True)
+        shards = sorted(shard_files(self.errors_dir), key=lambda shard: shard.stat().st_mtime_ns, reverse=True)
         if not shards:
             return ERROR_SCHEMA.empty_table().select(_ERROR_COLUMNS)
-        tables = (_read_shard(s, columns=_ERROR_COLUMNS, schema=ERROR_SCHEMA) for s in shards)
-        return _first_per_path(pa.concat_tables(tables))
+        tables = (read_shard(s, columns=_ERROR_COLUMNS, schema=ERROR_SCHEMA) for s in shards)
+        return first_per_path(pa.concat_tables(tables))
 
     def repeated_paths(self) -> tuple[int, list[str]]:
         """How many prediction rows repeat an earlier row's ``image_path`` (two input rows with one path), and
@@ -372,9 +322,9 @@ class RunOutput:
         newest = self._newest_generations()
         if not newest:
             return
-        for shard in _shards(self.predictions_dir):
-            table = _read_shard(shard, schema=PREDICTION_SCHEMA)
-            current = _newest_only(table, newest)
+        for shard in shard_files(self.predictions_dir):
+            table = read_shard(shard, schema=PREDICTION_SCHEMA)
+            current = newest_only(table, newest)
             if current.num_rows == table.num_rows:
                 continue
             if current.num_rows:
@@ -426,75 +376,7 @@ def _difference(key: str, run: Any, command: Any) -> str:
 
 
 def _made_before_manifest(name: str) -> bool:
-    """Whether an entry of the output folder is one a labeling job writes before its ``manifest.json`` (a job
-    stopped that early leaves them), or the temporary file of an atomic write a kill left behind."""
-    return name == SMOKE_INPUTS or name.startswith(LOCK_NAME) or (name.startswith(".") and name.endswith(".tmp"))
-
-
-def _shards(folder: Path) -> list[Path]:
-    return sorted(folder.glob("part-*.parquet")) if folder.exists() else []
-
-
-def set_aside_name(shard: Path) -> Path:
-    """Where a damaged ``part-*.parquet`` is set aside: ``_part-*.parquet.corrupt`` beside it, a name that this
-    project's readers, pyarrow's and pandas' folder readers (``_`` prefix) all leave out."""
-    return shard.with_name(f"_{shard.name}.corrupt")
-
-
-@contextlib.contextmanager
-def _reading(shard: Path) -> Iterator[None]:
-    """Turn a failure to read ``shard`` (a prediction or error file) into a :class:`DamagedFileError` naming it."""
-    try:
-        yield
-    except (pa.ArrowException, OSError) as error:  # truncated, not Parquet, wrong columns, unreadable
-        reason = " ".join(str(error).split())
-        damaged = DamagedFileError(
-            f"{shard} cannot be read ({reason}); rename it to {set_aside_name(shard).name} and rerun the labeling "
-            f"command on {shard.parent.parent} to label its images again"
-        )
-        damaged.reason = reason
-        raise damaged from None
-
-
-def _read_shard(shard: Path, **read: Any) -> pa.Table:
-    """``pyarrow.parquet.read_table(shard, **read)``, or a :class:`DamagedFileError` naming ``shard``."""
-    with _reading(shard):
-        return pq.read_table(shard, **read)
-
-
-def fingerprint_key(fingerprint: str | None) -> int:
-    """An ``image_fingerprint`` as a positive 63-bit number (0 for none recorded), to compare in NumPy arrays."""
-    if not fingerprint:
-        return 0
-    return int.from_bytes(hashlib.sha256(fingerprint.encode("utf-8")).digest()[:8], "big") >> 1 or 1
-
-
-def _with_columns(table: pa.Table, names: list[str]) -> pa.Table:
-    """``table`` with ``names`` in order, a column it lacks (a file of an older version) as nulls of its type."""
-    for name in names:
-        if name not in table.column_names:
-            table = table.append_column(
-                PREDICTION_SCHEMA.field(name), pa.nulls(table.num_rows, PREDICTION_SCHEMA.field(name).type)
-            )
-    return table.select(names)
-
-
-def _newest_only(table: pa.Table, newest: dict[str, int]) -> pa.Table:
-    """The rows of ``table`` (``image_path``, ``generation``) that are of their path's newest generation."""
-    if not newest:
-        return table
-    generations = pc.fill_null(table.column("generation"), 0).to_pylist()
-    paths = table.column("image_path").to_pylist()
-    keep = [newest.get(path, g) == g for path, g in zip(paths, generations, strict=True)]
-    return table if all(keep) else table.filter(pa.array(keep, pa.bool_()))
-
-
-def _first_per_path(table: pa.Table, seen: set[str] | None = None) -> pa.Table:
-    """The rows of ``table`` whose ``image_path`` is not in ``seen`` and not on an earlier row (a duplicate
-    is left by a write interrupted after its shard appeared); ``seen`` gets the table's paths."""
-    seen = set() if seen is None else seen
-    keep = []
-    for path in table.column("image_path").to_pylist():
-        keep.append(path not in seen)
-        seen.add(path)
-    return table if all(keep) else table.filter(pa.array(keep, pa.bool_()))
+    """Whether an entry of the output folder is one a labeling job writes before its ``manifest.json`` (its lock,
+    with filelock's own files beside it: a job stopped that early leaves them), or the temporary file of an
+    atomic write a kill left behind."""
+    return name.startswith(LOCK_NAME) or (name.startswith(".") and name.endswith(".tmp"))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["write_atomic"]
+__all__ = ["write_atomic", "write_json_atomic"]
 
 
 def write_atomic(target: str | os.PathLike[str], write: Callable[[Path], object], kind: str = "file") -> Path:
@@ -53,3 +55,16 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike[str], indent: int | None = None) -> None:
+    """Write ``obj`` as UTF-8 JSON so that ``path`` is either the old file or the complete new one
+    (:func:`write_atomic`). NaN/Infinity are rejected (``ValueError``) because they are not valid JSON.
+    """
+
+    def dump(tmp: Path) -> None:
+        with open(tmp, "x", encoding="utf-8") as f:
+            separators = (",", ":") if indent is None else None
+            json.dump(obj, f, ensure_ascii=False, allow_nan=False, indent=indent, separators=separators)
+
+    write_atomic(path, dump, kind=".json file")

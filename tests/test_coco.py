@@ -1,4 +1,5 @@
-"""Tests for pipeline.coco: COCO JSON that pycocotools loads, and atomic JSON writes."""
+"""Tests for pipeline.exports.coco and san.atomic.write_json_atomic: COCO JSON that pycocotools loads, and atomic
+JSON writes."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pytest
 from pycocotools.coco import COCO
 from segment_scores import own_scores
 
-from pipeline.coco import build_coco, write_json_atomic
+from pipeline.exports.coco import build_coco
 from pipeline.segments import label_map_segments
+from san.atomic import write_json_atomic
 
 NAMES = ["sky", "cat", "dog"]
 IDS = [1, 2, 3]

@@ -191,7 +191,7 @@ def test_output_folder_inside_input_folder_is_excluded(tmp_path: Path, monkeypat
     for rel in ["labels/coco.json", "labels/manifest.json", "labels/predictions/part-0.parquet"]:
         (dsin / rel).parent.mkdir(parents=True, exist_ok=True)
         (dsin / rel).write_bytes(b"{}")
-    _image(dsin / "labels" / "smoke-inputs" / "s.png")
+    _image(dsin / "labels" / "sub" / "s.png")
     expected = [str(dsin / "a.jpg"), str(dsin / "labels2" / "b.jpg")]
     assert len(_listed(resolve_inputs(str(dsin)))) == 6  # without exclude, all listed
     resolved = resolve_inputs(str(dsin), exclude=str(dsin / "labels"))
@@ -199,9 +199,9 @@ def test_output_folder_inside_input_folder_is_excluded(tmp_path: Path, monkeypat
     assert _paths(resolve_inputs(f"{dsin}/**/*", exclude=str(dsin / "labels"))) == expected
     monkeypatch.chdir(tmp_path)
     assert _paths(resolve_inputs("dsin", exclude="dsin/./labels/")) == expected
-    # an input inside the excluded folder is still listed (the smoke test's generated images)
-    smoke = str(dsin / "labels" / "smoke-inputs")
-    assert _paths(resolve_inputs(smoke, exclude=str(dsin / "labels"))) == [f"{smoke}/s.png"]
+    # an input inside the excluded folder lists nothing of it (the job refuses such an input up front)
+    with pytest.raises(InputError, match="matches no file"):
+        resolve_inputs(f"{dsin / 'labels' / 'sub'}/*.png", exclude=str(dsin / "labels"))
 
 
 def test_output_folder_inside_parquet_folder_is_excluded(tmp_path: Path) -> None:
@@ -392,7 +392,7 @@ def test_a_name_that_is_not_utf8_is_an_error_row_and_everything_else_is_listed(t
         assert errors[bad_file] == NOT_UTF8 and errors[f"{tree}/folder\\xfe"] == NOT_UTF8
         assert errors[str(tree / "a.jpg")] is None and errors[str(tree / "sub" / "deep" / "d.png")] is None
         assert all(path.encode("utf-8") for path in errors), "every path can be written"
-    with pytest.raises(InputError, match=re.escape("--input 'folder\\\\xfe' is not valid UTF-8")):
+    with pytest.raises(InputError, match=re.escape("input 'folder\\\\xfe' is not valid UTF-8")):
         resolve_inputs(os.fsdecode(b"folder\xfe"))
 
 
@@ -659,7 +659,6 @@ def _run_folder(folder: Path) -> None:
     (folder / "coco.json").write_text("{}")
     pq.write_table(pa.table({"image_path": ["x.jpg"]}), folder / "predictions" / "part-0.parquet")
     _image(folder / "review-masks" / "run-0123" / "predictions" / "ab" / "1.png")
-    _image(folder / "smoke-inputs" / "s.png")
 
 
 def test_a_labeling_run_folder_inside_the_input_is_never_listed(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from pycocotools.coco import COCO
 
 import san
 from pipeline.cli import flag
+from pipeline.disk_space import OutputFullError
 from pipeline.exports.run import FormatOptions, export_format
 from pipeline.label.attempts import GAVE_UP, MAX_ATTEMPTS
 from pipeline.label.images import read_image_file
@@ -44,7 +45,7 @@ from pipeline.label.job import LabelOptions, run_label_job
 from pipeline.label.model_stage import ModelStage
 from pipeline.label.write import WriteStage
 from pipeline.output_lock import LOCK_NAME
-from pipeline.outputs import OutputFullError, RunOutput
+from pipeline.outputs import RunOutput
 from pipeline.segments import decode_label_map_png
 from pipeline.vocabulary import parse_vocabulary
 from san.errors import OptionError
@@ -596,19 +597,19 @@ def test_a_full_disk_a_damaged_file_and_a_changed_image_each_stop_nothing(
     """The disk fills during a run: one line, the manifest failed. Then, with space again, one prediction file is
     damaged and one labeled image replaced by another: the rerun sets the file aside, labels its images and the
     changed one again, and every image appears once."""
-    import pipeline.coco
+    import san.atomic
 
     source, output, written = tmp_path / "images", tmp_path / "labels", tmp_path / "written"
     shutil.copytree(inputs["folder"], source)
     written.mkdir()
     good = sorted(str(p).replace(str(inputs["folder"]), str(source)) for p in inputs["good"])
     monkeypatch.setattr(FullDisk, "written", str(written))
-    write_atomic = pipeline.coco.write_atomic  # on the driver, the manifest's atomic write fails as well
+    write_atomic = san.atomic.write_atomic  # on the driver, the manifest's atomic write fails as well
 
     def driver_write(*args: Any, **kwargs: Any) -> Any:
         return (no_space if disk_full(written) else write_atomic)(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline.coco, "write_atomic", driver_write)
+    monkeypatch.setattr(san.atomic, "write_atomic", driver_write)
     with pytest.raises(OutputFullError) as error:
         label_with_stage(FullDisk, inputs, output, monkeypatch, "WriteStage", source, shard_size=1)
     assert str(error.value) == (
@@ -621,7 +622,7 @@ def test_a_full_disk_a_damaged_file_and_a_changed_image_each_stop_nothing(
     saved = RunOutput(output).read_predictions(["image_path"]).column(0).to_pylist()
     assert saved and len(saved) < len(good)
 
-    monkeypatch.setattr(pipeline.coco, "write_atomic", write_atomic)  # space again
+    monkeypatch.setattr(san.atomic, "write_atomic", write_atomic)  # space again
     shards = {s: pq.read_table(s).column("image_path").to_pylist() for s in (output / "predictions").iterdir()}
     damaged = next(iter(shards))
     damaged.write_bytes(damaged.read_bytes()[:100])

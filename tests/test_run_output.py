@@ -82,11 +82,13 @@ def test_output_folder_is_created(tmp_path: Path) -> None:
 def test_a_run_that_fails_early_leaves_no_output_folder_it_created(tmp_path: Path) -> None:
     (tmp_path / "vocab.txt").write_text("cat\n")
     with pytest.raises(InputError, match="does not exist"):
-        run_label_job(options(tmp_path, input=str(tmp_path / "missing")))
+        run_label_job(options(tmp_path, input=str(tmp_path / "missing"), smoke_test=True))
     assert not (tmp_path / "out").exists()
     (tmp_path / "empty").mkdir()  # a folder the user made is kept, empty or not
     with pytest.raises(InputError, match="does not exist"):
-        run_label_job(options(tmp_path, input=str(tmp_path / "missing"), output=str(tmp_path / "empty")))
+        run_label_job(
+            options(tmp_path, input=str(tmp_path / "missing"), output=str(tmp_path / "empty"), smoke_test=True)
+        )
     assert (tmp_path / "empty").is_dir() and not list((tmp_path / "empty").iterdir()), "and left as it was"
 
 
@@ -196,7 +198,7 @@ def test_labels_without_their_manifest_or_with_a_damaged_one_are_not_resumed(tmp
 
 def test_what_a_job_leaves_before_its_manifest_does_not_block_a_rerun(tmp_path: Path) -> None:
     out = RunOutput(tmp_path / "out")
-    (out.root / "smoke-inputs").mkdir(parents=True)
+    out.root.mkdir(parents=True)
     (out.root / LOCK_NAME).write_text("")
     (out.root / ".manifest.json.0123.tmp").write_text("{")
     out.check_compatible({"model": "x"})
@@ -230,7 +232,7 @@ def test_an_input_in_a_run_folder_is_refused_naming_it(tmp_path: Path, ray_unuse
 
 
 def test_a_damaged_file_is_named_in_one_line_and_set_aside(tmp_path: Path) -> None:
-    from pipeline.outputs import DamagedFileError
+    from pipeline.output_shards import DamagedFileError
 
     output = RunOutput(tmp_path)
     output.write_shard([prediction("a.jpg")], [{"image_path": "b.jpg", "error": "file not found"}])
@@ -265,7 +267,7 @@ def test_a_stopped_run_is_recorded_on_a_full_disk(tmp_path: Path, monkeypatch: p
     import errno
     import json
 
-    import pipeline.coco
+    import san.atomic
 
     output = RunOutput(tmp_path)
     running = {"status": "running", "identity": {"model": "x"}}
@@ -274,7 +276,7 @@ def test_a_stopped_run_is_recorded_on_a_full_disk(tmp_path: Path, monkeypatch: p
     def no_space(*args, **kwargs) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pipeline.coco, "write_atomic", no_space)
+    monkeypatch.setattr(san.atomic, "write_atomic", no_space)
     failed = {**running, "status": "failed", "error": "OutputFullError: no space left"}
     assert output.record_end(failed)
     assert json.loads((tmp_path / "manifest.json").read_text()) == failed

@@ -21,9 +21,9 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
+from san.atomic import write_json_atomic
 from san.errors import UserError
 
-from ..coco import write_json_atomic
 from ..run_images import RunImage, iter_run_images
 from ..sources import LabeledImage, LabelSource
 from .files import mask_file_names

@@ -10,13 +10,15 @@ from typing import Any
 
 import fiftyone as fo
 
-from ..coco import build_coco, write_json_atomic
+from san.atomic import write_json_atomic
+
 from ..label.inputs import image_id as path_image_id
 from ..review.errors import ReviewError
 from ..review.labels import dataset_vocabulary
 from ..review.reviewed import iter_reviewed_images, resolve_dataset
 from ..segments import encode_label_map_png
 from ..vocabulary import Vocabulary
+from .coco import build_coco
 from .files import mask_file_names, new_folder
 
 __all__ = ["export_dataset"]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..outputs import PREDICTION_SCHEMA
+from ..output_shards import PREDICTION_SCHEMA
 from ..segments import encode_label_map_png, label_map_segments, unlabeled_value
 from ..vocabulary import Vocabulary
 from .inputs import image_id

@@ -7,12 +7,10 @@ What each kind of spec means: ``docs/labeling.md``."""
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
-import json
 import os
 import posixpath
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -21,7 +19,9 @@ import pyarrow.parquet as pq
 
 from san.errors import UserError
 
-from .local_files import iter_local, missing_reason, not_regular_reason, undecodable_name, walk_local
+from .globs import glob_match, has_wildcard, relative_parts, split_glob
+from .local_files import missing_reason, not_regular_reason, undecodable_name
+from .walk import RUN_MANIFEST, Exclusion, excluded, hidden, holds_other_files, is_run_folder, visible_entries, walk
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
@@ -29,11 +29,6 @@ IMAGE_EXTENSIONS = frozenset(
 PATH_COLUMNS = ("image_path", "path", "file_name", "filepath", "filename")
 BYTES_COLUMNS = ("image_bytes", "image", "bytes", "content", "jpg", "png")
 LIST_SUFFIXES = (".txt", ".lst", ".list")
-
-# A folder to leave out of listings: (filesystem type name, normalised path).
-_Exclusion = tuple[str, str] | None
-# The file that makes a folder a labeling run's output (``pipeline.outputs``).
-RUN_MANIFEST = "manifest.json"
 
 
 class InputError(UserError):
@@ -122,16 +117,6 @@ def display_name(spec: str, fs: pafs.FileSystem, path: str) -> str:
     return f"{scheme}://{path}"
 
 
-def is_run_folder(fs: pafs.FileSystem, folder: str) -> bool:
-    """Whether ``folder`` is a labeling run's output: it holds a ``manifest.json`` with the run's ``identity``."""
-    try:
-        with fs.open_input_stream(posixpath.join(folder, RUN_MANIFEST)) as handle:
-            content = json.loads(handle.read())
-    except (OSError, ValueError, pa.ArrowException):  # no manifest, or none of a run
-        return False
-    return isinstance(content, dict) and isinstance(content.get("identity"), dict)
-
-
 def check_outside_runs(spec: str, output: str) -> None:
     """Refuse an ``--input`` folder (or a glob's folder) that is ``output``, lies in it, or lies in another labeling
     run's folder: a run's folder is never listed (see :func:`resolve_inputs`), so nothing of it could be labeled.
@@ -139,13 +124,13 @@ def check_outside_runs(spec: str, output: str) -> None:
     Raises:
         InputError: naming the run folder and the way forward.
     """
-    base = _split_glob(spec)[0] if _has_wildcard(spec) else spec
+    base = split_glob(spec)[0] if has_wildcard(spec) else spec
     fs, path = filesystem_of(base)
     if not isinstance(fs, pafs.LocalFileSystem):
-        if _excluded(fs, path, _exclusion(output)):
+        if excluded(fs, path, exclusion_of(output)):
             raise InputError(_inside_run_message(spec, f"the `output` folder {output}"))
         return
-    if not _has_wildcard(spec) and not posixpath.isdir(path):
+    if not has_wildcard(spec) and not posixpath.isdir(path):
         return  # a file names its images itself
     output_path = posixpath.realpath(output)
     folder = posixpath.realpath(path)
@@ -166,8 +151,12 @@ def _inside_run_message(spec: str, run: str) -> str:
     )
 
 
-def _has_wildcard(spec: str) -> bool:
-    return any(ch in spec for ch in "*?[")
+def exclusion_of(exclude: str | None) -> Exclusion:
+    """``exclude`` as (filesystem type, normalised path without a trailing slash), or ``None``."""
+    if exclude is None:
+        return None
+    fs, path = filesystem_of(exclude)
+    return fs.type_name, posixpath.normpath(path) if isinstance(fs, pafs.LocalFileSystem) else path.rstrip("/")
 
 
 def resolve_inputs(spec: str, *, exclude: str | None = None, bytes_column: str | None = None) -> ResolvedInputs:
@@ -188,9 +177,9 @@ def resolve_inputs(spec: str, *, exclude: str | None = None, bytes_column: str |
             unreadable list file; the first Parquet file has neither a path nor an image-bytes column.
     """
     if escaped := undecodable_name(spec):
-        raise InputError(f"--input {escaped!r} is not valid UTF-8 (its invalid bytes are shown as \\xNN): rename it")
+        raise InputError(f"`input` {escaped!r} is not valid UTF-8 (its invalid bytes are shown as \\xNN): rename it")
     resolved = ResolvedInputs([], [])
-    for entry in _iter_entries(spec, _exclusion(exclude)):
+    for entry in _iter_entries(spec, exclusion_of(exclude)):
         if isinstance(entry, Container):
             resolved.containers.append(entry)
         else:
@@ -206,57 +195,6 @@ def resolve_inputs(spec: str, *, exclude: str | None = None, bytes_column: str |
     return resolved
 
 
-def _exclusion(exclude: str | None) -> _Exclusion:
-    """``exclude`` as (filesystem type, normalised path without a trailing slash), or ``None``."""
-    if exclude is None:
-        return None
-    fs, path = filesystem_of(exclude)
-    return fs.type_name, posixpath.normpath(path) if isinstance(fs, pafs.LocalFileSystem) else path.rstrip("/")
-
-
-def _excluded(fs: pafs.FileSystem, path: str, exclusion: _Exclusion) -> bool:
-    """Whether ``path`` (on ``fs``) is the excluded folder or lies under it."""
-    if exclusion is None or fs.type_name != exclusion[0]:
-        return False
-    path = posixpath.normpath(path) if isinstance(fs, pafs.LocalFileSystem) else path
-    return path == exclusion[1] or path.startswith(exclusion[1].rstrip("/") + "/")
-
-
-def _walk(
-    fs: pafs.FileSystem, root: str, exclusion: _Exclusion, allow_not_found: bool = False
-) -> tuple[list[pafs.FileInfo], dict[str, str]]:
-    """Everything under ``root`` (recursive) less labeling runs' folders and the excluded folder (unless ``root``
-    itself lies in it: then the user asked for it, as ``--smoke-test`` does), and the reasons of entries that
-    cannot be listed.
-
-    Local folders: see :func:`~pipeline.label.local_files.walk_local` (links, loops, special files)."""
-    if _excluded(fs, root, exclusion):
-        exclusion = None
-    if not isinstance(fs, pafs.LocalFileSystem):
-        entries = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=allow_not_found))
-        runs = {
-            posixpath.dirname(e.path)
-            for e in entries
-            if e.base_name == RUN_MANIFEST and e.path != posixpath.join(root, RUN_MANIFEST)
-        }
-        runs = {folder for folder in runs if is_run_folder(fs, folder)}
-        return [e for e in entries if not _excluded(fs, e.path, exclusion) and not _in_any(e.path, runs)], {}
-    if allow_not_found and fs.get_file_info(root).type == pafs.FileType.NotFound:
-        return [], {}
-    entries, reasons = walk_local(root, _skipped_folders(fs, exclusion))
-    return [e for e in entries if not _excluded(fs, e.path, exclusion)], reasons
-
-
-def _skipped_folders(fs: pafs.FileSystem, exclusion: _Exclusion) -> Callable[[str], bool]:
-    """Which folders a local walk does not enter: the excluded one and every labeling run's folder."""
-    return lambda path: _excluded(fs, path, exclusion) or is_run_folder(fs, path)
-
-
-def _in_any(path: str, folders: set[str]) -> bool:
-    """Whether ``path`` is one of ``folders`` or lies under one."""
-    return any(path == folder or path.startswith(folder.rstrip("/") + "/") for folder in folders)
-
-
 def _missing_reason(fs: pafs.FileSystem, path: str, not_found: str = "file not found") -> str:
     """Why a path that was named cannot be found: for a local path, a broken link or a link loop too."""
     return missing_reason(path, not_found) if isinstance(fs, pafs.LocalFileSystem) else not_found
@@ -268,11 +206,11 @@ def _not_regular_reason(fs: pafs.FileSystem, path: str) -> str:
     return local or "not a regular file"
 
 
-def _iter_entries(spec: str, exclusion: _Exclusion) -> Iterator[InputItem | Container]:
+def _iter_entries(spec: str, exclusion: Exclusion) -> Iterator[InputItem | Container]:
     fs, path = _locate(spec)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
-        if _has_wildcard(spec):
+        if has_wildcard(spec):
             yield from _iter_glob(spec, exclusion)
             return
         raise InputError(f"`input` {spec!r} does not exist")
@@ -293,26 +231,24 @@ def _iter_entries(spec: str, exclusion: _Exclusion) -> Iterator[InputItem | Cont
 def _locate(spec: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem and path ``spec`` names literally; with wildcards, the URI is parsed up to the
     first wildcard only (so a ``?`` is never read as a URI query)."""
-    if not _has_wildcard(spec):
+    if not has_wildcard(spec):
         return filesystem_of(spec)
-    base, pattern = _split_glob(spec)
+    base, pattern = split_glob(spec)
     fs, base_path = filesystem_of(base)
     return fs, posixpath.join(base_path, *pattern)
 
 
-def _iter_directory(
-    spec: str, fs: pafs.FileSystem, path: str, exclusion: _Exclusion
-) -> Iterator[InputItem | Container]:
+def _iter_directory(spec: str, fs: pafs.FileSystem, path: str, exclusion: Exclusion) -> Iterator[InputItem | Container]:
     """A folder's images (or its Parquet files / ``.tar`` shards when it holds nothing else), no hidden names.
 
     A local folder that holds an image is one ``"folder"`` container, walked inside a Ray task (see
     :func:`iter_folder`): only the walk up to its first such file happens here."""
-    if isinstance(fs, pafs.LocalFileSystem) and _holds_other_files(fs, path, exclusion):
-        excluded = exclusion[1] if exclusion is not None and not _excluded(fs, path, exclusion) else ""
-        yield Container("folder", display_name(spec, fs, path), excluded)
+    if isinstance(fs, pafs.LocalFileSystem) and holds_other_files(fs, path, exclusion):
+        left_out = exclusion[1] if exclusion is not None and not excluded(fs, path, exclusion) else ""
+        yield Container("folder", display_name(spec, fs, path), left_out)
         return
-    entries, reasons = _walk(fs, path, exclusion)
-    entries = [e for e in entries if not _hidden(e.path, path)]
+    entries, reasons = walk(fs, path, exclusion)
+    entries = [e for e in entries if not hidden(e.path, path)]
     files = sorted(e.path for e in entries if e.type == pafs.FileType.File and not e.base_name.startswith("."))
     kind = next((k for k in ("parquet", "tar") if files and all(f.endswith(f".{k}") for f in files)), None)
     if kind is None:
@@ -322,40 +258,13 @@ def _iter_directory(
     yield from _classify(spec, fs, [e for e in entries if e.type == pafs.FileType.NotFound], reasons)
 
 
-def _hidden(path: str, root: str) -> bool:
-    """Whether ``path`` or a folder between it and ``root`` has a hidden (dot) name."""
-    return any(part.startswith(".") for part in _relative_parts(path, root))
-
-
-def _visible_entries(
-    fs: pafs.FileSystem, root: str, exclusion: _Exclusion
-) -> Iterator[tuple[pafs.FileInfo, str | None]]:
-    """:func:`~pipeline.label.local_files.iter_local` of a local ``root``, less hidden names, labeling runs'
-    folders and the excluded folder (unless ``root`` itself lies in it: then the user asked for it, as
-    ``--smoke-test`` does)."""
-    if _excluded(fs, root, exclusion):
-        exclusion = None
-    for entry, reason in iter_local(root, _skipped_folders(fs, exclusion)):
-        if not _hidden(entry.path, root) and not _excluded(fs, entry.path, exclusion):
-            yield entry, reason
-
-
-def _holds_other_files(fs: pafs.FileSystem, root: str, exclusion: _Exclusion) -> bool:
-    """Whether the local folder holds a visible file that is not a Parquet file or ``.tar`` shard (walked
-    lazily, up to the first one)."""
-    return any(
-        entry.type == pafs.FileType.File and not entry.path.endswith((".parquet", ".tar"))
-        for entry, _ in _visible_entries(fs, root, exclusion)
-    )
-
-
 def iter_folder(container: Container) -> Iterator[InputItem]:
     """The images (and error rows) of a ``"folder"`` container, as the walk finds them: each folder's entries
     in name order, subfolders depth-first in name order, folder links last (see
     :func:`~pipeline.label.local_files.iter_local`)."""
     fs, path = filesystem_of(container.uri)
     exclusion = (fs.type_name, container.exclude) if container.exclude else None
-    for entry, reason in _visible_entries(fs, path, exclusion):
+    for entry, reason in visible_entries(fs, path, exclusion):
         yield from _classify(container.uri, fs, [entry], {entry.path: reason} if reason else None)
 
 
@@ -382,19 +291,12 @@ def _classify(
             yield InputItem(name, error=f"not an image file (extension {suffix or 'none'!r})")
 
 
-def _split_glob(spec: str) -> tuple[str, list[str]]:
-    """A glob -> (the folder before its first wildcard component, the pattern's components)."""
-    parts = spec.split("/")
-    first_wild = next(i for i, p in enumerate(parts) if _has_wildcard(p))
-    return "/".join(parts[:first_wild]) or ".", [p for p in parts[first_wild:] if p]
-
-
-def _iter_glob(spec: str, exclusion: _Exclusion) -> Iterator[InputItem | Container]:
-    base, pattern = _split_glob(spec)
+def _iter_glob(spec: str, exclusion: Exclusion) -> Iterator[InputItem | Container]:
+    base, pattern = split_glob(spec)
     fs, base_path = filesystem_of(base)
-    entries, reasons = _walk(fs, base_path, exclusion, allow_not_found=True)
+    entries, reasons = walk(fs, base_path, exclusion, allow_not_found=True)
     matches = sorted(
-        (e for e in entries if _glob_match(_relative_parts(e.path, base_path), pattern)), key=lambda e: e.path
+        (e for e in entries if glob_match(relative_parts(e.path, base_path), pattern)), key=lambda e: e.path
     )
     if not matches:
         raise InputError(f"`input` pattern {spec!r} matches no file")
@@ -403,25 +305,6 @@ def _iter_glob(spec: str, exclusion: _Exclusion) -> Iterator[InputItem | Contain
             yield Container(entry.path.rsplit(".", 1)[1], display_name(spec, fs, entry.path))
         else:
             yield from _classify(base, fs, [entry], reasons)
-
-
-def _relative_parts(path: str, root: str) -> list[str]:
-    rel = path[len(root) :] if path.startswith(root) else path
-    return [p for p in rel.split("/") if p]
-
-
-def _glob_match(parts: list[str], pattern: list[str]) -> bool:
-    """Shell-glob semantics per path component: ``*`` stays within one folder, ``**`` spans zero or more
-    folders, and wildcards do not match hidden (dot) names unless the pattern component starts with a dot."""
-    if not pattern:
-        return not parts
-    head, rest = pattern[0], pattern[1:]
-    if head == "**":
-        descend = bool(parts) and not parts[0].startswith(".") and _glob_match(parts[1:], pattern)
-        return descend or _glob_match(parts, rest)
-    if not parts or (parts[0].startswith(".") and not head.startswith(".")):
-        return False
-    return fnmatch.fnmatchcase(parts[0], head) and _glob_match(parts[1:], rest)
 
 
 def resolve_entry(entry: str, spec: str, fs: pafs.FileSystem, folder: str) -> tuple[pafs.FileSystem, str, str]:

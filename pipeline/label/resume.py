@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from ..outputs import fingerprint_key
+from ..output_shards import fingerprint_key
 from .inputs import image_fingerprint, image_id
 from .resources import start_on_driver_node
 

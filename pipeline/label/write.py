@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..outputs import ERROR_SCHEMA, PREDICTION_SCHEMA, RunOutput, is_out_of_space
+from ..disk_space import is_out_of_space
+from ..output_shards import ERROR_SCHEMA, PREDICTION_SCHEMA
+from ..outputs import RunOutput
 
 #: One row per file written: images labeled and failed, and the model calls those images took
 #: (each image counts ``1 / batch_images`` of its call); ``no_space``: why the files could not be written

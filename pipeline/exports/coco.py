@@ -1,16 +1,12 @@
-"""COCO JSON (instances-style with RLE segmentation and scores) from labeled images, written atomically."""
+"""COCO JSON (instances-style with RLE segmentation and scores) from labeled images (written with
+:func:`san.atomic.write_json_atomic`)."""
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from san.atomic import write_atomic
-
-__all__ = ["build_coco", "write_json_atomic"]
+__all__ = ["build_coco"]
 
 
 def _int(value: Any, what: str) -> int:
@@ -94,16 +90,3 @@ def build_coco(
         "categories": categories,
         "annotations": annotations,
     }
-
-
-def write_json_atomic(obj: Any, path: str | os.PathLike[str], indent: int | None = None) -> None:
-    """Write ``obj`` as UTF-8 JSON so that ``path`` is either the old file or the complete new one
-    (:func:`san.atomic.write_atomic`). NaN/Infinity are rejected (``ValueError``) because they are not valid JSON.
-    """
-
-    def dump(tmp: Path) -> None:
-        with open(tmp, "x", encoding="utf-8") as f:
-            separators = (",", ":") if indent is None else None
-            json.dump(obj, f, ensure_ascii=False, allow_nan=False, indent=indent, separators=separators)
-
-    write_atomic(path, dump, kind=".json file")
