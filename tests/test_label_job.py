@@ -583,7 +583,7 @@ class FullDisk(WriteStage):
             if record.column("labeled")[0].as_py():
                 (Path(self.written) / str(uuid.uuid4())).touch()
             return record
-        with mock.patch("pipeline.outputs.write_atomic", no_space):  # in this worker process
+        with mock.patch("pipeline.output_shards.write_atomic", no_space):  # in this worker process
             return super().__call__(batch)
 
 

@@ -39,6 +39,8 @@ class ResourcePlan:
 
 # Logical CPUs of a ``--model null`` actor on a CPU cluster (it only hands over a fixed label map).
 NULL_MODEL_CPUS = 0.25
+# Seconds to wait for the actor that spends Ray's restart warning to start before it is killed anyway.
+PROBE_READY_TIMEOUT_S = 60
 # Seconds to wait for the first predictor actors (model load, weights download) before failing.
 ACTOR_START_TIMEOUT_S = 900
 
@@ -123,7 +125,12 @@ def _spend_restart_warning() -> None:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-    ray.kill(probe)
+    try:  # an actor killed before it exists makes the GCS log an E line of its own ("Failed to kill actor NIL_ID")
+        ray.get(probe.__ray_ready__.remote(), timeout=PROBE_READY_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        pass
+    finally:
+        ray.kill(probe)
 
 
 def start_on_driver_node(cls: type) -> ray.actor.ActorHandle:
