@@ -1,6 +1,8 @@
-"""Expand the job's containers, inside Ray tasks: the images of a Parquet file, WebDataset shard or list file.
+"""Expand the job's containers, inside Ray tasks: the images of a local folder, Parquet file, WebDataset shard or
+list file.
 
-A Parquet file gives each row's image bytes (from its image-bytes column, or a Hugging Face
+A local folder (one that holds images, listed by :func:`pipeline.label.inputs.iter_folder` in a task, so that
+millions of paths never reach the driver) gives each image file under it. A Parquet file gives each row's image bytes (from its image-bytes column, or a Hugging Face
 ``{"bytes", "path"}`` struct) or, with only a path column, the file each row names (relative paths are
 taken from the Parquet file's folder, as in list files). A WebDataset ``.tar`` shard gives each
 sample's first image member (one whose name is not UTF-8 is an error row). ``pipeline.label.inputs``
