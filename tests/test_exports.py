@@ -68,11 +68,21 @@ def test_yolo_polygons_keep_holes_and_parts() -> None:
         assert np.array_equal(drawn[value], label_map == value), value  # exact without simplification
 
 
+def ultralytics_dataset_root(data: dict, yaml_file: Path, datasets_dir: Path) -> Path:
+    """Where Ultralytics looks for a dataset (``ultralytics.data.utils.check_det_dataset``, its documented rule): the
+    yaml's ``path``, else the yaml's folder, a relative one joined to its ``datasets_dir`` setting."""
+    path = Path(data.get("path") or yaml_file.parent)
+    return path if path.is_absolute() else (datasets_dir / path).resolve()
+
+
 def test_yolo_seg_layout(run, tmp_path: Path) -> None:
     summary = _export(run.out, "yolo-seg", tmp_path / "yolo", "--tolerance", "0")
     assert summary["images"] == len(run.predictions)
     data = yaml.safe_load((tmp_path / "yolo" / "data.yaml").read_text())
     assert data["names"] == dict(enumerate(VOCABULARY.names)) and data["train"] == "images"
+    # `yolo train data=yolo/data.yaml` from another folder, whatever Ultralytics' datasets_dir is, finds the export
+    root = ultralytics_dataset_root(data, Path("yolo/data.yaml"), tmp_path / "elsewhere")
+    assert root == (tmp_path / "yolo").resolve() and (root / data["train"]).is_dir()
     labels = sorted((tmp_path / "yolo" / "labels").rglob("*.txt"))
     assert len(labels) == len(run.predictions)
     maps = {Path(path).stem: m for path, m in _class_maps(run).items()}

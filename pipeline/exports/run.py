@@ -90,7 +90,7 @@ def export_format(spec: str | os.PathLike[str], options: FormatOptions) -> dict[
             if options.format == "yolo-seg":
                 from .yolo_seg import write_yolo_seg
 
-                counts = write_yolo_seg(source, folder, options.tolerance)
+                counts = write_yolo_seg(source, folder, target, options.tolerance)
             elif options.format == "label-studio":
                 from .label_studio import DEFAULT_IMAGE_URL, write_label_studio
 

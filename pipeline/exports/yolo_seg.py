@@ -94,10 +94,13 @@ def rasterize(lines: list[str], height: int, width: int, num_classes: int) -> np
     return masks.astype(bool)
 
 
-def write_yolo_seg(source: LabelSource, folder: Path, tolerance: float = DEFAULT_TOLERANCE) -> dict[str, int]:
+def write_yolo_seg(
+    source: LabelSource, folder: Path, root: Path, tolerance: float = DEFAULT_TOLERANCE
+) -> dict[str, int]:
     """Write the layout into ``folder`` (new and empty): each image into ``images/`` (as the run read it:
     :mod:`pipeline.run_images`) and its label file into ``labels/`` under the same relative name, and
-    ``data.yaml``. Returns ``{"images", "polygons"}``."""
+    ``data.yaml``, whose ``path`` is ``root``, where ``folder`` will be (absolute). Returns ``{"images",
+    "polygons"}``."""
     items = list(source.images())
     names = mask_file_names([(item.image_path, item.image_id) for item in items], suffix="")
     polygons = 0
@@ -113,6 +116,8 @@ def write_yolo_seg(source: LabelSource, folder: Path, tolerance: float = DEFAULT
         image.parent.mkdir(parents=True, exist_ok=True)
         image.write_bytes(data)
     names_by_index = dict(enumerate(source.vocabulary.names))
-    data = {"path": ".", "train": "images", "val": "images", "names": names_by_index}
+    # Ultralytics resolves a relative `path` against its own DATASETS_DIR setting, neither the yaml's folder nor
+    # the working directory (ultralytics.data.utils.check_det_dataset): only an absolute one works from anywhere.
+    data = {"path": str(root.resolve()), "train": "images", "val": "images", "names": names_by_index}
     (folder / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return {"images": len(items), "polygons": polygons}

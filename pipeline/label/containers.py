@@ -2,11 +2,11 @@
 list file.
 
 A local folder (one that holds images, listed by :func:`pipeline.label.inputs.iter_folder` in a task, so that
-millions of paths never reach the driver) gives each image file under it. A Parquet file gives each row's image bytes (from its image-bytes column, or a Hugging Face
-``{"bytes", "path"}`` struct) or, with only a path column, the file each row names (relative paths are
-taken from the Parquet file's folder, as in list files). A WebDataset ``.tar`` shard gives each
-sample's first image member (one whose name is not UTF-8 is an error row). ``pipeline.label.inputs``
-lists the containers and checks the first Parquet schema up front, on the driver.
+millions of paths never reach the driver) gives each image file under it. A Parquet file gives each row's image
+bytes (from its image-bytes column, or a Hugging Face ``{"bytes", "path"}`` struct) or, with only a path column,
+the file each row names (relative paths are taken from the Parquet file's folder, as in list files). A
+WebDataset ``.tar`` shard gives each sample's first image member (one whose name is not UTF-8 is an error row).
+``pipeline.label.inputs`` lists the containers and checks the first Parquet schema up front, on the driver.
 """
 
 from __future__ import annotations
