@@ -52,6 +52,9 @@ class OutputConflictError(UserError):
     a run whose ``manifest.json`` is lost or damaged, or files of something else."""
 
 
+# The smoke test's generated images (``pipeline.label.smoke``), which a job writes into its output folder before
+# its manifest.
+SMOKE_INPUTS = "smoke-inputs.parquet"
 # Paths reported in manifest.json when the output holds an image_path twice.
 MAX_REPORTED_DUPLICATES = 100
 MANIFEST = "manifest.json"
@@ -377,6 +380,6 @@ def _difference(key: str, run: Any, command: Any) -> str:
 
 def _made_before_manifest(name: str) -> bool:
     """Whether an entry of the output folder is one a labeling job writes before its ``manifest.json`` (its lock,
-    with filelock's own files beside it: a job stopped that early leaves them), or the temporary file of an
-    atomic write a kill left behind."""
-    return name.startswith(LOCK_NAME) or (name.startswith(".") and name.endswith(".tmp"))
+    with filelock's own files beside it, and the smoke test's images: a job stopped that early leaves them), or
+    the temporary file of an atomic write a kill left behind."""
+    return name == SMOKE_INPUTS or name.startswith(LOCK_NAME) or (name.startswith(".") and name.endswith(".tmp"))

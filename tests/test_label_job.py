@@ -661,3 +661,17 @@ def test_gpu_job_in_bf16_labels_like_the_cpu_job(inputs: dict, tmp_path: Path) -
     assert label_maps["gpu"].keys() == label_maps["cpu"].keys() == {str(p) for p in inputs["good"]}
     agreement = np.mean([np.mean(label_maps["gpu"][k] == label_maps["cpu"][k]) for k in label_maps["cpu"]])
     assert agreement >= 0.99, f"bf16 on the GPU agrees with fp32 on the CPU on {agreement:.2%} of the pixels"
+
+
+def test_a_smoke_run_without_input_labels_images_stored_in_its_output(local_ray, tmp_path: Path) -> None:
+    """``--smoke-test`` alone: its generated images are a Parquet file of image bytes in the output folder (where
+    cluster workers read them), named as the run's input; a rerun finds them labeled."""
+    (tmp_path / "vocab.txt").write_text("cat\nsky\n")
+    options = {"vocab": str(tmp_path / "vocab.txt"), "output": str(tmp_path / "out"), "smoke_test": True}
+    manifest = run_label_job(LabelOptions(**options, progress=False))
+    assert manifest["status"] == "complete" and manifest["counts"]["new_labeled"] == 8
+    assert manifest["input"] == str(tmp_path / "out" / "smoke-inputs.parquet")
+    paths = RunOutput(tmp_path / "out").read_predictions(["image_path"]).column(0).to_pylist()
+    assert sorted(paths) == [f"smoke_{i:02d}.{'jpg' if i % 2 else 'png'}" for i in range(8)]
+    again = run_label_job(LabelOptions(**options, progress=False))
+    assert again["counts"]["new_labeled"] == 0 and again["counts"]["skipped"] == 8

@@ -17,7 +17,7 @@ from pipeline.cli import flag
 from pipeline.label.inputs import InputError
 from pipeline.label.job import LabelOptions, run_label_job
 from pipeline.output_lock import LOCK_NAME
-from pipeline.outputs import OutputConflictError, RunOutput
+from pipeline.outputs import SMOKE_INPUTS, OutputConflictError, RunOutput
 from pipeline.vocabulary import parse_vocabulary
 from san.errors import OptionError
 
@@ -199,6 +199,7 @@ def test_labels_without_their_manifest_or_with_a_damaged_one_are_not_resumed(tmp
 def test_what_a_job_leaves_before_its_manifest_does_not_block_a_rerun(tmp_path: Path) -> None:
     out = RunOutput(tmp_path / "out")
     out.root.mkdir(parents=True)
+    (out.root / SMOKE_INPUTS).write_bytes(b"PAR1")
     (out.root / LOCK_NAME).write_text("")
     (out.root / ".manifest.json.0123.tmp").write_text("{")
     out.check_compatible({"model": "x"})

@@ -34,7 +34,7 @@ from san.settings import PredictionSettings
 from ..disk_space import OutputFullError, is_out_of_space, out_of_space
 from ..output_lock import exclusive_output
 from ..output_shards import set_aside_name
-from ..outputs import MAX_REPORTED_DUPLICATES, RunOutput
+from ..outputs import MAX_REPORTED_DUPLICATES, SMOKE_INPUTS, RunOutput
 from ..stopping import StopRequested, stop_on_sigterm
 from ..vocabulary import Vocabulary, load_vocabulary
 from .attempts import start_ledger
@@ -46,7 +46,7 @@ from .model_stage import NULL_MODEL, SMOKE_MODEL, ModelSpec, ModelStage, WorkerS
 from .options import LabelOptions
 from .resources import ResourcePlan, init_ray, plan_resources
 from .resume import MAX_REPORTED_CHANGES, SkipLabeled, start_tally
-from .smoke import smoke_images
+from .smoke import write_smoke_inputs
 from .write import WriteStage
 
 # Upper bound on the containers' blocks (each costs some scheduling overhead).
@@ -139,7 +139,7 @@ def _label(
             file=sys.stderr,
         )
     if options.smoke_test and options.input is None:
-        options.input = str(smoke_images())
+        options.input = str(write_smoke_inputs(output.root / SMOKE_INPUTS))
     resolved = resolve_inputs(options.input, exclude=options.output, bytes_column=options.bytes_column)
 
     init_ray()

@@ -1,57 +1,31 @@
 """Generated images for ``--smoke-test``: see the whole flow without data or weights.
 
-They are written once into a per-user cache folder (:func:`smoke_images`), never into a run's output folder,
-so that input listing and the output folder's checks need not know about them; reviews and exports of a smoke
-run read them from there, as any run's input.
+They are one Parquet file of image bytes in the output folder (``OUT/smoke-inputs.parquet``), named as the run's
+``--input``: an explicitly named Parquet file is read as any other, so input listing needs no exception for it,
+and on a cluster the workers read it where they write their results.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
+import io
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
-# Images written: a new folder name when what is generated changes, so that no cache holds stale ones.
-SMOKE_FOLDER = "smoke-images-v1"
+from san.atomic import write_atomic
 
 
-def smoke_images_folder() -> Path:
-    """``$XDG_CACHE_HOME/san-labeler/smoke-images-v1`` (default ``~/.cache``)."""
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache, "san-labeler", SMOKE_FOLDER)
-
-
-def smoke_images() -> Path:
-    """The folder of the smoke test's images, written on first use (whole or not at all: generated into a
-    temporary folder beside it and renamed, so that jobs started together never see half of them)."""
-    folder = smoke_images_folder()
-    if folder.is_dir():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        write_smoke_images(staging)
-        staging.rename(folder)
-    except OSError:
-        if not folder.is_dir():  # another job's rename won the race: its images are the same
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
-
-
-def write_smoke_images(folder: Path, count: int = 8, seed: int = 0) -> Path:
-    """Write ``count`` synthetic RGB JPEG/PNG images of mixed sizes (gradients, discs, stripes)."""
-    folder.mkdir(parents=True, exist_ok=True)
+def smoke_images(count: int = 8, seed: int = 0) -> dict[str, bytes]:
+    """``count`` synthetic RGB images of mixed sizes (gradients, discs, stripes): file name -> PNG or JPEG bytes."""
     rng = np.random.default_rng(seed)
+    images = {}
     for i in range(count):
         height, width = int(rng.integers(96, 320)), int(rng.integers(96, 320))
         y, x = np.mgrid[0:height, 0:width]
-        image = np.stack(
+        pixels = np.stack(
             [
                 255 * x / width,
                 127 + 127 * np.sin(y / rng.uniform(5, 20)),
@@ -59,6 +33,16 @@ def write_smoke_images(folder: Path, count: int = 8, seed: int = 0) -> Path:
             ],
             axis=-1,
         ).astype(np.uint8)
-        suffix = ".jpg" if i % 2 else ".png"
-        Image.fromarray(image).save(folder / f"smoke_{i:02d}{suffix}")
-    return folder
+        kind, suffix = ("JPEG", ".jpg") if i % 2 else ("PNG", ".png")
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format=kind)
+        images[f"smoke_{i:02d}{suffix}"] = buffer.getvalue()
+    return images
+
+
+def write_smoke_inputs(path: Path) -> Path:
+    """Write :func:`smoke_images` to the Parquet file ``path`` (columns ``image_path``, ``image_bytes``), whole
+    or not at all."""
+    images = smoke_images()
+    table = pa.table({"image_path": list(images), "image_bytes": list(images.values())})
+    return write_atomic(path, lambda tmp: pq.write_table(table, tmp))
