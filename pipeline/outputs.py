@@ -130,8 +130,8 @@ class RunOutput:
                 f"{manifest} cannot be read ({reason}): it names the vocabulary and model of the labels in "
                 f"{self.root}; restore it from a backup to resume that run, or choose a new `output`"
             ) from None
-        identity = content.get("identity") if isinstance(content, dict) else None
-        if not isinstance(identity, dict):
+        identity = manifest_identity(content)
+        if identity is None:
             raise OutputConflictError(
                 f"{manifest} is not a labeling run's manifest (it has no identity); choose a new or empty `output`"
             )
@@ -376,6 +376,13 @@ def _difference(key: str, run: Any, command: Any) -> str:
         return _DIGESTS[key]
     name = "the vocabulary's minimum scores (@)" if key == "class_min_scores" else f"`{key}`"
     return f"{name} {json.dumps(run)} (this command: {json.dumps(command)})"
+
+
+def manifest_identity(content: Any) -> dict[str, Any] | None:
+    """The run's ``identity`` in a parsed ``manifest.json`` (``None`` when it is no labeling run's manifest): what
+    makes a folder a labeling run's output."""
+    identity = content.get("identity") if isinstance(content, dict) else None
+    return identity if isinstance(identity, dict) else None
 
 
 def _made_before_manifest(name: str) -> bool:

@@ -19,9 +19,10 @@ import pyarrow.parquet as pq
 
 from san.errors import UserError
 
+from ..outputs import MANIFEST
 from .globs import glob_match, has_wildcard, relative_parts, split_glob
 from .local_files import missing_reason, not_regular_reason, undecodable_name
-from .walk import RUN_MANIFEST, Exclusion, excluded, hidden, holds_other_files, is_run_folder, visible_entries, walk
+from .walk import Exclusion, excluded, hidden, holds_other_files, is_run_folder, visible_entries, walk
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
@@ -138,7 +139,7 @@ def check_outside_runs(spec: str, output: str) -> None:
         if folder == output_path:
             raise InputError(_inside_run_message(spec, f"the `output` folder {output}"))
         if is_run_folder(fs, folder):
-            raise InputError(_inside_run_message(spec, f"the labeling run folder {folder} (it has {RUN_MANIFEST})"))
+            raise InputError(_inside_run_message(spec, f"the labeling run folder {folder} (it has {MANIFEST})"))
         if folder == posixpath.dirname(folder):
             return
         folder = posixpath.dirname(folder)

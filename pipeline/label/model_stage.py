@@ -122,7 +122,7 @@ class ModelStage:
         self.attempts = Attempts(worker.attempts)
         self.vocabulary = Vocabulary.from_json(vocabulary)
         self.settings = settings
-        self.unlabeled, self.label_dtype = label_encoding(len(self.vocabulary.names))
+        self.label_dtype = label_encoding(len(self.vocabulary.names))[1]
         if model.model == NULL_MODEL:
             self.predictor = NullPredictor(len(self.vocabulary.names))
             return

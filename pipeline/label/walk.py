@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterator
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from ..outputs import MANIFEST, manifest_identity
 from .globs import relative_parts
 from .local_files import iter_local, walk_local
 
 __all__ = [
-    "RUN_MANIFEST",
     "Exclusion",
     "excluded",
     "hidden",
@@ -27,18 +27,17 @@ __all__ = [
 
 # A folder to leave out of listings: (filesystem type name, normalised path).
 Exclusion = tuple[str, str] | None
-# The file that makes a folder a labeling run's output (``pipeline.outputs``).
-RUN_MANIFEST = "manifest.json"
 
 
 def is_run_folder(fs: pafs.FileSystem, folder: str) -> bool:
-    """Whether ``folder`` is a labeling run's output: it holds a ``manifest.json`` with the run's ``identity``."""
+    """Whether ``folder`` is a labeling run's output: it holds a ``manifest.json`` with the run's ``identity``
+    (:func:`pipeline.outputs.manifest_identity`)."""
     try:
-        with fs.open_input_stream(posixpath.join(folder, RUN_MANIFEST)) as handle:
+        with fs.open_input_stream(posixpath.join(folder, MANIFEST)) as handle:
             content = json.loads(handle.read())
     except (OSError, ValueError, pa.ArrowException):  # no manifest, or none of a run
         return False
-    return isinstance(content, dict) and isinstance(content.get("identity"), dict)
+    return manifest_identity(content) is not None
 
 
 def excluded(fs: pafs.FileSystem, path: str, exclusion: Exclusion) -> bool:
@@ -61,7 +60,7 @@ def walk(
         runs = {
             posixpath.dirname(e.path)
             for e in entries
-            if e.base_name == RUN_MANIFEST and e.path != posixpath.join(root, RUN_MANIFEST)
+            if e.base_name == MANIFEST and e.path != posixpath.join(root, MANIFEST)
         }
         runs = {folder for folder in runs if is_run_folder(fs, folder)}
         return [e for e in entries if not excluded(fs, e.path, exclusion) and not in_any(e.path, runs)], {}

@@ -158,8 +158,8 @@ class CpuInferenceKernels(TorchFunctionMode):
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if func is F.linear and self.choice.float32_linear and _linear_is_swapped(*args, **kwargs):
-            return onednn_linear(*args, **kwargs)
+        if func is F.linear:
+            return inference_linear(*args, **kwargs, choice=self.choice)
         if func is F.scaled_dot_product_attention and _attention_is_swapped(self.choice, *args, **kwargs):
             mask = _argument(args, kwargs, 3, "attn_mask")
             return blocked_attention(*args[:3], attn_mask=mask, scale=kwargs.get("scale"))
@@ -217,10 +217,14 @@ def cpu_inference_kernels(device: torch.device) -> contextlib.AbstractContextMan
     return contextlib.nullcontext()
 
 
-def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear``, through :func:`onednn_linear` wherever :class:`CpuInferenceKernels` would send it there, with
-    or without the mode: for code outside the model whose results must not depend on where it is called from
+def inference_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, choice: KernelChoice | None = None
+) -> torch.Tensor:
+    """``F.linear``, through :func:`onednn_linear` where ``choice`` (default: this CPU's :func:`kernel_choice`)
+    swaps float32 products and the call is one the swap handles: what :class:`CpuInferenceKernels` does, and
+    what code outside the model uses so that its results do not depend on where it is called from
     (post-processing, by ``predict_*`` or on its own)."""
-    if _linear_is_swapped(x, weight, bias) and kernel_choice().float32_linear:
+    choice = kernel_choice() if choice is None else choice
+    if choice.float32_linear and _linear_is_swapped(x, weight, bias):
         return onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
