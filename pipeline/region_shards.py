@@ -5,7 +5,9 @@ the image model (``jobs/relabel.py``) and texts are searched (``jobs/search.py``
 One row per image: its ``image_path``, ``image_id`` and ``generation`` (as in ``predictions/``), the sizes the
 post-processing needs, and two arrays stored as raw little-endian bytes in C order, of the row's ``dtype``
 (``float32`` or ``float16``): ``mask_preds`` ``[Q, mask_height, mask_width]`` (mask logits) and ``mask_embs``
-``[Q, embed_dim]`` (the recognition embeddings whose product with the classifier gives the class logits).
+``[Q, embed_dim]`` (the recognition embeddings whose product with the classifier gives the class logits); and
+``mask_quality`` ``[Q]`` float32, each region's mean mask probability over its own pixels (:func:`mask_quality`),
+so that a search ranks regions without reading their masks.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["REGION_DTYPES", "REGION_SCHEMA", "StoredRegions", "regions_row", "stored_regions"]
+__all__ = ["REGION_DTYPES", "REGION_SCHEMA", "StoredRegions", "mask_quality", "regions_row", "stored_regions"]
 
 #: ``--keep-regions`` value -> the numpy dtype its arrays are stored in.
 REGION_DTYPES: dict[str, np.dtype] = {"fp32": np.dtype("<f4"), "fp16": np.dtype("<f2")}
@@ -43,6 +45,7 @@ REGION_SCHEMA = pa.schema(
         # large_binary: a shard of a thousand images at fp32 holds about 1 GB of masks.
         ("mask_preds", pa.large_binary()),
         ("mask_embs", pa.large_binary()),
+        ("mask_quality", pa.binary()),
     ]
 )
 
@@ -53,7 +56,7 @@ class StoredRegions:
 
     ``mask_preds`` ``[Q, h, w]``: mask logits at 1/16 of the padded model input; ``mask_embs`` ``[Q, D]``;
     ``padded_size``: the padded model input ``(Hp, Wp)``; ``input_size``: the resized image inside it ``(Hi, Wi)``;
-    ``size``: the original image ``(H, W)``, at which label maps are made."""
+    ``size``: the original image ``(H, W)``, at which label maps are made; ``mask_quality`` ``[Q]`` float32."""
 
     image_path: str
     image_id: int
@@ -62,6 +65,7 @@ class StoredRegions:
     padded_size: tuple[int, int]
     input_size: tuple[int, int]
     size: tuple[int, int]
+    mask_quality: np.ndarray
 
 
 def regions_row(
@@ -98,7 +102,21 @@ def regions_row(
         "width": int(size[1]),
         "mask_preds": np.ascontiguousarray(mask_preds, dtype=stored).tobytes(),
         "mask_embs": np.ascontiguousarray(mask_embs, dtype=stored).tobytes(),
+        "mask_quality": mask_quality(mask_preds, padded_size, input_size).tobytes(),
     }
+
+
+def mask_quality(mask_preds: np.ndarray, padded_size: tuple[int, int], input_size: tuple[int, int]) -> np.ndarray:
+    """Each region's mask quality ``[Q]`` float32 from its mask logits ``[Q, h, w]``: the mean of ``sigmoid(mask)``
+    over the mask cells above 0.5 (the mask score Mask2Former gives an instance), 0 for a region with no such
+    cell. Only the cells of the image count, not its padding (``input_size`` inside ``padded_size``)."""
+    queries, height, width = mask_preds.shape
+    rows = -(-input_size[0] * height // padded_size[0])
+    columns = -(-input_size[1] * width // padded_size[1])
+    probs = 1.0 / (1.0 + np.exp(-mask_preds[:, :rows, :columns].astype(np.float32).reshape(queries, -1)))
+    inside = probs > 0.5
+    count = inside.sum(axis=1)
+    return np.where(count > 0, (probs * inside).sum(axis=1) / np.maximum(count, 1), 0.0).astype("<f4")
 
 
 def stored_regions(row: dict[str, Any]) -> StoredRegions:
@@ -114,4 +132,5 @@ def stored_regions(row: dict[str, Any]) -> StoredRegions:
         padded_size=(row["padded_height"], row["padded_width"]),
         input_size=(row["input_height"], row["input_width"]),
         size=(row["height"], row["width"]),
+        mask_quality=np.frombuffer(row["mask_quality"], "<f4"),
     )
