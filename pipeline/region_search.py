@@ -174,8 +174,8 @@ def search_run(
     shards = shard_files(root / REGIONS_FOLDER)
     if not shards:
         raise RegionSearchError(
-            f"{root} has no kept regions ({REGIONS_FOLDER}/ is empty or missing): label with `keep_regions` "
-            "(jobs/label.py --keep-regions) to search a run"
+            f"{root} has no kept regions ({REGIONS_FOLDER}/ is empty or missing): label it with jobs/label.py "
+            "and its `keep_regions` option to search it"
         )
     classifier, index = run_classifier(root, query)
     newest = _newest_generation(shards)
