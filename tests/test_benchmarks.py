@@ -88,3 +88,10 @@ def test_speed_vs_official_says_how_to_set_up_the_official_side(tmp_path: Path) 
     assert f"--official-tree / $SANREF: {missing}" in done.stderr, "names what is missing"
     assert "--official-python / $SAN_OFFICIAL_PYTHON: not given" in done.stderr
     assert "fetch github:MendelXu/SAN" in done.stderr and "open_clip_torch==2.16.0" in done.stderr, "says how"
+
+
+def test_region_search_benchmark_times_a_synthetic_run(tmp_path: Path) -> None:
+    report = tmp_path / "search.md"
+    run_script("region_search.py", "--images", "300", "--write", str(report))
+    [row] = table_rows(report)
+    assert row[0] == "300" and float(row[2].removesuffix(" s")) > 0, row
