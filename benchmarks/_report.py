@@ -20,9 +20,19 @@ def cpu_description() -> str:
         + [f"{str(t)[6:]} attention" for t in sorted(choice.attention_dtypes, key=str)]
     )
     return (
-        f"{platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()}, bf16 units: "
+        f"{_cpu_model()} ({torch.backends.cpu.get_cpu_capability()}, bf16 units: "
         f"{', '.join(cpu_bf16_units()) or 'none'}; oneDNN kernels: {swapped or 'none'})"
     )
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else the machine's architecture."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 def emit(lines: list[str], write: Path | None) -> None:

@@ -1,8 +1,13 @@
-"""The labeling pipeline alone, with ``--model null`` (a fixed label map, no model): images/s of the whole
-job (Ray start-up included), the driver process's CPU share, scaling from 1 to 2 CPUs, and the mean images
-per model call on a mix of aspect ratios.
+"""The labeling pipeline alone, with ``--model null`` (a fixed label map, no model), beside a plain one-process
+loop doing the same per-image work on the same files: images/s of the whole job (Ray start-up included) and
+after its first result, at each batch size and number of CPUs, the ratio to the loop, the driver process's CPU
+share, and the mean images per model call on a mix of aspect ratios.
 
-    python benchmarks/null_pipeline.py --images 5000 --cpus 1 2 --write BENCHMARKS.md
+    python benchmarks/null_pipeline.py --images 5000 --cpus 1 2 --batch-sizes 4 16 --write BENCHMARKS.md
+
+The loop, in this process on one core: read the file, decode, resize to SAN's input size, the null model's
+label map at the original size, its PNG, and the RLE and box of each class (the project's own functions for
+each step, as the job's stages call them).
 
 Each number is printed with the load average of the machine when it was measured: on a shared machine,
 rerun the printed command when it is quiet.
@@ -43,9 +48,35 @@ def write_jpegs(folder: Path, count: int, sizes: list[tuple[int, int]]) -> Path:
     return folder
 
 
+def plain_loop(images: Path, vocab: Path) -> dict[str, float]:
+    """The job's per-image work in one loop, one image at a time: images/s and CPU ms per image."""
+    from pipeline.label.images import decode_image
+    from pipeline.label.inputs import read_bytes
+    from pipeline.label.model_stage import NullPredictor
+    from pipeline.segments import encode_label_map_png, label_map_segments
+    from pipeline.vocabulary import load_vocabulary
+    from san.settings import PredictionSettings
+
+    vocabulary = load_vocabulary(str(vocab))
+    resize = PredictionSettings().resize
+    null = NullPredictor(len(vocabulary))
+    files = sorted(images.iterdir())
+    wall, cpu = time.perf_counter(), time.process_time()
+    for path in files:
+        image = decode_image(read_bytes(str(path)))
+        [labels] = null.predict([resize(image)], [image.shape[:2]])
+        encode_label_map_png(labels.label_map, ignore_value=labels.unlabeled)
+        label_map_segments(
+            labels.label_map, labels.scores, vocabulary.names, vocabulary.category_ids, ignore_value=labels.unlabeled
+        )
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"images_per_second": len(files) / wall, "cpu_ms_per_image": 1000 * cpu / len(files)}
+
+
 def run(images: Path, output: Path, cpus: int, batch_size: int) -> dict[str, float]:
-    """The null-model job on a fresh local Ray of ``cpus`` CPUs: images/s (whole job), the driver's CPU
-    seconds per wall second, images per model call, and the 1-minute load average at the end."""
+    """The null-model job on a fresh local Ray of ``cpus`` CPUs: images/s (whole job, and after the first
+    result), the driver's CPU seconds per wall second, images per model call, and the 1-minute load average
+    at the end."""
     ray.init(address="local", num_cpus=cpus, logging_level="ERROR")
     options = LabelOptions(
         vocab=str(ROOT / "samples" / "vocab.txt"),
@@ -63,6 +94,8 @@ def run(images: Path, output: Path, cpus: int, batch_size: int) -> dict[str, flo
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return {
         "images_per_second": manifest["counts"]["labeled"] / wall,
+        "steady_images_per_second": manifest["timings"]["images_per_second_after_first_result"],
+        "first_result_seconds": manifest["timings"]["first_result_seconds"],
         "driver_cpu_share": cpu / wall,
         "images_per_model_call": manifest["timings"]["images_per_model_call"],
         "seconds": wall,
@@ -75,36 +108,44 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=5000, help="640x480 JPEGs for the throughput runs")
     parser.add_argument("--mixed-images", type=int, default=1024, help="JPEGs of mixed aspect ratios")
     parser.add_argument("--cpus", type=int, nargs="+", default=[1, 2], help="Ray CPUs of each throughput run")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--write", type=Path, help="append the tables to this Markdown file")
     args = parser.parse_args()
+    from _report import cpu_description
+
     command = shlex.join(["python", *sys.argv])
     rows, load_before = [], os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         images = write_jpegs(Path(tmp) / "photos", args.images, [(640, 480)])
-        for cpus in args.cpus:
-            rows.append((cpus, run(images, Path(tmp) / f"out-{cpus}", cpus, args.batch_size)))
+        loop = plain_loop(images, ROOT / "samples" / "vocab.txt")
+        for batch_size in args.batch_sizes:
+            for cpus in args.cpus:
+                result = run(images, Path(tmp) / f"out-{cpus}-{batch_size}", cpus, batch_size)
+                rows.append((batch_size, cpus, result))
         mixed = write_jpegs(Path(tmp) / "mixed", args.mixed_images, MIXED_SIZES)
-        fill = run(mixed, Path(tmp) / "out-mixed", max(args.cpus), args.batch_size)
-    base = rows[0][1]["images_per_second"]
+        fill = run(mixed, Path(tmp) / "out-mixed", max(args.cpus), max(args.batch_sizes))
+    rate = loop["images_per_second"]
     table = [
-        f"### Labeling pipeline with `--model null` ({time.strftime('%Y-%m-%d %H:%M')})",
+        f"### Labeling pipeline with `--model null` beside a plain loop ({time.strftime('%Y-%m-%d %H:%M')})",
         "",
-        f"{args.images} JPEGs of 640x480, batch {args.batch_size}, local Ray; load average before: "
-        f"{load_before:.2f}. Command: `{command}`",
+        f"{args.images} JPEGs of 640x480, local Ray; CPU: {cpu_description()}, {os.cpu_count()} CPUs; load average "
+        f"before: {load_before:.2f}. Command: `{command}`",
         "",
-        "| Ray CPUs | img/s, whole job | vs first row | driver CPU share (of one core) | seconds | load average |",
-        "| --- | --- | --- | --- | --- | --- |",
+        f"Plain loop, one process on one core: {rate:.1f} img/s, {loop['cpu_ms_per_image']:.1f} ms of CPU per image.",
+        "",
+        "| batch | Ray CPUs | img/s, whole job | after first result | whole job / loop | CPU per image / loop's "
+        "| first result | driver CPU share (of one core) | load average |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *[
-            f"| {cpus} | {r['images_per_second']:.1f} | {r['images_per_second'] / base:.2f}x | "
-            f"{r['driver_cpu_share']:.1%} | {r['seconds']:.1f} | {r['load']:.2f} |"
-            for cpus, r in rows
+            f"| {batch} | {cpus} | {r['images_per_second']:.1f} | {r['steady_images_per_second']:.1f} | "
+            f"{r['images_per_second'] / rate:.2f}x | {cpus * rate / r['images_per_second']:.2f}x | "
+            f"{r['first_result_seconds']:.1f} s | {r['driver_cpu_share']:.1%} | {r['load']:.2f} |"
+            for batch, cpus, r in rows
         ],
         "",
         f"Batch fill: {args.mixed_images} JPEGs cycling 4:3, 3:4, 16:9 and 1:1 (short side 480), batch "
-        f"{args.batch_size}: {fill['images_per_model_call']:.2f} images per model call "
-        f"({fill['images_per_model_call'] / args.batch_size:.0%} of {args.batch_size}; load average "
-        f"{fill['load']:.2f}).",
+        f"{max(args.batch_sizes)}: {fill['images_per_model_call']:.2f} images per model call "
+        f"({fill['images_per_model_call'] / max(args.batch_sizes):.0%}; load average {fill['load']:.2f}).",
         "",
     ]
     emit(table, args.write)
