@@ -205,6 +205,8 @@ def partial(run):
     """The run's default dataset, loaded from a selection that ranks by mIoU (Ray tasks) and a random one."""
     import ray
 
+    if not ray.is_initialized():  # a private local Ray, whatever cluster this machine runs (as test_cluster.py)
+        ray.init(address="local", num_cpus=2, logging_level="ERROR")
     select = [parse_select("lowest-miou:3"), parse_select("random:4:seed=5")]
     dataset = load_run(run.out, str(run.gt_dir), run.gt_classes, select=select, max_class_views=0)
     yield dataset

@@ -55,9 +55,8 @@ SYNTAX = "KIND:N or KIND:N:seed=S, KIND one of least-confident, random, per-clas
 INFO_KEY = "selection"
 """``dataset.info`` key of a dataset loaded from a selection (a partial dataset): :meth:`Selection.info`."""
 
-# Parquet leaf columns of the segments' score and class (a nested column read alone: no RLE is read).
-_SCORE = "segments.list.element.score"
-_CATEGORY = "segments.list.element.category_id"
+# The segments' fields the scan reads, as Parquet leaf columns (a nested column read alone: no RLE is read).
+_SEGMENT_FIELDS = ("score", "category_id")
 _KEY_COLUMNS = ["image_path", "image_id", "generation"]
 _THREADS = min(4, os.cpu_count() or 1)  # Parquet decoding releases the GIL
 # splitmix64's constants (Steele, Lea, Flood 2014).
@@ -144,7 +143,10 @@ def _scan_shard(index: int, shard: Path, segments: bool) -> tuple[pa.Table, pa.T
     with reading_shard(shard):
         file = pq.ParquetFile(shard)
         present = file.schema_arrow.names
-        table = file.read(columns=[c for c in _KEY_COLUMNS if c in present] + [_SCORE, _CATEGORY])
+        # Leaf paths as the file names them ("segments.list.element.score"; older writers said "item").
+        leaves = [file.schema.column(i).path for i in range(file.metadata.num_columns)]
+        wanted = [p for p in leaves if p.startswith("segments.") and p.rsplit(".", 1)[1] in _SEGMENT_FIELDS]
+        table = file.read(columns=[c for c in _KEY_COLUMNS if c in present] + wanted)
     n = table.num_rows
     order = (np.int64(index) << np.int64(32)) + np.arange(n, dtype=np.int64)
     lists = table.column("segments").combine_chunks()
