@@ -8,6 +8,7 @@ Examples:
     python jobs/export.py out/labels --format cvat --output cvat-masks.zip
     python jobs/export.py out/labels --format label-studio --output ls/ --image-url https://host/images/
     python jobs/export.py out/labels --format hf --output hf-dataset/
+    python jobs/export.py run+fiftyone:san-labels-1a2b3c4d --coco all.json  # the whole run, reviewed images as edited
 
 SOURCE for --coco and --masks is a FiftyOne dataset (NAME or fiftyone:NAME) or a labeling run's output
 folder that jobs/review.py loaded (then its dataset is exported). The current `predictions` masks are exported
@@ -19,6 +20,11 @@ succeeded.
 SOURCE for --format is a labeling run's output folder (its labels as the run wrote them) or a reviewed
 dataset, fiftyone:NAME (its masks as edited). Each format's layout and its convention for unlabeled
 pixels: docs/exports.md.
+
+A partial dataset (jobs/review.py --select) as fiftyone:NAME is its chosen images alone. For every image of its
+run, the chosen ones as reviewed and the others as the run labeled them, give run+fiftyone:NAME (with --coco,
+--masks and --format alike). A run's folder whose dataset is partial is refused for --coco and --masks, which
+would otherwise leave out the run's other images: give one of the two.
 """
 
 from __future__ import annotations
@@ -51,10 +57,12 @@ def main(args: argparse.Namespace) -> dict:
 
         summary = export_dataset(args.dataset, args.coco, args.masks)
         destinations = " and ".join(str(summary[key]) for key in ("coco", "masks") if summary[key])
+        selection = summary["selection"]
+        partial = f", a selection of its run's {selection['run_images']} images" if selection else ""
         print(
             f"exported {summary['images']} images, {summary['annotations']} annotations from dataset "
             f"{summary['dataset']} ({summary['edited_segments']} edited segments in {summary['edited_images']} "
-            f"images) to {destinations}"
+            f"images{partial}) to {destinations}"
         )
     if options.format is not None:
         written = export_format(args.dataset, options)

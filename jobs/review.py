@@ -4,6 +4,22 @@ Examples:
     python jobs/review.py out/labels
     python jobs/review.py out/labels --gt /data/ade/annotations --gt-classes ade150.txt --launch --port 5151
     python jobs/review.py out/labels --overwrite  # load it again, discarding the review edits of its dataset
+    python jobs/review.py out/labels --select least-confident:1000 --select random:500:seed=0 --select per-class:20
+    python jobs/review.py out/labels --gt /data/ade/annotations --select lowest-miou:100 --dataset worst-100
+
+--select KIND:N[:seed=S] loads only a chosen subset of the run (a partial dataset), the union of every --select:
+  least-confident:N    the N images with the lowest mean score of their segments (the unweighted mean over the
+                       image's classes, the `mean_score` field); images without segments are never chosen
+  random:N[:seed=S]    N images uniformly at random (default seed 0), the same for the same seed and run
+                       whatever its files; random:500:seed=S is part of random:1000:seed=S
+  per-class:N[:seed=S] for each vocabulary class, N random images whose predictions hold it
+  lowest-miou:N        the N images with the lowest mIoU against --gt (scored in Ray tasks: it reads every
+                       label map, as jobs/evaluate.py does); images without ground truth are never chosen
+The choice reads only the prediction files' small columns (paths, ids, segment scores and classes), then only
+the chosen rows in full. Each sample is tagged with the selections that chose it (e.g. `random:500:seed=0`;
+filter by tag in the App) and the dataset's info['selection'] records them and the run's size. A partial
+dataset exported or trained on as fiftyone:NAME is its images only; as run+fiftyone:NAME it is the whole run,
+its images as reviewed and the others as the run labeled them (jobs/export.py --help, docs/review.md).
 
 The dataset is persistent and named after the output folder (or --dataset). A dataset of that name is
 replaced only with --overwrite (it may hold mask edits made in the App; without the flag review.py refuses)
@@ -26,8 +42,9 @@ import argparse
 
 from pipeline.cli import job_parser, run_job
 from pipeline.review.app import check_address, serve_until_interrupted
-from pipeline.review.dataset import load_run
+from pipeline.review.dataset import load_run, selection_info
 from pipeline.review.metrics import compare_with_fiftyone
+from pipeline.review.selection import parse_select
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,6 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "but trailing ones are dropped, so a pixel of their value is an error (as jobs/evaluate.py)",
     )
     parser.add_argument("--ignore-index", type=int, default=255, help="ground-truth value to ignore (default 255)")
+    parser.add_argument(
+        "--select",
+        action="append",
+        metavar="KIND:N[:seed=S]",
+        help="load only these images (repeat it for the union): least-confident:N, random:N[:seed=S], "
+        "per-class:N[:seed=S], lowest-miou:N (with --gt); the kinds are described below",
+    )
     parser.add_argument("--dataset", help="FiftyOne dataset name (default: derived from OUT)")
     parser.add_argument(
         "--overwrite",
@@ -82,8 +106,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
+    select = [parse_select(text) for text in args.select or []]  # before any work: a refusal loads nothing
     if args.launch:
-        check_address(args.address, args.allow_remote)  # before any work: a refusal loads nothing
+        check_address(args.address, args.allow_remote)
     dataset = load_run(
         args.output,
         args.gt,
@@ -93,8 +118,11 @@ def main(args: argparse.Namespace) -> dict:
         max_class_views=None if args.class_views < 0 else args.class_views,
         overwrite=args.overwrite,
         mask_files=not args.masks_in_database,
+        select=select,
     )
-    print(f"dataset: {dataset.name} ({len(dataset)} samples)")
+    selection = selection_info(dataset)
+    chosen = f" of the run's {selection['run_images']}, chosen by {' '.join(selection['select'])}" if selection else ""
+    print(f"dataset: {dataset.name} ({len(dataset)} samples{chosen})")
     result: dict = {"dataset": dataset.name, "samples": len(dataset)}
     if args.gt is not None:
         comparison = compare_with_fiftyone(dataset)

@@ -1,10 +1,12 @@
 """``jobs/export.py --coco/--masks``: a reviewed dataset's labels (:mod:`pipeline.review.reviewed`) as COCO JSON in
-the labeling job's form, and as a folder of label-map PNGs."""
+the labeling job's form, and as a folder of label-map PNGs; ``run+fiftyone:NAME``: every image of the dataset's
+run, the dataset's as reviewed and the others as the run wrote them (a partial dataset, ``review.py --select``)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +15,12 @@ import fiftyone as fo
 from san.atomic import write_json_atomic
 
 from ..label.inputs import image_id as path_image_id
+from ..review.dataset import selection_info
 from ..review.errors import ReviewError
 from ..review.labels import dataset_vocabulary
-from ..review.reviewed import iter_reviewed_images, resolve_dataset
+from ..review.reviewed import iter_reviewed_images, iter_run_outside, resolve_dataset
 from ..segments import encode_label_map_png
+from ..sources.base import FIFTYONE_PREFIX, RUN_WITH_REVIEW_PREFIX, LabeledImage
 from ..vocabulary import Vocabulary
 from .coco import build_coco
 from .files import mask_file_names, new_folder
@@ -35,13 +39,37 @@ def _check_coco_target(ds: fo.Dataset, coco_path: Path) -> None:
         )
 
 
-def _mask_names(ds: fo.Dataset) -> dict[str, str]:
-    """Each sample's image path -> the relative file name of its mask PNG (see :func:`mask_file_names`)."""
+def _mask_names(ds: fo.Dataset, with_run: bool) -> dict[str, str]:
+    """Each sample's image path (``with_run``: and each of the run's others) -> the relative file name of its mask
+    PNG (see :func:`mask_file_names`)."""
     paths = ds.values("image_path") if ds.has_sample_field("image_path") else ds.values("filepath")
     filepaths = ds.values("filepath")
     paths = [p or f for p, f in zip(paths, filepaths, strict=True)]
     ids = ds.values("image_id") if ds.has_sample_field("image_id") else [None] * len(paths)
-    return mask_file_names([(p, i if i is not None else path_image_id(p)) for p, i in zip(paths, ids, strict=True)])
+    images = [(p, i if i is not None else path_image_id(p)) for p, i in zip(paths, ids, strict=True)]
+    if with_run:
+        images += [(row["image_path"], int(row["image_id"])) for row in iter_run_outside(ds, ["image_id"])]
+    return mask_file_names(images)
+
+
+def _items(ds: fo.Dataset, with_run: bool) -> Iterator[dict[str, Any]]:
+    """:func:`iter_reviewed_images` of the dataset, then (``with_run``) the run's other images in that form, as
+    the run wrote them (not edited)."""
+    yield from iter_reviewed_images(ds)
+    if not with_run:
+        return
+    for row in iter_run_outside(ds):
+        image = LabeledImage(row["image_path"], int(row["image_id"]), row["label_map_png"], row["segments"])
+        label_map = image.label_map()
+        yield {
+            "image_path": image.image_path,
+            "image_id": image.image_id,
+            "width": int(label_map.shape[1]),
+            "height": int(label_map.shape[0]),
+            "label_map": label_map,
+            "segments": image.segments,
+            "edited": [],
+        }
 
 
 def export_dataset(
@@ -50,12 +78,16 @@ def export_dataset(
     masks_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Write the dataset's current ``predictions`` as COCO JSON (atomically) and/or a new folder of PNG masks
-    (written whole or not at all).
+    (written whole or not at all). ``dataset`` as :func:`resolve_dataset` takes it, or ``run+fiftyone:NAME``: every
+    image of the dataset's run, the dataset's as reviewed (first), the others as the run wrote them.
 
     Returns:
-        ``{"dataset", "images", "annotations", "edited_images", "edited_segments", "coco", "masks"}``.
+        ``{"dataset", "images", "annotations", "edited_images", "edited_segments", "coco", "masks", "selection"}``
+        (``selection``: what a partial dataset records of its selection, None for a dataset of the whole run).
     """
-    ds = resolve_dataset(dataset)
+    text = dataset if isinstance(dataset, fo.Dataset) else os.fspath(dataset)
+    with_run = isinstance(text, str) and text.startswith(RUN_WITH_REVIEW_PREFIX)
+    ds = resolve_dataset(FIFTYONE_PREFIX + text[len(RUN_WITH_REVIEW_PREFIX) :] if with_run else text)
     if coco_path is None and masks_dir is None:
         raise ReviewError("nothing to export: give `coco`, `masks` or both (or `format` with `output`)")
     if coco_path is not None:
@@ -63,23 +95,27 @@ def export_dataset(
     vocabulary = dataset_vocabulary(ds)
     masks = Path(masks_dir) if masks_dir is not None else None
     try:
-        return _export(ds, vocabulary, coco_path, masks)
+        return _export(ds, vocabulary, coco_path, masks, with_run)
     except OSError as error:  # a full disk, a folder without write permission: the user's to fix
         where = " and ".join(repr(str(p)) for p in (coco_path, masks) if p is not None)
         raise ReviewError(f"cannot write the export to {where}: {error.strerror or error}") from error
 
 
 def _export(
-    ds: fo.Dataset, vocabulary: Vocabulary, coco_path: str | os.PathLike[str] | None, masks: Path | None
+    ds: fo.Dataset,
+    vocabulary: Vocabulary,
+    coco_path: str | os.PathLike[str] | None,
+    masks: Path | None,
+    with_run: bool,
 ) -> dict[str, Any]:
     """:func:`export_dataset` after its checks."""
-    names = _mask_names(ds) if masks is not None else {}
+    names = _mask_names(ds, with_run) if masks is not None else {}
     with new_folder(masks, "--masks", ReviewError) if masks is not None else contextlib.nullcontext() as folder:
         if folder is not None:
             (folder / "classes.txt").write_text("".join(f"{n}\n" for n in vocabulary.names), encoding="utf-8")
         rows = []
         edited_images = edited_segments = 0
-        for item in iter_reviewed_images(ds):
+        for item in _items(ds, with_run):
             if folder is not None:
                 target = folder / names[item["image_path"]]
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +124,8 @@ def _export(
             edited_segments += len(item["edited"])
             del item["label_map"], item["edited"]
             rows.append(item)
-        info = {"description": f"reviewed in FiftyOne dataset {ds.name}"}
+        run = f"labeling run {ds.info.get('labeling_run')} with " if with_run else ""
+        info = {"description": f"{run}reviewed in FiftyOne dataset {ds.name}"}
         coco = build_coco(rows, vocabulary.names, vocabulary.category_ids, info=info)
         if coco_path is not None:
             Path(coco_path).parent.mkdir(parents=True, exist_ok=True)
@@ -101,4 +138,5 @@ def _export(
         "edited_segments": edited_segments,
         "coco": None if coco_path is None else str(coco_path),
         "masks": None if masks is None else str(masks),
+        "selection": None if with_run else selection_info(ds),
     }

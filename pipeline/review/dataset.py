@@ -2,7 +2,8 @@
 
 :func:`load_run` writes one sample per labeled image with ``predictions`` (and ``ground_truth``)
 ``Segmentation`` masks of category ids (0 = no class), per-image scores and mIoU, and saved views for
-triage; it replaces only a dataset it made, and only with ``overwrite``. The dataset's layout: ``docs/review.md``.
+triage; it replaces only a dataset it made, and only with ``overwrite``. With ``select`` it loads only the images
+that :mod:`pipeline.review.selection` chooses (a partial dataset). The dataset's layout: ``docs/review.md``.
 """
 
 from __future__ import annotations
@@ -35,9 +36,18 @@ from .mask_files import INFO_KEY as MASK_FOLDER_KEY
 from .mask_files import MaskFolder, remove_mask_folder
 from .mask_values import GROUND_TRUTH, PREDICTIONS, label_map_to_mask, mask_dtype
 from .metrics import SampleMetrics
+from .selection import INFO_KEY as SELECTION_KEY
+from .selection import Select, Selection, select_images
 from .views import MAX_CLASS_VIEWS, save_review_views
 
-__all__ = ["check_dataset_name", "default_dataset_name", "is_review_dataset", "load_run", "rle_digest"]
+__all__ = [
+    "check_dataset_name",
+    "default_dataset_name",
+    "is_review_dataset",
+    "load_run",
+    "rle_digest",
+    "selection_info",
+]
 
 _BATCH = 64
 _THREADS = min(4, os.cpu_count() or 1)  # PNG decode/encode and numpy release the GIL
@@ -112,14 +122,18 @@ def _open_run_ground_truth(
     vocabulary: Vocabulary,
     ignore_index: int,
     paths: list[str],
+    partial: bool = False,
 ) -> _RunGroundTruth:
     """Open the ground truth, align its classes and match its images, with :mod:`pipeline.evaluate`'s
-    warnings on stderr (unmatched classes, images without ground truth or prediction)."""
+    warnings on stderr (unmatched classes, images without ground truth or prediction; for a ``partial``
+    dataset, whose ``paths`` are a selection, not the ground truth left over)."""
     classes = None if gt_classes is None else os.fspath(gt_classes)
     gt = open_ground_truth(gt_spec, classes, vocabulary.names, ignore_index)
     values, targets, alignment = _gt_values(vocabulary, gt)
     warn_class_alignment(alignment)
     matching = match_predictions(gt, paths)
+    if partial:
+        matching.ground_truth_without_prediction = []
     warn_matching(matching, unmatched="get no ground_truth mask or miou")
     info = {
         "class_alignment": alignment,
@@ -133,6 +147,12 @@ def is_review_dataset(dataset: fo.Dataset) -> bool:
     """Whether :func:`load_run` made ``dataset``: its ``info`` names the labeling run and its vocabulary."""
     info = dataset.info or {}
     return "labeling_run" in info and "vocabulary" in info
+
+
+def selection_info(dataset: fo.Dataset) -> dict[str, Any] | None:
+    """What a partial dataset records of the selection that made it (:meth:`Selection.info`: ``select``,
+    ``images``, ``run_images``); None for a dataset of the whole run."""
+    return (dataset.info or {}).get(SELECTION_KEY)
 
 
 def _clashing_dataset(name: str) -> str | None:
@@ -185,6 +205,7 @@ class _SampleBuilder:
     metrics: SampleMetrics
     masks: MaskFolder | None  # None: masks in the database
     media: dict[str, str]  # image_path -> the file shown when it is not the image's own (_media_files)
+    tags: dict[int, list[str]]  # image_id -> the sample's tags: the selections that chose it
 
     def _label(self, field: str, image_id: int, mask: np.ndarray) -> fo.Segmentation:
         if self.masks is None:
@@ -221,7 +242,7 @@ class _SampleBuilder:
             fields[GROUND_TRUTH] = self._label(GROUND_TRUTH, image_id, truth)
             _, ious, miou = self.metrics.image(pred, truth, path)
             fields["iou"], fields["miou"] = ious, None if np.isnan(miou) else miou
-        return fo.Sample(filepath=self.media.get(path, path), **fields)
+        return fo.Sample(filepath=self.media.get(path, path), tags=self.tags.get(image_id, []), **fields)
 
 
 def _media_files(output: RunOutput, ids: dict[str, int], folder: MaskFolder) -> dict[str, str]:
@@ -257,11 +278,17 @@ def _fill(
     max_class_views: int | None,
     folder: MaskFolder,
     mask_files: bool,
+    selection: Selection | None,
 ) -> None:
     """Write the info, mask targets, samples (with their metrics), saved views and App config of a new,
-    empty dataset; masks as files in ``folder`` (else in the database), and embedded images there too."""
-    listed = output.read_predictions(["image_path", "image_id"])
-    ids = dict(zip(listed.column("image_path").to_pylist(), listed.column("image_id").to_pylist(), strict=True))
+    empty dataset; masks as files in ``folder`` (else in the database), and embedded images there too. With a
+    ``selection``, only its images, each tagged with the selections that chose it."""
+    if selection is None:
+        listed = output.read_predictions(["image_path", "image_id"])
+        ids = dict(zip(listed.column("image_path").to_pylist(), listed.column("image_id").to_pylist(), strict=True))
+        rows, tags = output.iter_predictions(batch_rows=_BATCH), {}
+    else:
+        ids, rows, tags = selection.images, selection.iter_rows(), selection.tags
     media = _media_files(output, ids, folder)
     dataset.info = {
         "labeling_run": str(output.root.resolve()),
@@ -269,6 +296,7 @@ def _fill(
         "mask_values": "category id = vocabulary index + 1; 0 = unlabeled prediction / ignored ground truth",
         **({MASK_FOLDER_KEY: str(folder.root)} if mask_files or media else {}),
         **(truth.info if truth is not None else {}),
+        **({SELECTION_KEY: selection.info()} if selection is not None else {}),
     }
     targets = {PREDICTIONS: {i + 1: name for i, name in enumerate(vocabulary.names)}}
     if truth is not None:
@@ -280,8 +308,7 @@ def _fill(
         dataset.add_sample_field("iou", fo.DictField)
         dataset.add_sample_field("miou", fo.FloatField)
     dtype = mask_dtype(max([len(vocabulary), *targets.get(GROUND_TRUTH, {})]))
-    build = _SampleBuilder(dtype, truth, SampleMetrics(targets), folder if mask_files else None, media)
-    rows = output.iter_predictions(batch_rows=_BATCH)
+    build = _SampleBuilder(dtype, truth, SampleMetrics(targets), folder if mask_files else None, media, tags)
     with ThreadPoolExecutor(_THREADS) as pool:  # the next batch is built while this one is inserted
         pending = [pool.submit(build, row) for row in itertools.islice(rows, _BATCH)]
         while pending:
@@ -312,6 +339,7 @@ def load_run(
     max_class_views: int | None = MAX_CLASS_VIEWS,
     overwrite: bool = False,
     mask_files: bool = True,
+    select: list[Select] | None = None,
 ) -> fo.Dataset:
     """Load a labeling run (and its ground truth) into a persistent FiftyOne dataset.
 
@@ -336,6 +364,9 @@ def load_run(
         mask_files: write the masks as PNG files in the run's ``review-masks`` folder and store their
             ``mask_path`` (:mod:`pipeline.review.mask_files`); False stores them in the database. The
             images that the run's input embeds are written there either way, from their bytes.
+        select: load only the union of these selections (:mod:`pipeline.review.selection`; ``lowest-miou``
+            scores against ``gt_spec``); ``info['selection']`` records them (:func:`selection_info`) and each
+            sample is tagged with the selections that chose it. None or empty: every image of the run.
 
     Raises:
         RunImagesError, InputError: the run's input is gone, or no longer lists one of its images.
@@ -349,17 +380,24 @@ def load_run(
     name = name or default_dataset_name(output.root)
     check_dataset_name(name, overwrite)
     vocabulary = output.read_vocabulary(ReviewError)
-    paths = output.read_predictions(["image_path"]).column("image_path").to_pylist()
+    selection = None
+    if select:
+        classes = None if gt_classes is None else os.fspath(gt_classes)
+        gt = None if gt_spec is None else {"gt_spec": gt_spec, "gt_classes": classes, "ignore_index": ignore_index}
+        selection = select_images(output.root, select, gt)
+        paths = list(selection.images)
+    else:
+        paths = output.read_predictions(["image_path"]).column("image_path").to_pylist()
     if not paths:
         raise ReviewError(f"{output.root} has no predictions (no rows in predictions/part-*.parquet)")
     truth = None
     if gt_spec is not None:
-        truth = _open_run_ground_truth(gt_spec, gt_classes, vocabulary, ignore_index, paths)
+        truth = _open_run_ground_truth(gt_spec, gt_classes, vocabulary, ignore_index, paths, selection is not None)
 
     dataset = fo.Dataset(f"{name[:100]}-incomplete-{uuid.uuid4().hex[:12]}")
     folder = MaskFolder(output.root, name)
     try:
-        _fill(dataset, output, vocabulary, truth, max_class_views, folder, mask_files)
+        _fill(dataset, output, vocabulary, truth, max_class_views, folder, mask_files, selection)
         _publish(dataset, name, overwrite)
     except BaseException:
         fo.delete_dataset(dataset.name)

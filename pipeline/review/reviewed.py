@@ -1,6 +1,7 @@
 """The reviewed labels of a FiftyOne dataset made by :func:`pipeline.review.dataset.load_run` (possibly edited
 since), image by image, in the labeling job's form: what the exports (:mod:`pipeline.exports.reviewed`) and
-training (:mod:`pipeline.review.source`) read.
+training (:mod:`pipeline.review.source`) read; and, for ``run+fiftyone:DATASET``, the rows of the dataset's run that
+it does not hold (:func:`iter_run_outside`), as the run wrote them.
 
 Unedited segments keep the run's score, edited or added ones get 1.0; the rules: ``docs/review.md``.
 """
@@ -13,16 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import fiftyone as fo
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..label.inputs import image_id as path_image_id
+from ..outputs import RunOutput
 from ..segments import label_map_segments
-from ..sources.base import FIFTYONE_PREFIX
-from .dataset import default_dataset_name, rle_digest
+from ..sources.base import FIFTYONE_PREFIX, RUN_WITH_REVIEW_PREFIX
+from .dataset import default_dataset_name, rle_digest, selection_info
 from .errors import ReviewError
 from .labels import SAMPLE_FIELDS, dataset_vocabulary, sample_label_map
 from .mask_values import PREDICTIONS
 
-__all__ = ["REVIEWED_SCORE", "iter_reviewed_images", "resolve_dataset"]
+__all__ = ["REVIEWED_SCORE", "iter_reviewed_images", "iter_run_outside", "resolve_dataset", "run_outside_count"]
 
 REVIEWED_SCORE = 1.0
 
@@ -32,7 +36,9 @@ def resolve_dataset(spec: str | os.PathLike[str] | fo.Dataset) -> fo.Dataset:
     ``jobs/review.py``).
 
     Raises:
-        ReviewError: no such dataset (for a folder: it has not been loaded with ``jobs/review.py`` yet).
+        ReviewError: no such dataset (for a folder: it has not been loaded with ``jobs/review.py`` yet, or its
+            dataset is partial, ``review.py --select``: exporting it would leave out the run's other images, so
+            the user says which is meant, ``fiftyone:NAME`` or ``run+fiftyone:NAME``).
     """
     if isinstance(spec, fo.Dataset):
         return spec
@@ -42,7 +48,16 @@ def resolve_dataset(spec: str | os.PathLike[str] | fo.Dataset) -> fo.Dataset:
     if (Path(text) / "manifest.json").is_file():
         name = default_dataset_name(text)
         if fo.dataset_exists(name):
-            return fo.load_dataset(name)
+            dataset = fo.load_dataset(name)
+            selection = selection_info(dataset)
+            if selection is not None:
+                raise ReviewError(
+                    f"{text}'s dataset {name!r} holds {selection['images']} of the run's {selection['run_images']} "
+                    f"images (review.py selection {' '.join(selection['select'])}): give {FIFTYONE_PREFIX}{name} "
+                    f"for those images alone, or {RUN_WITH_REVIEW_PREFIX}{name} for every image of the run, those "
+                    "as reviewed"
+                )
+            return dataset
         raise ReviewError(
             f"{text} is a labeling run, but its dataset {name!r} does not exist; run jobs/review.py first"
         )
@@ -85,3 +100,37 @@ def iter_reviewed_images(dataset: fo.Dataset) -> Iterator[dict[str, Any]]:
             "segments": segments,
             "edited": edited,
         }
+
+
+def _run_of(dataset: fo.Dataset) -> RunOutput:
+    """The labeling run a review dataset was made of (``info['labeling_run']``).
+
+    Raises:
+        ReviewError: the run's folder is gone (or is no longer a labeling run's).
+    """
+    run = RunOutput(dataset.info["labeling_run"])
+    run.read_vocabulary(ReviewError)
+    return run
+
+
+def run_outside_count(dataset: fo.Dataset) -> int:
+    """How many images of the dataset's run the dataset does not hold (0 for a dataset of the whole run)."""
+    ids = _run_of(dataset).read_predictions(["image_id"]).column("image_id")
+    inside = pc.is_in(ids, value_set=pa.array(dataset.values("image_id"), pa.int64()))
+    return len(ids) - int(pc.sum(inside).as_py() or 0)
+
+
+def iter_run_outside(dataset: fo.Dataset, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """The prediction rows of the dataset's run (``image_path`` and ``columns``, default ``image_id``,
+    ``label_map_png``, ``segments``) whose image the dataset does not hold, as the run wrote them, in the run's
+    order: with the dataset's own images, every image of the run (``run+fiftyone:NAME``).
+
+    Raises:
+        ReviewError: the run's folder is gone.
+    """
+    run = _run_of(dataset)
+    inside = set(dataset.values("image_id"))  # the dataset's images: a selection, small beside the run
+    wanted = ["image_path", "image_id", *(columns or ["label_map_png", "segments"])]
+    for row in run.iter_predictions(list(dict.fromkeys(wanted))):
+        if int(row["image_id"]) not in inside:
+            yield row

@@ -1,5 +1,5 @@
 """What every label source is: :class:`LabeledImage`, :class:`LabelSource`, and the ``fiftyone:`` prefix that
-names a reviewed dataset."""
+names a reviewed dataset (``run+fiftyone:`` its whole run, the dataset's images as reviewed)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from san.errors import UserError
 from ..segments import decode_label_map_png, unlabeled_value
 from ..vocabulary import Vocabulary
 
-__all__ = ["FIFTYONE_PREFIX", "LabelSource", "LabelSourceError", "LabeledImage"]
+__all__ = ["FIFTYONE_PREFIX", "RUN_WITH_REVIEW_PREFIX", "LabelSource", "LabelSourceError", "LabeledImage"]
 
 FIFTYONE_PREFIX = "fiftyone:"
+#: ``run+fiftyone:DATASET``: the dataset's labeling run, every image, those of the dataset as reviewed there.
+RUN_WITH_REVIEW_PREFIX = "run+fiftyone:"
 
 
 class LabelSourceError(UserError):
