@@ -33,6 +33,7 @@ from pipeline.label.job import LabelOptions, run_label_job
 ROOT = Path(__file__).resolve().parents[1]
 # (width, height) of the mixed-aspect set: 4:3, 3:4, 16:9, 1:1, short side 480.
 MIXED_SIZES = [(640, 480), (480, 640), (853, 480), (480, 480)]
+LOOP_STEPS = ["read", "decode", "resize", "null model", "PNG", "RLE and boxes"]
 
 
 def write_jpegs(folder: Path, count: int, sizes: list[tuple[int, int]]) -> Path:
@@ -61,16 +62,34 @@ def plain_loop(images: Path, vocab: Path) -> dict[str, float]:
     resize = PredictionSettings().resize
     null = NullPredictor(len(vocabulary))
     files = sorted(images.iterdir())
+    steps = dict.fromkeys(LOOP_STEPS, 0.0)
     wall, cpu = time.perf_counter(), time.process_time()
     for path in files:
-        image = decode_image(read_bytes(str(path)))
-        [labels] = null.predict([resize(image)], [image.shape[:2]])
+        clock = time.process_time()
+        data = read_bytes(str(path))
+        clock = _add(steps, "read", clock)
+        image = decode_image(data)
+        clock = _add(steps, "decode", clock)
+        resized = resize(image)
+        clock = _add(steps, "resize", clock)
+        [labels] = null.predict([resized], [image.shape[:2]])
+        clock = _add(steps, "null model", clock)
         encode_label_map_png(labels.label_map, ignore_value=labels.unlabeled)
+        clock = _add(steps, "PNG", clock)
         label_map_segments(
             labels.label_map, labels.scores, vocabulary.names, vocabulary.category_ids, ignore_value=labels.unlabeled
         )
+        _add(steps, "RLE and boxes", clock)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return {"images_per_second": len(files) / wall, "cpu_ms_per_image": 1000 * cpu / len(files)}
+    breakdown = {step: 1000 * seconds / len(files) for step, seconds in steps.items()}
+    return {"images_per_second": len(files) / wall, "cpu_ms_per_image": 1000 * cpu / len(files), "steps": breakdown}
+
+
+def _add(steps: dict[str, float], step: str, since: float) -> float:
+    """Add the CPU seconds since ``since`` to ``steps[step]``; the CPU clock now."""
+    now = time.process_time()
+    steps[step] += now - since
+    return now
 
 
 def run(images: Path, output: Path, cpus: int, batch_size: int) -> dict[str, float]:
@@ -131,7 +150,9 @@ def main() -> None:
         f"{args.images} JPEGs of 640x480, local Ray; CPU: {cpu_description()}, {os.cpu_count()} CPUs; load average "
         f"before: {load_before:.2f}. Command: `{command}`",
         "",
-        f"Plain loop, one process on one core: {rate:.1f} img/s, {loop['cpu_ms_per_image']:.1f} ms of CPU per image.",
+        f"Plain loop, one process on one core: {rate:.1f} img/s, {loop['cpu_ms_per_image']:.1f} ms of CPU per image ("
+        + ", ".join(f"{step} {ms:.2f}" for step, ms in loop["steps"].items())
+        + " ms).",
         "",
         "| batch | Ray CPUs | img/s, whole job | after first result | whole job / loop | CPU per image / loop's "
         "| first result | driver CPU share (of one core) | load average |",
