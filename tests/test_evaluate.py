@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -20,6 +21,7 @@ from pipeline.ground_truth.base import IGNORE, GroundTruthError, LabelValues
 from pipeline.ground_truth.classes import read_class_names
 from pipeline.ground_truth.png import PngFolderGroundTruth
 from pipeline.label.inputs import image_id
+from pipeline.label.resources import init_ray
 from pipeline.outputs import RunOutput
 from pipeline.segments import encode_label_map_png, label_map_segments
 from pipeline.vocabulary import parse_vocabulary
@@ -60,6 +62,16 @@ def _prediction_row(path: str, pred: np.ndarray) -> dict:
         "label_map_png": encode_label_map_png(pred, ignore_value=UNLABELED),
         "segments": label_map_segments(pred, None, VOCAB.names, VOCAB.category_ids, ignore_value=UNLABELED),
     }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    """One local Ray for the module (evaluate_run joins it): each start costs seconds."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_ADDRESS", "local")
+        init_ray()
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
