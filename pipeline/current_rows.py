@@ -83,7 +83,7 @@ def _dropped_in_part(*tables: pa.Table) -> np.ndarray:
     )
     if not repeated.num_rows:
         return np.empty(0, np.int64)
-    rows = table.join(repeated, "image_path")
+    rows = table.join(repeated, "image_path", join_type="inner")
     rows = rows.filter(pc.greater_equal(rows.column("ordinal"), 0))
     newest = rows.filter(pc.equal(rows.column("generation"), rows.column("generation_max")))
     first = newest.group_by("image_path").aggregate([("ordinal", "min")])
