@@ -480,3 +480,31 @@ def test_ray_tasks_equal_the_single_process_evaluation(
     assert list(matching["ground_truth_matched_by_several_predictions_examples"].values()) == [
         ["/data/a/shared.jpg", "/data/b/shared.jpg"]
     ]
+
+
+def test_sample_estimate_through_the_job(run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``jobs/evaluate.py --sample-estimate`` on a run whose ground truth covers 5 of its 6 images: the estimate
+    with its interval, the sample and run sizes, printed and in metrics.json; without the flag, a note."""
+    job = runpy.run_path(str(ROOT / "jobs" / "evaluate.py"))
+    command = ["--predictions", str(run["out"]), "--gt", str(run["gt_dir"]), "--gt-classes", str(run["classes"])]
+    metrics = tmp_path / "metrics.json"
+    result = job["main"](job["parse_args"]([*command, "--metrics", str(metrics), "--sample-estimate", "--seed", "5"]))
+    printed = capsys.readouterr()
+    estimate = json.loads(metrics.read_text())["sample_estimate"]
+    assert estimate == _json_rounded(result["sample_estimate"])
+    assert (estimate["sample_images"], estimate["run_images"]) == (N_IMAGES, N_IMAGES + 1)
+    assert (estimate["resamples"], estimate["seed"], estimate["confidence"]) == (1000, 5, 0.95)
+    for name in ("mIoU", "pACC"):
+        assert estimate[name]["estimate"] == pytest.approx(result[name], abs=1e-9)
+        assert estimate[name]["low"] <= estimate[name]["estimate"] <= estimate[name]["high"]
+    assert f"sample estimate from {N_IMAGES} of the run's {N_IMAGES + 1} images (95% confidence" in printed.out
+    assert f"mIoU  {estimate['mIoU']['estimate']:6.2f}   [{estimate['mIoU']['low']:6.2f}," in printed.out
+    assert "note:" not in printed.err
+
+    job["main"](job["parse_args"]([*command, "--metrics", str(tmp_path / "plain.json")]))
+    assert "--sample-estimate gives confidence intervals" in capsys.readouterr().err
+    assert "sample_estimate" not in json.loads((tmp_path / "plain.json").read_text())
+
+
+def _json_rounded(value: dict) -> dict:
+    return json.loads(json.dumps(value))
