@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import runpy
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 import ray
 from PIL import Image
 from pycocotools import mask as mask_utils
+from reference_evaluate import reference_evaluate
 
 from pipeline.evaluate import EvaluationError, evaluate_run
 from pipeline.ground_truth.base import IGNORE, GroundTruthError, LabelValues
@@ -321,7 +323,8 @@ def test_cli_writes_metrics_and_prints_table(run: dict, tmp_path: Path) -> None:
     metrics = tmp_path / "cli" / "metrics.json"
     command = [sys.executable, "jobs/evaluate.py", "--predictions", str(run["out"]), "--gt", str(run["gt_dir"])]
     command += ["--gt-classes", str(run["classes"]), "--metrics", str(metrics)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "RAY_ADDRESS": "local"}  # its own local Ray, whatever cluster runs on the machine
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "mIoU" in done.stdout and "Traffic Light" in done.stdout
     assert "warning:" in done.stderr and "boat" in done.stderr
@@ -458,8 +461,6 @@ def test_ray_tasks_equal_the_single_process_evaluation(
 ) -> None:
     """The same integer confusion matrix, metrics.json and warnings as the single-process code, on the rows a
     resumed run counts (newest generation, a path once) and on the matching's corner cases."""
-    from tests.reference_evaluate import reference_evaluate
-
     spec, classes = unfinished_run[layout]
     expected = reference_evaluate(unfinished_run["out"], spec, classes, protocol, tmp_path / "reference.json")
     expected_warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
