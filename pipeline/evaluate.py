@@ -276,24 +276,28 @@ def _score_files(
     matches: list[ray.ObjectRef] = []
     pending: list[ray.ObjectRef] = []
     bar = tqdm(total=len(files), unit="file", desc="evaluating", disable=not progress, dynamic_ncols=True)
+
+    def add_one_finished() -> None:
+        nonlocal pending
+        done, pending = ray.wait(pending, num_returns=1)
+        part: FileScore = ray.get(done[0])
+        total.matrix += part.matrix
+        total.rows += part.rows
+        total.images += part.images
+        total.missing += part.missing
+        total.missing_examples = sorted(total.missing_examples + part.missing_examples)[:EXAMPLES]
+        bar.update(1)
+        bar.set_postfix(images=total.images)
+
     try:
-        for index, file in enumerate([*files, *[None] * window]):
-            if file is not None:
-                score, found = score_file.remote(index, str(file), scoring, holder, *dropped)
-                pending.append(score)
-                matches.append(found)
-            while pending and (len(pending) >= window or file is None):
-                done, pending = ray.wait(pending, num_returns=1)
-                part: FileScore = ray.get(done[0])
-                total.matrix += part.matrix
-                total.rows, total.images, total.missing = (
-                    total.rows + part.rows,
-                    total.images + part.images,
-                    total.missing + part.missing,
-                )
-                total.missing_examples = sorted(total.missing_examples + part.missing_examples)[:EXAMPLES]
-                bar.update(1)
-                bar.set_postfix(images=total.images)
+        for index, file in enumerate(files):
+            if len(pending) >= window:
+                add_one_finished()
+            score, found = score_file.remote(index, str(file), scoring, holder, *dropped)
+            pending.append(score)
+            matches.append(found)
+        while pending:
+            add_one_finished()
     finally:
         bar.close()
     return total, matches

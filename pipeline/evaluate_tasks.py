@@ -15,7 +15,7 @@ cluster, and the driver receives only confusion matrices and small counts.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,7 +165,7 @@ def score_file(
     return score, FileMatches(keys, row_ordinals[rows], per_image if scoring.per_image else None)
 
 
-def _label_maps(path: Path, paths: list[str], rows: dict[int, Hashable]):
+def _label_maps(path: Path, paths: list[str], rows: dict[int, Hashable]) -> Iterator[tuple[int, np.ndarray]]:
     """``(row, label map)`` of the wanted ``rows`` of the file, at most :data:`_BATCH_ROWS` label maps read at once."""
     with reading_shard(path):
         batches = pq.ParquetFile(path).iter_batches(_BATCH_ROWS, columns=["label_map_png"])
