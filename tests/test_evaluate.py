@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
+from local_ray import local_ray  # noqa: F401
 from PIL import Image
 from pycocotools import mask as mask_utils
 from reference_evaluate import reference_evaluate
@@ -23,7 +23,6 @@ from pipeline.ground_truth.base import IGNORE, GroundTruthError, LabelValues
 from pipeline.ground_truth.classes import read_class_names
 from pipeline.ground_truth.png import PngFolderGroundTruth
 from pipeline.label.inputs import image_id
-from pipeline.label.resources import init_ray
 from pipeline.outputs import RunOutput
 from pipeline.segments import encode_label_map_png, label_map_segments
 from pipeline.vocabulary import parse_vocabulary
@@ -36,6 +35,7 @@ GT_VALUE_NAMES = {0: "grass", 2: "traffic light", 3: "sky", 4: "cat", 5: "road"}
 GT_VALUES_PRESENT = [0, 2, 3, 5]  # "cat" (4) never occurs in the PNG ground truth, but is predicted
 UNLABELED = 255
 N_IMAGES = 5
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def _key(name: str) -> str:
@@ -64,16 +64,6 @@ def _prediction_row(path: str, pred: np.ndarray) -> dict:
         "label_map_png": encode_label_map_png(pred, ignore_value=UNLABELED),
         "segments": label_map_segments(pred, None, VOCAB.names, VOCAB.category_ids, ignore_value=UNLABELED),
     }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    """One local Ray for the module (evaluate_run joins it): each start costs seconds."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_ADDRESS", "local")
-        init_ray()
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
