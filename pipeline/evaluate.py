@@ -1,12 +1,14 @@
 """Score a labeling run's label maps against ground truth: mIoU, fwIoU, mACC, pACC and per-class IoU/ACC.
 
 :func:`evaluate_run` aligns the run's vocabulary with the ground truth's classes by name or synonym
-(:func:`align_classes`) and streams one image at a time into a :class:`san.metrics.ConfusionMatrix`.
-How classes and images are paired, and what counts as wrong: ``docs/evaluation.md``.
+(:func:`align_classes`) and sums the confusion matrices that Ray tasks compute over the prediction files
+(:mod:`pipeline.evaluate_tasks`): the driver holds no per-image data. How classes and images are paired, and
+what counts as wrong: ``docs/evaluation.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -15,32 +17,48 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
+from tqdm import tqdm
 
 from san.atomic import write_json_atomic
 from san.errors import UserError
-from san.metrics import PROTOCOLS, ConfusionMatrix, compute_metrics
+from san.metrics import PROTOCOLS, compute_metrics
 
-from .ground_truth import open_ground_truth
-from .ground_truth.base import GroundTruth, GroundTruthError, Matching, match_predictions
+from .current_rows import dropped_rows
+from .evaluate_tasks import (
+    EXAMPLES,
+    EvaluationError,
+    FileScore,
+    GroundTruthInfo,
+    Scoring,
+    open_ground_truth_remote,
+    score_file,
+    summarise,
+)
+from .ground_truth.base import Matching
 from .ground_truth.classes import normalise_class_name
+from .label.resources import init_ray
+from .output_shards import shard_files
 from .outputs import RunOutput
-from .segments import decode_label_map_png, unlabeled_value
 
-__all__ = ["EvaluationError", "align_classes", "evaluate_run", "warn_class_alignment", "warn_matching"]
-
-_BATCH_ROWS = 16
-
-
-class EvaluationError(UserError):
-    """The run output and the ground truth cannot be compared; the message says why."""
+__all__ = [
+    "EvaluationError",
+    "align_classes",
+    "evaluate_run",
+    "warn_class_alignment",
+    "warn_matching",
+    "warn_matching_summary",
+]
 
 
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def _shown(names: list[str], limit: int = 10) -> str:
-    return ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+def _shown(names: list[str], limit: int = 10, total: int | None = None) -> str:
+    """The first ``limit`` of ``names`` (the first of ``total``, when given) and how many more there are."""
+    total = len(names) if total is None else total
+    return ", ".join(names[:limit]) + (f", ... ({total - limit} more)" if total > limit else "")
 
 
 def align_classes(
@@ -104,24 +122,22 @@ def warn_class_alignment(info: dict[str, Any]) -> None:
 def warn_matching(matching: Matching, unmatched: str = "are skipped") -> None:
     """Warn on stderr about the images :func:`pipeline.ground_truth.base.match_predictions` could not pair
     one to one; ``unmatched`` says what becomes of a predicted image without ground truth."""
-    if matching.predictions_without_ground_truth:
-        missing = matching.predictions_without_ground_truth
-        _warn(f"{len(missing)} predicted image(s) have no ground truth and {unmatched}, e.g. {_shown(missing, 3)}")
-    if matching.ground_truth_without_prediction:
-        unused = matching.ground_truth_without_prediction
-        _warn(f"{len(unused)} ground-truth image(s) have no prediction, e.g. {_shown(unused, 3)}")
-    if matching.shared_ground_truth:
-        _warn(f"{len(matching.shared_ground_truth)} ground-truth image(s) match several predicted images")
+    warn_matching_summary(matching.summary(), unmatched)
 
 
-def _iter_predictions(output: RunOutput, wanted: set[str]) -> Iterator[tuple[str, np.ndarray]]:
-    """``(image_path, label_map)`` of the wanted images, one at a time (:meth:`RunOutput.iter_predictions`)."""
-    for row in output.iter_predictions(["image_path", "label_map_png"], _BATCH_ROWS):
-        if row["image_path"] in wanted:
-            try:
-                yield row["image_path"], decode_label_map_png(row["label_map_png"])
-            except ValueError as exc:
-                raise EvaluationError(f"prediction of {row['image_path']!r}: {exc}") from None
+def warn_matching_summary(summary: dict[str, Any], unmatched: str = "are skipped") -> None:
+    """:func:`warn_matching` from a :meth:`pipeline.ground_truth.base.Matching.summary` (counts and examples)."""
+    missing = summary["predictions_without_ground_truth"]
+    if missing:
+        shown = _shown(summary["predictions_without_ground_truth_examples"], 3, missing)
+        _warn(f"{missing} predicted image(s) have no ground truth and {unmatched}, e.g. {shown}")
+    unused = summary["ground_truth_without_prediction"]
+    if unused:
+        shown = _shown(summary["ground_truth_without_prediction_examples"], 3, unused)
+        _warn(f"{unused} ground-truth image(s) have no prediction, e.g. {shown}")
+    shared = summary["ground_truth_matched_by_several_predictions"]
+    if shared:
+        _warn(f"{shared} ground-truth image(s) match several predicted images")
 
 
 def _json_safe(value: Any) -> Any:
@@ -141,8 +157,15 @@ def evaluate_run(
     protocol: str = "detectron2",
     ignore_index: int = 255,
     metrics_path: str | os.PathLike[str] | None = None,
+    sample_estimate: bool = False,
+    resamples: int = 1000,
+    seed: int = 0,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate a labeling run against ground truth and write ``metrics.json``.
+    """Evaluate a labeling run against ground truth in Ray tasks and write ``metrics.json``.
+
+    Joins the Ray cluster of a ``ray job submit`` (or ``RAY_ADDRESS``), else starts a local Ray
+    (:func:`pipeline.label.resources.init_ray`); one task per prediction file (:mod:`pipeline.evaluate_tasks`).
 
     Args:
         output_dir: the labeling run's ``--output`` directory.
@@ -154,12 +177,18 @@ def evaluate_run(
         ignore_index: the ground-truth pixel value to ignore in label images; when it is a class (more
             than 255 classes) 65535 is used instead.
         metrics_path: where to write the JSON (default ``OUT/metrics.json``).
+        sample_estimate: the ground truth is a random sample of the run's images (e.g. corrected in review):
+            also estimate the run's mIoU and pACC with bootstrap confidence intervals over images
+            (:mod:`san.sample_estimate`).
+        resamples, seed: the bootstrap's resamples and seed.
+        progress: show a progress bar over the prediction files.
 
     Returns:
         ``compute_metrics`` keys (``mIoU``, ``fwIoU``, ``mACC``, ``pACC``, ``IoU-<gt class>``,
         ``ACC-<gt class>``; percent, NaN where undefined) plus ``protocol``, ``num_images``, ``pixels``,
-        ``ground_truth``, ``ignore_values``, ``class_alignment``, ``matching`` and ``metrics_path``.
-        The file holds the same with NaN written as ``null`` (strict JSON).
+        ``ground_truth``, ``ignore_values``, ``class_alignment``, ``matching``, ``sample_estimate`` (only when
+        asked for) and ``metrics_path``; and ``confusion_matrix``, the ``[K, K + 1]`` int64 matrix the metrics
+        come from. The file holds the same but the matrix, with NaN written as ``null`` (strict JSON).
 
     Raises:
         EvaluationError, GroundTruthError: ``output_dir`` or the ground truth does not exist, unreadable
@@ -172,57 +201,114 @@ def evaluate_run(
     if not output.root.is_dir():
         raise EvaluationError(f"`predictions` {str(output.root)!r} does not exist or is not a directory")
     vocabulary = output.read_vocabulary(EvaluationError)
-    paths = output.read_predictions(["image_path"]).column("image_path").to_pylist()
-    if not paths:
+    files = shard_files(output.predictions_dir)
+    if not files:
         raise EvaluationError(f"{output.root} has no predictions (no rows in predictions/part-*.parquet)")
-    gt: GroundTruth = open_ground_truth(
-        gt_spec, None if gt_classes is None else os.fspath(gt_classes), vocabulary.names, ignore_index
-    )
-
-    alignment = align_classes(vocabulary.names, gt.class_names, vocabulary.synonyms)
-    info = alignment["info"]
-    warn_class_alignment(info)
-    matching = match_predictions(gt, paths)
-    warn_matching(matching)
-
-    k = len(gt.class_names)
-    lookup = alignment["lookup"]
-    matrix = ConfusionMatrix(k, ignore_index=gt.ignore_value)
-    num_images = 0
-    for path, label_map in _iter_predictions(output, set(matching.matched)):
-        key = matching.matched[path]
-        truth = gt.read(key)
-        if truth.shape != label_map.shape:
+    init_ray()
+    with _task_errors():
+        holder, info_ref = open_ground_truth_remote.remote(
+            gt_spec, None if gt_classes is None else os.fspath(gt_classes), vocabulary.names, ignore_index
+        )
+        gt: GroundTruthInfo = ray.get(info_ref)
+        alignment = align_classes(vocabulary.names, gt.class_names, vocabulary.synonyms)
+        warn_class_alignment(alignment["info"])
+        k = len(gt.class_names)
+        scoring = ray.put(Scoring(alignment["lookup"], k, gt.ignore_value, sample_estimate))
+        dropped = dropped_rows(files, shard_files(output.errors_dir))
+        total, matches = _score_files(files, scoring, [holder], dropped, k, progress)
+        if not total.rows:
+            raise EvaluationError(f"{output.root} has no predictions (no rows in predictions/part-*.parquet)")
+        if sample_estimate and total.images < 2:
             raise EvaluationError(
-                f"size mismatch for {path!r}: the prediction is {label_map.shape[1]}x{label_map.shape[0]} (WxH) "
-                f"but its ground truth {gt.path_of(key)!r} is {truth.shape[1]}x{truth.shape[0]}"
+                f"a sample estimate needs at least 2 images with ground truth; {total.images} of the run's "
+                f"{total.rows} have one in {gt.description}"
             )
-        predicted = lookup[label_map]
-        predicted[label_map == unlabeled_value(label_map)] = k
-        try:
-            matrix.update(predicted, truth)
-        except ValueError as exc:
-            raise GroundTruthError(f"ground truth {gt.path_of(key)!r}: {exc}") from None
-        num_images += 1
+        estimate = {"protocol": protocol, "resamples": resamples, "seed": seed} if sample_estimate else None
+        examples = [path for _, path in total.missing_examples]
+        summary = ray.get(summarise.remote([holder], list(map(str, files)), matches, total.missing, examples, estimate))
+    warn_matching_summary(summary["matching"])
 
-    result: dict[str, Any] = dict(compute_metrics(matrix, gt.class_names, protocol))
+    result: dict[str, Any] = dict(compute_metrics(total.matrix, gt.class_names, protocol))
     target = Path(metrics_path) if metrics_path is not None else output.root / "metrics.json"
     result.update(
         {
             "protocol": protocol,
-            "num_images": num_images,
-            "pixels": int(matrix.matrix.sum()),
+            "num_images": total.images,
+            "pixels": int(total.matrix.sum()),
             "predictions": str(output.root),
             "ground_truth": gt.description,
             "ignore_values": gt.raw_ignore,
-            "class_alignment": info,
-            "matching": matching.summary(),
-            "metrics_path": str(target),
+            "class_alignment": alignment["info"],
+            "matching": summary["matching"],
         }
     )
+    if sample_estimate:
+        result["sample_estimate"] = {
+            "sample_images": total.images,
+            "run_images": total.rows,
+            "method": "percentile bootstrap over images: images resampled with replacement, metrics recomputed "
+            "from their summed confusion matrices",
+            **summary["sample_estimate"],
+        }
+    result["metrics_path"] = str(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(_json_safe(result), target, indent=2)
     except OSError as error:
         raise EvaluationError(f"cannot write the metrics to {str(target)!r}: {error.strerror or error}") from error
+    result["confusion_matrix"] = total.matrix
     return result
+
+
+def _score_files(
+    files: list[Path],
+    scoring: ray.ObjectRef,
+    holder: list[ray.ObjectRef],
+    dropped: list[ray.ObjectRef],
+    num_classes: int,
+    progress: bool,
+) -> tuple[FileScore, list[ray.ObjectRef]]:
+    """Run :func:`score_file` over ``files``, a few more tasks in flight than the cluster has CPUs, and sum what
+    they return as they finish; returns the sum (its ``missing_examples`` the first ones of the run) and the
+    references of every file's :class:`FileMatches`, in file order."""
+    window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    total = FileScore(np.zeros((num_classes, num_classes + 1), np.int64), 0, 0, 0)
+    matches: list[ray.ObjectRef] = []
+    pending: list[ray.ObjectRef] = []
+    bar = tqdm(total=len(files), unit="file", desc="evaluating", disable=not progress, dynamic_ncols=True)
+
+    def add_one_finished() -> None:
+        nonlocal pending
+        done, pending = ray.wait(pending, num_returns=1)
+        part: FileScore = ray.get(done[0])
+        total.matrix += part.matrix
+        total.rows += part.rows
+        total.images += part.images
+        total.missing += part.missing
+        total.missing_examples = sorted(total.missing_examples + part.missing_examples)[:EXAMPLES]
+        bar.update(1)
+        bar.set_postfix(images=total.images)
+
+    try:
+        for index, file in enumerate(files):
+            if len(pending) >= window:
+                add_one_finished()
+            score, found = score_file.remote(index, str(file), scoring, holder, *dropped)
+            pending.append(score)
+            matches.append(found)
+        while pending:
+            add_one_finished()
+    finally:
+        bar.close()
+    return total, matches
+
+
+@contextlib.contextmanager
+def _task_errors() -> Iterator[None]:
+    """Raise a :class:`UserError` raised in a Ray task as itself (one line), not wrapped in Ray's traceback."""
+    try:
+        yield
+    except ray.exceptions.RayTaskError as error:
+        if isinstance(error.cause, UserError):
+            raise error.cause from None
+        raise

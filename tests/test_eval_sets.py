@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from local_ray import local_ray  # noqa: F401
 from PIL import Image
 
 from pipeline.eval_sets import EVAL_SETS, EvalSetError, EvalSetSpec, get_eval_set, write_eval_set_inputs
@@ -163,6 +164,7 @@ def test_write_inputs_and_cli(name: str, tmp_path: Path, capsys: pytest.CaptureF
         write_eval_set_inputs("pc59", tmp_path / "datasets", tmp_path / "w2")
 
 
+@pytest.mark.usefixtures("local_ray")
 @pytest.mark.parametrize("name", ["ade150", "ade847"])
 def test_evaluate_run_with_benchmark_scheme(name: str, tmp_path: Path) -> None:
     """A fake run over the benchmark's images, predictions = ground truth with some pixels wrong, scored

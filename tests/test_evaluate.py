@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import runpy
 import subprocess
 import sys
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from local_ray import local_ray  # noqa: F401
 from PIL import Image
 from pycocotools import mask as mask_utils
+from reference_evaluate import reference_evaluate
 
 from pipeline.evaluate import EvaluationError, evaluate_run
 from pipeline.ground_truth.base import IGNORE, GroundTruthError, LabelValues
@@ -32,6 +35,7 @@ GT_VALUE_NAMES = {0: "grass", 2: "traffic light", 3: "sky", 4: "cat", 5: "road"}
 GT_VALUES_PRESENT = [0, 2, 3, 5]  # "cat" (4) never occurs in the PNG ground truth, but is predicted
 UNLABELED = 255
 N_IMAGES = 5
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def _key(name: str) -> str:
@@ -309,7 +313,8 @@ def test_cli_writes_metrics_and_prints_table(run: dict, tmp_path: Path) -> None:
     metrics = tmp_path / "cli" / "metrics.json"
     command = [sys.executable, "jobs/evaluate.py", "--predictions", str(run["out"]), "--gt", str(run["gt_dir"])]
     command += ["--gt-classes", str(run["classes"]), "--metrics", str(metrics)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "RAY_ADDRESS": "local"}  # its own local Ray, whatever cluster runs on the machine
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "mIoU" in done.stdout and "Traffic Light" in done.stdout
     assert "warning:" in done.stderr and "boat" in done.stderr
@@ -375,3 +380,122 @@ def test_trailing_gap_lines_of_gt_classes_are_dropped_as_the_help_says(tmp_path:
     assert gt.read("a.png").tolist() == [[0, IGNORE, 1]]
     with pytest.raises(GroundTruthError, match="name no class: 3"):
         gt.read("b.png")
+
+
+def _coco_of(cases: dict[str, np.ndarray], path: Path) -> None:
+    """A COCO JSON of raw PNG-style ground truths (values of GT_VALUE_NAMES; others unannotated), by file name."""
+    categories = [{"id": 20 + v, "name": name} for v, name in GT_VALUE_NAMES.items()]
+    images, annotations = [], []
+    for n, (name, raw) in enumerate(cases.items()):
+        h, w = raw.shape
+        images.append({"id": n + 1, "file_name": name, "height": h, "width": w})
+        for value in GT_VALUE_NAMES:
+            mask = raw == value
+            if mask.any():
+                rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+                segmentation = {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+                annotations.append({"image_id": n + 1, "category_id": 20 + value, "segmentation": segmentation})
+    for i, ann in enumerate(annotations):
+        ann.update({"id": i + 1, "iscrowd": 0, "area": 0, "bbox": [0, 0, 0, 0]})
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+
+
+@pytest.fixture(scope="module")
+def unfinished_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A run as an interrupted, resumed job leaves it (not finalized): a path written twice by one job with other
+    label maps, images labeled again by a later job (or failed on by it, or failed on by the same job), two
+    predicted images that share one ground truth, images without ground truth and ground truth without image;
+    in five files. Its ground truth as a PNG folder and as a COCO JSON."""
+    root = tmp_path_factory.mktemp("unfinished")
+    rng = np.random.default_rng(7)
+    out = RunOutput(root / "out")
+    gt: dict[str, np.ndarray] = {}  # file name -> raw ground truth
+
+    def row(path: str, generation: int, shape: tuple[int, int]) -> dict:
+        pred, raw = _random_case(rng, *shape)
+        gt.setdefault(Path(path).stem, raw)
+        return {**_prediction_row(path, pred), "generation": generation}
+
+    shapes = [(int(rng.integers(10, 30)), int(rng.integers(10, 30))) for _ in range(12)]
+    files: list[tuple[list[dict], list[dict]]] = [([], []) for _ in range(5)]
+    for i, shape in enumerate(shapes):
+        files[i % 5][0].append(row(f"/data/run/img_{i}.jpg", 1, shape))
+    files[4][0].append(row("/data/run/img_0.jpg", 1, shapes[0]))  # written twice, other bytes: the first counts
+    files[3][0].append(row("/data/run/img_1.jpg", 2, shapes[1]))  # labeled again: the newest counts
+    files[2][1].append({"image_path": "/data/run/img_2.jpg", "error": "gone", "generation": 2})  # none counts
+    files[1][1].append({"image_path": "/data/run/img_3.jpg", "error": "twice", "generation": 1})  # the row counts
+    files[0][0].extend([row("/data/a/shared.jpg", 1, (12, 14)), row("/data/b/shared.jpg", 1, (12, 14))])
+    for i in range(7):
+        files[i % 5][0].append(row(f"/data/run/no_gt_{i}.jpg", 1, (8, 9)))
+    for predictions, errors in files:
+        out.write_shard(predictions, errors)
+    out.write_manifest({"vocabulary": VOCAB.to_json()})
+    for i in range(7):
+        del gt[f"no_gt_{i}"]
+    gt["no_prediction"] = np.zeros((5, 5), np.uint8)
+
+    gt_dir = root / "gt"
+    gt_dir.mkdir()
+    for stem, raw in gt.items():
+        Image.fromarray(raw).save(gt_dir / f"{stem}.png")
+    classes = root / "classes.txt"
+    classes.write_text(GT_CLASSES_TEXT)
+    _coco_of({f"{stem}.jpg": raw for stem, raw in gt.items()}, root / "gt.json")
+    return {"out": root / "out", "png": (str(gt_dir), classes), "coco": (str(root / "gt.json"), None)}
+
+
+@pytest.mark.parametrize("layout", ["png", "coco"])
+@pytest.mark.parametrize("protocol", ["detectron2", "mmseg"])
+def test_ray_tasks_equal_the_single_process_evaluation(
+    unfinished_run: dict, layout: str, protocol: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The same integer confusion matrix, metrics.json and warnings as the single-process code, on the rows a
+    resumed run counts (newest generation, a path once) and on the matching's corner cases."""
+    spec, classes = unfinished_run[layout]
+    expected = reference_evaluate(unfinished_run["out"], spec, classes, protocol, tmp_path / "reference.json")
+    expected_warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    result = evaluate_run(unfinished_run["out"], spec, classes, protocol, metrics_path=tmp_path / "ray.json")
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+
+    np.testing.assert_array_equal(result["confusion_matrix"], expected["confusion_matrix"])
+    assert result["confusion_matrix"].dtype == np.int64
+    reference_file = json.loads((tmp_path / "reference.json").read_text())
+    written = json.loads((tmp_path / "ray.json").read_text())
+    assert reference_file.pop("metrics_path") != written.pop("metrics_path")
+    assert written == reference_file
+    assert warnings == expected_warnings and len(warnings) >= 3
+    matching = written["matching"]
+    assert matching["matched"] == written["num_images"] == 13  # 12 images but img_2 (failed since), shared twice
+    assert matching["ground_truth_matched_by_several_predictions"] == 1
+    assert matching["predictions_without_ground_truth"] == 7
+    assert list(matching["ground_truth_matched_by_several_predictions_examples"].values()) == [
+        ["/data/a/shared.jpg", "/data/b/shared.jpg"]
+    ]
+
+
+def test_sample_estimate_through_the_job(run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``jobs/evaluate.py --sample-estimate`` on a run whose ground truth covers 5 of its 6 images: the estimate
+    with its interval, the sample and run sizes, printed and in metrics.json; without the flag, a note."""
+    job = runpy.run_path(str(ROOT / "jobs" / "evaluate.py"))
+    command = ["--predictions", str(run["out"]), "--gt", str(run["gt_dir"]), "--gt-classes", str(run["classes"])]
+    metrics = tmp_path / "metrics.json"
+    result = job["main"](job["parse_args"]([*command, "--metrics", str(metrics), "--sample-estimate", "--seed", "5"]))
+    printed = capsys.readouterr()
+    estimate = json.loads(metrics.read_text())["sample_estimate"]
+    assert estimate == _json_rounded(result["sample_estimate"])
+    assert (estimate["sample_images"], estimate["run_images"]) == (N_IMAGES, N_IMAGES + 1)
+    assert (estimate["resamples"], estimate["seed"], estimate["confidence"]) == (1000, 5, 0.95)
+    for name in ("mIoU", "pACC"):
+        assert estimate[name]["estimate"] == pytest.approx(result[name], abs=1e-9)
+        assert estimate[name]["low"] <= estimate[name]["estimate"] <= estimate[name]["high"]
+    assert f"sample estimate from {N_IMAGES} of the run's {N_IMAGES + 1} images (95% confidence" in printed.out
+    assert f"mIoU  {estimate['mIoU']['estimate']:6.2f}   [{estimate['mIoU']['low']:6.2f}," in printed.out
+    assert "note:" not in printed.err
+
+    job["main"](job["parse_args"]([*command, "--metrics", str(tmp_path / "plain.json")]))
+    assert "--sample-estimate gives confidence intervals" in capsys.readouterr().err
+    assert "sample_estimate" not in json.loads((tmp_path / "plain.json").read_text())
+
+
+def _json_rounded(value: dict) -> dict:
+    return json.loads(json.dumps(value))

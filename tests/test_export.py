@@ -18,6 +18,7 @@ isolate_fiftyone()  # before anything imports fiftyone
 
 import fiftyone as fo  # noqa: E402
 import fiftyone.utils.image as foui  # noqa: E402
+from local_ray import local_ray  # noqa: E402, F401
 from pycocotools.coco import COCO  # noqa: E402
 
 from pipeline.evaluate import evaluate_run  # noqa: E402
@@ -62,6 +63,7 @@ def loaded(request, tmp_path_factory: pytest.TempPathFactory):
     fo.delete_dataset(dataset.name)
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_round_trip_is_pixel_exact(loaded, tmp_path: Path) -> None:
     run, dataset = loaded
     large = len(run.vocabulary) > 255

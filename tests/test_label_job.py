@@ -1,4 +1,5 @@
-"""End to end: the labeling job through `ray job submit` on a local cluster, bad inputs, resume.
+"""End to end: the labeling job (and the evaluation job after it) through `ray job submit` on a local cluster, bad
+inputs, resume.
 
 Uses the smoke-test model (tiny SAN, random weights, seed 0): the labels are meaningless but
 deterministic, so the pipeline's output can be compared with a direct call to the model.
@@ -33,6 +34,7 @@ from label_inputs import VOCABULARY, write_bad_inputs, write_good_images
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
+from reference_evaluate import reference_evaluate
 
 import san
 from pipeline.cli import flag
@@ -274,6 +276,27 @@ def test_ray_job_submit_end_to_end(ray_cluster: dict, inputs: dict, tmp_path: Pa
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["status"] == "complete"
     assert manifest["counts"]["labeled"] == len(good) and manifest["counts"]["failed"] == len(inputs["bad"])
+
+    # The evaluation job on the same cluster: its Ray tasks give the single-process code's metrics.json.
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    rng = np.random.default_rng(0)
+    for row in predictions:
+        truth = decode_label_map_png(row["label_map_png"])  # vocabulary order, 255 = ignored
+        wrong = rng.random(truth.shape) < 0.3
+        truth = np.where(wrong, rng.integers(0, len(vocabulary), truth.shape), truth).astype(np.uint8)
+        Image.fromarray(truth).save(gt / f"{Path(row['image_path']).stem}.png")
+    command = ["python", "jobs/evaluate.py", "--predictions", str(output), "--gt", str(gt)]
+    submit = ["job", "submit", "--address", ray_cluster["DASHBOARD"], "--working-dir", ".", "--", *command]
+    evaluated = ray_cli(*submit, env=ray_cluster)
+    if "Failed to download runtime_env file package" in evaluated.stdout + evaluated.stderr:  # README: submit again
+        evaluated = ray_cli(*submit, env=ray_cluster)
+    assert evaluated.returncode == 0, evaluated.stdout[-3000:] + evaluated.stderr[-3000:]
+    assert "mIoU" in evaluated.stdout
+    reference_evaluate(output, str(gt), metrics_path=tmp_path / "reference.json")
+    written, reference = (json.loads(p.read_text()) for p in (output / "metrics.json", tmp_path / "reference.json"))
+    assert written.pop("metrics_path") != reference.pop("metrics_path")
+    assert written == reference and written["num_images"] == len(good)
 
 
 def test_a_job_whose_ray_authentication_differs_from_the_cluster_says_what_to_export(

@@ -29,6 +29,7 @@ isolate_fiftyone()  # before anything imports fiftyone
 import fiftyone as fo  # noqa: E402
 import fiftyone.core.session.session as fo_session  # noqa: E402
 import psutil  # noqa: E402
+from local_ray import local_ray  # noqa: E402, F401
 
 from pipeline.cli import user_message  # noqa: E402
 from pipeline.evaluate import EvaluationError, evaluate_run  # noqa: E402
@@ -172,6 +173,7 @@ def test_saved_views(dataset) -> None:
         save_review_views(dataset)
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_fiftyone_evaluation_equals_ours(dataset, run, tmp_path: Path) -> None:
     result = compare_with_fiftyone(dataset)
     reference = evaluate_run(run.out, str(run.gt_dir), run.gt_classes, metrics_path=tmp_path / "m.json")
@@ -185,6 +187,7 @@ def test_fiftyone_evaluation_equals_ours(dataset, run, tmp_path: Path) -> None:
     compare_with_fiftyone(dataset)  # a second run replaces the evaluation instead of failing
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_fiftyone_ground_truth_reader(dataset, run, tmp_path: Path) -> None:
     png = evaluate_run(run.out, str(run.gt_dir), run.gt_classes, metrics_path=tmp_path / "png.json")
     fo_gt = evaluate_run(run.out, f"fiftyone:{dataset.name}:ground_truth", metrics_path=tmp_path / "fo.json")
@@ -335,6 +338,7 @@ def _warnings(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("warning:")]
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_load_warns_like_evaluate(run, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Unmatched classes and images get evaluate_run's warnings: a ground-truth class named ``stoplight``
     matches no vocabulary class, an extra ground-truth image has no prediction, one image has no ground truth."""

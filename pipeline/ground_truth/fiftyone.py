@@ -69,6 +69,14 @@ class FiftyOneGroundTruth(GroundTruth):
             f"{len(self.class_names)} classes)"
         )
 
+    def __getstate__(self) -> dict:
+        """Pickled (for Ray workers) with the dataset's name: a dataset object does not pickle."""
+        return {**self.__dict__, "dataset": self.dataset.name}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.dataset = fo.load_dataset(state["dataset"])
+
     def keys(self) -> list[Hashable]:
         return list(self._paths)
 
