@@ -163,7 +163,7 @@ def _survey(source: LabelSource) -> tuple[list[Survey], list[FilePiece], list[Su
     surveys = [survey_keys(source.reviewed_keys())] if source.reviewed_keys is not None else []
     if not source.from_run:
         return surveys, [], []
-    run = RunOutput(source.run)
+    run = RunOutput(source.run.absolute())  # read by Ray tasks, whatever their working folder
     files = shard_files(run.predictions_dir)
     found = _survey_groups(files, errors=False)
     pieces = [FilePiece(str(file), len(survey.ids)) for file, survey in zip(files, found, strict=True)]
