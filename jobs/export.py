@@ -19,7 +19,8 @@ succeeded.
 
 SOURCE for --format is a labeling run's output folder (its labels as the run wrote them) or a reviewed
 dataset, fiftyone:NAME (its masks as edited). Each format's layout and its convention for unlabeled
-pixels: docs/exports.md.
+pixels: docs/exports.md. --format is written in Ray tasks, one per prediction file, as jobs/label.py joins Ray
+(under `ray job submit`, RAY_ADDRESS, else a local Ray).
 
 A partial dataset (jobs/review.py --select) as fiftyone:NAME is its chosen images alone. For every image of its
 run, the chosen ones as reviewed and the others as the run labeled them, give run+fiftyone:NAME (with --coco,

@@ -23,7 +23,7 @@ from .label.containers import expand_container
 from .label.images import image_suffix
 from .label.inputs import InputItem, read_bytes, resolve_inputs
 
-__all__ = ["RunImage", "RunImagesError", "iter_run_images", "run_input"]
+__all__ = ["RunImage", "RunImagesError", "iter_run_images", "missing_images_error", "run_input"]
 
 
 class RunImagesError(UserError):
@@ -105,7 +105,12 @@ def iter_run_images(run: str | os.PathLike[str], wanted: Collection[str], strict
             if not missing:
                 return
     if missing and strict:
-        raise RunImagesError(
-            f"{len(missing)} labeled image(s) of {root} are no longer in its input {spec!r} (e.g. "
-            f"{min(missing)!r}: moved, deleted or unreadable since the run); restore them, or label again"
-        )
+        raise missing_images_error(root, spec, len(missing), min(missing))
+
+
+def missing_images_error(run: Path, spec: str | None, count: int, example: str) -> RunImagesError:
+    """The error for ``count`` labeled images of ``run`` that its input ``spec`` no longer lists, ``example`` one."""
+    return RunImagesError(
+        f"{count} labeled image(s) of {run} are no longer in its input {spec!r} (e.g. {example!r}: moved, deleted "
+        "or unreadable since the run); restore them, or label again"
+    )

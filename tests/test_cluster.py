@@ -1,5 +1,6 @@
 """The labeling job on a simulated cluster of three 1-CPU nodes (``ray.cluster_utils.Cluster``): its actors and
-tasks spread over the nodes, and a worker node removed mid-run costs no image and duplicates none.
+tasks spread over the nodes, and a worker node removed mid-run costs no image and duplicates none; the run is then
+exported (yolo-seg) in Ray tasks on the nodes left.
 
 The null model (``--model null``) keeps it fast: what is tested is the pipeline, not SAN.
 """
@@ -21,6 +22,7 @@ from PIL import Image
 from ray.cluster_utils import Cluster
 
 import pipeline.label.job
+from pipeline.exports.run import FormatOptions, export_format
 from pipeline.label.decode import DecodeStage
 from pipeline.label.job import LabelOptions, run_label_job
 from pipeline.label.model_stage import ModelStage
@@ -137,6 +139,11 @@ def test_the_job_spreads_over_nodes_and_survives_losing_one(cluster, tmp_path: P
     assert sorted(image["file_name"] for image in coco["images"]) == expected
     assert manifest["counts"]["labeled"] == IMAGES and manifest["counts"]["duplicates"] == 0
     assert RunOutput(output).read_errors().num_rows == 0
+    # The run exported on what is left of the cluster, in Ray tasks (pipeline.exports.parallel).
+    written = export_format(output, FormatOptions(format="yolo-seg", output=str(tmp_path / "yolo")))
+    assert written["images"] == IMAGES
+    labels = sorted(p.stem for p in (tmp_path / "yolo" / "labels").glob("*.txt"))
+    assert labels == sorted(Path(p).stem for p in expected)
 
 
 @pytest.fixture

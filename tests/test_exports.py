@@ -35,6 +35,17 @@ VOCABULARY = parse_vocabulary("cat\nsky: heaven\ngrass\ntraffic light\nboat\n")
 EXPORT_JOB = runpy.run_path(str(ROOT / "jobs" / "export.py"))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    """A private local Ray for the exports' tasks, whatever cluster this machine runs (as test_cluster.py)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory):
     return build_run(tmp_path_factory.mktemp("exports"), VOCABULARY, n_images=4, seed=7)

@@ -10,8 +10,11 @@ against a task's images.
 
 from __future__ import annotations
 
-import io
+import shutil
+import uuid
 import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +24,7 @@ from san.atomic import write_atomic
 from san.errors import UserError
 
 from ..sources import LabelSource
-from .files import mask_file_names
+from .parallel import ExportItem, export_pieces
 
 __all__ = ["BACKGROUND", "CvatError", "palette", "write_cvat"]
 
@@ -45,8 +48,44 @@ def palette(count: int) -> np.ndarray:
     return colours.astype(np.uint8)
 
 
+@dataclass(frozen=True)
+class _CvatPieces:
+    """Writes a piece's masks into ``parts/SegmentationClass/`` and its image names into ``parts/lists/`` (in a
+    task: :mod:`pipeline.exports.parallel`)."""
+
+    parts: str
+    colours: np.ndarray
+
+    def write(self, part: int, items: Iterator[ExportItem]) -> dict[str, int]:
+        names = []
+        for item in items:
+            mask = Path(self.parts, "SegmentationClass", f"{item.name}.png")
+            mask.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(self.colours[item.labeled.label_map() + 1]).save(mask, format="PNG")  # -1 -> background
+            names.append(item.name)
+        listing = _listing(Path(self.parts), part)
+        listing.parent.mkdir(parents=True, exist_ok=True)
+        listing.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+        return {"images": len(names)}
+
+
+def _listing(parts: Path, part: int) -> Path:
+    return parts / "lists" / f"part-{part:08d}.txt"
+
+
+def _names(parts: Path, count: int) -> Iterator[str]:
+    """The image names the pieces listed, in order, one line at a time (names hold no line break:
+    :func:`pipeline.exports.files.escape_name`)."""
+    for part in range(count):
+        with open(_listing(parts, part), encoding="utf-8", newline="\n") as listing:
+            for line in listing:
+                yield line.removesuffix("\n")
+
+
 def write_cvat(source: LabelSource, target: Path) -> dict[str, int]:
-    """Write the zip ``target`` (whole or not at all). Returns ``{"images"}``.
+    """Write the zip ``target`` (whole or not at all): Ray tasks write each piece's masks and names into a temporary
+    folder beside it (:mod:`pipeline.exports.parallel`), then the zip is written from them one entry at a time.
+    Returns ``{"images"}``.
 
     Raises:
         CvatError: a vocabulary class is named ``background`` (the format's name for unlabeled pixels).
@@ -61,20 +100,22 @@ def write_cvat(source: LabelSource, target: Path) -> dict[str, int]:
     colours = palette(len(names) + 1)
     labels = zip([BACKGROUND, *names], colours, strict=True)
     labelmap = ["# label:color_rgb:parts:actions"] + [f"{name}:{','.join(map(str, c))}::" for name, c in labels]
-    items = list(source.images())
-    file_names = mask_file_names([(item.image_path, item.image_id) for item in items], suffix="")
-
-    def write(tmp: Path) -> None:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr("labelmap.txt", "\n".join(labelmap) + "\n")
-            listing = "".join(f"{file_names[item.image_path]}\n" for item in items)
-            archive.writestr("ImageSets/Segmentation/default.txt", listing)
-            for item in items:
-                rgb = colours[item.label_map() + 1]  # -1 (unlabeled) -> background
-                buffer = io.BytesIO()
-                Image.fromarray(rgb).save(buffer, format="PNG")
-                archive.writestr(f"SegmentationClass/{file_names[item.image_path]}.png", buffer.getvalue())
-
     target.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(target, write)
-    return {"images": len(items)}
+    parts = target.parent / f".{target.name}.{uuid.uuid4().hex}.parts"
+    try:
+        counts, _, pieces = export_pieces(source, lambda _: _CvatPieces(str(parts), colours), desc="cvat")
+
+        def write(tmp: Path) -> None:
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                archive.writestr("labelmap.txt", "\n".join(labelmap) + "\n")
+                with archive.open("ImageSets/Segmentation/default.txt", "w") as listing:
+                    for part in range(pieces):
+                        with open(_listing(parts, part), "rb") as names_file:
+                            shutil.copyfileobj(names_file, listing)
+                for name in _names(parts, pieces):
+                    archive.write(parts / "SegmentationClass" / f"{name}.png", f"SegmentationClass/{name}.png")
+
+        write_atomic(target, write)
+    finally:
+        shutil.rmtree(parts, ignore_errors=True)
+    return {"images": counts.get("images", 0)}

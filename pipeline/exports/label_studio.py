@@ -13,26 +13,32 @@ image is then written into the export's ``images/`` folder, and the URLs are pat
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from san.atomic import write_json_atomic
+from san.atomic import write_atomic
 from san.errors import UserError
 
-from ..run_images import RunImage, iter_run_images
-from ..sources import LabeledImage, LabelSource
-from .files import mask_file_names
+from ..sources import LabelSource
+from .files import STAGING
+from .parallel import ExportItem, Layout, export_pieces
 
-__all__ = ["DEFAULT_IMAGE_URL", "FROM_NAME", "TO_NAME", "common_folder", "label_config", "write_label_studio"]
+__all__ = ["DEFAULT_IMAGE_URL", "FROM_NAME", "TO_NAME", "label_config", "write_label_studio"]
 
 DEFAULT_IMAGE_URL = "/data/local-files/?d="
 FROM_NAME, TO_NAME = "label", "image"  # the names of the BrushLabels and Image tags in label_config.xml
 MODEL_VERSION = "san-labeler"
+_FRAGMENTS = ".tasks"  # the pieces' tasks, joined into tasks.json
+_JSON = {"ensure_ascii": False, "allow_nan": False, "separators": (",", ":")}  # as san.atomic.write_json_atomic
 
 
 class LabelStudioError(UserError):
@@ -49,11 +55,6 @@ def _brush():
             "pip install -e '.[exports]'"
         ) from None
     return brush
-
-
-def common_folder(paths: list[str]) -> str:
-    """The deepest folder that holds every path."""
-    return os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]) if paths else ""
 
 
 def label_config(names: list[str]) -> str:
@@ -89,67 +90,95 @@ def _task(label_map: np.ndarray, segments: list[dict[str, Any]], names: list[str
     return {"data": {"image": url}, "predictions": [{"model_version": MODEL_VERSION, "result": results}]}
 
 
-def _copy_images(source: LabelSource, folder: Path, items: list[LabeledImage]) -> dict[str, str] | None:
-    """When the run's input embeds any of its images: write every image (as the run read it) into
-    ``folder/images/`` and return image path -> its path under ``folder``; else ``None`` (all are files)."""
-    names = mask_file_names([(item.image_path, item.image_id) for item in items], suffix="")
-    written: dict[str, str] = {}
+@dataclass(frozen=True)
+class _LabelStudioPieces:
+    """Writes a piece's tasks as a JSON fragment (``.tasks/part-N.json``: the tasks, comma-separated) and, when
+    ``root`` is ``None``, its images into ``images/`` (in a task: :mod:`pipeline.exports.parallel`)."""
 
-    def write(run_image: RunImage) -> None:
-        data = run_image.read()
-        relative = f"images/{names[run_image.image_path]}{run_image.suffix(data)}"
-        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
-        (folder / relative).write_bytes(data)
-        written[run_image.image_path] = relative
+    folder: str
+    names: list[str]
+    image_url: str
+    root: str | None
 
-    files = []  # read only when an embedded image turns up
-    for run_image in iter_run_images(source.run, names):
-        if run_image.embedded:
-            write(run_image)
-        else:
-            files.append(run_image)
-    if not written:
-        return None
-    for run_image in files:
-        write(run_image)
-    return written
+    def _relative(self, item: ExportItem) -> str:
+        if self.root is None:
+            data = item.image.read()
+            relative = f"images/{item.name}{item.image.suffix(data)}"
+            Path(self.folder, relative).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.folder, relative).write_bytes(data)
+            return relative
+        relative = Path(os.path.relpath(os.path.abspath(item.labeled.image_path), self.root)).as_posix()
+        if relative.startswith(".."):
+            raise LabelStudioError(f"image {item.labeled.image_path!r} is not under `image_root` {self.root!r}")
+        return relative
+
+    def write(self, part: int, items: Iterator[ExportItem]) -> dict[str, int]:
+        fragment = _fragment(Path(self.folder), part)
+        fragment.parent.mkdir(parents=True, exist_ok=True)
+        images = regions = 0
+        with open(fragment, "w", encoding="utf-8") as out:
+            for item in items:
+                url = self.image_url + urllib.parse.quote(self._relative(item))
+                task = _task(item.labeled.label_map(), item.labeled.segments, self.names, url)
+                out.write(("," if images else "") + json.dumps(task, **_JSON))
+                images += 1
+                regions += len(task["predictions"][0]["result"])
+        return {"images": images, "regions": regions}
+
+
+def _fragment(folder: Path, part: int) -> Path:
+    return folder / _FRAGMENTS / f"part-{part:08d}.json"
+
+
+def _join_fragments(folder: Path, parts: int) -> None:
+    """``tasks.json`` from the pieces' fragments, in order, one at a time (as :func:`san.atomic.write_json_atomic`
+    would write the list)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "xb") as out:
+            out.write(b"[")
+            first = True
+            for part in range(parts):
+                with open(_fragment(folder, part), "rb") as fragment:
+                    if fragment.read(1):
+                        out.write(b"" if first else b",")
+                        fragment.seek(0)
+                        shutil.copyfileobj(fragment, out)
+                        first = False
+            out.write(b"]")
+
+    write_atomic(folder / "tasks.json", write, kind=".json file")
+    shutil.rmtree(folder / _FRAGMENTS)
 
 
 def write_label_studio(
     source: LabelSource, folder: Path, image_url: str = DEFAULT_IMAGE_URL, image_root: str | None = None
 ) -> dict[str, Any]:
     """Write ``tasks.json`` and ``label_config.xml`` into ``folder`` (new and empty), and the images into
-    ``images/`` when the run's input embeds them (module docstring). Returns ``{"images", "regions",
-    "image_root"}``; ``image_root`` is ``None`` when the URLs are paths under the export.
+    ``images/`` when the run's input embeds them (module docstring); Ray tasks write the pieces' tasks
+    (:mod:`pipeline.exports.parallel`), joined into ``tasks.json`` in the source's order. Returns ``{"images",
+    "regions", "image_root"}``; ``image_root`` is ``None`` when the URLs are paths under the export.
 
     Raises:
         LabelStudioError: label-studio-sdk is not installed, an image is not under ``image_root``, or
             ``image_root`` is given for a run whose images are written into the export.
     """
     _brush()
-    items = list(source.images())
-    copied = _copy_images(source, folder, items)
-    if copied is not None and image_root:
-        raise LabelStudioError(
-            f"`image_root` {image_root!r}: the input of {source.description} embeds its images (Parquet image "
-            "bytes or WebDataset shards), so they are written into the export's images/ folder and the task URLs "
-            "are paths under the export; leave out `image_root`"
-        )
-    root = None
-    if copied is None:
-        root = os.path.abspath(image_root) if image_root else common_folder([i.image_path for i in items])
     names = source.vocabulary.names
-    tasks = []
-    for item in items:
-        if copied is not None:
-            relative = copied[item.image_path]
-        else:
-            relative = Path(os.path.relpath(os.path.abspath(item.image_path), root)).as_posix()
-            if relative.startswith(".."):
-                raise LabelStudioError(f"image {item.image_path!r} is not under `image_root` {root!r}")
-        url = image_url + urllib.parse.quote(relative)
-        tasks.append(_task(item.label_map(), item.segments, names, url))
-    write_json_atomic(tasks, folder / "tasks.json")
+    roots: list[str | None] = []
+
+    def writer_for(layout: Layout) -> _LabelStudioPieces:
+        if layout.embedded and image_root:
+            raise LabelStudioError(
+                f"`image_root` {image_root!r}: the input of {source.description} embeds its images (Parquet image "
+                "bytes or WebDataset shards), so they are written into the export's images/ folder and the task URLs "
+                "are paths under the export; leave out `image_root`"
+            )
+        root = None if layout.embedded else os.path.abspath(image_root) if image_root else layout.folder
+        roots.append(root)
+        return _LabelStudioPieces(str(folder), names, image_url, root)
+
+    counts, _, parts = export_pieces(source, writer_for, staging=folder / STAGING, desc="label-studio")
+    _join_fragments(folder, parts)
     (folder / "label_config.xml").write_text(label_config(names), encoding="utf-8")
-    regions = sum(len(task["predictions"][0]["result"]) for task in tasks)
-    return {"images": len(items), "regions": regions, "image_root": root}
+    return {"images": counts.get("images", 0), "regions": counts.get("regions", 0), "image_root": roots[0]}

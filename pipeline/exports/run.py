@@ -77,14 +77,14 @@ def export_format(spec: str | os.PathLike[str], options: FormatOptions) -> dict[
     appear whole or not at all. Returns a summary: ``format``, ``source``, ``output`` and the format's counts."""
     text = os.fspath(spec)
     source = open_label_source(text if is_label_source(text) else FIFTYONE_PREFIX + text)
-    target = Path(options.output)
-    summary: dict[str, Any] = {"format": options.format, "source": source.description, "output": str(target)}
+    summary: dict[str, Any] = {"format": options.format, "source": source.description, "output": options.output}
+    target = Path(os.path.abspath(options.output))  # Ray tasks write there, whatever their working folder
     try:
         if options.format == "cvat":
             from .cvat import write_cvat
 
             if target.is_dir():
-                raise ExportError(f"`output` {str(target)!r} is a folder; cvat writes a .zip file")
+                raise ExportError(f"`output` {options.output!r} is a folder; cvat writes a .zip file")
             return {**summary, **write_cvat(source, target)}
         with new_folder(target, "--output", ExportError) as folder:
             if options.format == "yolo-seg":
@@ -105,5 +105,5 @@ def export_format(spec: str | os.PathLike[str], options: FormatOptions) -> dict[
     except FileNotFoundError as error:
         raise ExportError(f"{source.description}: image file {error.filename!r} not found") from None
     except OSError as error:  # a full disk, a folder without write permission: the user's to fix
-        raise ExportError(f"cannot write the export to {str(target)!r}: {error.strerror or error}") from error
+        raise ExportError(f"cannot write the export to {options.output!r}: {error.strerror or error}") from error
     return {**summary, **counts}

@@ -12,15 +12,17 @@ polygon (background).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import yaml
 
-from ..run_images import iter_run_images
 from ..sources import LabelSource
-from .files import mask_file_names
+from .files import STAGING
+from .parallel import ExportItem, export_pieces
 
 __all__ = ["DEFAULT_TOLERANCE", "mask_polygons", "polygon_lines", "rasterize", "write_yolo_seg"]
 
@@ -94,30 +96,41 @@ def rasterize(lines: list[str], height: int, width: int, num_classes: int) -> np
     return masks.astype(bool)
 
 
+@dataclass(frozen=True)
+class _YoloPieces:
+    """Writes a piece's label files and images (in a task: :mod:`pipeline.exports.parallel`)."""
+
+    folder: str
+    tolerance: float
+
+    def write(self, part: int, items: Iterator[ExportItem]) -> dict[str, int]:
+        images = polygons = 0
+        for item in items:
+            label = Path(self.folder, "labels", f"{item.name}.txt")
+            label.parent.mkdir(parents=True, exist_ok=True)
+            lines = polygon_lines(item.labeled.label_map(), self.tolerance)
+            label.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+            data = item.image.read()
+            image = Path(self.folder, "images", f"{item.name}{item.image.suffix(data)}")
+            image.parent.mkdir(parents=True, exist_ok=True)
+            image.write_bytes(data)
+            images += 1
+            polygons += len(lines)
+        return {"images": images, "polygons": polygons}
+
+
 def write_yolo_seg(
     source: LabelSource, folder: Path, root: Path, tolerance: float = DEFAULT_TOLERANCE
 ) -> dict[str, int]:
-    """Write the layout into ``folder`` (new and empty): each image into ``images/`` (as the run read it:
-    :mod:`pipeline.run_images`) and its label file into ``labels/`` under the same relative name, and
-    ``data.yaml``, whose ``path`` is ``root``, where ``folder`` will be (absolute). Returns ``{"images",
-    "polygons"}``."""
-    items = list(source.images())
-    names = mask_file_names([(item.image_path, item.image_id) for item in items], suffix="")
-    polygons = 0
-    for item in items:
-        label = folder / "labels" / f"{names[item.image_path]}.txt"
-        label.parent.mkdir(parents=True, exist_ok=True)
-        lines = polygon_lines(item.label_map(), tolerance)
-        label.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-        polygons += len(lines)
-    for run_image in iter_run_images(source.run, names):
-        data = run_image.read()
-        image = folder / "images" / f"{names[run_image.image_path]}{run_image.suffix(data)}"
-        image.parent.mkdir(parents=True, exist_ok=True)
-        image.write_bytes(data)
+    """Write the layout into ``folder`` (new and empty), a Ray task per piece of the source
+    (:mod:`pipeline.exports.parallel`): each image into ``images/`` (as the run read it: :mod:`pipeline.run_images`)
+    and its label file into ``labels/`` under the same relative name; then ``data.yaml``, whose ``path`` is
+    ``root``, where ``folder`` will be (absolute). Returns ``{"images", "polygons"}``."""
+    writer = _YoloPieces(str(folder), tolerance)
+    counts, _, _ = export_pieces(source, lambda _: writer, staging=folder / STAGING, desc="yolo-seg")
     names_by_index = dict(enumerate(source.vocabulary.names))
     # Ultralytics resolves a relative `path` against its own DATASETS_DIR setting, neither the yaml's folder nor
     # the working directory (ultralytics.data.utils.check_det_dataset): only an absolute one works from anywhere.
     data = {"path": str(root.resolve()), "train": "images", "val": "images", "names": names_by_index}
     (folder / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    return {"images": len(items), "polygons": polygons}
+    return {"images": counts.get("images", 0), "polygons": counts.get("polygons", 0)}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import fiftyone as fo
 
+from ..label.inputs import image_id as path_image_id
 from ..segments import encode_label_map_png
 from ..sources.base import LabeledImage, LabelSource
 from .dataset import selection_info
@@ -40,6 +41,17 @@ def _reviewed(dataset: fo.Dataset) -> Iterator[LabeledImage]:
         yield LabeledImage(item["image_path"], item["image_id"], png, item["segments"])
 
 
+def _reviewed_keys(dataset: fo.Dataset) -> Iterator[tuple[str, int]]:
+    """``(image_path, image_id)`` of each image :func:`_reviewed` yields, in its order, from the samples' small
+    fields alone (no mask is read)."""
+    filepaths = dataset.values("filepath")
+    paths = dataset.values("image_path") if dataset.has_sample_field("image_path") else [None] * len(filepaths)
+    ids = dataset.values("image_id") if dataset.has_sample_field("image_id") else [None] * len(filepaths)
+    for path, filepath, image_id in zip(paths, filepaths, ids, strict=True):
+        path = path or filepath
+        yield path, int(image_id) if image_id is not None else path_image_id(path)
+
+
 def dataset_label_source(name: str) -> LabelSource:
     """The review dataset ``name`` as a label source: its images (a partial dataset's chosen images alone, as
     its description says), their masks as they are when a pass reads them.
@@ -54,7 +66,16 @@ def dataset_label_source(name: str) -> LabelSource:
     if selection is not None:
         description += f" ({selection['images']} of its run's {selection['run_images']} images, review.py --select)"
     run = Path(dataset.info["labeling_run"])
-    return LabelSource(description, run, vocabulary, len(dataset), lambda: _reviewed(dataset))
+    return LabelSource(
+        description,
+        run,
+        vocabulary,
+        len(dataset),
+        lambda: _reviewed(dataset),
+        reviewed=lambda: _reviewed(dataset),
+        reviewed_keys=lambda: _reviewed_keys(dataset),
+        from_run=False,
+    )
 
 
 def run_with_review_label_source(name: str) -> LabelSource:
@@ -75,4 +96,12 @@ def run_with_review_label_source(name: str) -> LabelSource:
 
     run = Path(dataset.info["labeling_run"])
     description = f"labeling run {run} with FiftyOne dataset {name}'s {len(dataset)} reviewed images"
-    return LabelSource(description, run, vocabulary, len(dataset) + outside, images)
+    return LabelSource(
+        description,
+        run,
+        vocabulary,
+        len(dataset) + outside,
+        images,
+        reviewed=lambda: _reviewed(dataset),
+        reviewed_keys=lambda: _reviewed_keys(dataset),
+    )

@@ -56,3 +56,9 @@ class LabelSource:
     vocabulary: Vocabulary
     count: int  # how many images :attr:`images` yields
     images: Callable[[], Iterator[LabeledImage]]  # a new pass over the images each call
+    # The same images split for work in parallel (pipeline.exports.pieces): ``reviewed`` yields those of a FiftyOne
+    # dataset (None: none), ``reviewed_keys`` their (image_path, image_id) in the same order without reading
+    # masks; ``from_run``: the run's prediction rows follow, those whose image the dataset holds left out.
+    reviewed: Callable[[], Iterator[LabeledImage]] | None = None
+    reviewed_keys: Callable[[], Iterator[tuple[str, int]]] | None = None
+    from_run: bool = True
