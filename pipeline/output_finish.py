@@ -6,14 +6,13 @@
    two input rows with one path); the repeats are counted and a few of their paths named.
 4. COCO is written as a stream (:func:`pipeline.exports.coco.write_coco`): one ``coco.json``, one file per
    prediction file in ``coco/``, or none (``COCO_CHOICES``). The annotations come as text from each prediction
-   file's ``coco_annotations`` column, which the write tasks fill (:data:`~pipeline.output_shards.
-   ANNOTATIONS_COLUMN`), and are numbered here; files of older versions without it get it built from their
-   ``segments``, file by file.
+   file's ``coco_annotations`` column (``ANNOTATIONS_COLUMN``), which the write tasks fill, and are numbered
+   here; a file of an older version, without it, gets the text built from its ``segments``.
 5. ``errors.parquet`` is written file by file: each input's newest reason, unless the image was labeled since.
 
 What grows with the run are NumPy arrays of ids (8 bytes per row) and generations (4 bytes per row), and, while
-they are sorted to find each image's newest job and first row, copies of them and an index: about 40 bytes per
-image at the peak (40 MB at 1M images). Everything else is one prediction file at a time.
+they are sorted to find each image's newest job and first row, copies of them and sort indices: at most about 70
+bytes per image at the peak (70 MB at 1M images). Everything else is one prediction file at a time.
 """
 
 from __future__ import annotations
@@ -79,28 +78,33 @@ class _Rows:
             start += size
 
 
-def _scan(files: list[Path], columns: list[str], schema: pa.Schema) -> _Rows:
-    """The ids and generations of ``files``' rows; ``columns`` is the id column (``image_id``, or ``image_path``
-    whose :func:`image_id` is taken) and ``generation``."""
+def _scan(files: list[Path], key: str, schema: pa.Schema) -> _Rows:
+    """The ids and generations of ``files``' rows: ``key`` is ``image_id``, or ``image_path`` (error files, whose
+    rows have no id) whose :func:`image_id` is taken."""
     ids, generations, sizes = [], [], []
     for file in files:
-        table = read_shard(file, columns=columns, schema=schema)
-        key = table.column(0)
-        if key.type == pa.string():
-            ids.append(np.fromiter(map(image_id, key.to_pylist()), np.int64, len(key)))
+        table = read_shard(file, columns=[key, "generation"], schema=schema)
+        if key == "image_path":
+            paths = table.column(key).to_pylist()
+            ids.append(np.fromiter(map(image_id, paths), np.int64, len(paths)))
         else:
-            ids.append(key.to_numpy())
-        generations.append(pc.fill_null(table.column(1), 0).to_numpy().astype(np.int32))
+            ids.append(table.column(key).to_numpy())
+        generations.append(pc.fill_null(table.column("generation"), 0).to_numpy().astype(np.int32))
         sizes.append(table.num_rows)
-    empty = [np.zeros(0, np.int64)], [np.zeros(0, np.int32)]
-    return _Rows(files, sizes, np.concatenate(ids or empty[0]), np.concatenate(generations or empty[1]))
+    return _Rows(
+        files,
+        sizes,
+        np.concatenate([np.zeros(0, np.int64), *ids]),
+        np.concatenate([np.zeros(0, np.int32), *generations]),
+    )
 
 
 def _superseded(predictions: _Rows, errors: _Rows) -> np.ndarray:
     """Per prediction row: whether its generation is older than its image's newest among the prediction and error
     rows (a later job labeled the image again because it changed, or failed on it)."""
-    if not len(predictions.ids):
-        return np.zeros(0, bool)
+    every = np.concatenate([predictions.generations, errors.generations])
+    if not len(predictions.ids) or every.min() == every.max():  # one job wrote every row: none is older
+        return np.zeros(len(predictions.ids), bool)
     ids = np.concatenate([predictions.ids, errors.ids])
     generations = np.concatenate([predictions.generations, errors.generations])
     order = np.lexsort((generations, ids))
@@ -257,8 +261,8 @@ def finish_run(
     """Finish the run in ``root`` (its ``predictions`` and ``errors`` folders) as the module docstring says;
     returns the counts (``labeled``, ``failed``, ``duplicates``) and up to ``reported`` paths with more than one
     row."""
-    rows = _scan(shard_files(predictions), ["image_id", "generation"], PREDICTION_SCHEMA)
-    failures = _scan(error_files_newest_first(errors), ["image_path", "generation"], ERROR_SCHEMA)
+    rows = _scan(shard_files(predictions), "image_id", PREDICTION_SCHEMA)
+    failures = _scan(error_files_newest_first(errors), "image_path", ERROR_SCHEMA)
     superseded = _superseded(rows, failures)
     if superseded.any():
         rows = _remove(rows, superseded)

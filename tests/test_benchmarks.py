@@ -3,6 +3,7 @@ themselves are measured by hand and recorded in BENCHMARKS.md, never asserted.""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -88,3 +89,16 @@ def test_speed_vs_official_says_how_to_set_up_the_official_side(tmp_path: Path) 
     assert f"--official-tree / $SANREF: {missing}" in done.stderr, "names what is missing"
     assert "--official-python / $SAN_OFFICIAL_PYTHON: not given" in done.stderr
     assert "fetch github:MendelXu/SAN" in done.stderr and "open_clip_torch==2.16.0" in done.stderr, "says how"
+
+
+def test_finish_scale_measures_each_stage_on_a_generated_run(tmp_path: Path) -> None:
+    report = tmp_path / "finish.md"
+    work = tmp_path / "work"
+    run_script("finish_scale.py", "--sizes", "200", "--work", str(work), "--pool", "8", "--write", str(report))
+    rows = table_rows(report)
+    assert [row[0] for row in rows] == ["finish"] and rows[0][2] == "200"
+    assert all(float(value) > 0 for value in rows[0][3:]), rows
+    (run,) = (path for path in work.glob("*/200") if path.is_dir())
+    counts = json.loads((run / "manifest.json").read_text())["counts"]
+    assert counts["labeled"] + counts["failed"] == 200 and counts["failed"] > 0, counts
+    assert (run / "coco.json").is_file() and (run / "errors.parquet").is_file()
