@@ -40,7 +40,6 @@ from .exports.coco import (
 from .output_shards import (
     ANNOTATIONS_COLUMN,
     ERROR_SCHEMA,
-    PREDICTION_SCHEMA,
     error_files_newest_first,
     image_id,
     read_shard,
@@ -78,18 +77,31 @@ class _Rows:
             start += size
 
 
-def _scan(files: list[Path], key: str, schema: pa.Schema) -> _Rows:
+def _read(file: Path, columns: list[str]) -> pa.Table:
+    """The ``columns`` of a prediction or error file that it has (a file of an older version may lack
+    ``generation`` or ``coco_annotations``); a damaged file is named (:func:`reading_shard`). Read with
+    ``ParquetFile``: ``pyarrow.parquet.read_table`` sets up a dataset per call, which costs more than reading a
+    small file's column, and the finish reads thousands of files several times."""
+    with reading_shard(file):
+        parquet = pq.ParquetFile(file)
+        return parquet.read(columns=[c for c in columns if c in parquet.schema_arrow.names])
+
+
+def _scan(files: list[Path], key: str) -> _Rows:
     """The ids and generations of ``files``' rows: ``key`` is ``image_id``, or ``image_path`` (error files, whose
     rows have no id) whose :func:`image_id` is taken."""
     ids, generations, sizes = [], [], []
     for file in files:
-        table = read_shard(file, columns=[key, "generation"], schema=schema)
+        table = _read(file, [key, "generation"])
         if key == "image_path":
             paths = table.column(key).to_pylist()
             ids.append(np.fromiter(map(image_id, paths), np.int64, len(paths)))
         else:
             ids.append(table.column(key).to_numpy())
-        generations.append(pc.fill_null(table.column("generation"), 0).to_numpy().astype(np.int32))
+        recorded = (
+            table.column("generation") if "generation" in table.column_names else pa.nulls(table.num_rows, pa.int64())
+        )
+        generations.append(pc.fill_null(recorded, 0).to_numpy().astype(np.int32))
         sizes.append(table.num_rows)
     return _Rows(
         files,
@@ -157,7 +169,7 @@ def _first_rows(rows: _Rows, reported: int) -> tuple[np.ndarray, np.ndarray, lis
         twice = np.flatnonzero(np.isin(ids, repeated))
         if not len(twice):
             continue
-        table = read_shard(file, columns=["image_path"], schema=PREDICTION_SCHEMA).take(pa.array(twice))
+        table = _read(file, ["image_path"]).take(pa.array(twice))
         for row, path in zip(twice.tolist(), table.column(0).to_pylist(), strict=True):
             pairs.add((int(ids[row]), _path_digest(path)))
             if kept[row] and int(ids[row]) in named:
@@ -169,7 +181,7 @@ def _first_rows(rows: _Rows, reported: int) -> tuple[np.ndarray, np.ndarray, lis
 
 def _kept(file: Path, kept: np.ndarray, columns: list[str]) -> pa.Table:
     """The ``kept`` rows of a prediction file, ``columns`` only."""
-    table = read_shard(file, columns=columns)
+    table = _read(file, columns)
     return table if kept.all() else table.filter(pa.array(kept))
 
 
@@ -181,10 +193,9 @@ def _images_text(file: Path, kept: np.ndarray) -> str:
 def _annotations_text(file: Path, kept: np.ndarray, first_id: int) -> tuple[str, int]:
     """The COCO annotations of a file's ``kept`` rows, comma-separated and numbered from ``first_id``, and the next
     id: from its ``coco_annotations`` column, or built from its ``segments`` (a file of an older version)."""
-    with reading_shard(file):
-        names = pq.read_schema(file).names
-    if ANNOTATIONS_COLUMN in names:
-        lines = _kept(file, kept, [ANNOTATIONS_COLUMN]).column(0)
+    stored = _kept(file, kept, [ANNOTATIONS_COLUMN])
+    if stored.num_columns:
+        lines = stored.column(0)
     else:
         lines = annotation_texts(_kept(file, kept, ["image_id", "width", "height", "segments"]))
     return numbered_annotations(lines, first_id)
@@ -248,7 +259,7 @@ def _write_errors(target: Path, errors: _Rows, labeled: np.ndarray) -> int:
         with pq.ParquetWriter(tmp, schema) as writer:
             for file, kept in errors.per_file(keep):
                 if kept.any():
-                    rows = read_shard(file, columns=_ERROR_COLUMNS, schema=ERROR_SCHEMA).filter(pa.array(kept))
+                    rows = _read(file, _ERROR_COLUMNS).filter(pa.array(kept))
                     writer.write_table(rows)
 
     write_atomic(target, write)
@@ -261,8 +272,8 @@ def finish_run(
     """Finish the run in ``root`` (its ``predictions`` and ``errors`` folders) as the module docstring says;
     returns the counts (``labeled``, ``failed``, ``duplicates``) and up to ``reported`` paths with more than one
     row."""
-    rows = _scan(shard_files(predictions), "image_id", PREDICTION_SCHEMA)
-    failures = _scan(error_files_newest_first(errors), "image_path", ERROR_SCHEMA)
+    rows = _scan(shard_files(predictions), "image_id")
+    failures = _scan(error_files_newest_first(errors), "image_path")
     superseded = _superseded(rows, failures)
     if superseded.any():
         rows = _remove(rows, superseded)
