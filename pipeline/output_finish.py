@@ -114,11 +114,10 @@ def _scan(files: list[Path], key: str) -> _Rows:
 def _superseded(predictions: _Rows, errors: _Rows) -> np.ndarray:
     """Per prediction row: whether its generation is older than its image's newest among the prediction and error
     rows (a later job labeled the image again because it changed, or failed on it)."""
-    every = np.concatenate([predictions.generations, errors.generations])
-    if not len(predictions.ids) or every.min() == every.max():  # one job wrote every row: none is older
+    generations = np.concatenate([predictions.generations, errors.generations])
+    if not len(predictions.ids) or generations.min() == generations.max():  # one job wrote every row: none is older
         return np.zeros(len(predictions.ids), bool)
     ids = np.concatenate([predictions.ids, errors.ids])
-    generations = np.concatenate([predictions.generations, errors.generations])
     order = np.lexsort((generations, ids))
     ids, generations = ids[order], generations[order]
     last = np.append(ids[1:] != ids[:-1], True)  # an id's last row, in order of generation: its newest

@@ -374,7 +374,7 @@ def test_sigterm_as_from_ray_job_stop_is_recorded_as_stopped(inputs: dict, tmp_p
 
 
 def test_failed_inputs_are_retried_and_repeated_paths_reported(
-    local_ray, inputs: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+    local_ray, inputs: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     images = [read_image_file(p) for p in inputs["good"][:2]]
     encoded = []
@@ -412,7 +412,9 @@ def test_failed_inputs_are_retried_and_repeated_paths_reported(
     _, manifest = run(listing, tmp_path / "from-list")
     assert manifest["counts"]["failed"] == 1
     Image.fromarray(images[0]).save(late)  # the missing file appears: a rerun labels it
-    _, manifest = run(listing, tmp_path / "from-list")
+    monkeypatch.setattr("pipeline.label.job.SINGLE_COCO_IMAGES", 0)  # as if the run were too big for one coco.json
+    stderr, manifest = run(listing, tmp_path / "from-list")
+    assert "pycocotools needs about 3 times its size in memory" in stderr and "--coco shards" in stderr
     assert manifest["counts"]["labeled"] == 1 and manifest["counts"]["failed"] == 0
     assert pq.read_table(tmp_path / "from-list" / "errors.parquet").num_rows == 0
 
