@@ -147,7 +147,7 @@ def main() -> None:
             for stage in args.stages:
                 result = _measure(repo, stage, run)
                 lines.append(
-                    f"| {stage} | {commit} | {images:,} | {result['seconds']:.1f} | {result['peak_mb']:.0f} | "
+                    f"| {stage} | {commit} | {images:,} | {result['seconds']:.2f} | {result['peak_mb']:.0f} | "
                     f"{result['imports_mb']:.0f} |"
                 )
                 print(lines[-1], file=sys.stderr)

@@ -97,7 +97,8 @@ def test_finish_scale_measures_each_stage_on_a_generated_run(tmp_path: Path) -> 
     run_script("finish_scale.py", "--sizes", "200", "--work", str(work), "--pool", "8", "--write", str(report))
     rows = table_rows(report)
     assert [row[0] for row in rows] == ["finish"] and rows[0][2] == "200"
-    assert all(float(value) > 0 for value in rows[0][3:]), rows
+    seconds, peak, after_imports = map(float, rows[0][3:])
+    assert seconds >= 0 and peak >= after_imports > 0, rows
     (run,) = (path for path in work.glob("*/200") if path.is_dir())
     counts = json.loads((run / "manifest.json").read_text())["counts"]
     assert counts["labeled"] + counts["failed"] == 200 and counts["failed"] > 0, counts
