@@ -21,9 +21,12 @@ __all__ = [
     "ERROR_SCHEMA",
     "PREDICTION_SCHEMA",
     "SEGMENT_TYPE",
+    "ANNOTATIONS_COLUMN",
     "DamagedFileError",
+    "error_files_newest_first",
     "fingerprint_key",
     "first_per_path",
+    "image_id",
     "newest_only",
     "read_shard",
     "reading_shard",
@@ -56,6 +59,10 @@ PREDICTION_SCHEMA = pa.schema(
     ]
 )
 ERROR_SCHEMA = pa.schema([("image_path", pa.string()), ("error", pa.string()), ("generation", pa.int64())])
+#: The column that a prediction file holds beside ``PREDICTION_SCHEMA``'s: each image's COCO annotations as text
+#: (:func:`pipeline.exports.coco.annotation_lines`), written with the file so that both are whole or absent
+#: together, and stitched into ``coco.json`` at the end of the run; absent in files of older versions.
+ANNOTATIONS_COLUMN = "coco_annotations"
 
 
 
@@ -77,6 +84,11 @@ def write_shard_file(table: pa.Table, folder: Path) -> Path:
 
 def shard_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("part-*.parquet")) if folder.exists() else []
+
+
+def error_files_newest_first(folder: Path) -> list[Path]:
+    """The error files of ``folder``, the most recently written first (a path's newest reason is its first row)."""
+    return sorted(shard_files(folder), key=lambda shard: shard.stat().st_mtime_ns, reverse=True)
 
 
 def set_aside_name(shard: Path) -> Path:
@@ -104,6 +116,11 @@ def read_shard(shard: Path, **read: Any) -> pa.Table:
     """``pyarrow.parquet.read_table(shard, **read)``, or a :class:`DamagedFileError` naming ``shard``."""
     with reading_shard(shard):
         return pq.read_table(shard, **read)
+
+
+def image_id(image_path: str) -> int:
+    """A stable positive id (< 2**53, exact in JSON and JavaScript) derived from the path."""
+    return int.from_bytes(hashlib.sha256(image_path.encode("utf-8")).digest()[:8], "big") >> 11
 
 
 def fingerprint_key(fingerprint: str | None) -> int:

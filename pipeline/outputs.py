@@ -1,12 +1,13 @@
 """The output directory of a labeling run: Parquet shards written atomically, resume state, and the
-final merge into ``coco.json``, ``errors.parquet`` and ``manifest.json``.
+final merge into ``coco.json``, ``errors.parquet`` and ``manifest.json`` (:mod:`pipeline.output_finish`).
 
 Layout::
 
     OUT/predictions/part-*.parquet   one row per labeled image (PREDICTION_SCHEMA; docs/labeling.md)
     OUT/errors/part-*.parquet        one row per input that could not be labeled (path, reason)
     OUT/errors.parquet               all error rows, merged at the end
-    OUT/coco.json                    COCO annotations of every labeled image
+    OUT/coco.json                    COCO annotations of every labeled image (``--coco single``)
+    OUT/coco/part-*.json             or one COCO file per predictions file (``--coco shards``)
     OUT/manifest.json                command, model, vocabulary, versions, counts, timings
 """
 
@@ -24,16 +25,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from san.atomic import write_atomic, write_json_atomic
+from san.atomic import write_json_atomic
 from san.errors import OptionError, UserError
 
 from .disk_space import is_out_of_space
-from .exports.coco import build_coco
+from .exports.coco import annotation_texts
+from .output_finish import COCO_FOLDER, finish_run
 from .output_lock import LOCK_NAME
 from .output_shards import (
+    ANNOTATIONS_COLUMN,
     ERROR_SCHEMA,
     PREDICTION_SCHEMA,
     DamagedFileError,
+    error_files_newest_first,
     fingerprint_key,
     first_per_path,
     newest_only,
@@ -157,7 +161,7 @@ class RunOutput:
     def remove_partial_files(self) -> int:
         """Delete temporary files a killed run left behind; returns how many."""
         removed = 0
-        for folder in (self.predictions_dir, self.errors_dir):
+        for folder in (self.predictions_dir, self.errors_dir, self.root / COCO_FOLDER):
             for tmp in folder.glob(".*.tmp") if folder.exists() else []:
                 tmp.unlink()
                 removed += 1
@@ -228,9 +232,12 @@ class RunOutput:
 
     def write_tables(self, predictions: pa.Table, errors: pa.Table) -> None:
         """:meth:`write_shard` of Arrow tables (``PREDICTION_SCHEMA``, ``ERROR_SCHEMA``): what the job's writer
-        tasks call, on any node that sees the output folder."""
+        tasks call, on any node that sees the output folder. A predictions file also holds each image's COCO
+        annotations as text (``ANNOTATIONS_COLUMN``), which the end of the run stitches into its COCO files."""
         if predictions.num_rows:
-            write_shard_file(predictions.cast(PREDICTION_SCHEMA), self.predictions_dir)
+            predictions = predictions.cast(PREDICTION_SCHEMA)
+            predictions = predictions.append_column(ANNOTATIONS_COLUMN, annotation_texts(predictions))
+            write_shard_file(predictions, self.predictions_dir)
         if errors.num_rows:
             write_shard_file(errors.cast(ERROR_SCHEMA), self.errors_dir)
 
@@ -278,62 +285,26 @@ class RunOutput:
     def read_errors(self) -> pa.Table:
         """All error rows (``image_path``, ``error``), one per input: the newest reason when a rerun failed on it
         again."""
-        shards = sorted(shard_files(self.errors_dir), key=lambda shard: shard.stat().st_mtime_ns, reverse=True)
+        shards = error_files_newest_first(self.errors_dir)
         if not shards:
             return ERROR_SCHEMA.empty_table().select(_ERROR_COLUMNS)
         tables = (read_shard(s, columns=_ERROR_COLUMNS, schema=ERROR_SCHEMA) for s in shards)
         return first_per_path(pa.concat_tables(tables))
 
-    def repeated_paths(self) -> tuple[int, list[str]]:
-        """How many prediction rows repeat an earlier row's ``image_path`` (two input rows with one path), and
-        up to :data:`MAX_REPORTED_DUPLICATES` of those paths."""
-        paths = self._current_rows(["image_path"]).column(0)
-        if not len(paths):
-            return 0, []
-        counts = pc.value_counts(paths).flatten()
-        repeated = pc.filter(counts[0], pc.greater(counts[1], 1)).to_pylist()
-        extra = pc.sum(pc.subtract(counts[1], 1)).as_py() or 0
-        return extra, repeated[:MAX_REPORTED_DUPLICATES]
-
-    def finalize(self, vocabulary: Vocabulary, manifest: dict[str, Any]) -> dict[str, int]:
-        """Merge the shards into ``coco.json`` and ``errors.parquet`` and write ``manifest.json`` (with the
-        ``duplicate_paths`` of :meth:`repeated_paths`, when there are any); returns the counts. Prediction rows
-        of an image a later job labeled again (or failed on) are first removed from their files."""
-        self._remove_superseded()
-        predictions = self.read_predictions(["image_path", "image_id", "width", "height", "segments"])
-        ids = predictions.column("image_id").to_pylist()
-        if len(set(ids)) != len(ids):
-            raise RuntimeError("two different image paths hash to the same image_id; please report this")
-        coco = build_coco(predictions.to_pylist(), vocabulary.names, vocabulary.category_ids)
-        write_json_atomic(coco, self.root / "coco.json")
-        labeled = set(predictions.column("image_path").to_pylist())
-        errors = self.read_errors()
-        errors = errors.filter(
-            pa.array([p not in labeled for p in errors.column("image_path").to_pylist()], pa.bool_())
+    def finalize(self, vocabulary: Vocabulary, manifest: dict[str, Any], coco: str = "single") -> dict[str, int]:
+        """Merge the shards into ``coco.json`` (or one COCO file per shard, or none: ``coco``, one of
+        :data:`~pipeline.output_finish.COCO_CHOICES`) and ``errors.parquet``, and write ``manifest.json`` (with
+        ``duplicate_paths``, up to :data:`MAX_REPORTED_DUPLICATES` paths labeled twice, when there are any);
+        returns the counts. Prediction rows of an image a later job labeled again (or failed on) are first removed
+        from their files. Driver memory stays constant (a few bytes per image): :mod:`pipeline.output_finish`."""
+        counts, duplicate_paths = finish_run(
+            self.root, self.predictions_dir, self.errors_dir, vocabulary, coco, MAX_REPORTED_DUPLICATES
         )
-        write_atomic(self.root / "errors.parquet", lambda tmp: pq.write_table(errors, tmp))
-        duplicates, duplicate_paths = self.repeated_paths()
-        counts = {"labeled": predictions.num_rows, "failed": errors.num_rows, "duplicates": duplicates}
         manifest = {**manifest, "counts": {**manifest.get("counts", {}), **counts}}
         if duplicate_paths:
             manifest["duplicate_paths"] = duplicate_paths
         write_json_atomic(manifest, self.root / MANIFEST, indent=2)
         return counts
-
-    def _remove_superseded(self) -> None:
-        """Rewrite (each atomically) the prediction files that hold rows of an image's older job, without them."""
-        newest = self._newest_generations()
-        if not newest:
-            return
-        for shard in shard_files(self.predictions_dir):
-            table = read_shard(shard, schema=PREDICTION_SCHEMA)
-            current = newest_only(table, newest)
-            if current.num_rows == table.num_rows:
-                continue
-            if current.num_rows:
-                write_atomic(shard, lambda tmp, rows=current: pq.write_table(rows, tmp))
-            else:
-                shard.unlink()
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

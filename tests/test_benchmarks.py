@@ -3,6 +3,7 @@ themselves are measured by hand and recorded in BENCHMARKS.md, never asserted.""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -95,3 +96,17 @@ def test_region_search_benchmark_times_a_synthetic_run(tmp_path: Path) -> None:
     run_script("region_search.py", "--images", "300", "--write", str(report))
     [row] = table_rows(report)
     assert row[0] == "300" and float(row[2].removesuffix(" s")) > 0, row
+
+
+def test_finish_scale_measures_each_stage_on_a_generated_run(tmp_path: Path) -> None:
+    report = tmp_path / "finish.md"
+    work = tmp_path / "work"
+    run_script("finish_scale.py", "--sizes", "200", "--work", str(work), "--pool", "8", "--write", str(report))
+    rows = table_rows(report)
+    assert [row[0] for row in rows] == ["finish"] and rows[0][2] == "200"
+    seconds, peak, after_imports = map(float, rows[0][3:])
+    assert seconds >= 0 and peak >= after_imports > 0, rows
+    (run,) = (path for path in work.glob("*/200") if path.is_dir())
+    counts = json.loads((run / "manifest.json").read_text())["counts"]
+    assert counts["labeled"] + counts["failed"] == 200 and counts["failed"] > 0, counts
+    assert (run / "coco.json").is_file() and (run / "errors.parquet").is_file()

@@ -26,6 +26,7 @@ from pipeline.exports.run import FormatOptions, export_format
 from pipeline.label.decode import DecodeStage
 from pipeline.label.job import LabelOptions, run_label_job
 from pipeline.label.model_stage import ModelStage
+from pipeline.output_shards import ANNOTATIONS_COLUMN
 from pipeline.outputs import RunOutput
 
 pytestmark = pytest.mark.slow
@@ -135,6 +136,8 @@ def test_the_job_spreads_over_nodes_and_survives_losing_one(cluster, tmp_path: P
     expected = sorted(str(p) for p in images.iterdir())
     raw = pq.read_table(output / "predictions", columns=["image_path"]).column(0).to_pylist()
     assert sorted(raw) == expected, "every image written exactly once, none lost, none twice"
+    stored = pq.read_table(output / "predictions", columns=[ANNOTATIONS_COLUMN]).column(0)
+    assert stored.null_count == 0, "the write tasks on every node stored the COCO text the finish stitches"
     coco = json.loads((output / "coco.json").read_text())
     assert sorted(image["file_name"] for image in coco["images"]) == expected
     assert manifest["counts"]["labeled"] == IMAGES and manifest["counts"]["duplicates"] == 0

@@ -397,7 +397,7 @@ def test_sigterm_as_from_ray_job_stop_is_recorded_as_stopped(inputs: dict, tmp_p
 
 
 def test_failed_inputs_are_retried_and_repeated_paths_reported(
-    local_ray, inputs: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+    local_ray, inputs: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     images = [read_image_file(p) for p in inputs["good"][:2]]
     encoded = []
@@ -413,19 +413,20 @@ def test_failed_inputs_are_retried_and_repeated_paths_reported(
     listing = tmp_path / "list.txt"
     listing.write_text(f"{late}\n")
 
-    def run(source: Path, output: Path) -> tuple[str, dict]:
+    def run(source: Path, output: Path, coco: str = "single") -> tuple[str, dict]:
         """The job in this process (``jobs/label.py`` itself runs in the other tests): its stderr and manifest."""
-        options = LabelOptions(
-            vocab=str(inputs["vocab"]), input=str(source), output=str(output), smoke_test=True, progress=False
-        )
-        run_label_job(options)
+        given = {"vocab": str(inputs["vocab"]), "input": str(source), "output": str(output), "coco": coco}
+        run_label_job(LabelOptions(**given, smoke_test=True, progress=False))
         return capsys.readouterr().err, json.loads((output / "manifest.json").read_text())
 
-    stderr, manifest = run(shards, tmp_path / "from-parquet")
+    stderr, manifest = run(shards, tmp_path / "from-parquet", coco="shards")
     assert manifest["input"] == str(shards)  # what reviews and exports list again (pipeline.run_images)
     assert manifest["counts"]["labeled"] == 1 and manifest["counts"]["duplicates"] == 1
     assert manifest["duplicate_paths"] == ["0001.png"]
     assert "1 input rows repeat the image_path" in stderr
+    (part,) = (tmp_path / "from-parquet" / "coco").glob("part-*.json")  # --coco shards: one per predictions file
+    assert [image["file_name"] for image in COCO(str(part)).dataset["images"]] == ["0001.png"]
+    assert not (tmp_path / "from-parquet" / "coco.json").exists()
     # The export writes the labeled row's own bytes: its path "0001.png" names no file.
     export_format(tmp_path / "from-parquet", FormatOptions(format="yolo-seg", output=str(tmp_path / "yolo")))
     (exported,) = (tmp_path / "yolo" / "images").iterdir()
@@ -434,7 +435,9 @@ def test_failed_inputs_are_retried_and_repeated_paths_reported(
     _, manifest = run(listing, tmp_path / "from-list")
     assert manifest["counts"]["failed"] == 1
     Image.fromarray(images[0]).save(late)  # the missing file appears: a rerun labels it
-    _, manifest = run(listing, tmp_path / "from-list")
+    monkeypatch.setattr("pipeline.label.job.SINGLE_COCO_IMAGES", 0)  # as if the run were too big for one coco.json
+    stderr, manifest = run(listing, tmp_path / "from-list")
+    assert "pycocotools needs about 3 times its size in memory" in stderr and "--coco shards" in stderr
     assert manifest["counts"]["labeled"] == 1 and manifest["counts"]["failed"] == 0
     assert pq.read_table(tmp_path / "from-list" / "errors.parquet").num_rows == 0
 

@@ -36,6 +36,7 @@ def options(tmp_path: Path, **overrides) -> LabelOptions:
         ({"max_size": 500}, r"--max-size \(500\) must not be smaller than --short-side \(640\)"),
         ({"limit": -1}, "--limit must be 0 or more, got -1"),
         ({"dtype": "int8"}, "--dtype must be one of"),
+        ({"coco": "all"}, r"--coco must be one of \['single', 'shards', 'none'\], got 'all'"),
         ({"input": None}, "--input is required"),
         ({"workers": (0, 0)}, r"--workers must be N or MIN-MAX with 1 <= MIN <= MAX, got 0-0"),
         ({"workers": (3, 1)}, r"--workers must be N or MIN-MAX with 1 <= MIN <= MAX, got 3-1"),

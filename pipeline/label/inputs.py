@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from san.errors import UserError
 
+from ..output_shards import image_id as image_id  # defined beside the readers that keep each image once
 from ..outputs import MANIFEST
 from .globs import glob_match, has_wildcard, relative_parts, split_glob
 from .local_files import missing_reason, not_regular_reason, undecodable_name
@@ -61,11 +62,6 @@ class InputItem:
     image_path: str
     data: bytes | None = None
     error: str | None = None
-
-
-def image_id(image_path: str) -> int:
-    """A stable positive id (< 2**53, exact in JSON and JavaScript) derived from the path."""
-    return int.from_bytes(hashlib.sha256(image_path.encode("utf-8")).digest()[:8], "big") >> 11
 
 
 def image_fingerprint(image_path: str, data: bytes) -> str:

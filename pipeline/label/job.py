@@ -51,6 +51,9 @@ from .write import WriteStage
 
 # Upper bound on the containers' blocks (each costs some scheduling overhead).
 MAX_INPUT_BLOCKS = 10_000
+# Images above which one coco.json is too big for pycocotools on most machines (it needs about 3 times the
+# file's size in memory, and the file takes about 8 KB per image): the job then suggests --coco shards.
+SINGLE_COCO_IMAGES = 250_000
 # manifest.json's status of a run stopped on purpose (any other exception: "failed").
 _STOPPED_STATUS = {KeyboardInterrupt: "interrupted", StopRequested: "stopped"}
 
@@ -178,7 +181,7 @@ def _label(
                 done = ray.put(output.labeled_ids())
                 dataset = _build_dataset(options, model, resolved, done, tally, vocabulary, settings, plan, generation)
                 new = _consume(dataset, tally, options)
-            final = _finish(output, manifest, vocabulary, tally, new, started)
+            final = _finish(output, manifest, vocabulary, tally, new, started, options.coco)
     except BaseException as error:  # Ctrl-C and SIGTERM included: the manifest says the run stopped, and why
         if is_out_of_space(error):
             error = out_of_space(output.root, os.strerror(error.errno))
@@ -197,6 +200,14 @@ def _label(
             "listed in manifest.json); give every image a unique path",
             file=sys.stderr,
         )
+    if options.coco == "single" and final["labeled"] > SINGLE_COCO_IMAGES:
+        size = (output.root / "coco.json").stat().st_size / 2**30
+        print(
+            f"warning: coco.json holds {final['labeled']} images ({size:.1f} GiB), and pycocotools needs about "
+            "3 times its size in memory to load it; rerun the same command with --coco shards to write one COCO "
+            "file per predictions file instead (nothing is labeled again)",
+            file=sys.stderr,
+        )
     return manifest
 
 
@@ -207,8 +218,10 @@ def _finish(
     tally: ray.actor.ActorHandle,
     new: dict[str, Any],
     started: float,
+    coco: str,
 ) -> dict[str, int]:
-    """Count the run into ``manifest`` (``"complete"``) and merge the output folder (:meth:`RunOutput.finalize`)."""
+    """Count the run into ``manifest`` (``"complete"``) and merge the output folder (:meth:`RunOutput.finalize`,
+    its COCO as ``coco`` says)."""
     listed, skipped = ray.get(tally.counts.remote())
     changed, changed_paths = ray.get(tally.changes.remote())
     manifest["status"] = "complete"
@@ -234,7 +247,7 @@ def _finish(
         "first_result_seconds": new["first_result_seconds"],
         "images_per_model_call": new["images_per_model_call"],
     }
-    return output.finalize(vocabulary, manifest)
+    return output.finalize(vocabulary, manifest, coco)
 
 
 def _listing(options: LabelOptions, resolved: ResolvedInputs, cpus: float) -> ray.data.Dataset:

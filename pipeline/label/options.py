@@ -14,6 +14,7 @@ from san.other_names import OTHER_CHOICES
 from san.settings import DEFAULT_TTA_SIZES, DTYPE_NAMES, TTA_MAX_SIZE, PredictionSettings, TestTimeAugmentation
 from san.transforms import ResizeShortestEdge
 
+from ..output_finish import COCO_CHOICES
 from ..vocabulary import Vocabulary
 from .images import DEFAULT_MAX_PIXELS
 
@@ -150,6 +151,16 @@ class LabelOptions:
             "decoded (at most PIL's own limit)"
         },
     )
+    coco: str = field(
+        default="single",
+        metadata={
+            "help": "COCO annotations written at the end of the run: single (one coco.json), shards (one COCO file "
+            "per predictions file, coco/part-*.json, each loadable on its own: for runs past a few hundred "
+            "thousand images, whose single file pycocotools could not load), none. A resumed run may change it: "
+            "the COCO files of the other choice are removed",
+            "choices": list(COCO_CHOICES),
+        },
+    )
     bytes_column: str | None = field(
         default=None, metadata={"help": "Parquet column with the encoded image bytes (default: auto-detect)"}
     )
@@ -174,6 +185,8 @@ class LabelOptions:
             raise OptionError(f"`max_pixels` must be at most {DEFAULT_MAX_PIXELS} (PIL's limit), got {self.max_pixels}")
         if self.limit is not None and self.limit < 0:
             raise OptionError(f"`limit` must be 0 or more, got {self.limit}")
+        if self.coco not in COCO_CHOICES:
+            raise OptionError(f"`coco` must be one of {list(COCO_CHOICES)}, got {self.coco!r}")
         if self.dtype not in DTYPE_NAMES:
             raise OptionError(f"`dtype` must be one of {list(DTYPE_NAMES)}, got {self.dtype!r}")
         if self.input is None and not self.smoke_test:

@@ -1,0 +1,162 @@
+"""Driver peak memory and wall time of the steps after labeling, on synthetic runs of given sizes
+(``benchmarks/synthetic_run.py``), with this checkout's code or another's (``--repo``, e.g. a worktree of the
+commit before a change):
+
+    git worktree add ../before 40b5a48
+    python benchmarks/finish_scale.py --sizes 10000 100000 1000000 --work /data/finish-bench \\
+        --repo . --repo ../before --write BENCHMARKS.md
+
+For each repository and size, a run is generated once by that repository's own writer (``WORK/<commit>/<size>``,
+reused when it is there and complete: delete it to generate again); then each stage runs in a new Python process
+with that repository first on ``PYTHONPATH``, which reports the stage's wall time and the process's peak RSS
+(``getrusage``: the whole process, imports included; the RSS after the imports is shown beside it). Stages run
+in the order given, on the same run, so a stage may use what an earlier one wrote.
+
+Stages are entries of :data:`STAGES`: a line for the table, a function of the run's folder, which runs in the
+child process, and the modules it imports (imported before the measurement starts). To add one (an evaluation,
+an export, a review selection), write its function and add an entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from _report import emit
+
+HERE = Path(__file__).resolve().parent
+GENERATOR = HERE / "synthetic_run.py"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A step measured on a synthetic run: ``run(folder)`` in the child process, with the measured code, after
+    ``modules`` are imported (neither their time nor their memory is the stage's)."""
+
+    about: str
+    run: Callable[[Path], None]
+    modules: tuple[str, ...]
+
+
+def finish(run: Path) -> None:
+    """The labeling job's last step, as ``pipeline.label.job`` calls it: ``RunOutput.finalize`` with the run's
+    vocabulary and manifest (default COCO: one ``coco.json``)."""
+    from pipeline.outputs import RunOutput
+
+    output = RunOutput(run)
+    manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+    output.finalize(output.read_vocabulary(RuntimeError), {**manifest, "status": "complete"})
+
+
+STAGES: dict[str, Stage] = {
+    "finish": Stage(
+        "RunOutput.finalize: coco.json, errors.parquet, manifest.json", finish, ("pipeline.outputs", "pyarrow.dataset")
+    ),
+}
+
+
+def _child(stage: str, run: Path) -> None:
+    """In the child process: run ``stage`` on ``run`` and print one JSON line of measurements."""
+    import pipeline
+
+    for module in STAGES[stage].modules:
+        importlib.import_module(module)
+    after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    STAGES[stage].run(run)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(
+        json.dumps(
+            {"seconds": seconds, "peak_mb": peak / 1024, "imports_mb": after_imports / 1024, "code": pipeline.__file__}
+        )
+    )
+
+
+def _environment(repo: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]).rstrip(":")}
+
+
+def _commit(repo: Path) -> str:
+    """The repository's short commit, ``+`` when its work tree has changes."""
+    git = ["git", "-C", str(repo)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
+
+
+def _generated(repo: Path, run: Path, images: int, generator: list[str]) -> None:
+    """Generate ``run`` with ``repo``'s code unless a complete one is there."""
+    done = run.parent / f"{run.name}.generated"
+    if done.exists() and run.is_dir():
+        return
+    shutil.rmtree(run, ignore_errors=True)
+    run.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, str(GENERATOR), str(run), "--images", str(images), *generator]
+    subprocess.run(command, env=_environment(repo), check=True, stdout=subprocess.DEVNULL)
+    done.write_text(json.dumps({"images": images, "generator": generator}))
+
+
+def _measure(repo: Path, stage: str, run: Path) -> dict[str, float | str]:
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", stage, str(run)]
+    done = subprocess.run(command, env=_environment(repo), capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"stage {stage} failed on {run} with {repo}'s code:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if not Path(result["code"]).resolve().is_relative_to(repo.resolve()):
+        raise SystemExit(f"the child imported {result['code']}, not {repo}'s pipeline")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
+    parser.add_argument("--work", type=Path, required=True, help="folder for the generated runs (reused)")
+    parser.add_argument(
+        "--repo", type=Path, action="append", help="a checkout whose code is measured (repeatable; default: this one)"
+    )
+    parser.add_argument("--pool", default="256", help="synthetic_run.py --pool")
+    parser.add_argument("--write", type=Path, help="append the table to this Markdown file")
+    args = parser.parse_args()
+    repos = args.repo or [HERE.parent]
+    lines = [
+        f"### After labeling, by run size ({datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, `benchmarks/finish_scale.py`)",
+        "",
+        "| stage | code | images | seconds | driver peak RSS (MB) | RSS after imports (MB) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for repo in repos:
+        commit = _commit(repo)
+        for images in args.sizes:
+            run = args.work / commit / str(images)
+            _generated(repo, run, images, ["--pool", args.pool])
+            for stage in args.stages:
+                result = _measure(repo, stage, run)
+                lines.append(
+                    f"| {stage} | {commit} | {images:,} | {result['seconds']:.2f} | {result['peak_mb']:.0f} | "
+                    f"{result['imports_mb']:.0f} |"
+                )
+                print(lines[-1], file=sys.stderr)
+    lines += ["", *(f"- `{name}`: {STAGES[name].about}" for name in args.stages)]
+    emit(lines, args.write)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:  # a measurement, in its own process (_measure)
+        _child(sys.argv[2], Path(sys.argv[3]))
+    else:
+        main()
