@@ -1,6 +1,6 @@
 """The labeling job on a simulated cluster of three 1-CPU nodes (``ray.cluster_utils.Cluster``): its actors and
 tasks spread over the nodes, and a worker node removed mid-run costs no image and duplicates none; the run is then
-exported (yolo-seg) in Ray tasks on the nodes left.
+exported (yolo-seg) and evaluated against ground truth in Ray tasks on the nodes left.
 
 The null model (``--model null``) keeps it fast: what is tested is the pipeline, not SAN.
 """
@@ -22,6 +22,7 @@ from PIL import Image
 from ray.cluster_utils import Cluster
 
 import pipeline.label.job
+from pipeline.evaluate import evaluate_run
 from pipeline.exports.run import FormatOptions, export_format
 from pipeline.label.decode import DecodeStage
 from pipeline.label.job import LabelOptions, run_label_job
@@ -147,6 +148,18 @@ def test_the_job_spreads_over_nodes_and_survives_losing_one(cluster, tmp_path: P
     assert written["images"] == IMAGES
     labels = sorted(p.stem for p in (tmp_path / "yolo" / "labels").glob("*.txt"))
     assert labels == sorted(Path(p).stem for p in expected)
+    # Evaluated there too, in Ray tasks: the confusion matrix of the single-process code.
+    from reference_evaluate import reference_evaluate
+
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for path in expected:
+        height, width = np.asarray(Image.open(path)).shape[:2]
+        Image.fromarray(rng.integers(0, 3, (height, width), dtype=np.uint8)).save(gt / Path(path).name)
+    metrics = evaluate_run(output, str(gt), metrics_path=tmp_path / "metrics.json", progress=False)
+    reference = reference_evaluate(output, str(gt), None, "detectron2", tmp_path / "reference.json")
+    assert metrics["num_images"] == IMAGES
+    np.testing.assert_array_equal(metrics["confusion_matrix"], reference["confusion_matrix"])
 
 
 @pytest.fixture
