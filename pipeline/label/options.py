@@ -14,8 +14,10 @@ from san.other_names import OTHER_CHOICES
 from san.settings import DEFAULT_TTA_SIZES, DTYPE_NAMES, TTA_MAX_SIZE, PredictionSettings, TestTimeAugmentation
 from san.transforms import ResizeShortestEdge
 
+from ..region_shards import REGION_DTYPES
 from ..vocabulary import Vocabulary
 from .images import DEFAULT_MAX_PIXELS
+from .model_stage import NULL_MODEL
 
 
 def _workers(text: str) -> tuple[int, int]:
@@ -135,6 +137,20 @@ class LabelOptions:
             "type": _sizes,
         },
     )
+    keep_regions: str | None = field(
+        default=None,
+        metadata={
+            "help": "also keep each image's regions (SAN's vocabulary-free outputs: 100 masks at 1/16 of the model "
+            "input and their 512 recognition values for ViT-B/16) in OUTPUT/regions/, so that jobs/relabel.py "
+            "labels the images again with another vocabulary, `other` names, minimum scores or templates without "
+            "the image model, and jobs/search.py finds the images that hold a text. fp16 (given without a value): "
+            "about 0.5 MB per 640x480 image, label maps nearly equal to a fresh run's; fp32: twice that, label "
+            "maps identical to a fresh run's. Part of the run: a resumed run keeps the value it started with. Not "
+            "with `tta` (each scale is its own forward pass)",
+            "choices": list(REGION_DTYPES),
+            "const": "fp16",
+        },
+    )
     limit: int | None = field(default=None, metadata={"help": "label at most this many new images"})
     shard_size: int = field(
         default=256,
@@ -182,6 +198,13 @@ class LabelOptions:
             raise OptionError(f"`tta_sizes` must be short sides from 1 to {TTA_MAX_SIZE}, got {self.tta_sizes}")
         if len(set(self.tta_sizes)) != len(self.tta_sizes):
             raise OptionError(f"`tta_sizes` names a size twice: {self.tta_sizes}")
+        if self.keep_regions is not None and self.tta:
+            raise OptionError(
+                "`keep_regions` cannot be used with `tta`: each test-time scale is its own forward pass with its own "
+                "regions, so no one pass's regions reproduce the averaged labels; drop one of the two"
+            )
+        if self.keep_regions is not None and self.model == NULL_MODEL:
+            raise OptionError("`keep_regions` needs a model: `model` null computes no regions")
         if self.other is None:
             self.other = "none" if self.smoke_test else "coco-stuff"
         if self.other not in OTHER_CHOICES and not Path(self.other).is_file():
