@@ -15,6 +15,7 @@ Layout::
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -67,6 +68,8 @@ _ERROR_COLUMNS = ["image_path", "error"]
 _JOB_COLUMNS = ["image_path", "image_id", "width", "height", "segments", "image_fingerprint", "generation"]
 # Entries named when an output folder is refused for holding other files.
 _SHOWN_ENTRIES = 5
+# Rows of a regions file's row groups: a reader takes a few images' regions (about 0.5 MB each) at a time.
+REGION_GROUP_ROWS = 16
 # Identity entries that older versions did not record, and the value their runs had.
 _UNRECORDED_IDENTITY = {"keep_regions": None}
 
@@ -248,7 +251,7 @@ class RunOutput:
         that sees the output folder. The regions file is written first, under the name its predictions file then
         gets: an image counts as labeled (and is skipped on resume) only once both are there."""
         if regions is not None and regions.num_rows:
-            write_shard_file(regions.cast(REGION_SCHEMA), self.regions_dir)
+            write_shard_file(regions.cast(REGION_SCHEMA), self.regions_dir, REGION_GROUP_ROWS)
         if predictions.num_rows:
             write_shard_file(predictions.cast(PREDICTION_SCHEMA), self.predictions_dir)
         if errors.num_rows:
@@ -373,7 +376,7 @@ class RunOutput:
                 continue
             table = read_shard(shard, schema=REGION_SCHEMA).filter(keep)
             if table.num_rows:
-                write_atomic(shard, lambda tmp, rows=table: pq.write_table(rows, tmp))
+                write_atomic(shard, functools.partial(pq.write_table, table, row_group_size=REGION_GROUP_ROWS))
             else:
                 shard.unlink()
 

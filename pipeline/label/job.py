@@ -107,10 +107,19 @@ def _identity(options: LabelOptions, vocabulary: Vocabulary, settings: Predictio
     return run_identity(vocabulary, model, options.config, options.other, settings, options.keep_regions)
 
 
-def _other_names(options: LabelOptions, vocabulary: Vocabulary, check_term: Callable[[str], str | None]) -> list[str]:
-    """The ``--other`` names the model adds to ``vocabulary`` (those equal to one of its terms left out);
-    a name in a file whose prompt CLIP would cut is refused like a vocabulary name."""
-    return added_names(read_other_names(str(options.other), check_term), vocabulary.prompts)
+def vocabulary_and_other(options: LabelOptions) -> tuple[Vocabulary, list[str]]:
+    """The options' vocabulary and the `other` names the model adds to it (those equal to one of its terms left
+    out). A name whose prompt CLIP would cut (in the `templates`) is refused, in the vocabulary as in a file of
+    `other` names."""
+    # The SAN configs' template set unless --templates names one (a model config naming another set fails
+    # in the workers on a name too long for it, as the text classifier refuses to cut a prompt).
+    templates = get_templates(options.templates or "vild")
+
+    def check_term(term: str) -> str | None:
+        return prompt_length_problem(term, templates)
+
+    vocabulary = load_vocabulary(options.vocab, check_term=check_term)
+    return vocabulary, added_names(read_other_names(str(options.other), check_term), vocabulary.prompts)
 
 
 def run_label_job(options: LabelOptions) -> dict[str, Any]:
@@ -124,15 +133,7 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
     """
     # The model first: a missing or unloadable checkpoint is named before anything else is read or written.
     model = ModelSpec(SMOKE_MODEL if options.smoke_test else options.model, options.config).resolved()
-    # The SAN configs' template set unless --templates names one (a model config naming another set fails
-    # in the workers on a name too long for it, as the text classifier refuses to cut a prompt).
-    templates = get_templates(options.templates or "vild")
-
-    def check_term(term: str) -> str | None:
-        return prompt_length_problem(term, templates)
-
-    vocabulary = load_vocabulary(options.vocab, check_term=check_term)
-    other = _other_names(options, vocabulary, check_term)
+    vocabulary, other = vocabulary_and_other(options)
     output = RunOutput(options.output)
     return in_output_folder(output, lambda: _label(options, output, vocabulary, other, model))
 
