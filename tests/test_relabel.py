@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from skimage import data
-from varied_model import varied_tiny_model
+from varied_model import varied_tiny_model, write_photos
 
 import san
 from pipeline.label.inputs import image_id
@@ -219,3 +219,85 @@ def test_a_damaged_regions_file_has_its_images_labeled_again(tmp_path: Path) -> 
     moved = output.set_aside_damaged()
     assert set(moved) == {shard, output.predictions_dir / shard.name}
     assert set_aside_name(shard).exists() and len(output.labeled_ids()[0]) == 0
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for this module's jobs (``run_label_job`` and ``run_relabel_job`` join it)."""
+    import ray
+
+    from pipeline.label.resources import init_ray
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_ADDRESS", "local")
+        init_ray()
+    yield
+    ray.shutdown()
+
+
+def read_run(folder: Path) -> tuple[dict[str, dict], dict]:
+    """A run's prediction rows by path (label-map PNG bytes, segments, sizes) and its ``coco.json``."""
+    columns = ["image_path", "image_id", "width", "height", "label_map_png", "segments", "image_fingerprint"]
+    rows = RunOutput(folder).read_predictions(columns).to_pylist()
+    return {row["image_path"]: row for row in rows}, json.loads((folder / "coco.json").read_text())
+
+
+def coco_content(coco: dict) -> dict:
+    """A ``coco.json`` without its order (images and annotations in the order of the files the jobs wrote)."""
+    annotations = [{k: v for k, v in a.items() if k != "id"} for a in coco["annotations"]]
+    return {
+        **coco,
+        "images": sorted(coco["images"], key=lambda image: image["id"]),
+        "annotations": sorted(annotations, key=lambda a: (a["image_id"], a["category_id"])),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["parity", "varied"])
+def test_relabel_writes_the_run_a_fresh_label_run_writes(local_ray, tmp_path: Path, name: str) -> None:
+    from pipeline.label.job import run_label_job
+    from pipeline.relabel.job import run_relabel_job
+    from pipeline.segments import decode_label_map_png
+
+    if name == "parity":
+        model = {"model": str(PARITY / "checkpoint.pth"), "config": str(PARITY / "config.json")}
+    else:
+        san.save_checkpoint(varied_tiny_model(), tmp_path / "varied.safetensors")
+        model = {"model": str(tmp_path / "varied.safetensors")}
+    write_photos(tmp_path / "images")
+    (tmp_path / "source.txt").write_text("\n".join(SOURCE_PROMPTS))
+    (tmp_path / "new.txt").write_text(NEW_VOCABULARY)
+    (tmp_path / "other.txt").write_text("\n".join(NEW_OTHER))
+    common = {"input": str(tmp_path / "images"), "short_side": RESIZE.short_side, "batch_size": 2, "progress": False}
+    source = run_label_job(
+        LabelOptions(vocab=str(tmp_path / "source.txt"), output=str(tmp_path / "source"), **model, **common,
+                     other="none", keep_regions="fp32")
+    )  # fmt: skip
+    assert source["counts"]["labeled"] == 3 and len(shard_files(tmp_path / "source" / "regions")) == 1
+    new = {"other": str(tmp_path / "other.txt"), "min_score": 0.05, "templates": "imagenet"}
+    relabel = {"run": str(tmp_path / "source"), "vocab": str(tmp_path / "new.txt"), "progress": False, **new}
+    output = tmp_path / "relabeled"
+    if name == "varied":  # --limit, then the rest: the second job resumes the first
+        first = run_relabel_job(RelabelOptions(**relabel, output=str(output), limit=1))
+        assert first["counts"]["new_labeled"] == 1 and first["counts"]["labeled"] == 1
+    relabeled = run_relabel_job(RelabelOptions(**relabel, output=str(output)))
+    skipped = 1 if name == "varied" else 0
+    assert relabeled["counts"] | {"listed": 3, "skipped": skipped, "new_labeled": 3 - skipped} == relabeled["counts"]
+    assert relabeled["relabeled_from"]["run"] == str((tmp_path / "source").resolve())
+    assert relabeled["input"] == source["input"] and relabeled["generation"] == (2 if name == "varied" else 1)
+    fresh = run_label_job(LabelOptions(vocab=str(tmp_path / "new.txt"), output=str(tmp_path / "fresh"), **model,
+                                       **common, **new))  # fmt: skip
+    assert relabeled["identity"] == fresh["identity"], "the relabeled run is the fresh run's, and resumes like it"
+    assert not (tmp_path / "fresh" / "regions").exists(), "a run without keep_regions keeps no regions"
+
+    ours, our_coco = read_run(output)
+    theirs, their_coco = read_run(tmp_path / "fresh")
+    assert ours.keys() == theirs.keys() and len(ours) == 3
+    labels = set()
+    for path, row in theirs.items():
+        assert ours[path] == row, path  # label-map PNG bytes, segments (scores included), fingerprint
+        labels |= set(np.unique(decode_label_map_png(row["label_map_png"])).tolist())
+    assert len(labels - {255}) >= 2 and 255 in labels, f"{labels}: the test needs classes and unlabeled pixels"
+    assert coco_content(our_coco) == coco_content(their_coco)
+    before, _ = read_run(tmp_path / "source")
+    assert any(before[path]["label_map_png"] != row["label_map_png"] for path, row in ours.items())
