@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.label.inputs import image_id  # noqa: E402
 from pipeline.output_shards import write_shard_file  # noqa: E402
-from pipeline.region_search import REGIONS_FOLDER  # noqa: E402
+from pipeline.outputs import RunOutput  # noqa: E402
 from pipeline.region_shards import REGION_SCHEMA, regions_row  # noqa: E402
 
 MODEL = "random:san_vit_b_16"
@@ -61,7 +61,7 @@ def write_run(root: Path, images: int) -> None:
         for i in range(start, min(start + SHARD_IMAGES, images)):
             path = f"/photos/{i // 1000:04d}/{i:07d}.jpg"
             rows.append(regions_row(path, image_id(path), 0, "fp16", masks, pool[i % POOL], PADDED, INPUT, ORIGINAL))
-        write_shard_file(pa.Table.from_pylist(rows, schema=REGION_SCHEMA), root / REGIONS_FOLDER)
+        write_shard_file(pa.Table.from_pylist(rows, schema=REGION_SCHEMA), RunOutput(root).regions_dir)
 
 
 def timed_search(run: Path, query: str) -> tuple[float, float]:
@@ -99,7 +99,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="region-search-") as folder:
             run = Path(folder) / "run"
             write_run(run, images)
-            size = sum(f.stat().st_size for f in (run / REGIONS_FOLDER).iterdir()) / 2**30
+            size = sum(f.stat().st_size for f in (RunOutput(run).regions_dir).iterdir()) / 2**30
             timed_search(run, "forklift")  # once to warm the page cache, as a second search on a run would be
             seconds, peak = timed_search(run, "forklift")
         lines.append(f"| {images:,} | {size:.2f} GiB | {seconds:.1f} s | {images / seconds:,.0f} | {peak:.2f} GiB |")

@@ -3,7 +3,8 @@ back from the parsed arguments (its own ``__post_init__`` validates them, once).
 
 A field becomes ``--field-name`` when its metadata has ``help``; fields without it are not options.
 Metadata may also give ``choices``, ``type`` (a parser of the text, when the annotation is no plain
-``int``/``float``/``str``), and ``required`` (``False`` for a field without default that the job
+``int``/``float``/``str``), ``const`` (the value of the flag given without one: ``--x`` or ``--x VALUE``), and
+``required`` (``False`` for a field without default that the job
 may fill in itself). A ``bool`` field is ``--x`` (``store_true``) when its default is
 ``False``, ``--no-x`` (``store_false``) when it is ``True``. A help without ``(default: ...)`` gets the
 field's default appended (unless ``None``); ```name``` in a help is shown as the flag ``--name``.
@@ -52,6 +53,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         options: dict[str, Any] = {"dest": field.name, "type": meta.get("type", kind), "help": text}
         if "choices" in meta:
             options["choices"] = meta["choices"]
+        if "const" in meta:
+            options |= {"nargs": "?", "const": meta["const"]}
         if field.default is dataclasses.MISSING and meta.get("required", True):
             options["required"] = True
         else:

@@ -73,13 +73,14 @@ class DamagedFileError(UserError):
 
 
 
-def write_shard_file(table: pa.Table, folder: Path) -> Path:
-    """Write ``table`` as ``part-<hash of its image paths>.parquet``: a Ray task retried after it wrote (its
-    worker died before reporting) writes the same rows under the same name, replacing the file instead of
-    adding a copy of its rows."""
+def write_shard_file(table: pa.Table, folder: Path, row_group_size: int | None = None) -> Path:
+    """Write ``table`` as ``part-<hash of its image paths>.parquet`` (in row groups of ``row_group_size`` rows;
+    ``None``: pyarrow's default): a Ray task retried after it wrote (its worker died before reporting) writes the
+    same rows under the same name, replacing the file instead of adding a copy of its rows."""
     folder.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256("\0".join(table.column("image_path").to_pylist()).encode("utf-8")).hexdigest()[:32]
-    return write_atomic(folder / f"part-{digest}.parquet", lambda tmp: pq.write_table(table, tmp))
+    path = folder / f"part-{digest}.parquet"
+    return write_atomic(path, lambda tmp: pq.write_table(table, tmp, row_group_size=row_group_size))
 
 
 def shard_files(folder: Path) -> list[Path]:

@@ -5,6 +5,8 @@ Layout::
 
     OUT/predictions/part-*.parquet   one row per labeled image (PREDICTION_SCHEMA; docs/labeling.md)
     OUT/errors/part-*.parquet        one row per input that could not be labeled (path, reason)
+    OUT/regions/part-*.parquet       with --keep-regions: each labeled image's regions (REGION_SCHEMA), each file
+                                     beside the predictions file of the same name and rows
     OUT/errors.parquet               all error rows, merged at the end
     OUT/coco.json                    COCO annotations of every labeled image (``--coco single``)
     OUT/coco/part-*.json             or one COCO file per predictions file (``--coco shards``)
@@ -14,6 +16,7 @@ Layout::
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -25,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from san.atomic import write_json_atomic
+from san.atomic import write_atomic, write_json_atomic
 from san.errors import OptionError, UserError
 
 from .disk_space import is_out_of_space
@@ -48,6 +51,7 @@ from .output_shards import (
     with_prediction_columns,
     write_shard_file,
 )
+from .region_shards import REGION_SCHEMA
 from .vocabulary import Vocabulary, VocabularyError
 
 
@@ -68,6 +72,10 @@ _ERROR_COLUMNS = ["image_path", "error"]
 _JOB_COLUMNS = ["image_path", "image_id", "width", "height", "segments", "image_fingerprint", "generation"]
 # Entries named when an output folder is refused for holding other files.
 _SHOWN_ENTRIES = 5
+# Rows of a regions file's row groups: a reader takes a few images' regions (about 0.5 MB each) at a time.
+REGION_GROUP_ROWS = 16
+# Identity entries that older versions did not record, and the value their runs had.
+_UNRECORDED_IDENTITY = {"keep_regions": None}
 
 
 class RunOutput:
@@ -77,6 +85,7 @@ class RunOutput:
         self.root = Path(root)
         self.predictions_dir = self.root / "predictions"
         self.errors_dir = self.root / "errors"
+        self.regions_dir = self.root / "regions"
 
     def create(self) -> bool:
         """Create the output folder (returns whether it did), or raise :class:`OptionError` saying why it
@@ -106,7 +115,7 @@ class RunOutput:
         if not manifest.exists():
             self._check_new()
             return
-        previous = self._identity(manifest)
+        previous = {**_UNRECORDED_IDENTITY, **self._identity(manifest)}
         changed = sorted(k for k in identity if k in previous and previous[k] != identity[k])
         if changed:
             differences = "; ".join(_difference(k, previous[k], identity[k]) for k in changed)
@@ -161,7 +170,7 @@ class RunOutput:
     def remove_partial_files(self) -> int:
         """Delete temporary files a killed run left behind; returns how many."""
         removed = 0
-        for folder in (self.predictions_dir, self.errors_dir, self.root / COCO_FOLDER):
+        for folder in (self.predictions_dir, self.errors_dir, self.regions_dir, self.root / COCO_FOLDER):
             for tmp in folder.glob(".*.tmp") if folder.exists() else []:
                 tmp.unlink()
                 removed += 1
@@ -170,10 +179,16 @@ class RunOutput:
     def set_aside_damaged(self) -> dict[Path, str]:
         """Rename each prediction or error file that cannot be read (truncated, overwritten) to
         :func:`set_aside_name`, where no reader looks, so that a resumed run labels its images again; returns
-        ``{file: why it cannot be read}``. What a job reads of the files is checked: label-map PNGs are not read
-        (that would read the whole output at every resume); a reader that meets a damaged one says what to do."""
+        ``{file: why it cannot be read}``. What a job reads of the files is checked: label-map PNGs and regions'
+        arrays are not read (that would read the whole output at every resume); a reader that meets a damaged one
+        says what to do. A damaged regions file's predictions file (same name) is set aside with it, so that its
+        images are labeled again, regions and all."""
         moved = {}
-        checks = [(self.predictions_dir, PREDICTION_SCHEMA, _JOB_COLUMNS), (self.errors_dir, ERROR_SCHEMA, None)]
+        checks = [
+            (self.regions_dir, REGION_SCHEMA, ["image_path", "generation"]),
+            (self.predictions_dir, PREDICTION_SCHEMA, _JOB_COLUMNS),
+            (self.errors_dir, ERROR_SCHEMA, None),
+        ]
         for folder, schema, columns in checks:
             for shard in shard_files(folder):
                 try:
@@ -181,6 +196,10 @@ class RunOutput:
                 except DamagedFileError as damaged:
                     os.replace(shard, set_aside_name(shard))
                     moved[shard] = damaged.reason
+                    partner = self.predictions_dir / shard.name
+                    if folder == self.regions_dir and partner.exists():
+                        os.replace(partner, set_aside_name(partner))
+                        moved[partner] = f"its regions file {shard} cannot be read"
         return moved
 
     def labeled_ids(self) -> tuple[np.ndarray, np.ndarray]:
@@ -230,10 +249,15 @@ class RunOutput:
             pa.Table.from_pylist(errors, schema=ERROR_SCHEMA),
         )
 
-    def write_tables(self, predictions: pa.Table, errors: pa.Table) -> None:
-        """:meth:`write_shard` of Arrow tables (``PREDICTION_SCHEMA``, ``ERROR_SCHEMA``): what the job's writer
-        tasks call, on any node that sees the output folder. A predictions file also holds each image's COCO
-        annotations as text (``ANNOTATIONS_COLUMN``), which the end of the run stitches into its COCO files."""
+    def write_tables(self, predictions: pa.Table, errors: pa.Table, regions: pa.Table | None = None) -> None:
+        """:meth:`write_shard` of Arrow tables (``PREDICTION_SCHEMA``, ``ERROR_SCHEMA``; ``regions``:
+        ``REGION_SCHEMA`` rows of the same images, in the same order): what the job's writer tasks call, on any node
+        that sees the output folder. The regions file is written first, under the name its predictions file then
+        gets: an image counts as labeled (and is skipped on resume) only once both are there. A predictions file
+        also holds each image's COCO annotations as text (``ANNOTATIONS_COLUMN``), which the end of the run
+        stitches into its COCO files."""
+        if regions is not None and regions.num_rows:
+            write_shard_file(regions.cast(REGION_SCHEMA), self.regions_dir, REGION_GROUP_ROWS)
         if predictions.num_rows:
             predictions = predictions.cast(PREDICTION_SCHEMA)
             predictions = predictions.append_column(ANNOTATIONS_COLUMN, annotation_texts(predictions))
@@ -296,15 +320,37 @@ class RunOutput:
         :data:`~pipeline.output_finish.COCO_CHOICES`) and ``errors.parquet``, and write ``manifest.json`` (with
         ``duplicate_paths``, up to :data:`MAX_REPORTED_DUPLICATES` paths labeled twice, when there are any);
         returns the counts. Prediction rows of an image a later job labeled again (or failed on) are first removed
-        from their files. Driver memory stays constant (a few bytes per image): :mod:`pipeline.output_finish`."""
+        from their files, and so are regions rows without their predictions row (:meth:`_remove_unmatched_regions`).
+        Driver memory stays constant (a few bytes per image): :mod:`pipeline.output_finish`."""
         counts, duplicate_paths = finish_run(
             self.root, self.predictions_dir, self.errors_dir, vocabulary, coco, MAX_REPORTED_DUPLICATES
         )
+        self._remove_unmatched_regions()
         manifest = {**manifest, "counts": {**manifest.get("counts", {}), **counts}}
         if duplicate_paths:
             manifest["duplicate_paths"] = duplicate_paths
         write_json_atomic(manifest, self.root / MANIFEST, indent=2)
         return counts
+
+    def _remove_unmatched_regions(self) -> None:
+        """Rewrite (each atomically) the regions files that hold rows whose image has no predictions row of that
+        generation in the predictions file of the same name: rows of an image labeled again, and the file of a
+        job stopped between writing a regions file and its predictions file (its images were labeled again)."""
+        for shard in shard_files(self.regions_dir):
+            partner = self.predictions_dir / shard.name
+            if not partner.exists():
+                shard.unlink()
+                continue
+            current = read_shard(partner, columns=["image_path", "generation"], schema=PREDICTION_SCHEMA)
+            keys = read_shard(shard, columns=["image_path", "generation"], schema=REGION_SCHEMA)
+            keep = pc.is_in(_row_keys(keys), value_set=_row_keys(current))
+            if pc.all(keep).as_py():
+                continue
+            table = read_shard(shard, schema=REGION_SCHEMA).filter(keep)
+            if table.num_rows:
+                write_atomic(shard, functools.partial(pq.write_table, table, row_group_size=REGION_GROUP_ROWS))
+            else:
+                shard.unlink()
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -347,6 +393,12 @@ def _difference(key: str, run: Any, command: Any) -> str:
         return _DIGESTS[key]
     name = "the vocabulary's minimum scores (@)" if key == "class_min_scores" else f"`{key}`"
     return f"{name} {json.dumps(run)} (this command: {json.dumps(command)})"
+
+
+def _row_keys(table: pa.Table) -> pa.Array:
+    """Each row's ``image_path`` and ``generation`` (null as 0) as one string, to match rows of two files."""
+    generations = pc.cast(pc.fill_null(table.column("generation"), 0), pa.string())
+    return pc.binary_join_element_wise(generations, table.column("image_path"), "\0")
 
 
 def manifest_identity(content: Any) -> dict[str, Any] | None:

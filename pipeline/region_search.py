@@ -31,9 +31,8 @@ from .output_shards import read_shard, shard_files
 from .outputs import MANIFEST, RunOutput
 from .region_shards import REGION_DTYPES, REGION_SCHEMA, stored_regions
 
-__all__ = ["REGIONS_FOLDER", "RegionSearchError", "SearchHit", "region_scores", "run_classifier", "search_run"]
+__all__ = ["RegionSearchError", "SearchHit", "region_scores", "run_classifier", "search_run"]
 
-REGIONS_FOLDER = "regions"
 #: Images whose regions go through one matrix product (bounds its memory: 256 x 100 x 512 float32 = 52 MB).
 _CHUNK_IMAGES = 256
 #: A hit before its mask is read: (score, image_id, file number, row in the file, region).
@@ -171,10 +170,11 @@ def search_run(
         pipeline.output_shards.DamagedFileError: a file of regions cannot be read (naming it).
     """
     root = Path(run)
-    shards = shard_files(root / REGIONS_FOLDER)
+    folder = RunOutput(root).regions_dir
+    shards = shard_files(folder)
     if not shards:
         raise RegionSearchError(
-            f"{root} has no kept regions ({REGIONS_FOLDER}/ is empty or missing): label it with jobs/label.py "
+            f"{root} has no kept regions ({folder.name}/ is empty or missing): label it with jobs/label.py "
             "and its `keep_regions` option to search it"
         )
     classifier, index = run_classifier(root, query)

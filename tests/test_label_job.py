@@ -239,7 +239,7 @@ def test_ray_job_submit_end_to_end(ray_cluster: dict, inputs: dict, tmp_path: Pa
         "--working-dir",
         ".",
         "--",
-        *label_command(inputs, output),
+        *label_command(inputs, output, "--keep-regions"),
         env=ray_cluster,
         timeout=600,
     )
@@ -297,6 +297,23 @@ def test_ray_job_submit_end_to_end(ray_cluster: dict, inputs: dict, tmp_path: Pa
     written, reference = (json.loads(p.read_text()) for p in (output / "metrics.json", tmp_path / "reference.json"))
     assert written.pop("metrics_path") != reference.pop("metrics_path")
     assert written == reference and written["num_images"] == len(good)
+
+    # The kept regions (fp16, the flag's value when given alone), relabeled by a job submitted the same way.
+    regions = pq.read_table(output / "regions", columns=["image_path", "dtype"]).to_pylist()
+    assert sorted(row["image_path"] for row in regions) == good and {row["dtype"] for row in regions} == {"fp16"}
+    (tmp_path / "new.txt").write_text("dog\ncat: kitten\n")
+    relabel = ["python", "jobs/relabel.py", str(output), "--vocab", str(tmp_path / "new.txt"), "--no-progress"]
+    submit = ["job", "submit", "--address", ray_cluster["DASHBOARD"], "--working-dir", ".", "--", *relabel]
+    submitted = ray_cli(*submit, "--output", str(tmp_path / "relabeled"), env=ray_cluster, timeout=600)
+    if "Failed to download runtime_env file package" in submitted.stdout + submitted.stderr:  # README: submit again
+        submitted = ray_cli(*submit, "--output", str(tmp_path / "relabeled"), env=ray_cluster, timeout=600)
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    predictions, coco, errors = read_outputs(tmp_path / "relabeled")
+    assert sorted(row["image_path"] for row in predictions) == good
+    assert [c["name"] for c in coco["categories"]] == ["dog", "cat"]
+    assert {e["image_path"].rsplit("/", 1)[1] for e in errors} == inputs["bad"].keys(), "the source run's errors"
+    relabeled = json.loads((tmp_path / "relabeled" / "manifest.json").read_text())
+    assert relabeled["status"] == "complete" and relabeled["relabeled_from"]["regions"] == "fp16"
 
 
 def test_a_job_whose_ray_authentication_differs_from_the_cluster_says_what_to_export(

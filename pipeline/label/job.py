@@ -3,9 +3,12 @@
 Stages, each on the resource it uses: list inputs (Parquet/WebDataset containers expanded in Ray tasks)
 -> drop the images already labeled (``resume``) -> model batches of one padded size (``batching``, from
 image headers) -> decode, validate and resize (CPU tasks) -> the model (actor pool, GPU when present:
-label maps and per-class scores out) -> PNG and RLE encoding (CPU tasks) -> Parquet files written by the
-tasks, each whole or absent (``write``). The driver only steers: it receives one small record per file
-written (progress, counts) and at the end merges ``coco.json``, ``errors.parquet`` and ``manifest.json``.
+label maps and per-class scores out, and with ``keep_regions`` each image's regions) -> PNG and RLE encoding
+(CPU tasks) -> Parquet files written by the tasks, each whole or absent (``write``). The driver only steers: it
+receives one small record per file written (progress, counts) and at the end merges ``coco.json``,
+``errors.parquet`` and ``manifest.json``. What a job does around its stages (the output folder held, prepared and
+merged, the run recorded) is shared with ``jobs/relabel.py``: :func:`in_output_folder`, :func:`prepare_output`,
+:func:`run_stages`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import ray
 from tqdm import tqdm
@@ -49,6 +52,7 @@ from .resume import MAX_REPORTED_CHANGES, SkipLabeled, start_tally
 from .smoke import write_smoke_inputs
 from .write import WriteStage
 
+T = TypeVar("T")
 # Upper bound on the containers' blocks (each costs some scheduling overhead).
 MAX_INPUT_BLOCKS = 10_000
 # Images above which one coco.json is too big for pycocotools on most machines (it needs about 3 times the
@@ -58,33 +62,68 @@ SINGLE_COCO_IMAGES = 250_000
 _STOPPED_STATUS = {KeyboardInterrupt: "interrupted", StopRequested: "stopped"}
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """The versions of Python and of the packages that decide a run's labels (its manifest's ``versions``)."""
     names = ("san-labeler", "torch", "open_clip_torch", "timm", "ray", "pyarrow", "pycocotools")
-    versions = {"python": platform.python_version()}
+    found = {"python": platform.python_version()}
     for name in names:
         try:
-            versions[name] = importlib.metadata.version(name)
+            found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+            found[name] = "not installed"
+    return found
 
 
-def _identity(options: LabelOptions, vocabulary: Vocabulary, settings: PredictionSettings) -> dict[str, Any]:
-    """What a resumed run must share with the run it continues (``RunOutput.check_compatible``)."""
+class StageOptions(Protocol):
+    """What :func:`run_stages` reads of a job's options (``LabelOptions``, ``RelabelOptions``)."""
+
+    output: str
+    limit: int | None
+    progress: bool
+    coco: str
+
+
+def run_identity(
+    vocabulary: Vocabulary,
+    model: str,
+    config: str | None,
+    other: str | None,
+    settings: PredictionSettings,
+    keep_regions: str | None,
+) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues (``RunOutput.check_compatible``): the vocabulary,
+    the model (``model``, ``config``), the `other` option and the names it added, the settings' own identity, and
+    whether and how regions are kept (a resumed run keeps all its images' regions, or none)."""
     return {
         "vocabulary": vocabulary.fingerprint,
-        "model": SMOKE_MODEL if options.smoke_test else options.model,
-        "config": options.config,
-        "other": options.other,
+        "model": model,
+        "config": config,
+        "other": other,
         "other_names": hashlib.sha256(json.dumps(list(settings.other)).encode("utf-8")).hexdigest(),
         **settings.identity(),
+        "keep_regions": keep_regions,
     }
 
 
-def _other_names(options: LabelOptions, vocabulary: Vocabulary, check_term: Callable[[str], str | None]) -> list[str]:
-    """The ``--other`` names the model adds to ``vocabulary`` (those equal to one of its terms left out);
-    a name in a file whose prompt CLIP would cut is refused like a vocabulary name."""
-    return added_names(read_other_names(str(options.other), check_term), vocabulary.prompts)
+def _identity(options: LabelOptions, vocabulary: Vocabulary, settings: PredictionSettings) -> dict[str, Any]:
+    """:func:`run_identity` of a labeling job."""
+    model = SMOKE_MODEL if options.smoke_test else options.model
+    return run_identity(vocabulary, model, options.config, options.other, settings, options.keep_regions)
+
+
+def vocabulary_and_other(options: LabelOptions) -> tuple[Vocabulary, list[str]]:
+    """The options' vocabulary and the `other` names the model adds to it (those equal to one of its terms left
+    out). A name whose prompt CLIP would cut (in the `templates`) is refused, in the vocabulary as in a file of
+    `other` names."""
+    # The SAN configs' template set unless --templates names one (a model config naming another set fails
+    # in the workers on a name too long for it, as the text classifier refuses to cut a prompt).
+    templates = get_templates(options.templates or "vild")
+
+    def check_term(term: str) -> str | None:
+        return prompt_length_problem(term, templates)
+
+    vocabulary = load_vocabulary(options.vocab, check_term=check_term)
+    return vocabulary, added_names(read_other_names(str(options.other), check_term), vocabulary.prompts)
 
 
 def run_label_job(options: LabelOptions) -> dict[str, Any]:
@@ -98,27 +137,43 @@ def run_label_job(options: LabelOptions) -> dict[str, Any]:
     """
     # The model first: a missing or unloadable checkpoint is named before anything else is read or written.
     model = ModelSpec(SMOKE_MODEL if options.smoke_test else options.model, options.config).resolved()
-    # The SAN configs' template set unless --templates names one (a model config naming another set fails
-    # in the workers on a name too long for it, as the text classifier refuses to cut a prompt).
-    templates = get_templates(options.templates or "vild")
-
-    def check_term(term: str) -> str | None:
-        return prompt_length_problem(term, templates)
-
-    vocabulary = load_vocabulary(options.vocab, check_term=check_term)
-    other = _other_names(options, vocabulary, check_term)
+    vocabulary, other = vocabulary_and_other(options)
     output = RunOutput(options.output)
+    return in_output_folder(output, lambda: _label(options, output, vocabulary, other, model))
+
+
+def in_output_folder(output: RunOutput, work: Callable[[], T]) -> T:
+    """``work()`` while this job holds ``output`` (:mod:`pipeline.output_lock`), which is created first when missing
+    and removed again when the job fails before writing anything into it; a full disk before the run's manifest
+    was written is one line (after it, ``work`` says so itself)."""
     created = output.create()
     try:
         with exclusive_output(output.root):
-            return _label(options, output, vocabulary, other, model)
-    except OSError as error:  # before the run's manifest was written (after it, _label says so itself)
+            return work()
+    except OSError as error:
         if is_out_of_space(error):
             raise out_of_space(output.root, os.strerror(error.errno)) from None
         raise
     finally:
         if created:
             output.remove_if_empty()
+
+
+def prepare_output(output: RunOutput, identity: dict[str, Any]) -> tuple[int, list[Path]]:
+    """Make ``output`` ready for a job of ``identity``: refuse a folder it cannot continue, remove the temporary
+    files of a killed job and set aside damaged files (a warning each). Returns the job's generation and the
+    files set aside."""
+    output.check_compatible(identity)
+    generation = output.next_generation()
+    output.remove_partial_files()
+    damaged = output.set_aside_damaged()
+    for shard, reason in damaged.items():
+        again = "inputs are tried again" if shard.parent == output.errors_dir else "images are labeled again"
+        print(
+            f"warning: {shard} cannot be read ({reason}); set aside as {set_aside_name(shard).name}: its {again}",
+            file=sys.stderr,
+        )
+    return generation, list(damaged)
 
 
 def _label(
@@ -131,16 +186,7 @@ def _label(
     identity = _identity(options, vocabulary, settings)
     if options.input is not None:
         check_outside_runs(options.input, options.output)
-    output.check_compatible(identity)
-    generation = output.next_generation()
-    output.remove_partial_files()
-    damaged = output.set_aside_damaged()
-    for shard, reason in damaged.items():
-        again = "inputs are tried again" if shard.parent == output.errors_dir else "images are labeled again"
-        print(
-            f"warning: {shard} cannot be read ({reason}); set aside as {set_aside_name(shard).name}: its {again}",
-            file=sys.stderr,
-        )
+    generation, damaged = prepare_output(output, identity)
     if options.smoke_test and options.input is None:
         options.input = str(write_smoke_inputs(output.root / SMOKE_INPUTS))
     resolved = resolve_inputs(options.input, exclude=options.output, bytes_column=options.bytes_column)
@@ -166,8 +212,30 @@ def _label(
         "vocabulary": vocabulary.to_json(),
         "other_names": other,
         "resources": asdict(plan),
-        "versions": _versions(),
+        "versions": versions(),
     }
+
+    def build(done: ray.ObjectRef, tally: ray.actor.ActorHandle) -> ray.data.Dataset:
+        return _build_dataset(options, model, resolved, done, tally, vocabulary, settings, plan, generation)
+
+    return run_stages(output, manifest, damaged, vocabulary, options, build, started)
+
+
+def run_stages(
+    output: RunOutput,
+    manifest: dict[str, Any],
+    damaged: list[Path],
+    vocabulary: Vocabulary,
+    options: StageOptions,
+    build: Callable[[ray.ObjectRef, ray.actor.ActorHandle], ray.data.Dataset],
+    started: float,
+    desc: str = "labeling",
+) -> dict[str, Any]:
+    """Write ``manifest`` (``"running"``; the files ``damaged`` set aside named), run the dataset that ``build``
+    makes from the images already done (:meth:`RunOutput.labeled_ids`, a Ray object) and the run's
+    :class:`~pipeline.label.resume.ListingTally`, pulling its writers' records with a progress bar (``desc``), and
+    merge the output folder (:func:`_finish`); returns the final manifest. A run that stops (Ctrl-C, SIGTERM, a
+    crash, a full disk) keeps what is finished, its manifest saying why it stopped."""
     if damaged:
         manifest["set_aside"] = [str(set_aside_name(shard).relative_to(output.root)) for shard in damaged]
     output.write_manifest(manifest)
@@ -179,8 +247,7 @@ def _label(
                 new["images_per_model_call"] = None
             else:
                 done = ray.put(output.labeled_ids())
-                dataset = _build_dataset(options, model, resolved, done, tally, vocabulary, settings, plan, generation)
-                new = _consume(dataset, tally, options)
+                new = _consume(build(done, tally), tally, options, desc)
             final = _finish(output, manifest, vocabulary, tally, new, started, options.coco)
     except BaseException as error:  # Ctrl-C and SIGTERM included: the manifest says the run stopped, and why
         if is_out_of_space(error):
@@ -299,6 +366,7 @@ def _build_dataset(
             "vocabulary": vocabulary.to_json(),
             "settings": settings,
             "worker": WorkerSetup(plan.device, plan.threads_per_worker, start_ledger()),
+            "keep_regions": options.keep_regions,
         },
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(min_size=plan.workers[0], max_size=plan.workers[1]),
@@ -308,7 +376,7 @@ def _build_dataset(
         # max_task_retries=-1); the keywords to bound them are deprecated in Ray 2.60, so the attempt
         # ledger bounds the retries of an image that kills its worker (pipeline.label.attempts).
     )
-    dataset = dataset.map_batches(EncodeStage(vocabulary.to_json()), batch_size=None, **cpu)
+    dataset = dataset.map_batches(EncodeStage(vocabulary.to_json(), options.keep_regions), batch_size=None, **cpu)
     return dataset.map_batches(
         WriteStage(str(Path(options.output).resolve()), generation),
         batch_size=options.shard_size,
@@ -317,14 +385,16 @@ def _build_dataset(
     )
 
 
-def _consume(dataset: ray.data.Dataset, tally: ray.actor.ActorHandle, options: LabelOptions) -> dict[str, Any]:
+def _consume(
+    dataset: ray.data.Dataset, tally: ray.actor.ActorHandle, options: StageOptions, desc: str
+) -> dict[str, Any]:
     """Pull the writers' small records (never label bytes) and show progress with counts and an ETA (the
     total is what has been listed and not skipped so far, capped by ``--limit``)."""
     labeled = failed = 0
     calls = 0.0
     started = time.time()
     first: tuple[float, int] | None = None  # (time, rows) of the first record: the pool is up from then on
-    bar = tqdm(total=options.limit, unit="img", desc="labeling", disable=not options.progress, dynamic_ncols=True)
+    bar = tqdm(total=options.limit, unit="img", desc=desc, disable=not options.progress, dynamic_ncols=True)
     try:
         for record in dataset.iter_rows():
             if record["no_space"]:

@@ -1,10 +1,10 @@
 """The labeling job's model stage: the actor that loads SAN once and labels batches.
 
 Input rows are model batches (lists of ``image_path``, ``error``, sizes, and the resized pixels); output
-rows are images, with arrays (the label map, per-class scores), not encoded bytes. A row that failed in an
-earlier stage passes through untouched, and an image the model fails on (an exception, or
-a worker process that dies on it every time) becomes an error row, so a bad input never stops the run. The light
-CPU stages are in :mod:`pipeline.label.decode`.
+rows are images, with arrays (the label map, per-class scores, and with ``keep_regions`` the image's regions),
+not encoded bytes. A row that failed in an earlier stage passes through untouched, and an image the model fails
+on (an exception, or a worker process that dies on it every time) becomes an error row, so a bad input never
+stops the run. The light CPU stages are in :mod:`pipeline.label.decode`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from san.image_labels import ImageLabels, label_encoding
 from san.settings import PredictionSettings
 from san.transforms import ResizeShortestEdge
 
+from ..region_shards import REGION_DTYPES
 from ..segments import class_mean_scores
 from ..vocabulary import Vocabulary
 from .attempts import GAVE_UP, MAX_ATTEMPTS, Attempts
@@ -34,6 +35,9 @@ SMOKE_MODEL = RANDOM_PREFIX + "san_tiny"
 NULL_MODEL = "null"
 #: Side of the null model's squares of one class, in pixels.
 NULL_CELL = 64
+#: The regions columns of a model stage's output rows (``keep_regions``): the arrays, the padded model input and
+#: the resized image inside it (``pipeline.region_shards``).
+REGION_COLUMNS = ("mask_preds", "mask_embs", "padded_height", "padded_width", "input_height", "input_width")
 
 
 @dataclass
@@ -116,12 +120,25 @@ class ModelStage:
     (rows of :class:`~pipeline.label.decode.DecodeStage`), one output row per image: its ``label_map``
     ``[H, W]`` at its original size and ``class_scores`` ``[num_classes]`` (each class's mean best score,
     :func:`~pipeline.segments.class_mean_scores`); the encoding is left to CPU tasks
-    (:mod:`pipeline.label.encode`). ``settings`` go whole to the :class:`~san.predictor.Predictor`."""
+    (:mod:`pipeline.label.encode`). ``settings`` go whole to the :class:`~san.predictor.Predictor`.
 
-    def __init__(self, model: ModelSpec, vocabulary: dict[str, Any], settings: PredictionSettings, worker: WorkerSetup):
+    With ``keep_regions`` (``fp32`` or ``fp16``, :data:`~pipeline.region_shards.REGION_DTYPES`), each row also has
+    the image's regions from the same model call (:data:`REGION_COLUMNS`: ``mask_preds`` ``[Q, h, w]`` and
+    ``mask_embs`` ``[Q, D]`` in that dtype, so that only the bytes kept leave the actor, and the padded and input
+    sizes)."""
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        vocabulary: dict[str, Any],
+        settings: PredictionSettings,
+        worker: WorkerSetup,
+        keep_regions: str | None = None,
+    ):
         self.attempts = Attempts(worker.attempts)
         self.vocabulary = Vocabulary.from_json(vocabulary)
         self.settings = settings
+        self.keep_regions = keep_regions
         self.label_dtype = label_encoding(len(self.vocabulary.names))[1]
         if model.model == NULL_MODEL:
             self.predictor = NullPredictor(len(self.vocabulary.names))
@@ -142,8 +159,8 @@ class ModelStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """Each model batch's images, one output row per image (``image_path``, ``error``, ``height``,
-        ``width``, ``label_map``, ``class_scores``, ``batch_images``: the images of its model call, and the
-        input's ``fingerprint``)."""
+        ``width``, ``label_map``, ``class_scores``, ``batch_images``: the images of its model call, the
+        input's ``fingerprint``, and with ``keep_regions`` the :data:`REGION_COLUMNS`)."""
         rows = [self._label_batch(self._images(batch, r)) for r in range(len(batch["image_path"]))]
         return {key: [value for row in rows for value in row[key]] for key in rows[0]}
 
@@ -179,7 +196,7 @@ class ModelStage:
         """
         count = len(batch["image_path"])
         errors = list(batch["error"])
-        results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * count
+        results: list[ImageResult | None] = [None] * count
         todo = [i for i in range(count) if not errors[i]]
         fill = _model_call_sizes(batch, todo, self.settings.resize, self.settings.batch_size)
         paths = [batch["image_path"][i] for i in todo]
@@ -204,32 +221,64 @@ class ModelStage:
                     [results[i]] = self._label(batch, [i])
                 except Exception as failure:  # the model's own error, kept as this image's reason
                     errors[i] = f"model failed: {type(failure).__name__}: {failure}"
-        empty = (np.zeros((1, 1), self.label_dtype), np.zeros(len(self.vocabulary.names), np.float32))
-        maps, scores = zip(*(result or empty for result in results), strict=True)
-        return {
+        empty = self._empty_result()
+        rows = {
             "image_path": batch["image_path"],
             "error": errors,
             "height": batch["height"],
             "width": batch["width"],
-            "label_map": list(maps),
-            "class_scores": list(scores),
+            "label_map": [(result or empty).label_map for result in results],
+            "class_scores": [(result or empty).class_scores for result in results],
             "batch_images": [fill.get(i, 0) for i in range(count)],
             "fingerprint": batch["fingerprint"],
         }
+        if self.keep_regions:
+            for k, name in enumerate(REGION_COLUMNS):
+                rows[name] = [(result or empty).regions[k] for result in results]  # type: ignore[index]
+        return rows
 
-    def _label(self, batch: dict[str, list[Any]], rows: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The label map ``[H, W]`` and class scores ``[num_classes]`` of each of ``rows`` (one model call for all)."""
-        predictions = self.predictor.predict(
-            [batch["image"][i] for i in rows],
-            original_sizes=[(batch["height"][i], batch["width"][i]) for i in rows],
+    def _empty_result(self) -> ImageResult:
+        """What an error row carries in the array columns (read by no one)."""
+        regions = None
+        if self.keep_regions:
+            dtype = REGION_DTYPES[self.keep_regions]
+            regions = (np.zeros((1, 1, 1), dtype), np.zeros((1, 1), dtype), 0, 0, 0, 0)
+        return ImageResult(
+            np.zeros((1, 1), self.label_dtype), np.zeros(len(self.vocabulary.names), np.float32), regions
         )
-        return [
-            (
-                p.label_map,
-                class_mean_scores(p.label_map, p.scores, len(self.vocabulary.names), p.unlabeled).astype(np.float32),
-            )
-            for p in predictions
-        ]
+
+    def _label(self, batch: dict[str, list[Any]], rows: list[int]) -> list[ImageResult]:
+        """The result of each of ``rows`` (one model call for all)."""
+        images = [batch["image"][i] for i in rows]
+        sizes = [(batch["height"][i], batch["width"][i]) for i in rows]
+        num_classes = len(self.vocabulary.names)
+        if not self.keep_regions:
+            return [image_result(p, num_classes) for p in self.predictor.predict(images, original_sizes=sizes)]
+        dtype = REGION_DTYPES[self.keep_regions]
+        results = []
+        for labels, regions in self.predictor.predict_regions(images, original_sizes=sizes):
+            arrays = [
+                a.float().cpu().numpy().astype(dtype, copy=False) for a in (regions.mask_preds, regions.mask_embs)
+            ]
+            results.append(image_result(labels, num_classes, (*arrays, *regions.padded_size, *regions.image_size)))
+        return results
+
+
+@dataclass
+class ImageResult:
+    """What the model stage returns for one image: its ``label_map`` ``[H, W]``, ``class_scores``
+    ``[num_classes]``, and with ``keep_regions`` its ``regions``: the values of :data:`REGION_COLUMNS`."""
+
+    label_map: np.ndarray
+    class_scores: np.ndarray
+    regions: tuple[Any, ...] | None = None
+
+
+def image_result(labels: ImageLabels, num_classes: int, regions: tuple[Any, ...] | None = None) -> ImageResult:
+    """An image's :class:`ImageResult` from its :class:`~san.image_labels.ImageLabels`: each class's mean best score
+    (:func:`~pipeline.segments.class_mean_scores`) beside the label map."""
+    scores = class_mean_scores(labels.label_map, labels.scores, num_classes, labels.unlabeled).astype(np.float32)
+    return ImageResult(labels.label_map, scores, regions)
 
 
 def _model_call_sizes(

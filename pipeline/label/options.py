@@ -15,8 +15,10 @@ from san.settings import DEFAULT_TTA_SIZES, DTYPE_NAMES, TTA_MAX_SIZE, Predictio
 from san.transforms import ResizeShortestEdge
 
 from ..output_finish import COCO_CHOICES
+from ..region_shards import REGION_DTYPES
 from ..vocabulary import Vocabulary
 from .images import DEFAULT_MAX_PIXELS
+from .model_stage import NULL_MODEL
 
 
 def _workers(text: str) -> tuple[int, int]:
@@ -34,6 +36,22 @@ def _sizes(text: str) -> tuple[int, ...]:
         return tuple(int(size) for size in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected short sides separated by commas, got {text!r}") from None
+
+
+#: The ``coco`` option of the jobs that write a run (label, relabel): its help and choices.
+COCO_OPTION = {
+    "help": "COCO annotations written at the end of the run: single (one coco.json), shards (one COCO file per "
+    "predictions file, coco/part-*.json, each loadable on its own: for runs past a few hundred thousand images, "
+    "whose single file pycocotools could not load), none. A resumed run may change it: the COCO files of the "
+    "other choice are removed",
+    "choices": list(COCO_CHOICES),
+}
+
+
+def check_coco(coco: str) -> None:
+    """Raise :class:`OptionError` for a ``coco`` value that is none of :data:`COCO_CHOICES`."""
+    if coco not in COCO_CHOICES:
+        raise OptionError(f"`coco` must be one of {list(COCO_CHOICES)}, got {coco!r}")
 
 
 @dataclass(kw_only=True)
@@ -136,6 +154,20 @@ class LabelOptions:
             "type": _sizes,
         },
     )
+    keep_regions: str | None = field(
+        default=None,
+        metadata={
+            "help": "also keep each image's regions (SAN's vocabulary-free outputs: 100 masks at 1/16 of the model "
+            "input and their 512 recognition values for ViT-B/16) in OUTPUT/regions/, so that jobs/relabel.py "
+            "labels the images again with another vocabulary, `other` names, minimum scores or templates without "
+            "the image model, and jobs/search.py finds the images that hold a text. fp16 (given without a value): "
+            "about 0.5 MB per 640x480 image, label maps nearly equal to a fresh run's; fp32: twice that, label "
+            "maps identical to a fresh run's. Part of the run: a resumed run keeps the value it started with. Not "
+            "with `tta` (each scale is its own forward pass)",
+            "choices": list(REGION_DTYPES),
+            "const": "fp16",
+        },
+    )
     limit: int | None = field(default=None, metadata={"help": "label at most this many new images"})
     shard_size: int = field(
         default=256,
@@ -151,16 +183,7 @@ class LabelOptions:
             "decoded (at most PIL's own limit)"
         },
     )
-    coco: str = field(
-        default="single",
-        metadata={
-            "help": "COCO annotations written at the end of the run: single (one coco.json), shards (one COCO file "
-            "per predictions file, coco/part-*.json, each loadable on its own: for runs past a few hundred "
-            "thousand images, whose single file pycocotools could not load), none. A resumed run may change it: "
-            "the COCO files of the other choice are removed",
-            "choices": list(COCO_CHOICES),
-        },
-    )
+    coco: str = field(default="single", metadata=COCO_OPTION)
     bytes_column: str | None = field(
         default=None, metadata={"help": "Parquet column with the encoded image bytes (default: auto-detect)"}
     )
@@ -185,8 +208,7 @@ class LabelOptions:
             raise OptionError(f"`max_pixels` must be at most {DEFAULT_MAX_PIXELS} (PIL's limit), got {self.max_pixels}")
         if self.limit is not None and self.limit < 0:
             raise OptionError(f"`limit` must be 0 or more, got {self.limit}")
-        if self.coco not in COCO_CHOICES:
-            raise OptionError(f"`coco` must be one of {list(COCO_CHOICES)}, got {self.coco!r}")
+        check_coco(self.coco)
         if self.dtype not in DTYPE_NAMES:
             raise OptionError(f"`dtype` must be one of {list(DTYPE_NAMES)}, got {self.dtype!r}")
         if self.input is None and not self.smoke_test:
@@ -195,6 +217,13 @@ class LabelOptions:
             raise OptionError(f"`tta_sizes` must be short sides from 1 to {TTA_MAX_SIZE}, got {self.tta_sizes}")
         if len(set(self.tta_sizes)) != len(self.tta_sizes):
             raise OptionError(f"`tta_sizes` names a size twice: {self.tta_sizes}")
+        if self.keep_regions is not None and self.tta:
+            raise OptionError(
+                "`keep_regions` cannot be used with `tta`: each test-time scale is its own forward pass with its own "
+                "regions, so no one pass's regions reproduce the averaged labels; drop one of the two"
+            )
+        if self.keep_regions is not None and self.model == NULL_MODEL:
+            raise OptionError("`keep_regions` needs a model: `model` null computes no regions")
         if self.other is None:
             self.other = "none" if self.smoke_test else "coco-stuff"
         if self.other not in OTHER_CHOICES and not Path(self.other).is_file():

@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 from ..disk_space import is_out_of_space
 from ..output_shards import ERROR_SCHEMA, PREDICTION_SCHEMA
 from ..outputs import RunOutput
+from ..region_shards import REGION_SCHEMA
 
 #: One row per file written: images labeled and failed, and the model calls those images took
 #: (each image counts ``1 / batch_images`` of its call); ``no_space``: why the files could not be written
@@ -23,9 +24,10 @@ RECORD_SCHEMA = pa.schema(
 
 @dataclass
 class WriteStage:
-    """CPU stage: ``pipeline.label.encode.ENCODED_SCHEMA`` rows -> one predictions file and one errors file,
-    each whole or absent (:meth:`~pipeline.outputs.RunOutput.write_tables`) -> one ``RECORD_SCHEMA`` row (also
-    when the disk is full: then the row says so).
+    """CPU stage: ``pipeline.label.encode.ENCODED_SCHEMA`` rows -> one predictions file and one errors file
+    (and of ``ENCODED_REGIONS_SCHEMA`` rows also one regions file), each whole or absent
+    (:meth:`~pipeline.outputs.RunOutput.write_tables`) -> one ``RECORD_SCHEMA`` row (also when the disk is full:
+    then the row says so).
 
     ``output`` is the run's output folder, which every node running these tasks must see (a shared
     filesystem on a multi-node cluster); ``generation``: the job's number on that folder, on every row
@@ -36,10 +38,12 @@ class WriteStage:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         failed = pc.not_equal(batch.column("error"), "")
-        predictions = self._of_this_job(batch.filter(pc.invert(failed)), PREDICTION_SCHEMA)
+        labeled = batch.filter(pc.invert(failed))
+        predictions = self._of_this_job(labeled, PREDICTION_SCHEMA)
         errors = self._of_this_job(batch.filter(failed), ERROR_SCHEMA)
+        regions = self._of_this_job(labeled, REGION_SCHEMA) if "mask_preds" in batch.column_names else None
         try:
-            RunOutput(self.output).write_tables(predictions, errors)
+            RunOutput(self.output).write_tables(predictions, errors, regions)
         except OSError as error:
             if not is_out_of_space(error):
                 raise

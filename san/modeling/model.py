@@ -14,7 +14,7 @@ from torch import nn
 from ..config import SANConfig, get_preset
 from .clip import ClipFeatureExtractor, RecognitionHead, build_clip, load_pretrained_clip
 from .cpu_kernels import cpu_inference_kernels
-from .postprocess import ImageOutputs, best_class, semantic_scores
+from .postprocess import ImageOutputs, ImageRegions, best_class, region_logits, semantic_scores
 from .side_adapter import SideAdapter
 from .text_classifier import TextClassifier, check_vocabulary
 
@@ -117,17 +117,38 @@ class SAN(nn.Module):
         return F.interpolate(images, scale_factor=self.config.clip_resolution, mode="bilinear", align_corners=False)
 
     def classifier(self, vocabulary: Sequence[str]) -> torch.Tensor:
-        """Scaled classifier weights ``[C + 1, D]`` (``logit_scale.exp()`` times the unit rows)."""
+        """Scaled classifier weights ``[C + 1, D]`` (``logit_scale.exp()`` times the unit rows, background last):
+        what :func:`~san.modeling.postprocess.region_logits` multiplies the recognition embeddings with."""
         return self.text_classifier.logit_scale.exp() * self.text_classifier(vocabulary)
+
+    def encode(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The vocabulary-free part of :meth:`forward` on a normalised, padded batch ``[B, 3, Hp, Wp]``: per decoded
+        level (eval: only the last), mask logits ``[B, Q, h, w]`` and recognition embeddings ``[B, Q, D]``."""
+        clip = self.clip_features(self.clip_input(images))
+        side = self.side_adapter(images, clip)
+        return side.mask_preds, [self.clip_recognition(clip, biases) for biases in side.attn_biases]
 
     def forward(self, images: torch.Tensor, vocabulary: Sequence[str]) -> SANOutput:
         """Run SAN on a normalised, padded batch ``[B, 3, Hp, Wp]`` (see :meth:`normalize_and_pad`)."""
         classifier = self.classifier(vocabulary)
-        clip = self.clip_features(self.clip_input(images))
-        side = self.side_adapter(images, clip)
-        mask_embs = [self.clip_recognition(clip, biases) for biases in side.attn_biases]
-        mask_logits = [torch.einsum("bqd,nd->bqn", e, classifier.to(e.dtype)) for e in mask_embs]
-        return SANOutput(side.mask_preds, mask_embs, mask_logits)
+        mask_preds, mask_embs = self.encode(images)
+        return SANOutput(mask_preds, mask_embs, [region_logits(e, classifier) for e in mask_embs])
+
+    @torch.inference_mode()
+    def regions(self, images: Sequence[torch.Tensor], batch_size: int = 8) -> list[ImageRegions]:
+        """Per uint8 RGB image ``[3, H_i, W_i]``, its :class:`~san.modeling.postprocess.ImageRegions`: mask logits
+        ``[Q, h, w]`` and recognition embeddings ``[Q, D]`` (on the model's device), the padded input size and the
+        image's size, which with any vocabulary's :meth:`classify_regions` give what :meth:`predict_scores` and
+        :meth:`predict_best` post-process, bit for bit. Images are batched as there (only with others of their padded
+        size), so a result never depends on the rest of the batch."""
+        return self._predict(images, None, None, batch_size, lambda regions, _size: regions)
+
+    @torch.inference_mode()
+    def classify_regions(self, mask_embs: torch.Tensor, vocabulary: Sequence[str]) -> torch.Tensor:
+        """Class logits ``[..., Q, len(vocabulary) + 1]`` (background last) of recognition embeddings
+        ``[..., Q, D]`` (:meth:`regions`): :func:`~san.modeling.postprocess.region_logits` with this model's
+        :meth:`classifier` for ``vocabulary``."""
+        return region_logits(mask_embs, self.classifier(check_vocabulary(vocabulary)))
 
     @torch.inference_mode()
     def predict_scores(
@@ -145,7 +166,7 @@ class SAN(nn.Module):
         evaluation maps them back to an original image size. Scores are float32 (float64 for a
         float64 model), also under autocast.
         """
-        return self._predict(images, vocabulary, output_sizes, batch_size, semantic_scores)
+        return self._predict(images, vocabulary, output_sizes, batch_size, _classified(semantic_scores))
 
     @torch.inference_mode()
     def predict_best(
@@ -158,7 +179,7 @@ class SAN(nn.Module):
         """Per image, the best score ``[H_i, W_i]`` and its class index ``[H_i, W_i]`` (uint8; int32 above 256
         classes): the max and argmax over classes of :meth:`predict_scores`, bit for bit, with memory bounded
         for any number of classes and output size (see :func:`~san.modeling.postprocess.best_class`)."""
-        return self._predict(images, vocabulary, output_sizes, batch_size, best_class)
+        return self._predict(images, vocabulary, output_sizes, batch_size, _classified(best_class))
 
     @torch.inference_mode()
     def predict_outputs(
@@ -167,22 +188,20 @@ class SAN(nn.Module):
         """Per uint8 RGB image ``[3, H_i, W_i]``, the model outputs that :func:`semantic_scores` post-processes
         (mask logits ``[Q, h, w]``, class logits ``[Q, len(vocabulary) + 1]``): small, so that several passes
         over an image (test-time augmentation) can be kept and post-processed together."""
-
-        def keep(mask_preds, mask_logits, padded_size, image_size, _output_size) -> ImageOutputs:
-            return ImageOutputs(mask_preds, mask_logits, tuple(padded_size), image_size)
-
-        return self._predict(images, vocabulary, None, batch_size, keep)
+        return self._predict(images, vocabulary, None, batch_size, lambda regions, weights, _: regions.outputs(weights))
 
     def _predict(
         self,
         images: Sequence[torch.Tensor],
-        vocabulary: Sequence[str],
+        vocabulary: Sequence[str] | None,
         output_sizes: Sequence[tuple[int, int]] | None,
         batch_size: int,
         postprocess: Callable[..., Result],
     ) -> list[Result]:
-        """Run the model on same-padded-size groups and ``postprocess`` each image's outputs."""
-        vocabulary = check_vocabulary(vocabulary)
+        """Run the model on same-padded-size groups and ``postprocess`` each image's :class:`ImageRegions`, with the
+        classifier of ``vocabulary`` (``postprocess(regions, classifier, output_size)``), or, without a vocabulary,
+        alone (``postprocess(regions, output_size)``)."""
+        vocabulary = check_vocabulary(vocabulary) if vocabulary is not None else None
         _check_images(images)
         sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
         output_sizes = list(output_sizes) if output_sizes is not None else sizes
@@ -193,16 +212,29 @@ class SAN(nn.Module):
         try:
             results: list[Result | None] = [None] * len(images)
             with cpu_inference_kernels(self.device):
+                classifier = (self.classifier(vocabulary),) if vocabulary is not None else ()
                 for group in _padded_size_groups(sizes, self.config.size_divisibility, batch_size):
                     batch = self.normalize_and_pad([images[i] for i in group])
-                    out = self(batch, vocabulary)
+                    mask_preds, mask_embs = (level[-1] for level in self.encode(batch))
+                    padded = (int(batch.shape[-2]), int(batch.shape[-1]))
                     for j, i in enumerate(group):
-                        results[i] = postprocess(
-                            out.mask_preds[-1][j], out.mask_logits[-1][j], batch.shape[-2:], sizes[i], output_sizes[i]
-                        )
+                        # Contiguous copies: one image's regions, as kept regions are read back, whatever the batch.
+                        regions = ImageRegions(mask_preds[j].contiguous(), mask_embs[j].contiguous(), padded, sizes[i])
+                        results[i] = postprocess(regions, *classifier, output_sizes[i])
             return results  # type: ignore[return-value]
         finally:
             self.train(was_training)
+
+
+def _classified(postprocess: Callable[..., Result]) -> Callable[[ImageRegions, torch.Tensor, tuple[int, int]], Result]:
+    """``postprocess(mask_preds, mask_logits, padded_size, image_size, output_size)`` of an image's regions with the
+    classifier's class logits (:func:`semantic_scores`, :func:`best_class`)."""
+
+    def run(regions: ImageRegions, classifier: torch.Tensor, output_size: tuple[int, int]) -> Result:
+        out = regions.outputs(classifier)
+        return postprocess(out.mask_preds, out.mask_logits, out.padded_size, out.image_size, output_size)
+
+    return run
 
 
 def _check_images(images: Sequence[torch.Tensor]) -> None:

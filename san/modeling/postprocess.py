@@ -1,6 +1,7 @@
 """SAN's post-processing: one image's mask and class logits -> class scores at an output size, or only the
 best class per pixel, computed in bands of output columns so that memory stays bounded for any output size
-and vocabulary."""
+and vocabulary; and an image's vocabulary-free outputs (:class:`ImageRegions`) with the one product that
+gives their class logits (:func:`region_logits`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,31 @@ from .cpu_kernels import inference_linear
 
 # Class scores plus upsampled masks of one band of output columns (32 MiB in float32).
 BAND_ELEMENTS = 1 << 23
+
+
+@dataclass
+class ImageRegions:
+    """One image's last-level model outputs before any vocabulary: mask logits ``mask_preds`` ``[Q, h, w]`` (at
+    1/16 of the padded input), recognition embeddings ``mask_embs`` ``[Q, D]``, the padded input size
+    ``padded_size`` ``(Hp, Wp)`` and the image's size within it ``image_size`` ``(Hi, Wi)``. With a
+    classifier they become :class:`ImageOutputs` (:meth:`outputs`)."""
+
+    mask_preds: torch.Tensor
+    mask_embs: torch.Tensor
+    padded_size: tuple[int, int]
+    image_size: tuple[int, int]
+
+    def outputs(self, classifier: torch.Tensor) -> ImageOutputs:
+        """The :class:`ImageOutputs` for the classifier weights ``[P + 1, D]`` (background last)."""
+        logits = region_logits(self.mask_embs, classifier)
+        return ImageOutputs(self.mask_preds, logits, self.padded_size, self.image_size)
+
+
+def region_logits(mask_embs: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
+    """Class logits ``[..., Q, P + 1]`` of recognition embeddings ``[..., Q, D]`` for the scaled classifier
+    weights ``[P + 1, D]`` (:meth:`~san.modeling.model.SAN.classifier`): the one product in SAN that sees the
+    vocabulary, computed in the embeddings' dtype."""
+    return torch.einsum("...qd,nd->...qn", mask_embs, classifier.to(mask_embs.dtype))
 
 
 @dataclass
