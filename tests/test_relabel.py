@@ -301,3 +301,9 @@ def test_relabel_writes_the_run_a_fresh_label_run_writes(local_ray, tmp_path: Pa
     assert coco_content(our_coco) == coco_content(their_coco)
     before, _ = read_run(tmp_path / "source")
     assert any(before[path]["label_map_png"] != row["label_map_png"] for path, row in ours.items())
+    # The source's kept regions, as the label job wrote them, searched: each image once, its region inside it.
+    from pipeline.region_search import search_run
+
+    hits = search_run(tmp_path / "source", "forklift", top=5)
+    assert sorted(hit.image_path for hit in hits) == sorted(ours) and all(0 <= hit.score <= 1 for hit in hits)
+    assert all(hit.mask.shape == decode_label_map_png(ours[hit.image_path]["label_map_png"]).shape for hit in hits)
