@@ -85,9 +85,13 @@ model actors (one here) and writes Parquet shards, `coco.json` and `manifest.jso
 a shell:
 
 ```bash
-.venv/bin/python jobs/label.py --vocab samples/vocab.txt --input samples/images --output out/labels
+.venv/bin/python jobs/label.py --vocab samples/vocab.txt --input samples/images --output out/labels --keep-regions
 # add --smoke-test to use the tiny random model
-```""",
+```
+
+`keep_regions` also keeps each image's regions (SAN's masks and their embeddings, before the one product that
+sees the vocabulary), so that step 7 can search the run by text and relabel it with a new vocabulary without
+the image model.""",
     ),
     (
         "label",
@@ -116,6 +120,7 @@ manifest = run_label_job(
         model="san_vit_b_16",
         smoke_test=smoke_test,
         workers=(1, 1),  # one model copy is plenty for four images
+        keep_regions="fp32",  # for step 7: search and relabel without the image model
         progress=False,
         command=["notebooks/quickstart.ipynb"],
     )
@@ -399,6 +404,40 @@ pd.DataFrame(
         for a in annotations
     ]
 ).head(10)""",
+    ),
+    (
+        "iterate-md",
+        "md",
+        """\
+## 7. Iterate on the vocabulary
+
+The run kept its regions, so a vocabulary round needs neither the images nor the image model. First, which
+images hold a thing at all? `search_run` ranks them by their best region's match to a text (the same from a
+shell: `jobs/search.py RUN "spaceship"`). Then edit the vocabulary and relabel: `run_relabel_job` writes a
+complete new run (the same from a shell: `jobs/relabel.py RUN --vocab new.txt --output RUN2`). Only the text
+tower runs; with fp32 regions the new label maps are those a fresh labeling run with the new vocabulary writes.
+(With the smoke-test model the classes are random, so the numbers show the mechanics, not quality.)""",
+    ),
+    (
+        "iterate",
+        "code",
+        """\
+from pipeline.region_search import search_run
+from pipeline.relabel.job import run_relabel_job
+from pipeline.relabel.options import RelabelOptions
+
+hits = search_run(RUN, "spaceship", top=4)
+print(pd.DataFrame([{"image": Path(h.image_path).name, "score": round(h.score, 3), "box": h.box} for h in hits]))
+
+NEW_VOCAB = OUT / "vocab_v2.txt"
+NEW_VOCAB.write_text("astronaut\\nwoman\\ncat\\nmug: coffee cup\\nrocket: spaceship\\nsky\\n")  # person split in two
+relabeled = run_relabel_job(RelabelOptions(run=str(RUN), vocab=str(NEW_VOCAB), output=str(OUT / "labels_v2"),
+                                           progress=False, command=["notebooks/quickstart.ipynb"]))
+ray.shutdown()
+v2 = RunOutput(OUT / "labels_v2").read_predictions(["image_path", "segments"]).to_pylist()
+areas = [(Path(row["image_path"]).name, s["category_name"], s["area"]) for row in v2 for s in row["segments"]]
+table = pd.DataFrame(areas, columns=["image", "class", "area"])
+table.pivot_table(index="image", columns="class", values="area", fill_value=0)  # pixels per class, new vocabulary""",
     ),
     (
         "next-md",
