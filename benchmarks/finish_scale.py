@@ -60,9 +60,55 @@ def finish(run: Path) -> None:
     output.finalize(output.read_vocabulary(RuntimeError), {**manifest, "status": "complete"})
 
 
+def _ground_truth(run: Path) -> Path:
+    """The synthetic ground truth generated beside a run (``--gt RUN-gt``)."""
+    return run.parent / f"{run.name}-gt"
+
+
+def evaluate(run: Path) -> None:
+    """``jobs/evaluate.py``'s work against the run's synthetic ground truth (Ray tasks on a local Ray of this
+    machine's CPUs where the measured code evaluates in Ray: its start is part of the stage)."""
+    import inspect
+
+    from pipeline.evaluate import evaluate_run
+
+    quiet = {"progress": False} if "progress" in inspect.signature(evaluate_run).parameters else {}
+    evaluate_run(run, str(_ground_truth(run)), metrics_path=run.parent / f"{run.name}-metrics.json", **quiet)
+
+
+def export(run: Path) -> None:
+    """``jobs/export.py RUN --format label-studio`` (pre-annotations that name the images, which are not copied)."""
+    from pipeline.exports.run import FormatOptions, export_format
+
+    target = run.parent / f"{run.name}-label-studio"
+    shutil.rmtree(target, ignore_errors=True)
+    export_format(run, FormatOptions(format="label-studio", output=str(target)))
+    shutil.rmtree(target)
+
+
+def select(run: Path) -> None:
+    """``jobs/review.py RUN --select random:1000``: 1,000 images chosen from the run and loaded into FiftyOne (a
+    database of its own in a temporary folder, started within the stage)."""
+    from pipeline.review.dataset import load_run
+    from pipeline.review.selection import parse_select
+
+    load_run(run, name=f"bench-{run.name}", overwrite=True, select=[parse_select("random:1000")])
+
+
 STAGES: dict[str, Stage] = {
     "finish": Stage(
         "RunOutput.finalize: coco.json, errors.parquet, manifest.json", finish, ("pipeline.outputs", "pyarrow.dataset")
+    ),
+    "evaluate": Stage(
+        "pipeline.evaluate.evaluate_run against the synthetic ground truth (metrics.json)",
+        evaluate,
+        ("pipeline.evaluate",),
+    ),
+    "export": Stage("jobs/export.py --format label-studio", export, ("pipeline.exports.run",)),
+    "select": Stage(
+        "jobs/review.py --select random:1000: the choice and its FiftyOne load",
+        select,
+        ("pipeline.review.dataset", "pipeline.review.selection"),
     ),
 }
 
@@ -143,7 +189,8 @@ def main() -> None:
         commit = _commit(repo)
         for images in args.sizes:
             run = args.work / commit / str(images)
-            _generated(repo, run, images, ["--pool", args.pool])
+            ground_truth = ["--gt", str(_ground_truth(run))] if "evaluate" in args.stages else []
+            _generated(repo, run, images, ["--pool", args.pool, *ground_truth])
             for stage in args.stages:
                 result = _measure(repo, stage, run)
                 lines.append(

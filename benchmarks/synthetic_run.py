@@ -208,6 +208,10 @@ def write_synthetic_run(
     processes write the files (default: one per CPU; 1: in this process); ``size`` is (width, height)."""
     root = Path(out)
     root.mkdir(parents=True)
+    listing = root.parent / f"{root.name}-inputs.txt"  # the run's input: its paths (no image file is written)
+    with open(listing, "w", encoding="utf-8") as handle:
+        for start in range(0, images, 100_000):
+            handle.write("".join(image_path(i) + "\n" for i in range(start, min(start + 100_000, images))))
     names = vocabulary()
     width, height = size
     made = make_pool(pool, seed, width, height)
@@ -219,7 +223,7 @@ def write_synthetic_run(
             "command": ["benchmarks/synthetic_run.py", str(root), "--images", str(images)],
             "identity": {"vocabulary": names.fingerprint, "model": "synthetic"},
             "options": {"shard_size": shard_size},
-            "input": None,
+            "input": str(listing.resolve()),
             "vocabulary": names.to_json(),
             "counts": {"listed": images, "skipped": 0},
         }
