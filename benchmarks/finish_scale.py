@@ -13,8 +13,9 @@ with that repository first on ``PYTHONPATH``, which reports the stage's wall tim
 in the order given, on the same run, so a stage may use what an earlier one wrote.
 
 Stages are entries of :data:`STAGES`: a line for the table, a function of the run's folder, which runs in the
-child process, and the modules it imports (imported before the measurement starts). To add one (an evaluation,
-an export, a review selection), write its function and add an entry.
+child process, and the modules it imports (imported before the measurement starts): ``finish`` (the default),
+``evaluate`` (its ground truth is generated with the run) and ``select`` (a review of 1,000 images). An export
+is not among them: the synthetic runs have no image files to export.
 """
 
 from __future__ import annotations
@@ -76,16 +77,6 @@ def evaluate(run: Path) -> None:
     evaluate_run(run, str(_ground_truth(run)), metrics_path=run.parent / f"{run.name}-metrics.json", **quiet)
 
 
-def export(run: Path) -> None:
-    """``jobs/export.py RUN --format label-studio`` (pre-annotations that name the images, which are not copied)."""
-    from pipeline.exports.run import FormatOptions, export_format
-
-    target = run.parent / f"{run.name}-label-studio"
-    shutil.rmtree(target, ignore_errors=True)
-    export_format(run, FormatOptions(format="label-studio", output=str(target)))
-    shutil.rmtree(target)
-
-
 def select(run: Path) -> None:
     """``jobs/review.py RUN --select random:1000``: 1,000 images chosen from the run and loaded into FiftyOne (a
     database of its own in a temporary folder, started within the stage)."""
@@ -104,7 +95,6 @@ STAGES: dict[str, Stage] = {
         evaluate,
         ("pipeline.evaluate",),
     ),
-    "export": Stage("jobs/export.py --format label-studio", export, ("pipeline.exports.run",)),
     "select": Stage(
         "jobs/review.py --select random:1000: the choice and its FiftyOne load",
         select,
@@ -169,7 +159,7 @@ def _measure(repo: Path, stage: str, run: Path) -> dict[str, float | str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
+    parser.add_argument("--stages", nargs="+", default=["finish"], choices=list(STAGES), help="default: finish")
     parser.add_argument("--work", type=Path, required=True, help="folder for the generated runs (reused)")
     parser.add_argument(
         "--repo", type=Path, action="append", help="a checkout whose code is measured (repeatable; default: this one)"
