@@ -4,10 +4,10 @@ cluster, and the driver receives only confusion matrices and small counts.
 - :func:`open_ground_truth_remote` opens the ground truth on a worker: the reader (its list of images can hold a
   million paths) stays in the object store, and the driver gets its :class:`GroundTruthInfo`.
 - :func:`score_file`, one task per prediction file: the rows that count (:mod:`pipeline.current_rows`), each
-  matched to its ground truth (:meth:`pipeline.ground_truth.base.GroundTruth.match`), decoded and added into the
-  file's confusion matrix. The driver gets a :class:`FileScore`; the :class:`FileMatches` (which ground-truth image
-  each image matched, and per-image counts for a sample estimate) stay in the object store for
-  :func:`summarise`.
+  matched to its ground truth (:meth:`pipeline.ground_truth.base.GroundTruth.match`), decoded and counted
+  (:class:`PixelCounter`: one ``np.bincount`` per image) into the file's confusion matrix. The driver gets a
+  :class:`FileScore`; the :class:`FileMatches` (which ground-truth image each image matched, and per-image counts
+  for a sample estimate) stay in the object store for :func:`summarise`.
 - :func:`summarise` turns the matches into ``metrics.json``'s ``matching`` summary (as
   :meth:`pipeline.ground_truth.base.Matching.summary`) and, asked for, the sample estimate
   (:func:`san.sample_estimate.sample_estimate`).
@@ -30,9 +30,9 @@ from san.sample_estimate import image_counts, sample_estimate
 
 from .current_rows import kept_rows, ordinals, split_ordinal
 from .ground_truth import open_ground_truth
-from .ground_truth.base import GroundTruth, GroundTruthError
+from .ground_truth.base import IGNORE, GroundTruth, GroundTruthError, lookup_values
 from .output_shards import read_shard, reading_shard
-from .segments import decode_label_map_png, unlabeled_value
+from .segments import decode_label_map_png
 
 __all__ = [
     "EXAMPLES",
@@ -40,6 +40,7 @@ __all__ = [
     "FileMatches",
     "FileScore",
     "GroundTruthInfo",
+    "PixelCounter",
     "Scoring",
     "open_ground_truth_remote",
     "score_file",
@@ -150,14 +151,14 @@ def score_file(
             matched[int(row)] = key
     counts = []
     if matched:
-        matrix = ConfusionMatrix(scoring.num_classes, ignore_index=scoring.ignore_value)
+        pixels = PixelCounter(scoring)
+        matrix = np.zeros(pixels.bins, np.int64)
         for row, label_map in _label_maps(path, paths, matched):
-            image = ConfusionMatrix(scoring.num_classes, scoring.ignore_value) if scoring.per_image else matrix
-            _add_image(image, scoring, gt, matched[row], paths[row], label_map)
+            image = pixels.count(gt, matched[row], paths[row], label_map)
+            matrix += image
             if scoring.per_image:
-                matrix.merge(image)
-                counts.append(image_counts(image.matrix))
-        score.matrix = np.array(matrix.matrix)
+                counts.append(image_counts(pixels.matrix(image)))
+        score.matrix = pixels.matrix(matrix)
     score.images = len(matched)
     rows = np.fromiter(matched, np.int64, len(matched))
     keys = np.fromiter((key_index[matched[r]] for r in rows), np.int64, len(rows))
@@ -185,22 +186,60 @@ def _label_maps(path: Path, paths: list[str], rows: dict[int, Hashable]) -> Iter
         start += batch.num_rows
 
 
-def _add_image(
-    matrix: ConfusionMatrix, scoring: Scoring, gt: GroundTruth, key: Hashable, image_path: str, label_map: np.ndarray
-) -> None:
-    """Add one image's pixels to ``matrix``, its classes mapped to the ground truth's."""
-    truth = gt.read(key)
-    if truth.shape != label_map.shape:
-        raise EvaluationError(
-            f"size mismatch for {image_path!r}: the prediction is {label_map.shape[1]}x{label_map.shape[0]} (WxH) "
-            f"but its ground truth {gt.path_of(key)!r} is {truth.shape[1]}x{truth.shape[0]}"
-        )
-    predicted = scoring.lookup[label_map]
-    predicted[label_map == unlabeled_value(label_map)] = scoring.num_classes
-    try:
-        matrix.update(predicted, truth)
-    except ValueError as exc:
-        raise GroundTruthError(f"ground truth {gt.path_of(key)!r}: {exc}") from None
+class PixelCounter:
+    """One image's pixels counted into a confusion matrix, with one ``np.bincount`` over ``row * (K + 1) +
+    column``: the row is the ground-truth class + 1 (0 for an ignored pixel, so that no mask is needed), the column
+    the predicted class mapped to the ground truth's (K: wrong or unlabeled). Counts come flat, ``[(K + 1) ** 2]``;
+    :meth:`matrix` drops the ignored row. The same counts as :meth:`san.metrics.ConfusionMatrix.update`, which
+    still gives the message of a ground-truth value outside the classes."""
+
+    def __init__(self, scoring: Scoring):
+        k = scoring.num_classes
+        self._k = k
+        self._scoring = scoring
+        self.bins = (k + 1) * (k + 1)
+        self._code_type = np.int32 if self.bins <= np.iinfo(np.int32).max else np.int64
+        self._columns: dict[np.dtype, np.ndarray] = {}
+        for dtype in (np.dtype(np.uint8), np.dtype(np.uint16)):  # a label map's class -> column, by its type
+            columns = scoring.lookup[: np.iinfo(dtype).max + 1].astype(np.int32)
+            columns[np.iinfo(dtype).max] = k  # the "unlabeled" value (segments.unlabeled_value)
+            self._columns[dtype] = columns
+
+    def count(self, gt: GroundTruth, key: Hashable, image_path: str, label_map: np.ndarray) -> np.ndarray:
+        """The flat counts of one image (``label_map``: a decoded prediction) against its ground truth ``key``.
+
+        Raises:
+            EvaluationError: the two differ in size.
+            GroundTruthError: the ground truth holds a value that is neither a class nor ignored.
+        """
+        truth = gt.read(key)
+        if truth.shape != label_map.shape:
+            raise EvaluationError(
+                f"size mismatch for {image_path!r}: the prediction is {label_map.shape[1]}x{label_map.shape[0]} "
+                f"(WxH) but its ground truth {gt.path_of(key)!r} is {truth.shape[1]}x{truth.shape[0]}"
+            )
+        columns = lookup_values(self._columns[label_map.dtype], label_map)
+        if self._scoring.ignore_value == IGNORE and np.issubdtype(truth.dtype, np.integer):
+            code = truth.astype(self._code_type)
+            code += 1
+            code *= self._k + 1
+            code += columns
+            try:
+                counts = np.bincount(code.reshape(-1), minlength=self.bins)
+            except ValueError:  # a value below IGNORE: ConfusionMatrix says which
+                counts = None
+            if counts is not None and len(counts) == self.bins:  # longer: a value of K or more
+                return counts
+        matrix = ConfusionMatrix(self._k, self._scoring.ignore_value)
+        try:
+            matrix.update(columns, truth)
+        except ValueError as exc:
+            raise GroundTruthError(f"ground truth {gt.path_of(key)!r}: {exc}") from None
+        return np.concatenate([np.zeros(self._k + 1, np.int64), matrix.matrix.reshape(-1)])
+
+    def matrix(self, counts: np.ndarray) -> np.ndarray:
+        """The ``[K, K + 1]`` int64 confusion matrix of flat counts (the ignored row dropped)."""
+        return counts.reshape(self._k + 1, self._k + 1)[1:].astype(np.int64, copy=True)
 
 
 @ray.remote

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -19,13 +20,15 @@ from pycocotools import mask as mask_utils
 from reference_evaluate import reference_evaluate
 
 from pipeline.evaluate import EvaluationError, evaluate_run
-from pipeline.ground_truth.base import IGNORE, GroundTruthError, LabelValues
+from pipeline.evaluate_tasks import PixelCounter, Scoring
+from pipeline.ground_truth.base import IGNORE, GroundTruth, GroundTruthError, LabelValues
 from pipeline.ground_truth.classes import read_class_names
-from pipeline.ground_truth.png import PngFolderGroundTruth
+from pipeline.ground_truth.png import PngFolderGroundTruth, read_label_image
 from pipeline.label.inputs import image_id
 from pipeline.outputs import RunOutput
 from pipeline.segments import encode_label_map_png, label_map_segments
 from pipeline.vocabulary import parse_vocabulary
+from san.metrics import ConfusionMatrix
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = parse_vocabulary("cat\nsky: heaven\ngrass\ntraffic light\nboat\n")  # "boat" is in no ground truth
@@ -499,3 +502,72 @@ def test_sample_estimate_through_the_job(run: dict, tmp_path: Path, capsys: pyte
 
 def _json_rounded(value: dict) -> dict:
     return json.loads(json.dumps(value))
+
+
+class _Truths(GroundTruth):
+    """Ground truth of given label maps (class indices, IGNORE), by key."""
+
+    class_names = ("a", "b", "c")
+    description = "test"
+
+    def __init__(self, maps: dict[str, np.ndarray]):
+        self._maps = maps
+
+    def keys(self) -> list:
+        return list(self._maps)
+
+    def path_of(self, key) -> str:
+        return str(key)
+
+    def read(self, key) -> np.ndarray:
+        return self._maps[key]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_pixel_counts_equal_the_confusion_matrix_and_refuse_what_it_refuses(dtype: type) -> None:
+    """One bincount per image (ignored pixels in a row of their own) counts what ConfusionMatrix.update counts:
+    classes mapped to the ground truth's, vocabulary classes without one and "unlabeled" (255 of an 8-bit map,
+    65535 of a 16-bit one, where 255 is a class) as wrong; a ground-truth value outside the classes is refused
+    with ConfusionMatrix's message."""
+    rng = np.random.default_rng(3)
+    k = 3
+    lookup = np.full(65536, k, np.int64)
+    lookup[[0, 1, 2, 255]] = [2, 0, 1, 1]  # vocabulary class -> ground-truth class; 3, 4, ... have none
+    unlabeled = np.iinfo(dtype).max
+    values = [0, 1, 2, 3, 4, unlabeled] + ([255] if dtype == np.uint16 else [])
+    label_map = rng.choice(values, size=(23, 31)).astype(dtype)
+    truth = rng.choice([0, 1, 2, IGNORE], size=(23, 31)).astype(np.int32)
+    gt = _Truths({"t": truth, "big": np.full((23, 31), k, np.int32), "low": np.full((23, 31), -5, np.int32)})
+    counter = PixelCounter(Scoring(lookup, k, IGNORE, per_image=False))
+
+    expected = ConfusionMatrix(k, IGNORE)
+    predicted = lookup[label_map]
+    predicted[label_map == unlabeled] = k
+    expected.update(predicted, truth)
+    counts = counter.count(gt, "t", "t.jpg", label_map)
+    assert counts.shape == (counter.bins,) and counts.sum() == truth.size, "ignored pixels counted apart"
+    np.testing.assert_array_equal(counter.matrix(counts), expected.matrix)
+    assert counter.matrix(counts).dtype == np.int64
+    for key, value in (("big", k), ("low", -5)):
+        message = f"ground truth '{key}': ground_truth has values outside [0, {k}) that are not ignore_index=-1: "
+        message += str(value)
+        with pytest.raises(GroundTruthError, match=f"^{re.escape(message)}$"):
+            counter.count(gt, key, f"{key}.jpg", label_map)
+
+
+def test_label_images_are_mapped_in_their_stored_type(tmp_path: Path) -> None:
+    """8- and 16-bit label images stay in their stored type (no int64 copy of every pixel): the class lookup
+    of the stored values equals the lookup of the same values widened."""
+    values = LabelValues([3, 0, 255, 300], ignored_values=[7, 65535])
+    rng = np.random.default_rng(0)
+    for dtype, choices in ((np.uint8, [0, 3, 7, 255]), (np.uint16, [0, 3, 7, 255, 300, 65535])):
+        raw = rng.choice(choices, size=(9, 11)).astype(dtype)
+        Image.fromarray(raw).save(tmp_path / "label.png")
+        stored = read_label_image(tmp_path / "label.png", "single-channel")
+        assert stored.dtype == dtype
+        np.testing.assert_array_equal(stored, raw)
+        classes = values.classes(stored, "label.png", "hint")
+        np.testing.assert_array_equal(classes, values.classes(raw.astype(np.int64), "label.png", "hint"))
+        assert classes.dtype == np.int32
+    with pytest.raises(GroundTruthError, match=r"name no class: 1 \(hint\)$"):
+        values.classes(np.array([[1, 0]], np.uint8), "label.png", "hint")

@@ -28,7 +28,8 @@ LABEL_SUFFIXES = (".png", ".tif", ".tiff")
 
 
 def read_label_image(path: Path, expected: str) -> np.ndarray:
-    """The pixels of a single-channel label image as int64 ``[H, W]``.
+    """The pixels of a single-channel label image, ``[H, W]`` of the integer type PIL reads it as (``uint8``
+    for 8-bit and palette images, ``uint16`` or ``int32`` for 16-bit ones, ``int32`` for mode ``I``).
 
     Raises :class:`GroundTruthError` naming the file when it cannot be read, or when it has colour
     channels (``expected`` says what the reader wants instead).
@@ -42,7 +43,7 @@ def read_label_image(path: Path, expected: str) -> np.ndarray:
         raise GroundTruthError(f"cannot read ground truth {path}: {type(exc).__name__}: {exc}") from None
     if mode not in ("L", "P", "I") and not mode.startswith("I;16"):
         raise GroundTruthError(f"ground truth {path} is a {mode!r} image; {expected}")
-    return raw.astype(np.int64, copy=False)
+    return raw
 
 
 class PngFolderGroundTruth(GroundTruth):
