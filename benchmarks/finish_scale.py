@@ -14,8 +14,9 @@ in the order given, on the same run, so a stage may use what an earlier one wrot
 
 Stages are entries of :data:`STAGES`: a line for the table, a function of the run's folder, which runs in the
 child process, and the modules it imports (imported before the measurement starts): ``finish`` (the default),
-``evaluate`` (its ground truth is generated with the run) and ``select`` (a review of 1,000 images). An export
-is not among them: the synthetic runs have no image files to export.
+``evaluate`` (its ground truth is generated with the run), ``export`` (yolo-seg into ``WORK/<commit>/<size>-yolo``,
+removed before each measurement; the run is generated with image files, hard links to a pool of JPEGs, so the
+export copies about 10 KB per image) and ``select`` (a review of 1,000 images).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Stage:
     about: str
     run: Callable[[Path], None]
     modules: tuple[str, ...]
+    before: Callable[[Path], None] | None = None  # run before the measurement starts
 
 
 def finish(run: Path) -> None:
@@ -66,6 +68,11 @@ def _ground_truth(run: Path) -> Path:
     return run.parent / f"{run.name}-gt"
 
 
+def _image_files(run: Path) -> Path:
+    """The image files generated beside a run for an export (``--image-files RUN-images``)."""
+    return run.parent / f"{run.name}-images"
+
+
 def evaluate(run: Path) -> None:
     """``jobs/evaluate.py``'s work against the run's synthetic ground truth (Ray tasks on a local Ray of this
     machine's CPUs where the measured code evaluates in Ray: its start is part of the stage)."""
@@ -75,6 +82,22 @@ def evaluate(run: Path) -> None:
 
     quiet = {"progress": False} if "progress" in inspect.signature(evaluate_run).parameters else {}
     evaluate_run(run, str(_ground_truth(run)), metrics_path=run.parent / f"{run.name}-metrics.json", **quiet)
+
+
+def _export_folder(run: Path) -> Path:
+    return run.parent / f"{run.name}-yolo"
+
+
+def _remove_export(run: Path) -> None:
+    shutil.rmtree(_export_folder(run), ignore_errors=True)
+
+
+def export(run: Path) -> None:
+    """``jobs/export.py RUN --format yolo-seg --output RUN-yolo``: Ray tasks write each image and its label file
+    (a local Ray of this machine's CPUs: its start is part of the stage)."""
+    from pipeline.exports.run import FormatOptions, export_format
+
+    export_format(run, FormatOptions(format="yolo-seg", output=str(_export_folder(run))))
 
 
 def select(run: Path) -> None:
@@ -95,6 +118,12 @@ STAGES: dict[str, Stage] = {
         evaluate,
         ("pipeline.evaluate",),
     ),
+    "export": Stage(
+        "jobs/export.py --format yolo-seg: images, label files and data.yaml",
+        export,
+        ("pipeline.exports.run", "pipeline.exports.yolo_seg"),
+        before=_remove_export,
+    ),
     "select": Stage(
         "jobs/review.py --select random:1000: the choice and its FiftyOne load",
         select,
@@ -109,6 +138,8 @@ def _child(stage: str, run: Path) -> None:
 
     for module in STAGES[stage].modules:
         importlib.import_module(module)
+    if STAGES[stage].before is not None:
+        STAGES[stage].before(run)
     after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     STAGES[stage].run(run)
@@ -122,7 +153,9 @@ def _child(stage: str, run: Path) -> None:
 
 
 def _environment(repo: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]).rstrip(":")}
+    """``repo`` first on the path; stages that use Ray start a local one (never a cluster running on the machine)."""
+    path = os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]).rstrip(":")
+    return {**os.environ, "PYTHONPATH": path, "RAY_ADDRESS": "local"}
 
 
 def _commit(repo: Path) -> str:
@@ -134,15 +167,22 @@ def _commit(repo: Path) -> str:
 
 
 def _generated(repo: Path, run: Path, images: int, generator: list[str]) -> None:
-    """Generate ``run`` with ``repo``'s code unless a complete one is there."""
+    """Generate ``run`` with ``repo``'s code unless a complete one is there, generated with at least the options
+    ``generator`` gives (``--flag value`` pairs)."""
     done = run.parent / f"{run.name}.generated"
+    wanted = {"images": images, "generator": generator}
     if done.exists() and run.is_dir():
-        return
-    shutil.rmtree(run, ignore_errors=True)
+        made = json.loads(done.read_text())
+        pairs = set(zip(made["generator"][::2], made["generator"][1::2], strict=True))
+        if made["images"] == images and set(zip(generator[::2], generator[1::2], strict=True)) <= pairs:
+            return
+    done.unlink(missing_ok=True)
+    for folder in (run, _ground_truth(run), _image_files(run), _export_folder(run)):
+        shutil.rmtree(folder, ignore_errors=True)
     run.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(GENERATOR), str(run), "--images", str(images), *generator]
     subprocess.run(command, env=_environment(repo), check=True, stdout=subprocess.DEVNULL)
-    done.write_text(json.dumps({"images": images, "generator": generator}))
+    done.write_text(json.dumps(wanted))
 
 
 def _measure(repo: Path, stage: str, run: Path) -> dict[str, float | str]:
@@ -180,7 +220,8 @@ def main() -> None:
         for images in args.sizes:
             run = args.work / commit / str(images)
             ground_truth = ["--gt", str(_ground_truth(run))] if "evaluate" in args.stages else []
-            _generated(repo, run, images, ["--pool", args.pool, *ground_truth])
+            image_files = ["--image-files", str(_image_files(run))] if "export" in args.stages else []
+            _generated(repo, run, images, ["--pool", args.pool, *ground_truth, *image_files])
             for stage in args.stages:
                 result = _measure(repo, stage, run)
                 lines.append(

@@ -4,8 +4,8 @@
     python benchmarks/synthetic_run.py OUT --images 1000000 --gt OUT-gt [--pool 256] [--shard-size 256]
 
 - ``OUT/predictions/part-*.parquet``: one row per image, ``--shard-size`` rows per file. Image ``i`` is
-  ``/synthetic/images/<i // 1000>/<i>.jpg`` (no file is written) and has the label map of pool entry
-  ``i % pool``: ``--pool`` distinct 640x480 label maps (default 256) of a background class and 10 shapes
+  ``/synthetic/images/<i // 1000>/<i>.jpg`` (no file is written, unless ``--image-files``) and has the label map
+  of pool entry ``i % pool``: ``--pool`` distinct 640x480 label maps (default 256) of a background class and 10 shapes
   (polygons and ellipses) of random classes among 20, some left unlabeled (255), so about 8 segments of real
   COCO RLE per image, with scores. Only the pool's label maps are encoded (PNG, RLE); rows repeat them under new
   paths, so a million images take minutes, not hours.
@@ -16,6 +16,9 @@
   value = vocabulary class index, 255 ignored): the pool entry's shapes with their corners moved by a few pixels
   and one shape in ten of another class, so that IoUs are high but not 1. Each is a hard link to its pool
   entry's file in ``DIR/.pool`` (a hidden folder, which ground-truth readers skip).
+- ``--image-files DIR``: the images exist, so that a run can be exported: image ``i`` is ``DIR/<i // 1000>/<i>.jpg``,
+  a hard link to one of ``--image-pool`` JPEGs of the label maps' size in ``DIR/.pool`` (a million images cost
+  directory entries, not data).
 
 Importable: :func:`write_synthetic_run`. Uses only code that the project had before issue 24 (the writer, the
 segment encoders), so that ``finish_scale.py --repo`` can generate a run with an older checkout's own code.
@@ -124,8 +127,11 @@ def make_pool(size: int, seed: int = 0, width: int = WIDTH, height: int = HEIGHT
     return Pool(pa.array(pngs, pa.binary()), pa.array(segments, segment_type), ground_truth)
 
 
-def image_path(index: int) -> str:
-    return f"/synthetic/images/{index // GT_FOLDER_IMAGES:04d}/{index:08d}.jpg"
+IMAGE_ROOT = "/synthetic/images"  # where images are said to be without --image-files
+
+
+def image_path(index: int, root: str = IMAGE_ROOT) -> str:
+    return f"{root}/{index // GT_FOLDER_IMAGES:04d}/{index:08d}.jpg"
 
 
 def _failed(indices: np.ndarray, fraction: float) -> np.ndarray:
@@ -140,13 +146,14 @@ def _use_pool(pool: Pool) -> None:
     _POOL[:] = [pool]
 
 
-def _write_shard(output: str, start: int, stop: int, failed: float, width: int, height: int) -> None:
-    """Rows ``start..stop-1`` as one predictions file and one errors file, through ``RunOutput.write_tables``."""
+def _write_shard(output: str, start: int, stop: int, failed: float, width: int, height: int, root: str) -> None:
+    """Rows ``start..stop-1`` as one predictions file and one errors file, through ``RunOutput.write_tables``;
+    image paths under ``root``."""
     pool = _POOL[0]
     indices = np.arange(start, stop)
     bad = _failed(indices, failed)
     good = indices[~bad]
-    paths = [image_path(int(i)) for i in good]
+    paths = [image_path(int(i), root) for i in good]
     entries = pa.array(good % len(pool.pngs))
     predictions = pa.table(
         {
@@ -161,7 +168,7 @@ def _write_shard(output: str, start: int, stop: int, failed: float, width: int, 
         },
         schema=PREDICTION_SCHEMA,
     )
-    error_paths = [image_path(int(i)) for i in indices[bad]]
+    error_paths = [image_path(int(i), root) for i in indices[bad]]
     errors = pa.table(
         {
             "image_path": pa.array(error_paths, pa.string()),
@@ -192,6 +199,22 @@ def _write_ground_truth(folder: Path, pool: Pool, images: int, failed: float) ->
         os.link(hidden / f"{index % len(pool.ground_truth)}.png", target)
 
 
+def _write_images(folder: Path, images: int, pool: int, width: int, height: int, seed: int) -> None:
+    """``images`` image files (module docstring, ``--image-files``): ``pool`` JPEGs of smooth random colours, and
+    a hard link to one of them per image."""
+    rng = np.random.default_rng(seed)
+    hidden = folder / ".pool"
+    hidden.mkdir(parents=True)
+    for entry in range(pool):
+        corners = rng.integers(0, 256, (2, 2, 3)).astype(np.uint8)
+        Image.fromarray(corners).resize((width, height), Image.BILINEAR).save(hidden / f"{entry}.jpg", quality=75)
+    for index in range(images):
+        target = Path(image_path(index, str(folder)))
+        if index % GT_FOLDER_IMAGES == 0:
+            target.parent.mkdir()
+        os.link(hidden / f"{index % pool}.jpg", target)
+
+
 def write_synthetic_run(
     out: str | os.PathLike[str],
     images: int,
@@ -203,17 +226,25 @@ def write_synthetic_run(
     seed: int = 0,
     workers: int | None = None,
     size: tuple[int, int] = (WIDTH, HEIGHT),
+    image_files: str | os.PathLike[str] | None = None,
+    image_pool: int = 16,
 ) -> RunOutput:
     """Write a synthetic run of ``images`` inputs into the new folder ``out`` (module docstring); ``workers``
-    processes write the files (default: one per CPU; 1: in this process); ``size`` is (width, height)."""
+    processes write the files (default: one per CPU; 1: in this process); ``size`` is (width, height); with
+    ``image_files`` (a new folder) the images exist there, hard links to ``image_pool`` JPEGs."""
     root = Path(out)
     root.mkdir(parents=True)
-    listing = root.parent / f"{root.name}-inputs.txt"  # the run's input: its paths (no image file is written)
+    width, height = size
+    images_root = IMAGE_ROOT
+    if image_files is not None:
+        images_root = str(Path(image_files).resolve())
+        _write_images(Path(images_root), images, image_pool, width, height, seed)
+    listing = root.parent / f"{root.name}-inputs.txt"  # the run's input: its paths
     with open(listing, "w", encoding="utf-8") as handle:
         for start in range(0, images, 100_000):
-            handle.write("".join(image_path(i) + "\n" for i in range(start, min(start + 100_000, images))))
+            stop = min(start + 100_000, images)
+            handle.write("".join(image_path(i, images_root) + "\n" for i in range(start, stop)))
     names = vocabulary()
-    width, height = size
     made = make_pool(pool, seed, width, height)
     output = RunOutput(root)
     output.write_manifest(
@@ -232,11 +263,12 @@ def write_synthetic_run(
     if workers == 1:
         _use_pool(made)
         for start, stop in ranges:
-            _write_shard(str(root), start, stop, failed, width, height)
+            _write_shard(str(root), start, stop, failed, width, height, images_root)
     else:
         with ProcessPoolExecutor(workers, initializer=_use_pool, initargs=(made,)) as executor:
             waiting = [
-                executor.submit(_write_shard, str(root), start, stop, failed, width, height) for start, stop in ranges
+                executor.submit(_write_shard, str(root), start, stop, failed, width, height, images_root)
+                for start, stop in ranges
             ]
             for future in waiting:
                 future.result()
@@ -250,6 +282,8 @@ def main() -> None:
     parser.add_argument("out", help="the run's folder (new)")
     parser.add_argument("--images", type=int, required=True, help="inputs (labeled and failed)")
     parser.add_argument("--gt", help="write ground-truth PNGs into this new folder")
+    parser.add_argument("--image-files", help="write the images into this new folder (hard links to a pool)")
+    parser.add_argument("--image-pool", type=int, default=16, help="distinct JPEGs of --image-files (default 16)")
     parser.add_argument("--pool", type=int, default=256, help="distinct label maps (default 256)")
     parser.add_argument("--shard-size", type=int, default=256, help="rows per predictions file (default 256)")
     parser.add_argument("--failed", type=float, default=0.005, help="fraction of error rows (default 0.005)")
@@ -266,6 +300,8 @@ def main() -> None:
         gt=args.gt,
         seed=args.seed,
         workers=args.workers,
+        image_files=args.image_files,
+        image_pool=args.image_pool,
     )
     print(json.dumps({"images": args.images, "out": args.out, "seconds": round(time.perf_counter() - started, 1)}))
 

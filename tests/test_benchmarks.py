@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from PIL import Image
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -110,3 +113,24 @@ def test_finish_scale_measures_each_stage_on_a_generated_run(tmp_path: Path) -> 
     counts = json.loads((run / "manifest.json").read_text())["counts"]
     assert counts["labeled"] + counts["failed"] == 200 and counts["failed"] > 0, counts
     assert (run / "coco.json").is_file() and (run / "errors.parquet").is_file()
+
+
+@pytest.mark.slow
+def test_finish_scale_times_an_export_of_a_run_with_image_files(tmp_path: Path) -> None:
+    """The export stage: the run is generated with image files (hard links to a pool of JPEGs, the run's size),
+    and yolo-seg exports every labeled image."""
+    report = tmp_path / "export.md"
+    work = tmp_path / "work"
+    args = ["--sizes", "200", "--work", str(work), "--pool", "8", "--stages", "export", "--write", str(report)]
+    run_script("finish_scale.py", *args)
+    [row] = table_rows(report)
+    assert row[0] == "export" and row[2] == "200" and float(row[3]) > 0 and float(row[4]) >= float(row[5]) > 0, row
+    (run,) = (path for path in work.glob("*/200") if path.is_dir())
+    images = sorted(run.parent.glob("200-images/0000/*.jpg"))
+    assert len(images) == 200 and {image.stat().st_ino for image in images} == {
+        image.stat().st_ino for image in run.parent.glob("200-images/.pool/*.jpg")
+    }, "hard links to the pool"
+    with Image.open(images[0]) as image:
+        assert image.size == (640, 480)
+    labels = list(run.parent.glob("200-yolo/labels/**/*.txt"))
+    assert 190 <= len(labels) < 200 and len(list(run.parent.glob("200-yolo/images/**/*.jpg"))) == len(labels)
