@@ -32,6 +32,7 @@ from pipeline.vocabulary import parse_vocabulary  # noqa: E402
 
 SMALL = parse_vocabulary("cat\nsky: heaven\ngrass\ntraffic light\nboat\n")
 LARGE = parse_vocabulary("".join(f"class {i}\n" for i in range(300)))  # indices above 254: 16-bit PNGs
+pytestmark = pytest.mark.usefixtures("local_ray")  # --masks writes in Ray tasks
 
 
 def _coco(path: Path) -> COCO:
@@ -63,7 +64,6 @@ def loaded(request, tmp_path_factory: pytest.TempPathFactory):
     fo.delete_dataset(dataset.name)
 
 
-@pytest.mark.usefixtures("local_ray")
 def test_round_trip_is_pixel_exact(loaded, tmp_path: Path) -> None:
     run, dataset = loaded
     large = len(run.vocabulary) > 255
@@ -216,18 +216,17 @@ def test_masks_go_to_a_new_folder_whole_or_not_at_all(loaded, tmp_path: Path, mo
 
     import pipeline.exports.reviewed
 
-    calls = []
+    def blocked_after_the_first(ds, with_run: bool) -> dict[str, str]:
+        """Mask names of which the second cannot be written: its folder would be the file classes.txt."""
+        names = mask_names(ds, with_run)
+        second = sorted(names)[1]
+        return {**names, second: "classes.txt/blocked.png"}
 
-    def fail_on_the_third(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise OSError("disk full")
-        return encode(*args, **kwargs)
-
-    encode = pipeline.exports.reviewed.encode_label_map_png
-    monkeypatch.setattr(pipeline.exports.reviewed, "encode_label_map_png", fail_on_the_third)
-    with pytest.raises(ReviewError, match=f"cannot write the export to '{tmp_path / 'masks'}': disk full"):
-        export_dataset(dataset, None, tmp_path / "masks")
+    mask_names = pipeline.exports.reviewed._mask_names
+    monkeypatch.setattr(pipeline.exports.reviewed, "_mask_names", blocked_after_the_first)
+    monkeypatch.setattr(pipeline.exports.reviewed, "MASKS_PER_TASK", 1)
+    with pytest.raises(ReviewError, match=f"cannot write the export to '{tmp_path / 'masks'}': File exists"):
+        export_dataset(dataset, None, tmp_path / "masks")  # a task's OSError: the user's to fix, in one line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["used"], "no folder, no temporary folder left"
     monkeypatch.undo()
 
@@ -260,3 +259,30 @@ def test_export_job_resolves_run_folder(tmp_path: Path, capsys: pytest.CaptureFi
 def test_mask_file_names_keep_folders_and_avoid_clashes() -> None:
     names = mask_file_names([("/d/a/x.jpg", 1), ("/d/b/x.jpg", 2), ("/d/a/x.png", 3), ("/d/y.jpg", 4)])
     assert names == {"/d/a/x.jpg": "a/x.png", "/d/b/x.jpg": "b/x.png", "/d/a/x.png": "a/x.3.png", "/d/y.jpg": "y.png"}
+
+
+def test_masks_are_encoded_and_written_in_ray_tasks(loaded, tmp_path: Path, monkeypatch) -> None:
+    """--masks: the driver only reads the dataset; tasks encode and write each PNG, byte for byte what the
+    driver's encoder gives (encoding on the driver fails here), in chunks of MASKS_PER_TASK."""
+    import pipeline.exports.reviewed
+    from pipeline.review.reviewed import iter_reviewed_images
+    from pipeline.segments import encode_label_map_png
+
+    run, dataset = loaded
+    expected = {
+        item["image_path"]: encode_label_map_png(item["label_map"], ignore_value=-1)
+        for item in iter_reviewed_images(dataset)
+    }
+
+    def on_the_driver(*args, **kwargs):
+        raise AssertionError("a mask was encoded on the driver")
+
+    monkeypatch.setattr(pipeline.exports.reviewed, "encode_label_map_png", on_the_driver)
+    monkeypatch.setattr(pipeline.exports.reviewed, "MASKS_PER_TASK", 2)  # several tasks, the last one short
+    summary = export_dataset(dataset.name, None, tmp_path / "masks")
+    names = mask_file_names(list(zip(dataset.values("image_path"), dataset.values("image_id"), strict=True)))
+    assert summary["images"] == len(expected) == len(names) == 5 and summary["annotations"] > 0
+    assert {path: (tmp_path / "masks" / names[path]).read_bytes() for path in expected} == expected
+    assert sorted(p.name for p in (tmp_path / "masks").rglob("*") if p.is_file()) == sorted(
+        [*(Path(name).name for name in names.values()), "classes.txt"]
+    )

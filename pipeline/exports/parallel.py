@@ -40,7 +40,7 @@ from ..sources import LabeledImage, LabelSource
 from .image_files import ImageLocations, combine_locations, listed_files, scan_container
 from .pieces import FilePiece, RowPlan, RowsPiece, Survey, piece_rows, plan_rows, survey_file, survey_keys
 
-__all__ = ["ExportItem", "Layout", "PieceWriter", "export_pieces"]
+__all__ = ["ExportItem", "Layout", "PieceWriter", "export_pieces", "ordered_results", "task_window"]
 
 _REVIEWED_BATCH = 32  # reviewed images per task
 _TASKS_PER_CPU = 2  # tasks in flight per CPU of the cluster
@@ -82,7 +82,7 @@ def _raise_cause(error: ray.exceptions.RayTaskError) -> None:
     raise error
 
 
-def _results(refs: Iterable[ray.ObjectRef], total: int, desc: str, window: int) -> list[Any]:
+def ordered_results(refs: Iterable[ray.ObjectRef], total: int, desc: str, window: int) -> list[Any]:
     """The results of the tasks ``refs`` submits (lazily, at most ``window`` in flight), in their order, with a
     progress bar over finished tasks."""
     results: dict[int, Any] = {}
@@ -144,7 +144,7 @@ def _member(sorted_ids: np.ndarray, image_id: int) -> bool:
     return index < len(sorted_ids) and sorted_ids[index] == image_id
 
 
-def _window() -> int:
+def task_window() -> int:
     return max(2, _TASKS_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
 
 
@@ -154,7 +154,7 @@ def _survey_groups(files: list[Path], errors: bool) -> list[Survey]:
     chunks = [[str(files[i]) for i in chunk] for chunk in np.array_split(np.arange(len(files)), groups) if len(chunk)]
     refs = (_survey_files.remote(chunk, errors) for chunk in chunks)
     what = "surveying errors" if errors else "surveying"
-    return [survey for group in _results(refs, len(chunks), what, _window()) for survey in group]
+    return [survey for group in ordered_results(refs, len(chunks), what, task_window()) for survey in group]
 
 
 def _survey(source: LabelSource) -> tuple[list[Survey], list[FilePiece], list[Survey]]:
@@ -187,7 +187,7 @@ def _locate(source: LabelSource, wanted: np.ndarray, staging: Path) -> ImageLoca
     )
     parts = [
         listed_files(resolved.items, wanted),
-        *_results(refs, len(resolved.containers), "listing input", _window()),
+        *ordered_results(refs, len(resolved.containers), "listing input", task_window()),
     ]
     return combine_locations(parts, str(staging))
 
@@ -202,7 +202,9 @@ def _check_listed(source: LabelSource, where: ImageLocations, wanted: np.ndarray
         paths = [path for path, image_id in source.reviewed_keys() if _member(missing, image_id)]
         found.append((len(paths), min(paths, default=None)))
     missing_ref = ray.put(missing)
-    found += _results((_missing_paths.remote(p.file, missing_ref) for p in pieces), len(pieces), "finding", _window())
+    found += ordered_results(
+        (_missing_paths.remote(p.file, missing_ref) for p in pieces), len(pieces), "finding", task_window()
+    )
     example = min(path for count, path in found if count)
     spec, _ = run_input(source.run)
     raise missing_images_error(source.run, spec, len(missing), example)
@@ -253,7 +255,7 @@ def export_pieces(
             for part, (piece, offset) in enumerate(_pieces(source, reviewed, files))
         )
         counts: Counter[str] = Counter()
-        for result in _results(refs, parts, desc, _window()):
+        for result in ordered_results(refs, parts, desc, task_window()):
             counts.update(result)
     finally:
         if staging is not None:

@@ -1,20 +1,28 @@
 """``jobs/export.py --coco/--masks``: a reviewed dataset's labels (:mod:`pipeline.review.reviewed`) as COCO JSON in
 the labeling job's form, and as a folder of label-map PNGs; ``run+fiftyone:NAME``: every image of the dataset's
-run, the dataset's as reviewed and the others as the run wrote them (a partial dataset, ``review.py --select``)."""
+run, the dataset's as reviewed and the others as the run wrote them (a partial dataset, ``review.py --select``).
+
+The masks are written by Ray tasks (:func:`_write_masks`): the driver reads the dataset (tasks cannot reach its
+database under ``ray job submit``) and hands its label maps over in chunks of :data:`MASKS_PER_TASK`, a few chunks
+in flight; the tasks encode and write the PNGs. Without ``--coco`` the driver keeps no row of the dataset."""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import fiftyone as fo
+import numpy as np
+import ray
 
 from san.atomic import write_json_atomic
 
 from ..label.inputs import image_id as path_image_id
+from ..label.resources import init_ray
 from ..review.dataset import selection_info
 from ..review.errors import ReviewError
 from ..review.labels import dataset_vocabulary
@@ -24,8 +32,11 @@ from ..sources.base import FIFTYONE_PREFIX, RUN_WITH_REVIEW_PREFIX, LabeledImage
 from ..vocabulary import Vocabulary
 from .coco import build_coco
 from .files import mask_file_names, new_folder
+from .parallel import ordered_results, task_window
 
-__all__ = ["export_dataset"]
+__all__ = ["MASKS_PER_TASK", "export_dataset"]
+
+MASKS_PER_TASK = 32  # label maps a write task encodes: what the driver holds per task in flight
 
 
 def _check_coco_target(ds: fo.Dataset, coco_path: Path) -> None:
@@ -101,6 +112,23 @@ def export_dataset(
         raise ReviewError(f"cannot write the export to {where}: {error.strerror or error}") from error
 
 
+@ray.remote
+def _write_masks(folder: str, names: list[str], label_maps: list[np.ndarray]) -> int:
+    """Write each label map as the PNG ``folder/name`` (:func:`encode_label_map_png`); returns how many."""
+    for name, label_map in zip(names, label_maps, strict=True):
+        target = Path(folder, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(encode_label_map_png(label_map, ignore_value=-1))
+    return len(names)
+
+
+def _mask_tasks(folder: Path, chunks: Iterable[list[tuple[str, np.ndarray]]]) -> Iterator[ray.ObjectRef]:
+    """A :func:`_write_masks` task per chunk of ``(name, label map)``."""
+    for chunk in chunks:
+        names, label_maps = zip(*chunk, strict=True)
+        yield _write_masks.remote(str(folder), list(names), list(label_maps))
+
+
 def _export(
     ds: fo.Dataset,
     vocabulary: Vocabulary,
@@ -110,32 +138,43 @@ def _export(
 ) -> dict[str, Any]:
     """:func:`export_dataset` after its checks."""
     names = _mask_names(ds, with_run) if masks is not None else {}
-    with new_folder(masks, "--masks", ReviewError) if masks is not None else contextlib.nullcontext() as folder:
-        if folder is not None:
-            (folder / "classes.txt").write_text("".join(f"{n}\n" for n in vocabulary.names), encoding="utf-8")
-        rows = []
-        edited_images = edited_segments = 0
+    rows: list[dict[str, Any]] = []
+    counts = {"images": 0, "annotations": 0, "edited_images": 0, "edited_segments": 0}
+
+    def labels() -> Iterator[tuple[str, np.ndarray]]:
+        """Each image's mask name and label map, counted and (with ``coco_path``) kept without its label map."""
         for item in _items(ds, with_run):
-            if folder is not None:
-                target = folder / names[item["image_path"]]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(encode_label_map_png(item["label_map"], ignore_value=-1))
-            edited_images += bool(item["edited"])
-            edited_segments += len(item["edited"])
-            del item["label_map"], item["edited"]
-            rows.append(item)
-        run = f"labeling run {ds.info.get('labeling_run')} with " if with_run else ""
-        info = {"description": f"{run}reviewed in FiftyOne dataset {ds.name}"}
-        coco = build_coco(rows, vocabulary.names, vocabulary.category_ids, info=info)
+            counts["images"] += 1
+            counts["annotations"] += len(item["segments"])
+            counts["edited_images"] += bool(item["edited"])
+            counts["edited_segments"] += len(item["edited"])
+            label_map = item.pop("label_map")
+            del item["edited"]
+            if coco_path is not None:
+                rows.append(item)
+            yield names.get(item["image_path"], ""), label_map
+
+    with new_folder(masks, "--masks", ReviewError) if masks is not None else contextlib.nullcontext() as folder:
+        if folder is None:
+            for _ in labels():
+                pass
+        else:
+            (folder / "classes.txt").write_text("".join(f"{n}\n" for n in vocabulary.names), encoding="utf-8")
+            init_ray()
+            items = labels()
+            chunks = iter(lambda: list(itertools.islice(items, MASKS_PER_TASK)), [])
+            tasks = -(-len(names) // MASKS_PER_TASK)
+            ordered_results(_mask_tasks(folder, chunks), tasks, "masks", task_window())  # raises a task's OSError
         if coco_path is not None:
+            run = f"labeling run {ds.info.get('labeling_run')} with " if with_run else ""
+            info = {"description": f"{run}reviewed in FiftyOne dataset {ds.name}"}
+            coco = build_coco(rows, vocabulary.names, vocabulary.category_ids, info=info)
+            counts["annotations"] = len(coco["annotations"])
             Path(coco_path).parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(coco, coco_path)
     return {
         "dataset": ds.name,
-        "images": len(rows),
-        "annotations": len(coco["annotations"]),
-        "edited_images": edited_images,
-        "edited_segments": edited_segments,
+        **counts,
         "coco": None if coco_path is None else str(coco_path),
         "masks": None if masks is None else str(masks),
         "selection": None if with_run else selection_info(ds),
