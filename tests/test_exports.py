@@ -19,6 +19,7 @@ from xml.etree import ElementTree
 import numpy as np
 import pytest
 import yaml
+from local_ray import local_ray  # noqa: F401
 from PIL import Image
 from run_builder import build_embedded_run, build_run, isolate_fiftyone
 
@@ -35,15 +36,7 @@ VOCABULARY = parse_vocabulary("cat\nsky: heaven\ngrass\ntraffic light\nboat\n")
 EXPORT_JOB = runpy.run_path(str(ROOT / "jobs" / "export.py"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    """A private local Ray for the exports' tasks, whatever cluster this machine runs (as test_cluster.py)."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, logging_level="ERROR")
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # the exports' tasks
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from local_ray import local_ray  # noqa: F401
 from PIL import Image
 from run_builder import _prediction_row, build_run, isolate_fiftyone
 
@@ -36,15 +37,7 @@ VOCABULARY = parse_vocabulary("cat\nsky\ngrass\n")
 EXPORT_JOB = runpy.run_path(str(ROOT / "jobs" / "export.py"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    """A private local Ray for the exports' tasks, whatever cluster this machine runs (as test_cluster.py)."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, logging_level="ERROR")
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # the exports' tasks
 
 
 def _export(source, fmt: str, output: Path, *extra: str) -> dict:
