@@ -19,7 +19,7 @@ from xml.etree import ElementTree
 import numpy as np
 import pytest
 import yaml
-from local_ray import local_ray  # noqa: F401
+from local_ray import own_ray
 from PIL import Image
 from run_builder import build_embedded_run, build_run, isolate_fiftyone
 
@@ -36,7 +36,16 @@ VOCABULARY = parse_vocabulary("cat\nsky: heaven\ngrass\ntraffic light\nboat\n")
 EXPORT_JOB = runpy.run_path(str(ROOT / "jobs" / "export.py"))
 
 
-pytestmark = pytest.mark.usefixtures("local_ray")  # the exports' tasks
+@pytest.fixture(scope="module", autouse=True)
+def two_cpu_ray():
+    """A private local Ray of 2 CPUs for the exports' tasks, whatever cluster this machine runs (as test_cluster.py)
+    and whatever its CPUs (the suite's shared local Ray, tests/local_ray.py, has them all)."""
+    import ray
+
+    own_ray()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from local_ray import local_ray  # noqa: F401
+from local_ray import own_ray
 from PIL import Image
 from run_builder import _prediction_row, build_run, isolate_fiftyone
 
@@ -37,7 +37,16 @@ VOCABULARY = parse_vocabulary("cat\nsky\ngrass\n")
 EXPORT_JOB = runpy.run_path(str(ROOT / "jobs" / "export.py"))
 
 
-pytestmark = pytest.mark.usefixtures("local_ray")  # the exports' tasks
+@pytest.fixture(scope="module", autouse=True)
+def two_cpu_ray():
+    """A private local Ray of 2 CPUs for the exports' tasks, whatever cluster this machine runs (as test_cluster.py)
+    and whatever its CPUs (the suite's shared local Ray, tests/local_ray.py, has them all)."""
+    import ray
+
+    own_ray()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
 
 
 def _export(source, fmt: str, output: Path, *extra: str) -> dict:
