@@ -2,7 +2,7 @@
 ``evaluate_run``, the exports' and selections' tasks): never a cluster that happens to run on the machine.
 
 Started by the first test module that asks for it and kept for the later ones (each start costs seconds, and a
-minute on a loaded machine); Ray shuts it down when the test process exits. A module that needs a Ray of its own
+minute on a loaded machine); shut down when the session ends. A module that needs a Ray of its own
 (another size, several nodes) calls :func:`own_ray` first. Modules take it with
 ``pytest.mark.usefixtures("local_ray")`` (an argument of that name would shadow the import: ruff's F811).
 """
@@ -17,13 +17,14 @@ from pipeline.ray_internals import started_here
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def local_ray(request: pytest.FixtureRequest):
     if ray.is_initialized() and not started_here():  # e.g. Ray Data's own ray.init joined a `ray start` cluster
         ray.shutdown()
     if not ray.is_initialized():
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("RAY_ADDRESS", "local")
             init_ray()
+        request.session.addfinalizer(ray.shutdown)  # at the session's end, inside pytest
     yield
 
 
