@@ -10,7 +10,10 @@
 #    training steps;
 # 2. benchmarks/inference.py on the GPU only: fp32/bf16/fp16, batch 1 and 8, images/s and GPU memory;
 # 3. the labeling job against a plain loop (benchmarks/label_pipeline.py): san_vit_b_16 in bf16 at batch 16
-#    on one GPU, images/s of each and peak GPU memory (needs ray, pyarrow and pycocotools: skipped without).
+#    on one GPU, images/s of each and peak GPU memory (needs ray, pyarrow and pycocotools: skipped without);
+# 4. the pipeline alone on this node's CPUs (benchmarks/null_pipeline.py: `--model null`, all CPUs, batch 16,
+#    NULL_IMAGES JPEGs, default 2000) beside step 2's model-only GPU rate (bf16, batch 8): both printed, and which
+#    of the two bounds the node (same dependencies as step 3).
 # Results land in OUT_DIR (pytest log, the Markdown table to paste into BENCHMARKS.md).
 set -euo pipefail
 out=${1:?usage: bash benchmarks/gpu_checks.sh OUT_DIR}
@@ -24,11 +27,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 tests=0
 python3 -m pytest -q -rs tests/test_mixed_precision.py tests/test_train.py -k "cuda or gpu" -p no:cacheprovider \
     2>&1 | tee "$out/pytest.log" || tests=$?  # measure even when a check fails; report its status at the end
-python3 benchmarks/inference.py --devices cuda --write "$out/BENCHMARKS.gpu.md" 2>&1 | tee "$out/inference.log"
+python3 benchmarks/inference.py --devices cuda --write "$out/BENCHMARKS.gpu.md" --json "$out/inference.json" 2>&1 \
+    | tee "$out/inference.log"
 if python3 -c "import ray, pyarrow, pycocotools, tqdm" 2>/dev/null; then
     RAY_ADDRESS=local python3 benchmarks/label_pipeline.py --images "${LABEL_IMAGES:-2000}" --model san_vit_b_16 \
         --device cuda --dtype bf16 --batch-size 16 --write "$out/BENCHMARKS.gpu.md" 2>&1 | tee "$out/label_pipeline.log"
+    RAY_ADDRESS=local python3 benchmarks/null_pipeline.py --images "${NULL_IMAGES:-2000}" --cpus "$(nproc)" \
+        --batch-sizes 16 --mixed-images 256 --write "$out/BENCHMARKS.gpu.md" --json "$out/null_pipeline.json" 2>&1 \
+        | tee "$out/null_pipeline.log"
+    python3 benchmarks/cpu_or_gpu_bound.py "$out/null_pipeline.json" "$out/inference.json" | tee "$out/bound.txt"
 else
-    echo "label job vs loop: skipped (this machine lacks ray, pyarrow, pycocotools or tqdm)" | tee "$out/label_pipeline.log"
+    echo "label job vs loop, and the pipeline on this node's CPUs: skipped (this machine lacks ray, pyarrow," \
+        "pycocotools or tqdm)" | tee "$out/label_pipeline.log"
 fi
 exit "$tests"

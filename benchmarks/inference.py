@@ -83,6 +83,7 @@ def main() -> None:
         help="where to measure (default: the CPU, and the GPU when there is one)",
     )
     parser.add_argument("--write", type=Path, help="append the table to this Markdown file")
+    parser.add_argument("--json", type=Path, help="also write the rows to this JSON file (benchmarks/gpu_checks.sh)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration (JSON) and print JSON
     args = parser.parse_args()
     if args.one:
@@ -124,6 +125,9 @@ def main() -> None:
             f"| {r['peak_memory_mib']:.0f} | {r['text_embedding_seconds']:.3f} |"
         )
     emit(lines, args.write)
+    if args.json:
+        keys = ("device", "dtype", "image", "batch")
+        args.json.write_text(json.dumps([{**dict(zip(keys, row[:4], strict=True)), **row[4]} for row in rows]))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ rerun the printed command when it is quiet.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -96,7 +97,7 @@ def run(images: Path, output: Path, cpus: int, batch_size: int) -> dict[str, flo
     """The null-model job on a fresh local Ray of ``cpus`` CPUs: images/s (whole job, and after the first
     result), the driver's CPU seconds per wall second, images per model call, and the 1-minute load average
     at the end."""
-    ray.init(address="local", num_cpus=cpus, logging_level="ERROR")
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="ERROR")  # as the job starts it
     options = LabelOptions(
         vocab=str(ROOT / "samples" / "vocab.txt"),
         input=str(images),
@@ -129,6 +130,7 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, nargs="+", default=[1, 2], help="Ray CPUs of each throughput run")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--write", type=Path, help="append the tables to this Markdown file")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file (benchmarks/gpu_checks.sh)")
     args = parser.parse_args()
     from _report import cpu_description
 
@@ -170,6 +172,9 @@ def main() -> None:
         "",
     ]
     emit(table, args.write)
+    if args.json:
+        runs = [{"batch": batch, "cpus": cpus, **result} for batch, cpus, result in rows]
+        args.json.write_text(json.dumps({"loop": loop, "runs": runs, "fill": fill}))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
-"""The two places this project reaches into Ray's private code, because Ray 2.60 has no public way: each in one
+"""The three places this project reaches into Ray's private code, because Ray 2.60 has no public way: each in one
 function that fails with a message naming the Ray version and this module when a Ray release moves what it
-uses (``tests/test_ray_internals.py`` checks both against the installed Ray).
+uses (``tests/test_ray_internals.py`` checks each against the installed Ray).
 
 - :func:`set_stage_resources`: ``Dataset.repartition`` takes no resource arguments, and its tasks ask for a whole
   CPU (a 1-CPU node beside a model actor of half a CPU never starts them: the job hangs). Its logical operator's
   ``ray_remote_args`` is set instead, as Ray's own ``__post_init__`` sets it.
 - :func:`token_auth_enabled`: Ray's own rule for whether this process uses token authentication (the
   ``RAY_AUTH_MODE`` environment variable, the token file and Ray's config together).
+- :func:`started_here`: whether ``ray.init`` started a local Ray in this process or joined a running cluster (with
+  ``RAY_ADDRESS`` unset it joins one that ``ray start`` left on this machine, if any).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import ray
 
-__all__ = ["RayInternalsError", "set_stage_resources", "token_auth_enabled"]
+__all__ = ["RayInternalsError", "set_stage_resources", "started_here", "token_auth_enabled"]
 
 
 class RayInternalsError(RuntimeError):
@@ -45,3 +47,17 @@ def token_auth_enabled() -> bool:
     except ImportError:
         raise RayInternalsError("ray._private.authentication.authentication_utils.is_token_auth_enabled") from None
     return bool(is_token_auth_enabled())
+
+
+def started_here() -> bool:
+    """Whether this process's ``ray.init`` started the Ray it is connected to (its head node), rather than joining a
+    running cluster: Ray records that on the driver's node object (``head``; ``None`` before ``ray.init``)."""
+    if not hasattr(ray._private.worker, "_global_node"):
+        raise RayInternalsError("ray._private.worker._global_node")
+    node = ray._private.worker._global_node
+    if node is None:
+        return False
+    head = getattr(node, "head", None)
+    if not isinstance(head, bool):
+        raise RayInternalsError("ray._private.worker._global_node.head")
+    return head

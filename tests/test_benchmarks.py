@@ -29,7 +29,8 @@ def table_rows(path: Path) -> list[list[str]]:
 def test_inference_benchmark_appends_a_row_per_configuration(tmp_path: Path) -> None:
     report = tmp_path / "BENCHMARKS.md"
     report.write_text("# Benchmarks\n")
-    run_script("inference.py", "--preset", "san_tiny", "--batches", "2", "--repeats", "1", "--write", str(report))
+    args = ("--preset", "san_tiny", "--batches", "2", "--repeats", "1", "--json", str(tmp_path / "rows.json"))
+    run_script("inference.py", *args, "--write", str(report))
     assert report.read_text().startswith("# Benchmarks\n"), "the table is appended, not written over"
     rows = table_rows(report)
     assert [row[:4] for row in rows] == [
@@ -38,6 +39,26 @@ def test_inference_benchmark_appends_a_row_per_configuration(tmp_path: Path) -> 
     ]
     for row in rows:
         assert all(float(value) > 0 for value in row[4:]), row
+    written = json.loads((tmp_path / "rows.json").read_text())  # what gpu_checks.sh compares with the pipeline
+    assert [(r["device"], r["image"], r["batch"]) for r in written] == [(r[0], r[2], int(r[3])) for r in rows]
+    assert [f"{r['images_per_second']:.3f}" for r in written] == [row[4] for row in rows]
+
+
+def test_gpu_checks_name_the_rate_that_bounds_the_node(tmp_path: Path) -> None:
+    """``gpu_checks.sh`` (bash syntax) prints the pipeline's rate on the node's CPUs beside the model's on its GPU,
+    and the lower one."""
+    assert subprocess.run(["bash", "-n", str(BENCHMARKS / "gpu_checks.sh")]).returncode == 0
+    run = {"batch": 16, "cpus": 16, "images_per_second": 150.0, "steady_images_per_second": 200.0, "load": 1.0}
+    (tmp_path / "null.json").write_text(json.dumps({"runs": [{**run, "cpus": 1}, run]}))
+    gpu = {"device": "cuda", "dtype": "bfloat16", "batch": 8, "image": "640x853 (4:3)", "images_per_second": 500.0}
+    (tmp_path / "gpu.json").write_text(json.dumps([gpu, {**gpu, "image": "640x640", "images_per_second": 600.0}]))
+    lines = run_script("cpu_or_gpu_bound.py", str(tmp_path / "null.json"), str(tmp_path / "gpu.json")).stdout
+    assert lines.splitlines() == [
+        "pipeline alone (--model null) on 16 CPUs, batch 16: 200.0 img/s after the first result (150.0 img/s whole "
+        "job; load average 1.00)",
+        "model alone on the GPU (bfloat16, batch 8, 640x853 (4:3)): 500.0 img/s",
+        "this node labels at most 200.0 img/s: bound by its CPUs (the pipeline), 2.50x below the other",
+    ]
 
 
 def test_speedups_benchmark_reports_equal_results(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import ray
+from local_ray import own_ray
 from PIL import Image
 from ray.cluster_utils import Cluster
 
@@ -29,6 +30,7 @@ from pipeline.label.job import LabelOptions, run_label_job
 from pipeline.label.model_stage import ModelStage
 from pipeline.output_shards import ANNOTATIONS_COLUMN
 from pipeline.outputs import RunOutput
+from pipeline.ray_internals import started_here
 
 pytestmark = pytest.mark.slow
 IMAGES = 24
@@ -64,6 +66,7 @@ def cluster():
     """Three nodes of 1 CPU each, the driver connected to the head."""
     # A dead node is noticed after 3 missed health checks of 0.5 s (Ray's default: 5 of 3 s).
     checks = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
+    own_ray()
     nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "_system_config": checks})
     workers = [nodes.add_node(num_cpus=1) for _ in range(2)]
     nodes.wait_for_nodes()
@@ -77,6 +80,7 @@ def test_the_job_spreads_over_nodes_and_survives_losing_one(cluster, tmp_path: P
     from ray import cloudpickle
 
     nodes, workers = cluster
+    assert not started_here(), "a joined cluster: the job checks that its actors can start"
     images, seen = tmp_path / "images", tmp_path / "nodes"
     images.mkdir()
     seen.mkdir()
@@ -165,6 +169,7 @@ def test_the_job_spreads_over_nodes_and_survives_losing_one(cluster, tmp_path: P
 @pytest.fixture
 def one_cpu_node():
     """A local Ray of a single node with 1 CPU."""
+    own_ray()
     ray.init(address="local", num_cpus=1, logging_level="ERROR")
     yield
     ray.shutdown()

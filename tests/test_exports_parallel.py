@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from local_ray import own_ray
 from PIL import Image
 from run_builder import _prediction_row, build_run, isolate_fiftyone
 
@@ -37,12 +38,13 @@ EXPORT_JOB = runpy.run_path(str(ROOT / "jobs" / "export.py"))
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    """A private local Ray for the exports' tasks, whatever cluster this machine runs (as test_cluster.py)."""
+def two_cpu_ray():
+    """A private local Ray of 2 CPUs for the exports' tasks, whatever cluster this machine runs (as test_cluster.py)
+    and whatever its CPUs (the suite's shared local Ray, tests/local_ray.py, has them all)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, logging_level="ERROR")
+    own_ray()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()
 

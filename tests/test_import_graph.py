@@ -1,9 +1,12 @@
 """The packages' modules import each other without cycles (imports inside functions count: a lazy import is still
-a dependency), and ``san`` imports nothing from ``pipeline`` (docs/architecture.md's layers)."""
+a dependency), and ``san`` imports nothing from ``pipeline`` (docs/architecture.md's layers); what a job's start and
+its CPU workers import leaves the heavy modules out."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,3 +85,29 @@ def test_the_finder_sees_a_cycle() -> None:
 @pytest.mark.parametrize("module", sorted(m for m in import_graph() if m.startswith("san")))
 def test_the_model_library_imports_no_pipeline_module(module: str) -> None:
     assert not {m for m in import_graph()[module] if m.startswith("pipeline")}
+
+
+def modules_imported(code: str) -> set[str]:
+    """The top-level packages a fresh interpreter has imported after running ``code``."""
+    script = f"import sys\n{code}\nprint(' '.join(sorted({{name.split('.')[0] for name in sys.modules}})))"
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return set(done.stdout.split())
+
+
+def test_the_cpu_stages_import_no_torch() -> None:
+    """What a task worker of the labeling job imports to run its stages (and a ``--model null`` actor): no torch,
+    whose import costs each worker process seconds of its start."""
+    stages = ["resume", "batching", "decode", "encode", "write", "model_stage", "attempts"]
+    code = "import ray.data, san.settings\n" + "".join(f"import pipeline.label.{stage}\n" for stage in stages)
+    assert "torch" not in modules_imported(code)
+
+
+def test_checking_a_vocabulary_imports_no_open_clip_package() -> None:
+    """The job checks its vocabulary's prompt lengths with open_clip's tokenizer before anything else: without
+    open_clip's package (torchvision, torch._dynamo), seconds of every job's start."""
+    code = (
+        "from san.modeling.text_classifier import VILD_TEMPLATES, prompt_length_problem\n"
+        "assert prompt_length_problem('cat', VILD_TEMPLATES) is None"
+    )
+    assert not {"open_clip", "torchvision"} & modules_imported(code)

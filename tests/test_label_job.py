@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from label_inputs import VOCABULARY, write_bad_inputs, write_good_images
+from local_ray import local_ray  # noqa: F401
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -144,21 +145,6 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     vocab = folder / "vocab.txt"
     vocab.write_text(VOCABULARY)
     return {"folder": folder / "images", "good": good, "bad": bad, "vocab": vocab}
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray for the tests that run the job in this process (``run_label_job`` joins it): each start
-    of a cluster costs seconds, and a minute on a loaded machine."""
-    import ray
-
-    from pipeline.label.resources import init_ray
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_ADDRESS", "local")
-        init_ray()
-    yield
-    ray.shutdown()
 
 
 def label_command(inputs: dict, output: Path, *extra: str, source: Path | None = None) -> list[str]:
@@ -413,8 +399,9 @@ def test_sigterm_as_from_ray_job_stop_is_recorded_as_stopped(inputs: dict, tmp_p
     assert not (output / LOCK_NAME).exists()
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_failed_inputs_are_retried_and_repeated_paths_reported(
-    local_ray, inputs: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+    inputs: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     images = [read_image_file(p) for p in inputs["good"][:2]]
     encoded = []
@@ -459,7 +446,8 @@ def test_failed_inputs_are_retried_and_repeated_paths_reported(
     assert pq.read_table(tmp_path / "from-list" / "errors.parquet").num_rows == 0
 
 
-def test_fp16_on_cpu_workers_is_refused_before_labeling(local_ray, inputs: dict, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("local_ray")
+def test_fp16_on_cpu_workers_is_refused_before_labeling(inputs: dict, tmp_path: Path) -> None:
     options = LabelOptions(
         vocab=str(inputs["vocab"]), input=str(inputs["folder"]), output=str(tmp_path / "labels"), smoke_test=True
     )
@@ -557,7 +545,8 @@ def label_with_stage(
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
-def test_dead_worker_is_replaced_and_its_batch_retried(local_ray, inputs: dict, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.usefixtures("local_ray")
+def test_dead_worker_is_replaced_and_its_batch_retried(inputs: dict, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(CrashOnce, "marker", str(tmp_path / "crashed"))
     output = tmp_path / "labels"
     # One actor takes every batch, so it reaches its second whatever the machine's CPUs.
@@ -586,8 +575,9 @@ class FailOn(ModelStage):
 
 
 @pytest.mark.parametrize("fault", ["raises", "kills its worker"])
+@pytest.mark.usefixtures("local_ray")
 def test_an_image_the_model_fails_on_becomes_an_error_row(
-    local_ray, fault: str, inputs: dict, tmp_path: Path, monkeypatch
+    fault: str, inputs: dict, tmp_path: Path, monkeypatch
 ) -> None:
     bad = str(inputs["good"][1])
     deaths = tmp_path / "deaths"
@@ -634,8 +624,9 @@ def disk_full(written: Path) -> bool:
     return len(list(written.iterdir())) >= 3
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_a_full_disk_a_damaged_file_and_a_changed_image_each_stop_nothing(
-    local_ray, inputs: dict, tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture
+    inputs: dict, tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture
 ) -> None:
     """The disk fills during a run: one line, the manifest failed. Then, with space again, one prediction file is
     damaged and one labeled image replaced by another: the rerun sets the file aside, labels its images and the
@@ -706,7 +697,8 @@ def test_gpu_job_in_bf16_labels_like_the_cpu_job(inputs: dict, tmp_path: Path) -
     assert agreement >= 0.99, f"bf16 on the GPU agrees with fp32 on the CPU on {agreement:.2%} of the pixels"
 
 
-def test_a_smoke_run_without_input_labels_images_stored_in_its_output(local_ray, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("local_ray")
+def test_a_smoke_run_without_input_labels_images_stored_in_its_output(tmp_path: Path) -> None:
     """``--smoke-test`` alone: its generated images are a Parquet file of image bytes in the output folder (where
     cluster workers read them), named as the run's input; a rerun finds them labeled."""
     (tmp_path / "vocab.txt").write_text("cat\nsky\n")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from local_ray import local_ray  # noqa: F401
 from skimage import data
 from varied_model import model_input, varied_tiny_model, write_photos
 
@@ -184,11 +185,10 @@ def tta_expected(model: san.SAN, photo: np.ndarray, prompts: list[str], prompt_t
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
 def test_the_label_job_adds_other_names_averages_tta_passes_and_applies_class_minimums(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: san.SAN
+    tmp_path: Path, model: san.SAN
 ) -> None:
-    import ray
-
     from pipeline.label.job import LabelOptions, run_label_job
     from pipeline.outputs import OutputConflictError, RunOutput
     from pipeline.segments import decode_label_map_png
@@ -213,7 +213,6 @@ def test_the_label_job_adds_other_names_averages_tta_passes_and_applies_class_mi
     (tmp_path / "vocab.txt").write_text("\n".join(lines))
     min_scores = [own_min if k == own else 0.0 for k in range(5)]
 
-    monkeypatch.setenv("RAY_ADDRESS", "local")
     options = dict(
         vocab=str(tmp_path / "vocab.txt"),
         input=str(folder),
@@ -225,10 +224,7 @@ def test_the_label_job_adds_other_names_averages_tta_passes_and_applies_class_mi
         batch_size=1,
         progress=False,
     )
-    try:
-        manifest = run_label_job(LabelOptions(**options))
-    finally:
-        ray.shutdown()
+    manifest = run_label_job(LabelOptions(**options))
     assert manifest["counts"]["labeled"] == len(photos) and manifest["other_names"] == added
     assert manifest["identity"]["tta"] == [64, 96] and manifest["identity"]["class_min_scores"][own] == own_min
 

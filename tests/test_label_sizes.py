@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from local_ray import local_ray  # noqa: F401
 from varied_model import model_input, varied_tiny_model, write_photos
 
 import san
@@ -31,16 +32,14 @@ def expected_label_map(model: san.SAN, image: np.ndarray, prompts: list[str], pr
     return classes.argmax(0).numpy().astype(np.uint8)
 
 
-def test_label_maps_are_inferred_at_the_short_side_asked_for(tmp_path: Path, monkeypatch) -> None:
-    import ray
-
+@pytest.mark.usefixtures("local_ray")
+def test_label_maps_are_inferred_at_the_short_side_asked_for(tmp_path: Path) -> None:
     model = varied_tiny_model()
     san.save_checkpoint(model, tmp_path / "varied.safetensors")
 
     folder = tmp_path / "images"
     photos = write_photos(folder)
     (tmp_path / "vocab.txt").write_text(VOCABULARY)
-    monkeypatch.setenv("RAY_ADDRESS", "local")
     options = LabelOptions(
         vocab=str(tmp_path / "vocab.txt"),
         input=str(folder),
@@ -50,10 +49,7 @@ def test_label_maps_are_inferred_at_the_short_side_asked_for(tmp_path: Path, mon
         other="none",
         progress=False,
     )
-    try:
-        manifest = run_label_job(options)
-    finally:
-        ray.shutdown()
+    manifest = run_label_job(options)
     assert manifest["counts"]["labeled"] == len(photos)
 
     vocabulary = load_vocabulary(tmp_path / "vocab.txt")

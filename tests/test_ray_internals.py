@@ -1,6 +1,6 @@
 """The private Ray names this project uses (pipeline/ray_internals.py) exist in the installed Ray, and a Ray
 release that moves one fails with a message naming it, not an AttributeError deep in a job. (Datasets are only
-built, never run: no Ray starts.)"""
+built, never run; building one starts Ray, the suite's local one.)"""
 
 from __future__ import annotations
 
@@ -8,16 +8,19 @@ import sys
 
 import pytest
 import ray
+from local_ray import local_ray  # noqa: F401
 
-from pipeline.ray_internals import RayInternalsError, set_stage_resources, token_auth_enabled
+from pipeline.ray_internals import RayInternalsError, set_stage_resources, started_here, token_auth_enabled
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_stage_resources_land_on_the_last_operator() -> None:
     dataset = ray.data.range(2).repartition(target_num_rows_per_block=1)
     shaped = set_stage_resources(dataset, {"num_cpus": 0.25})
     assert shaped._logical_plan.dag.ray_remote_args == {"num_cpus": 0.25}
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_a_ray_without_the_operator_field_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     dataset = ray.data.range(1)
     monkeypatch.setattr(dataset, "_logical_plan", object())
@@ -33,3 +36,15 @@ def test_a_ray_without_the_auth_check_is_named(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setitem(sys.modules, "ray._private.authentication.authentication_utils", None)
     with pytest.raises(RayInternalsError, match="no longer has ray._private.authentication"):
         token_auth_enabled()
+
+
+def test_started_here_is_false_before_ray_init(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(A local Ray and a joined cluster: test_resources.py and test_cluster.py.)"""
+    monkeypatch.setattr(ray._private.worker, "_global_node", None)
+    assert started_here() is False
+
+
+def test_a_ray_without_the_driver_node_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(ray._private.worker, "_global_node")
+    with pytest.raises(RayInternalsError, match=r"no longer has ray\._private\.worker\._global_node"):
+        started_here()

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from local_ray import local_ray  # noqa: F401
 from skimage import data
 from varied_model import varied_tiny_model, write_photos
 
@@ -221,20 +222,6 @@ def test_a_damaged_regions_file_has_its_images_labeled_again(tmp_path: Path) -> 
     assert set_aside_name(shard).exists() and len(output.labeled_ids()[0]) == 0
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray for this module's jobs (``run_label_job`` and ``run_relabel_job`` join it)."""
-    import ray
-
-    from pipeline.label.resources import init_ray
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_ADDRESS", "local")
-        init_ray()
-    yield
-    ray.shutdown()
-
-
 def read_run(folder: Path) -> tuple[dict[str, dict], dict]:
     """A run's prediction rows by path (label-map PNG bytes, segments, sizes) and its ``coco.json``."""
     columns = ["image_path", "image_id", "width", "height", "label_map_png", "segments", "image_fingerprint"]
@@ -254,7 +241,8 @@ def coco_content(coco: dict) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["parity", "varied"])
-def test_relabel_writes_the_run_a_fresh_label_run_writes(local_ray, tmp_path: Path, name: str) -> None:
+@pytest.mark.usefixtures("local_ray")
+def test_relabel_writes_the_run_a_fresh_label_run_writes(tmp_path: Path, name: str) -> None:
     from pipeline.label.job import run_label_job
     from pipeline.relabel.job import run_relabel_job
     from pipeline.segments import decode_label_map_png

@@ -1,9 +1,11 @@
-"""Resource sizing of the labeling job: never starve the decode tasks, fail fast on impossible requests."""
+"""Starting Ray and sizing the labeling job's resources: a local Ray without the dashboard, never starve the decode
+tasks, fail fast on impossible requests."""
 
 from __future__ import annotations
 
 import pytest
 import ray
+from local_ray import local_ray  # noqa: F401
 
 from pipeline.label.resources import ResourceError, plan_resources
 
@@ -68,3 +70,40 @@ def test_impossible_requests_fail_at_once(cluster, resources, workers, gpus, mes
     cluster(**resources)
     with pytest.raises(ResourceError, match=message):
         plan_resources(workers, gpus)
+
+
+def test_init_ray_starts_no_dashboard_and_probes_only_a_cluster_it_joins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray that ``init_ray`` starts has no dashboard (its web modules cost seconds of every local run's start) and
+    shares this process's authentication, so only a joined cluster gets the actor probe."""
+    from pipeline.label import resources
+
+    calls: list[dict] = []
+    probed: list[bool] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(resources, "_check_actors_start", lambda: probed.append(True))
+    monkeypatch.setattr(resources, "_spend_restart_warning", lambda: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for started_here in (True, False):
+        monkeypatch.setattr(resources, "started_here", lambda started_here=started_here: started_here)
+        resources.init_ray()
+    assert [call["include_dashboard"] for call in calls] == [False, False]
+    assert probed == [True], "the joined cluster only"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
+def test_a_local_ray_runs_no_dashboard_modules() -> None:
+    import psutil
+
+    from pipeline.ray_internals import started_here
+
+    assert started_here()
+    commands = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            commands.append(" ".join(process.cmdline()))
+        except psutil.Error:
+            continue
+    assert any("gcs_server" in command for command in commands), "this process's own Ray"
+    assert not [command for command in commands if "ray-dashboard-" in command], "the dashboard's web modules"

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from local_ray import local_ray  # noqa: F401
 from run_builder import build_run, isolate_fiftyone
 
 isolate_fiftyone()  # before anything imports fiftyone
@@ -201,17 +202,13 @@ def full(run):
 
 
 @pytest.fixture(scope="module")
-def partial(run):
+def partial(run, request: pytest.FixtureRequest):
     """The run's default dataset, loaded from a selection that ranks by mIoU (Ray tasks) and a random one."""
-    import ray
-
-    if not ray.is_initialized():  # a private local Ray, whatever cluster this machine runs (as test_cluster.py)
-        ray.init(address="local", num_cpus=2, logging_level="ERROR")
+    request.getfixturevalue("local_ray")
     select = [parse_select("lowest-miou:3"), parse_select("random:4:seed=5")]
     dataset = load_run(run.out, str(run.gt_dir), run.gt_classes, select=select, max_class_views=0)
     yield dataset
     fo.delete_dataset(dataset.name)
-    ray.shutdown()
 
 
 def test_partial_dataset_holds_the_union_tagged(partial, full, run) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from local_ray import local_ray  # noqa: F401
 from run_builder import build_run, isolate_fiftyone
 
 isolate_fiftyone()  # before anything imports fiftyone
@@ -67,20 +68,6 @@ def test_missing_image_is_reported_with_its_path_before_the_first_step(tmp_path:
     assert not (output / "checkpoints").exists()
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray for the labeling runs of this module (``run_label_job`` joins it)."""
-    import ray
-
-    from pipeline.label.resources import init_ray
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_ADDRESS", "local")
-        init_ray()
-    yield
-    ray.shutdown()
-
-
 def _label(output: Path, **options) -> dict:
     from pipeline.label.job import LabelOptions, run_label_job
 
@@ -90,7 +77,8 @@ def _label(output: Path, **options) -> dict:
 
 
 @pytest.mark.slow
-def test_label_review_train_label_again(local_ray, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("local_ray")
+def test_label_review_train_label_again(tmp_path: Path) -> None:
     # 1. Label the sample photos with the smoke model.
     manifest = _label(tmp_path / "labels", smoke_test=True)
     assert manifest["counts"]["labeled"] == 4

@@ -18,7 +18,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from san.errors import UserError
 
-from ..ray_internals import token_auth_enabled
+from ..ray_internals import started_here, token_auth_enabled
 
 
 class ResourceError(UserError):
@@ -47,14 +47,17 @@ ACTOR_START_TIMEOUT_S = 900
 
 def init_ray() -> None:
     """Join the cluster of a ``ray job submit`` (or ``RAY_ADDRESS``, or one ``ray start`` left running on
-    this machine), else start a local Ray.
+    this machine), else start a local Ray, without the dashboard: its web modules cost a local run seconds of its
+    start (``ray.init`` waits for them), and nothing of a local run uses them (a cluster keeps its own).
 
     Raises:
         ResourceError: this process uses token authentication and the cluster does not.
     """
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level=logging.WARNING)
-        _check_actors_start()
+        # (include_dashboard applies only to a Ray that ray.init starts; a cluster that it joins keeps its own)
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, logging_level=logging.WARNING)
+        if not started_here():  # a Ray started here has this process's authentication
+            _check_actors_start()
     _spend_restart_warning()
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
@@ -76,7 +79,7 @@ def _check_actors_start() -> None:
     """Refuse, saying what to export, a driver with token authentication on a cluster without it: Ray 2.60
     connects it, then cancels every actor before it starts and says only ``ActorDiedError ... cancelled
     before it started running`` (measured). Drivers without tokens are not checked: on a cluster with
-    tokens they cannot connect at all."""
+    tokens they cannot connect at all, and a Ray this process started (:func:`init_ray`) shares its authentication."""
     if not token_auth_enabled():
         return
     probe = _Probe.remote()
