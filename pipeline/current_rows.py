@@ -10,6 +10,8 @@ named by its *ordinal*, ``file index << 32 | row``, where the file index is its 
 files and split the rows by a hash of the path; one task per part finds the paths with more than one row and
 returns the ordinals of the rows that do not count (none, in a run without repeats). Ray Data's ``groupby`` would
 do the same with a sort of every row and seconds of start-up per run; these are plain Arrow group-bys over a part.
+The same rule in one process is :mod:`pipeline.row_rules` (the finish, the review's selection); it holds 12 bytes
+per row on the driver, where the evaluation keeps the driver's memory constant.
 """
 
 from __future__ import annotations

@@ -10,22 +10,21 @@
    here; a file of an older version, without it, gets the text built from its ``segments``.
 5. ``errors.parquet`` is written file by file: each input's newest reason, unless the image was labeled since.
 
-What grows with the run are NumPy arrays of ids (8 bytes per row) and generations (4 bytes per row), and, while
-they are sorted to find each image's newest job and first row, copies of them and sort indices: at most about 70
-bytes per image at the peak (70 MB at 1M images). Everything else is one prediction file at a time.
+Steps 1 to 3 are the run's row rules (:mod:`pipeline.row_rules`). What grows with the run are NumPy arrays of
+ids (8 bytes per row) and generations (4 bytes per row), and while each image's first row is found a sorted copy
+of the ids (8 bytes per row); where generations differ, a sort of ids and generations too. Everything else is one
+prediction file at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from san.atomic import write_atomic
@@ -41,11 +40,10 @@ from .output_shards import (
     ANNOTATIONS_COLUMN,
     ERROR_SCHEMA,
     error_files_newest_first,
-    image_id,
     read_shard,
-    reading_shard,
     shard_files,
 )
+from .row_rules import RowKeys, contains, first_rows, newest_rows, read_columns, scan_keys
 from .vocabulary import Vocabulary
 
 __all__ = ["COCO_CHOICES", "COCO_FILE", "COCO_FOLDER", "finish_run"]
@@ -59,73 +57,7 @@ COCO_FOLDER = "coco"
 _ERROR_COLUMNS = ["image_path", "error"]
 
 
-@dataclass
-class _Rows:
-    """The rows of a run's prediction or error files in reading order: the files, each one's number of rows, and
-    per row its image id and generation (0 when a file of an older version recorded none)."""
-
-    files: list[Path]
-    sizes: list[int]
-    ids: np.ndarray
-    generations: np.ndarray
-
-    def per_file(self, values: np.ndarray) -> Iterator[tuple[Path, np.ndarray]]:
-        """Each file with its rows' part of ``values`` (aligned with :attr:`ids`)."""
-        start = 0
-        for file, size in zip(self.files, self.sizes, strict=True):
-            yield file, values[start : start + size]
-            start += size
-
-
-def _read(file: Path, columns: list[str]) -> pa.Table:
-    """The ``columns`` of a prediction or error file that it has (a file of an older version may lack
-    ``generation`` or ``coco_annotations``); a damaged file is named (:func:`reading_shard`). Read with
-    ``ParquetFile``: ``pyarrow.parquet.read_table`` sets up a dataset per call, which costs more than reading a
-    small file's column, and the finish reads thousands of files several times."""
-    with reading_shard(file):
-        parquet = pq.ParquetFile(file)
-        return parquet.read(columns=[c for c in columns if c in parquet.schema_arrow.names])
-
-
-def _scan(files: list[Path], key: str) -> _Rows:
-    """The ids and generations of ``files``' rows: ``key`` is ``image_id``, or ``image_path`` (error files, whose
-    rows have no id) whose :func:`image_id` is taken."""
-    ids, generations, sizes = [], [], []
-    for file in files:
-        table = _read(file, [key, "generation"])
-        if key == "image_path":
-            paths = table.column(key).to_pylist()
-            ids.append(np.fromiter(map(image_id, paths), np.int64, len(paths)))
-        else:
-            ids.append(table.column(key).to_numpy())
-        recorded = (
-            table.column("generation") if "generation" in table.column_names else pa.nulls(table.num_rows, pa.int64())
-        )
-        generations.append(pc.fill_null(recorded, 0).to_numpy().astype(np.int32))
-        sizes.append(table.num_rows)
-    return _Rows(
-        files,
-        sizes,
-        np.concatenate([np.zeros(0, np.int64), *ids]),
-        np.concatenate([np.zeros(0, np.int32), *generations]),
-    )
-
-
-def _superseded(predictions: _Rows, errors: _Rows) -> np.ndarray:
-    """Per prediction row: whether its generation is older than its image's newest among the prediction and error
-    rows (a later job labeled the image again because it changed, or failed on it)."""
-    generations = np.concatenate([predictions.generations, errors.generations])
-    if not len(predictions.ids) or generations.min() == generations.max():  # one job wrote every row: none is older
-        return np.zeros(len(predictions.ids), bool)
-    ids = np.concatenate([predictions.ids, errors.ids])
-    order = np.lexsort((generations, ids))
-    ids, generations = ids[order], generations[order]
-    last = np.append(ids[1:] != ids[:-1], True)  # an id's last row, in order of generation: its newest
-    newest_ids, newest = ids[last], generations[last]
-    return predictions.generations != newest[np.searchsorted(newest_ids, predictions.ids)]
-
-
-def _remove(rows: _Rows, drop: np.ndarray) -> _Rows:
+def _remove(rows: RowKeys, drop: np.ndarray) -> RowKeys:
     """Rewrite (each atomically) the files that hold rows marked in ``drop``, without them (a file left without
     rows is deleted); returns the rows that remain."""
     files, sizes = [], []
@@ -138,7 +70,7 @@ def _remove(rows: _Rows, drop: np.ndarray) -> _Rows:
             write_atomic(file, lambda tmp, rows=kept: pq.write_table(rows, tmp))
         files.append(file)
         sizes.append(int((~dropped).sum()))
-    return _Rows(files, sizes, rows.ids[~drop], rows.generations[~drop])
+    return RowKeys(files, sizes, rows.ids[~drop], rows.generations[~drop])
 
 
 def _path_digest(path: str) -> int:
@@ -147,40 +79,39 @@ def _path_digest(path: str) -> int:
     return int.from_bytes(hashlib.sha256(path.encode("utf-8")).digest()[8:16], "big") >> 1
 
 
-def _first_rows(rows: _Rows, reported: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The sorted image ids of the run, which of ``rows`` is each image's first (in file order), and up to
-    ``reported`` paths that have more than one row, in order of first appearance.
+def _first_rows(rows: RowKeys, reported: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The sorted image ids of the run, which of ``rows`` is each image's first (in file order,
+    :func:`pipeline.row_rules.first_rows`), and up to ``reported`` paths that have more than one row, in order of
+    first appearance.
 
     Raises:
         RuntimeError: two different paths have one image id (2**-53 per pair).
     """
-    labeled, first = np.unique(rows.ids, return_index=True)  # a stable sort: the index of each id's first row
-    keep = np.zeros(len(rows.ids), bool)
-    keep[first] = True
-    repeated = np.unique(rows.ids[~keep])
+    labeled, keep, repeated = first_rows(rows.ids)
     if not len(repeated):
         return labeled, keep, []
-    order = np.argsort(first[np.searchsorted(labeled, repeated)], kind="stable")
-    named = set(repeated[order[:reported]].tolist())
+    firsts = np.flatnonzero(keep & contains(repeated, rows.ids))  # the first row of each repeated id, in order
+    named = rows.ids[firsts[:reported]].tolist()
+    wanted = set(named)
     paths: dict[int, str] = {}
     pairs: set[tuple[int, int]] = set()  # (id, path digest) of the rows of repeated ids
     for (file, ids), (_, kept) in zip(rows.per_file(rows.ids), rows.per_file(keep), strict=True):
-        twice = np.flatnonzero(np.isin(ids, repeated))
+        twice = np.flatnonzero(contains(repeated, ids))
         if not len(twice):
             continue
-        table = _read(file, ["image_path"]).take(pa.array(twice))
+        table = read_columns(file, ["image_path"]).take(pa.array(twice))
         for row, path in zip(twice.tolist(), table.column(0).to_pylist(), strict=True):
             pairs.add((int(ids[row]), _path_digest(path)))
-            if kept[row] and int(ids[row]) in named:
+            if kept[row] and int(ids[row]) in wanted:
                 paths[int(ids[row])] = path
     if len(pairs) != len(repeated):
         raise RuntimeError("two different image paths hash to the same image_id; please report this")
-    return labeled, keep, [paths[i] for i in repeated[order[:reported]].tolist()]
+    return labeled, keep, [paths[i] for i in named]
 
 
 def _kept(file: Path, kept: np.ndarray, columns: list[str]) -> pa.Table:
     """The ``kept`` rows of a prediction file, ``columns`` only."""
-    table = _read(file, columns)
+    table = read_columns(file, columns)
     return table if kept.all() else table.filter(pa.array(kept))
 
 
@@ -200,11 +131,11 @@ def _annotations_text(file: Path, kept: np.ndarray, first_id: int) -> tuple[str,
     return numbered_annotations(lines, first_id)
 
 
-def _write_coco(root: Path, rows: _Rows, keep: np.ndarray, vocabulary: Vocabulary, coco: str) -> None:
-    """Write the run's COCO as ``coco`` says (:data:`COCO_CHOICES`), and remove what another choice wrote before
-    (it would no longer match the predictions)."""
+def _write_coco(root: Path, parts: list[tuple[Path, np.ndarray]], vocabulary: Vocabulary, coco: str) -> None:
+    """Write the run's COCO as ``coco`` says (:data:`COCO_CHOICES`) from ``parts``, each prediction file that
+    holds a kept row with which of its rows are kept, and remove what another choice wrote before (it would no
+    longer match the predictions)."""
     categories = coco_categories(vocabulary.names, vocabulary.category_ids)
-    parts = [(file, kept) for file, kept in rows.per_file(keep) if kept.any()]
     written: set[Path] = set()
     if coco == "single":
 
@@ -245,24 +176,27 @@ def _write_json(target: Path, write: Callable[[TextIO], None]) -> None:
     write_atomic(target, dump, kind=".json file")
 
 
-def _write_errors(target: Path, errors: _Rows, labeled: np.ndarray) -> int:
-    """Write ``errors.parquet``: each input's first error row (``errors`` come newest file first) unless its image
-    is among the ``labeled`` ids (sorted); returns how many rows."""
-    _, first = np.unique(errors.ids, return_index=True)
+def _errors_kept(errors: RowKeys, labeled: np.ndarray) -> np.ndarray:
+    """Which ``errors`` rows go into ``errors.parquet``: each input's first (``errors`` come newest file first),
+    unless its image is among the ``labeled`` ids (sorted)."""
+    _, first = np.unique(errors.ids, return_index=True)  # the errors are few
     keep = np.zeros(len(errors.ids), bool)
     keep[first] = True
-    keep &= ~np.isin(errors.ids, labeled)
+    return keep & ~contains(labeled, errors.ids)
+
+
+def _write_errors(target: Path, errors: RowKeys, keep: np.ndarray) -> None:
+    """Write ``errors.parquet`` from the ``keep`` rows of ``errors``."""
     schema = ERROR_SCHEMA.empty_table().select(_ERROR_COLUMNS).schema
 
     def write(tmp: Path) -> None:
         with pq.ParquetWriter(tmp, schema) as writer:
             for file, kept in errors.per_file(keep):
                 if kept.any():
-                    rows = _read(file, _ERROR_COLUMNS).filter(pa.array(kept))
+                    rows = read_columns(file, _ERROR_COLUMNS).filter(pa.array(kept))
                     writer.write_table(rows)
 
     write_atomic(target, write)
-    return int(keep.sum())
 
 
 def finish_run(
@@ -271,13 +205,16 @@ def finish_run(
     """Finish the run in ``root`` (its ``predictions`` and ``errors`` folders) as the module docstring says;
     returns the counts (``labeled``, ``failed``, ``duplicates``) and up to ``reported`` paths with more than one
     row."""
-    rows = _scan(shard_files(predictions), "image_id")
-    failures = _scan(error_files_newest_first(errors), "image_path")
-    superseded = _superseded(rows, failures)
+    rows = scan_keys(shard_files(predictions), "image_id")
+    failures = scan_keys(error_files_newest_first(errors), "image_path")
+    superseded = ~newest_rows(rows, failures)
     if superseded.any():
         rows = _remove(rows, superseded)
     labeled, keep, repeated_paths = _first_rows(rows, reported)
-    _write_coco(root, rows, keep, vocabulary, coco)
-    failed = _write_errors(root / "errors.parquet", failures, labeled)
-    counts = {"labeled": len(labeled), "failed": failed, "duplicates": len(rows.ids) - len(labeled)}
+    failed = _errors_kept(failures, labeled)
+    counts = {"labeled": len(labeled), "failed": int(failed.sum()), "duplicates": len(rows.ids) - len(labeled)}
+    parts = [(file, kept) for file, kept in rows.per_file(keep) if kept.any()]
+    del rows, labeled, superseded  # COCO needs only `keep` (a byte per row), not the ids (16 bytes per image)
+    _write_coco(root, parts, vocabulary, coco)
+    _write_errors(root / "errors.parquet", failures, failed)
     return counts, repeated_paths

@@ -233,7 +233,8 @@ class RunOutput:
 
     def _current_rows(self, columns: list[str] | None = None) -> pa.Table:
         """The prediction rows (``columns``; None for all) of each image's newest job, a path's repeats included:
-        rows of an image that a later job labeled again, or failed on, are left out."""
+        rows of an image that a later job labeled again, or failed on, are left out. By path in Arrow, not
+        :mod:`pipeline.row_rules`' ids: the callers read these rows' columns (paths among them) anyway."""
         shards = shard_files(self.predictions_dir)
         wanted = columns or PREDICTION_SCHEMA.names
         if not shards:

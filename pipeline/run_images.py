@@ -71,11 +71,12 @@ def run_input(run: str | os.PathLike[str]) -> tuple[str | None, str | None]:
 
 
 def _listing(run: Path, spec: str, bytes_column: str | None) -> Iterator[InputItem]:
-    """Every input the run's job listed, in its order (containers expanded here, one after the other)."""
+    """Every input the run's job listed, in its order (containers expanded here, one after the other); a list
+    file's path may come more than once (``once=False``: nothing is held per path; the caller takes the first)."""
     resolved = resolve_inputs(spec, exclude=str(run), bytes_column=bytes_column)
     yield from resolved.items
     for container in resolved.containers:
-        yield from expand_container(container, bytes_column)
+        yield from expand_container(container, bytes_column, once=False)
 
 
 def iter_run_images(run: str | os.PathLike[str], wanted: Collection[str], strict: bool = True) -> Iterator[RunImage]:

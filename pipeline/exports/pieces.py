@@ -141,7 +141,9 @@ def _generations(surveys: list[Survey], offsets: np.ndarray, index: np.ndarray) 
 
 def _left_out(surveys: list[Survey], errors: list[Survey]) -> np.ndarray:
     """The global indices of the rows of ``surveys`` that the row rules leave out (sorted): only rows of an id that
-    occurs more than once (with the error rows) are looked at."""
+    occurs more than once (with the error rows) are looked at. Not :func:`pipeline.row_rules.current_rows`: a
+    survey gives a row's generation only on demand (``_generations``: a reviewed image's outranks every job's), so
+    no generation per row is held."""
     every = [*surveys, *errors]
     offsets = np.concatenate([[0], np.cumsum([len(s.ids) for s in every])])
     rows = int(offsets[len(surveys)])

@@ -34,9 +34,11 @@ from .inputs import (
 from .local_files import NOT_UTF8, undecodable_name
 
 
-def expand_container(container: Container, bytes_column: str | None = None) -> Iterator[InputItem]:
+def expand_container(container: Container, bytes_column: str | None = None, once: bool = True) -> Iterator[InputItem]:
     """The images inside a Parquet file (with their bytes, or their paths), a WebDataset shard, a list file or a
-    local folder.
+    local folder. ``once=False`` gives a list file's paths as often as it names them, holding nothing per path
+    (for a reader that looks for paths it knows, :func:`pipeline.run_images.iter_run_images`): the labeling job
+    names each once, which holds every path named so far.
 
     Raises:
         InputError: a list file that is not UTF-8 (naming its line) or names no path.
@@ -45,32 +47,37 @@ def expand_container(container: Container, bytes_column: str | None = None) -> I
     if container.kind == "parquet":
         yield from _iter_parquet(container.uri, fs, path, bytes_column)
     elif container.kind == "list":
-        yield from _iter_list(container.uri, fs, path)
+        yield from _iter_list(container.uri, fs, path, once)
     elif container.kind == "folder":
         yield from iter_folder(container)
     else:
         yield from _iter_tar(container.uri, fs, path)
 
 
-def _iter_list(spec: str, fs: pafs.FileSystem, path: str) -> Iterator[InputItem]:
-    """A list file's entries in order, each named once (the first spelling of a path is kept), read line by
-    line: only the keys of the paths named so far are held, never the list."""
+def _iter_list(spec: str, fs: pafs.FileSystem, path: str, once: bool = True) -> Iterator[InputItem]:
+    """A list file's entries in order, each named once (the first spelling of a path is kept; ``once=False``: as
+    often as the list names it), read line by line: only the keys of the paths named so far are held, never the
+    list."""
     shown = display_name(spec, fs, path)
     folder = posixpath.dirname(path)
     seen: set[str] = set()
+    named = False
     for entry in _list_entries(shown, fs, path):
+        named = True
         try:
             target_fs, target, name = resolve_entry(entry, spec, fs, folder)
         except InputError as unreadable:  # a URI pyarrow cannot read: an error row, the list goes on
             if entry not in seen:
-                seen.add(entry)
+                if once:
+                    seen.add(entry)
                 yield InputItem(entry, error=str(unreadable))
             continue
         key = posixpath.normpath(target) if isinstance(target_fs, pafs.LocalFileSystem) else name
         if key not in seen:
-            seen.add(key)
+            if once:
+                seen.add(key)
             yield from lookup_entry(name, target_fs, target)
-    if not seen:
+    if not named:
         raise InputError(f"no images found in {shown!r}: the list names no path (only blank lines and comments)")
 
 

@@ -14,20 +14,22 @@ that chose it, e.g. ``least-confident:1000``):
 - ``lowest-miou:N``: the N images with the lowest mIoU against the ground truth (needs ``gt``; the images
   without ground truth, or whose every pixel is ignored, are never chosen): :mod:`.selection_miou`.
 
-The choice is made from a scan of the prediction files that reads only the columns it needs (``image_path``,
-``image_id``, ``generation`` and the segments' ``score`` and ``category_id``, never a label map or an RLE),
-batch by batch in Arrow and NumPy, with the run's row rules (:class:`pipeline.outputs.RunOutput`: each image's
-newest job, a path once); only the chosen rows are then read in full (:meth:`Selection.iter_rows`).
+The choice is made from a scan of the prediction files that reads only the columns it needs (``image_id``,
+``generation`` and the segments' ``score``, never a path, a label map or an RLE), file by file in Arrow and
+NumPy, with the run's row rules (:mod:`pipeline.row_rules`: each image's newest job, its first row). It holds 20
+bytes per row (id, generation, mean score) and then 24 per current image, never a Python object per row;
+``per-class`` scans the segments' ``category_id`` again, keeping N candidates per class. Only the chosen rows are
+then read in full (:meth:`Selection.iter_rows`), and only their paths.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -37,14 +39,13 @@ import pyarrow.parquet as pq
 from san.errors import OptionError
 
 from ..output_shards import (
-    ERROR_SCHEMA,
     PREDICTION_SCHEMA,
-    read_shard,
     reading_shard,
     shard_files,
     with_prediction_columns,
 )
 from ..outputs import RunOutput
+from ..row_rules import RowKeys, current_rows, generations_of, read_columns, scan_keys
 from .errors import ReviewError
 
 __all__ = ["INFO_KEY", "KINDS", "Select", "Selection", "parse_select", "random_keys", "select_images"]
@@ -55,10 +56,11 @@ SYNTAX = "KIND:N or KIND:N:seed=S, KIND one of least-confident, random, per-clas
 INFO_KEY = "selection"
 """``dataset.info`` key of a dataset loaded from a selection (a partial dataset): :meth:`Selection.info`."""
 
-# The segments' fields the scan reads, as Parquet leaf columns (a nested column read alone: no RLE is read).
-_SEGMENT_FIELDS = ("score", "category_id")
-_KEY_COLUMNS = ["image_path", "image_id", "generation"]
+# Files whose scans the threads run ahead of their consumer; segments of the per-class scan waiting to be pruned.
+_GROUP = 64
+_PENDING = 1 << 18
 _THREADS = min(4, os.cpu_count() or 1)  # Parquet decoding releases the GIL
+T = TypeVar("T")
 # splitmix64's constants (Steele, Lea, Flood 2014).
 _GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
@@ -136,51 +138,44 @@ class Selection:
             yield from with_prediction_columns(table.take(rows), PREDICTION_SCHEMA.names).to_pylist()
 
 
-def _scan_shard(index: int, shard: Path, segments: bool) -> tuple[pa.Table, pa.Table | None]:
-    """One prediction file's keys: ``image_path``, ``image_id``, ``generation`` (0 when not recorded),
-    ``order`` (file index << 32 | row) and ``mean_score`` (NaN without segments); with ``segments`` also the
-    ``(order, category_id)`` of each segment."""
+def _scan_shard(shard: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One prediction file's rows: ``image_id`` (int64), ``generation`` (int32, 0 when not recorded) and the mean
+    of the segments' scores (NaN without segments)."""
     with reading_shard(shard):
         file = pq.ParquetFile(shard)
-        present = file.schema_arrow.names
-        # Leaf paths as the file names them ("segments.list.element.score"; older writers said "item").
-        leaves = [file.schema.column(i).path for i in range(file.metadata.num_columns)]
-        wanted = [p for p in leaves if p.startswith("segments.") and p.rsplit(".", 1)[1] in _SEGMENT_FIELDS]
-        table = file.read(columns=[c for c in _KEY_COLUMNS if c in present] + wanted)
+        keys = [c for c in ("image_id", "generation") if c in file.schema_arrow.names]
+        table = file.read(columns=keys + _segment_leaves(file, "score"))
     n = table.num_rows
-    order = (np.int64(index) << np.int64(32)) + np.arange(n, dtype=np.int64)
     lists = table.column("segments").combine_chunks()
     parents = pc.list_parent_indices(lists).to_numpy()
-    flat = lists.flatten()
-    scores = pc.fill_null(flat.field("score"), np.nan).to_numpy()
+    scores = pc.fill_null(lists.flatten().field("score"), np.nan).to_numpy()
     counts = np.bincount(parents, minlength=n)
     sums = np.bincount(parents, weights=scores, minlength=n)
     mean = np.full(n, np.nan)
     np.divide(sums, counts, out=mean, where=counts > 0)
-    keys = with_prediction_columns(table.drop_columns(["segments"]), _KEY_COLUMNS)
-    keys = keys.set_column(2, "generation", pc.fill_null(keys.column("generation"), 0))
-    keys = keys.append_column("order", pa.array(order)).append_column("mean_score", pa.array(mean))
-    if not segments:
-        return keys, None
-    pairs = pa.table({"order": pa.array(order[parents]), "category_id": flat.field("category_id")})
-    return keys, pairs
+    return table.column("image_id").to_numpy().astype(np.int64), generations_of(table), mean
 
 
-def _current(keys: pa.Table, output: RunOutput) -> pa.Table:
-    """The rows of ``keys`` that :meth:`RunOutput.read_predictions` keeps, sorted by ``order``: of each path,
-    its newest job's rows (over predictions and errors), and of those the first in file order."""
-    errors = [
-        read_shard(shard, columns=["image_path", "generation"], schema=ERROR_SCHEMA)
-        for shard in shard_files(output.errors_dir)
-    ]
-    generations = [keys.select(["image_path", "generation"])]
-    generations += [e.set_column(1, "generation", pc.fill_null(e.column("generation"), 0)) for e in errors]
-    newest = pa.concat_tables(generations).group_by("image_path").aggregate([("generation", "max")])
-    joined = keys.join(newest, "image_path")
-    newest_rows = joined.filter(pc.equal(joined.column("generation"), joined.column("generation_max")))
-    first = newest_rows.group_by("image_path").aggregate([("order", "min")])
-    kept = newest_rows.filter(pc.is_in(newest_rows.column("order"), value_set=first.column("order_min")))
-    return kept.drop_columns(["generation_max"]).sort_by("order")
+def _segment_leaves(file: pq.ParquetFile, field: str) -> list[str]:
+    """The Parquet leaf column of the segments' ``field`` (``segments.list.element.score``; older writers said
+    ``item``): a nested column read alone, so no RLE is read."""
+    leaves = [file.schema.column(i).path for i in range(file.metadata.num_columns)]
+    return [p for p in leaves if p.startswith("segments.") and p.rsplit(".", 1)[1] == field]
+
+
+def _segment_classes(shard: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The row (in the file) and ``category_id`` of each segment of a prediction file."""
+    with reading_shard(shard):
+        file = pq.ParquetFile(shard)
+        lists = file.read(columns=_segment_leaves(file, "category_id")).column(0).combine_chunks()
+    return pc.list_parent_indices(lists).to_numpy(), lists.flatten().field("category_id").to_numpy()
+
+
+def _in_groups(pool: ThreadPoolExecutor, function: Callable[[Path], T], shards: list[Path]) -> Iterator[T]:
+    """``function`` of each shard, in order, computed by ``pool`` a group at a time: at most a group's results
+    wait to be consumed (``pool.map`` of every shard would hold every result of a slow consumer)."""
+    for start in range(0, len(shards), _GROUP):
+        yield from pool.map(function, shards[start : start + _GROUP])
 
 
 def _smallest(count: int, *sort_keys: np.ndarray) -> np.ndarray:
@@ -188,19 +183,44 @@ def _smallest(count: int, *sort_keys: np.ndarray) -> np.ndarray:
     return np.lexsort(tuple(reversed(sort_keys)))[:count]
 
 
-def _per_class(select: Select, ids: np.ndarray, orders: np.ndarray, pairs: pa.Table) -> np.ndarray:
-    """Positions (in ``ids``) of ``select.count`` images per class, the smallest :func:`random_keys` among the
-    current images whose segments hold the class."""
-    pair_orders = pairs.column("order").to_numpy()
-    position = np.minimum(np.searchsorted(orders, pair_orders), len(orders) - 1)
-    current = orders[position] == pair_orders  # a superseded or repeated row's segments do not count
-    position, classes = position[current], pairs.column("category_id").to_numpy()[current]
-    chosen_ids = ids[position]
-    by_class = np.lexsort((chosen_ids, random_keys(chosen_ids, select.seed), classes))
-    classes = classes[by_class]
+def _first_per_class(
+    count: int, classes: np.ndarray, positions: np.ndarray, keys: np.ndarray, ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Of ``(classes, positions)`` pairs, the ``count`` of each class with the smallest ``keys`` (ties: ``ids``)
+    of their position, sorted by class."""
+    by_class = np.lexsort((ids[positions], keys[positions], classes))
+    classes, positions = classes[by_class], positions[by_class]
     starts = np.flatnonzero(np.r_[True, classes[1:] != classes[:-1]])
     rank = np.arange(len(classes)) - np.repeat(starts, np.diff(np.r_[starts, len(classes)]))
-    return np.unique(position[by_class][rank < select.count])
+    return classes[rank < count], positions[rank < count]
+
+
+def _per_class(select: Select, shards: list[Path], rows: np.ndarray, starts: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Positions (in ``ids``, the current images, whose rows in the run are ``rows``) of ``select.count`` images
+    per class: the smallest :func:`random_keys` among the images whose segments hold the class. A second scan of
+    the files (only the segments' ``category_id``) that keeps ``select.count`` candidates per class: a segment of
+    a superseded or repeated row does not count."""
+    keys = random_keys(ids, select.seed)
+    classes, positions = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    pending: list[tuple[np.ndarray, np.ndarray]] = []
+    with ThreadPoolExecutor(_THREADS) as pool:
+        for index, (parents, categories) in enumerate(_in_groups(pool, _segment_classes, shards)):
+            where = starts[index] + parents
+            position = np.minimum(np.searchsorted(rows, where), len(rows) - 1)
+            current = rows[position] == where
+            pending.append((categories[current].astype(np.int64), position[current]))
+            if sum(len(c) for c, _ in pending) > _PENDING:
+                classes, positions = _first_per_class(
+                    select.count,
+                    np.concatenate([classes, *(c for c, _ in pending)]),
+                    np.concatenate([positions, *(p for _, p in pending)]),
+                    keys,
+                    ids,
+                )
+                pending = []
+    classes = np.concatenate([classes, *(c for c, _ in pending)])
+    positions = np.concatenate([positions, *(p for _, p in pending)])
+    return np.unique(_first_per_class(select.count, classes, positions, keys, ids)[1])
 
 
 def select_images(
@@ -223,45 +243,59 @@ def select_images(
     if any(s.kind == "lowest-miou" for s in selects) and gt is None:
         raise ReviewError("`select` lowest-miou needs ground truth to score against: give `gt`")
     shards = shard_files(output.predictions_dir)
-    per_class = any(s.kind == "per-class" for s in selects)
     with ThreadPoolExecutor(_THREADS) as pool:
-        scanned = list(pool.map(lambda item: _scan_shard(*item, per_class), enumerate(shards)))
-    if not scanned or not sum(keys.num_rows for keys, _ in scanned):
+        scanned = list(_in_groups(pool, _scan_shard, shards))
+    sizes = [len(ids) for ids, _, _ in scanned]
+    if not sum(sizes):
         raise ReviewError(f"{output.root} has no predictions (no rows in predictions/part-*.parquet)")
-    current = _current(pa.concat_tables(keys for keys, _ in scanned), output)
-    ids, orders = current.column("image_id").to_numpy(), current.column("order").to_numpy()
+    keys = RowKeys(shards, sizes, *(np.concatenate([part[i] for part in scanned]) for i in range(2)))
+    mean = np.concatenate([part[2] for part in scanned])
+    del scanned
+    rows = np.flatnonzero(current_rows(keys, scan_keys(shard_files(output.errors_dir), "image_path")))
+    ids, mean = keys.ids[rows], mean[rows]  # the current images, in file order
+    del keys
+    starts = np.cumsum([0, *sizes])
     chosen: dict[int, list[str]] = {}
     for select in selects:
         if select.kind == "least-confident":
-            mean = current.column("mean_score").to_numpy()
             scored = np.flatnonzero(~np.isnan(mean))
             positions = scored[_smallest(select.count, mean[scored], ids[scored])]
         elif select.kind == "random":
             positions = _smallest(select.count, random_keys(ids, select.seed), ids)
         elif select.kind == "per-class":
-            positions = _per_class(select, ids, orders, pa.concat_tables(pairs for _, pairs in scanned))
+            positions = _per_class(select, shards, rows, starts, ids)
         else:
             from .selection_miou import image_mious  # Ray: only for this kind
 
-            mious = image_mious(output, shards, current.select(["order", "image_path"]), **gt)
+            mious = image_mious(output, shards, _orders(rows, starts), **gt)
             scored = np.flatnonzero(~np.isnan(mious))
             positions = scored[_smallest(select.count, mious[scored], ids[scored])]
         for position in positions.tolist():  # the chosen images only
             chosen.setdefault(position, []).append(str(select))
     if not chosen:
         shown = " ".join(str(s) for s in selects)
-        raise ReviewError(f"`select` {shown} chose none of the {current.num_rows} images of {output.root}")
+        raise ReviewError(f"`select` {shown} chose none of the {len(ids)} images of {output.root}")
     picked = np.array(sorted(chosen))
-    paths = current.column("image_path").take(picked).to_pylist()
+    files = np.searchsorted(starts, rows[picked], side="right") - 1
+    chosen_rows: dict[Path, np.ndarray] = {}
+    paths: list[str] = []
+    for index in np.unique(files).tolist():
+        in_file = rows[picked[files == index]] - starts[index]
+        chosen_rows[shards[index]] = in_file
+        paths += read_columns(shards[index], ["image_path"]).column(0).take(pa.array(in_file)).to_pylist()
     picked_ids = ids[picked].tolist()
-    rows: dict[Path, np.ndarray] = {}
-    for order in orders[picked].tolist():
-        rows.setdefault(shards[order >> 32], []).append(order & 0xFFFFFFFF)
     return Selection(
         output,
         list(selects),
-        current.num_rows,
+        len(ids),
         dict(zip(paths, picked_ids, strict=True)),
         {i: chosen[p] for i, p in zip(picked_ids, picked.tolist(), strict=True)},
-        {shard: np.array(r, dtype=np.int64) for shard, r in rows.items()},
+        chosen_rows,
     )
+
+
+def _orders(rows: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The orders (file index << 32 | row in the file) of ``rows`` (indices into the run's rows in file order;
+    ``starts``: each file's first)."""
+    files = np.searchsorted(starts, rows, side="right") - 1
+    return (files.astype(np.int64) << np.int64(32)) | (rows - starts[files])

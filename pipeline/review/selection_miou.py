@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import ray
 
 from san.metrics import ConfusionMatrix, compute_metrics
@@ -79,13 +78,13 @@ def _mious(
 def image_mious(
     output: RunOutput,
     shards: list[Path],
-    rows: pa.Table,
+    orders: np.ndarray,
     gt_spec: str,
     gt_classes: str | None = None,
     ignore_index: int = 255,
 ) -> np.ndarray:
-    """The mIoU (percent, NaN where undefined) of each of ``rows`` (``order``: file index in ``shards`` << 32 |
-    row, ascending; ``image_path``), computed in Ray tasks (:func:`pipeline.label.resources.init_ray`).
+    """The mIoU (percent, NaN where undefined) of the rows of ``orders`` (file index in ``shards`` << 32 | row,
+    ascending), computed in Ray tasks (:func:`pipeline.label.resources.init_ray`).
 
     The ground truth is opened on the driver first, so that a wrong ``gt`` fails before any task starts.
 
@@ -95,7 +94,6 @@ def image_mious(
     vocabulary = output.read_vocabulary(ReviewError)
     gt = open_ground_truth(gt_spec, gt_classes, vocabulary.names, ignore_index)
     align_classes(vocabulary.names, gt.class_names, vocabulary.synonyms)
-    orders = rows.column("order").to_numpy()
     files = orders >> 32
     groups = np.split(np.arange(len(orders)), np.flatnonzero(np.diff(files)) + 1)
     work = [(str(shards[files[group[0]]]), orders[group] & 0xFFFFFFFF) for group in groups if len(group)]
