@@ -1,4 +1,8 @@
-"""The labeling job's CPU stages before the model: expand containers, read, decode, validate and resize.
+"""The labeling job's CPU stages before the model: expand containers, decode, validate and resize.
+
+The decode stage reads no file the grouping stage already read: it decodes the bytes each model batch carries
+(``pipeline.label.batching``), and reads a file only when its batch holds none (past the grouping window's budget,
+or a file the grouping could not read, whose failure is reported here).
 
 Kept free of torch (``san.transforms`` and ``pipeline.label.images`` need only numpy and PIL), so that the
 Ray workers running these tasks start in about a second instead of importing the model stack.
@@ -53,7 +57,8 @@ def padded_stack(images: list[np.ndarray]) -> np.ndarray:
 
 @dataclass
 class DecodeStage:
-    """CPU stage: read (when only a path is given), decode, validate and resize each model batch's images.
+    """CPU stage: decode, validate and resize each model batch's images (a file read only when its bytes are not
+    in the batch).
 
     Input rows are model batches (``pipeline.label.batching``: lists of ``image_path``, ``data``, ``error``,
     ``fingerprint``); each output row keeps the batch's ``image_path``, ``error`` and ``fingerprint`` lists, adds
