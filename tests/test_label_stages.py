@@ -21,6 +21,7 @@ import pipeline.segments
 from pipeline.label.batching import PAD_MULTIPLE, GroupStage, probe_size
 from pipeline.label.decode import DecodeStage
 from pipeline.label.encode import EncodeStage
+from pipeline.label.images import decode_image
 from pipeline.label.job import TALLY_INTERVAL, _consume
 from pipeline.label.model_stage import NullPredictor
 from pipeline.label.write import WriteStage
@@ -172,3 +173,35 @@ def test_the_driver_asks_the_tally_for_its_progress_total_at_most_once_a_second(
     seconds = time.monotonic() - started
     assert counts["labeled"] == 1000 and counts["images_per_model_call"] == 4.0
     assert Tally.asked <= seconds / TALLY_INTERVAL + 2, f"asked {Tally.asked} times for 1000 records in {seconds:.1f} s"
+
+
+def encoded(image: Image.Image, fmt: str, **save: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def test_the_decode_stage_resizes_in_pil_to_the_same_pixels_as_the_array_resize() -> None:
+    rng = np.random.default_rng(2)
+    rgb = Image.fromarray(rng.integers(0, 256, (45, 70, 3), dtype=np.uint8))
+    rotated = Image.Exif()
+    rotated[0x0112] = 6
+    palette = rgb.convert("P")
+    palette.info["transparency"] = 3
+    datas = [
+        encoded(rgb, "JPEG"),
+        encoded(rgb, "JPEG", exif=rotated.tobytes()),
+        encoded(rgb.convert("L"), "PNG"),
+        encoded(palette, "PNG", transparency=3),
+        encoded(rgb.convert("RGBA"), "PNG"),
+        encoded(Image.fromarray(rng.integers(0, 65536, (40, 50), dtype=np.uint16)), "PNG"),
+        encoded(Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)), "PNG"),  # already at size
+    ]
+    paths = [f"{i}.png" for i in range(len(datas))]
+    batch = {"image_path": [paths], "data": [datas], "error": [[""] * len(datas)], "fingerprint": [paths]}
+    decoded = {key: values[0] for key, values in DecodeStage(RESIZE, max_pixels=10**6)(batch).items()}
+    assert decoded["error"] == [""] * len(datas)
+    for k, data in enumerate(datas):
+        expected = RESIZE(decode_image(data))
+        assert (decoded["height"][k], decoded["width"][k]) == decode_image(data).shape[:2]
+        np.testing.assert_array_equal(decoded["pixels"][k, : expected.shape[0], : expected.shape[1]], expected)
