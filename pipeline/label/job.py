@@ -2,9 +2,10 @@
 
 Stages, each on the resource it uses: list inputs (Parquet/WebDataset containers expanded in Ray tasks)
 -> drop the images already labeled (``resume``) -> model batches of one padded size (``batching``, from
-image headers) -> decode, validate and resize (CPU tasks) -> the model (actor pool, GPU when present:
-label maps and per-class scores out, and with ``keep_regions`` each image's regions) -> PNG and RLE encoding
-(CPU tasks) -> Parquet files written by the tasks, each whole or absent (``write``). The driver only steers: it
+image headers; each file read there once, its bytes handed on) -> decode, validate and resize (CPU tasks)
+-> the model (actor pool, GPU when present: label maps and per-class scores out, and with ``keep_regions`` each
+image's regions) -> PNG and RLE encoding (CPU tasks) -> Parquet files written by the tasks, each whole or absent
+(``write``; Ray fuses the encoding and writing tasks into one). The driver only steers: it
 receives one small record per file written (progress, counts) and at the end merges ``coco.json``,
 ``errors.parquet`` and ``manifest.json``. What a job does around its stages (the output folder held, prepared and
 merged, the run recorded) is shared with ``jobs/relabel.py``: :func:`in_output_folder`, :func:`prepare_output`,
@@ -348,8 +349,9 @@ def _build_dataset(
     plan: ResourcePlan,
     generation: int,
 ) -> ray.data.Dataset:
-    """Inputs -> skip the labeled ones -> model batches of one padded size -> decode (CPU tasks) -> model
-    (actor pool: arrays out) -> encode (CPU tasks) -> write (CPU tasks): one small record per file written."""
+    """Inputs -> skip the labeled ones -> model batches of one padded size, with each file's bytes (read once) ->
+    decode (CPU tasks) -> model (actor pool: arrays out) -> encode and write (CPU tasks, fused by Ray into one):
+    one small record per file written."""
     cpu = {"num_cpus": plan.decode_cpus}
     dataset = _listing(options, resolved, plan.decode_cpus).map_batches(
         SkipLabeled(done, tally), batch_format="numpy", **cpu
