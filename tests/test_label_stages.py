@@ -81,7 +81,8 @@ def test_each_file_is_read_once_and_the_decode_stage_uses_the_bytes_the_grouping
     paths = [str(file) for file in files]
     rows = {"image_path": paths, "data": [b""] * 5, "error": [""] * 5, "fingerprint": [""] * 5}
     # A window's budget of two files: the other three carry no bytes, and the decode stage reads them.
-    monkeypatch.setattr(pipeline.label.batching, "WINDOW_KEPT_BYTES", len(files[0].read_bytes()) * 2)
+    budget = sum(len(file.read_bytes()) for file in files[:2])
+    monkeypatch.setattr(pipeline.label.batching, "WINDOW_KEPT_BYTES", budget)
     table = GroupStage(RESIZE, batch_size=8)(rows).to_pydict()
     kept = dict(zip(flat(table["image_path"]), flat(table["data"]), strict=True))
     assert kept == {str(file): file.read_bytes() if i < 2 else b"" for i, file in enumerate(files)}
