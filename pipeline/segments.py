@@ -72,6 +72,8 @@ def encode_label_map_png(label_map: np.ndarray, ignore_value: int | None = None)
         ValueError: not a 2-D integer array, a negative class index, or one above 65534.
     """
     _check_label_map(label_map)
+    if label_map.dtype == np.uint8 and ignore_value == UNLABELED_U8:  # the 8-bit PNG's values already: no pass
+        return _png(label_map)
     labeled = label_map != ignore_value if ignore_value is not None else np.ones(label_map.shape, bool)
     min_index = int(label_map.min(where=labeled, initial=0))  # reduced in place: no copy of a large map
     if min_index < 0:
@@ -80,11 +82,15 @@ def encode_label_map_png(label_map: np.ndarray, ignore_value: int | None = None)
     if max_index > UNLABELED_U16 - 1:
         raise ValueError(f"class index {max_index} does not fit a 16-bit PNG (max {UNLABELED_U16 - 1})")
     unlabeled, dtype = label_encoding(max_index + 1)
-    out = np.where(labeled, label_map, unlabeled).astype(dtype, copy=False)
+    return _png(np.where(labeled, label_map, unlabeled).astype(dtype, copy=False))
+
+
+def _png(values: np.ndarray) -> bytes:
+    """``values`` (uint8 or uint16 ``[H, W]``) as a grayscale PNG."""
     buffer = io.BytesIO()
     # fromarray picks mode "L" for uint8 and "I;16" for uint16; PNG stores both losslessly.
     # zlib level 3, not PIL's 6: half the encoding time (this runs once per labeled image), files ~20% larger.
-    Image.fromarray(np.ascontiguousarray(out)).save(buffer, format="PNG", compress_level=3)
+    Image.fromarray(np.ascontiguousarray(values)).save(buffer, format="PNG", compress_level=3)
     return buffer.getvalue()
 
 
@@ -194,10 +200,14 @@ def label_map_segments(
     if present.size and (present[0] < 0 or present[-1] >= num_classes):
         bad = present[0] if present[0] < 0 else present[-1]
         raise ValueError(f"label_map holds class index {int(bad)}, outside 0..{num_classes - 1}")
+    if not present.size:
+        return []
+    # Every class's RLE and box in one call each (pycocotools takes lists).
+    counts, areas = _rle_counts(*runs, present, height * width)
+    rles = mask_utils.frPyObjects([{"counts": c, "size": [height, width]} for c in counts], height, width)
+    boxes = mask_utils.toBbox(rles).tolist()
     segments: list[dict[str, Any]] = []
-    for index in present.tolist():
-        rle = mask_utils.frPyObjects({"counts": _rle_counts(*runs, index), "size": [height, width]}, height, width)
-        area = int(mask_utils.area(rle))
+    for index, rle, area, box in zip(present.tolist(), rles, areas, boxes, strict=True):
         if class_scores is not None:
             score = float(class_scores[index])
         elif pixel_scores is None:
@@ -210,7 +220,7 @@ def label_map_segments(
                 "category_name": str(names[index]),
                 "rle": rle["counts"].decode("ascii"),
                 "area": area,
-                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                "bbox": box,
                 "score": score,
             }
         )
@@ -238,12 +248,26 @@ def _runs(label_map: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return value, start, np.append(start[1:], height * width)
 
 
-def _rle_counts(value: np.ndarray, start: np.ndarray, end: np.ndarray, index: int) -> list[int]:
-    """The uncompressed COCO RLE counts of class ``index`` (present in the map) from the map's :func:`_runs`:
-    alternating runs of zeros and ones, from a run of zeros to the last run."""
-    mine = value == index
-    run_start, run_end = start[mine], end[mine]
-    gaps = run_start - np.concatenate([[0], run_end[:-1]])
-    counts = np.stack([gaps, run_end - run_start], axis=1).ravel().tolist()
-    tail = int(end[-1]) - int(run_end[-1])
-    return counts + [tail] if tail else counts  # the closing run of zeros, as pycocotools writes it
+def _rle_counts(
+    value: np.ndarray, start: np.ndarray, end: np.ndarray, classes: np.ndarray, pixels: int
+) -> tuple[list[list[int]], list[int]]:
+    """The uncompressed COCO RLE counts of each of ``classes`` (sorted, each present in the map) from the map's
+    :func:`_runs` (``pixels``: the map's size): alternating runs of zeros and ones, from a run of zeros to the last
+    run, from one sort of the runs by class; and each class's area (its pixels).
+
+    The areas are summed here from the runs: ``pycocotools.mask.area`` of a list fails past 255 masks on NumPy 2
+    (it builds a uint8 array of the count)."""
+    order = np.argsort(value, kind="stable")  # each class's runs together, in their order in the map
+    value, start, end = value[order], start[order], end[order]
+    first = np.concatenate([[True], value[1:] != value[:-1]])
+    before = np.concatenate([[0], end[:-1]])
+    before[first] = 0  # a class's first run of zeros starts at the map's start
+    pairs = np.stack([start - before, end - start], axis=1).ravel().tolist()
+    begins, stops = np.searchsorted(value, classes, "left").tolist(), np.searchsorted(value, classes, "right").tolist()
+    tails = (pixels - end[np.asarray(stops) - 1]).tolist()
+    counts = []
+    for begin, stop, tail in zip(begins, stops, tails, strict=True):
+        # each ends with its closing run of zeros, as pycocotools writes it
+        counts.append(pairs[2 * begin : 2 * stop] + [tail] if tail else pairs[2 * begin : 2 * stop])
+    pixels_before = np.concatenate([[0], np.cumsum(end - start)])  # of the runs before each, in class order
+    return counts, (pixels_before[stops] - pixels_before[begins]).tolist()

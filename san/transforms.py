@@ -57,6 +57,14 @@ class ResizeShortestEdge:
         """``image`` ``[H, W, 3]`` uint8 resized with PIL bilinear (see :func:`resize_shortest_edge`)."""
         return resize_shortest_edge(image, self.short_side, self.max_size)
 
+    def resize_image(self, image: Image.Image) -> Image.Image:
+        """A PIL RGB ``image`` resized as :meth:`__call__` resizes its array (the same pixels, without the copies
+        to an array and back); ``image`` itself when it has the size already."""
+        height, width = self.output_size(image.height, image.width)
+        if (height, width) == (image.height, image.width):
+            return image
+        return image.resize((width, height), Image.Resampling.BILINEAR)
+
 
 #: SAN's evaluation resize (detectron2 ``INPUT.MIN_SIZE_TEST`` 640, ``INPUT.MAX_SIZE_TEST`` 2560).
 SAN_EVAL_RESIZE = ResizeShortestEdge()

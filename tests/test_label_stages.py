@@ -1,19 +1,28 @@
-"""The labeling job's stages called directly, without Ray: model batches of one padded size, the arrays the
-model stage hands on, the encoding into typed rows, and the writer's files."""
+"""The labeling job's stages called directly, without Ray: model batches of one padded size, each file read
+once, the arrays the model stage hands on, the encoding into typed rows, and the writer's files."""
 
 from __future__ import annotations
 
 import io
+import time
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 from PIL import Image
 
+import pipeline.label.batching
 import pipeline.segments
 from pipeline.label.batching import PAD_MULTIPLE, GroupStage, probe_size
+from pipeline.label.decode import DecodeStage
 from pipeline.label.encode import EncodeStage
+from pipeline.label.images import decode_image
+from pipeline.label.job import TALLY_INTERVAL, _consume
 from pipeline.label.model_stage import NullPredictor
 from pipeline.label.write import WriteStage
 from pipeline.outputs import RunOutput
@@ -63,6 +72,31 @@ def test_failed_and_unreadable_inputs_are_batched_apart() -> None:
     table = GroupStage(RESIZE, batch_size=4)(rows)
     assert sorted(table.column("image_path").to_pylist()) == [["a.jpg", "d.jpg"], ["b.jpg"], ["c.jpg"]]
     assert sorted(table.column("fingerprint").to_pylist()) == [["a", "d"], ["b"], ["c"]], "each input's own"
+
+
+def test_each_file_is_read_once_and_the_decode_stage_uses_the_bytes_the_grouping_read(tmp_path, monkeypatch) -> None:
+    files = [tmp_path / f"{i}.jpg" for i in range(5)]
+    for i, file in enumerate(files):
+        file.write_bytes(jpeg(*SIZES[i % 2]))
+    paths = [str(file) for file in files]
+    rows = {"image_path": paths, "data": [b""] * 5, "error": [""] * 5, "fingerprint": [""] * 5}
+    # A window's budget of two files: the other three carry no bytes, and the decode stage reads them.
+    budget = sum(len(file.read_bytes()) for file in files[:2])
+    monkeypatch.setattr(pipeline.label.batching, "WINDOW_KEPT_BYTES", budget)
+    table = GroupStage(RESIZE, batch_size=8)(rows).to_pydict()
+    kept = dict(zip(flat(table["image_path"]), flat(table["data"]), strict=True))
+    assert kept == {str(file): file.read_bytes() if i < 2 else b"" for i, file in enumerate(files)}
+    for file in files[:2]:
+        file.unlink()  # read by the grouping stage: the decode stage must not open them again
+    decoded = DecodeStage(RESIZE, max_pixels=10**6)(table)
+    assert flat(decoded["error"]) == [""] * 5
+    sizes = zip(flat(decoded["height"]), flat(decoded["width"]), strict=True)
+    assert dict(zip(flat(decoded["image_path"]), sizes, strict=True)) == {p: SIZES[i % 2] for i, p in enumerate(paths)}
+
+
+def flat(column: list) -> list:
+    """A column of per-batch lists, as one list."""
+    return [value for batch in column for value in batch]
 
 
 @pytest.mark.parametrize(("orientation", "expected"), [(None, (48, 64)), (1, (48, 64)), (6, (64, 48)), (8, (64, 48))])
@@ -118,3 +152,57 @@ def test_encoded_rows_are_typed_and_match_the_segments_of_the_label_map(tmp_path
     assert written.to_pylist() == [{"image_path": "a.jpg", "image_fingerprint": "size:1,mtime_ns:2", "generation": 3}]
     assert pq.read_table(tmp_path / "errors").column("generation").to_pylist() == [3]
     assert RunOutput(tmp_path).read_errors().to_pylist() == [{"image_path": "bad.jpg", "error": "truncated image"}]
+
+
+def test_the_driver_asks_the_tally_for_its_progress_total_at_most_once_a_second(monkeypatch) -> None:
+    class Tally:
+        asked = 0
+
+        @property
+        def counts(self) -> Any:
+            Tally.asked += 1
+            return SimpleNamespace(remote=lambda: (1000, 0))
+
+    class Records:
+        def iter_rows(self) -> Iterator[dict[str, Any]]:
+            yield from [{"no_space": "", "labeled": 1, "failed": 0, "model_calls": 0.25}] * 1000
+
+    monkeypatch.setattr(ray, "get", lambda value: value)
+    options = SimpleNamespace(progress=True, limit=None, output="out")
+    started = time.monotonic()
+    counts = _consume(Records(), Tally(), options, "labeling")
+    seconds = time.monotonic() - started
+    assert counts["labeled"] == 1000 and counts["images_per_model_call"] == 4.0
+    assert Tally.asked <= seconds / TALLY_INTERVAL + 2, f"asked {Tally.asked} times for 1000 records in {seconds:.1f} s"
+
+
+def encoded(image: Image.Image, fmt: str, **save: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def test_the_decode_stage_resizes_in_pil_to_the_same_pixels_as_the_array_resize() -> None:
+    rng = np.random.default_rng(2)
+    rgb = Image.fromarray(rng.integers(0, 256, (45, 70, 3), dtype=np.uint8))
+    rotated = Image.Exif()
+    rotated[0x0112] = 6
+    palette = rgb.convert("P")
+    palette.info["transparency"] = 3
+    datas = [
+        encoded(rgb, "JPEG"),
+        encoded(rgb, "JPEG", exif=rotated.tobytes()),
+        encoded(rgb.convert("L"), "PNG"),
+        encoded(palette, "PNG", transparency=3),
+        encoded(rgb.convert("RGBA"), "PNG"),
+        encoded(Image.fromarray(rng.integers(0, 65536, (40, 50), dtype=np.uint16)), "PNG"),
+        encoded(Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)), "PNG"),  # already at size
+    ]
+    paths = [f"{i}.png" for i in range(len(datas))]
+    batch = {"image_path": [paths], "data": [datas], "error": [[""] * len(datas)], "fingerprint": [paths]}
+    decoded = {key: values[0] for key, values in DecodeStage(RESIZE, max_pixels=10**6)(batch).items()}
+    assert decoded["error"] == [""] * len(datas)
+    for k, data in enumerate(datas):
+        expected = RESIZE(decode_image(data))
+        assert (decoded["height"][k], decoded["width"][k]) == decode_image(data).shape[:2]
+        np.testing.assert_array_equal(decoded["pixels"][k, : expected.shape[0], : expected.shape[1]], expected)

@@ -142,12 +142,27 @@ def test_rle_of_one_pass_equals_pycocotools_per_class_mask(band_pixels: int, mon
     maps[2][4:, :] = 255
     for label_map in maps:
         segments = label_map_segments(label_map, None, list("abcdef"), [1, 2, 3, 4, 5, 6], ignore_value=255)
-        expected = []
-        for index in sorted(set(np.unique(label_map).tolist()) - {255}):
-            rle = mask_utils.encode(np.asfortranarray((label_map == index).astype(np.uint8)))
-            counts, area = rle["counts"].decode("ascii"), int(mask_utils.area(rle))
-            expected.append((index + 1, counts, area, list(mask_utils.toBbox(rle))))
-        assert [(s["category_id"], s["rle"], s["area"], s["bbox"]) for s in segments] == expected
+        assert [(s["category_id"], s["rle"], s["area"], s["bbox"]) for s in segments] == per_class_masks(label_map, 255)
+
+
+def per_class_masks(label_map: np.ndarray, ignore_value: int) -> list[tuple[int, str, int, list[float]]]:
+    """Each class's (category id, RLE string, area, box) from ``pycocotools.mask.encode`` of its binary mask."""
+    expected = []
+    for index in sorted(set(np.unique(label_map).tolist()) - {ignore_value}):
+        rle = mask_utils.encode(np.asfortranarray((label_map == index).astype(np.uint8)))
+        counts, area = rle["counts"].decode("ascii"), int(mask_utils.area(rle))
+        expected.append((index + 1, counts, area, list(mask_utils.toBbox(rle))))
+    return expected
+
+
+def test_segments_of_more_than_255_classes_in_one_map() -> None:
+    """All classes' RLEs are encoded in one pycocotools call, whose ``area`` of a list fails past 255 masks."""
+    label_map = np.random.default_rng(5).integers(0, 300, (40, 50)).astype(np.uint16)
+    label_map[::7] = 65535
+    names = [f"class {i}" for i in range(300)]
+    segments = label_map_segments(label_map, None, names, list(range(1, 301)), ignore_value=65535)
+    assert len(segments) > 255
+    assert [(s["category_id"], s["rle"], s["area"], s["bbox"]) for s in segments] == per_class_masks(label_map, 65535)
 
 
 def test_segments_errors() -> None:

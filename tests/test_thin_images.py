@@ -61,10 +61,10 @@ def test_strips_are_labeled_at_their_original_size() -> None:
 class FailingResize(ResizeShortestEdge):
     """A resize that fails on images wider than tall: any exception, not only a decode error."""
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        if image.shape[1] > image.shape[0]:
+    def resize_image(self, image: Image.Image) -> Image.Image:
+        if image.width > image.height:
             raise ValueError("height and width must be > 0")
-        return super().__call__(image)
+        return super().resize_image(image)
 
 
 def test_a_failure_to_decode_or_resize_one_image_is_its_error_row() -> None:

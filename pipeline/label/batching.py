@@ -6,6 +6,12 @@ reads each image's size from its header (no pixels decoded), takes a window of m
 inputs, sorts it by padded size and cuts it into batches of ``batch_size`` images of one padded size: one
 output row per model batch. A size read wrongly only makes a batch less full (the model still groups by
 the decoded sizes), never a result different.
+
+Each file is read once: an image given by path is read whole here, its size taken from the bytes read, and
+the bytes go on in the batch's ``data`` (as a container's images already do) for the decode stage, which then
+opens no file. A window keeps at most :data:`WINDOW_KEPT_BYTES` of such bytes: past that, only the header is
+read here and the decode stage reads the file (a window of large photos is never held whole). A file that
+cannot be read here goes on without bytes, and the decode stage reads it and reports why it failed.
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ PAD_MULTIPLE = 32
 # Model batches of inputs sorted at once: with k padded sizes in a window, at most k of its
 # WINDOW_BATCHES batches are not full (>= 94% full with 4 sizes).
 WINDOW_BATCHES = 64
+# File bytes read by path that one grouping task hands on to the decode stage per window (the window's block
+# holds them until its batches are decoded); files past it are read again by the decode stage.
+WINDOW_KEPT_BYTES = 256 * 2**20
 # EXIF orientations that swap width and height (transposed, rotated by 90 or 270 degrees).
 _TRANSPOSING = frozenset({5, 6, 7, 8})
 # Keys of the rows that are not images to run: inputs that already failed, and sizes that cannot be read.
@@ -57,21 +66,43 @@ def probe_size(image_path: str, data: bytes) -> tuple[int, int] | None:
     """``(height, width)`` as displayed (EXIF orientation applied), read from the header only; ``None`` when
     it cannot be read (the decode stage then says why)."""
     try:
-        source = _open(image_path, data)
+        source = io.BytesIO(data) if len(data) else _open(image_path)
         if source is None:
             return None
-        with source, Image.open(source) as image:
-            width, height = image.size
-            if image.getexif().get(0x0112, 1) in _TRANSPOSING:
-                width, height = height, width
-            return height, width
+        with source:
+            return _header_size(source)
     except Exception:  # any reader failure: the decode stage reports it with its reason
         return None
 
 
-def _open(image_path: str, data: bytes) -> IO[bytes] | None:
-    if len(data):
-        return io.BytesIO(data)
+def read_and_probe(image_path: str, budget: int) -> tuple[tuple[int, int] | None, bytes]:
+    """An image given by path: its size (as :func:`probe_size`) and its whole bytes when the file is at most
+    ``budget`` bytes long, else ``b""`` (only its header read); ``(None, b"")`` when it cannot be read (the
+    decode stage reads it again and says why)."""
+    try:
+        source = _open(image_path)
+        if source is None:
+            return None, b""
+        with source:
+            if source.size() > budget:
+                return _header_size(source), b""
+            data = source.read()
+    except Exception:  # any reader failure: the decode stage reports it with its reason
+        return None, b""
+    return probe_size(image_path, data), data
+
+
+def _header_size(source: IO[bytes]) -> tuple[int, int]:
+    """``(height, width)`` as displayed, from the header of the image that ``source`` holds."""
+    with Image.open(source) as image:
+        width, height = image.size
+        if image.getexif().get(0x0112, 1) in _TRANSPOSING:
+            width, height = height, width
+        return height, width
+
+
+def _open(image_path: str) -> pa.NativeFile | None:
+    """The file at ``image_path`` opened for reading; ``None`` for a local special file (never opened)."""
     fs, path = filesystem_of(image_path)
     if isinstance(fs, pafs.LocalFileSystem) and not_regular_reason(path):  # never open a named pipe
         return None
@@ -81,7 +112,8 @@ def _open(image_path: str, data: bytes) -> IO[bytes] | None:
 @dataclass
 class GroupStage:
     """CPU stage: a window of input rows (``image_path``, ``data``, ``error``, ``fingerprint``) -> model batches,
-    one row per batch holding lists of those columns (``BATCH_ROW_SCHEMA``), each batch of one padded size."""
+    one row per batch holding lists of those columns (``BATCH_ROW_SCHEMA``), each batch of one padded size;
+    ``data`` holds each image's bytes, also of those given by path (up to :data:`WINDOW_KEPT_BYTES`)."""
 
     resize: ResizeShortestEdge
     batch_size: int
@@ -91,7 +123,17 @@ class GroupStage:
         datas = [bytes(d) for d in batch.get("data", [b""] * len(paths))]
         errors = [str(e) for e in batch["error"]]
         fingerprints = [str(f) for f in batch["fingerprint"]]
-        keys = [self._key(p, d, e) for p, d, e in zip(paths, datas, errors, strict=True)]
+        keys, kept = [], 0
+        for i, (path, error) in enumerate(zip(paths, errors, strict=True)):
+            if error:
+                keys.append(_FAILED)
+                continue
+            if len(datas[i]):
+                size = probe_size(path, datas[i])
+            else:  # given by path: read here once, the bytes handed on while the window's budget lasts
+                size, datas[i] = read_and_probe(path, WINDOW_KEPT_BYTES - kept)
+                kept += len(datas[i])
+            keys.append(_UNKNOWN if size is None or min(size) < 1 else padded_size(*size, self.resize))
         # A batch is cut as soon as its last image is seen, the rest at the end: batches leave in the order of
         # their last input (the window's last input goes last).
         chunks, open_batches = [], {}
@@ -108,12 +150,6 @@ class GroupStage:
             "fingerprint": [[fingerprints[i] for i in c] for c in chunks],
         }
         return pa.table(columns, schema=BATCH_ROW_SCHEMA)
-
-    def _key(self, image_path: str, data: bytes, error: str) -> tuple[int, int]:
-        if error:
-            return _FAILED
-        size = probe_size(image_path, data)
-        return _UNKNOWN if size is None or min(size) < 1 else padded_size(*size, self.resize)
 
 
 def one_batch_per_block(dataset: ray.data.Dataset, remote_args: dict[str, Any]) -> ray.data.Dataset:

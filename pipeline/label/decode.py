@@ -1,4 +1,8 @@
-"""The labeling job's CPU stages before the model: expand containers, read, decode, validate and resize.
+"""The labeling job's CPU stages before the model: expand containers, decode, validate and resize.
+
+The decode stage reads no file the grouping stage already read: it decodes the bytes each model batch carries
+(``pipeline.label.batching``), and reads a file only when its batch holds none (past the grouping window's budget,
+or a file the grouping could not read, whose failure is reported here).
 
 Kept free of torch (``san.transforms`` and ``pipeline.label.images`` need only numpy and PIL), so that the
 Ray workers running these tasks start in about a second instead of importing the model stack.
@@ -12,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from san.transforms import ResizeShortestEdge
 
 from .containers import expand_container
-from .images import ImageDecodeError, decode_image
+from .images import ImageDecodeError, decode_with
 from .inputs import Container, read_bytes
 
 # Rows of a container (Parquet file, shard, list file) handed on at once.
@@ -53,7 +58,8 @@ def padded_stack(images: list[np.ndarray]) -> np.ndarray:
 
 @dataclass
 class DecodeStage:
-    """CPU stage: read (when only a path is given), decode, validate and resize each model batch's images.
+    """CPU stage: decode, validate and resize each model batch's images (a file read only when its bytes are not
+    in the batch).
 
     Input rows are model batches (``pipeline.label.batching``: lists of ``image_path``, ``data``, ``error``,
     ``fingerprint``); each output row keeps the batch's ``image_path``, ``error`` and ``fingerprint`` lists, adds
@@ -73,13 +79,13 @@ class DecodeStage:
     def _decode_batch(self, paths: np.ndarray, datas: np.ndarray, errors: np.ndarray) -> dict[str, Any]:
         images, heights, widths, reasons = [], [], [], []
         for path, data, error in zip(paths, datas, errors, strict=True):
-            image = None
+            size = None
             if not error:
-                image, resized, error = self._prepare(str(path), data)
-                if image is not None:
+                size, resized, error = self._prepare(str(path), data)
+                if resized is not None:
                     images.append(resized)
-            heights.append(0 if image is None else image.shape[0])
-            widths.append(0 if image is None else image.shape[1])
+            heights.append(0 if size is None else size[0])
+            widths.append(0 if size is None else size[1])
             reasons.append(str(error))
         return {
             "image_path": [str(p) for p in paths],
@@ -89,20 +95,31 @@ class DecodeStage:
             "pixels": padded_stack(images),
         }
 
-    def _prepare(self, path: str, data: bytes) -> tuple[np.ndarray | None, np.ndarray | None, str]:
-        """``(decoded [H, W, 3], resized [h, w, 3], "")``, or ``(None, None, reason)`` when this one image
-        fails in any way: one bad file becomes an error row and never stops the run."""
+    def _prepare(self, path: str, data: bytes) -> tuple[tuple[int, int] | None, np.ndarray | None, str]:
+        """``((H, W) decoded, resized [h, w, 3], "")``, or ``(None, None, reason)`` when this one image fails in
+        any way: one bad file becomes an error row and never stops the run."""
         try:
             raw = data if len(data) else read_bytes(path)
-            image = decode_image(raw, max_pixels=self.max_pixels)
+            size, resized = decode_with(raw, self._resized, max_pixels=self.max_pixels)
+        except _ResizeError as failure:
+            return None, None, str(failure)
         except ImageDecodeError as failure:
             return None, None, failure.reason
         except OSError as failure:
             return None, None, f"cannot read file: {failure}"
         except Exception as failure:  # a decoder bug on a strange file: the reason is the exception
             return None, None, f"cannot decode image: {type(failure).__name__}: {failure}"
+        return size, resized, ""
+
+    def _resized(self, image: Image.Image) -> tuple[tuple[int, int], np.ndarray]:
+        """The decoded RGB image's ``(H, W)`` and the image resized by ``resize``, in PIL (the full-size image is
+        never turned into an array)."""
+        width, height = image.size
         try:
-            return image, self.resize(image), ""
+            return (height, width), np.asarray(self.resize.resize_image(image))
         except Exception as failure:  # any resize failure names the sizes, e.g. an image too thin to resize
-            size = f"{image.shape[0]}x{image.shape[1]}"
-            return None, None, f"cannot resize {size} image: {type(failure).__name__}: {failure}"
+            raise _ResizeError(f"cannot resize {height}x{width} image: {type(failure).__name__}: {failure}") from None
+
+
+class _ResizeError(Exception):
+    """An image that decoded but could not be resized; the message is its error row's reason."""

@@ -10,11 +10,21 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "MIN_SIDE", "ImageDecodeError", "decode_image", "image_suffix", "read_image_file"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "MIN_SIDE",
+    "ImageDecodeError",
+    "decode_image",
+    "decode_with",
+    "image_suffix",
+    "read_image_file",
+]
 
 #: PIL's own hard limit (``2 * Image.MAX_IMAGE_PIXELS``); above it ``Image.open`` refuses the file anyway.
 DEFAULT_MAX_PIXELS = 178_956_970
@@ -26,6 +36,7 @@ _WHITE = (255, 255, 255, 255)
 # MPO, a camera's multi-picture JPEG, opens as JPEG wherever .jpg does).
 _USUAL_SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg"}
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+T = TypeVar("T")
 
 
 class ImageDecodeError(ValueError):
@@ -42,25 +53,23 @@ class ImageDecodeError(ValueError):
         self.path = path
 
 
-def _to_rgb(img: Image.Image) -> np.ndarray:
-    """Convert a loaded PIL image of any mode to a writable C-contiguous uint8 ``[H, W, 3]`` array."""
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """A loaded PIL image of any mode as an RGB PIL image (``img`` itself when it is RGB already)."""
     mode = img.mode
     if mode.startswith("I;16") or mode == "I":
         # 16-bit scaling is hand-written: PIL's convert("L") clips values above 255 instead of scaling.
         values = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
         gray = (values >> 8).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+        return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2))
     if mode == "F":
         # Float scaling is hand-written: PIL's convert("L") assumes a 0..255 range for floats.
         values = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
         gray = np.round(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+        return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2))
     if mode in _ALPHA_MODES or (mode in ("P", "L", "RGB") and "transparency" in img.info):
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba)
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.array(img, dtype=np.uint8)
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -82,6 +91,14 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
             ``"image too small: WxH (minimum 2x2)"``, ``"truncated image"``, ``"corrupt image: ..."``,
             ``"unsupported image mode: ..."``. PIL's own exceptions never escape.
     """
+    return decode_with(data, lambda image: np.array(image, dtype=np.uint8), max_pixels)
+
+
+def decode_with(data: bytes, use: Callable[[Image.Image], T], max_pixels: int = DEFAULT_MAX_PIXELS) -> T:
+    """``use`` (called once) of the RGB PIL image that ``data`` decodes to, as :func:`decode_image` decodes it
+    (``np.array`` of that image is :func:`decode_image`'s array): for a caller that goes on in PIL (a resize)
+    without the array's two copies. The image is open only during the call; ``use``'s own exceptions pass
+    unchanged, and every decoding failure is an :class:`ImageDecodeError` as in :func:`decode_image`."""
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be positive, got {max_pixels}")
     if data is None or len(data) == 0:
@@ -91,7 +108,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         # and PIL's UserWarnings about damaged files are redundant with the error we raise.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
-        return _decode(data, max_pixels)
+        return _decode(data, max_pixels, use)
 
 
 def _failure(exc: Exception) -> ImageDecodeError:
@@ -101,8 +118,8 @@ def _failure(exc: Exception) -> ImageDecodeError:
     return ImageDecodeError(f"corrupt image: {type(exc).__name__}: {exc}")
 
 
-def _decode(data: bytes, max_pixels: int) -> np.ndarray:
-    """Body of :func:`decode_image`, run with PIL's warnings silenced."""
+def _decode(data: bytes, max_pixels: int, use: Callable[[Image.Image], T]) -> T:
+    """Body of :func:`decode_with`, run with PIL's warnings silenced."""
     # PIL raises many exception types on hostile input (OSError, SyntaxError, ValueError, struct.error,
     # zlib.error, EOFError, ...), so each PIL step below catches Exception and maps it to a reason.
     try:
@@ -128,11 +145,12 @@ def _decode(data: bytes, max_pixels: int) -> np.ndarray:
         except Exception:
             oriented = img  # malformed EXIF: keep the decoded pixels, ignore the orientation tag
         try:
-            return _to_rgb(oriented)
+            rgb = _to_rgb(oriented)
         except ValueError as exc:
             raise ImageDecodeError(f"unsupported image mode: {oriented.mode} ({exc})") from None
         except Exception as exc:
             raise _failure(exc) from None
+        return use(rgb)
 
 
 def image_suffix(data: bytes, name: str = "") -> str:

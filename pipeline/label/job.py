@@ -2,9 +2,10 @@
 
 Stages, each on the resource it uses: list inputs (Parquet/WebDataset containers expanded in Ray tasks)
 -> drop the images already labeled (``resume``) -> model batches of one padded size (``batching``, from
-image headers) -> decode, validate and resize (CPU tasks) -> the model (actor pool, GPU when present:
-label maps and per-class scores out, and with ``keep_regions`` each image's regions) -> PNG and RLE encoding
-(CPU tasks) -> Parquet files written by the tasks, each whole or absent (``write``). The driver only steers: it
+image headers; each file read there once, its bytes handed on) -> decode, validate and resize (CPU tasks)
+-> the model (actor pool, GPU when present: label maps and per-class scores out, and with ``keep_regions`` each
+image's regions) -> PNG and RLE encoding (CPU tasks) -> Parquet files written by the tasks, each whole or absent
+(``write``; Ray fuses the encoding and writing tasks into one). The driver only steers: it
 receives one small record per file written (progress, counts) and at the end merges ``coco.json``,
 ``errors.parquet`` and ``manifest.json``. What a job does around its stages (the output folder held, prepared and
 merged, the run recorded) is shared with ``jobs/relabel.py``: :func:`in_output_folder`, :func:`prepare_output`,
@@ -58,6 +59,8 @@ MAX_INPUT_BLOCKS = 10_000
 # Images above which one coco.json is too big for pycocotools on most machines (it needs about 3 times the
 # file's size in memory, and the file takes about 8 KB per image): the job then suggests --coco shards.
 SINGLE_COCO_IMAGES = 250_000
+# Seconds between the driver's questions to the listing tally for its progress bar's total (one actor call each).
+TALLY_INTERVAL = 1.0
 # manifest.json's status of a run stopped on purpose (any other exception: "failed").
 _STOPPED_STATUS = {KeyboardInterrupt: "interrupted", StopRequested: "stopped"}
 
@@ -346,8 +349,9 @@ def _build_dataset(
     plan: ResourcePlan,
     generation: int,
 ) -> ray.data.Dataset:
-    """Inputs -> skip the labeled ones -> model batches of one padded size -> decode (CPU tasks) -> model
-    (actor pool: arrays out) -> encode (CPU tasks) -> write (CPU tasks): one small record per file written."""
+    """Inputs -> skip the labeled ones -> model batches of one padded size, with each file's bytes (read once) ->
+    decode (CPU tasks) -> model (actor pool: arrays out) -> encode and write (CPU tasks, fused by Ray into one):
+    one small record per file written."""
     cpu = {"num_cpus": plan.decode_cpus}
     dataset = _listing(options, resolved, plan.decode_cpus).map_batches(
         SkipLabeled(done, tally), batch_format="numpy", **cpu
@@ -389,10 +393,12 @@ def _consume(
     dataset: ray.data.Dataset, tally: ray.actor.ActorHandle, options: StageOptions, desc: str
 ) -> dict[str, Any]:
     """Pull the writers' small records (never label bytes) and show progress with counts and an ETA (the
-    total is what has been listed and not skipped so far, capped by ``--limit``)."""
+    total is what has been listed and not skipped so far, capped by ``--limit``, asked of the tally at most
+    once per :data:`TALLY_INTERVAL`)."""
     labeled = failed = 0
     calls = 0.0
     started = time.time()
+    asked = float("-inf")  # when the tally was last asked (time.monotonic())
     first: tuple[float, int] | None = None  # (time, rows) of the first record: the pool is up from then on
     bar = tqdm(total=options.limit, unit="img", desc=desc, disable=not options.progress, dynamic_ncols=True)
     try:
@@ -405,11 +411,16 @@ def _consume(
                 calls + record["model_calls"],
             )
             if options.progress:
-                listed, skipped = ray.get(tally.counts.remote())
-                bar.total = min(listed - skipped, options.limit or listed)
+                if time.monotonic() - asked >= TALLY_INTERVAL:
+                    listed, skipped = ray.get(tally.counts.remote())
+                    bar.total = min(listed - skipped, options.limit or listed)
+                    asked = time.monotonic()
                 bar.update(record["labeled"] + record["failed"])
                 bar.set_postfix(labeled=labeled, failed=failed)
             first = first or (time.time(), labeled + failed)
+        if options.progress:  # the final total
+            listed, skipped = ray.get(tally.counts.remote())
+            bar.total = min(listed - skipped, options.limit or listed)
     finally:
         bar.close()
     finished = time.time()
