@@ -16,6 +16,7 @@ rerun the printed command when it is quiet.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -23,10 +24,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import ray
 from _report import emit
+from cpu_by_process import ProcessCpu
 from PIL import Image
 
 from pipeline.label.job import LabelOptions, run_label_job
@@ -93,10 +96,20 @@ def _add(steps: dict[str, float], step: str, since: float) -> float:
     return now
 
 
-def run(images: Path, output: Path, cpus: int, batch_size: int) -> dict[str, float]:
+def run(images: Path, output: Path, cpus: int, batch_size: int, by_process: float | None = None) -> dict[str, Any]:
     """The null-model job on a fresh local Ray of ``cpus`` CPUs: images/s (whole job, and after the first
     result), the driver's CPU seconds per wall second, images per model call, and the 1-minute load average
-    at the end."""
+    at the end; with ``by_process`` (the loop's CPU ms per image), also ``processes``: the Markdown rows of
+    :class:`ProcessCpu` (from Ray's start to the job's end)."""
+    with ProcessCpu() if by_process is not None else contextlib.nullcontext() as processes:
+        result = _run(images, output, cpus, batch_size)
+    if processes is not None:
+        result["processes"] = processes.table(result["labeled"], by_process)
+    return result
+
+
+def _run(images: Path, output: Path, cpus: int, batch_size: int) -> dict[str, Any]:
+    """:func:`run` less the CPU by process."""
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="ERROR")  # as the job starts it
     options = LabelOptions(
         vocab=str(ROOT / "samples" / "vocab.txt"),
@@ -109,10 +122,11 @@ def run(images: Path, output: Path, cpus: int, batch_size: int) -> dict[str, flo
     wall, cpu = time.perf_counter(), time.process_time()
     try:
         manifest = run_label_job(options)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     finally:
         ray.shutdown()
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return {
+        "labeled": manifest["counts"]["labeled"],
         "images_per_second": manifest["counts"]["labeled"] / wall,
         "steady_images_per_second": manifest["timings"]["images_per_second_after_first_result"],
         "first_result_seconds": manifest["timings"]["first_result_seconds"],
@@ -130,6 +144,9 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, nargs="+", default=[1, 2], help="Ray CPUs of each throughput run")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--write", type=Path, help="append the tables to this Markdown file")
+    parser.add_argument(
+        "--by-process", action="store_true", help="also a table per run of the CPU of each Ray process (Linux)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file (benchmarks/gpu_checks.sh)")
     args = parser.parse_args()
     from _report import cpu_description
@@ -139,9 +156,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         images = write_jpegs(Path(tmp) / "photos", args.images, [(640, 480)])
         loop = plain_loop(images, ROOT / "samples" / "vocab.txt")
+        by_process = loop["cpu_ms_per_image"] if args.by_process else None
         for batch_size in args.batch_sizes:
             for cpus in args.cpus:
-                result = run(images, Path(tmp) / f"out-{cpus}-{batch_size}", cpus, batch_size)
+                result = run(images, Path(tmp) / f"out-{cpus}-{batch_size}", cpus, batch_size, by_process)
                 rows.append((batch_size, cpus, result))
         mixed = write_jpegs(Path(tmp) / "mixed", args.mixed_images, MIXED_SIZES)
         fill = run(mixed, Path(tmp) / "out-mixed", max(args.cpus), max(args.batch_sizes))
@@ -171,6 +189,13 @@ def main() -> None:
         f"({fill['images_per_model_call'] / max(args.batch_sizes):.0%}; load average {fill['load']:.2f}).",
         "",
     ]
+    for batch, cpus, r in rows if args.by_process else []:
+        table += [
+            f"CPU by process, batch {batch}, {cpus} Ray CPUs, from Ray's start to the job's end:",
+            "",
+            *r["processes"],
+            "",
+        ]
     emit(table, args.write)
     if args.json:
         runs = [{"batch": batch, "cpus": cpus, **result} for batch, cpus, result in rows]

@@ -141,9 +141,9 @@ def class_mean_scores(
     counts = np.zeros(num_classes + 1, dtype=np.int64)
     rows = max(1, UNIQUE_BAND_PIXELS // label_map.shape[1])
     for start in range(0, label_map.shape[0], rows):
-        band = label_map[start : start + rows].ravel()
+        # Indices converted once here: np.bincount would convert a uint8 band to intp on each of its two calls.
+        band = label_map[start : start + rows].ravel().astype(np.intp)
         if not direct:
-            band = band.astype(np.int64)
             outside = (band < 0) | (band >= num_classes)
             if ignore_value is not None:
                 outside |= band == ignore_value

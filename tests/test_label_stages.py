@@ -123,6 +123,23 @@ def test_class_mean_scores_are_each_class_mean_over_its_pixels(dtype, ignore_val
     assert means[4] == 0.0, "a class without pixels"
 
 
+def test_class_mean_scores_convert_the_label_map_to_indices_once(monkeypatch) -> None:
+    """Both counts of a band (scores and pixels) take one index array of ``intp``: ``np.bincount`` would convert a
+    ``uint8`` map (the usual one) on each call, which took most of the null model's time per image."""
+    seen: list[tuple[int, np.dtype]] = []
+    bincount = np.bincount
+
+    def recording(indices: np.ndarray, *args, **kwargs) -> np.ndarray:
+        seen.append((id(indices), indices.dtype))
+        return bincount(indices, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.segments.np, "bincount", recording)
+    label_map = np.random.default_rng(2).integers(0, 4, (30, 40)).astype(np.uint8)
+    class_mean_scores(label_map, np.ones((30, 40), np.float32), num_classes=5, ignore_value=255)
+    assert len(seen) == 2 and seen[0][0] == seen[1][0], "one index array for both counts"
+    assert seen[0][1] == np.intp
+
+
 def test_encoded_rows_are_typed_and_match_the_segments_of_the_label_map(tmp_path) -> None:
     [prediction] = NullPredictor(len(VOCABULARY.names)).predict([np.zeros((1, 1, 3), np.uint8)], [(130, 200)])
     scores = class_mean_scores(prediction.label_map, prediction.scores, 3, prediction.unlabeled)

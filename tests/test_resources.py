@@ -42,6 +42,17 @@ def test_null_model_leaves_the_cpus_to_the_stages_it_measures(cluster) -> None:
     assert plan_resources(None, None, null_model=True).cpus_per_worker == 1.0, "on GPUs, as a model would"
 
 
+def test_task_stages_run_at_most_one_task_per_cpu_at_once(cluster) -> None:
+    """Fractional CPUs would let Ray run many decode tasks at once, each in a worker process of its own (8 of a
+    quarter CPU on 2 CPUs, each costing its start and an idle loop): the plan bounds them."""
+    cluster(CPU=2)
+    plan = plan_resources(None, None, null_model=True)
+    assert (plan.decode_tasks, plan.encode_tasks) == (2, 1)
+    cluster(CPU=16, GPU=1)
+    plan = plan_resources(None, None)
+    assert (plan.decode_tasks, plan.encode_tasks) == (16, 4)
+
+
 def test_gpu_cluster_defaults_to_one_gpu_per_worker(cluster) -> None:
     cluster(CPU=32, GPU=4)
     plan = plan_resources(None, None)

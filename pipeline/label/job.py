@@ -362,7 +362,8 @@ def _build_dataset(
     window = options.batch_size * WINDOW_BATCHES
     dataset = dataset.map_batches(GroupStage(resize, options.batch_size), batch_size=window, **cpu)
     dataset = one_batch_per_block(dataset, cpu)
-    dataset = dataset.map_batches(DecodeStage(resize, options.max_pixels), batch_size=1, **cpu)
+    decode = ray.data.TaskPoolStrategy(size=plan.decode_tasks)
+    dataset = dataset.map_batches(DecodeStage(resize, options.max_pixels), batch_size=1, compute=decode, **cpu)
     dataset = dataset.map_batches(
         ModelStage,
         fn_constructor_kwargs={
@@ -380,11 +381,15 @@ def _build_dataset(
         # max_task_retries=-1); the keywords to bound them are deprecated in Ray 2.60, so the attempt
         # ledger bounds the retries of an image that kills its worker (pipeline.label.attempts).
     )
-    dataset = dataset.map_batches(EncodeStage(vocabulary.to_json(), options.keep_regions), batch_size=None, **cpu)
+    encode = ray.data.TaskPoolStrategy(size=plan.encode_tasks)  # the same for both: Ray fuses them
+    dataset = dataset.map_batches(
+        EncodeStage(vocabulary.to_json(), options.keep_regions), batch_size=None, compute=encode, **cpu
+    )
     return dataset.map_batches(
         WriteStage(str(Path(options.output).resolve()), generation),
         batch_size=options.shard_size,
         batch_format="pyarrow",
+        compute=encode,
         **cpu,
     )
 

@@ -27,7 +27,8 @@ class ResourceError(UserError):
 
 @dataclass(frozen=True)
 class ResourcePlan:
-    """Ray resources of each stage. ``workers`` is the actor pool size ``(min, max)``."""
+    """Ray resources of each stage. ``workers`` is the actor pool size ``(min, max)``; ``decode_tasks`` and
+    ``encode_tasks``: the most tasks of the decode stage, and of the encode and write stage, that run at once."""
 
     device: str
     workers: tuple[int, int]
@@ -35,6 +36,8 @@ class ResourcePlan:
     gpus_per_worker: float
     threads_per_worker: int
     decode_cpus: float
+    decode_tasks: int
+    encode_tasks: int
 
 
 # Logical CPUs of a ``--model null`` actor on a CPU cluster (it only hands over a fixed label map).
@@ -194,6 +197,12 @@ def plan_resources(
         # Ray Data fuses a task stage into the next actor stage when their resources are equal, and the decode
         # would then run in the model's actors (measured with Ray 2.60 on 1 CPU): keep them apart.
         decode_cpus *= 0.8
+    # Each task running at once is a Ray worker process of its own, and fractional CPUs let Ray run many: 8 decode
+    # tasks of a quarter CPU on 2 CPUs, each worker process costing its start and an idle loop (measured with
+    # benchmarks/null_pipeline.py --by-process). A task stage keeps at most one task per CPU busy; encoding costs
+    # about a quarter of decoding.
+    decode_tasks = max(1, round(cpus))
+    encode_tasks = max(1, round(cpus) // 4)
     return ResourcePlan(
         device="cuda" if on_gpu else "cpu",
         workers=(low, high),
@@ -201,4 +210,6 @@ def plan_resources(
         gpus_per_worker=gpus_per_worker,
         threads_per_worker=threads,
         decode_cpus=decode_cpus,
+        decode_tasks=decode_tasks,
+        encode_tasks=encode_tasks,
     )

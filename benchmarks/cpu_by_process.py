@@ -1,0 +1,143 @@
+"""CPU seconds of a process and of every process under it (a local Ray's GCS, raylet and workers), by role.
+
+Linux only: it reads ``/proc/<pid>/stat`` (user + system time) of the watched process and its descendants every
+:data:`INTERVAL` seconds, in a process of its own (so that the sampling costs the watched processes nothing), and
+adds each process's CPU time since the previous sample to the group of its title at that moment: Ray names its
+workers by what they run (``ray::IDLE``, ``ray::MapBatches(DecodeStage)``, ``ray::_MapWorker.submit``...), and
+a worker that runs several stages in turn is counted under each. A process that exits between two samples loses
+its last interval (at most :data:`INTERVAL` of CPU); one that starts and exits between two samples is missed.
+
+    with ProcessCpu() as cpu:   # watches this process and its descendants
+        ...                     # e.g. start Ray and run a job
+    print("\\n".join(cpu.table(images=5000)))
+
+CPU seconds hardly depend on what else runs on the machine, so the table is a guide also on a shared one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# Seconds between two samples.
+INTERVAL = 0.05
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+# The script of a Python helper process (Ray's log monitor, dashboard agent...) in its command line.
+_PYTHON_SCRIPT = re.compile(r"([\w.-]+/)?[\w.-]+\.py\b")
+
+
+def _read_stat(pid: str) -> tuple[int, str, float, str] | None:
+    """``(parent pid, comm, CPU seconds, start time)`` of ``pid``, ``None`` when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    comm, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+    return int(fields[1]), comm, (int(fields[11]) + int(fields[12])) / _TICKS, fields[19]
+
+
+def group_of(pid: int, root: int, comm: str, cmdline: str) -> str:
+    """The table's group of a process: ``driver`` (the watched one), a Ray worker's title (``ray::...``), the
+    script of a Python helper (Ray's log monitor, dashboard agent...), else the executable's name."""
+    if pid == root:
+        return "driver"
+    if cmdline.startswith("ray::"):
+        return cmdline.split()[0]
+    script = _PYTHON_SCRIPT.search(cmdline) if "python" in comm or "python" in cmdline.split(" ")[0] else None
+    return f"python {script.group(0)}" if script else comm
+
+
+def sample(root: int, seen: dict[tuple[str, str], float], groups: dict[str, float], pids: dict[str, set]) -> None:
+    """One sample: add the CPU time each descendant of ``root`` (and ``root``) used since it was last seen
+    (``seen``, by pid and start time) to ``groups``, and its pid to ``pids`` of its group."""
+    stats = {pid: _read_stat(pid) for pid in os.listdir("/proc") if pid.isdigit()}
+    parents = {int(pid): stat[0] for pid, stat in stats.items() if stat}
+    for pid, stat in stats.items():
+        if stat is None or not _descends(int(pid), root, parents) or int(pid) == os.getpid():
+            continue
+        _, comm, cpu, started = stat
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        group = group_of(int(pid), root, comm, cmdline)
+        groups[group] = groups.get(group, 0.0) + cpu - seen.get((pid, started), 0.0)
+        seen[(pid, started)] = cpu
+        pids.setdefault(group, set()).add(int(pid))
+
+
+def _descends(pid: int, root: int, parents: dict[int, int]) -> bool:
+    while pid > 1:
+        if pid == root:
+            return True
+        pid = parents.get(pid, 1)
+    return pid == root
+
+
+def watch(root: int, out: Path) -> None:
+    """Sample ``root`` and its descendants until stdin closes, then write ``{"groups": {group: [CPU seconds,
+    processes]}, "processes": processes seen}`` to ``out``. The CPU time that processes already had at the first
+    sample is not counted."""
+    seen: dict[tuple[str, str], float] = {}
+    groups: dict[str, float] = {}
+    pids: dict[str, set] = {}
+    sample(root, seen, groups, pids)
+    groups = dict.fromkeys(groups, 0.0)  # the start: only what is used from now on counts
+    while True:
+        ready, _, _ = select.select([sys.stdin], [], [], INTERVAL)
+        sample(root, seen, groups, pids)
+        if ready and not sys.stdin.buffer.read1(1):
+            break
+    by_group = {group: [seconds, len(pids[group])] for group, seconds in groups.items()}
+    out.write_text(json.dumps({"groups": by_group, "processes": len(seen)}))
+
+
+class ProcessCpu:
+    """Context manager: CPU seconds by group (:func:`group_of`) of this process and its descendants while it is
+    open, sampled by a child process (:func:`watch`)."""
+
+    def __enter__(self) -> ProcessCpu:
+        self._out = Path(tempfile.mkstemp(suffix=".json")[1])
+        self._watcher = subprocess.Popen(
+            [sys.executable, __file__, str(os.getpid()), str(self._out)], stdin=subprocess.PIPE
+        )
+        self.groups: dict[str, tuple[float, int]] = {}
+        self.processes = 0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._watcher.stdin.close()  # type: ignore[union-attr]
+        self._watcher.wait(timeout=60)
+        found = json.loads(self._out.read_text())
+        self.groups = {group: (cpu, count) for group, (cpu, count) in found["groups"].items()}
+        self.processes = found["processes"]
+        self._out.unlink()
+
+    def table(self, images: int, loop_ms: float | None = None) -> list[str]:
+        """Markdown rows: each group's processes (a worker that ran several stages counts in each), CPU seconds, ms
+        per image and share of the total, busiest first, and the total (beside ``loop_ms``, the plain loop's CPU ms
+        per image, when given)."""
+        rows = sorted(self.groups.items(), key=lambda item: -item[1][0])
+        total = sum(cpu for cpu, _ in self.groups.values())
+        lines = [
+            "| process (title) | processes | CPU s | CPU ms per image | share |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| `{group}` | {count} | {cpu:.2f} | {1000 * cpu / images:.2f} | {cpu / max(total, 1e-9):.1%} |"
+            for group, (cpu, count) in rows
+            if cpu >= 0.005
+        ]
+        ratio = f" ({1000 * total / images / loop_ms:.2f}x the loop's)" if loop_ms else ""
+        lines.append(f"| all | {self.processes} | {total:.2f} | {1000 * total / images:.2f}{ratio} | 100% |")
+        return lines
+
+
+if __name__ == "__main__":
+    watch(int(sys.argv[1]), Path(sys.argv[2]))
