@@ -223,3 +223,53 @@ def test_the_decode_stage_resizes_in_pil_to_the_same_pixels_as_the_array_resize(
         expected = RESIZE(decode_image(data))
         assert (decoded["height"][k], decoded["width"][k]) == decode_image(data).shape[:2]
         np.testing.assert_array_equal(decoded["pixels"][k, : expected.shape[0], : expected.shape[1]], expected)
+
+
+class _LocalHandle:
+    """An actor handle's stand-in for a local object: ``handle.method.remote(...)`` calls it here, and records
+    the call."""
+
+    def __init__(self, target: Any, calls: list[str]):
+        self.target, self.calls = target, calls
+
+    def __getattr__(self, name: str) -> SimpleNamespace:
+        def remote(*args: Any) -> Any:
+            self.calls.append(name)
+            return getattr(self.target, name)(*args)
+
+        return SimpleNamespace(remote=remote)
+
+
+def test_a_model_batch_costs_two_blocking_calls_to_the_attempt_ledger(monkeypatch) -> None:
+    """The model stage asks for earlier deaths and begins the batch's attempt in one call, and ends it in another
+    (each call blocks the actor on a round trip to the ledger); an image that killed a worker before still makes the
+    batch go image by image."""
+    from pipeline.label import attempts
+    from pipeline.label.model_stage import ModelSpec, ModelStage, WorkerSetup
+    from san.settings import PredictionSettings
+
+    monkeypatch.setattr(attempts.ray, "get", lambda value: value)
+    calls: list[str] = []
+    ledger = attempts.AttemptLedger()
+    settings = PredictionSettings()
+    stage = ModelStage(
+        ModelSpec("null"), VOCABULARY.to_json(), settings, WorkerSetup("cpu", 1, _LocalHandle(ledger, calls))
+    )
+    paths = [f"/images/{i}.jpg" for i in range(4)]
+    h, w = settings.resize.output_size(48, 64)
+    batch = {
+        "image_path": [paths],
+        "error": [[""] * 4],
+        "height": [np.full(4, 48)],
+        "width": [np.full(4, 64)],
+        "pixels": [np.zeros((4, h, w, 3), np.uint8)],
+        "fingerprint": [[""] * 4],
+    }
+    rows = stage(batch)
+    assert calls == ["begin_unless_died", "end"] and rows["error"] == [""] * 4
+    assert list(rows["batch_images"]) == [4] * 4 and ledger.unfinished(paths) == [0] * 4
+    ledger.begin(paths[1:2])  # a worker died on image 1 before
+    calls.clear()
+    rows = stage(batch)
+    assert calls == ["begin_unless_died"] + ["begin", "end"] * 4, "image by image"
+    assert list(rows["batch_images"]) == [1] * 4 and rows["error"] == [""] * 4

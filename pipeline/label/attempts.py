@@ -31,6 +31,14 @@ class AttemptLedger:
         """How many earlier attempts at each path never finished."""
         return [self._unfinished.get(path, 0) for path in paths]
 
+    def begin_unless_died(self, paths: Sequence[str]) -> list[int]:
+        """:meth:`unfinished` of ``paths``, and when all are 0, an attempt at all of them begun (one call for both:
+        the model stage asks this once per batch)."""
+        counts = self.unfinished(paths)
+        if not any(counts):
+            self.begin(paths)
+        return counts
+
     def begin(self, paths: Sequence[str]) -> None:
         for path in paths:
             self._unfinished[path] = self._unfinished.get(path, 0) + 1
@@ -56,8 +64,16 @@ class Attempts:
     def __init__(self, ledger: ray.actor.ActorHandle):
         self.ledger = ledger
 
-    def unfinished(self, paths: Sequence[str]) -> list[int]:
-        return ray.get(self.ledger.unfinished.remote(list(paths)))
+    @contextmanager
+    def batch(self, paths: Sequence[str]) -> Iterator[list[int]]:
+        """Around a batch's attempt: yields the unfinished earlier attempts at each of ``paths``; when they are all
+        0, an attempt at the whole batch is recorded around the block (as :meth:`attempt`), else none is."""
+        counts = ray.get(self.ledger.begin_unless_died.remote(list(paths)))
+        try:
+            yield counts
+        finally:
+            if not any(counts):
+                ray.get(self.ledger.end.remote(list(paths)))
 
     @contextmanager
     def attempt(self, paths: Sequence[str]) -> Iterator[None]:

@@ -200,16 +200,18 @@ class ModelStage:
         todo = [i for i in range(count) if not errors[i]]
         fill = _model_call_sizes(batch, todo, self.settings.resize, self.settings.batch_size)
         paths = [batch["image_path"][i] for i in todo]
-        # Deaths before this call; the batch attempt below ends (recorded) or kills this process, so they hold.
-        died = dict(zip(paths, self.attempts.unfinished(paths), strict=True)) if todo else {}
-        if todo and not any(died.values()):
-            with self.attempts.attempt(paths):
-                try:
-                    for i, result in zip(todo, self._label(batch, todo), strict=True):
-                        results[i] = result
-                    todo = []
-                except Exception:  # any failure of the model: retried image by image below
-                    pass
+        died: dict[str, int] = {}
+        if todo:
+            # Deaths before this call; the batch attempt below ends (recorded) or kills this process, so they hold.
+            with self.attempts.batch(paths) as unfinished:
+                died = dict(zip(paths, unfinished, strict=True))
+                if not any(unfinished):
+                    try:
+                        for i, result in zip(todo, self._label(batch, todo), strict=True):
+                            results[i] = result
+                        todo = []
+                    except Exception:  # any failure of the model: retried image by image below
+                        pass
         for i in todo:
             path = batch["image_path"][i]
             fill[i] = 1
