@@ -14,11 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+from local_ray import local_ray  # noqa: F401
 from PIL import Image
 
 import pipeline.label.batching
 import pipeline.segments
-from pipeline.label.batching import PAD_MULTIPLE, GroupStage, probe_size
+from pipeline.label.batching import BATCH_ROW_SCHEMA, PAD_MULTIPLE, GroupStage, model_batch_blocks, probe_size
 from pipeline.label.decode import DecodeStage
 from pipeline.label.encode import EncodeStage
 from pipeline.label.images import decode_image
@@ -273,3 +274,16 @@ def test_a_model_batch_costs_two_blocking_calls_to_the_attempt_ledger(monkeypatc
     rows = stage(batch)
     assert calls == ["begin_unless_died"] + ["begin", "end"] * 4, "image by image"
     assert list(rows["batch_images"]) == [1] * 4 and rows["error"] == [""] * 4
+
+
+@pytest.mark.usefixtures("local_ray")
+@pytest.mark.parametrize(("batch_size", "per_block"), [(4, 4), (16, 1), (32, 1)])
+def test_small_model_batches_go_several_to_a_block(batch_size: int, per_block: int) -> None:
+    """Each later task and actor call takes one block: of 4-image batches, 4 (16 images, as one block of batch 16),
+    so that a small batch size does not multiply the calls per image."""
+    batches = [[f"/images/{b}-{i}.jpg" for i in range(batch_size)] for b in range(8)]
+    rows = {"image_path": batches, "data": [[b""] * batch_size] * 8, "error": [[""] * batch_size] * 8}
+    table = pa.table({**rows, "fingerprint": rows["error"]}, schema=BATCH_ROW_SCHEMA)
+    blocks = model_batch_blocks(ray.data.from_arrow(table), batch_size, {"num_cpus": 0.25})
+    sizes = blocks.map_batches(lambda block: {"rows": [len(block["image_path"])]}, batch_size=None).take_all()
+    assert [row["rows"] for row in sizes] == [per_block] * (8 // per_block)

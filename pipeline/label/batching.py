@@ -38,6 +38,9 @@ PAD_MULTIPLE = 32
 # Model batches of inputs sorted at once: with k padded sizes in a window, at most k of its
 # WINDOW_BATCHES batches are not full (>= 94% full with 4 sizes).
 WINDOW_BATCHES = 64
+# Images of the model batches in one block of the later stages (several batches of a small batch size): at batch 4,
+# one batch per block cost about twice the CPU per image of batch 16 (BENCHMARKS.md, issue 26).
+BLOCK_IMAGES = 16
 # File bytes read by path that one grouping task hands on to the decode stage per window (the window's block
 # holds them until its batches are decoded); files past it are read again by the decode stage.
 WINDOW_KEPT_BYTES = 256 * 2**20
@@ -152,12 +155,20 @@ class GroupStage:
         return pa.table(columns, schema=BATCH_ROW_SCHEMA)
 
 
-def one_batch_per_block(dataset: ray.data.Dataset, remote_args: dict[str, Any]) -> ray.data.Dataset:
-    """``dataset`` (one model batch per row) with each row in a block of its own, so that every later task or
-    actor call takes one batch and a batch held up (a slow image, a dead worker) holds up no other.
+def batches_per_block(batch_size: int) -> int:
+    """Model batches that go together in one block: enough for :data:`BLOCK_IMAGES` images, at least one."""
+    return max(1, BLOCK_IMAGES // batch_size)
+
+
+def model_batch_blocks(dataset: ray.data.Dataset, batch_size: int, remote_args: dict[str, Any]) -> ray.data.Dataset:
+    """``dataset`` (one model batch of ``batch_size`` images per row) in blocks of :func:`batches_per_block` rows,
+    so that every later task or actor call takes those batches: a batch held up (a slow image, a dead worker) holds
+    up only its block, and small batches still make tasks of about :data:`BLOCK_IMAGES` images (each task and
+    actor call costs the driver, the raylet and the worker some CPU whatever its size).
 
     The repartition runs with ``remote_args``, the grouping stage's own resources, so that Ray fuses it into
     that stage. ``Dataset.repartition`` takes no resources in Ray 2.60 and its tasks ask for a whole CPU: on a
     1-CPU node beside a model actor of half a CPU they never start and the job hangs (measured).
     """
-    return set_stage_resources(dataset.repartition(target_num_rows_per_block=1), remote_args)
+    rows = batches_per_block(batch_size)
+    return set_stage_resources(dataset.repartition(target_num_rows_per_block=rows), remote_args)

@@ -42,7 +42,7 @@ from ..outputs import MAX_REPORTED_DUPLICATES, SMOKE_INPUTS, RunOutput
 from ..stopping import StopRequested, stop_on_sigterm
 from ..vocabulary import Vocabulary, load_vocabulary
 from .attempts import start_ledger
-from .batching import WINDOW_BATCHES, GroupStage, one_batch_per_block
+from .batching import WINDOW_BATCHES, GroupStage, batches_per_block, model_batch_blocks
 from .decode import EXPANDED_ROWS, DecodeStage, expand_containers
 from .encode import EncodeStage
 from .inputs import ResolvedInputs, absolute_spec, check_outside_runs, resolve_inputs
@@ -361,9 +361,10 @@ def _build_dataset(
     resize = settings.resize  # the one rule every stage uses
     window = options.batch_size * WINDOW_BATCHES
     dataset = dataset.map_batches(GroupStage(resize, options.batch_size), batch_size=window, **cpu)
-    dataset = one_batch_per_block(dataset, cpu)
+    dataset = model_batch_blocks(dataset, options.batch_size, cpu)
+    rows = batches_per_block(options.batch_size)  # a block's model batches, decoded and run together
     decode = ray.data.TaskPoolStrategy(size=plan.decode_tasks)
-    dataset = dataset.map_batches(DecodeStage(resize, options.max_pixels), batch_size=1, compute=decode, **cpu)
+    dataset = dataset.map_batches(DecodeStage(resize, options.max_pixels), batch_size=rows, compute=decode, **cpu)
     dataset = dataset.map_batches(
         ModelStage,
         fn_constructor_kwargs={
@@ -373,7 +374,7 @@ def _build_dataset(
             "worker": WorkerSetup(plan.device, plan.threads_per_worker, start_ledger()),
             "keep_regions": options.keep_regions,
         },
-        batch_size=1,
+        batch_size=rows,
         compute=ray.data.ActorPoolStrategy(min_size=plan.workers[0], max_size=plan.workers[1]),
         num_cpus=plan.cpus_per_worker,
         num_gpus=plan.gpus_per_worker,
