@@ -155,3 +155,23 @@ def test_finish_scale_times_an_export_of_a_run_with_image_files(tmp_path: Path) 
         assert image.size == (640, 480)
     labels = list(run.parent.glob("200-yolo/labels/**/*.txt"))
     assert 190 <= len(labels) < 200 and len(list(run.parent.glob("200-yolo/images/**/*.jpg"))) == len(labels)
+
+
+def test_cpu_by_process_counts_each_descendant_under_its_title(tmp_path: Path) -> None:
+    """``null_pipeline.py --by-process``'s sampler: the CPU of this process and of a child (titled by its script),
+    each in its own row, and the total per image."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from cpu_by_process import ProcessCpu
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    script = tmp_path / "busy.py"
+    script.write_text("import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end:\n    pass\n")
+    with ProcessCpu() as cpu:
+        subprocess.run([sys.executable, str(script)], check=True)
+    child = f"python {tmp_path.name}/busy.py"
+    assert 0.3 <= cpu.groups[child][0] <= 1.0 and cpu.groups[child][1] == 1, cpu.groups
+    assert cpu.processes == 2 and "driver" in cpu.groups
+    rows = cpu.table(images=10)
+    assert rows[2].startswith(f"| `{child}` | 1 |"), "the busiest first"
+    assert rows[-1].startswith("| all | 2 |")
