@@ -97,6 +97,8 @@ def test_the_job_spreads_over_nodes_and_survives_losing_one(cluster, tmp_path: P
     monkeypatch.setattr(NodeRecordingDecode, "folder", str(seen))
     monkeypatch.setattr(pipeline.label.job, "ModelStage", NodeRecordingModelStage)
     monkeypatch.setattr(pipeline.label.job, "DecodeStage", NodeRecordingDecode)
+    # One model batch per block: 12 actor calls, so that an actor's second call waits for the node loss.
+    monkeypatch.setattr(pipeline.label.batching, "BLOCK_IMAGES", 2)
     # Two actors of 0.4 CPU: the job keeps a CPU for its tasks once a node is gone (and unlike 0.5, the
     # decode tasks' share, Ray does not fuse the decode stage into the actors).
     plan = pipeline.label.job.plan_resources
