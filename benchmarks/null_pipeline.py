@@ -9,6 +9,9 @@ The loop, in this process on one core: read the file, decode, resize to SAN's in
 label map at the original size, its PNG, and the RLE and box of each class (the project's own functions for
 each step, as the job's stages call them).
 
+With ``--by-process`` (Linux), each run also prints where all its CPU went: the driver's and every Ray process's
+CPU seconds, by its title (``cpu_by_process.py``), per image and beside the loop's.
+
 Each number is printed with the load average of the machine when it was measured: on a shared machine,
 rerun the printed command when it is quiet.
 """
