@@ -194,7 +194,7 @@ def _label(
         options.input = str(write_smoke_inputs(output.root / SMOKE_INPUTS))
     resolved = resolve_inputs(options.input, exclude=options.output, bytes_column=options.bytes_column)
 
-    init_ray()
+    init_ray(actor_pool=True)
     plan = plan_resources(
         options.workers, options.gpus_per_worker, smoke_test=options.smoke_test, null_model=model.model == NULL_MODEL
     )
