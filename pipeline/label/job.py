@@ -30,9 +30,8 @@ import ray
 from tqdm import tqdm
 
 from san.errors import OptionError
-from san.modeling.text_classifier import get_templates, prompt_length_problem
+from san.modeling.prompts import get_templates, prompt_length_problem
 from san.other_names import added_names, read_other_names
-from san.precision import cpu_bf16_warning
 from san.settings import PredictionSettings
 
 from ..disk_space import OutputFullError, is_out_of_space, out_of_space
@@ -203,8 +202,11 @@ def _label(
             "`dtype` fp16 needs GPU workers, and this run's workers use the CPU "
             "(give `gpus_per_worker` on a cluster with GPUs, or use fp32, or bf16 on CPUs with bf16 units)"
         )
-    if options.dtype == "bf16" and plan.device == "cpu" and cpu_bf16_warning():
-        print(f"warning: --{cpu_bf16_warning()}", file=sys.stderr)
+    if options.dtype == "bf16" and plan.device == "cpu":
+        from san.precision import cpu_bf16_warning  # (imports torch: only for such a run, not every job's start)
+
+        if cpu_bf16_warning():
+            print(f"warning: --{cpu_bf16_warning()}", file=sys.stderr)
     manifest: dict[str, Any] = {
         "status": "running",
         "generation": generation,
