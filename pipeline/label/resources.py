@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass
 
 import ray
@@ -68,8 +69,8 @@ def init_ray(actor_pool: bool = False) -> None:
     context.print_on_execution_start = False
     # Actors that can never start (e.g. resources no node has) fail the job instead of hanging it.
     context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
-    if probe is not None:
-        _dismiss(probe)
+    if probe is not None:  # killed once it has started, by a thread: the driver goes on meanwhile
+        threading.Thread(target=_dismiss, args=(probe,), name="restart-warning-probe", daemon=True).start()
 
 
 @ray.remote(num_cpus=0)
@@ -144,8 +145,8 @@ def _spend_restart_warning() -> ray.actor.ActorHandle | None:
 
 def _dismiss(probe: ray.actor.ActorHandle) -> None:
     """Kill the actor of :func:`_spend_restart_warning` once it has started: an actor killed before it exists makes
-    the GCS log an ``E`` line of its own (``Failed to kill actor NIL_ID``). :func:`init_ray` calls it last, so that
-    the actor's worker process starts while the driver works."""
+    the GCS log an ``E`` line of its own (``Failed to kill actor NIL_ID``). :func:`init_ray` runs it in a thread of
+    its own, so that the driver never waits for the actor's worker process (on 2 CPUs it starts after Ray Data's)."""
     try:
         ray.get(probe.__ray_ready__.remote(), timeout=PROBE_READY_TIMEOUT_S)
     except ray.exceptions.GetTimeoutError:
