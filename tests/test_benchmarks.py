@@ -155,3 +155,13 @@ def test_finish_scale_times_an_export_of_a_run_with_image_files(tmp_path: Path) 
         assert image.size == (640, 480)
     labels = list(run.parent.glob("200-yolo/labels/**/*.txt"))
     assert 190 <= len(labels) < 200 and len(list(run.parent.glob("200-yolo/images/**/*.jpg"))) == len(labels)
+
+
+@pytest.mark.slow
+def test_startup_timeline_gives_each_phase_of_a_job_run(tmp_path: Path) -> None:
+    report = tmp_path / "BENCHMARKS.md"
+    run_script("startup_timeline.py", "--images", "4", "--runs", "1", "--pause", "0", "--write", str(report))
+    phases = {row[0]: row[1] for row in table_rows(report)}
+    assert list(phases)[:2] == ["imports", "vocabulary checked"] and "command, whole" in phases
+    seconds = [float(phases[name]) for name in ("imports", "init_ray done", "model actor ready", "first file")]
+    assert seconds == sorted(seconds) and seconds[-1] <= float(phases["command, whole"])

@@ -40,7 +40,7 @@ from ..output_shards import set_aside_name
 from ..outputs import MAX_REPORTED_DUPLICATES, SMOKE_INPUTS, RunOutput
 from ..stopping import StopRequested, stop_on_sigterm
 from ..vocabulary import Vocabulary, load_vocabulary
-from .attempts import start_ledger
+from .attempts import AttemptLedger
 from .batching import WINDOW_BATCHES, GroupStage, one_batch_per_block
 from .decode import EXPANDED_ROWS, DecodeStage, expand_containers
 from .encode import EncodeStage
@@ -48,7 +48,7 @@ from .inputs import ResolvedInputs, absolute_spec, check_outside_runs, resolve_i
 from .model_stage import NULL_MODEL, SMOKE_MODEL, ModelSpec, ModelStage, WorkerSetup
 from .options import LabelOptions
 from .resources import ResourcePlan, init_ray, plan_resources
-from .resume import MAX_REPORTED_CHANGES, SkipLabeled, start_tally
+from .resume import MAX_REPORTED_CHANGES, ListingTally, SkipLabeled, start_tally
 from .smoke import write_smoke_inputs
 from .write import WriteStage
 
@@ -74,6 +74,15 @@ def versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             found[name] = "not installed"
     return found
+
+
+class RunBook(ListingTally, AttemptLedger):
+    """A labeling run's one bookkeeping actor: its listing tally and its attempt ledger, whose calls are few and
+    small, in one worker process rather than two (each costs a second of CPU at every start on 2 CPUs, measured)."""
+
+    def __init__(self) -> None:
+        ListingTally.__init__(self)
+        AttemptLedger.__init__(self)
 
 
 class StageOptions(Protocol):
@@ -223,7 +232,7 @@ def _label(
     def build(done: ray.ObjectRef, tally: ray.actor.ActorHandle) -> ray.data.Dataset:
         return _build_dataset(options, model, resolved, done, tally, vocabulary, settings, plan, generation)
 
-    return run_stages(output, manifest, damaged, vocabulary, options, build, started)
+    return run_stages(output, manifest, damaged, vocabulary, options, build, started, book=RunBook)
 
 
 def run_stages(
@@ -235,16 +244,18 @@ def run_stages(
     build: Callable[[ray.ObjectRef, ray.actor.ActorHandle], ray.data.Dataset],
     started: float,
     desc: str = "labeling",
+    book: type[ListingTally] = ListingTally,
 ) -> dict[str, Any]:
     """Write ``manifest`` (``"running"``; the files ``damaged`` set aside named), run the dataset that ``build``
     makes from the images already done (:meth:`RunOutput.labeled_ids`, a Ray object) and the run's
     :class:`~pipeline.label.resume.ListingTally`, pulling its writers' records with a progress bar (``desc``), and
-    merge the output folder (:func:`_finish`); returns the final manifest. A run that stops (Ctrl-C, SIGTERM, a
+    merge the output folder (:func:`_finish`); returns the final manifest. ``book``: the tally actor's class
+    (:func:`~pipeline.label.resume.start_tally`). A run that stops (Ctrl-C, SIGTERM, a
     crash, a full disk) keeps what is finished, its manifest saying why it stopped."""
     if damaged:
         manifest["set_aside"] = [str(set_aside_name(shard).relative_to(output.root)) for shard in damaged]
     output.write_manifest(manifest)
-    tally = start_tally()
+    tally = start_tally(book)
     try:
         with stop_on_sigterm():
             if options.limit == 0:
@@ -371,7 +382,7 @@ def _build_dataset(
             "model": model,
             "vocabulary": vocabulary.to_json(),
             "settings": settings,
-            "worker": WorkerSetup(plan.device, plan.threads_per_worker, start_ledger()),
+            "worker": WorkerSetup(plan.device, plan.threads_per_worker, tally),  # a RunBook: the ledger too
             "keep_regions": options.keep_regions,
         },
         batch_size=1,
