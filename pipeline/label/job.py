@@ -78,7 +78,8 @@ def versions() -> dict[str, str]:
 
 class RunBook(ListingTally, AttemptLedger):
     """A labeling run's one bookkeeping actor: its listing tally and its attempt ledger, whose calls are few and
-    small, in one worker process rather than two (each costs a second of CPU at every start on 2 CPUs, measured)."""
+    small, in one worker process rather than two (each worker process costs about half a second of CPU to start,
+    measured on 2 CPUs, where the start-up is bound by the CPUs)."""
 
     def __init__(self) -> None:
         ListingTally.__init__(self)
