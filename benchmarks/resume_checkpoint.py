@@ -27,13 +27,14 @@ from _report import emit
 from null_pipeline import write_jpegs
 from ray.data.checkpoint import CheckpointConfig
 
-from pipeline.label.attempts import start_ledger
+from pipeline.label.attempts import AttemptLedger
 from pipeline.label.batching import WINDOW_BATCHES, GroupStage
 from pipeline.label.decode import DecodeStage
 from pipeline.label.encode import EncodeStage
 from pipeline.label.inputs import image_id
 from pipeline.label.job import LabelOptions, run_label_job
 from pipeline.label.model_stage import NULL_MODEL, ModelSpec, ModelStage
+from pipeline.label.resources import start_on_driver_node
 from pipeline.output_shards import PREDICTION_SCHEMA
 from pipeline.vocabulary import load_vocabulary
 from san.transforms import SAN_EVAL_RESIZE
@@ -88,7 +89,7 @@ def with_ray_checkpoint(images: Path, folder: Path, half: int) -> list[tuple[flo
                     "templates": None,
                     "resize": SAN_EVAL_RESIZE,
                     "batch_size": BATCH,
-                    "attempts": start_ledger(),
+                    "attempts": start_on_driver_node(AttemptLedger),
                     "other": [],
                     "tta": None,
                 },

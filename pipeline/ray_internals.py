@@ -1,4 +1,4 @@
-"""The three places this project reaches into Ray's private code, because Ray 2.60 has no public way: each in one
+"""The four places this project reaches into Ray's private code, because Ray 2.60 has no public way: each in one
 function that fails with a message naming the Ray version and this module when a Ray release moves what it
 uses (``tests/test_ray_internals.py`` checks each against the installed Ray).
 
@@ -9,6 +9,10 @@ uses (``tests/test_ray_internals.py`` checks each against the installed Ray).
   ``RAY_AUTH_MODE`` environment variable, the token file and Ray's config together).
 - :func:`started_here`: whether ``ray.init`` started a local Ray in this process or joined a running cluster (with
   ``RAY_ADDRESS`` unset it joins one that ``ray start`` left on this machine, if any).
+- :func:`start_data_actors`: Ray Data's own actors (its autoscaling coordinator, stats actor and actor-location
+  tracker: named, detached, one per cluster) created now rather than when a dataset first runs. Ray Data's executor
+  launches no task before the coordinator answers (its resource budget is empty until then), and on a small machine
+  Ray starts worker processes two at a time, so those actors otherwise start last, after the job's own actors.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 import ray
 
-__all__ = ["RayInternalsError", "set_stage_resources", "started_here", "token_auth_enabled"]
+__all__ = ["RayInternalsError", "set_stage_resources", "start_data_actors", "started_here", "token_auth_enabled"]
 
 
 class RayInternalsError(RuntimeError):
@@ -61,3 +65,17 @@ def started_here() -> bool:
     if not isinstance(head, bool):
         raise RayInternalsError("ray._private.worker._global_node.head")
     return head
+
+
+def start_data_actors() -> None:
+    """Create (or find, on a cluster where a dataset ran before) Ray Data's three singleton actors without waiting for
+    them, so that their worker processes start while the driver prepares its run."""
+    try:
+        from ray.data._internal.cluster_autoscaler import get_or_create_autoscaling_coordinator
+        from ray.data._internal.execution.node_trackers import get_or_create_actor_location_tracker
+        from ray.data._internal.stats import get_or_create_stats_actor
+    except ImportError:
+        raise RayInternalsError("ray.data._internal's get_or_create functions of its singleton actors") from None
+    get_or_create_autoscaling_coordinator()
+    get_or_create_stats_actor()
+    get_or_create_actor_location_tracker()

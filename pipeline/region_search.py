@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from san.errors import UserError
-from san.modeling.text_classifier import get_templates, prompt_length_problem
+from san.modeling.prompts import get_templates, prompt_length_problem
 from san.text_files import name_key
 
 from .label.model_stage import ModelSpec

@@ -175,3 +175,13 @@ def test_cpu_by_process_counts_each_descendant_under_its_title(tmp_path: Path) -
     rows = cpu.table(images=10)
     assert rows[2].startswith(f"| `{child}` | 1 |"), "the busiest first"
     assert rows[-1].startswith("| all | 2 |")
+
+
+@pytest.mark.slow
+def test_startup_timeline_gives_each_phase_of_a_job_run(tmp_path: Path) -> None:
+    report = tmp_path / "BENCHMARKS.md"
+    run_script("startup_timeline.py", "--images", "4", "--runs", "1", "--pause", "0", "--write", str(report))
+    phases = {row[0]: row[1] for row in table_rows(report)}
+    assert list(phases)[:2] == ["imports", "vocabulary checked"] and "command, whole" in phases
+    seconds = [float(phases[name]) for name in ("imports", "init_ray done", "model actor ready", "first file")]
+    assert seconds == sorted(seconds) and seconds[-1] <= float(phases["command, whole"])

@@ -107,7 +107,22 @@ def test_checking_a_vocabulary_imports_no_open_clip_package() -> None:
     """The job checks its vocabulary's prompt lengths with open_clip's tokenizer before anything else: without
     open_clip's package (torchvision, torch._dynamo), seconds of every job's start."""
     code = (
-        "from san.modeling.text_classifier import VILD_TEMPLATES, prompt_length_problem\n"
+        "from san.modeling.prompts import VILD_TEMPLATES, prompt_length_problem\n"
         "assert prompt_length_problem('cat', VILD_TEMPLATES) is None"
     )
     assert not {"open_clip", "torchvision"} & modules_imported(code)
+
+
+def test_the_label_jobs_driver_checks_its_vocabulary_without_torch() -> None:
+    """Start-up: jobs/label.py's imports and its vocabulary check (before Ray starts) import no torch, two seconds of
+    every job's start on 2 CPUs; the model's actors import it where they need it."""
+    code = (
+        "sys.path.insert(0, 'jobs')\n"
+        "import label\n"
+        "from pipeline.label.job import vocabulary_and_other\n"
+        "options = label.dataclass_from_args(label.LabelOptions, label.parse_args(\n"
+        "    ['--vocab', 'samples/vocab.txt', '--input', 'samples/images', '--output', 'unused', '--model', 'null']))\n"
+        "vocabulary, other = vocabulary_and_other(options)\n"
+        "assert len(vocabulary.names) == 8 and other"
+    )
+    assert "torch" not in modules_imported(code)

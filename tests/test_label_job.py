@@ -698,13 +698,27 @@ def test_gpu_job_in_bf16_labels_like_the_cpu_job(inputs: dict, tmp_path: Path) -
 
 
 @pytest.mark.usefixtures("local_ray")
-def test_a_smoke_run_without_input_labels_images_stored_in_its_output(tmp_path: Path) -> None:
+def test_a_smoke_run_without_input_labels_images_stored_in_its_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``--smoke-test`` alone: its generated images are a Parquet file of image bytes in the output folder (where
-    cluster workers read them), named as the run's input; a rerun finds them labeled."""
+    cluster workers read them), named as the run's input; a rerun finds them labeled. The run keeps its books (the
+    listing tally, the attempt ledger) in one actor: a worker process fewer at every start."""
+    from pipeline.label import attempts, resources, resume
+
+    made: list[str] = []
+
+    def counted(cls: type) -> object:
+        made.append(cls.__name__)
+        return resources.start_on_driver_node(cls)
+
+    for module in (resume, attempts):  # every module that could start a bookkeeping actor
+        monkeypatch.setattr(module, "start_on_driver_node", counted, raising=False)
     (tmp_path / "vocab.txt").write_text("cat\nsky\n")
     options = {"vocab": str(tmp_path / "vocab.txt"), "output": str(tmp_path / "out"), "smoke_test": True}
     manifest = run_label_job(LabelOptions(**options, progress=False))
     assert manifest["status"] == "complete" and manifest["counts"]["new_labeled"] == 8
+    assert made == ["RunBook"]
     assert manifest["input"] == str(tmp_path / "out" / "smoke-inputs.parquet")
     paths = RunOutput(tmp_path / "out").read_predictions(["image_path"]).column(0).to_pylist()
     assert sorted(paths) == [f"smoke_{i:02d}.{'jpg' if i % 2 else 'png'}" for i in range(8)]

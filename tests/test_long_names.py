@@ -12,7 +12,7 @@ from open_clip.tokenizer import SimpleTokenizer
 import san
 from pipeline.label.job import LabelOptions, run_label_job
 from pipeline.vocabulary import VocabularyError, load_vocabulary
-from san.modeling.text_classifier import CONTEXT_LENGTH, VILD_TEMPLATES, prompt_length_problem
+from san.modeling.prompts import CONTEXT_LENGTH, VILD_TEMPLATES, prompt_length_problem
 
 TOKENIZER = SimpleTokenizer()
 
@@ -35,6 +35,15 @@ def longest_fitting_name(last: str = "cat") -> str:
     while longest_prompt(name_of(words + 1, last))[0] <= CONTEXT_LENGTH:
         words += 1
     return name_of(words, last)
+
+
+def test_the_length_check_counts_open_clips_own_tokens() -> None:
+    """The check loads open_clip's tokenizer file without torch (san.modeling.prompts): the same tokens."""
+    from san.modeling.prompts import _tokenizer
+
+    texts = ["cat", "a photo of a traffic light.", "Café &amp; crème brûlée", "ＦＵＬＬ width", "don't-stop 42x!"]
+    texts.append("猫 🐈")
+    assert [_tokenizer().encode(text) for text in texts] == [TOKENIZER.encode(text) for text in texts]
 
 
 def test_a_name_is_refused_from_the_first_token_that_would_be_cut() -> None:

@@ -7,7 +7,7 @@ import torch
 
 import san
 from san.config import SANConfig, get_preset
-from san.modeling.text_classifier import get_templates
+from san.modeling.prompts import get_templates
 
 
 @pytest.fixture(scope="module")

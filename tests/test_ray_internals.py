@@ -10,7 +10,13 @@ import pytest
 import ray
 from local_ray import local_ray  # noqa: F401
 
-from pipeline.ray_internals import RayInternalsError, set_stage_resources, started_here, token_auth_enabled
+from pipeline.ray_internals import (
+    RayInternalsError,
+    set_stage_resources,
+    start_data_actors,
+    started_here,
+    token_auth_enabled,
+)
 
 
 @pytest.mark.usefixtures("local_ray")
@@ -48,3 +54,20 @@ def test_a_ray_without_the_driver_node_is_named(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delattr(ray._private.worker, "_global_node")
     with pytest.raises(RayInternalsError, match=r"no longer has ray\._private\.worker\._global_node"):
         started_here()
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_ray_datas_actors_are_the_ones_ray_data_finds_by_name() -> None:
+    start_data_actors()
+    start_data_actors()  # found again, not made twice
+    for name in ("AutoscalingCoordinator", "ActorLocationTracker"):
+        assert ray.get_actor(name, namespace=name)
+    from ray.data._internal.stats import STATS_ACTOR_NAME, STATS_ACTOR_NAMESPACE
+
+    assert ray.get_actor(STATS_ACTOR_NAME, namespace=STATS_ACTOR_NAMESPACE)
+
+
+def test_a_ray_without_ray_datas_actor_functions_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray.data._internal.cluster_autoscaler", None)
+    with pytest.raises(RayInternalsError, match="no longer has ray.data._internal's get_or_create functions"):
+        start_data_actors()

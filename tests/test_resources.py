@@ -102,6 +102,42 @@ def test_init_ray_starts_no_dashboard_and_probes_only_a_cluster_it_joins(monkeyp
     assert probed == [True], "the joined cluster only"
 
 
+def test_init_ray_starts_ray_datas_actors_for_an_actor_pool_and_never_waits_for_its_probe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Start-up: Ray Data launches no task before its autoscaling coordinator answers, so a job with an actor pool
+    creates Ray Data's actors as soon as Ray is up (their worker processes then start beside the job's own), and the
+    restart-warning actor is killed by a thread once it has started, while the driver goes on."""
+    import threading
+
+    from pipeline.label import resources
+
+    events: list[str] = []
+    release = threading.Event()
+    dismissed = threading.Event()
+
+    def dismiss(probe: str) -> None:
+        release.wait(30)  # the actor's worker process still starting
+        events.append(f"{probe} dismissed")
+        dismissed.set()
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(resources, "start_data_actors", lambda: events.append("data actors"))
+    monkeypatch.setattr(resources, "_spend_restart_warning", lambda: events.append("probe created") or "probe")
+    monkeypatch.setattr(resources, "_dismiss", dismiss)
+    context = ray.data.DataContext()
+    monkeypatch.setattr(ray.data.DataContext, "get_current", lambda: events.append("ray.data") or context)
+    resources.init_ray(actor_pool=True)
+    assert events == ["data actors", "probe created", "ray.data"], "returned without waiting for the probe"
+    release.set()
+    assert dismissed.wait(30) and events[-1] == "probe dismissed"
+    events.clear()
+    dismissed.clear()
+    resources.init_ray()
+    assert dismissed.wait(30)
+    assert events == ["probe created", "ray.data", "probe dismissed"], "evaluation and exports run no actor pool"
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("local_ray")
 def test_a_local_ray_runs_no_dashboard_modules() -> None:

@@ -457,6 +457,26 @@ def test_tiny_san_overfits_a_small_dataset(tmp_path: Path) -> None:
     assert after >= 45 and after >= before + 25
 
 
+def test_ray_train_starts_a_local_ray_without_the_dashboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the labeling job: the dashboard's web modules cost seconds of every local start (``ray.init`` waits for
+    them); a cluster that the run joins keeps its own."""
+    import ray
+
+    from san.training.distributed import train_with_ray
+
+    class Started(Exception):
+        pass
+
+    def init(**kwargs):
+        raise Started(kwargs)
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    with pytest.raises(Started) as started:
+        train_with_ray(tiny_config(tmp_path), num_workers=2)
+    assert started.value.args[0]["include_dashboard"] is False
+
+
 @pytest.mark.slow
 def test_ray_train_two_cpu_workers(tmp_path: Path) -> None:
     env = {**os.environ, "RAY_ADDRESS": "local", "RAY_DEDUP_LOGS": "0"}

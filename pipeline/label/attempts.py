@@ -8,8 +8,6 @@ from contextlib import contextmanager
 
 import ray
 
-from .resources import start_on_driver_node
-
 # Worker deaths while labeling one image after which it becomes an error row, with this reason.
 MAX_ATTEMPTS = 3
 GAVE_UP = f"the worker process died {MAX_ATTEMPTS} times while labeling this image (a crash or out of memory)"
@@ -50,12 +48,6 @@ class AttemptLedger:
                 self._unfinished[path] = left
             else:
                 self._unfinished.pop(path, None)
-
-
-def start_ledger() -> ray.actor.ActorHandle:
-    """The run's :class:`AttemptLedger` actor (on the driver's node, no CPU reserved; it lives as long as the
-    driver)."""
-    return start_on_driver_node(AttemptLedger)
 
 
 class Attempts:

@@ -30,9 +30,8 @@ import ray
 from tqdm import tqdm
 
 from san.errors import OptionError
-from san.modeling.text_classifier import get_templates, prompt_length_problem
+from san.modeling.prompts import get_templates, prompt_length_problem
 from san.other_names import added_names, read_other_names
-from san.precision import cpu_bf16_warning
 from san.settings import PredictionSettings
 
 from ..disk_space import OutputFullError, is_out_of_space, out_of_space
@@ -41,7 +40,7 @@ from ..output_shards import set_aside_name
 from ..outputs import MAX_REPORTED_DUPLICATES, SMOKE_INPUTS, RunOutput
 from ..stopping import StopRequested, stop_on_sigterm
 from ..vocabulary import Vocabulary, load_vocabulary
-from .attempts import start_ledger
+from .attempts import AttemptLedger
 from .batching import WINDOW_BATCHES, GroupStage, batches_per_block, model_batch_blocks
 from .decode import EXPANDED_ROWS, DecodeStage, expand_containers
 from .encode import EncodeStage
@@ -49,7 +48,7 @@ from .inputs import ResolvedInputs, absolute_spec, check_outside_runs, resolve_i
 from .model_stage import NULL_MODEL, SMOKE_MODEL, ModelSpec, ModelStage, WorkerSetup
 from .options import LabelOptions
 from .resources import ResourcePlan, init_ray, plan_resources
-from .resume import MAX_REPORTED_CHANGES, SkipLabeled, start_tally
+from .resume import MAX_REPORTED_CHANGES, ListingTally, SkipLabeled, start_tally
 from .smoke import write_smoke_inputs
 from .write import WriteStage
 
@@ -75,6 +74,16 @@ def versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             found[name] = "not installed"
     return found
+
+
+class RunBook(ListingTally, AttemptLedger):
+    """A labeling run's one bookkeeping actor: its listing tally and its attempt ledger, whose calls are few and
+    small, in one worker process rather than two (each worker process costs about half a second of CPU to start,
+    measured on 2 CPUs, where the start-up is bound by the CPUs)."""
+
+    def __init__(self) -> None:
+        ListingTally.__init__(self)
+        AttemptLedger.__init__(self)
 
 
 class StageOptions(Protocol):
@@ -194,7 +203,7 @@ def _label(
         options.input = str(write_smoke_inputs(output.root / SMOKE_INPUTS))
     resolved = resolve_inputs(options.input, exclude=options.output, bytes_column=options.bytes_column)
 
-    init_ray()
+    init_ray(actor_pool=True)
     plan = plan_resources(
         options.workers, options.gpus_per_worker, smoke_test=options.smoke_test, null_model=model.model == NULL_MODEL
     )
@@ -203,8 +212,11 @@ def _label(
             "`dtype` fp16 needs GPU workers, and this run's workers use the CPU "
             "(give `gpus_per_worker` on a cluster with GPUs, or use fp32, or bf16 on CPUs with bf16 units)"
         )
-    if options.dtype == "bf16" and plan.device == "cpu" and cpu_bf16_warning():
-        print(f"warning: --{cpu_bf16_warning()}", file=sys.stderr)
+    if options.dtype == "bf16" and plan.device == "cpu":
+        from san.precision import cpu_bf16_warning  # (imports torch: only for such a run, not every job's start)
+
+        if cpu_bf16_warning():
+            print(f"warning: --{cpu_bf16_warning()}", file=sys.stderr)
     manifest: dict[str, Any] = {
         "status": "running",
         "generation": generation,
@@ -221,7 +233,7 @@ def _label(
     def build(done: ray.ObjectRef, tally: ray.actor.ActorHandle) -> ray.data.Dataset:
         return _build_dataset(options, model, resolved, done, tally, vocabulary, settings, plan, generation)
 
-    return run_stages(output, manifest, damaged, vocabulary, options, build, started)
+    return run_stages(output, manifest, damaged, vocabulary, options, build, started, book=RunBook)
 
 
 def run_stages(
@@ -233,16 +245,18 @@ def run_stages(
     build: Callable[[ray.ObjectRef, ray.actor.ActorHandle], ray.data.Dataset],
     started: float,
     desc: str = "labeling",
+    book: type[ListingTally] = ListingTally,
 ) -> dict[str, Any]:
     """Write ``manifest`` (``"running"``; the files ``damaged`` set aside named), run the dataset that ``build``
     makes from the images already done (:meth:`RunOutput.labeled_ids`, a Ray object) and the run's
     :class:`~pipeline.label.resume.ListingTally`, pulling its writers' records with a progress bar (``desc``), and
-    merge the output folder (:func:`_finish`); returns the final manifest. A run that stops (Ctrl-C, SIGTERM, a
+    merge the output folder (:func:`_finish`); returns the final manifest. ``book``: the tally actor's class
+    (:func:`~pipeline.label.resume.start_tally`). A run that stops (Ctrl-C, SIGTERM, a
     crash, a full disk) keeps what is finished, its manifest saying why it stopped."""
     if damaged:
         manifest["set_aside"] = [str(set_aside_name(shard).relative_to(output.root)) for shard in damaged]
     output.write_manifest(manifest)
-    tally = start_tally()
+    tally = start_tally(book)
     try:
         with stop_on_sigterm():
             if options.limit == 0:
@@ -371,7 +385,7 @@ def _build_dataset(
             "model": model,
             "vocabulary": vocabulary.to_json(),
             "settings": settings,
-            "worker": WorkerSetup(plan.device, plan.threads_per_worker, start_ledger()),
+            "worker": WorkerSetup(plan.device, plan.threads_per_worker, tally),  # a RunBook: the ledger too
             "keep_regions": options.keep_regions,
         },
         batch_size=rows,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from san.errors import OptionError
-from san.modeling.text_classifier import TEMPLATE_SETS
+from san.modeling.prompts import TEMPLATE_SETS
 from san.other_names import OTHER_CHOICES
 from san.settings import DEFAULT_TTA_SIZES, DTYPE_NAMES, TTA_MAX_SIZE, PredictionSettings, TestTimeAugmentation
 from san.transforms import ResizeShortestEdge

@@ -7,10 +7,10 @@ leaves CPU for the decode tasks, and requests that the cluster can never meet fa
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass
 
 import ray
@@ -18,7 +18,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from san.errors import UserError
 
-from ..ray_internals import started_here, token_auth_enabled
+from ..ray_internals import start_data_actors, started_here, token_auth_enabled
 
 
 class ResourceError(UserError):
@@ -48,10 +48,12 @@ PROBE_READY_TIMEOUT_S = 60
 ACTOR_START_TIMEOUT_S = 900
 
 
-def init_ray() -> None:
+def init_ray(actor_pool: bool = False) -> None:
     """Join the cluster of a ``ray job submit`` (or ``RAY_ADDRESS``, or one ``ray start`` left running on
     this machine), else start a local Ray, without the dashboard: its web modules cost a local run seconds of its
     start (``ray.init`` waits for them), and nothing of a local run uses them (a cluster keeps its own).
+    ``actor_pool``: the job runs a Ray Data pipeline with an actor pool, whose start-up this call begins
+    (:func:`~pipeline.ray_internals.start_data_actors`).
 
     Raises:
         ResourceError: this process uses token authentication and the cluster does not.
@@ -61,13 +63,17 @@ def init_ray() -> None:
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, logging_level=logging.WARNING)
         if not started_here():  # a Ray started here has this process's authentication
             _check_actors_start()
-    _spend_restart_warning()
+    if actor_pool:
+        start_data_actors()
+    probe = _spend_restart_warning()
     logging.getLogger("ray.data").setLevel(logging.ERROR)
-    context = ray.data.DataContext.get_current()
+    context = ray.data.DataContext.get_current()  # (imports Ray Data: a second, while the actors above start)
     context.enable_progress_bars = False  # the job shows its own bar with counts and ETA
     context.print_on_execution_start = False
     # Actors that can never start (e.g. resources no node has) fail the job instead of hanging it.
     context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
+    if probe is not None:  # killed once it has started, by a thread: the driver goes on meanwhile
+        threading.Thread(target=_dismiss, args=(probe,), name="restart-warning-probe", daemon=True).start()
 
 
 @ray.remote(num_cpus=0)
@@ -101,6 +107,10 @@ def _check_actors_start() -> None:
         ray.kill(probe)
 
 
+# Whether this process has spent Ray's restart warning (:func:`_spend_restart_warning`).
+_restart_warning_spent = False
+
+
 @ray.remote(num_cpus=0, max_restarts=1)
 class _Restartable:
     """An actor that Ray may restart, made with an argument in the object store: what Ray warns about."""
@@ -109,11 +119,10 @@ class _Restartable:
         pass
 
 
-@functools.cache  # (Ray prints the warning once per process)
-def _spend_restart_warning() -> None:
+def _spend_restart_warning() -> ray.actor.ActorHandle | None:
     """Make Ray print, out of sight, the ``E`` line that every Ray Data actor pool would otherwise print on
     this driver's stderr: ``core_worker.cc ... has constructor arguments in the object store and
-    max_restarts > 0``.
+    max_restarts > 0``; the actor that made it print, to :func:`_dismiss` (``None`` after the first call).
 
     Ray Data passes each pool actor its own ``DataContext`` and map function as object references and
     restarts dead actors (``max_restarts=-1``); Ray 2.60 logs that pair once per process at the ``ERROR``
@@ -122,18 +131,28 @@ def _spend_restart_warning() -> None:
     (``pipeline.label.attempts``): ``max_restarts=0`` would fail the run at the first dead worker. So the
     line is spent here, with stderr on ``/dev/null`` for the one actor creation that prints it; Ray's
     driver log (``python-core-driver-*.log``) still records it."""
+    global _restart_warning_spent
+    if _restart_warning_spent:  # (Ray prints the warning once per process)
+        return None
+    _restart_warning_spent = True
     sys.stderr.flush()
     saved = os.dup(2)
     try:
         with open(os.devnull, "wb") as sink:
             os.dup2(sink.fileno(), 2)
-            probe = _Restartable.remote(ray.put(None))
+            return _Restartable.remote(ray.put(None))
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-    try:  # an actor killed before it exists makes the GCS log an E line of its own ("Failed to kill actor NIL_ID")
+
+
+def _dismiss(probe: ray.actor.ActorHandle) -> None:
+    """Kill the actor of :func:`_spend_restart_warning` once it has started: an actor killed before it exists makes
+    the GCS log an ``E`` line of its own (``Failed to kill actor NIL_ID``). :func:`init_ray` runs it in a thread of
+    its own, so that the driver never waits for the actor's worker process (on 2 CPUs it starts after Ray Data's)."""
+    try:
         ray.get(probe.__ray_ready__.remote(), timeout=PROBE_READY_TIMEOUT_S)
-    except ray.exceptions.GetTimeoutError:
+    except ray.exceptions.RayError:  # not started in time, or gone (e.g. its node): killed all the same
         pass
     finally:
         ray.kill(probe)

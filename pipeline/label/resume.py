@@ -50,10 +50,10 @@ class ListingTally:
         return self.changed, self.changed_paths
 
 
-def start_tally() -> ray.actor.ActorHandle:
-    """The run's :class:`ListingTally` actor (on the driver's node, no CPU reserved; it lives as long as the
-    driver)."""
-    return start_on_driver_node(ListingTally)
+def start_tally(book: type[ListingTally] = ListingTally) -> ray.actor.ActorHandle:
+    """The run's :class:`ListingTally` actor, of class ``book`` (a subclass may keep more of the run's books: the
+    labeling job's ``RunBook``), on the driver's node, no CPU reserved; it lives as long as the driver."""
+    return start_on_driver_node(book)
 
 
 def labeled_before(

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from san.errors import OptionError
-from san.modeling.text_classifier import TEMPLATE_SETS
+from san.modeling.prompts import TEMPLATE_SETS
 from san.other_names import OTHER_CHOICES
 
 from ..label.options import COCO_OPTION, check_coco

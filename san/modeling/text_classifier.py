@@ -7,100 +7,19 @@ so a vocabulary costs text-encoder time only once.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .prompts import get_templates
+
 # open_clip is imported where it is used: its import takes seconds (torchvision, torch._dynamo), and a job
 # that stops before its vocabulary is read (e.g. on missing weights) should not wait for it.
 if TYPE_CHECKING:
     from open_clip.model import CLIP
-    from open_clip.tokenizer import SimpleTokenizer
-
-# ViLD's prompt templates (Gu et al., 2022), SAN's default set.
-VILD_TEMPLATES = (
-    "a photo of a {}.",
-    "This is a photo of a {}",
-    "There is a {} in the scene",
-    "There is the {} in the scene",
-    "a photo of a {} in the scene",
-    "a photo of a small {}.",
-    "a photo of a medium {}.",
-    "a photo of a large {}.",
-    "This is a photo of a small {}.",
-    "This is a photo of a medium {}.",
-    "This is a photo of a large {}.",
-    "There is a small {} in the scene.",
-    "There is a medium {} in the scene.",
-    "There is a large {} in the scene.",
-)
-
-
-def _imagenet_templates() -> tuple[str, ...]:
-    """OpenAI's 80 ImageNet prompts, as open_clip ships them (callables -> format strings)."""
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-
-    return tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
-
-
-#: Each template set's name -> its templates (made on first use: see the open_clip imports).
-TEMPLATE_SETS: dict[str, Callable[[], tuple[str, ...]]] = {
-    "vild": lambda: VILD_TEMPLATES,
-    "imagenet": _imagenet_templates,
-}
-
-
-def get_templates(name: str) -> tuple[str, ...]:
-    """The prompt templates registered as ``name`` (each has one ``{}`` for the class name)."""
-    if name not in TEMPLATE_SETS:
-        raise KeyError(f"unknown template set {name!r}; available: {sorted(TEMPLATE_SETS)}")
-    return TEMPLATE_SETS[name]()
-
-
-# CLIP's text context: start token, prompt tokens, end token. A longer prompt is cut (open_clip's tokenizer).
-CONTEXT_LENGTH = 77
-# Tokens that joining a name and a template can add over their separate counts (where a name's last
-# punctuation meets the template's); a name with this much room is not tokenized in every template.
-_JOIN_MARGIN = 4
-
-
-@functools.cache
-def _tokenizer() -> SimpleTokenizer:
-    """open_clip's tokenizer, its module loaded alone from its file: importing ``open_clip.tokenizer`` runs the
-    package's ``__init__`` first (torchvision, torch._dynamo: seconds of every job's start, measured), and the module
-    imports nothing else of open_clip. The same file, so the same tokens."""
-    package = importlib.util.find_spec("open_clip")
-    if package is None or not package.submodule_search_locations:
-        raise ModuleNotFoundError("open_clip is not installed")
-    spec = importlib.util.spec_from_file_location(
-        "_open_clip_tokenizer", Path(package.submodule_search_locations[0]) / "tokenizer.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.SimpleTokenizer()
-
-
-def prompt_length_problem(name: str, templates: Sequence[str], context_length: int = CONTEXT_LENGTH) -> str | None:
-    """Why ``name`` cannot be used: its longest prompt (``name`` in one of ``templates``) has more tokens than
-    CLIP reads, so it would be cut, and names that differ only after the cut would get one embedding.
-    ``None`` when every prompt fits."""
-    tokenizer = _tokenizer()
-    fixed = max(len(tokenizer.encode(template.replace("{}", " "))) for template in templates)
-    if len(tokenizer.encode(name)) + fixed + 2 + _JOIN_MARGIN <= context_length:
-        return None  # (the exact count below costs a tokenization per template)
-    tokens, prompt = max((len(tokenizer.encode(t.format(name))) + 2, t.format(name)) for t in templates)
-    if tokens <= context_length:
-        return None
-    return (
-        f"{name!r} is too long: its prompt {prompt!r} has {tokens} tokens and CLIP reads {context_length} "
-        "(the rest would be cut); shorten it"
-    )
 
 
 def check_vocabulary(vocabulary: Sequence[str]) -> list[str]:

@@ -44,7 +44,9 @@ def train_with_ray(
     from ray.train.torch import TorchTrainer
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"))
+        # A Ray started here runs no dashboard (its web modules cost seconds of ray.init, and nothing here uses them);
+        # include_dashboard applies only to a Ray that ray.init starts: a cluster that it joins keeps its own.
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0 and cfg.device != "cpu"
     train_cfg = with_absolute_paths(cfg)  # the workers' working folder is not the driver's
