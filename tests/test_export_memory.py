@@ -10,7 +10,15 @@ import sys
 import tracemalloc
 from pathlib import Path
 
+from run_builder import isolate_fiftyone
+
+isolate_fiftyone()  # before anything imports fiftyone
+
+from pipeline.output_shards import image_id  # noqa: E402
+from pipeline.vocabulary import parse_vocabulary  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
+VOCABULARY = parse_vocabulary("cat\nsky\ngrass\n")
 
 # A run of ``images`` rows in files of 1,000 (no label maps: the steps measured read ids and paths only), then the
 # step STEP, measured: tracemalloc's peak and the growth of Arrow's pool peak, as JSON on the last line.
@@ -119,3 +127,75 @@ def test_the_cvat_zip_keeps_its_central_directory_out_of_memory(tmp_path: Path, 
         assert b"PK\x06\x06" in zipped.read()[-200:], "ZIP64's end of central directory"
     tested = subprocess.run(["unzip", "-tq", str(tmp_path / "masks.zip")], capture_output=True, text=True)
     assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def _run_of_small_images(root: Path, images: int) -> Path:
+    """A run's folder of ``images`` tiny images (PNG files under ``root/images``, ten folders) in files of 500 rows,
+    every row with the same 4x5 label map."""
+    import numpy as np
+    import pyarrow as pa
+    from PIL import Image
+    from run_builder import _prediction_row
+
+    from pipeline.output_shards import ERROR_SCHEMA, PREDICTION_SCHEMA
+    from pipeline.outputs import RunOutput
+
+    rng = np.random.default_rng(0)
+    label_map = rng.integers(0, len(VOCABULARY), size=(4, 5)).astype(np.uint8)
+    template = _prediction_row(rng, "x.png", label_map, VOCABULARY)
+    pixels = Image.fromarray(rng.integers(0, 256, size=(4, 5, 3), dtype=np.uint8))
+    output = RunOutput(root / "out")
+    for start in range(0, images, 500):
+        rows = []
+        for i in range(start, min(images, start + 500)):
+            path = root / "images" / f"folder_{i % 10}" / f"image_{i:05d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pixels.save(path)
+            rows.append({**template, "image_path": str(path), "image_id": image_id(str(path)), "generation": 1})
+        output.write_tables(pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA), ERROR_SCHEMA.empty_table())
+    spec = str(root / "images")
+    output.write_manifest({"vocabulary": VOCABULARY.to_json(), "input": spec, "options": {"input": spec}})
+    return output.root
+
+
+def test_the_masks_of_a_run_with_its_review_are_named_without_a_name_per_image(tmp_path: Path, monkeypatch) -> None:
+    """``--masks`` of ``run+fiftyone:NAME`` (a partial dataset with every other image of its run): the driver names
+    each mask when it hands it to a task, from the renamed images' ids, and picks the run's other rows by their ids
+    in NumPy. Its Python allocations then grow by about 90 bytes per image (NumPy arrays of ids and name keys; 200
+    at their peak here, with what does not grow); before, a dict of every image's path and name and a set of every
+    path read were held, about 560 bytes per image. The tasks' work is done here (no Ray), and masks are not
+    written; the modules are warmed up on a first export."""
+    import fiftyone as fo
+
+    from pipeline.exports import reviewed
+    from pipeline.review.dataset import load_run
+    from pipeline.review.selection import parse_select
+
+    images = 3000
+    run = _run_of_small_images(tmp_path, images)
+    written: list[str] = []
+
+    def tasks(folder: Path, chunks):
+        for chunk in chunks:
+            written.extend(name for name, _ in chunk)
+            yield len(chunk)
+
+    monkeypatch.setattr(reviewed, "init_ray", lambda: None)
+    monkeypatch.setattr(reviewed, "_mask_tasks", tasks)
+    monkeypatch.setattr(reviewed, "ordered_results", lambda refs, total, desc, window: list(refs))
+    monkeypatch.setattr(reviewed, "task_window", lambda: 2)
+    dataset = load_run(run, select=[parse_select("random:3:seed=1")], max_class_views=0)
+    try:
+        reviewed.export_dataset(f"run+fiftyone:{dataset.name}", None, tmp_path / "warm-up")
+        written.clear()
+        tracemalloc.start()
+        try:
+            summary = reviewed.export_dataset(f"run+fiftyone:{dataset.name}", None, tmp_path / "masks")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    finally:
+        fo.delete_dataset(dataset.name)
+    assert summary["images"] == images == len(set(written))
+    assert sorted(written) == sorted(f"folder_{i % 10}/image_{i:05d}.png" for i in range(images))
+    assert peak < 300 * images, f"the driver allocated {peak} bytes at its peak for {images} images"
