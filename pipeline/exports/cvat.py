@@ -11,6 +11,7 @@ against a task's images.
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import shutil
 import tempfile
@@ -166,8 +167,9 @@ def write_cvat(source: LabelSource, target: Path) -> dict[str, int]:
                     for part in range(pieces):
                         with open(_listing(parts, part), "rb") as names_file:
                             shutil.copyfileobj(names_file, listing)
+                masks = str(parts / "SegmentationClass")  # joined as text: pathlib would intern every name's parts
                 for name in _names(parts, pieces):
-                    archive.write(parts / "SegmentationClass" / f"{name}.png", f"SegmentationClass/{name}.png")
+                    archive.write(os.path.join(masks, f"{name}.png"), f"SegmentationClass/{name}.png")
 
         write_atomic(target, write)
     finally:

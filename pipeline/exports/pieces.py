@@ -13,8 +13,9 @@ first image of a name (case-insensitively) keeps it, a later one gets ``.<image_
 (:func:`~pipeline.exports.files.clash_key`): two names that differ but hash alike (about one chance in 10**7 at a
 million images) would only add an id to the second.
 
-Driver memory: the plan is made in NumPy from 16 bytes per image (id and name key; about 40 bytes per image with the
-sort's buffers while it is made) and holds afterwards only the indices of rows left out or renamed (usually none).
+Driver memory: the plan is made in NumPy from 16 bytes per image (id and name key) and about 23 bytes per image more
+while it is made (repeats are found on a sorted copy, never with a sort index) and holds afterwards only
+the indices of rows left out or renamed (usually none).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import pyarrow.parquet as pq
 
 from ..label.inputs import image_id as path_image_id
 from ..output_shards import ERROR_SCHEMA, PREDICTION_SCHEMA, read_shard, reading_shard, with_prediction_columns
+from ..row_rules import contains
 from ..sources.base import LabeledImage
 from .files import clash_key, common_parents, file_name, name_parents
 
@@ -153,6 +155,13 @@ def _generations(surveys: list[Survey], offsets: np.ndarray, index: np.ndarray) 
     return out
 
 
+def _repeated(values: np.ndarray) -> np.ndarray:
+    """The sorted values that occur more than once in ``values`` (a sorted copy, 8 bytes per row, while it is
+    found: not a sort index as well)."""
+    ordered = np.sort(values)
+    return np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+
+
 def _left_out(surveys: list[Survey], errors: list[Survey]) -> np.ndarray:
     """The global indices of the rows of ``surveys`` that the row rules leave out (sorted): only rows of an id that
     occurs more than once (with the error rows) are looked at. Not :func:`pipeline.row_rules.current_rows`: a
@@ -162,16 +171,13 @@ def _left_out(surveys: list[Survey], errors: list[Survey]) -> np.ndarray:
     offsets = np.concatenate([[0], np.cumsum([len(s.ids) for s in every])])
     rows = int(offsets[len(surveys)])
     ids = np.concatenate([s.ids for s in every]) if every else np.zeros(0, np.int64)
-    order = np.argsort(ids, kind="stable")
-    sorted_ids = ids[order]
-    same = sorted_ids[1:] == sorted_ids[:-1]
+    index = np.flatnonzero(contains(_repeated(ids), ids))  # the rows of repeated ids: few
+    group_ids = ids[index]
     del ids
-    shared = np.zeros(len(sorted_ids), bool)
-    shared[1:] |= same
-    shared[:-1] |= same
-    index, group_ids = order[shared], sorted_ids[shared]  # each id's rows in the files' order
     if not len(index):
         return np.zeros(0, np.int64)
+    order = np.argsort(group_ids, kind="stable")
+    index, group_ids = index[order], group_ids[order]  # each id's rows in the files' order
     starts = np.flatnonzero(np.r_[True, group_ids[1:] != group_ids[:-1]])
     lengths = np.diff(np.r_[starts, len(index)])
     generations = _generations(every, offsets, index)
@@ -182,12 +188,14 @@ def _left_out(surveys: list[Survey], errors: list[Survey]) -> np.ndarray:
     return np.setdiff1d(index[index < rows], index[eligible[first]])
 
 
-def _renamed(keys: np.ndarray, drop: np.ndarray) -> np.ndarray:
-    """The global indices (sorted) of the exported rows whose name an earlier exported row has."""
-    kept = np.setdiff1d(np.arange(len(keys)), drop, assume_unique=True)
-    order = np.argsort(keys[kept], kind="stable")
-    sorted_keys = keys[kept][order]
-    return np.sort(kept[order[1:][sorted_keys[1:] == sorted_keys[:-1]]])
+def _renamed(kept_keys: np.ndarray, drop: np.ndarray) -> np.ndarray:
+    """The global indices (sorted) of the exported rows whose name an earlier exported row has, from the name keys
+    of the rows exported (those left out, ``drop``, already removed)."""
+    rows = np.flatnonzero(contains(_repeated(kept_keys), kept_keys))  # the rows of repeated names: few
+    _, first = np.unique(kept_keys[rows], return_index=True)  # each name's first row
+    renamed = np.delete(rows, first)
+    # an exported row's global index: its position among the exported rows plus the rows left out before it
+    return renamed + np.searchsorted(drop - np.arange(len(drop)), renamed, side="right")
 
 
 def plan_rows(surveys: list[Survey], errors: list[Survey]) -> tuple[RowPlan, np.ndarray]:
@@ -195,10 +203,14 @@ def plan_rows(surveys: list[Survey], errors: list[Survey]) -> tuple[RowPlan, np.
     the sorted ids of the images exported."""
     drop = _left_out(surveys, errors)
     keys = np.concatenate([s.keys for s in surveys]) if surveys else np.zeros(0, np.int64)
+    if len(drop):
+        keys = np.delete(keys, drop)
     with_id = _renamed(keys, drop)
     del keys
-    ids = np.concatenate([s.ids for s in surveys]) if surveys else np.zeros(0, np.int64)
-    wanted = np.unique(np.delete(ids, drop))
+    wanted = np.concatenate([s.ids for s in surveys]) if surveys else np.zeros(0, np.int64)
+    if len(drop):
+        wanted = np.delete(wanted, drop)
+    wanted.sort()  # the exported images' ids are distinct (the rows left out are their repeats)
     parents = reduce(common_parents, [s.parents for s in surveys], None)
     folders = [s.folder for s in surveys if s.folder is not None]
     plan = RowPlan(drop, with_id, len(parents or ()), os.path.commonpath(folders) if folders else "")
