@@ -10,6 +10,7 @@ import sys
 import tracemalloc
 from pathlib import Path
 
+import pytest
 from run_builder import isolate_fiftyone
 
 isolate_fiftyone()  # before anything imports fiftyone
@@ -64,6 +65,7 @@ def _measure(tmp_path: Path, images: int, imports: str, step: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_opening_a_run_counts_its_images_without_a_table_of_paths(tmp_path: Path) -> None:
     """A run's source counts its images on their ids in NumPy (about 25 bytes per image at its peak): before, it read
     every path into an Arrow table and grouped it by path, about 640 bytes per image (5.3 MB of Python objects and
@@ -158,6 +160,7 @@ def _run_of_small_images(root: Path, images: int) -> Path:
     return output.root
 
 
+@pytest.mark.slow
 def test_the_masks_of_a_run_with_its_review_are_named_without_a_name_per_image(tmp_path: Path, monkeypatch) -> None:
     """``--masks`` of ``run+fiftyone:NAME`` (a partial dataset with every other image of its run): the driver names
     each mask when it hands it to a task, from the renamed images' ids, and picks the run's other rows by their ids
