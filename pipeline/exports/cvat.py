@@ -10,12 +10,17 @@ against a task's images.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pickle
 import shutil
+import tempfile
 import uuid
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -26,9 +31,10 @@ from san.errors import UserError
 from ..sources import LabelSource
 from .parallel import ExportItem, export_pieces
 
-__all__ = ["BACKGROUND", "CvatError", "palette", "write_cvat"]
+__all__ = ["BACKGROUND", "CvatError", "palette", "spooled_zip", "write_cvat"]
 
 BACKGROUND = "background"
+_SPOOL_BATCH = 256  # ZipInfos pickled together (their attribute names are then stored once per batch)
 
 
 class CvatError(UserError):
@@ -69,6 +75,55 @@ class _CvatPieces:
         return {"images": len(names)}
 
 
+class _SpooledInfos:
+    """A ``ZipFile``'s list of its entries (``filelist``), from which it writes the central directory when it
+    closes, kept in a temporary file rather than in memory: a ``ZipInfo`` per entry (about 570 bytes) would make
+    the driver hold 570 MB for a million masks. zipfile has no option for this, and streaming zip libraries
+    (stream-zip) hold their central directory in memory too; so zipfile still writes every byte of the zip, and
+    only the list it keeps between an entry and the central directory is swapped for this one (``append``,
+    ``len``, one pass of ``iter`` at the close, which are all that zipfile asks of it when writing)."""
+
+    def __init__(self, spool: BinaryIO) -> None:
+        self._spool = spool
+        self._batch: list[zipfile.ZipInfo] = []
+        self._count = 0
+
+    def append(self, info: zipfile.ZipInfo) -> None:
+        self._batch.append(info)
+        self._count += 1
+        if len(self._batch) == _SPOOL_BATCH:
+            pickle.dump(self._batch, self._spool, pickle.HIGHEST_PROTOCOL)
+            self._batch = []
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[zipfile.ZipInfo]:
+        self._spool.seek(0)
+        for _ in range(self._count // _SPOOL_BATCH):
+            yield from pickle.load(self._spool)
+        yield from self._batch
+
+
+class _NoNames(dict):
+    """A ``ZipFile``'s name -> ``ZipInfo`` map (``NameToInfo``) that keeps nothing: a writing ``ZipFile`` only
+    looks names up in it to warn of a duplicate, and the export's names are unique (:mod:`pipeline.exports.pieces`)."""
+
+    def __setitem__(self, name: str, info: zipfile.ZipInfo) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def spooled_zip(path: Path) -> Iterator[zipfile.ZipFile]:
+    """A new zip file (deflated, ZIP64 as needed) whose central directory is kept in a temporary file until it is
+    written (:class:`_SpooledInfos`): its memory does not grow with its entries. Its entries are written, never
+    read back, nor replaced."""
+    with tempfile.TemporaryFile() as spool, zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.filelist = _SpooledInfos(spool)  # type: ignore[assignment]
+        archive.NameToInfo = _NoNames()
+        yield archive
+
+
 def _listing(parts: Path, part: int) -> Path:
     return parts / "lists" / f"part-{part:08d}.txt"
 
@@ -106,14 +161,15 @@ def write_cvat(source: LabelSource, target: Path) -> dict[str, int]:
         counts, _, pieces = export_pieces(source, lambda _: _CvatPieces(str(parts), colours), desc="cvat")
 
         def write(tmp: Path) -> None:
-            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            with spooled_zip(tmp) as archive:
                 archive.writestr("labelmap.txt", "\n".join(labelmap) + "\n")
                 with archive.open("ImageSets/Segmentation/default.txt", "w") as listing:
                     for part in range(pieces):
                         with open(_listing(parts, part), "rb") as names_file:
                             shutil.copyfileobj(names_file, listing)
+                masks = str(parts / "SegmentationClass")  # joined as text: pathlib would intern every name's parts
                 for name in _names(parts, pieces):
-                    archive.write(parts / "SegmentationClass" / f"{name}.png", f"SegmentationClass/{name}.png")
+                    archive.write(os.path.join(masks, f"{name}.png"), f"SegmentationClass/{name}.png")
 
         write_atomic(target, write)
     finally:

@@ -53,8 +53,11 @@ class ImageLocations:
 
 
 def _found(items: list[tuple[int, bool]]) -> tuple[np.ndarray, np.ndarray]:
+    """The ids (sorted) and embedded flags of ``(image_id, embedded)`` items of distinct ids."""
     ids = np.fromiter((image_id for image_id, _ in items), np.int64, len(items))
-    return ids, np.fromiter((embedded for _, embedded in items), bool, len(items))
+    embedded = np.fromiter((embedded for _, embedded in items), bool, len(items))
+    order = np.argsort(ids)
+    return ids[order], embedded[order]
 
 
 def listed_files(items: list[InputItem], wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +70,7 @@ def listed_files(items: list[InputItem], wanted: np.ndarray) -> tuple[np.ndarray
 def scan_container(
     container: Container, bytes_column: str | None, wanted: np.ndarray, staging: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ids among ``wanted`` (sorted) of the images ``container`` lists, each once (its first entry), and whether
+    """The ids among ``wanted`` of the images ``container`` lists (sorted), each once (its first entry), and whether
     each is embedded; an embedded one is written to ``staging/<image_id>`` (a folder this task owns)."""
     found: dict[int, bool] = {}
     for item in expand_container(container, bytes_column):
@@ -85,8 +88,15 @@ def scan_container(
 
 
 def combine_locations(parts: list[tuple[np.ndarray, np.ndarray]], staging: str) -> ImageLocations:
-    """The :class:`ImageLocations` of the listing's parts in its order (the driver's own items, then each container):
-    an image listed twice is read where it is listed first."""
+    """The :class:`ImageLocations` of the listing's parts in its order (the driver's own items, then each container;
+    each part's ids sorted and distinct): an image listed twice is read where it is listed first. A single part that
+    lists images (a folder, a list file) is taken as it is, without a sort of every id on the driver."""
+    listing = [k for k, (ids, _) in enumerate(parts) if len(ids)]
+    if len(listing) == 1:
+        ids, embedded = parts[listing[0]]
+        owners = np.full(len(ids), FILE, np.int32)
+        owners[embedded] = listing[0] - 1
+        return ImageLocations(ids, owners, staging)
     ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
     owners = (
         np.concatenate([np.where(embedded, k - 1, FILE).astype(np.int32) for k, (_, embedded) in enumerate(parts)])

@@ -247,8 +247,8 @@ def export_pieces(
             where = _locate(source, wanted, staging)
             _check_listed(source, where, wanted, files)
         layout = Layout(len(wanted), plan.folder, where is not None and where.embedded)
-        del wanted
         writer, plan_ref, where_ref = writer_for(layout), ray.put(plan), ray.put(where)
+        del wanted, where  # the tasks read the object store's copy
         parts = -(-reviewed // _REVIEWED_BATCH) + len(files)
         refs = (
             _write_piece.remote(writer, part, piece, offset, plan_ref, where_ref)

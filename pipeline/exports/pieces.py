@@ -13,12 +13,14 @@ first image of a name (case-insensitively) keeps it, a later one gets ``.<image_
 (:func:`~pipeline.exports.files.clash_key`): two names that differ but hash alike (about one chance in 10**7 at a
 million images) would only add an id to the second.
 
-Driver memory: the plan is made in NumPy from 16 bytes per image (id and name key; about 40 bytes per image with the
-sort's buffers while it is made) and holds afterwards only the indices of rows left out or renamed (usually none).
+Driver memory: the plan is made in NumPy from 16 bytes per image (id and name key) and about 23 bytes per image more
+while it is made (repeats are found on a sorted copy, never with a sort index) and holds afterwards only
+the indices of rows left out or renamed (usually none).
 """
 
 from __future__ import annotations
 
+import array
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ import pyarrow.parquet as pq
 
 from ..label.inputs import image_id as path_image_id
 from ..output_shards import ERROR_SCHEMA, PREDICTION_SCHEMA, read_shard, reading_shard, with_prediction_columns
+from ..row_rules import contains
 from ..sources.base import LabeledImage
 from .files import clash_key, common_parents, file_name, name_parents
 
@@ -97,14 +100,27 @@ class RowPlan:
     folder: str
 
 
-def _survey(paths: list[str], ids: np.ndarray, generations: np.ndarray, keys: bool) -> Survey:
+def _survey(pairs: Iterable[tuple[str, int]], generations: np.ndarray | None) -> Survey:
+    """The :class:`Survey` of rows ``(image_path, image_id)`` (one pass: 16 bytes per row are kept, as arrays) of
+    ``generations`` (``None``: a reviewed dataset's rows, :data:`REVIEWED`)."""
+    ids, keys = array.array("q"), array.array("q")
+    parents: tuple[str, ...] | None = None
+    folder: str | None = None
+    for path, image_id in pairs:
+        ids.append(image_id)
+        keys.append(clash_key(path, image_id))
+        parents = common_parents(parents, name_parents(path))
+        parent = os.path.dirname(os.path.abspath(path))
+        folder = parent if folder is None else os.path.commonpath([folder, parent])
+    if generations is None:
+        generations = np.full(1 if ids else 0, REVIEWED, np.int64)
     single = len(generations) and (generations == generations[0]).all()
     return Survey(
-        ids=ids,
+        ids=np.frombuffer(ids, np.int64).copy(),
         generations=generations[:1] if single else generations,
-        keys=np.fromiter(map(clash_key, paths, ids.tolist()), np.int64, len(paths)) if keys else np.zeros(0, np.int64),
-        parents=reduce(common_parents, map(name_parents, paths), None) if keys else None,
-        folder=os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]) if keys and paths else None,
+        keys=np.frombuffer(keys, np.int64).copy(),
+        parents=parents,
+        folder=folder,
     )
 
 
@@ -114,19 +130,19 @@ def survey_file(file: str, errors: bool = False) -> Survey:
     columns = ["image_path", "generation"] if errors else ["image_path", "image_id", "generation"]
     table = read_shard(file, columns=columns, schema=schema)
     paths = table.column("image_path").to_pylist()
+    generations = pc.fill_null(table.column("generation"), 0).to_numpy().astype(np.int64)
     if errors:
         ids = np.fromiter(map(path_image_id, paths), np.int64, len(paths))
-    else:
-        ids = table.column("image_id").to_numpy().astype(np.int64)
-    generations = pc.fill_null(table.column("generation"), 0).to_numpy().astype(np.int64)
-    return _survey(paths, ids, generations, keys=not errors)
+        single = len(generations) and (generations == generations[0]).all()
+        return Survey(ids, generations[:1] if single else generations, np.zeros(0, np.int64), None, None)
+    ids = table.column("image_id").to_numpy().astype(np.int64)
+    return _survey(zip(paths, ids.tolist(), strict=True), generations)
 
 
 def survey_keys(keys: Iterable[tuple[str, int]]) -> Survey:
-    """The :class:`Survey` of a reviewed dataset's images from their ``(image_path, image_id)``."""
-    pairs = list(keys)
-    ids = np.array([image_id for _, image_id in pairs], np.int64)
-    return _survey([path for path, _ in pairs], ids, np.full(len(pairs), REVIEWED, np.int64), keys=True)
+    """The :class:`Survey` of a reviewed dataset's images from their ``(image_path, image_id)``, read once (16 bytes
+    per image are kept)."""
+    return _survey(keys, None)
 
 
 def _generations(surveys: list[Survey], offsets: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -139,6 +155,13 @@ def _generations(surveys: list[Survey], offsets: np.ndarray, index: np.ndarray) 
     return out
 
 
+def _repeated(values: np.ndarray) -> np.ndarray:
+    """The sorted values that occur more than once in ``values`` (a sorted copy, 8 bytes per row, while it is
+    found: not a sort index as well)."""
+    ordered = np.sort(values)
+    return np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+
+
 def _left_out(surveys: list[Survey], errors: list[Survey]) -> np.ndarray:
     """The global indices of the rows of ``surveys`` that the row rules leave out (sorted): only rows of an id that
     occurs more than once (with the error rows) are looked at. Not :func:`pipeline.row_rules.current_rows`: a
@@ -148,16 +171,13 @@ def _left_out(surveys: list[Survey], errors: list[Survey]) -> np.ndarray:
     offsets = np.concatenate([[0], np.cumsum([len(s.ids) for s in every])])
     rows = int(offsets[len(surveys)])
     ids = np.concatenate([s.ids for s in every]) if every else np.zeros(0, np.int64)
-    order = np.argsort(ids, kind="stable")
-    sorted_ids = ids[order]
-    same = sorted_ids[1:] == sorted_ids[:-1]
+    index = np.flatnonzero(contains(_repeated(ids), ids))  # the rows of repeated ids: few
+    group_ids = ids[index]
     del ids
-    shared = np.zeros(len(sorted_ids), bool)
-    shared[1:] |= same
-    shared[:-1] |= same
-    index, group_ids = order[shared], sorted_ids[shared]  # each id's rows in the files' order
     if not len(index):
         return np.zeros(0, np.int64)
+    order = np.argsort(group_ids, kind="stable")
+    index, group_ids = index[order], group_ids[order]  # each id's rows in the files' order
     starts = np.flatnonzero(np.r_[True, group_ids[1:] != group_ids[:-1]])
     lengths = np.diff(np.r_[starts, len(index)])
     generations = _generations(every, offsets, index)
@@ -168,12 +188,14 @@ def _left_out(surveys: list[Survey], errors: list[Survey]) -> np.ndarray:
     return np.setdiff1d(index[index < rows], index[eligible[first]])
 
 
-def _renamed(keys: np.ndarray, drop: np.ndarray) -> np.ndarray:
-    """The global indices (sorted) of the exported rows whose name an earlier exported row has."""
-    kept = np.setdiff1d(np.arange(len(keys)), drop, assume_unique=True)
-    order = np.argsort(keys[kept], kind="stable")
-    sorted_keys = keys[kept][order]
-    return np.sort(kept[order[1:][sorted_keys[1:] == sorted_keys[:-1]]])
+def _renamed(kept_keys: np.ndarray, drop: np.ndarray) -> np.ndarray:
+    """The global indices (sorted) of the exported rows whose name an earlier exported row has, from the name keys
+    of the rows exported (those left out, ``drop``, already removed)."""
+    rows = np.flatnonzero(contains(_repeated(kept_keys), kept_keys))  # the rows of repeated names: few
+    _, first = np.unique(kept_keys[rows], return_index=True)  # each name's first row
+    renamed = np.delete(rows, first)
+    # an exported row's global index: its position among the exported rows plus the rows left out before it
+    return renamed + np.searchsorted(drop - np.arange(len(drop)), renamed, side="right")
 
 
 def plan_rows(surveys: list[Survey], errors: list[Survey]) -> tuple[RowPlan, np.ndarray]:
@@ -181,10 +203,14 @@ def plan_rows(surveys: list[Survey], errors: list[Survey]) -> tuple[RowPlan, np.
     the sorted ids of the images exported."""
     drop = _left_out(surveys, errors)
     keys = np.concatenate([s.keys for s in surveys]) if surveys else np.zeros(0, np.int64)
+    if len(drop):
+        keys = np.delete(keys, drop)
     with_id = _renamed(keys, drop)
     del keys
-    ids = np.concatenate([s.ids for s in surveys]) if surveys else np.zeros(0, np.int64)
-    wanted = np.unique(np.delete(ids, drop))
+    wanted = np.concatenate([s.ids for s in surveys]) if surveys else np.zeros(0, np.int64)
+    if len(drop):
+        wanted = np.delete(wanted, drop)
+    wanted.sort()  # the exported images' ids are distinct (the rows left out are their repeats)
     parents = reduce(common_parents, [s.parents for s in surveys], None)
     folders = [s.folder for s in surveys if s.folder is not None]
     plan = RowPlan(drop, with_id, len(parents or ()), os.path.commonpath(folders) if folders else "")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,14 @@ from ..review.dataset import selection_info
 from ..review.errors import ReviewError
 from ..review.labels import dataset_vocabulary
 from ..review.reviewed import iter_reviewed_images, iter_run_outside, resolve_dataset
+from ..row_rules import contains
 from ..segments import encode_label_map_png
 from ..sources.base import FIFTYONE_PREFIX, RUN_WITH_REVIEW_PREFIX, LabeledImage
 from ..vocabulary import Vocabulary
 from .coco import build_coco
-from .files import mask_file_names, new_folder
+from .files import file_name, new_folder
 from .parallel import ordered_results, task_window
+from .pieces import plan_rows, survey_keys
 
 __all__ = ["MASKS_PER_TASK", "export_dataset"]
 
@@ -50,17 +52,49 @@ def _check_coco_target(ds: fo.Dataset, coco_path: Path) -> None:
         )
 
 
-def _mask_names(ds: fo.Dataset, with_run: bool) -> dict[str, str]:
-    """Each sample's image path (``with_run``: and each of the run's others) -> the relative file name of its mask
-    PNG (see :func:`mask_file_names`)."""
+def _image_keys(ds: fo.Dataset, with_run: bool) -> Iterator[tuple[str, int]]:
+    """``(image_path, image_id)`` of each sample (``with_run``: then of each of the run's others), in the order
+    :func:`_items` yields them."""
     paths = ds.values("image_path") if ds.has_sample_field("image_path") else ds.values("filepath")
     filepaths = ds.values("filepath")
     paths = [p or f for p, f in zip(paths, filepaths, strict=True)]
     ids = ds.values("image_id") if ds.has_sample_field("image_id") else [None] * len(paths)
-    images = [(p, i if i is not None else path_image_id(p)) for p, i in zip(paths, ids, strict=True)]
+    yield from ((p, i if i is not None else path_image_id(p)) for p, i in zip(paths, ids, strict=True))
     if with_run:
-        images += [(row["image_path"], int(row["image_id"])) for row in iter_run_outside(ds, ["image_id"])]
-    return mask_file_names(images)
+        yield from ((row["image_path"], int(row["image_id"])) for row in iter_run_outside(ds, ["image_id"]))
+
+
+class _MaskNames(Mapping[str, str]):
+    """Each image's path (:func:`_image_keys`) -> the relative file name of its mask PNG, made when asked rather than
+    held: the images' path below their common folder, and for a name that clashes with an earlier one's
+    ``.<image_id>`` before the suffix, as :func:`~pipeline.exports.files.mask_file_names` names them (compared as
+    :mod:`pipeline.exports.pieces` compares names). The driver keeps the sorted ids of the renamed images, not a
+    name per image. An image is its path's id (:func:`pipeline.label.inputs.image_id`), as the run's rows are."""
+
+    def __init__(self, ds: fo.Dataset, with_run: bool) -> None:
+        self._keys = lambda: _image_keys(ds, with_run)
+        survey = survey_keys(self._keys())
+        plan, _ = plan_rows([survey], [])
+        self._common = plan.common
+        self._renamed = np.sort(survey.ids[plan.with_id])
+        self._count = len(survey.ids)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[str]:
+        return (path for path, _ in self._keys())
+
+    def __getitem__(self, path: str) -> str:
+        image_id = path_image_id(path)
+        renamed = bool(contains(self._renamed, np.array([image_id], np.int64))[0])
+        return file_name(path, image_id, self._common, ".png", with_id=renamed)
+
+
+def _mask_names(ds: fo.Dataset, with_run: bool) -> Mapping[str, str]:
+    """Each sample's image path (``with_run``: and each of the run's others) -> the relative file name of its mask
+    PNG (:class:`_MaskNames`)."""
+    return _MaskNames(ds, with_run)
 
 
 def _items(ds: fo.Dataset, with_run: bool) -> Iterator[dict[str, Any]]:

@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import fiftyone as fo
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ..label.inputs import image_id as path_image_id
+from ..output_shards import reading_shard, shard_files, with_prediction_columns
 from ..outputs import RunOutput
+from ..row_rules import RowKeys, contains, current_rows, scan_keys
 from ..segments import label_map_segments
 from ..sources.base import FIFTYONE_PREFIX, RUN_WITH_REVIEW_PREFIX
 from .dataset import default_dataset_name, rle_digest, selection_info
@@ -29,6 +32,7 @@ from .mask_values import PREDICTIONS
 __all__ = ["REVIEWED_SCORE", "iter_reviewed_images", "iter_run_outside", "resolve_dataset", "run_outside_count"]
 
 REVIEWED_SCORE = 1.0
+_BATCH_ROWS = 64  # rows of a prediction file read into memory at once
 
 
 def resolve_dataset(spec: str | os.PathLike[str] | fo.Dataset) -> fo.Dataset:
@@ -113,24 +117,44 @@ def _run_of(dataset: fo.Dataset) -> RunOutput:
     return run
 
 
+def _current_outside(run: RunOutput, dataset: fo.Dataset) -> tuple[RowKeys, np.ndarray]:
+    """The run's prediction rows (their files, ids and generations) and per row whether it is its image's current
+    row (:func:`pipeline.row_rules.current_rows`) and not an image of the dataset: 13 bytes per row, in NumPy."""
+    rows = scan_keys(shard_files(run.predictions_dir), "image_id")
+    current = current_rows(rows, scan_keys(shard_files(run.errors_dir), "image_path"))
+    inside = np.unique(np.array([i for i in dataset.values("image_id") if i is not None], np.int64))
+    current &= ~contains(inside, rows.ids)  # the dataset's images: a selection, small beside the run
+    return rows, current
+
+
 def run_outside_count(dataset: fo.Dataset) -> int:
     """How many images of the dataset's run the dataset does not hold (0 for a dataset of the whole run)."""
-    ids = _run_of(dataset).read_predictions(["image_id"]).column("image_id")
-    inside = pc.is_in(ids, value_set=pa.array(dataset.values("image_id"), pa.int64()))
-    return len(ids) - int(pc.sum(inside).as_py() or 0)
+    return int(_current_outside(_run_of(dataset), dataset)[1].sum())
 
 
 def iter_run_outside(dataset: fo.Dataset, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
     """The prediction rows of the dataset's run (``image_path`` and ``columns``, default ``image_id``,
     ``label_map_png``, ``segments``) whose image the dataset does not hold, as the run wrote them, in the run's
-    order: with the dataset's own images, every image of the run (``run+fiftyone:NAME``).
+    order: with the dataset's own images, every image of the run (``run+fiftyone:NAME``). Which rows is decided on
+    their ids in NumPy (:func:`_current_outside`); the rows are read a file at a time, ``_BATCH_ROWS`` at once.
 
     Raises:
         ReviewError: the run's folder is gone.
     """
-    run = _run_of(dataset)
-    inside = set(dataset.values("image_id"))  # the dataset's images: a selection, small beside the run
-    wanted = ["image_path", "image_id", *(columns or ["label_map_png", "segments"])]
-    for row in run.iter_predictions(list(dict.fromkeys(wanted))):
-        if int(row["image_id"]) not in inside:
-            yield row
+    rows, outside = _current_outside(_run_of(dataset), dataset)
+    wanted = list(dict.fromkeys(["image_path", "image_id", *(columns or ["label_map_png", "segments"])]))
+    for file, chosen in rows.per_file(outside):
+        if not chosen.any():
+            continue
+        with reading_shard(file):
+            parquet = pq.ParquetFile(file)
+            batches = parquet.iter_batches(_BATCH_ROWS, columns=[c for c in wanted if c in parquet.schema_arrow.names])
+        start = 0
+        while True:
+            with reading_shard(file):
+                batch = next(batches, None)
+            if batch is None:
+                break
+            table = with_prediction_columns(pa.Table.from_batches([batch]), wanted)
+            yield from table.filter(pa.array(chosen[start : start + table.num_rows])).to_pylist()
+            start += table.num_rows

@@ -6,17 +6,26 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+from ..output_shards import shard_files
 from ..outputs import RunOutput
+from ..row_rules import current_rows, scan_keys
 from .base import LabeledImage, LabelSource, LabelSourceError
 
 __all__ = ["run_label_source"]
+
+
+def _count(output: RunOutput) -> int:
+    """How many images the run labeled (its current prediction rows): counted on the rows' ids and generations in
+    NumPy (:mod:`pipeline.row_rules`, 12 bytes per row), not on a table of every path."""
+    rows = scan_keys(shard_files(output.predictions_dir), "image_id")
+    return int(current_rows(rows, scan_keys(shard_files(output.errors_dir), "image_path")).sum())
 
 
 def run_label_source(folder: str | os.PathLike[str]) -> LabelSource:
     """The label maps of a labeling run's output folder, as the run wrote them."""
     output = RunOutput(folder)
     vocabulary = output.read_vocabulary(LabelSourceError)
-    count = output.read_predictions(["image_path"]).num_rows
+    count = _count(output)
     if count == 0:
         raise LabelSourceError(f"{folder} has no predictions (no rows in predictions/part-*.parquet)")
 
