@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import ray
 
 from san.errors import UserError
@@ -31,7 +30,7 @@ from san.sample_estimate import image_counts, sample_estimate
 from .current_rows import kept_rows, ordinals, split_ordinal
 from .ground_truth import open_ground_truth
 from .ground_truth.base import IGNORE, GroundTruth, GroundTruthError, lookup_values
-from .output_shards import read_shard, reading_shard
+from .output_shards import read_shard, shard_batches
 from .segments import decode_label_map_png
 
 __all__ = [
@@ -168,22 +167,16 @@ def score_file(
 
 def _label_maps(path: Path, paths: list[str], rows: dict[int, Hashable]) -> Iterator[tuple[int, np.ndarray]]:
     """``(row, label map)`` of the wanted ``rows`` of the file, at most :data:`_BATCH_ROWS` label maps read at once."""
-    with reading_shard(path):
-        batches = pq.ParquetFile(path).iter_batches(_BATCH_ROWS, columns=["label_map_png"])
     start = 0
-    while True:
-        with reading_shard(path):
-            batch = next(batches, None)
-        if batch is None:
-            return
-        column = batch.column(0)
-        for row in range(start, start + batch.num_rows):
+    for table in shard_batches(path, ["label_map_png"], _BATCH_ROWS):
+        column = table.column(0)
+        for row in range(start, start + table.num_rows):
             if row in rows:
                 try:
                     yield row, decode_label_map_png(column[row - start].as_py())
                 except ValueError as exc:
                     raise EvaluationError(f"prediction of {paths[row]!r}: {exc}") from None
-        start += batch.num_rows
+        start += table.num_rows
 
 
 class PixelCounter:
