@@ -8,6 +8,8 @@ cluster, and the driver receives only confusion matrices and small counts.
   (:class:`PixelCounter`: one ``np.bincount`` per image) into the file's confusion matrix. The driver gets a
   :class:`FileScore`; the :class:`FileMatches` (which ground-truth image each image matched, and per-image counts
   for a sample estimate) stay in the object store for :func:`summarise`.
+- :func:`merge_matches` joins the :class:`FileMatches` of consecutive files into one, in their order, so that the
+  driver holds a few references however many files there are.
 - :func:`summarise` turns the matches into ``metrics.json``'s ``matching`` summary (as
   :meth:`pipeline.ground_truth.base.Matching.summary`) and, asked for, the sample estimate
   (:func:`san.sample_estimate.sample_estimate`).
@@ -41,6 +43,7 @@ __all__ = [
     "GroundTruthInfo",
     "PixelCounter",
     "Scoring",
+    "merge_matches",
     "open_ground_truth_remote",
     "score_file",
     "summarise",
@@ -96,6 +99,13 @@ class FileMatches:
     keys: np.ndarray
     ordinals: np.ndarray
     counts: np.ndarray | None
+
+    @staticmethod
+    def joined(parts: Sequence[FileMatches]) -> FileMatches:
+        """The images of ``parts`` (those of consecutive files, in file order) as one, in the same order: the
+        sample estimate's bootstrap draws images by their position."""
+        counts = None if parts[0].counts is None else np.concatenate([p.counts for p in parts])
+        return FileMatches(np.concatenate([p.keys for p in parts]), np.concatenate([p.ordinals for p in parts]), counts)
 
 
 # This worker process's ground truth, with each key's index: unpickling a reader of a million images takes
@@ -236,6 +246,12 @@ class PixelCounter:
 
 
 @ray.remote
+def merge_matches(*parts: FileMatches) -> FileMatches:
+    """:meth:`FileMatches.joined` in a task: ``parts``, the matches of consecutive files in file order, as one."""
+    return FileMatches.joined(parts)
+
+
+@ray.remote
 def summarise(
     holder: list[ray.ObjectRef],
     files: list[str],
@@ -245,16 +261,15 @@ def summarise(
     estimate: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """``{"matching": Matching.summary()'s dict, "sample_estimate": sample_estimate(**estimate) or None}`` from
-    the :class:`FileMatches` of every file (in file order), and the driver's count and first examples of images
-    without ground truth.
+    the :class:`FileMatches` of every file (``matches``: each of consecutive files, :func:`merge_matches`, in file
+    order), and the driver's count and first examples of images without ground truth.
 
     Raises:
         GroundTruthError: no image matched (as :func:`pipeline.ground_truth.base.match_predictions`).
     """
     gt, key_index = _ground_truth(holder)
-    found: list[FileMatches] = ray.get(matches)
-    keys = np.concatenate([f.keys for f in found])
-    rows = np.concatenate([f.ordinals for f in found])
+    found = FileMatches.joined(ray.get(matches))
+    keys, rows = found.keys, found.ordinals
     all_keys = list(key_index)
     uses = np.bincount(keys, minlength=len(all_keys))
     unused = np.flatnonzero(uses == 0)
@@ -284,7 +299,7 @@ def summarise(
     }
     result: dict[str, Any] = {"matching": matching, "sample_estimate": None}
     if estimate is not None:
-        result["sample_estimate"] = sample_estimate(np.concatenate([f.counts for f in found]), **estimate)
+        result["sample_estimate"] = sample_estimate(found.counts, **estimate)
     return result
 
 
