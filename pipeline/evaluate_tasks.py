@@ -8,6 +8,8 @@ cluster, and the driver receives only confusion matrices and small counts.
   (:class:`PixelCounter`: one ``np.bincount`` per image) into the file's confusion matrix. The driver gets a
   :class:`FileScore`; the :class:`FileMatches` (which ground-truth image each image matched, and per-image counts
   for a sample estimate) stay in the object store for :func:`summarise`.
+- :func:`merge_matches` joins the :class:`FileMatches` of consecutive files into one, in their order, so that the
+  driver holds a few references however many files there are.
 - :func:`summarise` turns the matches into ``metrics.json``'s ``matching`` summary (as
   :meth:`pipeline.ground_truth.base.Matching.summary`) and, asked for, the sample estimate
   (:func:`san.sample_estimate.sample_estimate`).
@@ -21,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import ray
 
 from san.errors import UserError
@@ -31,7 +32,7 @@ from san.sample_estimate import image_counts, sample_estimate
 from .current_rows import kept_rows, ordinals, split_ordinal
 from .ground_truth import open_ground_truth
 from .ground_truth.base import IGNORE, GroundTruth, GroundTruthError, lookup_values
-from .output_shards import read_shard, reading_shard
+from .output_shards import read_shard, shard_batches
 from .segments import decode_label_map_png
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "GroundTruthInfo",
     "PixelCounter",
     "Scoring",
+    "merge_matches",
     "open_ground_truth_remote",
     "score_file",
     "summarise",
@@ -97,6 +99,13 @@ class FileMatches:
     keys: np.ndarray
     ordinals: np.ndarray
     counts: np.ndarray | None
+
+    @staticmethod
+    def joined(parts: Sequence[FileMatches]) -> FileMatches:
+        """The images of ``parts`` (those of consecutive files, in file order) as one, in the same order: the
+        sample estimate's bootstrap draws images by their position."""
+        counts = None if parts[0].counts is None else np.concatenate([p.counts for p in parts])
+        return FileMatches(np.concatenate([p.keys for p in parts]), np.concatenate([p.ordinals for p in parts]), counts)
 
 
 # This worker process's ground truth, with each key's index: unpickling a reader of a million images takes
@@ -168,22 +177,16 @@ def score_file(
 
 def _label_maps(path: Path, paths: list[str], rows: dict[int, Hashable]) -> Iterator[tuple[int, np.ndarray]]:
     """``(row, label map)`` of the wanted ``rows`` of the file, at most :data:`_BATCH_ROWS` label maps read at once."""
-    with reading_shard(path):
-        batches = pq.ParquetFile(path).iter_batches(_BATCH_ROWS, columns=["label_map_png"])
     start = 0
-    while True:
-        with reading_shard(path):
-            batch = next(batches, None)
-        if batch is None:
-            return
-        column = batch.column(0)
-        for row in range(start, start + batch.num_rows):
+    for table in shard_batches(path, ["label_map_png"], _BATCH_ROWS):
+        column = table.column(0)
+        for row in range(start, start + table.num_rows):
             if row in rows:
                 try:
                     yield row, decode_label_map_png(column[row - start].as_py())
                 except ValueError as exc:
                     raise EvaluationError(f"prediction of {paths[row]!r}: {exc}") from None
-        start += batch.num_rows
+        start += table.num_rows
 
 
 class PixelCounter:
@@ -243,6 +246,12 @@ class PixelCounter:
 
 
 @ray.remote
+def merge_matches(*parts: FileMatches) -> FileMatches:
+    """:meth:`FileMatches.joined` in a task: ``parts``, the matches of consecutive files in file order, as one."""
+    return FileMatches.joined(parts)
+
+
+@ray.remote
 def summarise(
     holder: list[ray.ObjectRef],
     files: list[str],
@@ -252,16 +261,15 @@ def summarise(
     estimate: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """``{"matching": Matching.summary()'s dict, "sample_estimate": sample_estimate(**estimate) or None}`` from
-    the :class:`FileMatches` of every file (in file order), and the driver's count and first examples of images
-    without ground truth.
+    the :class:`FileMatches` of every file (``matches``: each of consecutive files, :func:`merge_matches`, in file
+    order), and the driver's count and first examples of images without ground truth.
 
     Raises:
         GroundTruthError: no image matched (as :func:`pipeline.ground_truth.base.match_predictions`).
     """
     gt, key_index = _ground_truth(holder)
-    found: list[FileMatches] = ray.get(matches)
-    keys = np.concatenate([f.keys for f in found])
-    rows = np.concatenate([f.ordinals for f in found])
+    found = FileMatches.joined(ray.get(matches))
+    keys, rows = found.keys, found.ordinals
     all_keys = list(key_index)
     uses = np.bincount(keys, minlength=len(all_keys))
     unused = np.flatnonzero(uses == 0)
@@ -291,7 +299,7 @@ def summarise(
     }
     result: dict[str, Any] = {"matching": matching, "sample_estimate": None}
     if estimate is not None:
-        result["sample_estimate"] = sample_estimate(np.concatenate([f.counts for f in found]), **estimate)
+        result["sample_estimate"] = sample_estimate(found.counts, **estimate)
     return result
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "read_shard",
     "reading_shard",
     "set_aside_name",
+    "shard_batches",
     "shard_files",
     "with_prediction_columns",
     "write_shard_file",
@@ -117,6 +118,21 @@ def read_shard(shard: Path, **read: Any) -> pa.Table:
     """``pyarrow.parquet.read_table(shard, **read)``, or a :class:`DamagedFileError` naming ``shard``."""
     with reading_shard(shard):
         return pq.read_table(shard, **read)
+
+
+def shard_batches(shard: Path, columns: list[str], rows: int) -> Iterator[pa.Table]:
+    """The rows of prediction file ``shard``, ``rows`` at a time, as tables of ``columns`` in order (a column the
+    file lacks, as :func:`with_prediction_columns` fills it); a damaged file is a :class:`DamagedFileError`, raised
+    where it is found, which can be after batches were yielded."""
+    with reading_shard(shard):
+        file = pq.ParquetFile(shard)
+        batches = file.iter_batches(rows, columns=[c for c in columns if c in file.schema_arrow.names])
+    while True:
+        with reading_shard(shard):
+            batch = next(batches, None)
+        if batch is None:
+            return
+        yield with_prediction_columns(pa.Table.from_batches([batch]), columns)
 
 
 def image_id(image_path: str) -> int:

@@ -45,10 +45,9 @@ from .output_shards import (
     first_per_path,
     newest_only,
     read_shard,
-    reading_shard,
     set_aside_name,
+    shard_batches,
     shard_files,
-    with_prediction_columns,
     write_shard_file,
 )
 from .region_shards import REGION_SCHEMA
@@ -281,15 +280,7 @@ class RunOutput:
         wanted = columns or PREDICTION_SCHEMA.names
         read = list(dict.fromkeys([*wanted, "generation"]))
         for shard in shard_files(self.predictions_dir):
-            with reading_shard(shard):
-                file = pq.ParquetFile(shard)
-                batches = file.iter_batches(batch_rows, columns=[c for c in read if c in file.schema_arrow.names])
-            while True:
-                with reading_shard(shard):
-                    batch = next(batches, None)
-                if batch is None:
-                    break
-                table = with_prediction_columns(pa.Table.from_batches([batch]), read)
+            for table in shard_batches(shard, read, batch_rows):
                 yield from first_per_path(newest_only(table, newest), seen).select(wanted).to_pylist()
 
     def read_vocabulary(self, error: type[Exception]) -> Vocabulary:

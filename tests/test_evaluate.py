@@ -19,7 +19,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from reference_evaluate import reference_evaluate
 
-from pipeline.evaluate import EvaluationError, evaluate_run
+import pipeline.evaluate
+from pipeline.evaluate import EvaluationError, _Merged, evaluate_run
 from pipeline.evaluate_tasks import PixelCounter, Scoring
 from pipeline.ground_truth.base import IGNORE, GroundTruth, GroundTruthError, LabelValues
 from pipeline.ground_truth.classes import read_class_names
@@ -474,6 +475,68 @@ def test_ray_tasks_equal_the_single_process_evaluation(
     assert list(matching["ground_truth_matched_by_several_predictions_examples"].values()) == [
         ["/data/a/shared.jpg", "/data/b/shared.jpg"]
     ]
+
+
+@pytest.mark.parametrize("group", [2, 3, 16])
+def test_merges_keep_the_order_and_hold_a_few_items(group: int) -> None:
+    """Joined ``group`` at a time, the items held are always the whole sequence in order, and as many as the digit
+    sum of its length in base ``group``: at most ``group - 1`` per digit, whatever the length."""
+    merges = []
+
+    def merge(items: list[list[int]]) -> list[int]:
+        merges.append(len(items))
+        return [x for item in items for x in item]
+
+    merged = _Merged(group, merge)
+    for n in range(1, 1001):
+        merged.add([n - 1])
+        digits = np.base_repr(n, group)
+        assert len(merged.held()) == sum(int(d, group) for d in digits) <= (group - 1) * len(digits)
+    assert [x for item in merged.held() for x in item] == list(range(1000))
+    assert set(merges) == {group}
+
+
+class _Recording:
+    """A Ray remote function whose calls' arguments are recorded before they are made."""
+
+    def __init__(self, function, calls: list):
+        self._function = function
+        self._calls = calls
+
+    def remote(self, *args):
+        self._calls.append(args)
+        return self._function.remote(*args)
+
+
+def test_the_driver_holds_a_few_references_to_the_files_matches(
+    unfinished_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files' matches are merged in tasks, two files' at a time here: the summary receives two references for
+    the run's five files, not five, and metrics.json (matching summary and seeded sample estimate included) and the
+    confusion matrix are those of the files' matches unmerged."""
+    spec, classes = unfinished_run["png"]
+    results = {}
+    for group in (2, 6):  # 6: more than the run's 5 files, nothing merged
+        merges: list = []
+        summaries: list = []
+        monkeypatch.setattr(pipeline.evaluate, "MERGE_GROUP", group)
+        monkeypatch.setattr(pipeline.evaluate, "merge_matches", _Recording(pipeline.evaluate.merge_matches, merges))
+        monkeypatch.setattr(pipeline.evaluate, "summarise", _Recording(pipeline.evaluate.summarise, summaries))
+        metrics = tmp_path / f"{group}.json"
+        result = evaluate_run(
+            unfinished_run["out"], spec, classes, metrics_path=metrics, sample_estimate=True, seed=3, progress=False
+        )
+        monkeypatch.undo()
+        [(_, files, matches, *_)] = summaries
+        results[group] = (result["confusion_matrix"], json.loads(metrics.read_text()), len(matches), merges)
+        assert len(files) == 5
+    merged_matrix, merged_file, held, merges = results[2]
+    matrix, written, unmerged_held, no_merges = results[6]
+    assert (held, unmerged_held) == (2, 5)  # 5 = 101 in base 2: a merge of the first four files' and the fifth's
+    assert [len(args) for args in merges] == [2, 2, 2] and no_merges == []
+    np.testing.assert_array_equal(merged_matrix, matrix)
+    assert merged_file.pop("metrics_path") != written.pop("metrics_path")
+    assert merged_file == written and merged_file["sample_estimate"]["sample_images"] == 13
 
 
 def test_sample_estimate_through_the_job(run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -9,6 +9,7 @@ import re
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -231,6 +232,21 @@ def test_an_input_in_a_run_folder_is_refused_naming_it(tmp_path: Path, ray_unuse
     with pytest.raises(InputError, match=f"is or lies in the labeling run folder {run.root} \\(it has manifest"):
         run_label_job(options(tmp_path, input=f"{run.root}/review-masks/**/*.png", smoke_test=True))
     assert folder_state(images) == before and not (tmp_path / "out").exists()
+
+
+def test_a_files_batches_hold_the_columns_asked_for_in_order(tmp_path: Path) -> None:
+    """``shard_batches``: ``rows`` at a time, the columns in the order asked for, one the file lacks (written by an
+    older version) as nulls; a file that is not Parquet is named as every reader names it."""
+    from pipeline.output_shards import DamagedFileError, shard_batches
+
+    old = tmp_path / "part-old.parquet"
+    pq.write_table(pa.Table.from_pylist([prediction(f"{i}.jpg") for i in range(5)]).drop_columns(["width"]), old)
+    tables = list(shard_batches(old, ["width", "image_path"], 2))
+    assert [t.num_rows for t in tables] == [2, 2, 1] and all(t.column_names == ["width", "image_path"] for t in tables)
+    assert [r for t in tables for r in t.to_pylist()] == [{"width": None, "image_path": f"{i}.jpg"} for i in range(5)]
+    old.write_bytes(b"not parquet")
+    with pytest.raises(DamagedFileError, match=rf"^{re.escape(str(old))} cannot be read \(.*; rename it to _part-old"):
+        next(shard_batches(old, ["image_path"], 2))
 
 
 def test_a_damaged_file_is_named_in_one_line_and_set_aside(tmp_path: Path) -> None:

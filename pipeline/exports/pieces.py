@@ -27,12 +27,10 @@ from dataclasses import dataclass
 from functools import reduce
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ..label.inputs import image_id as path_image_id
-from ..output_shards import ERROR_SCHEMA, PREDICTION_SCHEMA, read_shard, reading_shard, with_prediction_columns
+from ..output_shards import ERROR_SCHEMA, PREDICTION_SCHEMA, read_shard, shard_batches
 from ..row_rules import contains
 from ..sources.base import LabeledImage
 from .files import clash_key, common_parents, file_name, name_parents
@@ -220,15 +218,8 @@ def plan_rows(surveys: list[Survey], errors: list[Survey]) -> tuple[RowPlan, np.
 def _file_images(piece: FilePiece) -> Iterator[LabeledImage]:
     """A prediction file's rows, ``_BATCH_ROWS`` at a time."""
     columns = ["image_path", "image_id", "label_map_png", "segments"]
-    with reading_shard(piece.file):
-        file = pq.ParquetFile(piece.file)
-        batches = file.iter_batches(_BATCH_ROWS, columns=[c for c in columns if c in file.schema_arrow.names])
-    while True:
-        with reading_shard(piece.file):
-            batch = next(batches, None)
-        if batch is None:
-            return
-        for row in with_prediction_columns(pa.Table.from_batches([batch]), columns).to_pylist():
+    for table in shard_batches(piece.file, columns, _BATCH_ROWS):
+        for row in table.to_pylist():
             yield LabeledImage(row["image_path"], int(row["image_id"]), row["label_map_png"], row["segments"])
 
 

@@ -16,10 +16,9 @@ from typing import Any
 import fiftyone as fo
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..label.inputs import image_id as path_image_id
-from ..output_shards import reading_shard, shard_files, with_prediction_columns
+from ..output_shards import shard_batches, shard_files
 from ..outputs import RunOutput
 from ..row_rules import RowKeys, contains, current_rows, scan_keys
 from ..segments import label_map_segments
@@ -146,15 +145,7 @@ def iter_run_outside(dataset: fo.Dataset, columns: list[str] | None = None) -> I
     for file, chosen in rows.per_file(outside):
         if not chosen.any():
             continue
-        with reading_shard(file):
-            parquet = pq.ParquetFile(file)
-            batches = parquet.iter_batches(_BATCH_ROWS, columns=[c for c in wanted if c in parquet.schema_arrow.names])
         start = 0
-        while True:
-            with reading_shard(file):
-                batch = next(batches, None)
-            if batch is None:
-                break
-            table = with_prediction_columns(pa.Table.from_batches([batch]), wanted)
+        for table in shard_batches(file, wanted, _BATCH_ROWS):
             yield from table.filter(pa.array(chosen[start : start + table.num_rows])).to_pylist()
             start += table.num_rows
