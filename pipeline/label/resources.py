@@ -50,10 +50,10 @@ ACTOR_START_TIMEOUT_S = 900
 # Ray's raylet kills a task's worker process once it has been idle for 1 s (idle_worker_killing_time_threshold_ms)
 # while the node has more worker processes than CPUs (num_workers_soft_limit, by default the CPUs), which a job with
 # actors always has: a decode worker that waits over a second for its next batch is killed and the next batch starts
-# a new one (measured: 20 decode worker processes in one null-model run on 1 CPU, each paying its start, about a
-# second of CPU). A minute outlasts any wait between two batches of a running stage, and a worker idle for longer
-# belongs to a stage that has finished: killed then, as before; the memory monitor still kills idle workers first
-# when the node runs short of memory.
+# a new one, each start costing over a second of CPU (measured with benchmarks/null_pipeline.py --by-process, 2000
+# images on 1 CPU: 15 worker processes, 7 of them for decode, against 9 and 2 with this setting). A minute outlasts
+# any wait between two batches of a running stage, and a worker idle for longer belongs to a stage that has finished:
+# killed then, as before; the memory monitor still kills idle workers first when the node runs short of memory.
 LOCAL_RAY_CONFIG = {"idle_worker_killing_time_threshold_ms": 60_000}
 
 
