@@ -36,6 +36,7 @@ from cpu_by_process import ProcessCpu
 from PIL import Image
 
 from pipeline.label.job import LabelOptions, run_label_job
+from pipeline.label.resources import local_ray_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # (width, height) of the mixed-aspect set: 4:3, 3:4, 16:9, 1:1, short side 480.
@@ -113,7 +114,14 @@ def run(images: Path, output: Path, cpus: int, batch_size: int, by_process: floa
 
 def _run(images: Path, output: Path, cpus: int, batch_size: int) -> dict[str, Any]:
     """:func:`run` less the CPU by process."""
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="ERROR")  # as the job starts it
+    # As the job starts a local Ray (pipeline.label.resources.init_ray), with the CPUs given.
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        include_dashboard=False,
+        logging_level="ERROR",
+        _system_config=local_ray_config(),
+    )
     options = LabelOptions(
         vocab=str(ROOT / "samples" / "vocab.txt"),
         input=str(images),

@@ -1,4 +1,4 @@
-"""The four places this project reaches into Ray's private code, because Ray 2.60 has no public way: each in one
+"""The five places this project reaches into Ray's private code, because Ray 2.60 has no public way: each in one
 function that fails with a message naming the Ray version and this module when a Ray release moves what it
 uses (``tests/test_ray_internals.py`` checks each against the installed Ray).
 
@@ -9,6 +9,8 @@ uses (``tests/test_ray_internals.py`` checks each against the installed Ray).
   ``RAY_AUTH_MODE`` environment variable, the token file and Ray's config together).
 - :func:`started_here`: whether ``ray.init`` started a local Ray in this process or joined a running cluster (with
   ``RAY_ADDRESS`` unset it joins one that ``ray start`` left on this machine, if any).
+- :func:`starts_local_ray`: whether ``ray.init`` is about to start a local Ray or join a running cluster, by Ray's own
+  rule (``ray.init`` refuses a ``_system_config`` when it joins one, and says which case applied only once it has run).
 - :func:`start_data_actors`: Ray Data's own actors (its autoscaling coordinator, stats actor and actor-location
   tracker: named, detached, one per cluster) created now rather than when a dataset first runs. Ray Data's executor
   launches no task before the coordinator answers (its resource budget is empty until then), and on a small machine
@@ -17,11 +19,19 @@ uses (``tests/test_ray_internals.py`` checks each against the installed Ray).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ray
 
-__all__ = ["RayInternalsError", "set_stage_resources", "start_data_actors", "started_here", "token_auth_enabled"]
+__all__ = [
+    "RayInternalsError",
+    "set_stage_resources",
+    "start_data_actors",
+    "started_here",
+    "starts_local_ray",
+    "token_auth_enabled",
+]
 
 
 class RayInternalsError(RuntimeError):
@@ -65,6 +75,26 @@ def started_here() -> bool:
     if not isinstance(head, bool):
         raise RayInternalsError("ray._private.worker._global_node.head")
     return head
+
+
+def starts_local_ray(address: str | None) -> bool:
+    """Whether ``ray.init(address=address)`` would start a local Ray rather than join a running cluster, by the rule
+    ``ray.init`` itself applies: ``RAY_ADDRESS`` or ``address`` (``local``: a new Ray), else the cluster that a
+    ``ray start`` on this machine recorded, else a new Ray. A ``ray://`` address (Ray Client) always joins.
+
+    Raises:
+        ConnectionError: ``address`` (or ``RAY_ADDRESS``) is ``auto`` and no Ray runs on this machine, as
+            ``ray.init`` would.
+    """
+    if os.environ.get("RAY_ADDRESS") and address in (None, "auto"):
+        address = os.environ["RAY_ADDRESS"]
+    if address is not None and "://" in address:
+        return False
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:
+        raise RayInternalsError("ray._private.services.canonicalize_bootstrap_address") from None
+    return canonicalize_bootstrap_address(address) is None
 
 
 def start_data_actors() -> None:

@@ -28,6 +28,7 @@ from pipeline.exports.run import FormatOptions, export_format
 from pipeline.label.decode import DecodeStage
 from pipeline.label.job import LabelOptions, run_label_job
 from pipeline.label.model_stage import ModelStage
+from pipeline.label.resources import init_ray
 from pipeline.output_shards import ANNOTATIONS_COLUMN
 from pipeline.outputs import RunOutput
 from pipeline.ray_internals import started_here
@@ -74,7 +75,9 @@ def cluster():
     nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "_system_config": checks})
     workers = [nodes.add_node(num_cpus=1) for _ in range(2)]
     nodes.wait_for_nodes()
-    ray.init(address=nodes.address)
+    with pytest.MonkeyPatch.context() as patch:  # joined as a job joins a cluster (no _system_config: Ray refuses it)
+        patch.setenv("RAY_ADDRESS", nodes.address)
+        init_ray()
     yield nodes, workers
     ray.shutdown()
     nodes.shutdown()

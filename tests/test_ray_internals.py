@@ -15,6 +15,7 @@ from pipeline.ray_internals import (
     set_stage_resources,
     start_data_actors,
     started_here,
+    starts_local_ray,
     token_auth_enabled,
 )
 
@@ -54,6 +55,31 @@ def test_a_ray_without_the_driver_node_is_named(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delattr(ray._private.worker, "_global_node")
     with pytest.raises(RayInternalsError, match=r"no longer has ray\._private\.worker\._global_node"):
         started_here()
+
+
+@pytest.mark.parametrize(
+    ("environment", "address", "starts"),
+    [
+        ("local", None, True),
+        ("127.0.0.1:6379", None, False),
+        ("ray://127.0.0.1:10001", None, False),
+        ("ray://127.0.0.1:10001", "auto", False),
+        ("", "local", True),
+        ("", "127.0.0.1:6379", False),
+    ],
+)
+def test_starts_local_ray_follows_ray_inits_rule(
+    monkeypatch: pytest.MonkeyPatch, environment: str, address: str | None, starts: bool
+) -> None:
+    """(Without an address, the answer depends on a ``ray start`` on this machine: not tested here.)"""
+    monkeypatch.setenv("RAY_ADDRESS", environment)
+    assert starts_local_ray(address) is starts
+
+
+def test_a_ray_without_the_address_rule_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(ray._private.services, "canonicalize_bootstrap_address")
+    with pytest.raises(RayInternalsError, match=r"no longer has ray\._private\.services\.canonicalize_bootstrap"):
+        starts_local_ray("local")
 
 
 @pytest.mark.usefixtures("local_ray")

@@ -102,6 +102,50 @@ def test_init_ray_starts_no_dashboard_and_probes_only_a_cluster_it_joins(monkeyp
     assert probed == [True], "the joined cluster only"
 
 
+@pytest.mark.parametrize(
+    ("address", "starts"), [("local", True), ("127.0.0.1:6379", False), ("ray://127.0.0.1:10001", False)]
+)
+def test_init_ray_sets_rays_worker_settings_only_on_a_ray_it_starts(
+    monkeypatch: pytest.MonkeyPatch, address: str, starts: bool
+) -> None:
+    """A Ray that ``init_ray`` starts keeps idle task workers for a minute (Ray kills them after a second, and each
+    batch of a decode stage that waited longer started a new worker process); a cluster that it joins (``ray job
+    submit``, ``RAY_ADDRESS``, a ``ray start`` of this machine) keeps its own settings: ``ray.init`` refuses a
+    ``_system_config`` there."""
+    from pipeline.label import resources
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(resources, "started_here", lambda: starts)
+    monkeypatch.setattr(resources, "_check_actors_start", lambda: None)
+    monkeypatch.setattr(resources, "_spend_restart_warning", lambda: None)
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    monkeypatch.delenv("RAY_idle_worker_killing_time_threshold_ms", raising=False)
+    resources.init_ray()
+    [call] = calls
+    assert call["address"] == address
+    if starts:
+        assert call["_system_config"] == {"idle_worker_killing_time_threshold_ms": 60_000}
+    else:
+        assert "_system_config" not in call
+
+
+def test_a_setting_in_the_environment_wins_over_the_local_rays_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray lets a ``_system_config`` override its ``RAY_<name>`` environment variables: a user's stays in force."""
+    from pipeline.label.resources import local_ray_config
+
+    monkeypatch.setenv("RAY_idle_worker_killing_time_threshold_ms", "5000")
+    assert "idle_worker_killing_time_threshold_ms" not in local_ray_config()
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_the_local_ray_that_init_ray_started_has_its_settings() -> None:
+    """Read back from the running Ray (the suite's, started by ``init_ray``): the setting reached Ray's processes."""
+    running = ray._private.state.state.get_system_config()
+    assert running.get("idle_worker_killing_time_threshold_ms") == 60_000
+
+
 def test_init_ray_starts_ray_datas_actors_for_an_actor_pool_and_never_waits_for_its_probe(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

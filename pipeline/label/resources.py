@@ -18,7 +18,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from san.errors import UserError
 
-from ..ray_internals import start_data_actors, started_here, token_auth_enabled
+from ..ray_internals import start_data_actors, started_here, starts_local_ray, token_auth_enabled
 
 
 class ResourceError(UserError):
@@ -46,12 +46,22 @@ NULL_MODEL_CPUS = 0.25
 PROBE_READY_TIMEOUT_S = 60
 # Seconds to wait for the first predictor actors (model load, weights download) before failing.
 ACTOR_START_TIMEOUT_S = 900
+# Ray's settings (``ray.init``'s ``_system_config``) of a local Ray that this process starts; a cluster keeps its own.
+# Ray's raylet kills a task's worker process once it has been idle for 1 s (idle_worker_killing_time_threshold_ms)
+# while the node has more worker processes than CPUs (num_workers_soft_limit, by default the CPUs), which a job with
+# actors always has: a decode worker that waits over a second for its next batch is killed and the next batch starts
+# a new one, each start costing over a second of CPU (measured with benchmarks/null_pipeline.py --by-process, 2000
+# images on 1 CPU: 15 worker processes, 7 of them for decode, against 9 and 2 with this setting). A minute outlasts
+# any wait between two batches of a running stage, and a worker idle for longer belongs to a stage that has finished:
+# killed then, as before; the memory monitor still kills idle workers first when the node runs short of memory.
+LOCAL_RAY_CONFIG = {"idle_worker_killing_time_threshold_ms": 60_000}
 
 
 def init_ray(actor_pool: bool = False) -> None:
     """Join the cluster of a ``ray job submit`` (or ``RAY_ADDRESS``, or one ``ray start`` left running on
     this machine), else start a local Ray, without the dashboard: its web modules cost a local run seconds of its
-    start (``ray.init`` waits for them), and nothing of a local run uses them (a cluster keeps its own).
+    start (``ray.init`` waits for them), and nothing of a local run uses them (a cluster keeps its own); and with
+    :data:`LOCAL_RAY_CONFIG` (:func:`local_ray_config`).
     ``actor_pool``: the job runs a Ray Data pipeline with an actor pool, whose start-up this call begins
     (:func:`~pipeline.ray_internals.start_data_actors`).
 
@@ -59,8 +69,11 @@ def init_ray(actor_pool: bool = False) -> None:
         ResourceError: this process uses token authentication and the cluster does not.
     """
     if not ray.is_initialized():
-        # (include_dashboard applies only to a Ray that ray.init starts; a cluster that it joins keeps its own)
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, logging_level=logging.WARNING)
+        address = os.environ.get("RAY_ADDRESS")
+        # (include_dashboard applies only to a Ray that ray.init starts; a cluster that it joins keeps its own, and
+        # ray.init refuses a _system_config there)
+        config = {"_system_config": local_ray_config()} if starts_local_ray(address) else {}
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, **config)
         if not started_here():  # a Ray started here has this process's authentication
             _check_actors_start()
     if actor_pool:
@@ -74,6 +87,12 @@ def init_ray(actor_pool: bool = False) -> None:
     context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     if probe is not None:  # killed once it has started, by a thread: the driver goes on meanwhile
         threading.Thread(target=_dismiss, args=(probe,), name="restart-warning-probe", daemon=True).start()
+
+
+def local_ray_config() -> dict[str, int]:
+    """:data:`LOCAL_RAY_CONFIG` less the settings given in the environment (``RAY_<name>``): Ray lets a
+    ``_system_config`` override those, and a user who sets one means it."""
+    return {name: value for name, value in LOCAL_RAY_CONFIG.items() if f"RAY_{name}" not in os.environ}
 
 
 @ray.remote(num_cpus=0)
