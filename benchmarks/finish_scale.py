@@ -16,7 +16,9 @@ Stages are entries of :data:`STAGES`: a line for the table, a function of the ru
 child process, and the modules it imports (imported before the measurement starts): ``finish`` (the default),
 ``evaluate`` (its ground truth is generated with the run), ``export`` (yolo-seg into ``WORK/<commit>/<size>-yolo``,
 removed before each measurement; the run is generated with image files, hard links to a pool of JPEGs, so the
-export copies about 10 KB per image) and ``select`` (a review of 1,000 images).
+export copies about 10 KB per image), ``export-driver`` (the same export's driver, with write tasks that count their
+rows instead of writing: its memory at a million images without hours of copying) and ``select`` (a review of 1,000
+images).
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from _report import emit
 
@@ -100,6 +103,28 @@ def export(run: Path) -> None:
     export_format(run, FormatOptions(format="yolo-seg", output=str(_export_folder(run))))
 
 
+class _CountingPieces:
+    """In place of yolo-seg's piece writer (``pipeline.exports.yolo_seg._YoloPieces``, same arguments): a write task
+    reads its piece's rows and locates their images, as the export's do, and counts them instead of writing. Defined
+    in the child's ``__main__``, so Ray sends it to the tasks by value."""
+
+    def __init__(self, folder: str, tolerance: float) -> None:
+        del folder, tolerance
+
+    def write(self, part: int, items: Iterator[Any]) -> dict[str, int]:
+        return {"images": sum(1 for _ in items), "polygons": 0}
+
+
+def export_driver(run: Path) -> None:
+    """``export`` with its driver's every step for real (the run's source, Ray's start, the survey and plan, the
+    images located, the write tasks dispatched and summed) but tasks that count their rows instead of writing
+    (:class:`_CountingPieces`): the driver's memory at sizes whose full export would take hours."""
+    from pipeline.exports import yolo_seg
+
+    yolo_seg._YoloPieces = _CountingPieces
+    export(run)
+
+
 def select(run: Path) -> None:
     """``jobs/review.py RUN --select random:1000``: 1,000 images chosen from the run and loaded into FiftyOne (a
     database of its own in a temporary folder, started within the stage)."""
@@ -121,6 +146,12 @@ STAGES: dict[str, Stage] = {
     "export": Stage(
         "jobs/export.py --format yolo-seg: images, label files and data.yaml",
         export,
+        ("pipeline.exports.run", "pipeline.exports.yolo_seg"),
+        before=_remove_export,
+    ),
+    "export-driver": Stage(
+        "jobs/export.py --format yolo-seg's driver, with write tasks that count their rows instead of writing",
+        export_driver,
         ("pipeline.exports.run", "pipeline.exports.yolo_seg"),
         before=_remove_export,
     ),
@@ -220,7 +251,8 @@ def main() -> None:
         for images in args.sizes:
             run = args.work / commit / str(images)
             ground_truth = ["--gt", str(_ground_truth(run))] if "evaluate" in args.stages else []
-            image_files = ["--image-files", str(_image_files(run))] if "export" in args.stages else []
+            exports = any(stage.startswith("export") for stage in args.stages)
+            image_files = ["--image-files", str(_image_files(run))] if exports else []
             _generated(repo, run, images, ["--pool", args.pool, *ground_truth, *image_files])
             for stage in args.stages:
                 result = _measure(repo, stage, run)

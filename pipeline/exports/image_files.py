@@ -4,7 +4,8 @@ files) one per Ray task (:func:`scan_container`). An image the input embeds is w
 folder of the export (``<staging>/<container>/<image_id>``), so that its bytes never pass through the driver and the
 task that exports it reads them there; any other image is read from its file, as the labeling job read it.
 
-The driver keeps 12 bytes per image (its id and where it is, in NumPy).
+The locations take 12 bytes per image (its id and where it is, in NumPy), combined by a task and kept in the object
+store (:mod:`pipeline.exports.parallel`): the driver holds none of them.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ first image of a name (case-insensitively) keeps it, a later one gets ``.<image_
 (:func:`~pipeline.exports.files.clash_key`): two names that differ but hash alike (about one chance in 10**7 at a
 million images) would only add an id to the second.
 
-Driver memory: the plan is made in NumPy from 16 bytes per image (id and name key) and about 23 bytes per image more
-while it is made (repeats are found on a sorted copy, never with a sort index) and holds afterwards only
-the indices of rows left out or renamed (usually none).
+Memory: the plan is made (in a Ray task, :mod:`pipeline.exports.parallel`, not on the driver) in NumPy from 16 bytes
+per image (id and name key) and about 23 bytes per image more while it is made (repeats are found on a sorted copy,
+never with a sort index) and holds afterwards only the indices of rows left out or renamed (usually none).
 """
 
 from __future__ import annotations
