@@ -126,8 +126,8 @@ def ray_cluster():
         yield {**env, "DASHBOARD": dashboard, "GCS": f"127.0.0.1:{gcs_port}"}
     finally:
         os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
+        try:  # (a graceful stop took 30 s on a 2-CPU machine; a test cluster has nothing to save)
+            head.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
@@ -213,107 +213,6 @@ def read_outputs(output: Path) -> tuple[list[dict], dict, list[dict]]:
     coco = json.loads((output / "coco.json").read_text())
     errors = pq.read_table(output / "errors.parquet").to_pylist()
     return predictions, coco, errors
-
-
-def test_ray_job_submit_end_to_end(ray_cluster: dict, inputs: dict, tmp_path: Path) -> None:
-    output = tmp_path / "labels"
-    submitted = ray_cli(
-        "job",
-        "submit",
-        "--address",
-        ray_cluster["DASHBOARD"],
-        "--working-dir",
-        ".",
-        "--",
-        *label_command(inputs, output, "--keep-regions"),
-        env=ray_cluster,
-        timeout=600,
-    )
-    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
-
-    predictions, coco, errors = read_outputs(output)
-    good = sorted(str(p) for p in inputs["good"])
-    assert sorted(row["image_path"] for row in predictions) == good, "every good image exactly once"
-    assert sorted(image["file_name"] for image in coco["images"]) == good
-    assert {e["image_path"].rsplit("/", 1)[1]: e["error"] for e in errors}.keys() == inputs["bad"].keys()
-    for error in errors:
-        assert inputs["bad"][error["image_path"].rsplit("/", 1)[1]] in error["error"]
-
-    api = COCO(str(output / "coco.json"))
-    vocabulary = parse_vocabulary(VOCABULARY)
-    assert [c["name"] for c in api.loadCats(api.getCatIds())] == list(vocabulary.names)
-    torch.manual_seed(0)
-    predictor = Predictor(san.build_san("san_tiny"), vocabulary.prompts, vocabulary.prompt_to_class, device="cpu")
-    for row in predictions:
-        label_map = decode_label_map_png(row["label_map_png"])
-        assert label_map.shape == (row["height"], row["width"])
-        assert row["image_id"] == image_id(row["image_path"])
-        direct = predictor.predict([read_image_file(row["image_path"])])[0]
-        np.testing.assert_array_equal(label_map, direct.label_map, err_msg=row["image_path"])
-        annotations = api.loadAnns(api.getAnnIds(imgIds=[row["image_id"]]))
-        assert len(annotations) == len(row["segments"]) == len(np.unique(label_map))
-        for annotation in annotations:
-            class_index = annotation["category_id"] - 1
-            np.testing.assert_array_equal(api.annToMask(annotation).astype(bool), label_map == class_index)
-            assert annotation["area"] == int((label_map == class_index).sum())
-            assert annotation["bbox"] == [float(v) for v in mask_utils.toBbox(annotation["segmentation"])]
-            assert annotation["score"] == pytest.approx(direct.scores[label_map == class_index].mean(), rel=1e-5)
-
-    manifest = json.loads((output / "manifest.json").read_text())
-    assert manifest["status"] == "complete"
-    assert manifest["counts"]["labeled"] == len(good) and manifest["counts"]["failed"] == len(inputs["bad"])
-
-    # The evaluation job on the same cluster: its Ray tasks give the single-process code's metrics.json.
-    gt = tmp_path / "gt"
-    gt.mkdir()
-    rng = np.random.default_rng(0)
-    for row in predictions:
-        truth = decode_label_map_png(row["label_map_png"])  # vocabulary order, 255 = ignored
-        wrong = rng.random(truth.shape) < 0.3
-        truth = np.where(wrong, rng.integers(0, len(vocabulary), truth.shape), truth).astype(np.uint8)
-        Image.fromarray(truth).save(gt / f"{Path(row['image_path']).stem}.png")
-    command = ["python", "jobs/evaluate.py", "--predictions", str(output), "--gt", str(gt)]
-    submit = ["job", "submit", "--address", ray_cluster["DASHBOARD"], "--working-dir", ".", "--", *command]
-    evaluated = ray_cli(*submit, env=ray_cluster)
-    if "Failed to download runtime_env file package" in evaluated.stdout + evaluated.stderr:  # README: submit again
-        evaluated = ray_cli(*submit, env=ray_cluster)
-    assert evaluated.returncode == 0, evaluated.stdout[-3000:] + evaluated.stderr[-3000:]
-    assert "mIoU" in evaluated.stdout
-    reference_evaluate(output, str(gt), metrics_path=tmp_path / "reference.json")
-    written, reference = (json.loads(p.read_text()) for p in (output / "metrics.json", tmp_path / "reference.json"))
-    assert written.pop("metrics_path") != reference.pop("metrics_path")
-    assert written == reference and written["num_images"] == len(good)
-
-    # The kept regions (fp16, the flag's value when given alone), relabeled by a job submitted the same way.
-    regions = pq.read_table(output / "regions", columns=["image_path", "dtype"]).to_pylist()
-    assert sorted(row["image_path"] for row in regions) == good and {row["dtype"] for row in regions} == {"fp16"}
-    (tmp_path / "new.txt").write_text("dog\ncat: kitten\n")
-    relabel = ["python", "jobs/relabel.py", str(output), "--vocab", str(tmp_path / "new.txt"), "--no-progress"]
-    submit = ["job", "submit", "--address", ray_cluster["DASHBOARD"], "--working-dir", ".", "--", *relabel]
-    submitted = ray_cli(*submit, "--output", str(tmp_path / "relabeled"), env=ray_cluster, timeout=600)
-    if "Failed to download runtime_env file package" in submitted.stdout + submitted.stderr:  # README: submit again
-        submitted = ray_cli(*submit, "--output", str(tmp_path / "relabeled"), env=ray_cluster, timeout=600)
-    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
-    predictions, coco, errors = read_outputs(tmp_path / "relabeled")
-    assert sorted(row["image_path"] for row in predictions) == good
-    assert [c["name"] for c in coco["categories"]] == ["dog", "cat"]
-    assert {e["image_path"].rsplit("/", 1)[1] for e in errors} == inputs["bad"].keys(), "the source run's errors"
-    relabeled = json.loads((tmp_path / "relabeled" / "manifest.json").read_text())
-    assert relabeled["status"] == "complete" and relabeled["relabeled_from"]["regions"] == "fp16"
-
-
-def test_a_job_whose_ray_authentication_differs_from_the_cluster_says_what_to_export(
-    ray_cluster: dict, inputs: dict, tmp_path: Path
-) -> None:
-    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0123456789abcdef" * 4}  # the cluster's is "disabled"
-    env = {**ray_cluster, **token, "RAY_ADDRESS": ray_cluster["GCS"]}
-    command = [sys.executable, *label_command(inputs, tmp_path / "labels", "--limit", "2")[1:]]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "error: Ray cancels this job's actors before they start: this process uses token " in result.stderr
-    assert "Export RAY_AUTH_MODE=disabled, the setting the cluster was started with" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "labels").exists(), "the output folder the job created is removed again"
 
 
 def test_one_job_per_output_and_resume_after_kill(inputs: dict, tmp_path: Path) -> None:
@@ -724,3 +623,106 @@ def test_a_smoke_run_without_input_labels_images_stored_in_its_output(
     assert sorted(paths) == [f"smoke_{i:02d}.{'jpg' if i % 2 else 'png'}" for i in range(8)]
     again = run_label_job(LabelOptions(**options, progress=False))
     assert again["counts"]["new_labeled"] == 0 and again["counts"]["skipped"] == 8
+
+
+# The tests on a `ray start` cluster come last: the module's cluster is stopped after its last user, and would run
+# idle beside every later test of the module.
+def test_ray_job_submit_end_to_end(ray_cluster: dict, inputs: dict, tmp_path: Path) -> None:
+    output = tmp_path / "labels"
+    submitted = ray_cli(
+        "job",
+        "submit",
+        "--address",
+        ray_cluster["DASHBOARD"],
+        "--working-dir",
+        ".",
+        "--",
+        *label_command(inputs, output, "--keep-regions"),
+        env=ray_cluster,
+        timeout=600,
+    )
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+
+    predictions, coco, errors = read_outputs(output)
+    good = sorted(str(p) for p in inputs["good"])
+    assert sorted(row["image_path"] for row in predictions) == good, "every good image exactly once"
+    assert sorted(image["file_name"] for image in coco["images"]) == good
+    assert {e["image_path"].rsplit("/", 1)[1]: e["error"] for e in errors}.keys() == inputs["bad"].keys()
+    for error in errors:
+        assert inputs["bad"][error["image_path"].rsplit("/", 1)[1]] in error["error"]
+
+    api = COCO(str(output / "coco.json"))
+    vocabulary = parse_vocabulary(VOCABULARY)
+    assert [c["name"] for c in api.loadCats(api.getCatIds())] == list(vocabulary.names)
+    torch.manual_seed(0)
+    predictor = Predictor(san.build_san("san_tiny"), vocabulary.prompts, vocabulary.prompt_to_class, device="cpu")
+    for row in predictions:
+        label_map = decode_label_map_png(row["label_map_png"])
+        assert label_map.shape == (row["height"], row["width"])
+        assert row["image_id"] == image_id(row["image_path"])
+        direct = predictor.predict([read_image_file(row["image_path"])])[0]
+        np.testing.assert_array_equal(label_map, direct.label_map, err_msg=row["image_path"])
+        annotations = api.loadAnns(api.getAnnIds(imgIds=[row["image_id"]]))
+        assert len(annotations) == len(row["segments"]) == len(np.unique(label_map))
+        for annotation in annotations:
+            class_index = annotation["category_id"] - 1
+            np.testing.assert_array_equal(api.annToMask(annotation).astype(bool), label_map == class_index)
+            assert annotation["area"] == int((label_map == class_index).sum())
+            assert annotation["bbox"] == [float(v) for v in mask_utils.toBbox(annotation["segmentation"])]
+            assert annotation["score"] == pytest.approx(direct.scores[label_map == class_index].mean(), rel=1e-5)
+
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["counts"]["labeled"] == len(good) and manifest["counts"]["failed"] == len(inputs["bad"])
+
+    # The evaluation job on the same cluster: its Ray tasks give the single-process code's metrics.json.
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    rng = np.random.default_rng(0)
+    for row in predictions:
+        truth = decode_label_map_png(row["label_map_png"])  # vocabulary order, 255 = ignored
+        wrong = rng.random(truth.shape) < 0.3
+        truth = np.where(wrong, rng.integers(0, len(vocabulary), truth.shape), truth).astype(np.uint8)
+        Image.fromarray(truth).save(gt / f"{Path(row['image_path']).stem}.png")
+    command = ["python", "jobs/evaluate.py", "--predictions", str(output), "--gt", str(gt)]
+    submit = ["job", "submit", "--address", ray_cluster["DASHBOARD"], "--working-dir", ".", "--", *command]
+    evaluated = ray_cli(*submit, env=ray_cluster)
+    if "Failed to download runtime_env file package" in evaluated.stdout + evaluated.stderr:  # README: submit again
+        evaluated = ray_cli(*submit, env=ray_cluster)
+    assert evaluated.returncode == 0, evaluated.stdout[-3000:] + evaluated.stderr[-3000:]
+    assert "mIoU" in evaluated.stdout
+    reference_evaluate(output, str(gt), metrics_path=tmp_path / "reference.json")
+    written, reference = (json.loads(p.read_text()) for p in (output / "metrics.json", tmp_path / "reference.json"))
+    assert written.pop("metrics_path") != reference.pop("metrics_path")
+    assert written == reference and written["num_images"] == len(good)
+
+    # The kept regions (fp16, the flag's value when given alone), relabeled by a job submitted the same way.
+    regions = pq.read_table(output / "regions", columns=["image_path", "dtype"]).to_pylist()
+    assert sorted(row["image_path"] for row in regions) == good and {row["dtype"] for row in regions} == {"fp16"}
+    (tmp_path / "new.txt").write_text("dog\ncat: kitten\n")
+    relabel = ["python", "jobs/relabel.py", str(output), "--vocab", str(tmp_path / "new.txt"), "--no-progress"]
+    submit = ["job", "submit", "--address", ray_cluster["DASHBOARD"], "--working-dir", ".", "--", *relabel]
+    submitted = ray_cli(*submit, "--output", str(tmp_path / "relabeled"), env=ray_cluster, timeout=600)
+    if "Failed to download runtime_env file package" in submitted.stdout + submitted.stderr:  # README: submit again
+        submitted = ray_cli(*submit, "--output", str(tmp_path / "relabeled"), env=ray_cluster, timeout=600)
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    predictions, coco, errors = read_outputs(tmp_path / "relabeled")
+    assert sorted(row["image_path"] for row in predictions) == good
+    assert [c["name"] for c in coco["categories"]] == ["dog", "cat"]
+    assert {e["image_path"].rsplit("/", 1)[1] for e in errors} == inputs["bad"].keys(), "the source run's errors"
+    relabeled = json.loads((tmp_path / "relabeled" / "manifest.json").read_text())
+    assert relabeled["status"] == "complete" and relabeled["relabeled_from"]["regions"] == "fp16"
+
+
+def test_a_job_whose_ray_authentication_differs_from_the_cluster_says_what_to_export(
+    ray_cluster: dict, inputs: dict, tmp_path: Path
+) -> None:
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0123456789abcdef" * 4}  # the cluster's is "disabled"
+    env = {**ray_cluster, **token, "RAY_ADDRESS": ray_cluster["GCS"]}
+    command = [sys.executable, *label_command(inputs, tmp_path / "labels", "--limit", "2")[1:]]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "error: Ray cancels this job's actors before they start: this process uses token " in result.stderr
+    assert "Export RAY_AUTH_MODE=disabled, the setting the cluster was started with" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "labels").exists(), "the output folder the job created is removed again"
