@@ -176,12 +176,12 @@ def _folders_last(folder: str) -> Iterator[tuple[str, bool, os.stat_result | Non
     found = []
     with _scan(folder) as scan:
         for entry in scan:
-            path = posixpath.join(folder, entry.name)
+            path, is_link = posixpath.join(folder, entry.name), entry.is_symlink()
             info = _stat(path)
             if info is not None and stat.S_ISDIR(info.st_mode):
-                found.append((entry.name, entry.is_symlink(), info))
+                found.append((entry.name, is_link, info))
             else:
-                yield path, entry.is_symlink(), info
+                yield path, is_link, info
     for name, is_link, info in sorted(found, key=lambda folder_entry: folder_entry[0]):
         yield posixpath.join(folder, name), is_link, info
 
