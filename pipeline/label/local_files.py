@@ -79,7 +79,9 @@ def walk_local(root: str, excluded: Callable[[str], bool]) -> tuple[list[pafs.Fi
     return entries, reasons
 
 
-def iter_local(root: str, excluded: Callable[[str], bool]) -> Iterator[tuple[pafs.FileInfo, str | None]]:
+def iter_local(
+    root: str, excluded: Callable[[str], bool], files_in_name_order: bool = True
+) -> Iterator[tuple[pafs.FileInfo, str | None]]:
     """Everything under the local folder ``root``, links followed, each real folder entered once, yielded as it
     is found (a tree of millions of files is never held): ``(entry, reason)``, the reason set only for an entry
     that cannot be followed.
@@ -91,10 +93,16 @@ def iter_local(root: str, excluded: Callable[[str], bool]) -> Iterator[tuple[paf
     :func:`missing_reason`, given by the caller), special files ``Unknown`` ones. An entry whose name is not
     UTF-8 is a ``NotFound`` entry under its escaped name (:func:`undecodable_name`), reason :data:`NOT_UTF8`,
     and is not entered. Folders for which ``excluded(path)`` is true are not entered.
+
+    With ``files_in_name_order=False`` each folder yields what is not a folder first, in the order the folder
+    lists it and as it is read (not even the names of a folder of a million files are held), then its folders
+    and folder links in name order: the same entries under the same paths, in another order. A folder whose
+    listing fails part-way then yields what was read before its ``cannot list folder`` entry.
     """
     listed = {_folder_key(root): root}  # (device, inode) of each folder entered -> the path it is listed under
     folders: list[str] = [root]  # a stack: the next folder to scan is last
     links: list[tuple[str, tuple[int, int]]] = []
+    read = _in_name_order if files_in_name_order else _folders_last
     while folders or links:
         if not folders:
             path, key = links.pop(0)
@@ -106,31 +114,30 @@ def iter_local(root: str, excluded: Callable[[str], bool]) -> Iterator[tuple[paf
             folders.append(path)
             continue
         folder = folders.pop()
-        try:
-            scanned = _scan(folder)
+        subfolders = []
+        try:  # an error can come only from reading the folder's names: stat errors are entries of their own
+            for path, is_link, info in read(folder):
+                if escaped := undecodable_name(path):
+                    yield pafs.FileInfo(escaped, type=pafs.FileType.NotFound), NOT_UTF8
+                elif info is None:
+                    yield pafs.FileInfo(path, type=pafs.FileType.NotFound), None
+                elif stat.S_ISDIR(info.st_mode):
+                    key = (info.st_dev, info.st_ino)
+                    if excluded(path):
+                        continue
+                    if is_link or key in listed:  # (a real folder seen twice: a bind mount)
+                        links.append((path, key))
+                        continue
+                    listed[key] = path
+                    yield pafs.FileInfo(path, type=pafs.FileType.Directory), None
+                    subfolders.append(path)
+                elif stat.S_ISREG(info.st_mode):
+                    yield pafs.FileInfo(path, type=pafs.FileType.File, size=info.st_size), None
+                else:
+                    yield pafs.FileInfo(path, type=pafs.FileType.Unknown), None
         except OSError as error:
             yield pafs.FileInfo(folder, type=pafs.FileType.NotFound), f"cannot list folder: {error.strerror}"
             continue
-        subfolders = []
-        for path, is_link, info in scanned:
-            if escaped := undecodable_name(path):
-                yield pafs.FileInfo(escaped, type=pafs.FileType.NotFound), NOT_UTF8
-            elif info is None:
-                yield pafs.FileInfo(path, type=pafs.FileType.NotFound), None
-            elif stat.S_ISDIR(info.st_mode):
-                key = (info.st_dev, info.st_ino)
-                if excluded(path):
-                    continue
-                if is_link or key in listed:  # (a real folder seen twice: a bind mount)
-                    links.append((path, key))
-                    continue
-                listed[key] = path
-                yield pafs.FileInfo(path, type=pafs.FileType.Directory), None
-                subfolders.append(path)
-            elif stat.S_ISREG(info.st_mode):
-                yield pafs.FileInfo(path, type=pafs.FileType.File, size=info.st_size), None
-            else:
-                yield pafs.FileInfo(path, type=pafs.FileType.Unknown), None
         folders.extend(reversed(subfolders))
 
 
@@ -139,18 +146,44 @@ def _folder_key(path: str) -> tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
-def _scan(folder: str) -> list[tuple[str, bool, os.stat_result | None]]:
-    """``(path, is a link, stat with links followed or None when that fails)`` of each entry, by name."""
-    with os.scandir(folder) as scan:
+def _scan(folder: str) -> Iterator[os.DirEntry[str]]:
+    """The entries of ``folder`` as the filesystem lists them, read lazily (a context manager, as
+    :func:`os.scandir`)."""
+    return os.scandir(folder)
+
+
+def _stat(path: str) -> os.stat_result | None:
+    """``os.stat`` of ``path`` (links followed), or ``None`` when that fails."""
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def _in_name_order(folder: str) -> Iterator[tuple[str, bool, os.stat_result | None]]:
+    """``(path, is a link, stat)`` of each entry, by name; only the names are held, each entry's stat is taken
+    as it is yielded."""
+    with _scan(folder) as scan:
         found = sorted((entry.name, entry.is_symlink()) for entry in scan)
-    scanned = []
     for name, is_link in found:
         path = posixpath.join(folder, name)
-        try:
-            scanned.append((path, is_link, os.stat(path)))
-        except OSError:
-            scanned.append((path, is_link, None))
-    return scanned
+        yield path, is_link, _stat(path)
+
+
+def _folders_last(folder: str) -> Iterator[tuple[str, bool, os.stat_result | None]]:
+    """``(path, is a link, stat)`` of each entry that is not a folder as it is read, then of the folders (links
+    to folders too) by name: only the folders are held."""
+    found = []
+    with _scan(folder) as scan:
+        for entry in scan:
+            path, is_link = posixpath.join(folder, entry.name), entry.is_symlink()
+            info = _stat(path)
+            if info is not None and stat.S_ISDIR(info.st_mode):
+                found.append((entry.name, is_link, info))
+            else:
+                yield path, is_link, info
+    for name, is_link, info in sorted(found, key=lambda folder_entry: folder_entry[0]):
+        yield posixpath.join(folder, name), is_link, info
 
 
 def _second_link_reason(path: str, listed_as: str) -> str:

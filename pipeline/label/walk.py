@@ -85,18 +85,21 @@ def hidden(path: str, root: str) -> bool:
     return any(part.startswith(".") for part in relative_parts(path, root))
 
 
-def visible_entries(fs: pafs.FileSystem, root: str, exclusion: Exclusion) -> Iterator[tuple[pafs.FileInfo, str | None]]:
+def visible_entries(
+    fs: pafs.FileSystem, root: str, exclusion: Exclusion, files_in_name_order: bool = True
+) -> Iterator[tuple[pafs.FileInfo, str | None]]:
     """:func:`~pipeline.label.local_files.iter_local` of a local ``root``, less hidden names, labeling runs'
     folders and the excluded folder."""
-    for entry, reason in iter_local(root, skipped_folders(fs, exclusion)):
+    for entry, reason in iter_local(root, skipped_folders(fs, exclusion), files_in_name_order):
         if not hidden(entry.path, root) and not excluded(fs, entry.path, exclusion):
             yield entry, reason
 
 
 def holds_other_files(fs: pafs.FileSystem, root: str, exclusion: Exclusion) -> bool:
-    """Whether the local folder holds a visible file that is not a Parquet file or ``.tar`` shard (walked
-    lazily, up to the first one)."""
+    """Whether the local folder holds a visible file that is not a Parquet file or ``.tar`` shard: the walk
+    stops at the first one, and takes each folder's files as they are read, so that a folder of a million
+    images is never held."""
     return any(
         entry.type == pafs.FileType.File and not entry.path.endswith((".parquet", ".tar"))
-        for entry, _ in visible_entries(fs, root, exclusion)
+        for entry, _ in visible_entries(fs, root, exclusion, files_in_name_order=False)
     )
