@@ -119,7 +119,10 @@ def test_the_cvat_zip_keeps_its_central_directory_out_of_memory(tmp_path: Path, 
         peak = tracemalloc.get_traced_memory()[1] - held[0]
     finally:
         tracemalloc.stop()
-    assert peak < 100 * images, f"{peak} bytes held while the zip of {images} masks was written"
+    # What the zip costs whatever its size: a deflate compressor's state (about 270 KB, at times two alive until
+    # garbage is collected), one batch of pickled ZipInfos and the copy buffers: 0.4 to 0.6 MB here. A ZipInfo kept
+    # per entry adds 570 bytes each, 2.9 MB here.
+    assert peak < 300 * images, f"{peak} bytes held while the zip of {images} masks was written"
     with zipfile.ZipFile(tmp_path / "masks.zip") as archive:
         names = archive.namelist()
         assert len(names) == images + 2 and names[:2] == ["labelmap.txt", "ImageSets/Segmentation/default.txt"]
