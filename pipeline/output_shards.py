@@ -66,12 +66,10 @@ ERROR_SCHEMA = pa.schema([("image_path", pa.string()), ("error", pa.string()), (
 ANNOTATIONS_COLUMN = "coco_annotations"
 
 
-
 class DamagedFileError(UserError):
     """A prediction or error file of the run that cannot be read; the message names it and the way forward."""
 
     reason = ""  # why it cannot be read, as pyarrow says
-
 
 
 def write_shard_file(table: pa.Table, folder: Path, row_group_size: int | None = None) -> Path:

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pipeline.label.batching
 import pipeline.label.job
 from pipeline.label.model_stage import ModelStage
 
@@ -34,5 +35,7 @@ class GatedModelStage(ModelStage):
 
 if __name__ == "__main__":
     GatedModelStage.held, GatedModelStage.gate = sys.argv.pop(1), sys.argv.pop(1)
+    # One model batch per block: a block holds up its batches, and the tests' few images fit in one block.
+    pipeline.label.batching.BLOCK_IMAGES = 1
     pipeline.label.job.ModelStage = GatedModelStage
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "jobs" / "label.py"), run_name="__main__")

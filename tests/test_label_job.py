@@ -37,6 +37,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from reference_evaluate import reference_evaluate
 
+import pipeline.label.batching
 import san
 from pipeline.cli import flag
 from pipeline.disk_space import OutputFullError
@@ -447,6 +448,7 @@ def label_with_stage(
 @pytest.mark.usefixtures("local_ray")
 def test_dead_worker_is_replaced_and_its_batch_retried(inputs: dict, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(CrashOnce, "marker", str(tmp_path / "crashed"))
+    monkeypatch.setattr(pipeline.label.batching, "BLOCK_IMAGES", 2)  # a block per batch: the actor gets several
     output = tmp_path / "labels"
     # One actor takes every batch, so it reaches its second whatever the machine's CPUs.
     manifest = label_with_stage(CrashOnce, inputs, output, monkeypatch, workers=(1, 1))

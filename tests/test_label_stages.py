@@ -277,13 +277,14 @@ def test_a_model_batch_costs_two_blocking_calls_to_the_attempt_ledger(monkeypatc
 
 
 @pytest.mark.usefixtures("local_ray")
-@pytest.mark.parametrize(("batch_size", "per_block"), [(4, 4), (16, 1), (32, 1)])
+@pytest.mark.parametrize(("batch_size", "per_block"), [(4, 16), (16, 4), (32, 2), (64, 1), (128, 1)])
 def test_small_model_batches_go_several_to_a_block(batch_size: int, per_block: int) -> None:
-    """Each later task and actor call takes one block: of 4-image batches, 4 (16 images, as one block of batch 16),
-    so that a small batch size does not multiply the calls per image."""
-    batches = [[f"/images/{b}-{i}.jpg" for i in range(batch_size)] for b in range(8)]
-    rows = {"image_path": batches, "data": [[b""] * batch_size] * 8, "error": [[""] * batch_size] * 8}
+    """Each later task and actor call takes one block of about 64 images: of 4-image batches, 16; of 16-image
+    batches, 4; so that a small batch size does not multiply the calls per image."""
+    count = 32
+    batches = [[f"/images/{b}-{i}.jpg" for i in range(batch_size)] for b in range(count)]
+    rows = {"image_path": batches, "data": [[b""] * batch_size] * count, "error": [[""] * batch_size] * count}
     table = pa.table({**rows, "fingerprint": rows["error"]}, schema=BATCH_ROW_SCHEMA)
     blocks = model_batch_blocks(ray.data.from_arrow(table), batch_size, {"num_cpus": 0.25})
     sizes = blocks.map_batches(lambda block: {"rows": [len(block["image_path"])]}, batch_size=None).take_all()
-    assert [row["rows"] for row in sizes] == [per_block] * (8 // per_block)
+    assert [row["rows"] for row in sizes] == [per_block] * (count // per_block)

@@ -57,7 +57,6 @@ register_ground_truth("coco", _open_coco)
 register_ground_truth("fiftyone", _open_fiftyone)  # --gt fiftyone:DATASET[:FIELD], see pipeline.ground_truth.fiftyone
 
 
-
 def _eval_set_opener(name: str) -> GroundTruthFactory:
     def open_eval_set(location: str, gt_classes: str | None, vocabulary_names: Sequence[str], ignore_index: int):
         from ..eval_sets.reader import open_eval_set_ground_truth  # numpy and PIL: only when such a spec is opened

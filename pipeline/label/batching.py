@@ -38,9 +38,10 @@ PAD_MULTIPLE = 32
 # Model batches of inputs sorted at once: with k padded sizes in a window, at most k of its
 # WINDOW_BATCHES batches are not full (>= 94% full with 4 sizes).
 WINDOW_BATCHES = 64
-# Images of the model batches in one block of the later stages (several batches of a small batch size): at batch 4,
-# one batch per block cost about twice the CPU per image of batch 16 (BENCHMARKS.md, issue 26).
-BLOCK_IMAGES = 16
+# Images of the model batches in one block of the later stages (several batches of a small batch size): each block
+# costs the driver, the raylet and a worker the same whatever its size. Blocks of 64 images against 16, 2 CPUs,
+# batch 16: driver 14.7% and 14.4% -> 9.4% of a core, whole job +24% (BENCHMARKS.md, issue 26, session 10).
+BLOCK_IMAGES = 64
 # File bytes read by path that one grouping task hands on to the decode stage per window (the window's block
 # holds them until its batches are decoded); files past it are read again by the decode stage.
 WINDOW_KEPT_BYTES = 256 * 2**20
