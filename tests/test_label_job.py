@@ -54,10 +54,15 @@ from pipeline.segments import decode_label_map_png
 from pipeline.vocabulary import parse_vocabulary
 from san.errors import OptionError
 from san.predictor import Predictor
+from san.settings import PredictionSettings
+from san.transforms import SAN_EVAL_RESIZE, ResizeShortestEdge
 
 ROOT = Path(__file__).resolve().parents[1]
 # The jobs that these tests start as processes start their own local Ray.
 LOCAL_RAY = {**os.environ, "RAY_ADDRESS": "local"}
+# The smoke-test model's input size in these tests: at SAN's 640 its inference took about 7 s of each job's 25 (what
+# they test does not depend on the size; tests/test_label_sizes.py and the parity tests cover the sizes).
+SHORT_SIDE = 320
 pytestmark = pytest.mark.slow
 
 
@@ -161,6 +166,8 @@ def label_command(inputs: dict, output: Path, *extra: str, source: Path | None =
         "--output",
         str(output),
         "--no-progress",
+        "--short-side",
+        str(SHORT_SIDE),
         *extra,
     ]
 
@@ -320,7 +327,7 @@ def test_failed_inputs_are_retried_and_repeated_paths_reported(
     def run(source: Path, output: Path, coco: str = "single") -> tuple[str, dict]:
         """The job in this process (``jobs/label.py`` itself runs in the other tests): its stderr and manifest."""
         given = {"vocab": str(inputs["vocab"]), "input": str(source), "output": str(output), "coco": coco}
-        run_label_job(LabelOptions(**given, smoke_test=True, progress=False))
+        run_label_job(LabelOptions(**given, smoke_test=True, short_side=SHORT_SIDE, progress=False))
         return capsys.readouterr().err, json.loads((output / "manifest.json").read_text())
 
     stderr, manifest = run(shards, tmp_path / "from-parquet", coco="shards")
@@ -437,7 +444,7 @@ def label_with_stage(
         smoke_test=True,
         batch_size=2,
         progress=False,
-        **extra,
+        **{"short_side": SHORT_SIDE, **extra},
     )
     try:
         return run_label_job(options)
@@ -617,6 +624,7 @@ def test_a_smoke_run_without_input_labels_images_stored_in_its_output(
         monkeypatch.setattr(module, "start_on_driver_node", counted, raising=False)
     (tmp_path / "vocab.txt").write_text("cat\nsky\n")
     options = {"vocab": str(tmp_path / "vocab.txt"), "output": str(tmp_path / "out"), "smoke_test": True}
+    options["short_side"] = SHORT_SIDE
     manifest = run_label_job(LabelOptions(**options, progress=False))
     assert manifest["status"] == "complete" and manifest["counts"]["new_labeled"] == 8
     assert made == ["RunBook"]
@@ -657,7 +665,8 @@ def test_ray_job_submit_end_to_end(ray_cluster: dict, inputs: dict, tmp_path: Pa
     vocabulary = parse_vocabulary(VOCABULARY)
     assert [c["name"] for c in api.loadCats(api.getCatIds())] == list(vocabulary.names)
     torch.manual_seed(0)
-    predictor = Predictor(san.build_san("san_tiny"), vocabulary.prompts, vocabulary.prompt_to_class, device="cpu")
+    settings = PredictionSettings(resize=ResizeShortestEdge(SHORT_SIDE, SAN_EVAL_RESIZE.max_size))  # the job's
+    predictor = Predictor(san.build_san("san_tiny"), vocabulary.prompts, vocabulary.prompt_to_class, "cpu", settings)
     for row in predictions:
         label_map = decode_label_map_png(row["label_map_png"])
         assert label_map.shape == (row["height"], row["width"])
