@@ -17,8 +17,9 @@ child process, and the modules it imports (imported before the measurement start
 ``evaluate`` (its ground truth is generated with the run), ``export`` (yolo-seg into ``WORK/<commit>/<size>-yolo``,
 removed before each measurement; the run is generated with image files, hard links to a pool of JPEGs, so the
 export copies about 10 KB per image), ``export-driver`` (the same export's driver, with write tasks that count their
-rows instead of writing: its memory at a million images without hours of copying) and ``select`` (a review of 1,000
-images).
+rows instead of writing: its memory at a million images without hours of copying), ``export-driver-cvat`` (the cvat
+export's driver, with write tasks that create an empty mask file per image, so that the zip of every entry is still
+written; into ``WORK/<commit>/<size>.zip``) and ``select`` (a review of 1,000 images).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Stage:
     run: Callable[[Path], None]
     modules: tuple[str, ...]
     before: Callable[[Path], None] | None = None  # run before the measurement starts
+    images: bool = True  # an export stage: the run needs image files (``--image-files``)
 
 
 def finish(run: Path) -> None:
@@ -125,6 +127,48 @@ def export_driver(run: Path) -> None:
     export(run)
 
 
+def _cvat_zip(run: Path) -> Path:
+    return run.parent / f"{run.name}.zip"
+
+
+def _remove_cvat_zip(run: Path) -> None:
+    _cvat_zip(run).unlink(missing_ok=True)
+
+
+class _EmptyMasks:
+    """In place of cvat's piece writer (``pipeline.exports.cvat._CvatPieces``, same arguments): a write task reads
+    its piece's rows, as the export's do, and creates an empty file for each mask, then writes its list of names as
+    the export's do. Defined in the child's ``__main__``, so Ray sends it to the tasks by value."""
+
+    def __init__(self, parts: str, colours: Any) -> None:
+        self.parts = parts
+
+    def write(self, part: int, items: Iterator[Any]) -> dict[str, int]:
+        from pipeline.exports import cvat
+
+        names = []
+        for item in items:
+            mask = Path(self.parts, "SegmentationClass", f"{item.name}.png")
+            mask.parent.mkdir(parents=True, exist_ok=True)
+            mask.touch()
+            names.append(item.name)
+        listing = cvat._listing(Path(self.parts), part)
+        listing.parent.mkdir(parents=True, exist_ok=True)
+        listing.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+        return {"images": len(names)}
+
+
+def export_driver_cvat(run: Path) -> None:
+    """``jobs/export.py RUN --format cvat --output RUN.zip`` with its driver's every step for real (the survey and
+    plan, the write tasks dispatched and summed, the zip of every entry written one at a time) but write tasks
+    that create empty mask files (:class:`_EmptyMasks`)."""
+    from pipeline.exports import cvat
+    from pipeline.exports.run import FormatOptions, export_format
+
+    cvat._CvatPieces = _EmptyMasks
+    export_format(run, FormatOptions(format="cvat", output=str(_cvat_zip(run))))
+
+
 def select(run: Path) -> None:
     """``jobs/review.py RUN --select random:1000``: 1,000 images chosen from the run and loaded into FiftyOne (a
     database of its own in a temporary folder, started within the stage)."""
@@ -154,6 +198,13 @@ STAGES: dict[str, Stage] = {
         export_driver,
         ("pipeline.exports.run", "pipeline.exports.yolo_seg"),
         before=_remove_export,
+    ),
+    "export-driver-cvat": Stage(
+        "jobs/export.py --format cvat's driver, with write tasks that create empty mask files instead of drawing them",
+        export_driver_cvat,
+        ("pipeline.exports.run", "pipeline.exports.cvat"),
+        before=_remove_cvat_zip,
+        images=False,
     ),
     "select": Stage(
         "jobs/review.py --select random:1000: the choice and its FiftyOne load",
@@ -251,7 +302,7 @@ def main() -> None:
         for images in args.sizes:
             run = args.work / commit / str(images)
             ground_truth = ["--gt", str(_ground_truth(run))] if "evaluate" in args.stages else []
-            exports = any(stage.startswith("export") for stage in args.stages)
+            exports = any(stage.startswith("export") and STAGES[stage].images for stage in args.stages)
             image_files = ["--image-files", str(_image_files(run))] if exports else []
             _generated(repo, run, images, ["--pool", args.pool, *ground_truth, *image_files])
             for stage in args.stages:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,26 @@ def test_finish_scale_times_an_export_of_a_run_with_image_files(tmp_path: Path) 
         assert image.size == (640, 480)
     labels = list(run.parent.glob("200-yolo/labels/**/*.txt"))
     assert 190 <= len(labels) < 200 and len(list(run.parent.glob("200-yolo/images/**/*.jpg"))) == len(labels)
+
+
+@pytest.mark.slow
+def test_finish_scale_measures_the_cvat_exports_driver(tmp_path: Path) -> None:
+    """The cvat driver stage: its write tasks create empty masks, and the zip holds an entry for each labeled image
+    besides the label map and the list of names."""
+    report = tmp_path / "cvat.md"
+    work = tmp_path / "work"
+    args = ["--sizes", "200", "--work", str(work), "--pool", "8", "--stages", "export-driver-cvat"]
+    run_script("finish_scale.py", *args, "--write", str(report))
+    [row] = table_rows(report)
+    assert row[0] == "export-driver-cvat" and row[2] == "200" and float(row[4]) >= float(row[5]) > 0, row
+    (run,) = (path for path in work.glob("*/200") if path.is_dir())
+    assert not run.parent.joinpath("200-images").exists(), "the cvat export needs no image files"
+    with zipfile.ZipFile(run.parent / "200.zip") as archive:
+        entries = archive.infolist()
+        masks = [entry for entry in entries if entry.filename.startswith("SegmentationClass/")]
+        listed = archive.read("ImageSets/Segmentation/default.txt").decode().split()
+    assert 190 <= len(masks) < 200 and len(entries) == len(masks) + 2 and len(listed) == len(masks)
+    assert {entry.file_size for entry in masks} == {0}
 
 
 def test_cpu_by_process_counts_each_descendant_under_its_title(tmp_path: Path) -> None:
