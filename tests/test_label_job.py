@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 import torch
 from label_inputs import VOCABULARY, write_bad_inputs, write_good_images
 from local_ray import local_ray  # noqa: F401
@@ -42,7 +43,9 @@ import san
 from pipeline.cli import flag
 from pipeline.disk_space import OutputFullError
 from pipeline.exports.run import FormatOptions, export_format
+from pipeline.label.actor_start import ModelActorsNotStarted
 from pipeline.label.attempts import GAVE_UP, MAX_ATTEMPTS
+from pipeline.label.decode import DecodeStage
 from pipeline.label.images import read_image_file
 from pipeline.label.inputs import image_id
 from pipeline.label.job import LabelOptions, run_label_job
@@ -465,6 +468,73 @@ def test_dead_worker_is_replaced_and_its_batch_retried(inputs: dict, tmp_path: P
     assert sorted(row["image_path"] for row in predictions) == good, "every image exactly once after the restart"
     assert sorted(image["file_name"] for image in coco["images"]) == good
     assert len(errors) == len(inputs["bad"]) and manifest["counts"]["labeled"] == len(good)
+
+
+class DecodeSeen(DecodeStage):
+    """A decode stage that leaves the file ``marker`` once it has decoded a batch."""
+
+    marker = ""
+
+    def __call__(self, batch):
+        rows = super().__call__(batch)
+        Path(self.marker).touch()
+        return rows
+
+
+class LoadsUntilDecoded(ModelStage):
+    """A model that loads until the first batch is decoded (at most 60 s), and says whether it was."""
+
+    marker = ""
+
+    def __init__(self, *args, **kwargs):
+        deadline = time.time() + 60
+        while not Path(self.marker).exists() and time.time() < deadline:
+            time.sleep(0.05)
+        Path(f"{self.marker}.seen-while-loading").write_text(str(Path(self.marker).exists()))
+        super().__init__(*args, **kwargs)
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_images_are_decoded_while_the_model_loads(inputs: dict, tmp_path: Path, monkeypatch) -> None:
+    """Ray Data does not hold the pipeline's tasks until the model actors are up (its wait for them cost a
+    null-model job 1.2-1.4 s of its start): the first batch is decoded while the model loads."""
+    import pipeline.label.job
+
+    marker = tmp_path / "decoded"
+    monkeypatch.setattr(DecodeSeen, "marker", str(marker))
+    monkeypatch.setattr(LoadsUntilDecoded, "marker", str(marker))
+    monkeypatch.setattr(pipeline.label.job, "DecodeStage", DecodeSeen)
+    manifest = label_with_stage(LoadsUntilDecoded, inputs, tmp_path / "labels", monkeypatch)
+    assert manifest["status"] == "complete" and manifest["counts"]["labeled"] == len(inputs["good"])
+    assert Path(f"{marker}.seen-while-loading").read_text() == "True"
+
+
+class NeverLoads(ModelStage):
+    """A model actor that never becomes ready (as one waiting for resources that never come)."""
+
+    def __init__(self, *args, **kwargs):
+        time.sleep(3600)
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_model_that_never_starts_fails_the_job_in_the_time_allowed(inputs: dict, tmp_path: Path, monkeypatch) -> None:
+    import pipeline.label.actor_start
+    import pipeline.label.job
+
+    monkeypatch.setattr(pipeline.label.job, "ACTOR_START_TIMEOUT_S", 3)
+    monkeypatch.setattr(pipeline.label.actor_start, "WATCH_INTERVAL_S", 0.2)
+    handler = signal.getsignal(signal.SIGUSR1)
+    started = time.time()
+    with pytest.raises(ModelActorsNotStarted, match=r"^no model worker started within 3 s: each asks for .* CPUs"):
+        label_with_stage(NeverLoads, inputs, tmp_path / "labels", monkeypatch)
+    assert time.time() - started < 120
+    manifest = json.loads((tmp_path / "labels" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"].startswith("ModelActorsNotStarted: no model worker")
+    assert signal.getsignal(signal.SIGUSR1) == handler, "the guard's signal handler is removed again"
+    deadline = time.time() + 60
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        assert time.time() < deadline, "the actor that never loaded still holds its CPUs"
+        time.sleep(0.5)
 
 
 class FailOn(ModelStage):

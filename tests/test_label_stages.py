@@ -266,6 +266,8 @@ def test_a_model_batch_costs_two_blocking_calls_to_the_attempt_ledger(monkeypatc
         "pixels": [np.zeros((4, h, w, 3), np.uint8)],
         "fingerprint": [[""] * 4],
     }
+    assert calls == ["model_ready"] and ledger.models_ready() == 1, "the job's guard learns that the model is up"
+    calls.clear()
     rows = stage(batch)
     assert calls == ["begin_unless_died", "end"] and rows["error"] == [""] * 4
     assert list(rows["batch_images"]) == [4] * 4 and ledger.unfinished(paths) == [0] * 4

@@ -24,6 +24,15 @@ class AttemptLedger:
 
     def __init__(self) -> None:
         self._unfinished: dict[str, int] = {}
+        self._models_ready = 0
+
+    def model_ready(self) -> None:
+        """A model actor has loaded its model (:mod:`pipeline.label.actor_start` waits for the first)."""
+        self._models_ready += 1
+
+    def models_ready(self) -> int:
+        """How many model actors have loaded their model so far."""
+        return self._models_ready
 
     def unfinished(self, paths: Sequence[str]) -> list[int]:
         """How many earlier attempts at each path never finished."""

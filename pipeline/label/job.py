@@ -22,6 +22,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -40,6 +41,7 @@ from ..output_shards import set_aside_name
 from ..outputs import MAX_REPORTED_DUPLICATES, SMOKE_INPUTS, RunOutput
 from ..stopping import StopRequested, stop_on_sigterm
 from ..vocabulary import Vocabulary, load_vocabulary
+from .actor_start import model_actors_start_within
 from .attempts import AttemptLedger
 from .batching import WINDOW_BATCHES, GroupStage, batches_per_block, model_batch_blocks
 from .decode import EXPANDED_ROWS, DecodeStage, expand_containers
@@ -47,7 +49,7 @@ from .encode import EncodeStage
 from .inputs import ResolvedInputs, absolute_spec, check_outside_runs, resolve_inputs
 from .model_stage import NULL_MODEL, SMOKE_MODEL, ModelSpec, ModelStage, WorkerSetup
 from .options import LabelOptions
-from .resources import ResourcePlan, init_ray, plan_resources
+from .resources import ACTOR_START_TIMEOUT_S, ResourcePlan, init_ray, plan_resources
 from .resume import MAX_REPORTED_CHANGES, ListingTally, SkipLabeled, start_tally
 from .smoke import write_smoke_inputs
 from .write import WriteStage
@@ -233,7 +235,12 @@ def _label(
     def build(done: ray.ObjectRef, tally: ray.actor.ActorHandle) -> ray.data.Dataset:
         return _build_dataset(options, model, resolved, done, tally, vocabulary, settings, plan, generation)
 
-    return run_stages(output, manifest, damaged, vocabulary, options, build, started, book=RunBook)
+    asks = f"{plan.cpus_per_worker:g} CPUs and {plan.gpus_per_worker:g} GPUs"
+
+    def guard(book: ray.actor.ActorHandle) -> AbstractContextManager[None]:
+        return model_actors_start_within(book, ACTOR_START_TIMEOUT_S, asks)
+
+    return run_stages(output, manifest, damaged, vocabulary, options, build, started, book=RunBook, guard=guard)
 
 
 def run_stages(
@@ -246,19 +253,21 @@ def run_stages(
     started: float,
     desc: str = "labeling",
     book: type[ListingTally] = ListingTally,
+    guard: Callable[[ray.actor.ActorHandle], AbstractContextManager[None]] | None = None,
 ) -> dict[str, Any]:
     """Write ``manifest`` (``"running"``; the files ``damaged`` set aside named), run the dataset that ``build``
     makes from the images already done (:meth:`RunOutput.labeled_ids`, a Ray object) and the run's
     :class:`~pipeline.label.resume.ListingTally`, pulling its writers' records with a progress bar (``desc``), and
     merge the output folder (:func:`_finish`); returns the final manifest. ``book``: the tally actor's class
-    (:func:`~pipeline.label.resume.start_tally`). A run that stops (Ctrl-C, SIGTERM, a
+    (:func:`~pipeline.label.resume.start_tally`); ``guard(tally)``: a context around the run (the label job's
+    :func:`~pipeline.label.actor_start.model_actors_start_within`). A run that stops (Ctrl-C, SIGTERM, a
     crash, a full disk) keeps what is finished, its manifest saying why it stopped."""
     if damaged:
         manifest["set_aside"] = [str(set_aside_name(shard).relative_to(output.root)) for shard in damaged]
     output.write_manifest(manifest)
     tally = start_tally(book)
     try:
-        with stop_on_sigterm():
+        with stop_on_sigterm(), guard(tally) if guard else nullcontext():
             if options.limit == 0:
                 new = {"labeled": 0, "failed": 0, "rate": 0.0, "steady_rate": 0.0, "first_result_seconds": None}
                 new["images_per_model_call"] = None

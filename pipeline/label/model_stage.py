@@ -140,16 +140,20 @@ class ModelStage:
         self.settings = settings
         self.keep_regions = keep_regions
         self.label_dtype = label_encoding(len(self.vocabulary.names))[1]
+        self.predictor = self._predictor(model, settings, worker)
+        worker.attempts.model_ready.remote()  # the job's guard waits for the first (pipeline.label.actor_start)
+
+    def _predictor(self, model: ModelSpec, settings: PredictionSettings, worker: WorkerSetup) -> Any:
+        """The :class:`NullPredictor` or the loaded model's :class:`~san.predictor.Predictor`."""
         if model.model == NULL_MODEL:
-            self.predictor = NullPredictor(len(self.vocabulary.names))
-            return
+            return NullPredictor(len(self.vocabulary.names))
         import torch  # here, not at the top: a null-model actor never imports torch (seconds of its start)
 
         from san.predictor import Predictor
 
         if worker.device == "cpu":
             torch.set_num_threads(worker.threads)
-        self.predictor = Predictor(
+        return Predictor(
             model.load(),
             self.vocabulary.prompts,
             self.vocabulary.prompt_to_class,

@@ -83,8 +83,6 @@ def init_ray(actor_pool: bool = False) -> None:
     context = ray.data.DataContext.get_current()  # (imports Ray Data: a second, while the actors above start)
     context.enable_progress_bars = False  # the job shows its own bar with counts and ETA
     context.print_on_execution_start = False
-    # Actors that can never start (e.g. resources no node has) fail the job instead of hanging it.
-    context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     if probe is not None:  # killed once it has started, by a thread: the driver goes on meanwhile
         threading.Thread(target=_dismiss, args=(probe,), name="restart-warning-probe", daemon=True).start()
 
