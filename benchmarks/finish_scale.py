@@ -55,7 +55,7 @@ class Stage:
     run: Callable[[Path], None]
     modules: tuple[str, ...]
     before: Callable[[Path], None] | None = None  # run before the measurement starts
-    images: bool = True  # an export stage: the run needs image files (``--image-files``)
+    images: bool = False  # the run needs image files (``--image-files``): an export that copies them
 
 
 def finish(run: Path) -> None:
@@ -192,19 +192,20 @@ STAGES: dict[str, Stage] = {
         export,
         ("pipeline.exports.run", "pipeline.exports.yolo_seg"),
         before=_remove_export,
+        images=True,
     ),
     "export-driver": Stage(
         "jobs/export.py --format yolo-seg's driver, with write tasks that count their rows instead of writing",
         export_driver,
         ("pipeline.exports.run", "pipeline.exports.yolo_seg"),
         before=_remove_export,
+        images=True,
     ),
     "export-driver-cvat": Stage(
         "jobs/export.py --format cvat's driver, with write tasks that create empty mask files instead of drawing them",
         export_driver_cvat,
         ("pipeline.exports.run", "pipeline.exports.cvat"),
         before=_remove_cvat_zip,
-        images=False,
     ),
     "select": Stage(
         "jobs/review.py --select random:1000: the choice and its FiftyOne load",
@@ -302,8 +303,8 @@ def main() -> None:
         for images in args.sizes:
             run = args.work / commit / str(images)
             ground_truth = ["--gt", str(_ground_truth(run))] if "evaluate" in args.stages else []
-            exports = any(stage.startswith("export") and STAGES[stage].images for stage in args.stages)
-            image_files = ["--image-files", str(_image_files(run))] if exports else []
+            images_needed = any(STAGES[stage].images for stage in args.stages)
+            image_files = ["--image-files", str(_image_files(run))] if images_needed else []
             _generated(repo, run, images, ["--pool", args.pool, *ground_truth, *image_files])
             for stage in args.stages:
                 result = _measure(repo, stage, run)
