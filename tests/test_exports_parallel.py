@@ -10,6 +10,7 @@ import io
 import json
 import os
 import runpy
+import time
 import tracemalloc
 import urllib.parse
 import zipfile
@@ -267,3 +268,31 @@ def test_the_driver_does_not_hold_the_run(rules_run: Path, thousands: Path, tmp_
         tracemalloc.stop()
     assert summary["images"] == IMAGES_FOR_MEMORY
     assert peak < 3_000_000, f"the driver allocated {peak / 1e6:.1f} MB at its peak"
+
+
+def test_a_failed_task_leaves_no_other_task_running(tmp_path: Path) -> None:
+    """When one task fails, the tasks still in flight have ended before the error reaches the caller, who may delete
+    the folder they write into (an export's temporary folder); a task that wrote after that would bring it back."""
+    import ray
+
+    from pipeline.exports.parallel import finished_results
+
+    started, ended = tmp_path / "started", tmp_path / "ended"
+
+    @ray.remote
+    def slow_writer() -> None:
+        started.write_text("")
+        try:
+            time.sleep(3)
+        finally:  # written as the task ends, whether cancelling interrupts the sleep or not
+            ended.write_text("ended")
+
+    @ray.remote
+    def failing() -> None:
+        while not started.exists():  # fail only once the other task runs
+            time.sleep(0.05)
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left on device"):
+        list(finished_results(iter([slow_writer.remote(), failing.remote()]), 2, "test", window=2))
+    assert ended.read_text() == "ended", "the slow task had ended when the error was raised"

@@ -96,24 +96,36 @@ def _fetched(ref: ray.ObjectRef) -> Any:
 
 def finished_results(refs: Iterable[ray.ObjectRef], total: int, desc: str, window: int) -> Iterator[tuple[int, Any]]:
     """The results of the tasks ``refs`` submits (lazily, at most ``window`` in flight), each with its task's index,
-    as each task finishes, with a progress bar over finished tasks."""
+    as each task finishes, with a progress bar over finished tasks. When a task fails, or the caller stops early, the
+    tasks still in flight are cancelled and waited for before this returns or raises."""
     pending: dict[ray.ObjectRef, int] = {}
     submitted = iter(enumerate(refs))
-    with tqdm(total=total, desc=desc, unit="task", file=sys.stderr, dynamic_ncols=True) as bar:
-        while True:
-            for index, ref in itertools.islice(submitted, max(0, window - len(pending))):
-                pending[ref] = index
-            if not pending:
-                return
-            done, _ = ray.wait(list(pending), num_returns=1)
-            try:
-                result = ray.get(done[0])
-            except ray.exceptions.RayTaskError as error:
-                for ref in pending:
-                    ray.cancel(ref)
-                _raise_cause(error)
-            bar.update()
-            yield pending.pop(done[0]), result
+    try:
+        with tqdm(total=total, desc=desc, unit="task", file=sys.stderr, dynamic_ncols=True) as bar:
+            while True:
+                for index, ref in itertools.islice(submitted, max(0, window - len(pending))):
+                    pending[ref] = index
+                if not pending:
+                    return
+                done, _ = ray.wait(list(pending), num_returns=1)
+                try:
+                    result = ray.get(done[0])
+                except ray.exceptions.RayTaskError as error:
+                    del pending[done[0]]
+                    _raise_cause(error)
+                bar.update()
+                yield pending.pop(done[0]), result
+    finally:
+        _cancel_and_wait(list(pending))
+
+
+def _cancel_and_wait(refs: list[ray.ObjectRef]) -> None:
+    """Cancel the tasks ``refs`` and wait until each has ended, so that none still writes into a folder that the
+    caller deletes next (a task already running ends at its next Python instruction)."""
+    for ref in refs:
+        ray.cancel(ref)
+    if refs:
+        ray.wait(refs, num_returns=len(refs), fetch_local=False)
 
 
 def ordered_results(refs: Iterable[ray.ObjectRef], total: int, desc: str, window: int) -> list[Any]:
