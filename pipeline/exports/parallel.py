@@ -121,7 +121,7 @@ def finished_results(refs: Iterable[ray.ObjectRef], total: int, desc: str, windo
 
 def _cancel_and_wait(refs: list[ray.ObjectRef]) -> None:
     """Cancel the tasks ``refs`` and wait until each has ended, so that none still writes into a folder that the
-    caller deletes next (a task already running ends at its next Python instruction)."""
+    caller deletes next (a task not yet started never runs; one already running may run to its end)."""
     for ref in refs:
         ray.cancel(ref)
     if refs:
