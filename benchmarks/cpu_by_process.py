@@ -9,7 +9,9 @@ its last interval (at most :data:`INTERVAL` of CPU); one that starts and exits b
 
     with ProcessCpu() as cpu:   # watches this process and its descendants
         ...                     # e.g. start Ray and run a job
-    print("\\n".join(cpu.table(images=5000)))
+        cpu.mark()              # e.g. at the job's first result: the CPU from here on is also kept apart
+        ...
+    print("\\n".join(cpu.table(images=5000, images_after_mark=4000)))
 
 CPU seconds hardly depend on what else runs on the machine, so the table is a guide also on a shared one.
 """
@@ -82,20 +84,26 @@ def _descends(pid: int, root: int, parents: dict[int, int]) -> bool:
 
 def watch(root: int, out: Path) -> None:
     """Sample ``root`` and its descendants until stdin closes, then write ``{"groups": {group: [CPU seconds,
-    processes]}, "processes": processes seen}`` to ``out``. The CPU time that processes already had at the first
+    processes]}, "processes": processes seen, "after_mark": {group: CPU seconds since the mark}}`` to ``out``
+    (``after_mark`` empty when stdin never said ``m``). The CPU time that processes already had at the first
     sample is not counted."""
     seen: dict[tuple[str, str], float] = {}
     groups: dict[str, float] = {}
     pids: dict[str, set] = {}
+    marked: dict[str, float] | None = None  # the groups' CPU at the mark
     sample(root, seen, groups, pids)
     groups = dict.fromkeys(groups, 0.0)  # the start: only what is used from now on counts
     while True:
         ready, _, _ = select.select([sys.stdin], [], [], INTERVAL)
         sample(root, seen, groups, pids)
-        if ready and not sys.stdin.buffer.read1(1):
-            break
+        if ready:
+            said = sys.stdin.buffer.read1(1)
+            if not said:
+                break
+            marked = dict(groups) if marked is None else marked
     by_group = {group: [seconds, len(pids[group])] for group, seconds in groups.items()}
-    out.write_text(json.dumps({"groups": by_group, "processes": len(seen)}))
+    after = {group: seconds - marked.get(group, 0.0) for group, seconds in groups.items()} if marked else {}
+    out.write_text(json.dumps({"groups": by_group, "processes": len(seen), "after_mark": after}))
 
 
 class ProcessCpu:
@@ -108,34 +116,55 @@ class ProcessCpu:
             [sys.executable, __file__, str(os.getpid()), str(self._out)], stdin=subprocess.PIPE
         )
         self.groups: dict[str, tuple[float, int]] = {}
+        self.after_mark: dict[str, float] = {}
         self.processes = 0
         return self
+
+    def mark(self) -> None:
+        """From now on, also count each group's CPU apart (:attr:`after_mark`); only the first mark counts."""
+        self._watcher.stdin.write(b"m")  # type: ignore[union-attr]
+        self._watcher.stdin.flush()  # type: ignore[union-attr]
 
     def __exit__(self, *exc: object) -> None:
         self._watcher.stdin.close()  # type: ignore[union-attr]
         self._watcher.wait(timeout=60)
         found = json.loads(self._out.read_text())
         self.groups = {group: (cpu, count) for group, (cpu, count) in found["groups"].items()}
+        self.after_mark = found["after_mark"]
         self.processes = found["processes"]
         self._out.unlink()
 
-    def table(self, images: int, loop_ms: float | None = None) -> list[str]:
+    def table(self, images: int, loop_ms: float | None = None, images_after_mark: int | None = None) -> list[str]:
         """Markdown rows: each group's processes (a worker that ran several stages counts in each), CPU seconds, ms
         per image and share of the total, busiest first, and the total (beside ``loop_ms``, the plain loop's CPU ms
-        per image, when given)."""
+        per image, when given). With ``images_after_mark`` (the images done after :meth:`mark`), also each group's
+        CPU ms per image after the mark: a job's steady state, without its start-up."""
         rows = sorted(self.groups.items(), key=lambda item: -item[1][0])
         total = sum(cpu for cpu, _ in self.groups.values())
+        steady = images_after_mark is not None and self.after_mark
+
+        def after(group: str | None) -> str:
+            if not steady:
+                return ""
+            cpu = sum(self.after_mark.values()) if group is None else self.after_mark.get(group, 0.0)
+            ms = 1000 * cpu / max(images_after_mark or 0, 1)
+            ratio = f" ({ms / loop_ms:.2f}x the loop's)" if group is None and loop_ms else ""
+            return f" {ms:.2f}{ratio} |"
+
+        head = " CPU ms per image after the mark |" if steady else ""
         lines = [
-            "| process (title) | processes | CPU s | CPU ms per image | share |",
-            "| --- | --- | --- | --- | --- |",
+            f"| process (title) | processes | CPU s | CPU ms per image |{head} share |",
+            "| --- | --- | --- | --- |" + (" --- |" if steady else "") + " --- |",
         ]
         lines += [
-            f"| `{group}` | {count} | {cpu:.2f} | {1000 * cpu / images:.2f} | {cpu / max(total, 1e-9):.1%} |"
+            f"| `{group}` | {count} | {cpu:.2f} | {1000 * cpu / images:.2f} |{after(group)} "
+            f"{cpu / max(total, 1e-9):.1%} |"
             for group, (cpu, count) in rows
             if cpu >= 0.005
         ]
         ratio = f" ({1000 * total / images / loop_ms:.2f}x the loop's)" if loop_ms else ""
-        lines.append(f"| all | {self.processes} | {total:.2f} | {1000 * total / images:.2f}{ratio} | 100% |")
+        whole = f"{1000 * total / images:.2f}{ratio}"
+        lines.append(f"| all | {self.processes} | {total:.2f} | {whole} |{after(None)} 100% |")
         return lines
 
 

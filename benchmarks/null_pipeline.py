@@ -10,7 +10,8 @@ label map at the original size, its PNG, and the RLE and box of each class (the 
 each step, as the job's stages call them).
 
 With ``--by-process`` (Linux), each run also prints where all its CPU went: the driver's and every Ray process's
-CPU seconds, by its title (``cpu_by_process.py``), per image and beside the loop's.
+CPU seconds, by its title (``cpu_by_process.py``), per image and beside the loop's, over the whole job and after its
+first result (the steady state: from the moment its first file is written, per image labeled after that moment).
 
 Each number is printed with the load average of the machine when it was measured: on a shared machine,
 rerun the printed command when it is quiet.
@@ -19,17 +20,18 @@ rerun the printed command when it is quiet.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import ray
 from _report import emit
 from cpu_by_process import ProcessCpu
@@ -37,6 +39,8 @@ from PIL import Image
 
 from pipeline.label.job import LabelOptions, run_label_job
 from pipeline.label.resources import local_ray_config
+from pipeline.output_shards import shard_files
+from pipeline.outputs import RunOutput
 
 ROOT = Path(__file__).resolve().parents[1]
 # (width, height) of the mixed-aspect set: 4:3, 3:4, 16:9, 1:1, short side 480.
@@ -104,12 +108,47 @@ def run(images: Path, output: Path, cpus: int, batch_size: int, by_process: floa
     """The null-model job on a fresh local Ray of ``cpus`` CPUs: images/s (whole job, and after the first
     result), the driver's CPU seconds per wall second, images per model call, and the 1-minute load average
     at the end; with ``by_process`` (the loop's CPU ms per image), also ``processes``: the Markdown rows of
-    :class:`ProcessCpu` (from Ray's start to the job's end)."""
-    with ProcessCpu() if by_process is not None else contextlib.nullcontext() as processes:
+    :class:`ProcessCpu` (from Ray's start to the job's end, and after the first file written), and
+    ``steady_cpu_ms``: all processes' CPU ms per image after the first file (None when it was the only one)."""
+    if by_process is None:
+        return _run(images, output, cpus, batch_size)
+    with ProcessCpu() as processes, FirstFileMark(output, processes) as first:
         result = _run(images, output, cpus, batch_size)
-    if processes is not None:
-        result["processes"] = processes.table(result["labeled"], by_process)
+    after = result["labeled"] - first.images_then if processes.after_mark else 0  # 0: one file, written at the end
+    result["processes"] = processes.table(result["labeled"], by_process, images_after_mark=after or None)
+    result["steady_cpu_ms"] = 1000 * sum(processes.after_mark.values()) / after if after else None
     return result
+
+
+class FirstFileMark:
+    """Context manager: a thread that marks ``processes`` (:meth:`ProcessCpu.mark`) as soon as the job writing to
+    ``output`` has written its first predictions or errors file (polled every :data:`POLL_S`), and counts the
+    images in the files there at that moment (``images_then``)."""
+
+    POLL_S = 0.02
+
+    def __init__(self, output: Path, processes: ProcessCpu):
+        self.folders = [RunOutput(str(output)).predictions_dir, RunOutput(str(output)).errors_dir]
+        self.processes = processes
+        self.images_then = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="first-file-mark", daemon=True)
+
+    def __enter__(self) -> FirstFileMark:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.POLL_S):
+            files = [shard for folder in self.folders for shard in shard_files(folder)]
+            if files:
+                self.processes.mark()
+                self.images_then = sum(pq.read_metadata(shard).num_rows for shard in files)
+                return
 
 
 def _run(images: Path, output: Path, cpus: int, batch_size: int) -> dict[str, Any]:
@@ -146,6 +185,11 @@ def _run(images: Path, output: Path, cpus: int, batch_size: int) -> dict[str, An
         "seconds": wall,
         "load": os.getloadavg()[0],
     }
+
+
+def _ratio(steady_ms: float | None, loop_ms: float) -> str:
+    """A run's CPU per image after its first result beside the loop's, in the table."""
+    return f"{steady_ms / loop_ms:.2f}x" if steady_ms else "n/a: one file, written at the end"
 
 
 def main() -> None:
@@ -186,12 +230,14 @@ def main() -> None:
         + " ms).",
         "",
         "| batch | Ray CPUs | img/s, whole job | after first result | whole job / loop | CPU per image / loop's "
-        "| first result | driver CPU share (of one core) | load average |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        + ("| CPU per image after first result, all processes / loop's " if args.by_process else "")
+        + "| first result | driver CPU share (of one core) | load average |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if args.by_process else ""),
         *[
             f"| {batch} | {cpus} | {r['images_per_second']:.1f} | {r['steady_images_per_second']:.1f} | "
             f"{r['images_per_second'] / rate:.2f}x | {cpus * rate / r['images_per_second']:.2f}x | "
-            f"{r['first_result_seconds']:.1f} s | {r['driver_cpu_share']:.1%} | {r['load']:.2f} |"
+            + (f"{_ratio(r['steady_cpu_ms'], loop['cpu_ms_per_image'])} | " if args.by_process else "")
+            + f"{r['first_result_seconds']:.1f} s | {r['driver_cpu_share']:.1%} | {r['load']:.2f} |"
             for batch, cpus, r in rows
         ],
         "",

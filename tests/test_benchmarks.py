@@ -200,6 +200,54 @@ def test_cpu_by_process_counts_each_descendant_under_its_title(tmp_path: Path) -
     rows = cpu.table(images=10)
     assert rows[2].startswith(f"| `{child}` | 1 |"), "the busiest first"
     assert rows[-1].startswith("| all | 2 |")
+    assert cpu.after_mark == {}, "never marked"
+
+
+def test_cpu_by_process_counts_the_cpu_after_the_mark_apart(tmp_path: Path) -> None:
+    """What ``null_pipeline.py --by-process`` gives as the steady state: a child that ran before the mark has no CPU
+    after it, one that ran after has all of its CPU there, and the table adds a column of ms per image after it."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from cpu_by_process import ProcessCpu
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    busy = "import time\nend = time.process_time() + 1.0\nwhile time.process_time() < end:\n    pass\ntime.sleep(1.0)\n"
+    (tmp_path / "before.py").write_text(busy)
+    (tmp_path / "after.py").write_text(busy)
+    with ProcessCpu() as cpu:
+        subprocess.run([sys.executable, str(tmp_path / "before.py")], check=True)
+        cpu.mark()
+        subprocess.run([sys.executable, str(tmp_path / "after.py")], check=True)
+    before, after = f"python {tmp_path.name}/before.py", f"python {tmp_path.name}/after.py"
+    assert 0.8 <= cpu.groups[before][0] <= 1.5 and 0.8 <= cpu.groups[after][0] <= 1.5, cpu.groups
+    assert cpu.after_mark.get(before, 0.0) == 0.0 and 0.8 <= cpu.after_mark[after] <= 1.5, cpu.after_mark
+    rows = cpu.table(images=10, loop_ms=100.0, images_after_mark=5)
+    assert rows[0] == (
+        "| process (title) | processes | CPU s | CPU ms per image | CPU ms per image after the mark | share |"
+    )
+    cells = {row.split(" | ")[0].strip("| `"): row.split(" | ") for row in rows[2:]}
+    assert float(cells[after][4]) == pytest.approx(1000 * cpu.after_mark[after] / 5, abs=0.01)
+    assert float(cells[before][4]) == 0.0
+    assert "x the loop's" in cells["all"][4]
+
+
+@pytest.mark.slow
+def test_null_pipeline_reports_the_cpu_per_image_after_the_first_result(tmp_path: Path) -> None:
+    """``null_pipeline.py --by-process`` end to end on a local Ray: the loop, a null-model job whose first file comes
+    before its end (600 images, files of 256), its table beside the loop's and its CPU by process, also after the
+    first result."""
+    report = tmp_path / "BENCHMARKS.md"
+    args = ["--images", "600", "--mixed-images", "8", "--cpus", "1", "--batch-sizes", "4", "--by-process"]
+    run_script("null_pipeline.py", *args, "--write", str(report), "--json", str(tmp_path / "null.json"))
+    [summary, *processes] = table_rows(report)
+    assert summary[:2] == ["4", "1"] and summary[6].endswith("x"), summary
+    (job,) = json.loads((tmp_path / "null.json").read_text())["runs"]
+    assert job["labeled"] == 600 and job["steady_cpu_ms"] > 0
+    assert float(summary[6][:-1]) == pytest.approx(
+        job["steady_cpu_ms"] / json.loads((tmp_path / "null.json").read_text())["loop"]["cpu_ms_per_image"], abs=0.01
+    )
+    (total,) = (row for row in processes if row[0] == "all")
+    assert total[4].startswith(f"{job['steady_cpu_ms']:.2f}"), total
 
 
 @pytest.mark.slow
