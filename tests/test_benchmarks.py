@@ -241,11 +241,10 @@ def test_null_pipeline_reports_the_cpu_per_image_after_the_first_result(tmp_path
     run_script("null_pipeline.py", *args, "--write", str(report), "--json", str(tmp_path / "null.json"))
     [summary, *processes] = table_rows(report)
     assert summary[:2] == ["4", "1"] and summary[6].endswith("x"), summary
-    (job,) = json.loads((tmp_path / "null.json").read_text())["runs"]
+    found = json.loads((tmp_path / "null.json").read_text())
+    (job,) = found["runs"]
     assert job["labeled"] == 600 and job["steady_cpu_ms"] > 0
-    assert float(summary[6][:-1]) == pytest.approx(
-        job["steady_cpu_ms"] / json.loads((tmp_path / "null.json").read_text())["loop"]["cpu_ms_per_image"], abs=0.01
-    )
+    assert float(summary[6][:-1]) == pytest.approx(job["steady_cpu_ms"] / found["loop"]["cpu_ms_per_image"], abs=0.01)
     (total,) = (row for row in processes if row[0] == "all")
     assert total[4].startswith(f"{job['steady_cpu_ms']:.2f}"), total
 
