@@ -12,8 +12,9 @@
 # 3. the labeling job against a plain loop (benchmarks/label_pipeline.py): san_vit_b_16 in bf16 at batch 16
 #    on one GPU, images/s of each and peak GPU memory (needs ray, pyarrow and pycocotools: skipped without);
 # 4. the pipeline alone on this node's CPUs (benchmarks/null_pipeline.py: `--model null`, all CPUs, batch 16,
-#    NULL_IMAGES JPEGs, default 2000) beside step 2's model-only GPU rate (bf16, batch 8): both printed, and which
-#    of the two bounds the node (same dependencies as step 3).
+#    NULL_IMAGES JPEGs, default 2000; with each process's CPU, over the whole job and after its first result)
+#    beside step 2's model-only GPU rate (bf16, batch 8): both printed, and which of the two bounds the node (same
+#    dependencies as step 3).
 # Results land in OUT_DIR (pytest log, the Markdown table to paste into BENCHMARKS.md).
 set -euo pipefail
 out=${1:?usage: bash benchmarks/gpu_checks.sh OUT_DIR}
@@ -33,7 +34,7 @@ if python3 -c "import ray, pyarrow, pycocotools, tqdm" 2>/dev/null; then
     RAY_ADDRESS=local python3 benchmarks/label_pipeline.py --images "${LABEL_IMAGES:-2000}" --model san_vit_b_16 \
         --device cuda --dtype bf16 --batch-size 16 --write "$out/BENCHMARKS.gpu.md" 2>&1 | tee "$out/label_pipeline.log"
     RAY_ADDRESS=local python3 benchmarks/null_pipeline.py --images "${NULL_IMAGES:-2000}" --cpus "$(nproc)" \
-        --batch-sizes 16 --mixed-images 256 --write "$out/BENCHMARKS.gpu.md" --json "$out/null_pipeline.json" 2>&1 \
+        --batch-sizes 16 --mixed-images 256 --by-process --write "$out/BENCHMARKS.gpu.md" --json "$out/null_pipeline.json" 2>&1 \
         | tee "$out/null_pipeline.log"
     python3 benchmarks/cpu_or_gpu_bound.py "$out/null_pipeline.json" "$out/inference.json" | tee "$out/bound.txt"
 else
