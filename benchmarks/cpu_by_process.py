@@ -141,7 +141,7 @@ class ProcessCpu:
         CPU ms per image after the mark: a job's steady state, without its start-up."""
         rows = sorted(self.groups.items(), key=lambda item: -item[1][0])
         total = sum(cpu for cpu, _ in self.groups.values())
-        steady = images_after_mark is not None and self.after_mark
+        steady = images_after_mark is not None and bool(self.after_mark)
 
         def after(group: str | None) -> str:
             if not steady:

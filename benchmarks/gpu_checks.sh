@@ -34,8 +34,8 @@ if python3 -c "import ray, pyarrow, pycocotools, tqdm" 2>/dev/null; then
     RAY_ADDRESS=local python3 benchmarks/label_pipeline.py --images "${LABEL_IMAGES:-2000}" --model san_vit_b_16 \
         --device cuda --dtype bf16 --batch-size 16 --write "$out/BENCHMARKS.gpu.md" 2>&1 | tee "$out/label_pipeline.log"
     RAY_ADDRESS=local python3 benchmarks/null_pipeline.py --images "${NULL_IMAGES:-2000}" --cpus "$(nproc)" \
-        --batch-sizes 16 --mixed-images 256 --by-process --write "$out/BENCHMARKS.gpu.md" --json "$out/null_pipeline.json" 2>&1 \
-        | tee "$out/null_pipeline.log"
+        --batch-sizes 16 --mixed-images 256 --by-process --write "$out/BENCHMARKS.gpu.md" \
+        --json "$out/null_pipeline.json" 2>&1 | tee "$out/null_pipeline.log"
     python3 benchmarks/cpu_or_gpu_bound.py "$out/null_pipeline.json" "$out/inference.json" | tee "$out/bound.txt"
 else
     echo "label job vs loop, and the pipeline on this node's CPUs: skipped (this machine lacks ray, pyarrow," \

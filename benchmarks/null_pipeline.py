@@ -128,7 +128,8 @@ class FirstFileMark:
     POLL_S = 0.02
 
     def __init__(self, output: Path, processes: ProcessCpu):
-        self.folders = [RunOutput(str(output)).predictions_dir, RunOutput(str(output)).errors_dir]
+        run = RunOutput(str(output))
+        self.folders = [run.predictions_dir, run.errors_dir]
         self.processes = processes
         self.images_then = 0
         self._done = threading.Event()

@@ -178,6 +178,15 @@ def test_finish_scale_measures_the_cvat_exports_driver(tmp_path: Path) -> None:
     assert {entry.file_size for entry in masks} == {0}
 
 
+def busy_script(path: Path) -> Path:
+    """A script at ``path`` that uses a second of CPU, then waits a second, so that the sampler reads its last CPU
+    before it exits, however busy the machine."""
+    path.write_text(
+        "import time\nend = time.process_time() + 1.0\nwhile time.process_time() < end:\n    pass\ntime.sleep(1.0)\n"
+    )
+    return path
+
+
 def test_cpu_by_process_counts_each_descendant_under_its_title(tmp_path: Path) -> None:
     """``null_pipeline.py --by-process``'s sampler: the CPU of this process and of a child (titled by its script),
     each in its own row, and the total per image."""
@@ -186,12 +195,7 @@ def test_cpu_by_process_counts_each_descendant_under_its_title(tmp_path: Path) -
         from cpu_by_process import ProcessCpu
     finally:
         sys.path.remove(str(BENCHMARKS))
-    script = tmp_path / "busy.py"
-    # A second of CPU, then a wait, so that the sampler reads the child's last CPU before it exits, however busy the
-    # machine.
-    script.write_text(
-        "import time\nend = time.process_time() + 1.0\nwhile time.process_time() < end:\n    pass\ntime.sleep(1.0)\n"
-    )
+    script = busy_script(tmp_path / "busy.py")
     with ProcessCpu() as cpu:
         subprocess.run([sys.executable, str(script)], check=True)
     child = f"python {tmp_path.name}/busy.py"
@@ -211,13 +215,10 @@ def test_cpu_by_process_counts_the_cpu_after_the_mark_apart(tmp_path: Path) -> N
         from cpu_by_process import ProcessCpu
     finally:
         sys.path.remove(str(BENCHMARKS))
-    busy = "import time\nend = time.process_time() + 1.0\nwhile time.process_time() < end:\n    pass\ntime.sleep(1.0)\n"
-    (tmp_path / "before.py").write_text(busy)
-    (tmp_path / "after.py").write_text(busy)
     with ProcessCpu() as cpu:
-        subprocess.run([sys.executable, str(tmp_path / "before.py")], check=True)
+        subprocess.run([sys.executable, str(busy_script(tmp_path / "before.py"))], check=True)
         cpu.mark()
-        subprocess.run([sys.executable, str(tmp_path / "after.py")], check=True)
+        subprocess.run([sys.executable, str(busy_script(tmp_path / "after.py"))], check=True)
     before, after = f"python {tmp_path.name}/before.py", f"python {tmp_path.name}/after.py"
     assert 0.8 <= cpu.groups[before][0] <= 1.5 and 0.8 <= cpu.groups[after][0] <= 1.5, cpu.groups
     assert cpu.after_mark.get(before, 0.0) == 0.0 and 0.8 <= cpu.after_mark[after] <= 1.5, cpu.after_mark
