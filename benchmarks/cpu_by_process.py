@@ -125,6 +125,11 @@ class ProcessCpu:
         self._watcher.stdin.write(b"m")  # type: ignore[union-attr]
         self._watcher.stdin.flush()  # type: ignore[union-attr]
 
+    def ms_per_image_after_mark(self, images: int, group: str | None = None) -> float:
+        """CPU ms per image of ``group`` (all groups: ``None``) after :meth:`mark`, over ``images`` done since."""
+        cpu = sum(self.after_mark.values()) if group is None else self.after_mark.get(group, 0.0)
+        return 1000 * cpu / max(images, 1)
+
     def __exit__(self, *exc: object) -> None:
         self._watcher.stdin.close()  # type: ignore[union-attr]
         self._watcher.wait(timeout=60)
@@ -146,8 +151,7 @@ class ProcessCpu:
         def after(group: str | None) -> str:
             if not steady:
                 return ""
-            cpu = sum(self.after_mark.values()) if group is None else self.after_mark.get(group, 0.0)
-            ms = 1000 * cpu / max(images_after_mark or 0, 1)
+            ms = self.ms_per_image_after_mark(images_after_mark or 0, group)
             ratio = f" ({ms / loop_ms:.2f}x the loop's)" if group is None and loop_ms else ""
             return f" {ms:.2f}{ratio} |"
 

@@ -116,7 +116,7 @@ def run(images: Path, output: Path, cpus: int, batch_size: int, by_process: floa
         result = _run(images, output, cpus, batch_size)
     after = result["labeled"] - first.images_then if processes.after_mark else 0  # 0: one file, written at the end
     result["processes"] = processes.table(result["labeled"], by_process, images_after_mark=after or None)
-    result["steady_cpu_ms"] = 1000 * sum(processes.after_mark.values()) / after if after else None
+    result["steady_cpu_ms"] = processes.ms_per_image_after_mark(after) if after else None
     return result
 
 
