@@ -98,8 +98,13 @@ def plain_loop(
         images = [read_image_file(p) for p in paths[start : start + batch_size]]
         for prediction in predictor.predict(images):
             encode_label_map_png(prediction.label_map, ignore_value=prediction.unlabeled)
-            label_map_segments(
-                prediction.label_map, prediction.scores, vocabulary.names, vocabulary.category_ids, prediction.unlabeled
+            label_map_segments(  # as the job's encode stage: each class's score from the model's class_scores
+                prediction.label_map,
+                None,
+                vocabulary.names,
+                vocabulary.category_ids,
+                prediction.unlabeled,
+                class_scores=prediction.class_scores,
             )
     return len(paths) / (time.perf_counter() - started)
 

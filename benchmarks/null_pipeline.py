@@ -88,8 +88,13 @@ def plain_loop(images: Path, vocab: Path) -> dict[str, float]:
         clock = _add(steps, "null model", clock)
         encode_label_map_png(labels.label_map, ignore_value=labels.unlabeled)
         clock = _add(steps, "PNG", clock)
-        label_map_segments(
-            labels.label_map, labels.scores, vocabulary.names, vocabulary.category_ids, ignore_value=labels.unlabeled
+        label_map_segments(  # as the job's encode stage: each class's score from the model's class_scores
+            labels.label_map,
+            None,
+            vocabulary.names,
+            vocabulary.category_ids,
+            ignore_value=labels.unlabeled,
+            class_scores=labels.class_scores,
         )
         _add(steps, "RLE and boxes", clock)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

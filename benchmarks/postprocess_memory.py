@@ -49,7 +49,9 @@ def measure(preset: str, classes: int, output_size: tuple[int, int], method: str
         if method == "worker":
             encode_label_map_png(prediction.label_map, ignore_value=prediction.unlabeled)
             names = [f"class {i}" for i in range(classes)]
-            label_map_segments(prediction.label_map, prediction.scores, names, range(1, classes + 1), 255)
+            label_map_segments(
+                prediction.label_map, None, names, range(1, classes + 1), 255, class_scores=prediction.class_scores
+            )
     return {
         "seconds": time.perf_counter() - started,
         "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,

@@ -25,14 +25,13 @@ from san.image_labels import UNLABELED_U8, UNLABELED_U16, label_encoding
 __all__ = [
     "UNLABELED_U8",
     "UNLABELED_U16",
-    "class_mean_scores",
     "decode_label_map_png",
     "encode_label_map_png",
     "label_map_segments",
     "unlabeled_value",
 ]
 
-# Pixels of a label map read at once (its runs of equal values, or a band of rows of its class score sums).
+# Pixels of a label map read at once (its runs of equal values).
 UNIQUE_BAND_PIXELS = 1 << 22
 
 
@@ -119,41 +118,6 @@ def decode_label_map_png(data: bytes) -> np.ndarray:
     raise ValueError(f"label map PNG must be 8- or 16-bit grayscale, got PIL mode {mode!r}")
 
 
-def class_mean_scores(
-    label_map: np.ndarray, pixel_scores: np.ndarray, num_classes: int, ignore_value: int | None = None
-) -> np.ndarray:
-    """The mean of ``pixel_scores`` ``[H, W]`` over each class's pixels of ``label_map`` ``[H, W]``.
-
-    What a segment's ``score`` is, reduced where the scores are (the model's worker) so that only the label
-    map and ``num_classes`` floats travel on. Summed in bands of rows (a large photo's map is never copied
-    whole into 64-bit indices).
-
-    Returns:
-        ``[num_classes]`` float64; 0 for a class without pixels. Pixels equal to ``ignore_value`` and
-        indices outside ``0..num_classes-1`` count for no class.
-    """
-    _check_label_map(label_map)
-    if tuple(pixel_scores.shape) != tuple(label_map.shape):
-        raise ValueError(f"pixel_scores must have the label map's shape {list(label_map.shape)}")
-    # Unsigned maps whose unlabeled value is past the classes need no masking: such values land in bins dropped.
-    direct = label_map.dtype.kind == "u" and (ignore_value is None or ignore_value >= num_classes)
-    sums = np.zeros(num_classes + 1, dtype=np.float64)
-    counts = np.zeros(num_classes + 1, dtype=np.int64)
-    rows = max(1, UNIQUE_BAND_PIXELS // label_map.shape[1])
-    for start in range(0, label_map.shape[0], rows):
-        # Indices converted once here: np.bincount would convert a uint8 band to intp on each of its two calls.
-        band = label_map[start : start + rows].ravel().astype(np.intp)
-        if not direct:
-            outside = (band < 0) | (band >= num_classes)
-            if ignore_value is not None:
-                outside |= band == ignore_value
-            band[outside] = num_classes  # the extra bin that no class reads
-        scores = pixel_scores[start : start + rows].ravel()
-        sums += np.bincount(band, weights=scores, minlength=num_classes + 1)[: num_classes + 1]
-        counts += np.bincount(band, minlength=num_classes + 1)[: num_classes + 1]
-    return np.divide(sums[:-1], counts[:-1], out=np.zeros(num_classes), where=counts[:-1] > 0)
-
-
 def label_map_segments(
     label_map: np.ndarray,
     pixel_scores: np.ndarray | None,
@@ -172,8 +136,8 @@ def label_map_segments(
         names: ``N`` class names.
         category_ids: ``N`` COCO category ids (``Vocabulary.category_ids``).
         ignore_value: the unlabeled value of ``label_map``, or ``None``.
-        class_scores: ``[N]`` each class's score, already reduced (:func:`class_mean_scores`); used
-            instead of ``pixel_scores``.
+        class_scores: ``[N]`` each class's score, already reduced
+            (:attr:`san.image_labels.ImageLabels.class_scores`); used instead of ``pixel_scores``.
 
     Returns:
         Segments in increasing class index, each a dict with ``category_id`` (int), ``category_name``

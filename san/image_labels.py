@@ -33,8 +33,11 @@ class ImageLabels:
     where the best score is below the class's minimum score or the best class is an added ("other") name.
     ``scores`` ``[H, W]`` float32: the best class score at each pixel (SAN's semantic score,
     ``sum_q P(class | mask q) * sigmoid(mask q)``, usually 0..1).
+    ``class_scores`` ``[num_classes]`` float32: the mean of ``scores`` over each class's pixels (0 for a class
+    without pixels), taken on the model's device (:func:`~san.class_scores.class_mean_scores`).
     """
 
     label_map: np.ndarray
     scores: np.ndarray
     unlabeled: int
+    class_scores: np.ndarray

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .class_scores import class_mean_scores
 from .errors import OptionError
 from .image_labels import ImageLabels, label_encoding
 from .modeling.cpu_kernels import kernel_choice
@@ -81,9 +82,12 @@ class PromptClasses:
 
     def image_labels(self, score: torch.Tensor, index: torch.Tensor, index_class: Sequence[int]) -> ImageLabels:
         """An image's :class:`~san.image_labels.ImageLabels` from its best score ``[H, W]`` and the best prompt or
-        class ``index`` ``[H, W]`` (``index_class`` maps an index to its class)."""
-        label = self._labels(index, index_class, score).cpu().numpy().astype(self.label_dtype, copy=False)
-        return ImageLabels(label, score.float().cpu().numpy(), self.unlabeled)
+        class ``index`` ``[H, W]`` (``index_class`` maps an index to its class), with each class's mean score
+        taken on their device."""
+        label = self._labels(index, index_class, score)
+        means = class_mean_scores(label, score, self.num_classes).float().cpu().numpy()
+        label_map = label.cpu().numpy().astype(self.label_dtype, copy=False)
+        return ImageLabels(label_map, score.float().cpu().numpy(), self.unlabeled, means)
 
     def _labels(self, index: torch.Tensor, index_class: Sequence[int], score: torch.Tensor) -> torch.Tensor:
         """The label ``[H, W]`` of each pixel from its best prompt or class ``index`` ``[H, W]`` (``index_class``

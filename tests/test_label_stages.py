@@ -27,7 +27,7 @@ from pipeline.label.job import TALLY_INTERVAL, _consume
 from pipeline.label.model_stage import NullPredictor
 from pipeline.label.write import WriteStage
 from pipeline.outputs import RunOutput
-from pipeline.segments import class_mean_scores, label_map_segments
+from pipeline.segments import label_map_segments
 from pipeline.vocabulary import parse_vocabulary
 from san.transforms import ResizeShortestEdge
 
@@ -105,52 +105,15 @@ def test_the_probed_size_is_the_displayed_size(orientation: int | None, expected
     assert probe_size("x.jpg", jpeg(48, 64, orientation)) == expected
 
 
-@pytest.mark.parametrize(
-    ("dtype", "ignore_value"),
-    [(np.uint8, 255), (np.uint16, 65535), (np.uint8, None), (np.int32, 255), (np.uint8, 2)],
-    ids=["uint8", "uint16", "no-ignore", "signed", "ignore-is-a-class-index"],
-)
-def test_class_mean_scores_are_each_class_mean_over_its_pixels(dtype, ignore_value, monkeypatch) -> None:
-    monkeypatch.setattr(pipeline.segments, "UNIQUE_BAND_PIXELS", 200)  # several bands of rows
-    rng = np.random.default_rng(1)
-    label_map = rng.integers(0, 4, (37, 53)).astype(dtype)
-    label_map[0, :5] = np.iinfo(dtype).max if ignore_value is None else ignore_value
-    scores = rng.random((37, 53), dtype=np.float32)
-    means = class_mean_scores(label_map, scores, num_classes=5, ignore_value=ignore_value)
-    for k in range(4):
-        counted = (label_map == k) & (label_map != ignore_value)
-        expected = scores[counted].astype(np.float64).mean() if counted.any() else 0.0
-        assert means[k] == pytest.approx(expected, rel=1e-12)
-    assert means[4] == 0.0, "a class without pixels"
-
-
-def test_class_mean_scores_convert_the_label_map_to_indices_once(monkeypatch) -> None:
-    """Both counts of a band (scores and pixels) take one index array of ``intp``: ``np.bincount`` would convert a
-    ``uint8`` map (the usual one) on each call, which took most of the null model's time per image."""
-    seen: list[tuple[int, np.dtype]] = []
-    bincount = np.bincount
-
-    def recording(indices: np.ndarray, *args, **kwargs) -> np.ndarray:
-        seen.append((id(indices), indices.dtype))
-        return bincount(indices, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline.segments.np, "bincount", recording)
-    label_map = np.random.default_rng(2).integers(0, 4, (30, 40)).astype(np.uint8)
-    class_mean_scores(label_map, np.ones((30, 40), np.float32), num_classes=5, ignore_value=255)
-    assert len(seen) == 2 and seen[0][0] == seen[1][0], "one index array for both counts"
-    assert seen[0][1] == np.intp
-
-
 def test_encoded_rows_are_typed_and_match_the_segments_of_the_label_map(tmp_path) -> None:
     [prediction] = NullPredictor(len(VOCABULARY.names)).predict([np.zeros((1, 1, 3), np.uint8)], [(130, 200)])
-    scores = class_mean_scores(prediction.label_map, prediction.scores, 3, prediction.unlabeled)
     batch = {
         "image_path": np.asarray(["a.jpg", "bad.jpg"], dtype=object),
         "error": np.asarray(["", "truncated image"], dtype=object),
         "height": np.asarray([130, 0]),
         "width": np.asarray([200, 0]),
         "label_map": [prediction.label_map, np.zeros((1, 1), np.uint8)],
-        "class_scores": np.stack([scores, np.zeros(3)]),
+        "class_scores": np.stack([prediction.class_scores, np.zeros(3)]),
         "batch_images": np.asarray([1, 0]),
         "fingerprint": np.asarray(["size:1,mtime_ns:2", ""], dtype=object),
     }

@@ -10,6 +10,9 @@ import torch.nn.functional as F
 from skimage import data
 
 import san
+import san.class_scores
+from san.class_scores import class_mean_scores
+from san.image_labels import ImageLabels
 from san.modeling.postprocess import best_class, column_bands, semantic_scores
 from san.predictor import Predictor
 from san.settings import PredictionSettings
@@ -63,6 +66,41 @@ def test_predict_labels_each_pixel_with_its_best_class_over_synonyms() -> None:
     below = predictions[0].scores < threshold
     assert below.any() and (strict.label_map[below] == strict.unlabeled).all()
     np.testing.assert_array_equal(strict.label_map[~below], predictions[0].label_map[~below])
+    for prediction in (*predictions, strict):
+        assert_class_scores_are_the_mean_score_of_each_class(prediction, num_classes=3)
+
+
+def assert_class_scores_are_the_mean_score_of_each_class(prediction: ImageLabels, num_classes: int) -> None:
+    """``class_scores``: the mean of ``scores`` over each class's pixels, 0 without pixels (unlabeled: no class)."""
+    assert prediction.class_scores.shape == (num_classes,) and prediction.class_scores.dtype == np.float32
+    for k in range(num_classes):
+        pixels = prediction.label_map == k
+        expected = prediction.scores[pixels].astype(np.float64).mean() if pixels.any() else 0.0
+        assert prediction.class_scores[k] == pytest.approx(expected, rel=1e-6), f"class {k}"
+
+
+@pytest.mark.parametrize(
+    ("dtype", "num_classes", "unlabeled"),
+    [(torch.uint8, 5, 255), (torch.int32, 5, 65535), (torch.uint8, 5, 5)],
+    ids=["uint8", "int32", "unlabeled-is-the-next-index"],
+)
+def test_class_mean_scores_are_each_class_mean_over_its_pixels(dtype, num_classes, unlabeled, monkeypatch) -> None:
+    monkeypatch.setattr(san.class_scores, "BAND_PIXELS", 200)  # several bands of rows
+    generator = torch.Generator().manual_seed(1)
+    label = torch.randint(0, 4, (37, 53), generator=generator).to(dtype)
+    label[0, :5] = unlabeled
+    score = torch.rand(37, 53, generator=generator)
+    means = class_mean_scores(label, score, num_classes)
+    assert means.dtype == torch.float64 and means.shape == (num_classes,)
+    for k in range(4):
+        pixels = label == k
+        assert means[k].item() == pytest.approx(score[pixels].double().mean().item(), rel=1e-12)
+    assert means[4].item() == 0.0, "a class without pixels"
+
+
+def test_class_mean_scores_refuse_maps_of_two_shapes() -> None:
+    with pytest.raises(ValueError, match=r"label \(3, 4\) and score \(4, 3\) must be one \[H, W\] shape"):
+        class_mean_scores(torch.zeros(3, 4, dtype=torch.uint8), torch.zeros(4, 3), 2)
 
 
 def test_images_resized_elsewhere_must_follow_the_predictors_resize_rule() -> None:

@@ -24,7 +24,6 @@ from san.settings import PredictionSettings
 from san.transforms import ResizeShortestEdge
 
 from ..region_shards import REGION_DTYPES
-from ..segments import class_mean_scores
 from ..vocabulary import Vocabulary
 from .attempts import GAVE_UP, MAX_ATTEMPTS, Attempts
 from .batching import padded_size
@@ -100,8 +99,11 @@ class NullPredictor:
             cells = np.add.outer(np.arange(height) // NULL_CELL, np.arange(width) // NULL_CELL)
             label_map = (cells % self.num_classes).astype(self.label_dtype)
             scores = np.ones(label_map.shape, np.float32)
-            label_map.flags.writeable = scores.flags.writeable = False
-            self._maps[(height, width)] = ImageLabels(label_map, scores, self.unlabeled)
+            # Each class's mean score, once per size as a model's device would take it: 1 where the class has pixels.
+            class_scores = (np.bincount(label_map.ravel(), minlength=self.num_classes) > 0).astype(np.float32)
+            for array in (label_map, scores, class_scores):
+                array.flags.writeable = False
+            self._maps[(height, width)] = ImageLabels(label_map, scores, self.unlabeled, class_scores)
         return self._maps[(height, width)]
 
 
@@ -119,7 +121,7 @@ class ModelStage:
     """Actor stage: loads the model and the vocabulary's text embeddings once, then labels model batches
     (rows of :class:`~pipeline.label.decode.DecodeStage`), one output row per image: its ``label_map``
     ``[H, W]`` at its original size and ``class_scores`` ``[num_classes]`` (each class's mean best score,
-    :func:`~pipeline.segments.class_mean_scores`); the encoding is left to CPU tasks
+    :attr:`~san.image_labels.ImageLabels.class_scores`); the encoding is left to CPU tasks
     (:mod:`pipeline.label.encode`). ``settings`` go whole to the :class:`~san.predictor.Predictor`.
 
     With ``keep_regions`` (``fp32`` or ``fp16``, :data:`~pipeline.region_shards.REGION_DTYPES`), each row also has
@@ -257,16 +259,15 @@ class ModelStage:
         """The result of each of ``rows`` (one model call for all)."""
         images = [batch["image"][i] for i in rows]
         sizes = [(batch["height"][i], batch["width"][i]) for i in rows]
-        num_classes = len(self.vocabulary.names)
         if not self.keep_regions:
-            return [image_result(p, num_classes) for p in self.predictor.predict(images, original_sizes=sizes)]
+            return [image_result(p) for p in self.predictor.predict(images, original_sizes=sizes)]
         dtype = REGION_DTYPES[self.keep_regions]
         results = []
         for labels, regions in self.predictor.predict_regions(images, original_sizes=sizes):
             arrays = [
                 a.float().cpu().numpy().astype(dtype, copy=False) for a in (regions.mask_preds, regions.mask_embs)
             ]
-            results.append(image_result(labels, num_classes, (*arrays, *regions.padded_size, *regions.image_size)))
+            results.append(image_result(labels, (*arrays, *regions.padded_size, *regions.image_size)))
         return results
 
 
@@ -280,11 +281,10 @@ class ImageResult:
     regions: tuple[Any, ...] | None = None
 
 
-def image_result(labels: ImageLabels, num_classes: int, regions: tuple[Any, ...] | None = None) -> ImageResult:
-    """An image's :class:`ImageResult` from its :class:`~san.image_labels.ImageLabels`: each class's mean best score
-    (:func:`~pipeline.segments.class_mean_scores`) beside the label map."""
-    scores = class_mean_scores(labels.label_map, labels.scores, num_classes, labels.unlabeled).astype(np.float32)
-    return ImageResult(labels.label_map, scores, regions)
+def image_result(labels: ImageLabels, regions: tuple[Any, ...] | None = None) -> ImageResult:
+    """An image's :class:`ImageResult` from its :class:`~san.image_labels.ImageLabels`: the label map and each
+    class's mean best score (taken on the model's device), without the full-size score map."""
+    return ImageResult(labels.label_map, labels.class_scores, regions)
 
 
 def _model_call_sizes(

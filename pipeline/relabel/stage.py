@@ -116,7 +116,7 @@ class RelabelStage:
         for regions, fingerprint in _read_regions(batch):
             arrays = [torch.from_numpy(np.array(a, np.float32)) for a in (regions.mask_preds, regions.mask_embs)]
             [labels] = labeler.predict([ImageRegions(*arrays, regions.padded_size, regions.input_size)], [regions.size])
-            result = image_result(labels, len(vocabulary.names))
+            result = image_result(labels)
             values = (regions.image_path, "", *regions.size, result.label_map, result.class_scores, 0, fingerprint)
             for name, value in zip(OUTPUT_COLUMNS, values, strict=True):
                 out[name].append(value)
