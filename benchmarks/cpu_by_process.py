@@ -51,7 +51,10 @@ def group_of(pid: int, root: int, comm: str, cmdline: str) -> str:
         return "driver"
     if cmdline.startswith("ray::"):
         return cmdline.split()[0]
-    script = _PYTHON_SCRIPT.search(cmdline) if "python" in comm or "python" in cmdline.split(" ")[0] else None
+    # The executable's own name: Ray's raylet lives under .../python3.11/site-packages/ and names setup_worker.py
+    # among its arguments.
+    executable = os.path.basename(cmdline.split(" ")[0])
+    script = _PYTHON_SCRIPT.search(cmdline) if comm.startswith("python") or executable.startswith("python") else None
     return f"python {script.group(0)}" if script else comm
 
 

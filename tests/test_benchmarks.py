@@ -207,6 +207,24 @@ def test_cpu_by_process_counts_each_descendant_under_its_title(tmp_path: Path) -
     assert cpu.after_mark == {}, "never marked"
 
 
+def test_cpu_by_process_names_a_native_process_by_its_executable_whatever_its_path_or_arguments() -> None:
+    """Ray's raylet runs from ``.../python3.11/site-packages/ray/...`` with ``setup_worker.py`` among its arguments:
+    it is the raylet, not a Python script (it was once counted as ``python workers/setup_worker.py``)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from cpu_by_process import group_of
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    raylet = (
+        "/v/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet --raylet_socket_name=/tmp/s "
+        "--python_worker_command=/v/bin/python /v/lib/python3.11/site-packages/ray/_private/workers/setup_worker.py"
+    )
+    assert group_of(7, 1, "raylet", raylet) == "raylet"
+    monitor = "/v/bin/python3.11 -u /v/lib/python3.11/site-packages/ray/_private/log_monitor.py --session-dir=/tmp/s"
+    assert group_of(8, 1, "python3.11", monitor) == "python _private/log_monitor.py"
+    assert group_of(9, 1, "ray::IDLE", "ray::IDLE") == "ray::IDLE" and group_of(1, 1, "python", "x") == "driver"
+
+
 def test_cpu_by_process_counts_the_cpu_after_the_mark_apart(tmp_path: Path) -> None:
     """What ``null_pipeline.py --by-process`` gives as the steady state: a child that ran before the mark has no CPU
     after it, one that ran after has all of its CPU there, and the table adds a column of ms per image after it."""
