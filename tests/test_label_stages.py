@@ -18,7 +18,6 @@ from local_ray import local_ray  # noqa: F401
 from PIL import Image
 
 import pipeline.label.batching
-import pipeline.segments
 from pipeline.label.batching import BATCH_ROW_SCHEMA, PAD_MULTIPLE, GroupStage, model_batch_blocks, probe_size
 from pipeline.label.decode import DecodeStage
 from pipeline.label.encode import EncodeStage
