@@ -81,6 +81,7 @@ def test_readme_main_command_runs_in_smoke_mode(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert not RAY_ERROR_LINE.search(run.stderr), f"a normal run prints no Ray error line: {run.stderr[-3000:]}"
+    assert "Warning:" not in run.stderr, f"nor a Python warning: {run.stderr[-3000:]}"
     manifest = json.loads((tmp_path / "labels" / "manifest.json").read_text())
     assert manifest["counts"]["labeled"] == len(list((ROOT / "samples" / "images").iterdir()))
 

@@ -146,40 +146,36 @@ def test_the_local_ray_that_init_ray_started_has_its_settings() -> None:
     assert running.get("idle_worker_killing_time_threshold_ms") == 60_000
 
 
-def test_init_ray_starts_ray_datas_actors_for_an_actor_pool_and_never_waits_for_its_probe(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_job_with_an_actor_pool_starts_ray_datas_actors_first(monkeypatch: pytest.MonkeyPatch) -> None:
     """Start-up: Ray Data launches no task before its autoscaling coordinator answers, so a job with an actor pool
-    creates Ray Data's actors as soon as Ray is up (their worker processes then start beside the job's own), and the
-    restart-warning actor is killed by a thread once it has started, while the driver goes on."""
-    import threading
-
+    creates Ray Data's actors as soon as Ray is up (their worker processes then start beside the job's own); the
+    restart warning is spent after them, and evaluation and exports (no actor pool) create none."""
     from pipeline.label import resources
 
     events: list[str] = []
-    release = threading.Event()
-    dismissed = threading.Event()
-
-    def dismiss(probe: str) -> None:
-        release.wait(30)  # the actor's worker process still starting
-        events.append(f"{probe} dismissed")
-        dismissed.set()
-
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
     monkeypatch.setattr(resources, "start_data_actors", lambda: events.append("data actors"))
-    monkeypatch.setattr(resources, "_spend_restart_warning", lambda: events.append("probe created") or "probe")
-    monkeypatch.setattr(resources, "_dismiss", dismiss)
+    monkeypatch.setattr(resources, "_spend_restart_warning", lambda: events.append("warning spent"))
     context = ray.data.DataContext()
     monkeypatch.setattr(ray.data.DataContext, "get_current", lambda: events.append("ray.data") or context)
     resources.init_ray(actor_pool=True)
-    assert events == ["data actors", "probe created", "ray.data"], "returned without waiting for the probe"
-    release.set()
-    assert dismissed.wait(30) and events[-1] == "probe dismissed"
+    assert events == ["data actors", "warning spent", "ray.data"]
     events.clear()
-    dismissed.clear()
     resources.init_ray()
-    assert dismissed.wait(30)
-    assert events == ["probe created", "ray.data", "probe dismissed"], "evaluation and exports run no actor pool"
+    assert events == ["warning spent", "ray.data"], "evaluation and exports run no actor pool"
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_the_restart_warnings_actor_never_gets_a_worker_process() -> None:
+    """The actor that spends Ray's restart warning asks for a resource that no node has (so no worker process starts
+    for it, a second of CPU in a start-up bound by the CPUs) and is killed at once: its handle answers that it died."""
+    from pipeline.label import resources
+
+    assert not set(resources.NEVER_SCHEDULED) & set(ray.cluster_resources())
+    actor = resources._Restartable.remote(ray.put(None))
+    ray.kill(actor)
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(actor.__ray_ready__.remote(), timeout=60)
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
+import warnings
 from dataclasses import dataclass
 
 import ray
@@ -42,8 +42,6 @@ class ResourcePlan:
 
 # Logical CPUs of a ``--model null`` actor on a CPU cluster (it only hands over a fixed label map).
 NULL_MODEL_CPUS = 0.25
-# Seconds to wait for the actor that spends Ray's restart warning to start before it is killed anyway.
-PROBE_READY_TIMEOUT_S = 60
 # Seconds to wait for the first predictor actors (model load, weights download) before failing.
 ACTOR_START_TIMEOUT_S = 900
 # Ray's settings (``ray.init``'s ``_system_config``) of a local Ray that this process starts; a cluster keeps its own.
@@ -78,13 +76,14 @@ def init_ray(actor_pool: bool = False) -> None:
             _check_actors_start()
     if actor_pool:
         start_data_actors()
-    probe = _spend_restart_warning()
+    _spend_restart_warning()
     logging.getLogger("ray.data").setLevel(logging.ERROR)
+    # Ray Data warns when a stage gets fewer blocks than its task limit (any run of a few images: the job sizes its
+    # stages for every run) and advises an option (override_num_blocks) that the job's user does not have.
+    warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks for ", category=UserWarning)
     context = ray.data.DataContext.get_current()  # (imports Ray Data: a second, while the actors above start)
     context.enable_progress_bars = False  # the job shows its own bar with counts and ETA
     context.print_on_execution_start = False
-    if probe is not None:  # killed once it has started, by a thread: the driver goes on meanwhile
-        threading.Thread(target=_dismiss, args=(probe,), name="restart-warning-probe", daemon=True).start()
 
 
 def local_ray_config() -> dict[str, int]:
@@ -126,9 +125,11 @@ def _check_actors_start() -> None:
 
 # Whether this process has spent Ray's restart warning (:func:`_spend_restart_warning`).
 _restart_warning_spent = False
+# A resource that no node has: the actor asking for it is never scheduled, so no worker process starts for it.
+NEVER_SCHEDULED = {"san-labeler-never-scheduled": 1}
 
 
-@ray.remote(num_cpus=0, max_restarts=1)
+@ray.remote(num_cpus=0, max_restarts=1, resources=NEVER_SCHEDULED)
 class _Restartable:
     """An actor that Ray may restart, made with an argument in the object store: what Ray warns about."""
 
@@ -136,43 +137,35 @@ class _Restartable:
         pass
 
 
-def _spend_restart_warning() -> ray.actor.ActorHandle | None:
+def _spend_restart_warning() -> None:
     """Make Ray print, out of sight, the ``E`` line that every Ray Data actor pool would otherwise print on
     this driver's stderr: ``core_worker.cc ... has constructor arguments in the object store and
-    max_restarts > 0``; the actor that made it print, to :func:`_dismiss` (``None`` after the first call).
+    max_restarts > 0`` (a no-op after the first call).
 
     Ray Data passes each pool actor its own ``DataContext`` and map function as object references and
     restarts dead actors (``max_restarts=-1``); Ray 2.60 logs that pair once per process at the ``ERROR``
-    level (ray-project/ray#57733: with any actor ``map_batches``, whatever its arguments). Ray Data holds
-    both references for the whole run, so a restarted predictor finds them, and the job needs those restarts
-    (``pipeline.label.attempts``): ``max_restarts=0`` would fail the run at the first dead worker. So the
-    line is spent here, with stderr on ``/dev/null`` for the one actor creation that prints it; Ray's
-    driver log (``python-core-driver-*.log``) still records it."""
+    level when the actor is created (ray-project/ray#57733: with any actor ``map_batches``, whatever its
+    arguments). Ray Data holds both references for the whole run, so a restarted predictor finds them, and the
+    job needs those restarts (``pipeline.label.attempts``): ``max_restarts=0`` would fail the run at the first
+    dead worker. So the line is spent here, with stderr on ``/dev/null`` for the one actor creation that prints
+    it; Ray's driver log (``python-core-driver-*.log``) still records it. That actor asks for
+    :data:`NEVER_SCHEDULED` and is killed at once: it never gets a worker process (one costs about a second of
+    CPU, during a start-up bound by the CPUs on a small machine), and its creation is cancelled without a line on
+    stderr or in Ray's logs at the error level (measured with Ray 2.60)."""
     global _restart_warning_spent
     if _restart_warning_spent:  # (Ray prints the warning once per process)
-        return None
+        return
     _restart_warning_spent = True
     sys.stderr.flush()
     saved = os.dup(2)
     try:
         with open(os.devnull, "wb") as sink:
             os.dup2(sink.fileno(), 2)
-            return _Restartable.remote(ray.put(None))
+            actor = _Restartable.remote(ray.put(None))
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-
-
-def _dismiss(probe: ray.actor.ActorHandle) -> None:
-    """Kill the actor of :func:`_spend_restart_warning` once it has started: an actor killed before it exists makes
-    the GCS log an ``E`` line of its own (``Failed to kill actor NIL_ID``). :func:`init_ray` runs it in a thread of
-    its own, so that the driver never waits for the actor's worker process (on 2 CPUs it starts after Ray Data's)."""
-    try:
-        ray.get(probe.__ray_ready__.remote(), timeout=PROBE_READY_TIMEOUT_S)
-    except ray.exceptions.RayError:  # not started in time, or gone (e.g. its node): killed all the same
-        pass
-    finally:
-        ray.kill(probe)
+    ray.kill(actor)
 
 
 def start_on_driver_node(cls: type) -> ray.actor.ActorHandle:
