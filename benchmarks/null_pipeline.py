@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # (width, height) of the mixed-aspect set: 4:3, 3:4, 16:9, 1:1, short side 480.
 MIXED_SIZES = [(640, 480), (480, 640), (853, 480), (480, 480)]
 LOOP_STEPS = ["read", "decode", "resize", "null model", "PNG", "RLE and boxes"]
+DEFAULT_SHARD_SIZE = LabelOptions.shard_size  # the job's own default: rows per file
 
 
 def write_jpegs(folder: Path, count: int, sizes: list[tuple[int, int]]) -> Path:
@@ -116,16 +117,23 @@ def _add(steps: dict[str, float], step: str, since: float) -> float:
     return now
 
 
-def run(images: Path, output: Path, cpus: int, batch_size: int, by_process: float | None = None) -> dict[str, Any]:
+def run(
+    images: Path,
+    output: Path,
+    cpus: int,
+    batch_size: int,
+    by_process: float | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+) -> dict[str, Any]:
     """The null-model job on a fresh local Ray of ``cpus`` CPUs: images/s (whole job, and after the first
     result), the driver's CPU seconds per wall second, images per model call, and the 1-minute load average
     at the end; with ``by_process`` (the loop's CPU ms per image), also ``processes``: the Markdown rows of
     :class:`ProcessCpu` (from Ray's start to the job's end, and after the first file written), and
     ``steady_cpu_ms``: all processes' CPU ms per image after the first file (None when it was the only one)."""
     if by_process is None:
-        return _run(images, output, cpus, batch_size)
+        return _run(images, output, cpus, batch_size, shard_size)
     with ProcessCpu() as processes, FirstFileMark(output, processes) as first:
-        result = _run(images, output, cpus, batch_size)
+        result = _run(images, output, cpus, batch_size, shard_size)
     after = result["labeled"] - first.images_then if processes.after_mark else 0  # 0: one file, written at the end
     result["processes"] = processes.table(result["labeled"], by_process, images_after_mark=after or None)
     result["steady_cpu_ms"] = processes.ms_per_image_after_mark(after) if after else None
@@ -164,7 +172,7 @@ class FirstFileMark:
                 return
 
 
-def _run(images: Path, output: Path, cpus: int, batch_size: int) -> dict[str, Any]:
+def _run(images: Path, output: Path, cpus: int, batch_size: int, shard_size: int) -> dict[str, Any]:
     """:func:`run` less the CPU by process."""
     # As the job starts a local Ray (pipeline.label.resources.init_ray), with the CPUs given.
     ray.init(
@@ -180,6 +188,7 @@ def _run(images: Path, output: Path, cpus: int, batch_size: int) -> dict[str, An
         output=str(output),
         model="null",
         batch_size=batch_size,
+        shard_size=shard_size,
         progress=False,
     )
     wall, cpu = time.perf_counter(), time.process_time()
@@ -211,6 +220,9 @@ def main() -> None:
     parser.add_argument("--mixed-images", type=int, default=1024, help="JPEGs of mixed aspect ratios")
     parser.add_argument("--cpus", type=int, nargs="+", default=[1, 2], help="Ray CPUs of each throughput run")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 16])
+    parser.add_argument(
+        "--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="rows per file of the runs (the job's default)"
+    )
     parser.add_argument("--write", type=Path, help="append the tables to this Markdown file")
     parser.add_argument(
         "--by-process", action="store_true", help="also a table per run of the CPU of each Ray process (Linux)"
@@ -227,7 +239,8 @@ def main() -> None:
         by_process = loop["cpu_ms_per_image"] if args.by_process else None
         for batch_size in args.batch_sizes:
             for cpus in args.cpus:
-                result = run(images, Path(tmp) / f"out-{cpus}-{batch_size}", cpus, batch_size, by_process)
+                output = Path(tmp) / f"out-{cpus}-{batch_size}"
+                result = run(images, output, cpus, batch_size, by_process, args.shard_size)
                 rows.append((batch_size, cpus, result))
         mixed = write_jpegs(Path(tmp) / "mixed", args.mixed_images, MIXED_SIZES)
         fill = run(mixed, Path(tmp) / "out-mixed", max(args.cpus), max(args.batch_sizes))

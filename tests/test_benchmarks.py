@@ -253,16 +253,17 @@ def test_cpu_by_process_counts_the_cpu_after_the_mark_apart(tmp_path: Path) -> N
 @pytest.mark.slow
 def test_null_pipeline_reports_the_cpu_per_image_after_the_first_result(tmp_path: Path) -> None:
     """``null_pipeline.py --by-process`` end to end on a local Ray: the loop, a null-model job whose first file comes
-    before its end (600 images, files of 256), its table beside the loop's and its CPU by process, also after the
+    before its end (200 images, files of 64), its table beside the loop's and its CPU by process, also after the
     first result."""
     report = tmp_path / "BENCHMARKS.md"
-    args = ["--images", "600", "--mixed-images", "8", "--cpus", "1", "--batch-sizes", "4", "--by-process"]
+    args = ["--images", "200", "--mixed-images", "8", "--cpus", "1", "--batch-sizes", "4", "--shard-size", "64"]
+    args.append("--by-process")
     run_script("null_pipeline.py", *args, "--write", str(report), "--json", str(tmp_path / "null.json"))
     [summary, *processes] = table_rows(report)
     assert summary[:2] == ["4", "1"] and summary[6].endswith("x"), summary
     found = json.loads((tmp_path / "null.json").read_text())
     (job,) = found["runs"]
-    assert job["labeled"] == 600 and job["steady_cpu_ms"] > 0
+    assert job["labeled"] == 200 and job["steady_cpu_ms"] > 0
     assert float(summary[6][:-1]) == pytest.approx(job["steady_cpu_ms"] / found["loop"]["cpu_ms_per_image"], abs=0.01)
     (total,) = (row for row in processes if row[0] == "all")
     assert total[4].startswith(f"{job['steady_cpu_ms']:.2f}"), total
