@@ -214,10 +214,22 @@ def _ratio(steady_ms: float | None, loop_ms: float) -> str:
     return f"{steady_ms / loop_ms:.2f}x" if steady_ms else "n/a: one file, written at the end"
 
 
+def _fill_line(fill: dict[str, Any], images: int, batch_size: int) -> list[str]:
+    """The report's line on the batch-fill run (``images`` of mixed aspect ratios, at ``batch_size``)."""
+    calls = fill["images_per_model_call"]
+    return [
+        f"Batch fill: {images} JPEGs cycling 4:3, 3:4, 16:9 and 1:1 (short side 480), batch {batch_size}: {calls:.2f} "
+        f"images per model call ({calls / batch_size:.0%}; load average {fill['load']:.2f}).",
+        "",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=5000, help="640x480 JPEGs for the throughput runs")
-    parser.add_argument("--mixed-images", type=int, default=1024, help="JPEGs of mixed aspect ratios")
+    parser.add_argument(
+        "--mixed-images", type=int, default=1024, help="JPEGs of mixed aspect ratios (0: no batch-fill run)"
+    )
     parser.add_argument("--cpus", type=int, nargs="+", default=[1, 2], help="Ray CPUs of each throughput run")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 16])
     parser.add_argument(
@@ -242,8 +254,10 @@ def main() -> None:
                 output = Path(tmp) / f"out-{cpus}-{batch_size}"
                 result = run(images, output, cpus, batch_size, by_process, args.shard_size)
                 rows.append((batch_size, cpus, result))
-        mixed = write_jpegs(Path(tmp) / "mixed", args.mixed_images, MIXED_SIZES)
-        fill = run(mixed, Path(tmp) / "out-mixed", max(args.cpus), max(args.batch_sizes))
+        fill = None
+        if args.mixed_images:
+            mixed = write_jpegs(Path(tmp) / "mixed", args.mixed_images, MIXED_SIZES)
+            fill = run(mixed, Path(tmp) / "out-mixed", max(args.cpus), max(args.batch_sizes))
     rate = loop["images_per_second"]
     table = [
         f"### Labeling pipeline with `--model null` beside a plain loop ({time.strftime('%Y-%m-%d %H:%M')})",
@@ -267,10 +281,7 @@ def main() -> None:
             for batch, cpus, r in rows
         ],
         "",
-        f"Batch fill: {args.mixed_images} JPEGs cycling 4:3, 3:4, 16:9 and 1:1 (short side 480), batch "
-        f"{max(args.batch_sizes)}: {fill['images_per_model_call']:.2f} images per model call "
-        f"({fill['images_per_model_call'] / max(args.batch_sizes):.0%}; load average {fill['load']:.2f}).",
-        "",
+        *(_fill_line(fill, args.mixed_images, max(args.batch_sizes)) if fill else []),
     ]
     for batch, cpus, r in rows if args.by_process else []:
         table += [

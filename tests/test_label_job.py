@@ -395,18 +395,27 @@ def test_a_file_that_is_no_san_checkpoint_is_one_line_before_any_worker_starts(i
     assert not marker.exists() and not (tmp_path / "labels").exists()
 
 
-def test_rerun_of_a_finished_run_labels_nothing_new(inputs: dict, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("local_ray")
+def test_a_rerun_with_another_vocabulary_is_refused(inputs: dict, tmp_path: Path) -> None:
+    """The run labeled in this process (on the suite's Ray); the command that would continue it with another
+    vocabulary is refused before it starts Ray."""
     output = tmp_path / "labels"
-    env = LOCAL_RAY
-    command = [sys.executable, *label_command(inputs, output, "--limit", "5")[1:]]
-    first = subprocess.run(command, cwd=ROOT, env=LOCAL_RAY, capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
+    options = LabelOptions(
+        vocab=str(inputs["vocab"]),
+        input=str(inputs["folder"]),
+        output=str(output),
+        smoke_test=True,
+        short_side=SHORT_SIDE,
+        limit=5,
+        progress=False,
+    )
+    run_label_job(options)
     run = RunOutput(output)
     assert run.read_predictions().num_rows + run.read_errors().num_rows == 5
     other_vocab = tmp_path / "other.txt"
     other_vocab.write_text("dog\n")
-    conflict = [*command, "--vocab", str(other_vocab)]
-    refused = subprocess.run(conflict, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    conflict = [sys.executable, *label_command(inputs, output, "--limit", "5", "--vocab", str(other_vocab))[1:]]
+    refused = subprocess.run(conflict, cwd=ROOT, env=LOCAL_RAY, capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0 and "different vocabulary" in refused.stderr
 
 
