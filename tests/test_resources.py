@@ -166,7 +166,7 @@ def test_a_job_with_an_actor_pool_starts_ray_datas_actors_first(monkeypatch: pyt
 
 
 @pytest.mark.usefixtures("local_ray")
-def test_the_restart_warnings_actor_never_gets_a_worker_process() -> None:
+def test_the_restart_warnings_actor_asks_for_a_resource_no_node_has_and_is_gone_at_once() -> None:
     """The actor that spends Ray's restart warning asks for a resource that no node has (so no worker process starts
     for it, a second of CPU in a start-up bound by the CPUs) and is killed at once: its handle answers that it died."""
     from pipeline.label import resources
