@@ -94,7 +94,8 @@ def _tokenizer() -> SimpleTokenizer:
     module = importlib.util.module_from_spec(spec)
     module.__dict__["__builtins__"] = {**vars(builtins), "__import__": _import_without_torch}
     spec.loader.exec_module(module)
-    return module.SimpleTokenizer()
+    built = getattr(module, "_tokenizer", None)  # the module builds its default tokenizer as it loads: no second one
+    return built if isinstance(built, module.SimpleTokenizer) else module.SimpleTokenizer()
 
 
 def prompt_length_problem(name: str, templates: Sequence[str], context_length: int = CONTEXT_LENGTH) -> str | None:
