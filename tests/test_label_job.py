@@ -211,10 +211,29 @@ def default_sigint() -> None:
 
 
 def stop(process: subprocess.Popen) -> None:
-    """Kill a job's process group if it still runs (a test that failed half way)."""
+    """Kill a job's process group if it still runs (a test that failed half way), and close its stderr pipe."""
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+    if process.stderr is not None:
+        process.stderr.close()
+
+
+def rerun_here(inputs: dict, tmp_path: Path, **options: Any) -> dict[str, Any]:
+    """The gated job of :func:`start_gated_job` run again without its gate, as its command would: the same options
+    on the same listing and output, so that it resumes that run; in this process, on the suite's Ray (a job process
+    would start a Ray of its own, seconds of the suite). Returns the manifest."""
+    return run_label_job(
+        LabelOptions(
+            vocab=str(inputs["vocab"]),
+            input=str(tmp_path / "inputs.txt"),
+            output=str(tmp_path / "labels"),
+            smoke_test=True,
+            short_side=SHORT_SIDE,
+            progress=False,
+            **options,
+        )
+    )
 
 
 def read_outputs(output: Path) -> tuple[list[dict], dict, list[dict]]:
@@ -224,6 +243,7 @@ def read_outputs(output: Path) -> tuple[list[dict], dict, list[dict]]:
     return predictions, coco, errors
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_one_job_per_output_and_resume_after_kill(inputs: dict, tmp_path: Path) -> None:
     output, gate = tmp_path / "labels", tmp_path / "gate"
     process, command = start_gated_job(inputs, tmp_path, "--shard-size", "1", "--batch-size", "1")
@@ -241,8 +261,7 @@ def test_one_job_per_output_and_resume_after_kill(inputs: dict, tmp_path: Path) 
     assert partial > 0, "the kill landed after the first shard"
 
     # The killed job's lock is left behind, and taken over: its process is gone.
-    rerun = subprocess.run(command, cwd=ROOT, env=LOCAL_RAY, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert rerun_here(inputs, tmp_path, shard_size=1, batch_size=1)["status"] == "complete"
     predictions, coco, errors = read_outputs(output)
     labeled = sorted([*map(str, inputs["good"]), str(tmp_path / "held.png")])
     assert sorted(row["image_path"] for row in predictions) == labeled
@@ -253,11 +272,12 @@ def test_one_job_per_output_and_resume_after_kill(inputs: dict, tmp_path: Path) 
     assert not (output / LOCK_NAME).exists(), "the lock is released when the job ends"
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_ctrl_c_keeps_finished_images_and_says_how_to_resume(inputs: dict, tmp_path: Path) -> None:
     output, gate = tmp_path / "labels", tmp_path / "gate"
     # The progress bar tells the test when images are done; a pytest started in the background
     # (`make test &`) ignores SIGINT, and its children would too.
-    process, command = start_gated_job(
+    process, _ = start_gated_job(
         inputs, tmp_path, "--batch-size", "2", "--shard-size", "2", progress=True, preexec_fn=default_sigint
     )
     try:
@@ -280,8 +300,7 @@ def test_ctrl_c_keeps_finished_images_and_says_how_to_resume(inputs: dict, tmp_p
     saved = pq.read_table(output / "predictions").num_rows
     assert saved >= 4, "every image counted before Ctrl-C was written"
 
-    rerun = subprocess.run(command, cwd=ROOT, env=LOCAL_RAY, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    rerun_here(inputs, tmp_path, batch_size=2, shard_size=2)
     predictions, _, _ = read_outputs(output)
     labeled = sorted([*map(str, inputs["good"]), str(tmp_path / "held.png")])
     assert sorted(row["image_path"] for row in predictions) == labeled
@@ -291,7 +310,7 @@ def test_ctrl_c_keeps_finished_images_and_says_how_to_resume(inputs: dict, tmp_p
 
 def test_sigterm_as_from_ray_job_stop_is_recorded_as_stopped(inputs: dict, tmp_path: Path) -> None:
     output, gate = tmp_path / "labels", tmp_path / "gate"
-    process, command = start_gated_job(inputs, tmp_path, "--shard-size", "1", "--batch-size", "1")
+    process, _ = start_gated_job(inputs, tmp_path, "--shard-size", "1", "--batch-size", "1")
     try:
         wait_for_first_shard(process, output)
         process.send_signal(signal.SIGTERM)  # what `ray job stop` sends the job's driver
