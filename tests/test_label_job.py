@@ -219,21 +219,11 @@ def stop(process: subprocess.Popen) -> None:
         process.stderr.close()
 
 
-def rerun_here(inputs: dict, tmp_path: Path, **options: Any) -> dict[str, Any]:
-    """The gated job of :func:`start_gated_job` run again without its gate, as its command would: the same options
-    on the same listing and output, so that it resumes that run; in this process, on the suite's Ray (a job process
-    would start a Ray of its own, seconds of the suite). Returns the manifest."""
-    return run_label_job(
-        LabelOptions(
-            vocab=str(inputs["vocab"]),
-            input=str(tmp_path / "inputs.txt"),
-            output=str(tmp_path / "labels"),
-            smoke_test=True,
-            short_side=SHORT_SIDE,
-            progress=False,
-            **options,
-        )
-    )
+def smoke_options(inputs: dict, output: Path, source: Path | None = None, **extra: Any) -> LabelOptions:
+    """The options of :func:`label_command` (with ``extra`` added or replacing them), for ``run_label_job`` in this
+    process, on the suite's Ray: a job process would start a Ray of its own, seconds of the suite."""
+    given = {"vocab": str(inputs["vocab"]), "input": str(source or inputs["folder"]), "output": str(output)}
+    return LabelOptions(**{**given, "smoke_test": True, "short_side": SHORT_SIDE, "progress": False, **extra})
 
 
 def read_outputs(output: Path) -> tuple[list[dict], dict, list[dict]]:
@@ -261,7 +251,8 @@ def test_one_job_per_output_and_resume_after_kill(inputs: dict, tmp_path: Path) 
     assert partial > 0, "the kill landed after the first shard"
 
     # The killed job's lock is left behind, and taken over: its process is gone.
-    assert rerun_here(inputs, tmp_path, shard_size=1, batch_size=1)["status"] == "complete"
+    resumed = run_label_job(smoke_options(inputs, output, tmp_path / "inputs.txt", shard_size=1, batch_size=1))
+    assert resumed["status"] == "complete"
     predictions, coco, errors = read_outputs(output)
     labeled = sorted([*map(str, inputs["good"]), str(tmp_path / "held.png")])
     assert sorted(row["image_path"] for row in predictions) == labeled
@@ -300,7 +291,7 @@ def test_ctrl_c_keeps_finished_images_and_says_how_to_resume(inputs: dict, tmp_p
     saved = pq.read_table(output / "predictions").num_rows
     assert saved >= 4, "every image counted before Ctrl-C was written"
 
-    rerun_here(inputs, tmp_path, batch_size=2, shard_size=2)
+    run_label_job(smoke_options(inputs, output, tmp_path / "inputs.txt", batch_size=2, shard_size=2))
     predictions, _, _ = read_outputs(output)
     labeled = sorted([*map(str, inputs["good"]), str(tmp_path / "held.png")])
     assert sorted(row["image_path"] for row in predictions) == labeled
@@ -346,8 +337,7 @@ def test_failed_inputs_are_retried_and_repeated_paths_reported(
 
     def run(source: Path, output: Path, coco: str = "single") -> tuple[str, dict]:
         """The job in this process (``jobs/label.py`` itself runs in the other tests): its stderr and manifest."""
-        given = {"vocab": str(inputs["vocab"]), "input": str(source), "output": str(output), "coco": coco}
-        run_label_job(LabelOptions(**given, smoke_test=True, short_side=SHORT_SIDE, progress=False))
+        run_label_job(smoke_options(inputs, output, source, coco=coco))
         return capsys.readouterr().err, json.loads((output / "manifest.json").read_text())
 
     stderr, manifest = run(shards, tmp_path / "from-parquet", coco="shards")
@@ -417,16 +407,7 @@ def test_a_rerun_with_another_vocabulary_is_refused(inputs: dict, tmp_path: Path
     """The run labeled in this process (on the suite's Ray); the command that would continue it with another
     vocabulary is refused before it starts Ray."""
     output = tmp_path / "labels"
-    options = LabelOptions(
-        vocab=str(inputs["vocab"]),
-        input=str(inputs["folder"]),
-        output=str(output),
-        smoke_test=True,
-        short_side=SHORT_SIDE,
-        limit=5,
-        progress=False,
-    )
-    run_label_job(options)
+    run_label_job(smoke_options(inputs, output, limit=5))
     run = RunOutput(output)
     assert run.read_predictions().num_rows + run.read_errors().num_rows == 5
     other_vocab = tmp_path / "other.txt"
@@ -466,17 +447,8 @@ def label_with_stage(
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
     monkeypatch.setattr(pipeline.label.job, replaces, stage)
-    options = LabelOptions(
-        vocab=str(inputs["vocab"]),
-        input=str(source or inputs["folder"]),
-        output=str(output),
-        smoke_test=True,
-        batch_size=2,
-        progress=False,
-        **{"short_side": SHORT_SIDE, **extra},
-    )
     try:
-        return run_label_job(options)
+        return run_label_job(smoke_options(inputs, output, source, **{"batch_size": 2, **extra}))
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
