@@ -9,6 +9,10 @@ The loop, in this process on one core: read the file, decode, resize to SAN's in
 label map at the original size, its PNG, and the RLE and box of each class (the project's own functions for
 each step, as the job's stages call them).
 
+With ``--floor``, each run also has Ray Data's floor beside it (``ray_data_floor.py``: the job's stage layout with no
+work, on a fresh Ray of the same CPUs): the seconds to its first record, and the whole job's ratio to the loop were
+the job's own start to cost nothing more, its images all passing at the job's rate after its first result.
+
 With ``--by-process`` (Linux), each run also prints where all its CPU went: the driver's and every Ray process's
 CPU seconds, by its title (``cpu_by_process.py``), per image and beside the loop's, over the whole job and after its
 first result (the steady state: from the moment its first file is written, per image labeled after that moment).
@@ -36,6 +40,7 @@ import ray
 from _report import emit
 from cpu_by_process import ProcessCpu
 from PIL import Image
+from ray_data_floor import fresh_floor
 
 from pipeline.label.job import LabelOptions, run_label_job
 from pipeline.label.resources import local_ray_config
@@ -214,6 +219,14 @@ def _ratio(steady_ms: float | None, loop_ms: float) -> str:
     return f"{steady_ms / loop_ms:.2f}x" if steady_ms else "n/a: one file, written at the end"
 
 
+def _floor_cells(result: dict[str, Any], images: int, loop_rate: float) -> str:
+    """A run's columns on Ray Data's floor: its first record (load average), and the whole job's ratio to the loop
+    had the job's own start cost nothing beyond it (``images`` passing at the run's rate after its first result)."""
+    floor = result["floor"]
+    best = images / (floor["first_record"] + images / result["steady_images_per_second"])
+    return f" {floor['first_record']:.1f} s (load {floor['load']:.2f}) | {best / loop_rate:.2f}x |"
+
+
 def _fill_line(fill: dict[str, Any], images: int, batch_size: int) -> list[str]:
     """The report's line on the batch-fill run (``images`` of mixed aspect ratios, at ``batch_size``)."""
     calls = fill["images_per_model_call"]
@@ -239,6 +252,9 @@ def main() -> None:
     parser.add_argument(
         "--by-process", action="store_true", help="also a table per run of the CPU of each Ray process (Linux)"
     )
+    parser.add_argument(
+        "--floor", action="store_true", help="also Ray Data's floor beside each run (ray_data_floor.py)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file (benchmarks/gpu_checks.sh)")
     args = parser.parse_args()
     from _report import cpu_description
@@ -253,6 +269,8 @@ def main() -> None:
             for cpus in args.cpus:
                 output = Path(tmp) / f"out-{cpus}-{batch_size}"
                 result = run(images, output, cpus, batch_size, by_process, args.shard_size)
+                if args.floor:
+                    result["floor"] = fresh_floor(args.images, cpus, batch_size, args.shard_size)
                 rows.append((batch_size, cpus, result))
         fill = None
         if args.mixed_images:
@@ -271,13 +289,17 @@ def main() -> None:
         "",
         "| batch | Ray CPUs | img/s, whole job | after first result | whole job / loop | CPU per image / loop's "
         + ("| CPU per image after first result, all processes / loop's " if args.by_process else "")
-        + "| first result | driver CPU share (of one core) | load average |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if args.by_process else ""),
+        + "| first result | driver CPU share (of one core) | load average |"
+        + (" Ray Data's floor: first record | whole job / loop, starting at the floor |" if args.floor else ""),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        + (" --- |" if args.by_process else "")
+        + (" --- | --- |" if args.floor else ""),
         *[
             f"| {batch} | {cpus} | {r['images_per_second']:.1f} | {r['steady_images_per_second']:.1f} | "
             f"{r['images_per_second'] / rate:.2f}x | {cpus * rate / r['images_per_second']:.2f}x | "
             + (f"{_ratio(r['steady_cpu_ms'], loop['cpu_ms_per_image'])} | " if args.by_process else "")
             + f"{r['first_result_seconds']:.1f} s | {r['driver_cpu_share']:.1%} | {r['load']:.2f} |"
+            + (_floor_cells(r, args.images, rate) if args.floor else "")
             for batch, cpus, r in rows
         ],
         "",

@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from local_ray import local_ray  # noqa: F401
 from PIL import Image
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -278,3 +279,18 @@ def test_startup_timeline_gives_each_phase_of_a_job_run(tmp_path: Path) -> None:
     assert list(phases)[:2] == ["imports", "vocabulary checked"] and "command, whole" in phases
     seconds = [float(phases[name]) for name in ("imports", "init_ray done", "model actor ready", "first file")]
     assert seconds == sorted(seconds) and seconds[-1] <= float(phases["command, whole"])
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_ray_data_floor_passes_every_input_through_the_jobs_stage_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ray_data_floor.py``'s stages on the suite's Ray: every input reaches the last stage, whose first record
+    comes before its last; and ``null_pipeline.py --floor``'s ratio from the floor and the job's rates."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from null_pipeline import _floor_cells
+    from ray_data_floor import floor_seconds
+
+    floor = floor_seconds(200, batch_size=4, shard_size=64)
+    assert 0 < floor["first_record"] <= floor["seconds"]
+    result = {"floor": {**floor, "load": 1.0}, "steady_images_per_second": 100.0}
+    best = 200 / (floor["first_record"] + 2.0) / 50.0
+    assert _floor_cells(result, 200, 50.0) == f" {floor['first_record']:.1f} s (load 1.00) | {best:.2f}x |"

@@ -1,0 +1,166 @@
+"""Ray Data's own floor under the labeling job: the job's stage layout (its blocks, tasks, actor pool, bookkeeping
+actor and Ray Data's singleton actors, with the resources the job plans for ``--model null``) with no work in any
+stage, on a fresh local Ray of the CPUs given. It prints, per run, seconds from the end of ``ray.init`` to the first
+record out of the last stage and to the last, and ``ray.init``'s own seconds.
+
+    python benchmarks/ray_data_floor.py --images 5000 --cpus 2 --runs 3
+
+What the job cannot undercut with Ray Data on that machine: its first result comes no sooner than this first
+record, however little its own stages cost. ``null_pipeline.py --floor`` runs it beside each job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from _report import emit
+
+from pipeline.label.batching import WINDOW_BATCHES, batches_per_block, model_batch_blocks
+from pipeline.label.decode import EXPANDED_ROWS
+from pipeline.label.job import LabelOptions
+from pipeline.label.resources import local_ray_config, plan_resources, start_on_driver_node
+from pipeline.ray_internals import start_data_actors
+
+DEFAULT_SHARD_SIZE = LabelOptions.shard_size
+if __name__ != "__main__":  # imported (null_pipeline.py, the tests): Ray's workers cannot import benchmarks/ modules
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class _Book:
+    """The run's bookkeeping actor (the job's ``RunBook``), idle."""
+
+    def ping(self) -> bool:
+        return True
+
+
+def _same(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A stage that does nothing."""
+    return batch
+
+
+class _ModelStage:
+    """The actor pool's stage, doing nothing."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return batch
+
+
+def _first_of_each_batch(batch_size: int):  # noqa: ANN202 (a map_batches function)
+    """The grouping stage's shape: one row out per ``batch_size`` rows in (one row per model batch)."""
+
+    def group(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"image_path": batch["image_path"][::batch_size]}
+
+    return group
+
+
+def _per_image(batch_size: int):  # noqa: ANN202 (a map_batches function)
+    """The encoding stage's shape: one row out per image of each model batch."""
+
+    def encode(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"image_path": np.repeat(batch["image_path"], batch_size)}
+
+    return encode
+
+
+def _one_record(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The writing stage's shape: one small record per file."""
+    return {"labeled": np.array([len(batch["image_path"])])}
+
+
+def floor_seconds(images: int, batch_size: int = 16, shard_size: int = DEFAULT_SHARD_SIZE) -> dict[str, float]:
+    """On the Ray this process is connected to: seconds from this call to the first record out of the job's stage
+    layout with no work in any stage (``first_record``) and to its end (``seconds``), for ``images`` inputs."""
+    started = time.perf_counter()
+    start_data_actors()
+    book = start_on_driver_node(_Book)
+    plan = plan_resources(None, None, null_model=True)
+    cpu = {"num_cpus": plan.decode_cpus}
+    rows = [{"image_path": f"{i:08d}.jpg", "data": b"", "error": ""} for i in range(images)]
+    dataset = ray.data.from_items(rows, override_num_blocks=-(-images // EXPANDED_ROWS))
+    dataset = dataset.map_batches(_same, batch_format="numpy", **cpu)
+    dataset = dataset.map_batches(_first_of_each_batch(batch_size), batch_size=batch_size * WINDOW_BATCHES, **cpu)
+    dataset = model_batch_blocks(dataset, batch_size, cpu)
+    block = batches_per_block(batch_size)
+    decode = ray.data.TaskPoolStrategy(size=plan.decode_tasks)
+    dataset = dataset.map_batches(_same, batch_size=block, compute=decode, **cpu)
+    pool = ray.data.ActorPoolStrategy(min_size=plan.workers[0], max_size=plan.workers[1])
+    dataset = dataset.map_batches(_ModelStage, batch_size=block, compute=pool, num_cpus=plan.cpus_per_worker)
+    encode = ray.data.TaskPoolStrategy(size=plan.encode_tasks)
+    dataset = dataset.map_batches(_per_image(batch_size), batch_size=None, compute=encode, **cpu)
+    dataset = dataset.map_batches(_one_record, batch_size=shard_size, compute=encode, **cpu)
+    first, labeled = None, 0
+    for record in dataset.iter_rows():
+        first = first or time.perf_counter()
+        labeled += int(record["labeled"])
+    ray.get(book.ping.remote())
+    ray.kill(book)
+    if labeled < images:  # (each window's last batch counts as full)
+        raise RuntimeError(f"the floor's stages passed {labeled} of {images} inputs on")
+    ended = time.perf_counter()
+    return {"first_record": (first or ended) - started, "seconds": ended - started}
+
+
+def fresh_floor(images: int, cpus: int, batch_size: int, shard_size: int = DEFAULT_SHARD_SIZE) -> dict[str, Any]:
+    """:func:`floor_seconds` on a fresh local Ray of ``cpus`` CPUs, started as the job starts one; also
+    ``ray_init``: that start's seconds, and ``load``: the 1-minute load average at the end."""
+    started = time.perf_counter()
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        include_dashboard=False,
+        logging_level="ERROR",
+        _system_config=local_ray_config(),
+    )
+    ray_init = time.perf_counter() - started
+    try:
+        result = floor_seconds(images, batch_size, shard_size)
+    finally:
+        ray.shutdown()
+    return {**result, "ray_init": ray_init, "load": os.getloadavg()[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=5000, help="inputs passed through the stages")
+    parser.add_argument("--cpus", type=int, default=2, help="Ray CPUs")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="rows per file (the job's)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--write", type=Path, help="append the table to this Markdown file")
+    args = parser.parse_args()
+    from _report import cpu_description
+
+    command = shlex.join(["python", *sys.argv])
+    load_before = os.getloadavg()[0]
+    runs = [fresh_floor(args.images, args.cpus, args.batch_size, args.shard_size) for _ in range(args.runs)]
+    emit(
+        [
+            f"### Ray Data's floor under the labeling job ({time.strftime('%Y-%m-%d %H:%M')})",
+            "",
+            f"The job's stage layout with no work in any stage, {args.images} inputs, batch {args.batch_size}, "
+            f"{args.cpus} Ray CPUs; CPU: {cpu_description()}, {os.cpu_count()} CPUs; load average before: "
+            f"{load_before:.2f}. Command: `{command}`",
+            "",
+            "| run | `ray.init` | first record, after `ray.init` | last record, after `ray.init` | load average |",
+            "| --- | --- | --- | --- | --- |",
+            *[
+                f"| {i} | {r['ray_init']:.2f} s | {r['first_record']:.2f} s | {r['seconds']:.2f} s | {r['load']:.2f} |"
+                for i, r in enumerate(runs, 1)
+            ],
+            "",
+        ],
+        args.write,
+    )
+
+
+if __name__ == "__main__":
+    main()
