@@ -1,7 +1,8 @@
 """Ray Data's own floor under the labeling job: the job's stage layout (its blocks, tasks, actor pool, bookkeeping
 actor and Ray Data's singleton actors, with the resources the job plans for ``--model null``) with no work in any
-stage, on a fresh local Ray of the CPUs given. It prints, per run, seconds from the end of ``ray.init`` to the first
-record out of the last stage and to the last, and ``ray.init``'s own seconds.
+stage, on a fresh local Ray of the CPUs given; and beside it the least layout with an actor pool. It prints, per run
+and layout, seconds from the end of ``ray.init`` to the first record out of the last stage and to the last, and
+``ray.init``'s own seconds.
 
     python benchmarks/ray_data_floor.py --images 5000 --cpus 2 --runs 3
 
@@ -76,20 +77,24 @@ def _one_record(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"labeled": np.array([len(batch["image_path"])])}
 
 
-def floor_seconds(images: int, batch_size: int = 16, shard_size: int = DEFAULT_SHARD_SIZE) -> dict[str, float]:
+def floor_seconds(
+    images: int, batch_size: int = 16, shard_size: int = DEFAULT_SHARD_SIZE, least: bool = False
+) -> dict[str, float]:
     """On the Ray this process is connected to: seconds from this call to the first record out of the job's stage
-    layout with no work in any stage (``first_record``) and to its end (``seconds``), for ``images`` inputs."""
+    layout with no work in any stage (``first_record``) and to its end (``seconds``), for ``images`` inputs.
+    ``least``: the least layout with an actor pool instead (inputs in blocks of one task each -> a task stage -> the
+    pool -> a task stage writing one record per file; none of the job's bookkeeping)."""
     started = time.perf_counter()
-    start_data_actors()
-    book = start_on_driver_node(_Book)
     plan = plan_resources(None, None, null_model=True)
     cpu = {"num_cpus": plan.decode_cpus}
-    rows = [{"image_path": f"{i:08d}.jpg", "data": b"", "error": ""} for i in range(images)]
-    dataset = ray.data.from_items(rows, override_num_blocks=-(-images // EXPANDED_ROWS))
-    dataset = dataset.map_batches(_same, batch_format="numpy", **cpu)
-    dataset = dataset.map_batches(_first_of_each_batch(batch_size), batch_size=batch_size * WINDOW_BATCHES, **cpu)
-    dataset = model_batch_blocks(dataset, batch_size, cpu)
     block = batches_per_block(batch_size)
+    book = None if least else start_on_driver_node(_Book)
+    if least:
+        inputs = [{"image_path": f"{i:08d}.jpg"} for i in range(0, images, batch_size)]
+        dataset = ray.data.from_items(inputs, override_num_blocks=-(-len(inputs) // block))
+    else:
+        start_data_actors()
+        dataset = _job_inputs(images, batch_size, cpu)
     decode = ray.data.TaskPoolStrategy(size=plan.decode_tasks)
     dataset = dataset.map_batches(_same, batch_size=block, compute=decode, **cpu)
     pool = ray.data.ActorPoolStrategy(min_size=plan.workers[0], max_size=plan.workers[1])
@@ -101,15 +106,28 @@ def floor_seconds(images: int, batch_size: int = 16, shard_size: int = DEFAULT_S
     for record in dataset.iter_rows():
         first = first or time.perf_counter()
         labeled += int(record["labeled"])
-    ray.get(book.ping.remote())
-    ray.kill(book)
+    if book is not None:
+        ray.get(book.ping.remote())
+        ray.kill(book)
     if labeled < images:  # (each window's last batch counts as full)
         raise RuntimeError(f"the floor's stages passed {labeled} of {images} inputs on")
     ended = time.perf_counter()
     return {"first_record": (first or ended) - started, "seconds": ended - started}
 
 
-def fresh_floor(images: int, cpus: int, batch_size: int, shard_size: int = DEFAULT_SHARD_SIZE) -> dict[str, Any]:
+def _job_inputs(images: int, batch_size: int, cpu: dict[str, float]) -> ray.data.Dataset:
+    """The job's stages up to its model batches: listing blocks -> skip -> group (one row per model batch) ->
+    blocks of :func:`batches_per_block` rows."""
+    rows = [{"image_path": f"{i:08d}.jpg", "data": b"", "error": ""} for i in range(images)]
+    dataset = ray.data.from_items(rows, override_num_blocks=-(-images // EXPANDED_ROWS))
+    dataset = dataset.map_batches(_same, batch_format="numpy", **cpu)
+    dataset = dataset.map_batches(_first_of_each_batch(batch_size), batch_size=batch_size * WINDOW_BATCHES, **cpu)
+    return model_batch_blocks(dataset, batch_size, cpu)
+
+
+def fresh_floor(
+    images: int, cpus: int, batch_size: int, shard_size: int = DEFAULT_SHARD_SIZE, least: bool = False
+) -> dict[str, Any]:
     """:func:`floor_seconds` on a fresh local Ray of ``cpus`` CPUs, started as the job starts one; also
     ``ray_init``: that start's seconds, and ``load``: the 1-minute load average at the end."""
     started = time.perf_counter()
@@ -122,7 +140,7 @@ def fresh_floor(images: int, cpus: int, batch_size: int, shard_size: int = DEFAU
     )
     ray_init = time.perf_counter() - started
     try:
-        result = floor_seconds(images, batch_size, shard_size)
+        result = floor_seconds(images, batch_size, shard_size, least)
     finally:
         ray.shutdown()
     return {**result, "ray_init": ray_init, "load": os.getloadavg()[0]}
@@ -141,20 +159,27 @@ def main() -> None:
 
     command = shlex.join(["python", *sys.argv])
     load_before = os.getloadavg()[0]
-    runs = [fresh_floor(args.images, args.cpus, args.batch_size, args.shard_size) for _ in range(args.runs)]
+    runs = []
+    for run in range(1, args.runs + 1):  # the two layouts interleaved, each on a fresh Ray
+        for least in (False, True):
+            runs.append((run, least, fresh_floor(args.images, args.cpus, args.batch_size, args.shard_size, least)))
     emit(
         [
             f"### Ray Data's floor under the labeling job ({time.strftime('%Y-%m-%d %H:%M')})",
             "",
-            f"The job's stage layout with no work in any stage, {args.images} inputs, batch {args.batch_size}, "
-            f"{args.cpus} Ray CPUs; CPU: {cpu_description()}, {os.cpu_count()} CPUs; load average before: "
-            f"{load_before:.2f}. Command: `{command}`",
+            f"No work in any stage, {args.images} inputs, batch {args.batch_size}, {args.cpus} Ray CPUs; CPU: "
+            f"{cpu_description()}, {os.cpu_count()} CPUs; load average before: {load_before:.2f}. Command: "
+            f"`{command}`. Layouts: the job's (its stages, blocks, bookkeeping actor and Ray Data's singleton "
+            "actors); the least with an actor pool (a task stage, the pool, a task stage writing one record per "
+            "file).",
             "",
-            "| run | `ray.init` | first record, after `ray.init` | last record, after `ray.init` | load average |",
-            "| --- | --- | --- | --- | --- |",
+            "| run | layout | `ray.init` | first record, after `ray.init` | last record, after `ray.init` "
+            "| load average |",
+            "| --- | --- | --- | --- | --- | --- |",
             *[
-                f"| {i} | {r['ray_init']:.2f} s | {r['first_record']:.2f} s | {r['seconds']:.2f} s | {r['load']:.2f} |"
-                for i, r in enumerate(runs, 1)
+                f"| {run} | {'least' if least else 'job'} | {r['ray_init']:.2f} s | {r['first_record']:.2f} s | "
+                f"{r['seconds']:.2f} s | {r['load']:.2f} |"
+                for run, least, r in runs
             ],
             "",
         ],

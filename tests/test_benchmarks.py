@@ -283,12 +283,15 @@ def test_startup_timeline_gives_each_phase_of_a_job_run(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("local_ray")
 def test_ray_data_floor_passes_every_input_through_the_jobs_stage_layout(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``ray_data_floor.py``'s stages on the suite's Ray: every input reaches the last stage, whose first record
-    comes before its last; and ``null_pipeline.py --floor``'s ratio from the floor and the job's rates."""
+    """``ray_data_floor.py``'s stages on the suite's Ray, the job's layout and the least: every input reaches the last
+    stage (else it raises), whose first record comes before its last; and ``null_pipeline.py --floor``'s ratio from
+    the floor and the job's rates."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     from null_pipeline import _floor_cells
     from ray_data_floor import floor_seconds
 
+    least = floor_seconds(200, batch_size=4, shard_size=64, least=True)
+    assert 0 < least["first_record"] <= least["seconds"]
     floor = floor_seconds(200, batch_size=4, shard_size=64)
     assert 0 < floor["first_record"] <= floor["seconds"]
     result = {"floor": {**floor, "load": 1.0}, "steady_images_per_second": 100.0}
