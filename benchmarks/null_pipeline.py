@@ -9,9 +9,9 @@ The loop, in this process on one core: read the file, decode, resize to SAN's in
 label map at the original size, its PNG, and the RLE and box of each class (the project's own functions for
 each step, as the job's stages call them).
 
-With ``--floor``, each run also has Ray Data's floor beside it (``ray_data_floor.py``: the job's stage layout with no
-work, on a fresh Ray of the same CPUs): the seconds to its first record, and the whole job's ratio to the loop were
-the job's own start to cost nothing more, its images all passing at the job's rate after its first result.
+With ``--floor``, each run also has Ray Data's start beside it (``ray_data_floor.py``: the job's stage layout passing
+one file's worth of inputs with no work, on a fresh Ray of the same CPUs): the seconds to its record, and the whole
+job's ratio to the loop had the job started as fast, its images all passing at the job's rate after its first result.
 
 With ``--by-process`` (Linux), each run also prints where all its CPU went: the driver's and every Ray process's
 CPU seconds, by its title (``cpu_by_process.py``), per image and beside the loop's, over the whole job and after its
@@ -220,8 +220,8 @@ def _ratio(steady_ms: float | None, loop_ms: float) -> str:
 
 
 def _floor_cells(result: dict[str, Any], images: int, loop_rate: float) -> str:
-    """A run's columns on Ray Data's floor: its first record (load average), and the whole job's ratio to the loop
-    had the job's own start cost nothing beyond it (``images`` passing at the run's rate after its first result)."""
+    """A run's columns on Ray Data's start: its record of one file (load average), and the whole job's ratio to the
+    loop had the job started as fast (``images`` passing at the run's rate after its first result)."""
     floor = result["floor"]
     best = images / (floor["first_record"] + images / result["steady_images_per_second"])
     return f" {floor['first_record']:.1f} s (load {floor['load']:.2f}) | {best / loop_rate:.2f}x |"
@@ -253,7 +253,7 @@ def main() -> None:
         "--by-process", action="store_true", help="also a table per run of the CPU of each Ray process (Linux)"
     )
     parser.add_argument(
-        "--floor", action="store_true", help="also Ray Data's floor beside each run (ray_data_floor.py)"
+        "--floor", action="store_true", help="also Ray Data's start beside each run (ray_data_floor.py)"
     )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file (benchmarks/gpu_checks.sh)")
     args = parser.parse_args()
@@ -270,7 +270,7 @@ def main() -> None:
                 output = Path(tmp) / f"out-{cpus}-{batch_size}"
                 result = run(images, output, cpus, batch_size, by_process, args.shard_size)
                 if args.floor:
-                    result["floor"] = fresh_floor(args.images, cpus, batch_size, args.shard_size)
+                    result["floor"] = fresh_floor(args.shard_size, cpus, batch_size, args.shard_size)
                 rows.append((batch_size, cpus, result))
         fill = None
         if args.mixed_images:
@@ -290,7 +290,7 @@ def main() -> None:
         "| batch | Ray CPUs | img/s, whole job | after first result | whole job / loop | CPU per image / loop's "
         + ("| CPU per image after first result, all processes / loop's " if args.by_process else "")
         + "| first result | driver CPU share (of one core) | load average |"
-        + (" Ray Data's floor: first record | whole job / loop, starting at the floor |" if args.floor else ""),
+        + (" Ray Data's start: one file, no work | whole job / loop, starting as fast |" if args.floor else ""),
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
         + (" --- |" if args.by_process else "")
         + (" --- | --- |" if args.floor else ""),

@@ -4,11 +4,12 @@ stage, on a fresh local Ray of the CPUs given; and beside it the least layout wi
 and layout, seconds from the end of ``ray.init`` to the first record out of the last stage and to the last, and
 ``ray.init``'s own seconds.
 
-    python benchmarks/ray_data_floor.py --images 5000 --cpus 2 --runs 3
+    python benchmarks/ray_data_floor.py --images 256 --cpus 2 --runs 3
 
-What the job cannot undercut with Ray Data on that machine: its first result comes no sooner than this first
-record, however little its own stages cost. ``null_pipeline.py --floor`` runs it beside each job.
-"""
+With one file's worth of inputs (the job's 256 rows per file) the first record is Ray Data's start: the job's first
+result comes no sooner, however little its own stages cost. With many inputs the records come nearly together at the
+end (nothing holds them up), and the time is Ray Data's cost per block on top of its start. ``null_pipeline.py
+--floor`` runs the first beside each job."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from pipeline.label.resources import local_ray_config, plan_resources, start_on_
 from pipeline.ray_internals import start_data_actors
 
 DEFAULT_SHARD_SIZE = LabelOptions.shard_size
+Stage = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]  # a map_batches function
 if __name__ != "__main__":  # imported (null_pipeline.py, the tests): Ray's workers cannot import benchmarks/ modules
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -54,7 +57,7 @@ class _ModelStage:
         return batch
 
 
-def _first_of_each_batch(batch_size: int):  # noqa: ANN202 (a map_batches function)
+def _first_of_each_batch(batch_size: int) -> Stage:
     """The grouping stage's shape: one row out per ``batch_size`` rows in (one row per model batch)."""
 
     def group(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -63,7 +66,7 @@ def _first_of_each_batch(batch_size: int):  # noqa: ANN202 (a map_batches functi
     return group
 
 
-def _per_image(batch_size: int):  # noqa: ANN202 (a map_batches function)
+def _per_image(batch_size: int) -> Stage:
     """The encoding stage's shape: one row out per image of each model batch."""
 
     def encode(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
