@@ -40,10 +40,9 @@ import ray
 from _report import emit
 from cpu_by_process import ProcessCpu
 from PIL import Image
-from ray_data_floor import fresh_floor
+from ray_data_floor import fresh_floor, start_local_ray
 
 from pipeline.label.job import LabelOptions, run_label_job
-from pipeline.label.resources import local_ray_config
 from pipeline.output_shards import shard_files
 from pipeline.outputs import RunOutput
 
@@ -179,14 +178,7 @@ class FirstFileMark:
 
 def _run(images: Path, output: Path, cpus: int, batch_size: int, shard_size: int) -> dict[str, Any]:
     """:func:`run` less the CPU by process."""
-    # As the job starts a local Ray (pipeline.label.resources.init_ray), with the CPUs given.
-    ray.init(
-        address="local",
-        num_cpus=cpus,
-        include_dashboard=False,
-        logging_level="ERROR",
-        _system_config=local_ray_config(),
-    )
+    start_local_ray(cpus)
     options = LabelOptions(
         vocab=str(ROOT / "samples" / "vocab.txt"),
         input=str(images),

@@ -128,12 +128,8 @@ def _job_inputs(images: int, batch_size: int, cpu: dict[str, float]) -> ray.data
     return model_batch_blocks(dataset, batch_size, cpu)
 
 
-def fresh_floor(
-    images: int, cpus: int, batch_size: int, shard_size: int = DEFAULT_SHARD_SIZE, least: bool = False
-) -> dict[str, Any]:
-    """:func:`floor_seconds` on a fresh local Ray of ``cpus`` CPUs, started as the job starts one; also
-    ``ray_init``: that start's seconds, and ``load``: the 1-minute load average at the end."""
-    started = time.perf_counter()
+def start_local_ray(cpus: int) -> None:
+    """A fresh local Ray of ``cpus`` CPUs, as the job starts one (``pipeline.label.resources.init_ray``)."""
     ray.init(
         address="local",
         num_cpus=cpus,
@@ -141,6 +137,15 @@ def fresh_floor(
         logging_level="ERROR",
         _system_config=local_ray_config(),
     )
+
+
+def fresh_floor(
+    images: int, cpus: int, batch_size: int, shard_size: int = DEFAULT_SHARD_SIZE, least: bool = False
+) -> dict[str, Any]:
+    """:func:`floor_seconds` on a fresh local Ray of ``cpus`` CPUs, started as the job starts one; also
+    ``ray_init``: that start's seconds, and ``load``: the 1-minute load average at the end."""
+    started = time.perf_counter()
+    start_local_ray(cpus)
     ray_init = time.perf_counter() - started
     try:
         result = floor_seconds(images, batch_size, shard_size, least)
