@@ -4,7 +4,7 @@ stage, on a fresh local Ray of the CPUs given; and beside it the least layout wi
 and layout, seconds from the end of ``ray.init`` to the first record out of the last stage and to the last, and
 ``ray.init``'s own seconds.
 
-    python benchmarks/ray_data_floor.py --images 256 --cpus 2 --runs 3
+    python benchmarks/ray_data_floor.py --cpus 2 --runs 3
 
 With one file's worth of inputs (the job's 256 rows per file) the first record is Ray Data's start: the job's first
 result comes no sooner, however little its own stages cost. With many inputs the records come nearly together at the
@@ -156,7 +156,12 @@ def fresh_floor(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=5000, help="inputs passed through the stages")
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=DEFAULT_SHARD_SIZE,
+        help="inputs passed through the stages (default: one file's worth, whose record is Ray Data's start)",
+    )
     parser.add_argument("--cpus", type=int, default=2, help="Ray CPUs")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="rows per file (the job's)")
