@@ -7,6 +7,7 @@ deterministic, so the pipeline's output can be compared with a direct call to th
 
 from __future__ import annotations
 
+import argparse
 import errno
 import io
 import json
@@ -41,6 +42,7 @@ from reference_evaluate import reference_evaluate
 import pipeline.label.batching
 import san
 from pipeline.cli import flag
+from pipeline.dataclass_args import add_dataclass_arguments, dataclass_from_args
 from pipeline.disk_space import OutputFullError
 from pipeline.exports.run import FormatOptions, export_format
 from pipeline.label.actor_start import ModelActorsNotStarted
@@ -226,6 +228,14 @@ def smoke_options(inputs: dict, output: Path, source: Path | None = None, **extr
     return LabelOptions(**{**given, "smoke_test": True, "short_side": SHORT_SIDE, "progress": False, **extra})
 
 
+def options_of(command: list[str]) -> LabelOptions:
+    """The options of a job that :func:`start_gated_job` started (its ``command``), parsed as ``jobs/label.py``
+    parses them, without the progress bar: to resume its run in this process, on the suite's Ray."""
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, LabelOptions)
+    return dataclass_from_args(LabelOptions, parser.parse_args(command[4:]), progress=False)
+
+
 def read_outputs(output: Path) -> tuple[list[dict], dict, list[dict]]:
     predictions = pq.read_table(output / "predictions").to_pylist()
     coco = json.loads((output / "coco.json").read_text())
@@ -251,7 +261,7 @@ def test_one_job_per_output_and_resume_after_kill(inputs: dict, tmp_path: Path) 
     assert partial > 0, "the kill landed after the first shard"
 
     # The killed job's lock is left behind, and taken over: its process is gone.
-    resumed = run_label_job(smoke_options(inputs, output, tmp_path / "inputs.txt", shard_size=1, batch_size=1))
+    resumed = run_label_job(options_of(command))
     assert resumed["status"] == "complete"
     predictions, coco, errors = read_outputs(output)
     labeled = sorted([*map(str, inputs["good"]), str(tmp_path / "held.png")])
@@ -268,7 +278,7 @@ def test_ctrl_c_keeps_finished_images_and_says_how_to_resume(inputs: dict, tmp_p
     output, gate = tmp_path / "labels", tmp_path / "gate"
     # The progress bar tells the test when images are done; a pytest started in the background
     # (`make test &`) ignores SIGINT, and its children would too.
-    process, _ = start_gated_job(
+    process, command = start_gated_job(
         inputs, tmp_path, "--batch-size", "2", "--shard-size", "2", progress=True, preexec_fn=default_sigint
     )
     try:
@@ -291,7 +301,7 @@ def test_ctrl_c_keeps_finished_images_and_says_how_to_resume(inputs: dict, tmp_p
     saved = pq.read_table(output / "predictions").num_rows
     assert saved >= 4, "every image counted before Ctrl-C was written"
 
-    run_label_job(smoke_options(inputs, output, tmp_path / "inputs.txt", batch_size=2, shard_size=2))
+    run_label_job(options_of(command))
     predictions, _, _ = read_outputs(output)
     labeled = sorted([*map(str, inputs["good"]), str(tmp_path / "held.png")])
     assert sorted(row["image_path"] for row in predictions) == labeled
