@@ -3,6 +3,7 @@ themselves are measured by hand and recorded in BENCHMARKS.md, never asserted.""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -283,17 +284,23 @@ def test_startup_timeline_gives_each_phase_of_a_job_run(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("local_ray")
 def test_ray_data_floor_passes_every_input_through_the_jobs_stage_layout(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``ray_data_floor.py``'s stages on the suite's Ray, the job's layout and the least: every input reaches the last
-    stage (else it raises), whose first record comes before its last; and ``null_pipeline.py --floor``'s ratio from
-    the floor and the job's rates."""
+    """``ray_data_floor.py``'s stages on the suite's Ray, the job's layout and the least, without and with the job's
+    arrays (``--payload``): every input reaches the last stage (else it raises), whose first record comes before its
+    last; and ``null_pipeline.py --floor``'s ratio from the floor and the job's rates."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     from null_pipeline import _floor_cells
-    from ray_data_floor import floor_seconds
+    from ray_data_floor import _image_size, floor_seconds
 
     least = floor_seconds(200, batch_size=4, shard_size=64, least=True)
     assert 0 < least["first_record"] <= least["seconds"]
     floor = floor_seconds(200, batch_size=4, shard_size=64)
     assert 0 < floor["first_record"] <= floor["seconds"]
+    assert _image_size("640x480") == (480, 640)
+    with pytest.raises(argparse.ArgumentTypeError, match="WIDTHxHEIGHT"):
+        _image_size("640")
+    for layout in (True, False):
+        carried = floor_seconds(200, batch_size=4, shard_size=64, least=layout, payload=_image_size("64x48"))
+        assert 0 < carried["first_record"] <= carried["seconds"]
     result = {"floor": {**floor, "load": 1.0}, "steady_images_per_second": 100.0}
     best = 200 / (floor["first_record"] + 2.0) / 50.0
     assert _floor_cells(result, 200, 50.0) == f" {floor['first_record']:.1f} s (load 1.00) | {best:.2f}x |"
