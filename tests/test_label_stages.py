@@ -19,7 +19,7 @@ from PIL import Image
 
 import pipeline.label.batching
 from pipeline.label.batching import BATCH_ROW_SCHEMA, PAD_MULTIPLE, GroupStage, model_batch_blocks, probe_size
-from pipeline.label.decode import DecodeStage, block_pixels, padded_stack
+from pipeline.label.decode import DecodeStage
 from pipeline.label.encode import EncodeStage
 from pipeline.label.images import decode_image
 from pipeline.label.job import TALLY_INTERVAL, _consume
@@ -186,31 +186,6 @@ def test_the_decode_stage_resizes_in_pil_to_the_same_pixels_as_the_array_resize(
         expected = RESIZE(decode_image(data))
         assert (decoded["height"][k], decoded["width"][k]) == decode_image(data).shape[:2]
         np.testing.assert_array_equal(decoded["pixels"][k, : expected.shape[0], : expected.shape[1]], expected)
-
-
-@pytest.mark.parametrize(
-    "sizes", [[(4, 6), (4, 6)], [(4, 6), (6, 4)], [(4, 6), None]], ids=["one shape", "two", "empty"]
-)
-def test_a_blocks_pixels_are_one_array_when_its_batches_stacks_have_one_shape(
-    sizes: list[tuple[int, int] | None],
-) -> None:
-    """The decode stage's ``pixels``: each batch's padded stack, as one array that Ray Data keeps (no copy) when the
-    stacks have one shape, else as its variable-shaped tensors; Ray Data's block of either holds the same stacks."""
-    rng = np.random.default_rng(0)
-    batches = [[] if size is None else [rng.integers(0, 256, (*size, 3), dtype=np.uint8)] * 3 for size in sizes]
-    pixels = block_pixels(batches)
-    if sizes[0] == sizes[1]:
-        assert pixels.dtype == np.uint8 and pixels.shape == (2, *padded_stack(batches[0]).shape)
-    else:
-        assert pixels.dtype == object and pixels.shape == (2,)
-    for stack, images in zip(pixels, batches, strict=True):
-        np.testing.assert_array_equal(stack, padded_stack(images))
-    block = ray.data.block.BlockAccessor.batch_to_block({"pixels": pixels})
-    for k, images in enumerate(batches):
-        row = ray.data.block.BlockAccessor.for_block(block).slice(k, k + 1, copy=False)
-        np.testing.assert_array_equal(
-            ray.data.block.BlockAccessor.for_block(row).to_numpy("pixels")[0], padded_stack(images)
-        )
 
 
 class _LocalHandle:

@@ -48,39 +48,12 @@ def expand_containers(batch: dict[str, np.ndarray], bytes_column: str | None) ->
 def padded_stack(images: list[np.ndarray]) -> np.ndarray:
     """RGB images ``[h_i, w_i, 3]`` -> one uint8 array ``[n, max h, max w, 3]``, each zero-padded at the bottom
     and right (a batch of one padded size differs by less than its pad multiple); ``[0, 1, 1, 3]`` for none."""
-    stack = np.zeros(_stack_shape(images), np.uint8)
-    _fill(stack, images)
-    return stack
-
-
-def block_pixels(batches: list[list[np.ndarray]]) -> np.ndarray:
-    """Each model batch's resized images -> the decode stage's ``pixels`` column: the :func:`padded_stack` of each
-    batch, as one uint8 array ``[batches, n, H, W, 3]`` when all the stacks have one shape (the usual block: Ray
-    Data hands the array on without copying it; a list of the stacks it would copy into one array first), else as
-    an object array of the stacks (Ray Data's variable-shaped tensors)."""
-    shapes = {_stack_shape(images) for images in batches}
-    if len(shapes) == 1:
-        block = np.zeros((len(batches), *shapes.pop()), np.uint8)
-        for stack, images in zip(block, batches, strict=True):
-            _fill(stack, images)
-        return block
-    stacks = np.empty(len(batches), dtype=object)
-    for k, images in enumerate(batches):
-        stacks[k] = padded_stack(images)
-    return stacks
-
-
-def _stack_shape(images: list[np.ndarray]) -> tuple[int, int, int, int]:
-    """The shape of :func:`padded_stack` of ``images``."""
     if not images:
-        return (0, 1, 1, 3)
-    return (len(images), max(i.shape[0] for i in images), max(i.shape[1] for i in images), 3)
-
-
-def _fill(stack: np.ndarray, images: list[np.ndarray]) -> None:
-    """Copy ``images`` into the top-left corners of the zeroed ``stack`` ``[n, H, W, 3]``."""
+        return np.zeros((0, 1, 1, 3), dtype=np.uint8)
+    stack = np.zeros((len(images), max(i.shape[0] for i in images), max(i.shape[1] for i in images), 3), np.uint8)
     for k, image in enumerate(images):
         stack[k, : image.shape[0], : image.shape[1]] = image
+    return stack
 
 
 @dataclass
@@ -91,7 +64,7 @@ class DecodeStage:
     Input rows are model batches (``pipeline.label.batching``: lists of ``image_path``, ``data``, ``error``,
     ``fingerprint``); each output row keeps the batch's ``image_path``, ``error`` and ``fingerprint`` lists, adds
     the original ``height`` and ``width`` of each image (0 for an error row) and ``pixels``: the resized images
-    without an error, in order, as one :func:`padded_stack` (all the batches' stacks together: :func:`block_pixels`)."""
+    without an error, in order, as one :func:`padded_stack`."""
 
     resize: ResizeShortestEdge
     max_pixels: int
@@ -100,12 +73,8 @@ class DecodeStage:
         rows = [
             self._decode_batch(*row) for row in zip(batch["image_path"], batch["data"], batch["error"], strict=True)
         ]
-        decoded = {key: [row[key] for row in rows] for key in ("image_path", "error", "height", "width")}
-        return {
-            **decoded,
-            "pixels": block_pixels([row["images"] for row in rows]),
-            "fingerprint": [[str(f) for f in fingerprints] for fingerprints in batch["fingerprint"]],
-        }
+        decoded = {key: [row[key] for row in rows] for key in ("image_path", "error", "height", "width", "pixels")}
+        return {**decoded, "fingerprint": [[str(f) for f in fingerprints] for fingerprints in batch["fingerprint"]]}
 
     def _decode_batch(self, paths: np.ndarray, datas: np.ndarray, errors: np.ndarray) -> dict[str, Any]:
         images, heights, widths, reasons = [], [], [], []
@@ -123,7 +92,7 @@ class DecodeStage:
             "error": reasons,
             "height": np.asarray(heights, dtype=np.int64),
             "width": np.asarray(widths, dtype=np.int64),
-            "images": images,
+            "pixels": padded_stack(images),
         }
 
     def _prepare(self, path: str, data: bytes) -> tuple[tuple[int, int] | None, np.ndarray | None, str]:
