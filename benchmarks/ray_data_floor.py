@@ -8,9 +8,9 @@ and layout, seconds from the end of ``ray.init`` to the first record out of the 
     python benchmarks/ray_data_floor.py --images 5000 --payload 640x480 --cpu
 
 With ``--payload WxH`` the stages carry the job's arrays for images of that size, still doing no work on them: the
-decode stage hands each model batch's resized images on as the job's decode stage does (a padded uint8 stack per
-batch at SAN's input size, a block's stacks in one array), and the model stage a uint8 label map of the original size
-per image, as the null model does. With ``--cpu`` each run also gives the CPU seconds that all the processes (the
+decode stage hands each model batch's resized images on as the job's decode stage does (one padded uint8 array per
+batch, at SAN's input size), and the model stage a uint8 label map of the original size per image, as the null model
+does. With ``--cpu`` each run also gives the CPU seconds that all the processes (the
 driver, Ray's and Ray Data's) used from the end of ``ray.init`` to Ray's shutdown after the last record, and per
 input: what a Ray Data pipeline moving the job's arrays costs before any of its stages does work.
 
@@ -77,11 +77,10 @@ class _ModelStage:
 
 def _decoded(batch_size: int, resized: tuple[int, int]) -> Stage:
     """The decode stage's shape with its arrays: each model batch's ``batch_size`` images at the ``resized`` ``(h,
-    w)`` size as an uninitialised ``[batch_size, h, w, 3]`` uint8 stack, all the block's stacks in one array (as the
-    job's ``block_pixels`` gives them when they have one shape)."""
+    w)`` size as one uninitialised ``[batch_size, h, w, 3]`` uint8 array (the job's padded stack)."""
 
     def decode(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        pixels = np.empty((len(batch["image_path"]), batch_size, *resized, 3), np.uint8)
+        pixels = [np.empty((batch_size, *resized, 3), np.uint8) for _ in batch["image_path"]]
         return {"image_path": batch["image_path"], "pixels": pixels}
 
     return decode
