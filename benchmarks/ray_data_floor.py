@@ -10,9 +10,9 @@ and layout, seconds from the end of ``ray.init`` to the first record out of the 
 With ``--payload WxH`` the stages carry the job's arrays for images of that size, still doing no work on them: the
 decode stage hands each model batch's resized images on as the job's decode stage does (one padded uint8 array per
 batch, at SAN's input size), and the model stage a uint8 label map of the original size per image, as the null model
-does. With ``--cpu`` each run also gives the CPU seconds that all the processes (the
-driver, Ray's and Ray Data's) used from the end of ``ray.init`` to Ray's shutdown after the last record, and per
-input: what a Ray Data pipeline moving the job's arrays costs before any of its stages does work.
+does. With ``--cpu`` each run also gives the CPU seconds that all the processes (the driver, Ray's and Ray Data's)
+used from the end of ``ray.init`` to Ray's shutdown after the last record, and per input: what a Ray Data pipeline
+moving the job's arrays costs before any of its stages does work.
 
 With one file's worth of inputs (the job's 256 rows per file) the first record is Ray Data's start: the job's first
 result comes no sooner, however little its own stages cost. With many inputs the records come nearly together at the
