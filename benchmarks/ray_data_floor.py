@@ -246,6 +246,8 @@ def main() -> None:
     )
     parser.add_argument("--write", type=Path, help="append the table to this Markdown file")
     args = parser.parse_args()
+    if args.cpu and not Path("/proc/self/stat").exists():
+        parser.error("--cpu reads each process's CPU time from /proc, which this system lacks (Linux only)")
     from _report import cpu_description
 
     command = shlex.join(["python", *sys.argv])
