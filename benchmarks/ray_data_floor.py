@@ -96,12 +96,9 @@ def _first_of_each_batch(batch_size: int) -> Stage:
 
 
 def _per_image(batch_size: int) -> Stage:
-    """The encoding stage's shape: one row out per image of each model batch (the model stage's rows are images
-    already when they carry label maps)."""
+    """The encoding stage's shape: one row out per image of each model batch of ``batch_size`` images."""
 
     def encode(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if "label_map" in batch:
-            return {"image_path": batch["image_path"]}
         return {"image_path": np.repeat(batch["image_path"], batch_size)}
 
     return encode
@@ -148,7 +145,8 @@ def floor_seconds(
         num_cpus=plan.cpus_per_worker,
     )
     encode = ray.data.TaskPoolStrategy(size=plan.encode_tasks)
-    dataset = dataset.map_batches(_per_image(batch_size), batch_size=None, compute=encode, **cpu)
+    per_row = batch_size if payload is None else 1  # a model stage carrying label maps hands on a row per image
+    dataset = dataset.map_batches(_per_image(per_row), batch_size=None, compute=encode, **cpu)
     dataset = dataset.map_batches(_one_record, batch_size=shard_size, compute=encode, **cpu)
     first, labeled = None, 0
     for record in dataset.iter_rows():
